@@ -1,0 +1,43 @@
+# Quick start: `make demo` runs the main job, `make test` runs every check CI runs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck unit bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,dev]'
+	touch $(STAMP)
+
+# The main job. Until FLAME-in-a-box lands (`flame up`), it validates the bundled example
+# services against the sandbox topology and prints their service models.
+demo: $(STAMP)
+	$(BIN)/flame topology check examples/topology/sandpit.yaml
+	@for svc in examples/*/; do \
+	  case $$svc in examples/topology/) continue;; esac; \
+	  echo "== $$svc"; \
+	  $(BIN)/flame validate --topology examples/topology/sandpit.yaml $$svc*.yaml || exit 1; \
+	done
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/lint-imports
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest -q
+
+test: lint typecheck unit
+
+bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/tosca_validate.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

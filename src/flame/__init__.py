@@ -1,0 +1,3 @@
+"""flame-platform: open media-service delivery on edge infrastructure (FLAME)."""
+
+__version__ = "0.1.0"

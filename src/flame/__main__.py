@@ -1,0 +1,5 @@
+import sys
+
+from flame.cli.main import main
+
+sys.exit(main())

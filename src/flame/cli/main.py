@@ -1,0 +1,317 @@
+"""The `flame` command. Exit codes: 0 ok, 1 the user's mistake, 2 an internal error.
+
+Deep code raises; `main()` is the one place that turns exceptions into messages and exit codes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from flame import __version__
+from flame.common.auth import Role, TokenStore
+from flame.common.config import Config, load_config
+from flame.common.diagnostics import Diagnostic, Severity, ValidationFailed
+from flame.common.errors import FlameError, UserError
+from flame.topology.loader import load_topology
+from flame.topology.model import Topology
+from flame.tosca.validator import ValidationResult, validate
+
+EXIT_OK = 0
+EXIT_USER = 1
+EXIT_INTERNAL = 2
+
+
+class _State:
+    def __init__(self, json_output: bool, config_path: Path | None) -> None:
+        self.json = json_output
+        self.config_path = config_path
+
+    def config(self) -> Config:
+        return load_config(self.config_path)
+
+
+def _emit(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="flame")
+@click.option("--json", "json_output", is_flag=True, help="Machine-readable JSON output.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Config file (default: $FLAME_CONFIG or ~/.config/flame/config.toml).",
+)
+@click.pass_context
+def cli(ctx: click.Context, json_output: bool, config_path: Path | None) -> None:
+    """FLAME: media service delivery on edge infrastructure.
+
+    Describe a service in FLAME-TOSCA, validate it, and (soon) run it on FLAME-in-a-box.
+    """
+    ctx.obj = _State(json_output, config_path)
+
+
+# -- validate ------------------------------------------------------------------------------
+
+
+def _parse_inputs(pairs: Sequence[str]) -> dict[str, Any]:
+    inputs: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"--input expects NAME=VALUE, got {pair!r}")
+        try:
+            inputs[key] = json.loads(value)
+        except json.JSONDecodeError:
+            inputs[key] = value
+    return inputs
+
+
+def _summary(result: ValidationResult) -> str:
+    model = result.model
+    if model is None:
+        if result.ok:
+            return "valid TOSCA (no FLAME service functions)"
+        return f"{len(result.errors)} error(s), {len(result.warnings)} warning(s)"
+    placements = sum(len(p.states) for p in model.initial_policies)
+    return (
+        f"valid: service function chain '{model.sfc}' (instance '{model.sfci}'), "
+        f"{len(model.service_functions)} service function(s), {placements} initial endpoint(s), "
+        f"{len(model.alert_rules)} alert rule(s), {len(model.state_change_policies)} state-change trigger(s)"
+        + (f", {len(result.warnings)} warning(s)" if result.warnings else "")
+    )
+
+
+@cli.command("validate")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--topology",
+    "topology_path",
+    type=click.Path(path_type=Path),
+    help="Topology file: check that clusters and locations exist.",
+)
+@click.option(
+    "--runtime",
+    "runtimes",
+    multiple=True,
+    help="Runtimes with a VIM on the target platform (default: process, kubernetes).",
+)
+@click.option(
+    "--input", "input_pairs", multiple=True, metavar="NAME=VALUE", help="Template input value."
+)
+@click.option("--strict", is_flag=True, help="Treat warnings as errors.")
+@click.pass_obj
+def validate_cmd(
+    state: _State,
+    files: tuple[Path, ...],
+    topology_path: Path | None,
+    runtimes: tuple[str, ...],
+    input_pairs: tuple[str, ...],
+    strict: bool,
+) -> None:
+    """Validate FLAME-TOSCA templates, reporting every error as file:line:col.
+
+    Give one template, or a resource specification and its alert specification together.
+    Files may be YAML or CSAR archives.
+    """
+    topology: Topology | None = None
+    if topology_path is not None:
+        topology = load_topology(topology_path)
+    kwargs: dict[str, Any] = {"topology": topology, "inputs": _parse_inputs(input_pairs)}
+    if runtimes:
+        kwargs["runtimes"] = frozenset(runtimes)
+    result = validate(files, **kwargs)
+    failed = not result.ok or (strict and bool(result.warnings))
+    if state.json:
+        _emit(
+            {
+                "ok": not failed,
+                "errors": len(result.errors),
+                "warnings": len(result.warnings),
+                "diagnostics": [d.as_dict() for d in result.diagnostics],
+                "model": result.model.to_dict() if result.model is not None else None,
+            }
+        )
+    else:
+        for d in result.diagnostics:
+            _print_diagnostic(d)
+        click.echo(_summary(result), err=failed)
+    if failed:
+        raise SystemExit(EXIT_USER)
+
+
+def _print_diagnostic(d: Diagnostic) -> None:
+    colour = "red" if d.severity is Severity.ERROR else "yellow"
+    label = click.style(d.code, fg=colour, bold=True)
+    line = f"{d.position}: {label} {d.message}"
+    if d.hint:
+        line += click.style(f"\n    hint: {d.hint}", fg="cyan")
+    click.echo(line, err=True)
+
+
+# -- topology ------------------------------------------------------------------------------
+
+
+@cli.group("topology")
+def topology_group() -> None:
+    """Topology files: service routers, clusters, user equipment and links."""
+
+
+@topology_group.command("check")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.pass_obj
+def topology_check(state: _State, file: Path) -> None:
+    """Check a topology file and summarise it."""
+    topology = load_topology(file)
+    routers, clusters = sorted(topology.service_routers), sorted(topology.clusters)
+    if state.json:
+        _emit(
+            {
+                "ok": True,
+                "name": topology.name,
+                "service_routers": routers,
+                "clusters": clusters,
+                "links": len(topology.links),
+            }
+        )
+    else:
+        click.echo(
+            f"valid topology '{topology.name}': {len(routers)} service router(s), "
+            f"{len(clusters)} cluster(s), {len(topology.links)} link(s)"
+        )
+
+
+# -- tokens --------------------------------------------------------------------------------
+
+
+@cli.group("token")
+def token_group() -> None:
+    """API tokens: an operator, or a tenant (media service provider) who sees only its own services."""
+
+
+def _token_store(state: _State) -> TokenStore:
+    config = state.config()
+    return TokenStore(config.state_dir / "tokens.json")
+
+
+@token_group.command("issue")
+@click.argument("name")
+@click.option(
+    "--operator", "role", flag_value=Role.OPERATOR.value, help="Full control of the platform."
+)
+@click.option("--tenant", "tenant", help="The media service provider this token acts for.")
+@click.pass_obj
+def token_issue(state: _State, name: str, role: str | None, tenant: str | None) -> None:
+    """Issue a token; it is shown once and stored only hashed."""
+    if (role is None) == (tenant is None):
+        raise UserError("give exactly one of --operator or --tenant TENANT")
+    store = _token_store(state)
+    token = store.issue(name, Role.OPERATOR if role else Role.TENANT, tenant)
+    if state.json:
+        _emit({"name": name, "role": role or "tenant", "tenant": tenant, "token": token})
+    else:
+        click.echo(token)
+        click.echo("store it now: it cannot be shown again", err=True)
+
+
+@token_group.command("list")
+@click.pass_obj
+def token_list(state: _State) -> None:
+    """List issued tokens (names, roles and ids, never the tokens)."""
+    infos = _token_store(state).list()
+    if state.json:
+        _emit(
+            [
+                {
+                    "name": i.name,
+                    "role": i.role.value,
+                    "tenant": i.tenant,
+                    "id": i.token_id,
+                    "created": i.created_at,
+                }
+                for i in infos
+            ]
+        )
+        return
+    for i in infos:
+        click.echo(
+            f"{i.name}\t{i.role.value}\t{i.tenant or '-'}\t{i.token_id}…\t{i.created_at:%Y-%m-%d %H:%M}"
+        )
+
+
+@token_group.command("revoke")
+@click.argument("name")
+@click.pass_obj
+def token_revoke(state: _State, name: str) -> None:
+    """Revoke a token by name."""
+    _token_store(state).revoke(name)
+    if not state.json:
+        click.echo(f"revoked '{name}'")
+
+
+# -- entry point ---------------------------------------------------------------------------
+
+
+def _fail(message: str, code: int, as_json: bool, body: dict[str, object] | None = None) -> int:
+    if as_json:
+        click.echo(
+            json.dumps(body or {"error": "error", "message": message}, indent=2, default=str)
+        )
+    else:
+        click.echo(click.style("error: ", fg="red", bold=True) + message, err=True)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; never lets a traceback reach a user unless FLAME_DEBUG is set."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in args
+    try:
+        cli.main(args=args, prog_name="flame", standalone_mode=False)
+    except ValidationFailed as exc:
+        if as_json:
+            return _fail(str(exc), EXIT_USER, True, exc.as_dict())
+        for d in exc.diagnostics:
+            _print_diagnostic(d)
+        errors = sum(1 for d in exc.diagnostics if d.severity is Severity.ERROR)
+        click.echo(f"{errors} error(s)", err=True)
+        return EXIT_USER
+    except UserError as exc:
+        return _fail(exc.message, EXIT_USER, as_json, exc.as_dict())
+    except click.exceptions.Abort:
+        return _fail("aborted", EXIT_USER, as_json)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.ClickException as exc:
+        if not as_json:
+            exc.show()
+            return EXIT_USER
+        return _fail(
+            exc.format_message(),
+            EXIT_USER,
+            True,
+            {"error": "usage_error", "message": exc.format_message()},
+        )
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_USER
+    except FlameError as exc:
+        return _fail(exc.message, EXIT_INTERNAL, as_json, exc.as_dict())
+    except Exception as exc:  # the last resort: an internal error, reported without a traceback
+        if os.environ.get("FLAME_DEBUG"):
+            traceback.print_exc()
+        return _fail(
+            f"internal error: {type(exc).__name__}: {exc} (set FLAME_DEBUG=1 for a traceback and report it)",
+            EXIT_INTERNAL,
+            as_json,
+            {"error": "internal_error", "message": str(exc)},
+        )
+    return EXIT_OK

@@ -1,0 +1,379 @@
+"""Loading a topology file (YAML) with every error located, like FLAME-TOSCA errors.
+
+flame_topology: 1
+name: sandbox
+locations: {bristol: {latitude: 51.45, longitude: -2.59}}
+service_routers: {sr-ue: {location: bristol, address: 127.0.1.1}}
+clusters: {edge-1: {sr: sr-ue, location: bristol, capacity: {cpus: 4, memory: 8 GB, disk: 50 GB}}}
+switches: {sw-1: {}}
+user_equipment: {ue-1: {sr: sr-ue}}
+links: [{between: [sr-ue, sw-1], latency: 2 ms, bandwidth: 1 Gbps}]
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Any
+
+from flame.common.diagnostics import DiagnosticSink, Position, ValidationFailed
+from flame.common.units import ScalarError, parse_scalar
+from flame.common.yamlshape import (
+    MISSING_KEY,
+    WRONG_SHAPE,
+    as_list,
+    as_map,
+    check_keys,
+    did_you_mean,
+    kind_of,
+)
+from flame.common.yamlsrc import YMap, load_yaml
+from flame.topology.geo import GeoPoint
+from flame.topology.model import (
+    DEFAULT_RESERVED,
+    Link,
+    LinkState,
+    Node,
+    NodeKind,
+    Resources,
+    Topology,
+    Vim,
+)
+
+UNKNOWN_REFERENCE = "T103"
+BAD_VALUE = "T104"
+DUPLICATE_ID = "T105"
+BAD_VERSION = "T106"
+
+_SECTIONS = {
+    "service_routers": NodeKind.SERVICE_ROUTER,
+    "clusters": NodeKind.CLUSTER,
+    "switches": NodeKind.SWITCH,
+    "user_equipment": NodeKind.USER_EQUIPMENT,
+}
+_TOP_KEYS = {"flame_topology", "name", "description", "locations", "links", *_SECTIONS}
+_NODE_KEYS = {
+    NodeKind.SERVICE_ROUTER: {"location", "address", "description"},
+    NodeKind.CLUSTER: {"location", "sr", "capacity", "reserved", "vim", "description"},
+    NodeKind.SWITCH: {"location", "description"},
+    NodeKind.USER_EQUIPMENT: {"location", "sr", "description"},
+}
+_LINK_KEYS = {"between", "latency", "bandwidth", "cost", "state", "class", "description"}
+_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+class _Reader:
+    def __init__(self, sink: DiagnosticSink) -> None:
+        self.sink = sink
+
+    def point(self, value: Any, pos: Position, what: str) -> GeoPoint | None:
+        m = as_map(value, pos, what, self.sink)
+        if m is None:
+            return None
+        lat, lon = m.get("latitude"), m.get("longitude")
+        ok = True
+        for key, val, limit in (("latitude", lat, 90), ("longitude", lon, 180)):
+            if (
+                isinstance(val, bool)
+                or not isinstance(val, int | float)
+                or not -limit <= val <= limit
+            ):
+                self.sink.error(
+                    BAD_VALUE,
+                    f"{what}: {key} must be a number from -{limit} to {limit}, got {kind_of(val)}",
+                    m.at(key),
+                    value=val if not isinstance(val, dict | list) else None,
+                )
+                ok = False
+        check_keys(m, {"latitude", "longitude"}, what, self.sink)
+        if not ok or lat is None or lon is None:
+            return None
+        return GeoPoint(float(lat), float(lon))
+
+    def scalar(self, value: Any, pos: Position, kind: str, what: str) -> float | None:
+        try:
+            return parse_scalar(value, kind)
+        except ScalarError as exc:
+            self.sink.error(BAD_VALUE, f"{what}: {exc}", pos, value=value, hint=exc.hint)
+            return None
+
+    def resources(self, value: Any, pos: Position, what: str) -> Resources | None:
+        m = as_map(value, pos, what, self.sink)
+        if m is not None:
+            check_keys(m, {"cpus", "memory", "disk"}, what, self.sink)
+        if m is None:
+            return None
+        cpus = m.get("cpus")
+        if isinstance(cpus, bool) or not isinstance(cpus, int | float) or cpus <= 0:
+            self.sink.error(
+                BAD_VALUE, f"{what}: cpus must be a positive number", m.at("cpus"), value=cpus
+            )
+            return None
+        memory = self.scalar(m.get("memory"), m.at("memory"), "scalar-unit.size", f"{what} memory")
+        disk = self.scalar(m.get("disk"), m.at("disk"), "scalar-unit.size", f"{what} disk")
+        if memory is None or disk is None:
+            return None
+        return Resources(float(cpus), int(memory), int(disk))
+
+
+def load_topology(path: str | Path) -> Topology:
+    """Read and check a topology file; raise ValidationFailed listing every problem."""
+    sink = DiagnosticSink()
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        sink.error("E102", f"cannot read topology file: {exc}", Position(str(p)))
+        raise ValidationFailed(sink.items) from None
+    topology = parse_topology(text, str(p), sink)
+    if sink.has_errors() or topology is None:
+        raise ValidationFailed(sink.items)
+    return topology
+
+
+def parse_topology(text: str, name: str, sink: DiagnosticSink) -> Topology | None:
+    root = load_yaml(text, name, sink)
+    if not isinstance(root, YMap):
+        if root is not None or not sink.has_errors():
+            sink.error(WRONG_SHAPE, "a topology file must be a mapping", Position(name, 1, 1))
+        return None
+    r = _Reader(sink)
+    check_keys(root, _TOP_KEYS, "a topology file", sink)
+    if root.get("flame_topology") != 1:
+        sink.error(
+            BAD_VERSION,
+            f"flame_topology must be 1, got {kind_of(root.get('flame_topology'))}",
+            root.at("flame_topology"),
+            hint="start the file with 'flame_topology: 1'",
+        )
+    locations: dict[str, GeoPoint] = {}
+    loc_section = as_map(root.get("locations"), root.at("locations"), "locations", sink)
+    for loc_name, body in (loc_section or {}).items():
+        point = r.point(
+            body, loc_section.at(loc_name) if loc_section else root.pos, f"location '{loc_name}'"
+        )
+        if point is not None:
+            locations[loc_name] = point
+
+    nodes: dict[str, Node] = {}
+    node_pos: dict[str, Position] = {}
+    references: list[tuple[str, str, Position, NodeKind, str]] = []
+    for section, kind in _SECTIONS.items():
+        if section not in root:
+            continue
+        entries_map = as_map(root[section], root.at(section), section, sink)
+        for node_id, body in (entries_map or {}).items():
+            key_pos = entries_map.key_at(node_id) if entries_map is not None else root.pos
+            what = f"{kind.value.replace('_', ' ')} '{node_id}'"
+            if not _ID.match(node_id):
+                sink.error(
+                    BAD_VALUE,
+                    f"{what}: ids must be lowercase letters, digits and '-' (max 63)",
+                    key_pos,
+                    value=node_id,
+                )
+            if node_id in nodes:
+                sink.error(
+                    DUPLICATE_ID,
+                    f"id '{node_id}' is used twice (first at line {node_pos[node_id].line})",
+                    key_pos,
+                    value=node_id,
+                    hint="every node id must be unique across all sections",
+                )
+                continue
+            m = as_map(
+                body, entries_map.at(node_id) if entries_map is not None else key_pos, what, sink
+            )
+            if m is not None:
+                check_keys(m, _NODE_KEYS[kind], what, sink)
+            if m is None:
+                continue
+            location, location_name = None, None
+            loc = m.get("location")
+            if isinstance(loc, str):
+                location_name = loc
+                location = locations.get(loc)
+                if location is None:
+                    sink.error(
+                        UNKNOWN_REFERENCE,
+                        f"{what}: unknown location '{loc}'",
+                        m.at("location"),
+                        value=loc,
+                        hint=did_you_mean(loc, locations) or "define it under 'locations:'",
+                    )
+            elif loc is not None:
+                location = r.point(loc, m.at("location"), f"location of {what}")
+            address = m.get("address")
+            if address is not None:
+                try:
+                    ip = ipaddress.ip_address(str(address))
+                    if not ip.is_loopback:
+                        raise ValueError("not loopback")
+                except ValueError:
+                    sink.error(
+                        BAD_VALUE,
+                        f"{what}: address must be a loopback IP address (127.0.0.0/8 or ::1), got {address!r}",
+                        m.at("address"),
+                        value=address,
+                    )
+            capacity = reserved = None
+            vim = None
+            if kind is NodeKind.CLUSTER:
+                if "capacity" not in m:
+                    sink.error(
+                        MISSING_KEY,
+                        f"{what} has no capacity",
+                        key_pos,
+                        hint="add 'capacity: {cpus: 4, memory: 8 GB, disk: 50 GB}'",
+                    )
+                else:
+                    capacity = r.resources(m["capacity"], m.at("capacity"), f"capacity of {what}")
+                reserved = (
+                    r.resources(m["reserved"], m.at("reserved"), f"reserved of {what}")
+                    if "reserved" in m
+                    else DEFAULT_RESERVED
+                )
+                vim_name = m.get("vim", "process")
+                try:
+                    vim = Vim(vim_name)
+                except ValueError:
+                    sink.error(
+                        BAD_VALUE,
+                        f"{what}: unknown vim '{vim_name}'",
+                        m.at("vim"),
+                        value=vim_name,
+                        hint=did_you_mean(vim_name, [v.value for v in Vim])
+                        or "use process or kubernetes",
+                    )
+            sr = m.get("sr")
+            if kind in (NodeKind.CLUSTER, NodeKind.USER_EQUIPMENT):
+                if not isinstance(sr, str):
+                    sink.error(
+                        MISSING_KEY,
+                        f"{what} must name the service router it attaches to ('sr:')",
+                        key_pos,
+                        hint="add 'sr: <service router id>'",
+                    )
+                else:
+                    references.append((node_id, sr, m.at("sr"), NodeKind.SERVICE_ROUTER, what))
+            nodes[node_id] = Node(
+                id=node_id,
+                kind=kind,
+                location=location,
+                location_name=location_name,
+                sr=sr if isinstance(sr, str) else None,
+                address=str(address) if address is not None else None,
+                capacity=capacity,
+                reserved=reserved,
+                vim=vim,
+            )
+            node_pos[node_id] = key_pos
+    for _node_id, ref, pos, want, what in references:
+        target = nodes.get(ref)
+        if target is None or target.kind is not want:
+            pool = [n for n, v in nodes.items() if v.kind is want]
+            sink.error(
+                UNKNOWN_REFERENCE,
+                f"{what}: '{ref}' is not a {want.value.replace('_', ' ')}",
+                pos,
+                value=ref,
+                hint=did_you_mean(ref, pool) or f"service routers: {', '.join(pool) or 'none'}",
+            )
+    links = _links(root, nodes, r, sink)
+    return Topology(
+        name=str(root.get("name", Path(name).stem)),
+        source=name,
+        nodes=nodes,
+        links=tuple(links),
+        locations=locations,
+    )
+
+
+def _links(root: YMap, nodes: dict[str, Node], r: _Reader, sink: DiagnosticSink) -> list[Link]:
+    links: list[Link] = []
+    seq = as_list(root.get("links"), root.at("links"), "links", sink)
+    for index, item in enumerate(seq or []):
+        pos = seq.at(index) if seq is not None else root.pos
+        what = f"link #{index + 1}"
+        m = as_map(item, pos, what, sink)
+        if m is not None:
+            check_keys(m, _LINK_KEYS, what, sink)
+        if m is None:
+            continue
+        between = m.get("between")
+        if not (
+            isinstance(between, list)
+            and len(between) == 2
+            and all(isinstance(b, str) for b in between)
+        ):
+            sink.error(
+                MISSING_KEY if between is None else WRONG_SHAPE,
+                f"{what} needs 'between: [node, node]'",
+                m.at("between"),
+                hint="for example 'between: [sr-ue, sw-1]'",
+            )
+            continue
+        ok = True
+        for end in between:
+            if end not in nodes:
+                sink.error(
+                    UNKNOWN_REFERENCE,
+                    f"{what}: unknown node '{end}'",
+                    m.at("between"),
+                    value=end,
+                    hint=did_you_mean(end, nodes),
+                )
+                ok = False
+        if between[0] == between[1]:
+            sink.error(BAD_VALUE, f"{what} connects '{between[0]}' to itself", m.at("between"))
+            ok = False
+        raw_latency = m.get("latency", 1)
+        latency_ms: float | None
+        if isinstance(raw_latency, int | float) and not isinstance(raw_latency, bool):
+            latency_ms = float(raw_latency)  # a bare number means milliseconds
+        else:
+            seconds = r.scalar(raw_latency, m.at("latency"), "scalar-unit.time", f"{what} latency")
+            latency_ms = None if seconds is None else seconds * 1000.0
+        if latency_ms is None:
+            ok = False
+        elif latency_ms < 0:
+            sink.error(
+                BAD_VALUE, f"{what}: latency cannot be negative", m.at("latency"), value=raw_latency
+            )
+            ok = False
+        bandwidth = (
+            r.scalar(m["bandwidth"], m.at("bandwidth"), "scalar-unit.bitrate", f"{what} bandwidth")
+            if "bandwidth" in m
+            else None
+        )
+        cost = m.get("cost")
+        if cost is not None and (
+            isinstance(cost, bool) or not isinstance(cost, int | float) or cost < 0
+        ):
+            sink.error(
+                BAD_VALUE, f"{what}: cost must be a non-negative number", m.at("cost"), value=cost
+            )
+            ok = False
+        state_name = m.get("state", "up")
+        try:
+            state = LinkState(state_name)
+        except ValueError:
+            sink.error(
+                BAD_VALUE, f"{what}: state must be up or down, got {state_name!r}", m.at("state")
+            )
+            ok = False
+            state = LinkState.UP
+        if ok and latency_ms is not None:
+            links.append(
+                Link(
+                    a=between[0],
+                    b=between[1],
+                    latency_ms=latency_ms,
+                    bandwidth_bps=bandwidth,
+                    cost=float(cost) if cost is not None else None,
+                    state=state,
+                    link_class=str(m["class"]) if "class" in m else None,
+                )
+            )
+    return links
