@@ -19,6 +19,8 @@ try:  # pragma: no cover - the manylinux wheels ship libyaml; fall back if a bui
 except AttributeError:  # pragma: no cover
     _Loader = yaml.SafeLoader
 
+_STR_TAG = "tag:yaml.org,2002:str"
+
 E_YAML_SYNTAX = "E100"
 E_DUPLICATE_KEY = "E101"
 E_YAML_KEY = "E108"
@@ -104,6 +106,8 @@ class _Builder:
         return result
 
     def _scalar(self, node: yaml.Node) -> Any:
+        if node.tag == _STR_TAG:  # most scalars in templates: skip the generic constructor
+            return node.value
         try:
             return self.scalars.construct_object(node, deep=True)
         except yaml.YAMLError as exc:

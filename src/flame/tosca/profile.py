@@ -74,6 +74,16 @@ AGGREGATIONS = (
     "stddev",
     "mode",
 )
+# Names other monitoring tools use, mapped to ours for the hint.
+_AGGREGATION_ALIASES = {
+    "avg": "did you mean 'mean'?",
+    "average": "did you mean 'mean'?",
+    "p50": "did you mean 'median'?",
+    "p95": "did you mean 'percentile_95'?",
+    "p99": "did you mean 'percentile_99'?",
+    "std": "did you mean 'stddev'?",
+    "total": "did you mean 'sum'?",
+}
 _PERCENTILE = re.compile(r"^percentile_(\d{1,2})$")
 TAG_KEYS = ("sfc", "sfci", "sf", "sfe", "server", "location", "cluster", "fqdn", "sr", "host", "ue")
 _METRIC = re.compile(r"^[A-Za-z_][\w-]*\.[A-Za-z_][\w-]*$")
@@ -97,6 +107,9 @@ class _Context:
     inputs: Mapping[str, Any]
     sfs: dict[str, NodeTemplate] = field(default_factory=dict)
     initial: dict[tuple[str, str], tuple[EndpointState, Position]] = field(default_factory=dict)
+    # (cluster, SF) pairs named by an initial policy, valid or not: later checks must not
+    # cascade from an error already reported there.
+    mentioned: set[tuple[str, str]] = field(default_factory=set)
 
 
 def _aggregation_ok(value: str) -> bool:
@@ -382,7 +395,9 @@ class ProfileChecker:
                         hint="use get_input (with a default), get_property or concat of those",
                     )
                 continue
-            result.append((str(key), str(resolved).lower() if isinstance(resolved, bool) else str(resolved)))
+            result.append(
+                (str(key), str(resolved).lower() if isinstance(resolved, bool) else str(resolved))
+            )
         return tuple(result)
 
     def _ports(self, node: NodeTemplate) -> tuple[Port, ...]:
@@ -536,6 +551,10 @@ class ProfileChecker:
         clusters = as_map(value, pos, what, self.sink)
         targets = {name for name, _ in policy.targets}
         found: list[tuple[EndpointTarget, Position]] = []
+        if allowed is INITIAL_STATES:
+            for cluster_name, body in (clusters or {}).items():
+                for sf in body if isinstance(body, dict) else ():
+                    self.ctx.mentioned.add((str(cluster_name), str(sf)))
         for cluster, body in (clusters or {}).items():
             cpos = clusters.key_at(cluster) if clusters is not None else pos
             known = self._cluster_known(cluster, cpos)
@@ -611,9 +630,8 @@ class ProfileChecker:
             result.append(
                 InitialPolicy(policy.name, tuple(n for n, _ in policy.targets), tuple(states), area)
             )
-        deployed = {sf for _, sf in self.ctx.initial}
         for name, node in self.ctx.sfs.items():
-            if name not in deployed and policies:
+            if all(sf != name for _, sf in self.ctx.mentioned) and policies:
                 self.sink.warning(
                     codes.SF_NEVER_DEPLOYED,
                     f"service function '{name}' has no initial state on any cluster and will never be deployed",
@@ -832,7 +850,8 @@ class ProfileChecker:
                 f"{what}: unknown aggregation_method {aggregation!r}",
                 condition.at("aggregation_method"),
                 value=aggregation if isinstance(aggregation, str) else None,
-                hint=did_you_mean(aggregation, AGGREGATIONS)
+                hint=_AGGREGATION_ALIASES.get(str(aggregation).lower())
+                or did_you_mean(aggregation, AGGREGATIONS)
                 or f"use one of {', '.join(AGGREGATIONS)} or percentile_N",
             )
             ok = False
@@ -1011,7 +1030,7 @@ class ProfileChecker:
                 valid: list[EndpointTarget] = []
                 for change, pos in changes:
                     initial = self.ctx.initial.get((change.cluster, change.sf))
-                    if initial is None:
+                    if initial is None and (change.cluster, change.sf) not in self.ctx.mentioned:
                         self.sink.error(
                             codes.ILLEGAL_TRANSITION,
                             f"{what}: '{change.sf}' has no endpoint on cluster '{change.cluster}' to move to "
@@ -1021,6 +1040,7 @@ class ProfileChecker:
                             hint=f"add '{change.cluster}: {{{change.sf}: placed}}' to an initial policy so the "
                             "surrogate exists",
                         )
+                    if initial is None:
                         continue
                     valid.append(change)
                 if alert_name is not None and valid:
