@@ -567,6 +567,8 @@ class ProfileChecker:
             for sf, state_name in (states or {}).items():
                 spos = states.key_at(sf) if states is not None else cpos
                 vpos = states.at(sf) if states is not None else cpos
+                if sf not in self.ctx.sfs and any(sf in t.broken for t in self.topologies):
+                    continue
                 if sf not in self.ctx.sfs:
                     self.sink.error(
                         codes.NOT_A_TARGET,

@@ -118,6 +118,9 @@ class Topology:
     groups: dict[str, list[str]] = field(default_factory=dict)
     policies: list[PolicyTemplate] = field(default_factory=list)
     inputs: dict[str, PropertyDef] = field(default_factory=dict)
+    # Node templates declared but unusable (say, of an unknown type): their error is reported
+    # once, and references to them stay quiet instead of cascading.
+    broken: set[str] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -170,6 +173,8 @@ class TopologyChecker:
                 parsed = self._node(name, body, nodes)
                 if parsed is not None:
                     raw_nodes.append(parsed)
+                else:
+                    self.topology.broken.add(name)
         relationship_templates = self._relationship_templates(tt)
         for node, body in raw_nodes:
             self._ctx = _Context(node=node.name)
@@ -469,6 +474,8 @@ class TopologyChecker:
                 codes.WRONG_SHAPE, f"{what}: 'node' must name a node template or type", target_pos
             )
             return None
+        if target_name in self.topology.broken:
+            return None
         if isinstance(target_name, str) and target_name in self.topology.nodes:
             target = self.topology.nodes[target_name]
             if not self._compatible(node, rdef, target, capability, relationship, target_pos, what):
@@ -490,7 +497,7 @@ class TopologyChecker:
                     f"{what} names '{target_name}', which is neither a node template nor a node type",
                     target_pos,
                     value=target_name,
-                    hint=did_you_mean(target_name, self.topology.nodes)
+                    hint=did_you_mean(target_name, [*self.topology.nodes, *self.topology.broken])
                     or f"node templates: {', '.join(sorted(self.topology.nodes)) or 'none'}",
                 )
                 return None
@@ -788,6 +795,8 @@ class TopologyChecker:
                     codes.WRONG_SHAPE, f"{key} of {what} must list names, got {kind_of(item)}", pos
                 )
                 continue
+            if item in self.topology.broken:
+                continue
             node = self.topology.nodes.get(item)
             is_group = groups_allowed and item in self.topology.groups
             if node is None and not is_group:
@@ -977,6 +986,8 @@ class TopologyChecker:
                 return  # resolved along HostedOn at deployment
             node_type = self.topology.nodes[ctx.node].type
             node_name = ctx.node
+        elif entity in self.topology.broken:
+            return
         else:
             target = self.topology.nodes.get(str(entity))
             if target is None:
