@@ -10,13 +10,17 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from flame.common.errors import UserError
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Position:
-    """A place in a source file; line and column are 1-based as editors show them."""
+class Position(NamedTuple):
+    """A place in a source file; line and column are 1-based as editors show them.
+
+    A NamedTuple rather than a frozen dataclass: the YAML loader makes one per key and value,
+    and tuples are several times cheaper to create.
+    """
 
     file: str
     line: int = 0

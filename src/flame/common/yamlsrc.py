@@ -15,9 +15,26 @@ import yaml
 from flame.common.diagnostics import DiagnosticSink, Position
 
 try:  # pragma: no cover - the manylinux wheels ship libyaml; fall back if a build lacks it
-    _Loader: Any = yaml.CSafeLoader
+    _Base: Any = yaml.CSafeLoader
 except AttributeError:  # pragma: no cover
-    _Loader = yaml.SafeLoader
+    _Base = yaml.SafeLoader
+
+_RESOLVED: dict[str, str] = {}  # plain scalar text -> implicit tag; templates repeat their words
+
+
+class _Loader(_Base):  # type: ignore[misc]
+    """libyaml's loader with a memo for implicit tag resolution, its slowest Python step."""
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+        if kind is yaml.ScalarNode and implicit[0]:
+            tag = _RESOLVED.get(value)
+            if tag is None:
+                tag = super().resolve(kind, value, implicit)
+                if len(_RESOLVED) < 65536:
+                    _RESOLVED[value] = tag
+            return tag
+        return super().resolve(kind, value, implicit)
+
 
 _STR_TAG = "tag:yaml.org,2002:str"
 
