@@ -144,7 +144,10 @@ def validate_cmd(
     else:
         for d in result.diagnostics:
             _print_diagnostic(d)
-        click.echo(_summary(result), err=failed)
+        if failed and result.ok:
+            click.echo(f"{len(result.warnings)} warning(s), treated as errors (--strict)", err=True)
+        else:
+            click.echo(_summary(result), err=failed)
     if failed:
         raise SystemExit(EXIT_USER)
 

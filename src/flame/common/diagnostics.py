@@ -109,6 +109,10 @@ class DiagnosticSink:
     def errors(self) -> list[Diagnostic]:
         return [d for d in self.items if d.severity is Severity.ERROR]
 
+    def reported_at(self, position: Position) -> bool:
+        """Whether an error already points here; later checks use it not to cascade."""
+        return any(d.position == position and d.severity is Severity.ERROR for d in self.items)
+
     def has_errors(self) -> bool:
         return any(d.severity is Severity.ERROR for d in self.items)
 

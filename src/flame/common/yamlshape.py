@@ -19,18 +19,33 @@ MISSING_KEY = "E202"
 DUPLICATE_NAME = "E702"
 
 
-def did_you_mean(word: object, candidates: Iterable[str]) -> str | None:
+def did_you_mean(word: object, candidates: Iterable[str], *, dotted: bool = True) -> str | None:
+    """A hint naming the closest candidate, if any is close.
+
+    `dotted` also compares the last dotted segment (type names); turn it off for file names,
+    whose last segment is only the extension.
+    """
     if not isinstance(word, str):
         return None
     pool = list(candidates)
     matches = difflib.get_close_matches(word, pool, n=1, cutoff=0.6)
-    if not matches:
+    if not matches and dotted:
         # Type names are long and dotted: compare their last segment too (Compute vs Compte).
         tails = {c.rsplit(".", 1)[-1]: c for c in pool}
         tail = word.rsplit(".", 1)[-1]
         close = difflib.get_close_matches(tail, list(tails), n=1, cutoff=0.7)
         matches = [tails[close[0]]] if close else []
     return f"did you mean '{matches[0]}'?" if matches else None
+
+
+def missing_position(parent: YMap, key: str) -> Position:
+    """Where to point when something is missing inside `parent[key]`.
+
+    A block mapping starts on the line below its key, at its first (valid) entry: point at the
+    key. A flow mapping (`key: {a: 1}`) sits on the key's line: point at its opening brace.
+    """
+    value_pos, key_pos = parent.at(key), parent.key_at(key)
+    return value_pos if value_pos.line == key_pos.line else key_pos
 
 
 def kind_of(value: object) -> str:

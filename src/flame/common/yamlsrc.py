@@ -99,6 +99,7 @@ class _Builder:
         self.sink = sink
         self.scalars = yaml.constructor.SafeConstructor()
         self.done: dict[int, Any] = {}
+        self.building: set[int] = set()  # nodes being built: meeting one again is a cycle
 
     def pos(self, node: yaml.Node) -> Position:
         mark = node.start_mark
@@ -109,17 +110,29 @@ class _Builder:
         known = self.done.get(id(node))
         if known is not None:
             return known
+        if id(node) in self.building:
+            # An alias inside its own anchor: a cyclic document that no template needs and that
+            # would send every later walk into endless recursion.
+            self.sink.error(
+                E_YAML_SYNTAX,
+                "recursive alias: a value refers to itself through its own anchor",
+                self.pos(node),
+                hint="copy the value instead of referring to the enclosing anchor",
+            )
+            return None
+        self.building.add(id(node))
         if isinstance(node, yaml.MappingNode):
             result: Any = self._mapping(node)
         elif isinstance(node, yaml.SequenceNode):
-            seq = YSeq(self.pos(node))
-            self.done[id(node)] = seq
+            result = YSeq(self.pos(node))
             for item in node.value:
-                seq.item_pos.append(self.pos(item))
-                seq.append(self.build(item))
-            result = seq
+                result.item_pos.append(self.pos(item))
+                result.append(self.build(item))
         else:
             result = self._scalar(node)
+        self.building.discard(id(node))
+        if isinstance(result, YMap | YSeq):
+            self.done[id(node)] = result
         return result
 
     def _scalar(self, node: yaml.Node) -> Any:
@@ -142,14 +155,23 @@ class _Builder:
 
     def _mapping(self, node: yaml.MappingNode) -> YMap:
         result = YMap(self.pos(node))
-        self.done[id(node)] = result
+        merged_keys: set[str] = set()  # keys from '<<' that an explicit key may override
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
                 merged = self.build(value_node)
                 for source in merged if isinstance(merged, list) else [merged]:
+                    if not isinstance(source, YMap):
+                        self.sink.error(
+                            E_YAML_SYNTAX,
+                            "'<<' merges mappings, but this is not a mapping",
+                            self.pos(value_node),
+                            hint="write '<<: *anchor' where the anchor names a mapping",
+                        )
+                        continue
                     if isinstance(source, YMap):
                         for k, v in source.items():
                             if k not in result:
+                                merged_keys.add(k)
                                 result[k] = v
                                 result.key_pos[k] = source.key_at(k)
                                 result.value_pos[k] = source.at(k)
@@ -172,7 +194,7 @@ class _Builder:
                     if isinstance(key, bool)
                     else str(key)
                 )
-            if key in result:
+            if key in result and key not in merged_keys:
                 self.sink.error(
                     E_DUPLICATE_KEY,
                     f"duplicate key '{key}' (first defined at line {result.key_pos[key].line})",
@@ -181,6 +203,7 @@ class _Builder:
                     hint="YAML keeps only one of them; remove or rename the other",
                 )
                 continue
+            merged_keys.discard(key)
             result[key] = self.build(value_node)
             result.key_pos[key] = key_pos
             result.value_pos[key] = self.pos(value_node)

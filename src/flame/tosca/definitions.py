@@ -15,7 +15,7 @@ def _no_functions(_name: str, _args: Any, _pos: Position) -> None:
     """Defaults may hold functions (evaluated at deployment); nothing to check here."""
 
 
-def _check_schema(
+def check_schema(
     schema: Schema | None, registry: Registry, sink: DiagnosticSink, what: str
 ) -> None:
     if schema is None:
@@ -31,8 +31,8 @@ def _check_schema(
             "or define a data type",
         )
         return
-    _check_schema(schema.entry_schema, registry, sink, f"entries of {what}")
-    _check_schema(schema.key_schema, registry, sink, f"keys of {what}")
+    check_schema(schema.entry_schema, registry, sink, f"entries of {what}")
+    check_schema(schema.key_schema, registry, sink, f"keys of {what}")
 
 
 def _check_props(
@@ -44,7 +44,7 @@ def _check_props(
 ) -> None:
     for pdef in props.values():
         what = f"'{pdef.name}' of {owner}"
-        _check_schema(pdef.schema, registry, sink, what)
+        check_schema(pdef.schema, registry, sink, what)
         if (
             pdef.has_default
             and pdef.default is not None
@@ -68,7 +68,7 @@ def check_definitions(new: list[TypeDef], registry: Registry, sink: DiagnosticSi
         _check_props(tdef.own_properties, registry, sink, owner, checker)
         _check_props(tdef.own_attributes, registry, sink, owner, checker)
         if tdef.own_entry_schema is not None:
-            _check_schema(tdef.own_entry_schema, registry, sink, f"entries of {owner}")
+            check_schema(tdef.own_entry_schema, registry, sink, f"entries of {owner}")
         for cap in tdef.own_capabilities.values():
             what = f"capability '{cap.name}' of {owner}"
             _ref(registry, "capability_types", cap.type, cap.pos, sink, what)

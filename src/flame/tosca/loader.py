@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from flame.common.diagnostics import DiagnosticSink, Position
-from flame.common.yamlshape import as_list, check_keys, did_you_mean, kind_of
-from flame.common.yamlsrc import YMap, load_yaml
+from flame.common.yamlshape import as_list, as_map, check_keys, did_you_mean, kind_of
+from flame.common.yamlsrc import YMap, YSeq, load_yaml
 from flame.tosca import codes
 
 SUPPORTED_VERSIONS = (
@@ -117,6 +117,14 @@ class Loader:
             return None
         if zipfile.is_zipfile(p):
             return self._load_csar(p)
+        if p.suffix.lower() in (".csar", ".zip"):
+            self.sink.error(
+                codes.CSAR_INVALID,
+                f"{p} is named like a CSAR archive but is not a zip file",
+                Position(str(p)),
+                hint="build CSARs with zip (TOSCA-Metadata/TOSCA.meta plus the templates)",
+            )
+            return None
         return self._load_file(_Origin(p), Position(str(p)), imported=False)
 
     # -- sources ---------------------------------------------------------------------------
@@ -145,7 +153,9 @@ class Loader:
                         self.sink.error(
                             codes.CSAR_INVALID,
                             f"Entry-Definitions names '{entry}', which is not in the archive",
-                            Position(f"{path}!TOSCA-Metadata/TOSCA.meta", number, 1),
+                            Position(
+                                f"{path}!TOSCA-Metadata/TOSCA.meta", number, line.index(entry) + 1
+                            ),
                             value=entry,
                             hint=did_you_mean(entry, archive.zip.namelist()),
                         )
@@ -169,11 +179,20 @@ class Loader:
     def _read(self, origin: _Origin, where: Position) -> str | None:
         try:
             if origin.archive is not None and origin.inner is not None:
-                return origin.archive.read(origin.inner)
-            return origin.path.read_text(encoding="utf-8")
+                data = origin.archive.zip.read(origin.inner)
+            else:
+                data = origin.path.read_bytes()
+            return data.decode("utf-8")
         except UnicodeDecodeError as exc:
+            before = exc.object[: exc.start]
+            line_start = before.rfind(b"\n") + 1
+            column = len(before[line_start:].decode("utf-8", errors="replace")) + 1
             self.sink.error(
-                codes.FILE_UNREADABLE, f"{self._display(origin)} is not UTF-8 text: {exc}", where
+                codes.FILE_UNREADABLE,
+                f"{self._display(origin)} is not UTF-8 text: byte 0x{exc.object[exc.start]:02x} "
+                "cannot be decoded",
+                Position(self._display(origin), before.count(b"\n") + 1, column),
+                hint="save the file as UTF-8",
             )
         except (OSError, KeyError) as exc:
             self.sink.error(
@@ -202,13 +221,15 @@ class Loader:
             self.sink.error(
                 codes.NOT_A_MAPPING,
                 f"a service template must be a mapping, got {kind_of(root)}",
-                Position(name, 1, 1),
+                root.pos if isinstance(root, YSeq) else Position(name, 1, 1),
                 hint="start with 'tosca_definitions_version: tosca_simple_yaml_1_3'",
             )
             return None
         doc = Document(name, root, imported)
         self._loaded[name] = doc
         check_keys(root, TEMPLATE_KEYS, "a service template", self.sink)
+        if "metadata" in root:
+            as_map(root["metadata"], root.at("metadata"), "metadata", self.sink)
         self._check_version(root, name)
         if "imports" in root:
             self._imports(doc, origin)
@@ -281,6 +302,7 @@ class Loader:
         self, origin: _Origin | None, target: str, pos: Position
     ) -> Document | None:
         candidates: list[str] = []
+        own = ""
         if origin is None:
             pass  # uploaded text: only the built-in profile can be imported
         elif origin.archive is not None and origin.inner is not None:
@@ -289,13 +311,20 @@ class Loader:
                 return self._load_file(
                     _Origin(origin.path, inner, origin.archive), pos, imported=True
                 )
-            candidates = origin.archive.zip.namelist()
+            here = posixpath.dirname(origin.inner)
+            own = posixpath.relpath(origin.inner, here or ".")
+            candidates = [
+                posixpath.relpath(n, here or ".")
+                for n in origin.archive.zip.namelist()
+                if not n.endswith("/")
+            ]
         else:
             path = (origin.path.parent / target).resolve()
             if path.is_file():
                 return self._load_file(_Origin(path), pos, imported=True)
             parent = origin.path.parent
-            candidates = [p.name for p in parent.iterdir()] if parent.is_dir() else []
+            own = origin.path.name
+            candidates = _nearby_templates(parent)
         if _BUILTIN_IMPORT.match(posixpath.basename(target)):
             return None  # the FLAME profile is built in
         self.sink.error(
@@ -303,7 +332,7 @@ class Loader:
             f"imported file '{target}' not found",
             pos,
             value=target,
-            hint=did_you_mean(posixpath.basename(target), candidates)
+            hint=did_you_mean(target, [c for c in candidates if c != own], dotted=False)
             or (
                 "imports are relative to the importing file"
                 if origin is not None
@@ -318,3 +347,14 @@ class Loader:
 
     def parse_builtin(self, name: str) -> Document | None:
         return self._parse(builtin_text(name), f"<builtin>/{name}", None, imported=True)
+
+
+def _nearby_templates(directory: Path, limit: int = 500) -> list[str]:
+    """YAML files under `directory`, relative to it: candidates for a did-you-mean hint."""
+    found: list[str] = []
+    for pattern in ("*.yaml", "*.yml"):
+        for path in directory.rglob(pattern):
+            found.append(path.relative_to(directory).as_posix())
+            if len(found) >= limit:
+                return found
+    return found

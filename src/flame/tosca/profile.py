@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 from flame.common.diagnostics import DiagnosticSink, Position
 from flame.common.units import ScalarError, parse_scalar
-from flame.common.yamlshape import as_map, check_keys, did_you_mean, kind_of
+from flame.common.yamlshape import as_map, check_keys, did_you_mean, kind_of, missing_position
 from flame.common.yamlsrc import YMap, YSeq
 from flame.topology.geo import Area, GeoPoint
 from flame.topology.model import Topology as Infrastructure
@@ -51,16 +51,17 @@ DEFAULT_RUNTIMES = frozenset({"process", "kubernetes"})
 KNOWN_RUNTIMES = ("process", "kubernetes", "lxd", "kvm")
 
 TRIGGER_KEYS = {"description", "event_type", "metric", "condition", "action"}
+# An alert's condition; a StateChange trigger carrying its own alert may also give a period.
 CONDITION_KEYS = {
     "threshold",
     "granularity",
     "aggregation_method",
     "resource_type",
     "comparison_operator",
-    "constraint",
-    "period",
 }
-ACTION_KEYS = {"implementation", "states"}
+# A StateChange trigger that refers to an alert of an alert specification.
+REFERENCE_TRIGGER_KEYS = {"description", "condition", "action"}
+REFERENCE_CONDITION_KEYS = {"constraint", "period"}
 AGGREGATIONS = (
     "mean",
     "median",
@@ -100,6 +101,14 @@ class _Alert:
 
 
 @dataclass(slots=True)
+class _StateEntry:
+    target: EndpointTarget
+    cluster_pos: Position
+    sf_pos: Position
+    state_pos: Position
+
+
+@dataclass(slots=True)
 class _Context:
     sink: DiagnosticSink
     infra: Infrastructure | None
@@ -110,6 +119,8 @@ class _Context:
     # (cluster, SF) pairs named by an initial policy, valid or not: later checks must not
     # cascade from an error already reported there.
     mentioned: set[tuple[str, str]] = field(default_factory=set)
+    fqdns: set[str] = field(default_factory=set)  # FQDNs the chain serves
+    broken_alerts: set[str] = field(default_factory=set)  # alerts with errors already reported
 
 
 def _aggregation_ok(value: str) -> bool:
@@ -190,18 +201,14 @@ class ProfileChecker:
             )
             found_sfc = found_sfci = None
             if isinstance(meta, YMap):
-                for key in ("servicefunctionchain", "sfc"):
-                    if key in meta:
-                        found_sfc = (meta[key], meta.at(key))
-                for key in ("sfc_instance", "sfci"):
-                    if key in meta:
-                        found_sfci = (meta[key], meta.at(key))
+                found_sfc = self._metadata_name(meta, ("servicefunctionchain", "sfc"))
+                found_sfci = self._metadata_name(meta, ("sfc_instance", "sfci"))
             if found_sfc is None:
-                if needs:
+                if needs and (meta is None or isinstance(meta, YMap)):  # else E201 was reported
                     self.sink.error(
                         codes.MISSING_SFC,
                         "the template does not name its service function chain",
-                        root.at("metadata")
+                        missing_position(root, "metadata")
                         if "metadata" in root
                         else Position(topo.doc.name, 1, 1),
                         hint="add 'metadata: {servicefunctionchain: <name>}'",
@@ -237,16 +244,36 @@ class ProfileChecker:
                     sfci = (value, pos)
         return (sfc[0] if sfc else None, sfci[0] if sfci else None)
 
+    def _metadata_name(self, meta: YMap, keys: tuple[str, str]) -> tuple[Any, Position] | None:
+        """The value under a metadata key or its short alias; both, if they differ, is E807."""
+        present = [(meta[k], meta.at(k), k) for k in keys if k in meta]
+        if len(present) == 2 and present[0][0] != present[1][0]:
+            self.sink.error(
+                codes.SFC_MISMATCH,
+                f"metadata gives {keys[0]} '{present[0][0]}' and {keys[1]} '{present[1][0]}'",
+                present[1][1],
+                value=present[1][0] if isinstance(present[1][0], str) else None,
+                hint=f"'{keys[1]}' is a short name for '{keys[0]}'; keep one of them",
+            )
+        return (present[0][0], present[0][1]) if present else None
+
     # -- service functions -------------------------------------------------------------------
 
-    def _resolve(self, value: Any, node: NodeTemplate) -> Any:
-        """Resolve what can be known before deployment: inputs, own properties, concat."""
+    def _resolve(
+        self, value: Any, node: NodeTemplate, seen: frozenset[tuple[str, str]] = frozenset()
+    ) -> Any:
+        """Resolve what can be known before deployment: inputs, own properties, concat.
+
+        None when it cannot be known; `seen` breaks get_property cycles (a -> b -> a).
+        """
         call = function_call(value)
         if call is None:
             return value
         name, args = call
         if name == "get_input":
             key = args[0] if isinstance(args, list) and args else args
+            if not isinstance(key, str):
+                return None  # reported by the template checker (E600)
             if key in self.ctx.inputs:
                 return self.ctx.inputs[key]
             for topo in self.topologies:
@@ -255,7 +282,7 @@ class ProfileChecker:
                     return pdef.default
             return None
         if name == "concat" and isinstance(args, list):
-            parts = [self._resolve(a, node) for a in args]
+            parts = [self._resolve(a, node, seen) for a in args]
             if all(isinstance(p, str | int | float) for p in parts):
                 return "".join(str(p) for p in parts)
             return None
@@ -267,7 +294,10 @@ class ProfileChecker:
                 else next((t.nodes[entity] for t in self.topologies if entity in t.nodes), None)
             )
             if target is not None and prop in target.properties:
-                return self._resolve(target.properties[prop], target)
+                key = (target.name, str(prop))
+                if key in seen:
+                    return None  # a cycle: reported as an unresolvable value by the caller
+                return self._resolve(target.properties[prop], target, seen | {key})
         return None
 
     def _prop(self, node: NodeTemplate, name: str, default: Any = None) -> Any:
@@ -340,7 +370,13 @@ class ProfileChecker:
                 )
             else:
                 fqdns[fqdn] = (node.name, fqdn_pos)
-        elif "fqdn" in props and fqdn is None and function_call(props["fqdn"]) is not None:
+                self.ctx.fqdns.add(fqdn)
+        elif (
+            "fqdn" in props
+            and fqdn is None
+            and function_call(props["fqdn"]) is not None
+            and not self.sink.reported_at(fqdn_pos)  # E601 already said why
+        ):
             self.sink.error(
                 codes.BAD_FUNCTION,
                 f"{what}: fqdn must be known before deployment; this function cannot be resolved",
@@ -360,7 +396,8 @@ class ProfileChecker:
                 self.sink.error(
                     codes.INCOMPATIBLE_TARGET,
                     f"{what} lists itself as upstream",
-                    req.pos,
+                    req.target_pos or req.pos,
+                    hint="an SF cannot send requests to itself through the chain",
                     value=node.name,
                 )
         if not isinstance(image, str) or not isinstance(fqdn, str) or not isinstance(runtime, str):
@@ -386,12 +423,13 @@ class ProfileChecker:
         for key, value in raw.items():
             resolved = self._resolve(value, node)
             if resolved is None or isinstance(resolved, dict | list):
-                if function_call(value) is not None:
+                value_pos = raw.at(key) if isinstance(raw, YMap) else node.pos
+                if function_call(value) is not None and not self.sink.reported_at(value_pos):
                     self.sink.error(
                         codes.BAD_FUNCTION,
                         f"service function '{node.name}': environment variable '{key}' must be known "
                         "before deployment, and this function cannot be resolved then",
-                        raw.at(key) if isinstance(raw, YMap) else node.pos,
+                        value_pos,
                         hint="use get_input (with a default), get_property or concat of those",
                     )
                 continue
@@ -405,7 +443,7 @@ class ProfileChecker:
         if not isinstance(raw, list):
             return ()
         ports: list[Port] = []
-        seen: dict[int, int] = {}
+        seen: dict[tuple[int, str], int] = {}
         names: set[str] = set()
         for index, item in enumerate(raw):
             if not isinstance(item, dict):
@@ -415,7 +453,9 @@ class ProfileChecker:
                 continue
             pos = raw.at(index) if isinstance(raw, YSeq) else node.pos
             name = item.get("name")
-            if number in seen:
+            protocol = item.get("protocol", "http")
+            family = "udp" if protocol == "udp" else "tcp"  # http and https ride on tcp
+            if (number, family) in seen:
                 self.sink.error(
                     codes.DUPLICATE_PORT,
                     f"service function '{node.name}': port {number} is listed twice",
@@ -433,8 +473,7 @@ class ProfileChecker:
                         value=name,
                     )
                 names.add(name)
-            seen[number] = index
-            protocol = item.get("protocol", "http")
+            seen[(number, family)] = index
             ports.append(
                 Port(
                     number,
@@ -539,6 +578,14 @@ class ProfileChecker:
         )
         return False
 
+    def _target_names(self, policy: PolicyTemplate) -> set[str]:
+        """A policy's target SFs, with groups expanded to their members."""
+        names: set[str] = set()
+        for name, _ in policy.targets:
+            members = next((t.groups[name] for t in self.topologies if name in t.groups), None)
+            names.update(members if members is not None else [name])
+        return names
+
     def _state_map(
         self,
         value: Any,
@@ -546,11 +593,11 @@ class ProfileChecker:
         policy: PolicyTemplate,
         allowed: tuple[EndpointState, ...],
         what: str,
-    ) -> list[tuple[EndpointTarget, Position]]:
+    ) -> list[_StateEntry]:
         """Read 'cluster -> {SF -> state}' maps used by both policy kinds."""
         clusters = as_map(value, pos, what, self.sink)
-        targets = {name for name, _ in policy.targets}
-        found: list[tuple[EndpointTarget, Position]] = []
+        targets = self._target_names(policy)
+        found: list[_StateEntry] = []
         if allowed is INITIAL_STATES:
             for cluster_name, body in (clusters or {}).items():
                 for sf in body if isinstance(body, dict) else ():
@@ -588,9 +635,11 @@ class ProfileChecker:
                         hint=f"add '{sf}' to the policy's targets",
                     )
                     continue
+                if self.sink.reported_at(vpos):
+                    continue  # the typed 'clusters' map already rejected this value (E402)
                 state = self._state(state_name, vpos, allowed, f"{what}, '{sf}' on '{cluster}'")
                 if state is not None and known:
-                    found.append((EndpointTarget(cluster, sf, state), vpos))
+                    found.append(_StateEntry(EndpointTarget(cluster, sf, state), cpos, spos, vpos))
         return found
 
     def _initial_policies(self) -> list[InitialPolicy]:
@@ -609,25 +658,30 @@ class ProfileChecker:
             what = f"initial policy '{policy.name}'"
             area = self._area(policy)
             states: list[EndpointTarget] = []
-            for target, pos in self._state_map(
+            checked_clusters: set[str] = set()
+            for entry in self._state_map(
                 policy.properties.get("clusters"),
                 policy.properties.at("clusters"),
                 policy,
                 INITIAL_STATES,
                 what,
             ):
+                target = entry.target
                 key = (target.cluster, target.sf)
                 if key in self.ctx.initial:
                     self.sink.error(
                         codes.DUPLICATE_NAME,
                         f"{what}: '{target.sf}' on '{target.cluster}' already has an initial state "
                         f"(at {self.ctx.initial[key][1]})",
-                        pos,
+                        entry.sf_pos,
                         value=target.sf,
+                        hint="give each SF one initial state per cluster",
                     )
                     continue
-                self._check_in_area(area, target.cluster, pos, what)
-                self.ctx.initial[key] = (target.state, pos)
+                if target.cluster not in checked_clusters:
+                    checked_clusters.add(target.cluster)
+                    self._check_in_area(area, target.cluster, entry.cluster_pos, what)
+                self.ctx.initial[key] = (target.state, entry.state_pos)
                 states.append(target)
             result.append(
                 InitialPolicy(policy.name, tuple(n for n, _ in policy.targets), tuple(states), area)
@@ -647,7 +701,7 @@ class ProfileChecker:
         raw = policy.properties.get("area")
         if not isinstance(raw, YMap):
             return None
-        pos = policy.properties.at("area")
+        pos = missing_position(policy.properties, "area")
         what = f"area of policy '{policy.name}'"
         centre = raw.get("centre")
         radius = raw.get("radius_km")
@@ -713,6 +767,7 @@ class ProfileChecker:
                 hint=did_you_mean(location, infra.locations)
                 or f"locations: {', '.join(sorted(infra.locations))}",
             )
+            return None  # which clusters lie inside an unknown location cannot be decided
         return Area(location=location)
 
     def _check_in_area(self, area: Area | None, cluster: str, pos: Position, what: str) -> None:
@@ -747,6 +802,7 @@ class ProfileChecker:
         alerts: dict[str, _Alert] = {}
         sources = [(p, False) for p in self._policies(ALERT_POLICY)]
         sources += [(p, True) for p in self._policies(STATE_CHANGE)]
+        sources.sort(key=lambda source: source[0].pos)  # a duplicate is the later one
         for policy, inline in sources:
             triggers = self._trigger_map(policy)
             for name, body in triggers.items():
@@ -761,8 +817,9 @@ class ProfileChecker:
                 condition = trigger.get("condition")
                 if inline and isinstance(condition, dict) and "constraint" in condition:
                     continue  # a reference to an alert of an alert specification
-                rule = self._alert_rule(policy, name, trigger, triggers.key_at(name))
+                rule = self._alert_rule(policy, name, trigger, triggers.key_at(name), inline)
                 if rule is None:
+                    self.ctx.broken_alerts.add(name)
                     continue
                 if name in alerts:
                     self.sink.error(
@@ -779,7 +836,7 @@ class ProfileChecker:
         return alerts
 
     def _alert_rule(
-        self, policy: PolicyTemplate, name: str, trigger: YMap, pos: Position
+        self, policy: PolicyTemplate, name: str, trigger: YMap, pos: Position, inline: bool
     ) -> AlertRule | None:
         what = f"trigger '{name}' of policy '{policy.name}'"
         check_keys(trigger, TRIGGER_KEYS, what, self.sink)
@@ -832,17 +889,22 @@ class ProfileChecker:
                     hint="add 'condition: {...}'",
                 )
             return None
-        check_keys(condition, CONDITION_KEYS, f"condition of {what}", self.sink)
+        allowed_condition = CONDITION_KEYS | {"period"} if inline else CONDITION_KEYS
+        check_keys(condition, allowed_condition, f"condition of {what}", self.sink)
         threshold = condition.get("threshold")
         if not _number(threshold):
             self.sink.error(
                 codes.BAD_TRIGGER,
                 f"{what}: condition.threshold must be a number, got {kind_of(threshold)}",
-                condition.at("threshold") if "threshold" in condition else condition.pos,
+                condition.at("threshold")
+                if "threshold" in condition
+                else missing_position(trigger, "condition"),
                 hint="for example 'threshold: 100'",
             )
             ok = False
-        granularity = self._seconds(condition, "granularity", what)
+        granularity = self._seconds(
+            condition, "granularity", what, missing_position(trigger, "condition")
+        )
         if granularity is None:
             ok = False
         aggregation = condition.get("aggregation_method", "mean")
@@ -864,7 +926,7 @@ class ProfileChecker:
                 self.sink.error(
                     codes.BAD_TRIGGER,
                     f"{what}: condition needs a comparison_operator",
-                    condition.pos,
+                    missing_position(trigger, "condition"),
                     hint="add 'comparison_operator: gt' (lt, gt, lte, gte, eq, neq)",
                 )
                 ok = False
@@ -882,7 +944,7 @@ class ProfileChecker:
                 )
                 ok = False
         tags = self._tags(condition, what)
-        notify, hooks = self._handlers(trigger, what)
+        notify, hooks = self._handlers(trigger, what, inline)
         if not ok or event is None or granularity is None or not _number(threshold):
             return None
         description = trigger.get("description")
@@ -902,10 +964,10 @@ class ProfileChecker:
             description=description.strip() if isinstance(description, str) else "",
         )
 
-    def _seconds(self, m: YMap, key: str, what: str, required: bool = True) -> float | None:
+    def _seconds(
+        self, m: YMap, key: str, what: str, missing_at: Position | None = None
+    ) -> float | None:
         value = m.get(key)
-        if value is None and not required:
-            return None
         if _number(value) and value > 0:
             return float(value)
         if isinstance(value, str):
@@ -918,7 +980,7 @@ class ProfileChecker:
         self.sink.error(
             codes.BAD_TRIGGER,
             f"{what}: {key} must be a positive number of seconds (or a time like '30 s'), got {kind_of(value)}",
-            m.at(key) if key in m else m.pos,
+            m.at(key) if key in m else (missing_at or m.pos),
             hint=f"for example '{key}: 10'",
         )
         return None
@@ -955,19 +1017,58 @@ class ProfileChecker:
                     hint=did_you_mean(value, self.ctx.sfs),
                 )
                 continue
+            value_pos = tags.at(key) if tags is not None else pos
+            if not isinstance(value, str | int | float) or isinstance(value, bool):
+                self.sink.error(
+                    codes.UNKNOWN_TAG,
+                    f"{what}: resource_type '{key}' must be a single value to match, got {kind_of(value)}",
+                    value_pos,
+                    hint="give one tag value; write one trigger per value to watch several",
+                )
+                continue
             if tag == "cluster" and isinstance(value, str):
-                self._cluster_known(value, tags.at(key) if tags is not None else pos)
+                self._cluster_known(value, value_pos)
+            if tag == "fqdn" and self.ctx.fqdns and value not in self.ctx.fqdns:
+                self.sink.error(
+                    codes.NOT_A_TARGET,
+                    f"{what}: resource_type fqdn '{value}' is not served by this chain",
+                    value_pos,
+                    value=str(value),
+                    hint=did_you_mean(str(value), self.ctx.fqdns)
+                    or f"FQDNs of this chain: {', '.join(sorted(self.ctx.fqdns))}",
+                )
+                continue
+            if tag == "sr" and self.ctx.infra is not None:
+                routers = self.ctx.infra.service_routers
+                if value not in routers:
+                    self.sink.error(
+                        codes.UNKNOWN_CLUSTER,
+                        f"{what}: resource_type sr '{value}' is not a service router of topology "
+                        f"'{self.ctx.infra.name}'",
+                        value_pos,
+                        value=str(value),
+                        hint=did_you_mean(str(value), routers)
+                        or f"service routers: {', '.join(sorted(routers))}",
+                    )
+                    continue
             result.append((tag, str(value)))
         return tuple(result)
 
-    def _handlers(self, trigger: YMap, what: str) -> tuple[bool, tuple[str, ...]]:
+    def _handlers(self, trigger: YMap, what: str, inline: bool) -> tuple[bool, tuple[str, ...]]:
+        """Who an alert notifies: the SFEMC and/or webhooks.
+
+        A StateChange trigger with states and no implementation notifies the SFEMC implicitly;
+        one that lists handlers without flame_sfemc could never change a state, so it is an error.
+        """
         action = trigger.get("action")
         if not isinstance(action, YMap):
             return (False, ())
-        check_keys(action, ACTION_KEYS, f"action of {what}", self.sink)
+        allowed = {"implementation", "states"} if inline else {"implementation"}
+        check_keys(action, allowed, f"action of {what}", self.sink)
+        changes_states = inline and "states" in action
         raw = action.get("implementation")
         if raw is None:
-            return (False, ())
+            return (changes_states, ())
         items = raw if isinstance(raw, list) else [raw]
         notify = False
         hooks: list[str] = []
@@ -988,6 +1089,14 @@ class ProfileChecker:
                 )
                 continue
             hooks.append(item)
+        if changes_states and not notify:
+            self.sink.error(
+                codes.UNRESOLVED_ALERT,
+                f"{what} changes endpoint states but its implementation does not include "
+                f"{SFEMC_HANDLER}, so the SFEMC would never hear of it",
+                action.at("implementation"),
+                hint=f"add '{SFEMC_HANDLER}' to action.implementation",
+            )
         return (notify, tuple(hooks))
 
     def _state_changes(self, alerts: dict[str, _Alert]) -> list[StateChangePolicy]:
@@ -1008,13 +1117,17 @@ class ProfileChecker:
                 what = f"trigger '{name}' of policy '{policy.name}'"
                 condition = body.get("condition")
                 period = None
-                if isinstance(condition, YMap) and "constraint" in condition:
-                    check_keys(body, {"description", "condition", "action"}, what, self.sink)
+                reference = isinstance(condition, YMap) and "constraint" in condition
+                if isinstance(condition, YMap) and reference:
+                    check_keys(body, REFERENCE_TRIGGER_KEYS, what, self.sink)
+                    check_keys(
+                        condition, REFERENCE_CONDITION_KEYS, f"condition of {what}", self.sink
+                    )
                     alert_name = self._alert_reference(condition, alerts, what)
-                    if "period" in condition:
-                        period = self._seconds(condition, "period", what)
                 else:
                     alert_name = name if name in alerts else None
+                if isinstance(condition, YMap) and "period" in condition:
+                    period = self._seconds(condition, "period", what)
                 action = body.get("action")
                 if not isinstance(action, YMap) or "states" not in action:
                     self.sink.error(
@@ -1024,13 +1137,14 @@ class ProfileChecker:
                         hint="add 'action: {states: {<cluster>: {<sf>: connected}}}'",
                     )
                     continue
-                if not isinstance(condition, YMap) or "constraint" in condition:
-                    check_keys(action, ACTION_KEYS, f"action of {what}", self.sink)
+                if reference:
+                    check_keys(action, {"states"}, f"action of {what}", self.sink)
                 changes = self._state_map(
                     action["states"], action.at("states"), policy, allowed, what
                 )
                 valid: list[EndpointTarget] = []
-                for change, pos in changes:
+                for entry in changes:
+                    change, pos = entry.target, entry.state_pos
                     initial = self.ctx.initial.get((change.cluster, change.sf))
                     if initial is None and (change.cluster, change.sf) not in self.ctx.mentioned:
                         self.sink.error(
@@ -1064,6 +1178,8 @@ class ProfileChecker:
             )
             return None
         name = ref[len(ALERT_REF) :]
+        if name in self.ctx.broken_alerts:
+            return None  # the alert's own errors are reported; do not call the reference broken
         alert = alerts.get(name)
         if alert is None:
             self.sink.error(

@@ -13,6 +13,7 @@ from flame.common.diagnostics import DiagnosticSink, Position
 from flame.common.yamlshape import as_list, as_map, check_keys, did_you_mean, entries, kind_of
 from flame.common.yamlsrc import YMap, YSeq
 from flame.tosca import codes
+from flame.tosca.definitions import check_schema
 from flame.tosca.loader import Document
 from flame.tosca.types import (
     CapabilityDef,
@@ -88,6 +89,7 @@ class RequirementAssignment:
     name: str
     pos: Position
     target: str | None = None
+    target_pos: Position | None = None  # where the target is written; None if matched implicitly
 
 
 @dataclass(slots=True)
@@ -195,13 +197,7 @@ class TopologyChecker:
         defs = parse_property_defs(tt["inputs"], tt.at("inputs"), "inputs", self.sink)
         for pdef in defs.values():
             if not self.registry.is_data_type(pdef.schema.type):
-                self.registry.lookup(
-                    "data_types",
-                    pdef.schema.type,
-                    pdef.schema.pos,
-                    self.sink,
-                    f"input '{pdef.name}'",
-                )
+                check_schema(pdef.schema, self.registry, self.sink, f"input '{pdef.name}'")
             elif pdef.has_default:
                 self.values.check(
                     pdef.default, pdef.schema, pdef.default_pos, f"default of input '{pdef.name}'"
@@ -222,7 +218,7 @@ class TopologyChecker:
                 self.sink.error(
                     codes.MISSING_KEY,
                     f"output '{name}' has no 'value'",
-                    out.pos,
+                    outputs.key_at(name),
                     hint="add 'value: { get_attribute: [node, attribute] }'",
                 )
                 continue
@@ -265,7 +261,7 @@ class TopologyChecker:
         )
         self.topology.nodes[name] = node
         self._ctx = _Context(node=name)
-        self.values.check_properties(props, ntype.properties, what, m.pos)
+        self.values.check_properties(props, ntype.properties, what, nodes.key_at(name))
         if "attributes" in m:
             attrs = as_map(m["attributes"], m.at("attributes"), f"attributes of {what}", self.sink)
             if attrs is not None:
@@ -329,7 +325,7 @@ class TopologyChecker:
                     props,
                     {**ctype.properties, **cdef.properties},
                     f"capability '{cap_name}' of {what}",
-                    cm.pos,
+                    caps.key_at(cap_name),
                 )
 
     # -- requirements ------------------------------------------------------------------------
@@ -354,7 +350,7 @@ class TopologyChecker:
                 self.sink.error(
                     codes.MISSING_KEY,
                     f"{what} has no 'type'",
-                    m.pos,
+                    rts.key_at(name) if rts is not None else m.pos,
                     hint="e.g. type: tosca.relationships.ConnectsTo",
                 )
                 continue
@@ -368,7 +364,9 @@ class TopologyChecker:
             props = as_map(
                 m.get("properties"), m.at("properties"), f"properties of {what}", self.sink
             )
-            self.values.check_properties(props, rtype.properties, what, m.pos)
+            self.values.check_properties(
+                props, rtype.properties, what, rts.key_at(name) if rts is not None else m.pos
+            )
         return found
 
     def _requirements(self, node: NodeTemplate, m: YMap, rel_templates: dict[str, TypeDef]) -> None:
@@ -414,7 +412,15 @@ class TopologyChecker:
                 target = self._assign(
                     node, rdef, item[name], item.at(name), item.key_at(name), rel_templates
                 )
-                node.requirements.append(RequirementAssignment(name, item.key_at(name), target))
+                written = item[name]
+                target_pos = (
+                    written.at("node")
+                    if isinstance(written, YMap) and "node" in written
+                    else item.at(name)
+                )
+                node.requirements.append(
+                    RequirementAssignment(name, item.key_at(name), target, target_pos)
+                )
         for name, rdef in defs.items():
             if counts.get(name, 0) >= rdef.occurrences[0]:
                 continue
@@ -766,7 +772,7 @@ class TopologyChecker:
                 self.sink.error(
                     codes.MISSING_KEY,
                     f"{what} has no 'type'",
-                    m.pos,
+                    groups.key_at(name) if groups is not None else m.pos,
                     hint="e.g. type: tosca.groups.Root",
                 )
                 continue
@@ -778,7 +784,12 @@ class TopologyChecker:
                 props = as_map(
                     m.get("properties"), m.at("properties"), f"properties of {what}", self.sink
                 )
-                self.values.check_properties(props, gtype.properties, what, m.pos)
+                self.values.check_properties(
+                    props,
+                    gtype.properties,
+                    what,
+                    groups.key_at(name) if groups is not None else m.pos,
+                )
 
     def _targets(
         self, m: YMap, key: str, what: str, owner_type: TypeDef | None, *, groups_allowed: bool
@@ -847,7 +858,12 @@ class TopologyChecker:
             )
             if ptype is not None:
                 self._ctx = _Context()
-                self.values.check_properties(props, ptype.properties, what, m.pos)
+                self.values.check_properties(
+                    props,
+                    ptype.properties,
+                    what,
+                    policies.key_at(name) if policies is not None else m.pos,
+                )
             triggers = (
                 as_map(m["triggers"], m.at("triggers"), f"triggers of {what}", self.sink)
                 if "triggers" in m

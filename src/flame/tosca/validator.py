@@ -19,6 +19,7 @@ from flame.common.diagnostics import (
     Severity,
     ValidationFailed,
 )
+from flame.common.yamlshape import did_you_mean
 from flame.topology.model import Topology as Infrastructure
 from flame.tosca import codes
 from flame.tosca.definitions import check_definitions
@@ -101,6 +102,16 @@ def _check(
     registry.resolve(new, sink)
     check_definitions(new, registry, sink)
     topologies: list[Topology] = [TopologyChecker(doc, registry, sink).check() for doc in docs]
+    declared = {name for topology in topologies for name in topology.inputs}
+    for name in inputs or {}:
+        if name not in declared:
+            sink.error(
+                codes.UNKNOWN_INPUT,
+                f"input '{name}' was given a value but no template declares it",
+                Position(docs[0].name, 1, 1),
+                value=name,
+                hint=did_you_mean(name, declared) or "declare it under topology_template.inputs",
+            )
     return ProfileChecker(topologies, sink, infra=infra, runtimes=runtimes, inputs=inputs).build()
 
 

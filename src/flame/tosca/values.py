@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +15,7 @@ from flame.common.units import (
     is_timestamp,
     is_version,
     parse_scalar,
+    version_key,
 )
 from flame.common.yamlshape import did_you_mean, kind_of
 from flame.common.yamlsrc import YMap, YSeq
@@ -97,7 +99,7 @@ class ValueChecker:
                     self.sink.error(
                         codes.MISSING_PROPERTY,
                         f"{owner} is missing required {kind} '{name}' ({pdef.schema.type})",
-                        assigned.pos if assigned is not None else pos,
+                        pos,
                         value=name,
                         hint=f"add '{name}:' under properties",
                     )
@@ -200,7 +202,7 @@ class ValueChecker:
         if type_name == "version":
             if not is_version(value):
                 return self._wrong(value, "a version like 1.2 or 1.2.3", pos, what)
-            return value
+            return version_key(value)  # comparable: 1.10 > 1.9
         if type_name == "range":
             if not is_range(value):
                 return self._wrong(
@@ -233,7 +235,7 @@ class ValueChecker:
                     key_pos = value.key_at(key) if isinstance(value, YMap) else pos
                     self.check(key, key_schema, key_pos, f"key '{key}' of {what}")
                 if entry is not None:
-                    self.check(item, entry, item_pos, f"{what}.{key}")
+                    self.check(item, entry, item_pos, f"entry '{key}' of {what}")
             return value
         return value  # pragma: no cover - PRIMITIVES is closed
 
@@ -261,6 +263,8 @@ class ValueChecker:
                 )
 
     def _arg(self, argument: Any, type_name: str) -> Any:
+        if type_name == "version":
+            return version_key(argument) if is_version(argument) else argument
         if type_name in SCALAR_UNITS:
             try:
                 return parse_scalar(argument, type_name)
@@ -299,7 +303,9 @@ class ValueChecker:
             high_value = None if high == "UNBOUNDED" else self._arg(high, type_name)
             # A range value is within a range when both of its bounds are.
             points = (
-                [p for p in normal if p != "UNBOUNDED"] if isinstance(normal, list) else [normal]
+                [math.inf if p == "UNBOUNDED" else p for p in normal]
+                if isinstance(normal, list)
+                else [normal]
             )
             try:
                 ok = all(p >= low and (high_value is None or p <= high_value) for p in points)
