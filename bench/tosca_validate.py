@@ -335,6 +335,31 @@ def _unknown_requirement(node: Node) -> tuple[int, str]:
     return _insert_below(node, "requirements:", "- monitors: server_00"), "monitors"
 
 
+def _wrong_target_type(node: Node) -> tuple[int, str]:
+    # A WebApplication must be hosted on a WebServer; a Compute offers a Compute capability.
+    server = f"server_{node.stack:02d}"
+    return _replace(node, "- host:", f"- host: {server}"), server
+
+
+def _duplicate_key(node: Node) -> tuple[int, str]:
+    # YAML keeps only one of two equal keys; which one a parser keeps is silently decided.
+    return _insert_below(node, "properties:", "port: 5433"), "port"
+
+
+def _unknown_template_key(node: Node) -> tuple[int, str]:
+    index = _find(node, "requirements:")
+    line = node.lines[index]
+    node.lines.insert(index, line[: len(line) - len(line.lstrip())] + "requirement: []")
+    return index, "requirement"
+
+
+def _missing_property_of_existing_node(node: Node) -> tuple[int, str]:
+    dbms = f"dbms_{node.stack:02d}"
+    return _replace(
+        node, "port:", f"port: {{ get_property: [{dbms}, listen_port] }}"
+    ), "listen_port"
+
+
 KINDS: tuple[Kind, ...] = (
     Kind("unknown node type", "agent", "E300", _unknown_node_type),
     Kind("unknown property name", "app", "E400", _unknown_property),
@@ -347,6 +372,10 @@ KINDS: tuple[Kind, ...] = (
     Kind("constraint violation (num_cpus: 0)", "server", "E403", _constraint),
     Kind("unknown capability name", "server", "E505", _unknown_capability),
     Kind("unknown requirement name", "agent", "E500", _unknown_requirement),
+    Kind("requirement target of the wrong type", "app", "E502", _wrong_target_type),
+    Kind("duplicate key in a mapping", "dbms", "E101", _duplicate_key),
+    Kind("unknown key in a node template", "web", "E200", _unknown_template_key),
+    Kind("get_property of a missing property", "db", "E602", _missing_property_of_existing_node),
 )
 
 
@@ -610,7 +639,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke run: 3 rounds")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 15)")
     parser.add_argument("--nodes", type=int, default=100, help="node templates (multiple of 4)")
-    parser.add_argument("--errors", type=int, default=10, help=f"injected errors (1..{len(KINDS)})")
+    parser.add_argument(
+        "--errors", type=int, default=len(KINDS), help=f"injected errors (1..{len(KINDS)})"
+    )
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
     if args.rounds is None:
