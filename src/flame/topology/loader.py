@@ -13,9 +13,10 @@ links: [{between: [sr-ue, sw-1], latency: 2 ms, bandwidth: 1 Gbps}]
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from flame.common.diagnostics import DiagnosticSink, Position, ValidationFailed
 from flame.common.units import ScalarError, parse_scalar
@@ -98,23 +99,42 @@ class _Reader:
             self.sink.error(BAD_VALUE, f"{what}: {exc}", pos, value=value, hint=exc.hint)
             return None
 
-    def resources(self, value: Any, pos: Position, what: str) -> Resources | None:
+    def resources(
+        self, value: Any, pos: Position, what: str, *, allow_zero: bool = False
+    ) -> Resources | None:
+        """Cpus, memory and disk: finite, positive (or zero where `allow_zero`, as reserved)."""
         m = as_map(value, pos, what, self.sink)
         if m is not None:
             check_keys(m, {"cpus", "memory", "disk"}, what, self.sink)
         if m is None:
             return None
+        least = "non-negative" if allow_zero else "positive"
         cpus = m.get("cpus")
-        if isinstance(cpus, bool) or not isinstance(cpus, int | float) or cpus <= 0:
+        if not _finite(cpus) or cpus < 0 or (cpus == 0 and not allow_zero):
             self.sink.error(
-                BAD_VALUE, f"{what}: cpus must be a positive number", m.at("cpus"), value=cpus
+                BAD_VALUE,
+                f"{what}: cpus must be a {least} number",
+                m.at("cpus"),
+                value=cpus if _finite(cpus) else str(cpus),
             )
             return None
-        memory = self.scalar(m.get("memory"), m.at("memory"), "scalar-unit.size", f"{what} memory")
-        disk = self.scalar(m.get("disk"), m.at("disk"), "scalar-unit.size", f"{what} disk")
-        if memory is None or disk is None:
-            return None
-        return Resources(float(cpus), int(memory), int(disk))
+        sizes: list[int] = []
+        for key in ("memory", "disk"):
+            size = self.scalar(m.get(key), m.at(key), "scalar-unit.size", f"{what} {key}")
+            bad = size is not None and (
+                not math.isfinite(size) or size < 0 or (size == 0 and not allow_zero)
+            )
+            if bad:
+                self.sink.error(
+                    BAD_VALUE,
+                    f"{what}: {key} must be a {least} size",
+                    m.at(key),
+                    value=str(m.get(key)),
+                )
+            if size is None or bad:
+                return None
+            sizes.append(int(size))
+        return Resources(float(cpus), sizes[0], sizes[1])
 
 
 def load_topology(path: str | Path) -> Topology:
@@ -140,7 +160,8 @@ def parse_topology(text: str, name: str, sink: DiagnosticSink) -> Topology | Non
         return None
     r = _Reader(sink)
     check_keys(root, _TOP_KEYS, "a topology file", sink)
-    if root.get("flame_topology") != 1:
+    version = root.get("flame_topology")
+    if isinstance(version, bool) or version != 1:
         sink.error(
             BAD_VERSION,
             f"flame_topology must be 1, got {kind_of(root.get('flame_topology'))}",
@@ -230,10 +251,27 @@ def parse_topology(text: str, name: str, sink: DiagnosticSink) -> Topology | Non
                 else:
                     capacity = r.resources(m["capacity"], m.at("capacity"), f"capacity of {what}")
                 reserved = (
-                    r.resources(m["reserved"], m.at("reserved"), f"reserved of {what}")
+                    r.resources(
+                        m["reserved"], m.at("reserved"), f"reserved of {what}", allow_zero=True
+                    )
                     if "reserved" in m
                     else DEFAULT_RESERVED
                 )
+                if (
+                    capacity is not None
+                    and reserved is not None
+                    and (
+                        reserved.cpus >= capacity.cpus
+                        or reserved.memory_bytes >= capacity.memory_bytes
+                        or reserved.disk_bytes >= capacity.disk_bytes
+                    )
+                ):
+                    sink.error(
+                        BAD_VALUE,
+                        f"{what}: the reserved share leaves nothing of its capacity for endpoints",
+                        m.key_at("reserved") if "reserved" in m else m.key_at("capacity"),
+                        hint="raise the capacity or lower 'reserved' (default: 1 cpu, 1 GB, 1.5 GB)",
+                    )
                 vim_name = m.get("vim", "process")
                 try:
                     vim = Vim(vim_name)
@@ -282,7 +320,7 @@ def parse_topology(text: str, name: str, sink: DiagnosticSink) -> Topology | Non
             )
     links = _links(root, nodes, r, sink)
     return Topology(
-        name=str(root.get("name", Path(name).stem)),
+        name=_name(root, name, sink),
         source=name,
         nodes=nodes,
         links=tuple(links),
@@ -334,12 +372,17 @@ def _links(root: YMap, nodes: dict[str, Node], r: _Reader, sink: DiagnosticSink)
             latency_ms = float(raw_latency)  # a bare number means milliseconds
         else:
             seconds = r.scalar(raw_latency, m.at("latency"), "scalar-unit.time", f"{what} latency")
-            latency_ms = None if seconds is None else seconds * 1000.0
+            # round away the binary noise of going through seconds (9 ms -> 9.000000000000002)
+            latency_ms = None if seconds is None else round(seconds * 1000.0, 9)
         if latency_ms is None:
             ok = False
-        elif latency_ms < 0:
+        elif not math.isfinite(latency_ms) or latency_ms < 0:
             sink.error(
-                BAD_VALUE, f"{what}: latency cannot be negative", m.at("latency"), value=raw_latency
+                BAD_VALUE,
+                f"{what}: latency must be a finite, non-negative time",
+                m.at("latency"),
+                value=str(raw_latency),
+                hint="for example 'latency: 5 ms'",
             )
             ok = False
         bandwidth = (
@@ -347,6 +390,15 @@ def _links(root: YMap, nodes: dict[str, Node], r: _Reader, sink: DiagnosticSink)
             if "bandwidth" in m
             else None
         )
+        if bandwidth is not None and (not math.isfinite(bandwidth) or bandwidth <= 0):
+            sink.error(
+                BAD_VALUE,
+                f"{what}: bandwidth must be a positive rate",
+                m.at("bandwidth"),
+                value=str(m.get("bandwidth")),
+                hint="for example 'bandwidth: 1 Gbps'",
+            )
+            ok = False
         cost = m.get("cost")
         if cost is not None and (
             isinstance(cost, bool) or not isinstance(cost, int | float) or cost < 0
@@ -377,3 +429,15 @@ def _links(root: YMap, nodes: dict[str, Node], r: _Reader, sink: DiagnosticSink)
                 )
             )
     return links
+
+
+def _finite(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _name(root: YMap, source: str, sink: DiagnosticSink) -> str:
+    name = root.get("name", Path(source).stem)
+    if not isinstance(name, str) or not name:
+        sink.error(BAD_VALUE, f"name must be a string, got {kind_of(name)}", root.at("name"))
+        return Path(source).stem
+    return name
