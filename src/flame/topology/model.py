@@ -64,12 +64,24 @@ class Link:
 
 
 @dataclass(frozen=True, slots=True)
+class StaticRegistration:
+    """An FQDN served by a fixed endpoint, configured in the topology file (SFR-10)."""
+
+    fqdn: str
+    cluster: str
+    host: str
+    port: int
+    sfe: str
+
+
+@dataclass(frozen=True, slots=True)
 class Topology:
     name: str
     source: str
     nodes: dict[str, Node] = field(default_factory=dict)
     links: tuple[Link, ...] = ()
     locations: dict[str, GeoPoint] = field(default_factory=dict)
+    registrations: tuple[StaticRegistration, ...] = ()
 
     def of_kind(self, kind: NodeKind) -> dict[str, Node]:
         return {k: v for k, v in self.nodes.items() if v.kind is kind}

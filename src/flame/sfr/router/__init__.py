@@ -1,0 +1,1 @@
+"""The service router data plane (SFR-1, SFR-14)."""
