@@ -38,6 +38,8 @@ test: lint typecheck unit
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/tosca_validate.py $(BENCH_ARGS)
+	$(BIN)/python bench/pce.py $(BENCH_ARGS)
+	$(BIN)/python bench/sr_vs_nginx.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from flame import __version__
+from flame.cli.sfr_commands import install as install_sfr_commands
 from flame.common.auth import Role, TokenStore
 from flame.common.config import Config, load_config
 from flame.common.diagnostics import Diagnostic, Severity, ValidationFailed
@@ -259,6 +260,9 @@ def token_revoke(state: _State, name: str) -> None:
     _token_store(state).revoke(name)
     if not state.json:
         click.echo(f"revoked '{name}'")
+
+
+install_sfr_commands(cli, topology_group)
 
 
 # -- entry point ---------------------------------------------------------------------------

@@ -1,1 +1,476 @@
-"""Placeholder: being written."""
+"""The PCE's HTTP API (FastAPI): topology, registrations, delegations, policies, tables, routes.
+
+`create_app(service, tokens)` builds it; `flame serve pce` runs it under uvicorn. Every route
+under `/v1` needs `Authorization: Bearer <token>` (checked by a middleware before anything else,
+so an anonymous request learns nothing, not even whether its body was valid): operators may do
+everything; tenants may read the topology and manage the registrations, policies and routes of
+the names delegated to them (SFR-10, SFR-11, SFEMC-7). `GET /health` is open.
+
+Errors are always JSON, `{"error": <code>, "message": <text>, ...context}`, from
+`FlameError.as_dict()`: 400 bad request, 401 (with `WWW-Authenticate`), 403, 404, 409, 422 for
+a body or query that does not fit the schema, 503 (with `Retry-After`) from a standby PCE, and
+500 without a traceback for our own bugs.
+
+Distribution (SFR-11): each SR long-polls `GET /v1/tables/{sr}?since=V&wait=S` and gets the
+table as soon as its version exceeds V, or 304 after S seconds (at most 60). Responses carry
+`X-Flame-Table-Version` and `X-Flame-Pce-Generation`; the generation changes only if the PCE
+database is replaced, the one case where versions restart.
+
+All handlers are `async`: the service's state lives on the event loop's thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from flame import __version__
+from flame.common.auth import Principal, TokenStore, parse_bearer, require_operator
+from flame.common.errors import AuthenticationError, FlameError, UserError
+from flame.sfr.models import Endpoint, Metric, RoutingPolicy
+from flame.sfr.registry import normalise_fqdn
+from flame.sfr.service import MAX_WAIT_S, ChangeResult, PceService, PublishedTable
+from flame.sfr.store import encode_link, encode_node
+from flame.topology.geo import GeoPoint
+from flame.topology.model import Link, Node, NodeKind, Resources, Topology, Vim
+from flame.topology.model import LinkState as LinkUpDown
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("flame.sfr.api")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_PRINCIPAL = "flame.principal"
+_REALM = 'Bearer realm="flame-pce"'
+_NODE_ID = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+
+
+# -- request bodies (422 when they do not fit) ---------------------------------------------------
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class EndpointBody(_Body):
+    sfe: str = Field(min_length=1, max_length=253)
+    fqdn: str = Field(min_length=1, max_length=253)
+    cluster: str = Field(min_length=1)
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    sfc: str | None = None
+    tenant: str | None = None
+    weight: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+
+
+class LinkPatch(_Body):
+    latency_ms: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    cost: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+
+
+class PointBody(_Body):
+    latitude: float = Field(ge=-90, le=90)
+    longitude: float = Field(ge=-180, le=180)
+
+
+class ResourcesBody(_Body):
+    cpus: float = Field(gt=0, allow_inf_nan=False)
+    memory_bytes: int = Field(gt=0)
+    disk_bytes: int = Field(gt=0)
+
+
+class NewLinkBody(_Body):
+    to: str = Field(min_length=1)
+    latency_ms: float = Field(default=1.0, ge=0, allow_inf_nan=False)
+    bandwidth_bps: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    cost: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    link_class: str | None = Field(default=None, alias="class")
+    state: LinkUpDown = LinkUpDown.UP
+
+
+class NodeBody(_Body):
+    id: str = Field(pattern=_NODE_ID)
+    kind: NodeKind
+    location: PointBody | str | None = None  # coordinates, or a named location of the topology
+    sr: str | None = None
+    address: str | None = None
+    capacity: ResourcesBody | None = None
+    vim: Vim | None = None
+    links: list[NewLinkBody] = Field(default_factory=list)
+
+
+class DelegationBody(_Body):
+    tenant: str = Field(min_length=1)
+
+
+class AreaBody(_Body):
+    centre: PointBody | None = None
+    radius_km: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    polygon: list[PointBody] = Field(default_factory=list)
+    location: str | None = None
+
+
+class PolicyBody(_Body):
+    metric: Metric = Metric.LATENCY
+    area: AreaBody | None = None
+    paths_in_area: bool = False
+    prefer_clusters: list[str] = Field(default_factory=list)
+    avoid_clusters: list[str] = Field(default_factory=list)
+    exclude_clusters: list[str] = Field(default_factory=list)
+    prefer_locations: list[str] = Field(default_factory=list)
+    avoid_locations: list[str] = Field(default_factory=list)
+    exclude_link_classes: list[str] = Field(default_factory=list)
+    max_latency_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+
+
+# -- errors ----------------------------------------------------------------------------------------
+
+
+def _error_response(exc: FlameError) -> JSONResponse:
+    headers: dict[str, str] = {}
+    if exc.http_status == 401:
+        headers["WWW-Authenticate"] = _REALM
+    elif exc.http_status == 503:
+        headers["Retry-After"] = "1"
+    return JSONResponse(exc.as_dict(), status_code=exc.http_status, headers=headers)
+
+
+async def _flame_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, FlameError)
+    if not isinstance(exc, UserError) and exc.http_status >= 500:
+        log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
+    return _error_response(exc)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    # Only location, message and type: pydantic's "input" and "ctx" may hold anything.
+    errors = [
+        {
+            "loc": [str(part) for part in e.get("loc", ())],
+            "msg": e.get("msg", ""),
+            "type": e.get("type", ""),
+        }
+        for e in exc.errors()
+    ]
+    first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+    where = ".".join(first["loc"])
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return JSONResponse(
+        {
+            "error": "invalid_request",
+            "message": f"{where}: {first['msg']}{more}" if where else f"{first['msg']}{more}",
+            "errors": errors,
+        },
+        status_code=422,
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    message = str(exc.detail)
+    if exc.status_code == 404:
+        message = f"no route {request.method} {request.url.path}; see /docs for the API"
+    return JSONResponse(
+        {"error": code, "message": message},
+        status_code=exc.status_code,
+        headers=dict(exc.headers or {}),
+    )
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.error("%s %s: internal error", request.method, request.url.path, exc_info=exc)
+    return JSONResponse(
+        {"error": "internal_error", "message": "internal error in the PCE; see its log"},
+        status_code=500,
+    )
+
+
+# -- authentication ------------------------------------------------------------------------------
+
+
+class BearerAuth:
+    """Authenticate every `/v1` request before routing, body parsing or validation."""
+
+    def __init__(self, app: ASGIApp, tokens: TokenStore) -> None:
+        self.app = app
+        self.tokens = tokens
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not (path == "/v1" or path.startswith("/v1/")):
+            await self.app(scope, receive, send)
+            return
+        try:
+            token = parse_bearer(Headers(scope=scope).get("authorization"))
+            scope[_PRINCIPAL] = self.tokens.authenticate(token)
+        except FlameError as exc:  # 401, or 500 for an unusable token store
+            await _error_response(exc)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _principal(request: Request) -> Principal:
+    principal = request.scope.get(_PRINCIPAL)
+    if not isinstance(principal, Principal):  # only if the middleware was not installed
+        raise AuthenticationError(
+            "missing Authorization header; send 'Authorization: Bearer <token>'"
+        )
+    return principal
+
+
+Caller = Annotated[Principal, Depends(_principal)]
+
+
+# -- the app ---------------------------------------------------------------------------------------
+
+
+def create_app(service: PceService, tokens: TokenStore) -> FastAPI:
+    """The PCE API around `service`; the app's lifespan starts and stops the service."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPI(
+        title="FLAME PCE",
+        version=__version__,
+        description="Path computation, FQDN registry and forwarding tables (SFR).",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BearerAuth, tokens=tokens)
+    app.add_exception_handler(FlameError, _flame_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _internal_error)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        """Liveness and role (active or standby); no token needed."""
+        return service.status()
+
+    # -- topology (SFR-7, SFR-13) ------------------------------------------------------------
+
+    @app.get("/v1/topology")
+    async def get_topology(caller: Caller) -> dict[str, Any]:
+        return _topology_dict(service.topology())
+
+    @app.post("/v1/topology/links/{a}/{b}/down")
+    async def link_down(a: str, b: str, caller: Caller) -> dict[str, Any]:
+        require_operator(caller)
+        return service.set_link_state(a, b, up=False).to_dict()
+
+    @app.post("/v1/topology/links/{a}/{b}/up")
+    async def link_up(a: str, b: str, caller: Caller) -> dict[str, Any]:
+        require_operator(caller)
+        return service.set_link_state(a, b, up=True).to_dict()
+
+    @app.put("/v1/topology/links/{a}/{b}")
+    async def update_link(a: str, b: str, body: LinkPatch, caller: Caller) -> dict[str, Any]:
+        require_operator(caller)
+        result = service.update_link(
+            a,
+            b,
+            latency_ms=body.latency_ms,
+            cost=body.cost,
+            set_cost="cost" in body.model_fields_set,
+        )
+        return result.to_dict()
+
+    @app.post("/v1/topology/nodes", status_code=201)
+    async def add_node(body: NodeBody, caller: Caller) -> dict[str, Any]:
+        require_operator(caller)
+        node, links = _node_from(body, service.topology())
+        result: ChangeResult = service.add_node(node, links)
+        return {"node": encode_node(node), **result.to_dict()}
+
+    @app.delete("/v1/topology/nodes/{node_id}")
+    async def remove_node(node_id: str, caller: Caller) -> dict[str, Any]:
+        require_operator(caller)
+        return {"node": node_id, **service.remove_node(node_id).to_dict()}
+
+    # -- registrations and delegations (SFR-10, SFR-11, SFEMC-7) -----------------------------
+
+    @app.get("/v1/registrations")
+    async def list_registrations(caller: Caller) -> dict[str, Any]:
+        return {
+            "registry_version": service.registry_version,
+            "registrations": [r.to_dict() for r in service.registrations(caller)],
+        }
+
+    @app.post("/v1/registrations")
+    async def register(body: EndpointBody, caller: Caller) -> JSONResponse:
+        change = service.register(caller, Endpoint(**body.model_dump()))
+        assert change.after is not None
+        return JSONResponse(
+            {
+                "registration": change.after.to_dict(),
+                "changed": change.changed,
+                "registry_version": service.registry_version,
+            },
+            status_code=201 if change.before is None else 200,
+        )
+
+    @app.delete("/v1/registrations/{sfe}")
+    async def withdraw(sfe: str, caller: Caller) -> dict[str, Any]:
+        change = service.withdraw(caller, sfe)
+        assert change.before is not None
+        return {"withdrawn": change.before.to_dict(), "registry_version": service.registry_version}
+
+    @app.get("/v1/delegations")
+    async def list_delegations(caller: Caller) -> dict[str, Any]:
+        return {"delegations": [d.to_dict() for d in service.delegations(caller)]}
+
+    @app.put("/v1/delegations/{name}")
+    async def delegate(name: str, body: DelegationBody, caller: Caller) -> dict[str, Any]:
+        return service.delegate(caller, name, body.tenant).to_dict()
+
+    @app.delete("/v1/delegations/{name}")
+    async def undelegate(name: str, caller: Caller) -> dict[str, Any]:
+        return service.undelegate(caller, name).to_dict()
+
+    # -- policies (SFR-5, SFR-6) ---------------------------------------------------------------
+
+    @app.get("/v1/policies")
+    async def list_policies(caller: Caller) -> dict[str, Any]:
+        return {"policies": [p.to_dict() for p in service.policies(caller)]}
+
+    @app.get("/v1/policies/{fqdn}")
+    async def get_policy(fqdn: str, caller: Caller) -> dict[str, Any]:
+        return service.policy(caller, fqdn).to_dict()
+
+    @app.put("/v1/policies/{fqdn}")
+    async def put_policy(fqdn: str, body: PolicyBody, caller: Caller) -> dict[str, Any]:
+        policy = RoutingPolicy.from_dict({**body.model_dump(), "fqdn": fqdn})
+        versions = service.set_policy(caller, policy)
+        return {"policy": service.policy(caller, fqdn).to_dict(), "versions": dict(versions)}
+
+    @app.delete("/v1/policies/{fqdn}")
+    async def delete_policy(fqdn: str, caller: Caller) -> dict[str, Any]:
+        versions = service.delete_policy(caller, fqdn)
+        return {"deleted": fqdn, "versions": dict(versions)}
+
+    # -- distribution and routes (SFR-4, SFR-11) -----------------------------------------------
+
+    @app.get("/v1/tables/{sr}")
+    async def get_table(
+        sr: str,
+        caller: Caller,
+        since: Annotated[int, Query(ge=0, description="the version the SR has")] = 0,
+        wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="seconds to hold")] = 0.0,
+    ) -> Response:
+        """The SR's forwarding table if newer than `since`, else 304 after up to `wait` s."""
+        table = await service.wait_table(caller, sr, since, wait)
+        if table is None:
+            current = service.table(caller, sr)
+            return Response(status_code=304, headers=_table_headers(service, current))
+        return Response(
+            table.body(), media_type="application/json", headers=_table_headers(service, table)
+        )
+
+    @app.get("/v1/routes/{fqdn}")
+    async def get_routes(
+        fqdn: str,
+        caller: Caller,
+        from_node: Annotated[str | None, Query(alias="from", description="an SR or UE")] = None,
+    ) -> dict[str, Any]:
+        tables = service.routes(caller, fqdn, from_node)
+        return {"fqdn": normalise_fqdn(fqdn), "tables": [t.to_dict() for t in tables]}
+
+    return app
+
+
+def _table_headers(service: PceService, table: PublishedTable) -> dict[str, str]:
+    return {
+        "X-Flame-Table-Version": str(table.table.version),
+        "X-Flame-Pce-Generation": service.generation,
+        "Cache-Control": "no-store",
+    }
+
+
+def _topology_dict(topology: Topology) -> dict[str, Any]:
+    return {
+        "name": topology.name,
+        "locations": {
+            name: {"latitude": p.latitude, "longitude": p.longitude}
+            for name, p in sorted(topology.locations.items())
+        },
+        "nodes": [encode_node(n) for n in topology.nodes.values()],
+        "links": [encode_link(k) for k in topology.links],
+    }
+
+
+def _node_from(body: NodeBody, topology: Topology) -> tuple[Node, list[Link]]:
+    """A new node and its links from a request body, named locations resolved."""
+    location: GeoPoint | None = None
+    location_name: str | None = None
+    if isinstance(body.location, str):
+        location_name = body.location
+        location = topology.locations.get(body.location)
+        if location is None:
+            known = ", ".join(sorted(topology.locations)) or "none"
+            raise UserError(
+                f"node '{body.id}': unknown location '{body.location}'; known: {known}",
+                node=body.id,
+            )
+    elif body.location is not None:
+        location = GeoPoint(body.location.latitude, body.location.longitude)
+    if body.address is not None:
+        try:
+            loopback = ipaddress.ip_address(body.address).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise UserError(
+                f"node '{body.id}': address must be a loopback IP address (127.0.0.0/8 or ::1), "
+                f"got '{body.address}'",
+                node=body.id,
+            )
+    capacity = (
+        None
+        if body.capacity is None
+        else Resources(body.capacity.cpus, body.capacity.memory_bytes, body.capacity.disk_bytes)
+    )
+    node = Node(
+        id=body.id,
+        kind=body.kind,
+        location=location,
+        location_name=location_name,
+        sr=body.sr,
+        address=body.address,
+        capacity=capacity,
+        vim=body.vim,
+    )
+    links = [
+        Link(
+            a=body.id,
+            b=k.to,
+            latency_ms=k.latency_ms,
+            bandwidth_bps=k.bandwidth_bps,
+            cost=k.cost,
+            state=k.state,
+            link_class=k.link_class,
+        )
+        for k in body.links
+    ]
+    return node, links

@@ -147,7 +147,9 @@ class RoutingPolicy:
                     else None
                 ),
                 "radius_km": self.area.radius_km,
-                "polygon": [{"latitude": p.latitude, "longitude": p.longitude} for p in self.area.polygon],
+                "polygon": [
+                    {"latitude": p.latitude, "longitude": p.longitude} for p in self.area.polygon
+                ],
                 "location": self.area.location,
             }
         return {
@@ -171,10 +173,15 @@ class RoutingPolicy:
         if raw_area:
             centre = raw_area.get("centre")
             area = Area(
-                centre=GeoPoint(float(centre["latitude"]), float(centre["longitude"])) if centre else None,
-                radius_km=float(raw_area["radius_km"]) if raw_area.get("radius_km") is not None else None,
+                centre=GeoPoint(float(centre["latitude"]), float(centre["longitude"]))
+                if centre
+                else None,
+                radius_km=float(raw_area["radius_km"])
+                if raw_area.get("radius_km") is not None
+                else None,
                 polygon=tuple(
-                    GeoPoint(float(p["latitude"]), float(p["longitude"])) for p in raw_area.get("polygon") or ()
+                    GeoPoint(float(p["latitude"]), float(p["longitude"]))
+                    for p in raw_area.get("polygon") or ()
                 ),
                 location=raw_area.get("location"),
             )

@@ -1,1 +1,847 @@
-"""Placeholder: being written."""
+"""The path computation element: ranked routes per ingress SR and FQDN (SFR-4, 5, 6, 13).
+
+Shortest-path trees rooted at every service router (distances and predecessors, one
+scipy.sparse.csgraph Dijkstra call over the `Graph`'s CSR structure) are kept for the default
+metric (latency) and, on demand, for each (metric, excluded link classes, path area) a policy asks
+for. A link change rewrites one weight per tree set and updates only the trees it can affect:
+a raised or failed link, the subtrees below it in the trees that use it (SFR-13); a lowered or
+restored link, the distances it shortens. Tables rank the endpoints of every FQDN for many SRs at
+once with numpy (gather distances, lexsort) and build `Route` objects only when a table is read.
+
+Errors (both `UserError`): `TopologyError` (graph.py) for unknown nodes and links or bad values;
+`PolicyError` from `check_policy` for policies naming unknown clusters, locations, link classes.
+A `PathComputer` is not thread-safe: one caller (or a lock) at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import numpy.typing as npt
+from scipy.sparse import csr_matrix  # type: ignore[import-untyped]
+from scipy.sparse.csgraph import dijkstra  # type: ignore[import-untyped]
+
+from flame.common.errors import FlameError, UserError
+from flame.common.yamlshape import did_you_mean
+from flame.sfr.graph import (
+    NO_NODE,
+    BoolArray,
+    FloatArray,
+    Graph,
+    IntArray,
+    TopologyError,
+    check_weight,
+)
+from flame.sfr.models import (
+    AddNode,
+    Endpoint,
+    LinkCost,
+    LinkLatency,
+    LinkState,
+    Metric,
+    RemoveNode,
+    Route,
+    RoutingPolicy,
+    TopologyChange,
+)
+from flame.topology.geo import Area, GeoPoint
+from flame.topology.model import Link, Node, NodeKind, Topology
+
+__all__ = ["PathComputer", "PolicyError", "RouteTable", "TopologyError", "TreeKey"]
+
+ROUND_DIGITS = 9  # costs and latencies are compared and reported to 1e-9 (ms, cost units)
+REPAIR_SHARE = 0.25  # a tree losing a subtree larger than this share of nodes is recomputed whole
+
+
+class PolicyError(UserError):
+    """A routing policy names a cluster, location or link class the topology does not have."""
+
+    code: ClassVar[str] = "policy_error"
+
+
+@dataclass(frozen=True, slots=True)
+class TreeKey:
+    """What a set of shortest-path trees is computed over: a metric on a filtered graph."""
+
+    metric: Metric = Metric.LATENCY
+    exclude_link_classes: frozenset[str] = frozenset()
+    area: Area | None = None  # every node with coordinates on a path must lie inside (SFR-5)
+
+
+DEFAULT_KEY = TreeKey()
+
+
+class _Trees:
+    """Shortest-path trees rooted at every SR for one `TreeKey`, rows computed on demand.
+
+    `dist`/`pred` have one row per SR and one column per node; `computed` says which rows are
+    valid (they are kept valid through changes). For metrics other than latency, `latency` holds
+    the latency of each tree path, recomputed lazily (pointer doubling over predecessor rows).
+    """
+
+    def __init__(self, graph: Graph, key: TreeKey, node_ok: BoolArray | None) -> None:
+        self.graph, self.key, self.node_ok = graph, key, node_ok
+        self.repair_share = REPAIR_SHARE
+        excluded = [i for i, c in enumerate(graph.classes) if c in key.exclude_link_classes]
+        usable = ~np.isin(graph.link_class, excluded)
+        if node_ok is not None:
+            usable &= node_ok[graph.link_a] & node_ok[graph.link_b]
+        self.usable: BoolArray = usable
+        self.pair_w, self.pair_lat = graph.pair_weights(key.metric, usable)
+        self.matrix = csr_matrix(
+            (graph.csr_data(self.pair_w), graph.indices, graph.indptr), shape=(graph.n, graph.n)
+        )
+        rows = len(graph.srs)
+        self.dist: FloatArray = np.full((rows, graph.n), np.inf)
+        self.pred: IntArray = np.full((rows, graph.n), NO_NODE, dtype=np.int32)
+        self.computed: BoolArray = np.zeros(rows, dtype=np.bool_)
+        self.pred_shared = False  # a ranking holds self.pred: copy before writing
+        self._latency: FloatArray | None = None
+        self._latency_fresh: BoolArray = np.zeros(rows, dtype=np.bool_)
+
+    def computed_rows(self) -> list[int]:
+        return np.flatnonzero(self.computed).tolist()
+
+    def ensure(self, rows: IntArray) -> None:
+        """Compute the trees of these SR rows that are not computed yet."""
+        self._dijkstra(rows[~self.computed[rows]])
+
+    def _dijkstra(self, rows: IntArray) -> None:
+        """Whole trees from these SR rows, in one scipy call."""
+        if rows.size == 0:
+            return
+        rows = np.unique(rows)
+        dist, pred = dijkstra(
+            self.matrix, directed=True, indices=self.graph.srs[rows], return_predecessors=True
+        )
+        self._own_pred()
+        self.dist[rows] = dist
+        self.pred[rows] = pred
+        self.computed[rows] = True
+        self._latency_fresh[rows] = False
+
+    # -- a link changed (SFR-13) -----------------------------------------------------------
+
+    def change_pair(self, pair: int) -> BoolArray:
+        """Rewrite one pair's weight after its links changed; update the trees it touches.
+
+        A raised or failed link only touches trees that use it, and in them only the subtree
+        below it: that subtree is repaired from its unchanged surroundings (`_repair`). A lowered
+        or restored link touches the trees in which it shortens a distance: those are recomputed.
+        Returns the touched rows.
+        """
+        g = self.graph
+        w_new, lat_new = g.pair_weight(self.key.metric, pair, self.usable)
+        w_old, lat_old = float(self.pair_w[pair]), float(self.pair_lat[pair])
+        self.pair_w[pair], self.pair_lat[pair] = w_new, lat_new
+        self.matrix.data[g.pair_slots[pair]] = w_new
+        u, v = int(g.pair_u[pair]), int(g.pair_v[pair])
+        uses: BoolArray = self.computed & ((self.pred[:, v] == u) | (self.pred[:, u] == v))
+        touched: BoolArray
+        if w_new > w_old:
+            touched = uses
+            self._repair(np.flatnonzero(touched).astype(np.int32), u, v)
+        elif w_new < w_old:
+            du, dv = self.dist[:, u], self.dist[:, v]
+            touched = self.computed & ((du + w_new < dv) | (dv + w_new < du))
+            self._improve(np.flatnonzero(touched).astype(np.int32), u, v, w_new)
+        else:
+            touched = np.zeros_like(uses)
+        if self.key.metric is not Metric.LATENCY and lat_new != lat_old:
+            touched = touched | uses  # same trees, other path latencies
+        self._latency_fresh[touched] = False
+        return touched
+
+    def _repair(self, rows: IntArray, u: int, v: int) -> None:
+        """Recompute only the subtrees below the raised link (u, v) in these trees.
+
+        Nodes outside a subtree keep their distance. Inside, a node's distance is the best of
+        (outside neighbour's distance + link) continued within the subtree: one multi-source
+        Dijkstra over all the subtrees at once, each fed by its own virtual source whose links
+        carry those entry distances (min_only, so the subtrees never mix). Work is proportional
+        to the subtrees' links, not to the graph; a tree losing a large part is recomputed whole.
+        """
+        if rows.size == 0:
+            return
+        g, n = self.graph, self.graph.n
+        cut = np.where(self.pred[rows, v] == u, v, u).astype(np.int32)  # the child end
+        local, node = self._subtrees(rows, cut)
+        sizes = np.bincount(local, minlength=len(rows))
+        whole = sizes > self.repair_share * n
+        if whole.any():
+            self._dijkstra(rows[whole])
+            keep = ~whole[local]
+            renumber = np.cumsum(~whole) - 1
+            rows, local, node = rows[~whole], renumber[local[keep]], node[keep]
+        m, t_count = len(rows), len(node)
+        if m == 0:
+            return
+        self._own_pred()
+        # Members t = 0..T-1 are (tree, node) pairs; find them again by key = tree * n + node.
+        key = local.astype(np.int64) * n + node
+        by_key = np.argsort(key)
+        sorted_key = key[by_key]
+        # Every member's links: to members (inner links) or from the outside (entries).
+        owner, slot = g.adjacent(node)
+        other, weight = g.indices[slot], self.matrix.data[slot]
+        query = local[owner].astype(np.int64) * n + other
+        at = np.minimum(np.searchsorted(sorted_key, query), t_count - 1)
+        inner = sorted_key[at] == query
+        other_member = by_key[at]
+        entry = ~inner & np.isfinite(weight)
+        entry_t, entry_from = owner[entry], other[entry]
+        entry_dist = self.dist[rows[local[entry_t]], entry_from] + weight[entry]
+        order = np.lexsort((entry_dist, entry_t))
+        best_t, first = np.unique(entry_t[order], return_index=True)
+        best_dist, best_from = entry_dist[order][first], entry_from[order][first]
+        # Graph: members 0..T-1, then one virtual source per tree (T + local index).
+        src = np.concatenate([owner[inner], t_count + local[best_t]])
+        dst = np.concatenate([other_member[inner], best_t])
+        wgt = np.concatenate([weight[inner], best_dist])
+        by_src = np.argsort(src, kind="stable")
+        size = t_count + m
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(src, minlength=size))])
+        block = csr_matrix((wgt[by_src], dst[by_src], indptr), shape=(size, size))
+        dist, bpred, _ = dijkstra(
+            block,
+            directed=True,
+            indices=np.arange(t_count, size),
+            return_predecessors=True,
+            min_only=True,
+        )
+        entered_from = np.full(t_count, NO_NODE, dtype=np.int32)
+        entered_from[best_t] = best_from
+        bpred = bpred[:t_count]
+        new_pred = np.where(
+            bpred >= t_count,
+            entered_from,
+            np.where(bpred >= 0, node[np.clip(bpred, 0, t_count - 1)], NO_NODE),
+        )
+        self.dist[rows[local], node] = dist[:t_count]
+        self.pred[rows[local], node] = new_pred
+
+    def _subtrees(self, rows: IntArray, top: IntArray) -> tuple[IntArray, IntArray]:
+        """Members of the subtree of top[i] in tree rows[i], as (i, node) pairs.
+
+        Top-down, level by level: a node's children are its neighbours whose predecessor it is,
+        so the work follows the subtrees' links rather than the whole predecessor matrix.
+        """
+        g = self.graph
+        level_local = np.arange(len(rows), dtype=np.int32)
+        level_node = top
+        locals_, nodes = [level_local], [level_node]
+        while level_node.size:
+            owner, slot = g.adjacent(level_node)
+            child, parent_local = g.indices[slot], level_local[owner]
+            is_child = self.pred[rows[parent_local], child] == level_node[owner]
+            level_local, level_node = parent_local[is_child], child[is_child]
+            locals_.append(level_local)
+            nodes.append(level_node)
+        return np.concatenate(locals_), np.concatenate(nodes)
+
+    def _improve(self, rows: IntArray, u: int, v: int, weight: float) -> None:
+        """Lower the distances that the lowered link (u, v) shortens in these trees.
+
+        With one link lowered, a node's new distance is the old one or, through the link, the
+        distance to its nearer end a plus the link plus the distance from its other end b (one
+        Dijkstra from each end, on the new graph). Improved nodes take their predecessor from
+        b's tree (b itself from a): a node improves only if its predecessor there does too.
+        """
+        if rows.size == 0:
+            return
+        self._own_pred()
+        from_end, end_pred = dijkstra(
+            self.matrix, directed=True, indices=[u, v], return_predecessors=True
+        )
+        toward_v = self.dist[rows, u] + weight < self.dist[rows, v]  # else toward u
+        near = np.where(toward_v, u, v)
+        far_index = toward_v.astype(np.intp)  # row of `from_end` for the far end (v: 1)
+        far = np.where(toward_v, v, u)
+        through = (self.dist[rows, near] + weight)[:, None] + from_end[far_index]
+        dist, pred = self.dist[rows], self.pred[rows]
+        better = through < dist
+        new_pred = end_pred[far_index]
+        new_pred[np.arange(len(rows)), far] = near
+        self.dist[rows] = np.where(better, through, dist)
+        self.pred[rows] = np.where(better, new_pred, pred)
+
+    def _own_pred(self) -> None:
+        """Copy-on-write: rankings handed out keep the predecessor matrix they were built on."""
+        if self.pred_shared:
+            self.pred = self.pred.copy()
+            self.pred_shared = False
+
+    def share_pred(self) -> IntArray:
+        self.pred_shared = True
+        return self.pred
+
+    # -- path latencies for other metrics ---------------------------------------------------
+
+    def latency(self, rows: IntArray) -> FloatArray:
+        """Path latency from each SR of `rows` to every node, along the (computed) trees."""
+        if self.key.metric is Metric.LATENCY:
+            return self.dist
+        if self._latency is None:
+            self._latency = np.full(self.dist.shape, np.inf)
+        need = rows[~self._latency_fresh[rows]]
+        if need.size:
+            need = np.unique(need)
+            self._latency[need] = self._tree_latency(need)
+            self._latency_fresh[need] = True
+        return self._latency
+
+    def _tree_latency(self, rows: IntArray) -> FloatArray:
+        """Sum link latencies root-to-node by pointer doubling: log2(depth) numpy steps.
+
+        Works on the rows flattened, with one extra column per row standing for "above the
+        root": ancestors point into the same flat array, so each step is two `take`s.
+        """
+        g, pred = self.graph, self.pred[rows]
+        m, n = pred.shape
+        has = pred >= 0
+        child = np.broadcast_to(np.arange(n, dtype=np.int32), pred.shape)
+        acc = np.zeros((m, n + 1))
+        acc[:, :n][has] = self.pair_lat[g.slot_pair[g.slots_of(pred[has], child[has])]]
+        base = (np.arange(m, dtype=np.int64) * (n + 1))[:, None]
+        anc = np.full((m, n + 1), n, dtype=np.int64)
+        anc[:, :n] = np.where(has, pred, n)
+        flat_anc, flat_acc = (anc + base).ravel(), acc.ravel()
+        while True:
+            flat_acc += flat_acc[flat_anc]
+            step = flat_anc[flat_anc]
+            if (step == flat_anc).all():
+                break
+            flat_anc = step
+        out = flat_acc.reshape(m, n + 1)[:, :n]
+        out[~has] = np.inf  # unreachable, and the roots (set back to 0 below)
+        out[np.arange(m), g.srs[rows]] = 0.0
+        return out
+
+
+@dataclass(slots=True)
+class _Paths:
+    """Paths along the predecessor matrix a ranking was made on (copy-on-write in `_Trees`)."""
+
+    ids: tuple[str, ...]
+    roots: list[int]  # per ranking row: the SR's node index
+    tree_rows: list[int]  # per ranking row: its row in `pred`
+    pred: IntArray
+    _known: dict[int, dict[int, tuple[str, ...]]] = field(default_factory=dict)
+    _rows: dict[int, list[int]] = field(default_factory=dict)
+
+    def path(self, i: int, target: int) -> tuple[str, ...]:
+        """Node ids from the root of ranking row i to target; shared prefixes built once."""
+        known = self._known.get(i)
+        if known is None:
+            known = self._known[i] = {self.roots[i]: (self.ids[self.roots[i]],)}
+            self._rows[i] = self.pred[self.tree_rows[i]].tolist()
+        found = known.get(target)
+        if found is not None:
+            return found
+        row, ids, pending, node = self._rows[i], self.ids, [], target
+        while node not in known:
+            pending.append(node)
+            node = row[node]
+            if node < 0 or len(pending) > len(row):  # a broken tree must not loop forever
+                raise FlameError(f"no tree path from {ids[self.roots[i]]} to {ids[target]}")
+        path = known[node]
+        for node in reversed(pending):
+            path = known[node] = (*path, ids[node])
+        return path
+
+
+@dataclass(slots=True)
+class _Group:
+    """FQDNs that share a tree set and a number of candidate endpoints, ranked for many SRs."""
+
+    endpoints: list[list[Endpoint]]  # per FQDN, the candidates
+    egress: list[list[int]]  # per FQDN, each candidate's egress SR (node index)
+    order: npt.NDArray[np.intp]  # (R, F, k) candidate indices, best first
+    count: IntArray  # (R, F) how many of them are routable
+    cost: FloatArray  # (R, F, k) per candidate (not ranked)
+    latency: FloatArray  # (R, F, k) per candidate (not ranked); `cost` itself for latency
+    paths: _Paths
+
+
+@dataclass(slots=True)
+class _Ranking:
+    """The result of one `tables` or `routes` call: where each FQDN's ranking is."""
+
+    ids: tuple[str, ...]
+    fqdns: dict[str, tuple[int, int] | None]  # fqdn -> (group, index in group); None: no routes
+    groups: list[_Group]
+
+    def routes(self, i: int, fqdn: str, rows: dict[int, _RowLists]) -> tuple[Route, ...]:
+        """The routes of one FQDN for ranking row i; `rows` caches per-group Python lists."""
+        where = self.fqdns[fqdn]
+        if where is None:
+            return ()
+        g, j = where
+        group = self.groups[g]
+        lists = rows.get(g)
+        if lists is None:
+            lists = rows[g] = _RowLists.of(group, i)
+        order, costs, latencies = lists.order[j][: lists.count[j]], lists.cost[j], lists.latency[j]
+        endpoints, egress, ids, path = (
+            group.endpoints[j],
+            group.egress[j],
+            self.ids,
+            group.paths.path,
+        )
+        return tuple(
+            Route(endpoints[x], ids[egress[x]], costs[x], latencies[x], path(i, egress[x]))
+            for x in order
+        )
+
+
+@dataclass(slots=True)
+class _RowLists:
+    """One SR's slice of a group as Python lists: numpy once per group, not once per FQDN."""
+
+    order: list[list[int]]
+    count: list[int]
+    cost: list[list[float]]
+    latency: list[list[float]]
+
+    @classmethod
+    def of(cls, group: _Group, i: int) -> _RowLists:
+        cost = group.cost[i].tolist()
+        latency = cost if group.latency is group.cost else group.latency[i].tolist()
+        return cls(group.order[i].tolist(), group.count[i].tolist(), cost, latency)
+
+
+def _some(names: Iterable[str], limit: int = 10) -> str:
+    ordered = sorted(names)
+    more = f" and {len(ordered) - limit} more" if len(ordered) > limit else ""
+    return (", ".join(ordered[:limit]) or "none") + more
+
+
+def _gather(matrix: FloatArray, rows: IntArray, cols: IntArray, all_rows: bool) -> FloatArray:
+    """matrix[rows][:, cols], rounded to 1e-9 so that equal sums compare equal.
+
+    Different paths of the same length can sum to floats an ulp apart; rounding makes ties
+    real ties (broken by endpoint id) and incremental results equal to recomputed ones.
+    """
+    picked = matrix[:, cols] if all_rows else matrix[np.ix_(rows, cols)]
+    return np.round(picked, ROUND_DIGITS)
+
+
+class RouteTable(Mapping[str, tuple[Route, ...]]):
+    """One SR's routes per FQDN, best first; `Route` objects are built when first read.
+
+    Ranking is done for all SRs at once; building half a million Route objects is not, because an
+    SR's table is only read when it is serialised for that SR. Fits `ForwardingTable.routes`.
+    """
+
+    __slots__ = ("_cache", "_lists", "_ranking", "_row", "sr")
+
+    def __init__(self, sr: str, ranking: _Ranking, row: int) -> None:
+        self.sr = sr
+        self._ranking, self._row = ranking, row
+        self._cache: dict[str, tuple[Route, ...]] = {}
+        self._lists: dict[int, _RowLists] = {}
+
+    def __getitem__(self, fqdn: str) -> tuple[Route, ...]:
+        found = self._cache.get(fqdn)
+        if found is None:
+            if fqdn not in self._ranking.fqdns:
+                raise KeyError(fqdn)
+            found = self._cache[fqdn] = self._ranking.routes(self._row, fqdn, self._lists)
+        return found
+
+    def __contains__(self, fqdn: object) -> bool:
+        return fqdn in self._ranking.fqdns
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ranking.fqdns)
+
+    def __len__(self) -> int:
+        return len(self._ranking.fqdns)
+
+    def __repr__(self) -> str:
+        return f"RouteTable(sr={self.sr!r}, fqdns={len(self)})"
+
+
+@dataclass(slots=True)
+class _Candidates:
+    """The endpoints of one FQDN that a policy allows, with their static ranking keys."""
+
+    fqdn: str
+    key: TreeKey
+    endpoints: list[Endpoint]
+    egress: list[int]
+    rank: list[int]  # preference class: preferred (in order), normal, avoided
+    max_latency: float
+
+
+class PathComputer:
+    """Shortest-path routes from every SR to the endpoints of every FQDN (SFR-4, 5, 6, 13).
+
+    Links are undirected; a link that is down is not used. Clusters and user equipment attach to
+    their SR (`node.sr`): a cluster's endpoints are reached at its SR (the egress), a UE's
+    requests enter at its SR (the ingress).
+    """
+
+    def __init__(self, topology: Topology, *, max_filtered_trees: int = 16) -> None:
+        self._name, self._source = topology.name, topology.source
+        self._locations: dict[str, GeoPoint] = dict(topology.locations)
+        self._registrations = topology.registrations
+        self._nodes: dict[str, Node] = dict(topology.nodes)
+        self._max_filtered = max_filtered_trees
+        self._install(Graph(self._nodes, topology.links))
+        self._default.ensure(self._all_rows())
+
+    def _install(self, graph: Graph) -> None:
+        self.graph = graph
+        self._default = self._make_trees(DEFAULT_KEY)
+        self._filtered: OrderedDict[TreeKey, _Trees] = OrderedDict()
+
+    def _all_rows(self) -> IntArray:
+        return np.arange(len(self.graph.srs), dtype=np.int32)
+
+    # -- the topology ----------------------------------------------------------------------
+
+    @property
+    def topology(self) -> Topology:
+        """The topology as it is now, with every change applied."""
+        return Topology(
+            name=self._name,
+            source=self._source,
+            nodes=dict(self._nodes),
+            links=self.graph.links(),
+            locations=dict(self._locations),
+            registrations=self._registrations,
+        )
+
+    @property
+    def service_routers(self) -> tuple[str, ...]:
+        return self.graph.sr_ids
+
+    def ingress(self, node_id: str) -> str:
+        """The SR where requests from a node enter: an SR itself or a UE's SR."""
+        return self.graph.sr_ids[self.graph.sr_row_of(node_id, ingress=True)]
+
+    # -- changes (SFR-7, SFR-13) -------------------------------------------------------------
+
+    def apply(self, change: TopologyChange) -> frozenset[str]:
+        """Apply one change; return the SRs whose trees it changed: their tables need recomputing.
+
+        The touched trees are updated before this returns, in every tree set in use (a failed
+        link repairs only the subtrees below it). Adding or removing a cluster or SR also reports
+        every SR that reaches its SR, because routes to its endpoints appear or disappear. A
+        removed SR is not reported: it has no table any more.
+        """
+        g = self.graph
+        match change:
+            case LinkState(a=a, b=b, up=up):
+                pair = g.pair(a, b)
+                g.set_up(pair, up)
+            case LinkLatency(a=a, b=b, latency_ms=latency):
+                pair = g.pair(a, b)
+                check_weight(latency, "latency_ms", a, b)
+                g.set_latency(pair, latency)
+            case LinkCost(a=a, b=b, cost=cost):
+                pair = g.pair(a, b)
+                if cost is not None:
+                    check_weight(cost, "cost", a, b)
+                g.set_cost(pair, cost)
+            case AddNode():
+                return self._add(change)
+            case RemoveNode(node=node_id):
+                return self._remove(node_id)
+            case _:
+                raise TypeError(f"not a topology change: {change!r}")
+        touched = np.zeros(len(g.srs), dtype=np.bool_)
+        for trees in self._tree_sets():
+            touched |= trees.change_pair(pair)
+        return frozenset(g.sr_ids[i] for i in np.flatnonzero(touched))
+
+    def _tree_sets(self) -> list[_Trees]:
+        return [self._default, *self._filtered.values()]
+
+    def _add(self, change: AddNode) -> frozenset[str]:
+        node, g = change.node, self.graph
+        if node.id in self._nodes:
+            raise TopologyError(f"node '{node.id}' already exists; remove it first", node=node.id)
+        if node.kind in (NodeKind.CLUSTER, NodeKind.USER_EQUIPMENT):
+            if node.sr is None:
+                raise TopologyError(
+                    f"{node.kind.value.replace('_', ' ')} '{node.id}' must name its service router"
+                    " (sr)",
+                    node=node.id,
+                )
+            g.sr_row_of(node.sr)
+        for link in change.links:
+            if node.id not in (link.a, link.b):
+                raise TopologyError(
+                    f"link {link.a}—{link.b} does not connect the new node '{node.id}'",
+                    node=node.id,
+                )
+        nodes = {**self._nodes, node.id: node}
+        return self._rebuild(nodes, (*g.links(), *change.links), node, added=True)
+
+    def _remove(self, node_id: str) -> frozenset[str]:
+        g = self.graph
+        i = g.node_index(node_id)
+        nodes = {k: v for k, v in self._nodes.items() if k != node_id}
+        links = tuple(k for k in g.links() if node_id not in (k.a, k.b))
+        return self._rebuild(nodes, links, g.nodes[i], added=False)
+
+    def _rebuild(
+        self, nodes: dict[str, Node], links: Sequence[Link], node: Node, *, added: bool
+    ) -> frozenset[str]:
+        """Node changes rebuild the graph and recompute what was fresh; report what differs."""
+        old, old_sets = self.graph, self._tree_sets()
+        graph = Graph(nodes, links)  # raises before anything changes
+        self._nodes = nodes
+        self._install(graph)
+        self._default.ensure(self._all_rows())
+        changed: set[str] = set()
+        if added and node.kind is NodeKind.SERVICE_ROUTER:
+            changed.add(node.id)
+        old_ids = np.array([graph.index.get(i, -1) for i in old.ids], dtype=np.int64)
+        common_old = np.flatnonzero(old_ids >= 0)
+        common_new = old_ids[common_old]
+        remap = np.append(old_ids, -1)  # old index (or -1 for "none") -> new index
+        for old_trees in old_sets:
+            new_trees = self._default if old_trees.key == DEFAULT_KEY else None
+            if new_trees is None:
+                new_trees = self._make_trees(old_trees.key)
+                self._filtered[old_trees.key] = new_trees
+            rows_old = np.array(
+                [r for r in old_trees.computed_rows() if old.sr_ids[r] in graph.sr_row],
+                dtype=np.int32,
+            )
+            rows_new = np.array(
+                [graph.sr_row[old.sr_ids[r]] for r in rows_old.tolist()], dtype=np.int32
+            )
+            new_trees.ensure(rows_new)
+            d_old = old_trees.dist[np.ix_(rows_old, common_old)]
+            d_new = new_trees.dist[np.ix_(rows_new, common_new)]
+            p_old = old_trees.pred[np.ix_(rows_old, common_old)]
+            p_old = np.where(p_old >= 0, remap[np.maximum(p_old, -1)], NO_NODE)
+            p_new = new_trees.pred[np.ix_(rows_new, common_new)]
+            differs = (d_old != d_new).any(axis=1) | (p_old != p_new).any(axis=1)
+            changed.update(old.sr_ids[r] for r in rows_old[differs].tolist())
+        if node.kind in (NodeKind.CLUSTER, NodeKind.SERVICE_ROUTER):
+            # Routes to the endpoints behind this node appear or disappear wherever it is reached.
+            g = graph if added else old
+            trees = self._default if added else old_sets[0]
+            at = int(g.attached_sr[g.index[node.id]])
+            if at >= 0:
+                reach = np.flatnonzero(trees.computed & np.isfinite(trees.dist[:, at]))
+                changed.update(g.sr_ids[r] for r in reach)
+        return frozenset(sr for sr in changed if sr in graph.sr_row)
+
+    # -- tree sets ---------------------------------------------------------------------------
+
+    def _make_trees(self, key: TreeKey) -> _Trees:
+        node_ok = None
+        if key.area is not None:
+            area = key.area
+            node_ok = np.array(
+                [
+                    (n.location is None and n.location_name is None) or self._inside(area, n)
+                    for n in self.graph.nodes
+                ],
+                dtype=np.bool_,
+            )
+        return _Trees(self.graph, key, node_ok)
+
+    def _trees(self, key: TreeKey) -> _Trees:
+        if key == DEFAULT_KEY:
+            return self._default
+        trees = self._filtered.get(key)
+        if trees is None:
+            trees = self._filtered[key] = self._make_trees(key)
+            while len(self._filtered) > self._max_filtered:
+                self._filtered.popitem(last=False)
+        else:
+            self._filtered.move_to_end(key)
+        return trees
+
+    def _key(self, policy: RoutingPolicy) -> TreeKey:
+        classes = frozenset(c for c in policy.exclude_link_classes if c in self.graph.classes)
+        area = policy.area if policy.paths_in_area else None
+        return TreeKey(policy.metric, classes, area)
+
+    def _inside(self, area: Area, node: Node) -> bool:
+        """Is a node inside an area? A bare named location matches by name (SFR-5)."""
+        if area.centre is None and not area.polygon and area.location is not None:
+            point = self._locations.get(area.location)
+            if area.radius_km is not None and point is not None:
+                return (
+                    node.location is not None and point.distance_km(node.location) <= area.radius_km
+                )
+            return node.location_name == area.location
+        return node.location is not None and area.contains(node.location, self._locations)
+
+    # -- policies (SFR-5, SFR-6) -------------------------------------------------------------
+
+    def check_policy(self, policy: RoutingPolicy) -> None:
+        """Raise PolicyError if a policy names clusters, locations or link classes not known."""
+        clusters = [k for k, n in self._nodes.items() if n.kind is NodeKind.CLUSTER]
+        named = {
+            "cluster": (
+                (*policy.prefer_clusters, *policy.avoid_clusters, *policy.exclude_clusters),
+                clusters,
+            ),
+            "location": (
+                (
+                    *policy.prefer_locations,
+                    *policy.avoid_locations,
+                    *((policy.area.location,) if policy.area and policy.area.location else ()),
+                ),
+                list(self._locations),
+            ),
+            "link class": (policy.exclude_link_classes, list(self.graph.classes)),
+        }
+        for what, (names, known) in named.items():
+            for name in names:
+                if name not in known:
+                    hint = did_you_mean(name, known, dotted=False)
+                    raise PolicyError(
+                        f"policy for '{policy.fqdn}': unknown {what} '{name}'"
+                        + (f" ({hint})" if hint else f"; known: {_some(known)}"),
+                        fqdn=policy.fqdn,
+                        name=name,
+                    )
+
+    def _candidates(
+        self, fqdn: str, policy: RoutingPolicy, endpoints: Iterable[Endpoint]
+    ) -> _Candidates:
+        """Filter an FQDN's endpoints by policy (area, exclusions) and give each its preference."""
+        g = self.graph
+        prefer = {c: i for i, c in enumerate(policy.prefer_clusters)}
+        prefer_at = {loc: len(prefer) + i for i, loc in enumerate(policy.prefer_locations)}
+        normal = len(prefer) + len(prefer_at)
+        excluded, avoided = set(policy.exclude_clusters), set(policy.avoid_clusters)
+        avoided_at = set(policy.avoid_locations)
+        area = policy.area
+        max_latency = math.inf if policy.max_latency_ms is None else policy.max_latency_ms
+        out = _Candidates(fqdn, self._key(policy), [], [], [], max_latency)
+        for endpoint in endpoints:
+            i = g.index.get(endpoint.cluster)
+            if i is None or endpoint.cluster in excluded:
+                continue
+            egress, node = int(g.attached_sr[i]), g.nodes[i]
+            if node.kind is not NodeKind.CLUSTER or egress < 0:
+                continue  # endpoints live on clusters reached at their SR
+            if area is not None and not self._inside(area, node):
+                continue
+            rank = prefer.get(endpoint.cluster)
+            if rank is None and node.location_name is not None:
+                rank = prefer_at.get(node.location_name)
+            if rank is None:
+                rank = normal + (endpoint.cluster in avoided or node.location_name in avoided_at)
+            out.endpoints.append(endpoint)
+            out.egress.append(egress)
+            out.rank.append(rank)
+        return out
+
+    # -- routes and tables (SFR-4) -----------------------------------------------------------
+
+    def routes(
+        self, sr: str, endpoints: Sequence[Endpoint], policy: RoutingPolicy | None = None
+    ) -> tuple[Route, ...]:
+        """The ranked routes (best first) from one ingress SR (or UE) to an FQDN's endpoints."""
+        row = self.graph.sr_row_of(sr, ingress=True)
+        fqdn = policy.fqdn if policy else (endpoints[0].fqdn if endpoints else "")
+        policy = policy or RoutingPolicy(fqdn=fqdn)
+        ranking = self._rank(
+            [self._candidates(fqdn, policy, endpoints)], np.array([row], dtype=np.int32)
+        )
+        return ranking.routes(0, fqdn, {})
+
+    def tables(
+        self,
+        endpoints: Iterable[Endpoint],
+        policies: Mapping[str, RoutingPolicy],
+        srs: Iterable[str] | None = None,
+    ) -> dict[str, RouteTable]:
+        """Forwarding tables, sr -> fqdn -> routes, for every SR or the given ones.
+
+        Every FQDN with an endpoint or a policy has an entry, empty when nothing is routable
+        (the SR answers 503, not 502). FQDNs without a policy use the default one (latency).
+        """
+        g = self.graph
+        if srs is None:
+            rows = self._all_rows()
+        else:
+            rows = np.array([g.sr_row_of(sr) for sr in srs], dtype=np.int32)
+        by_fqdn: dict[str, list[Endpoint]] = {}
+        for endpoint in endpoints:
+            by_fqdn.setdefault(endpoint.fqdn, []).append(endpoint)
+        for fqdn in policies:
+            by_fqdn.setdefault(fqdn, [])
+        candidates = [
+            self._candidates(fqdn, policies.get(fqdn) or RoutingPolicy(fqdn=fqdn), eps)
+            for fqdn, eps in by_fqdn.items()
+        ]
+        ranking = self._rank(candidates, rows)
+        return {
+            g.sr_ids[r]: RouteTable(g.sr_ids[r], ranking, i) for i, r in enumerate(rows.tolist())
+        }
+
+    def _rank(self, candidates: Sequence[_Candidates], rows: IntArray) -> _Ranking:
+        """Rank every FQDN's candidates for every SR row, in groups of equal shape (numpy)."""
+        g = self.graph
+        sfe_order = {
+            s: i for i, s in enumerate(sorted({e.sfe for c in candidates for e in c.endpoints}))
+        }
+        fqdns: dict[str, tuple[int, int] | None] = {}
+        shapes: dict[tuple[TreeKey, int], list[_Candidates]] = {}
+        for c in candidates:
+            if c.endpoints:
+                shapes.setdefault((c.key, len(c.endpoints)), []).append(c)
+            else:
+                fqdns[c.fqdn] = None
+        groups: list[_Group] = []
+        paths: dict[TreeKey, _Paths] = {}
+        all_rows = len(rows) == len(g.srs) and bool((rows == self._all_rows()).all())
+        roots, tree_rows = g.srs[rows].tolist(), rows.tolist()
+        for (key, k), members in shapes.items():
+            trees = self._trees(key)
+            trees.ensure(rows)
+            if key not in paths:
+                paths[key] = _Paths(g.ids, roots, tree_rows, trees.share_pred())
+            cols = np.array([c.egress for c in members], dtype=np.int32)  # (F, k)
+            shape = (len(rows), len(members), k)
+            cost = _gather(trees.dist, rows, cols.ravel(), all_rows).reshape(shape)
+            if key.metric is Metric.LATENCY:
+                latency = cost
+            else:
+                latency = _gather(trees.latency(rows), rows, cols.ravel(), all_rows).reshape(shape)
+            ok = np.isfinite(cost)
+            if trees.node_ok is not None:
+                ok &= trees.node_ok[cols][None] & trees.node_ok[g.srs[rows]][:, None, None]
+            max_latency = np.array([c.max_latency for c in members])
+            if np.isfinite(max_latency).any():
+                ok &= latency <= max_latency[None, :, None]
+            sfe = np.array([[sfe_order[e.sfe] for e in c.endpoints] for c in members])
+            keys: list[npt.NDArray[np.generic]] = [np.broadcast_to(sfe[None], shape)]
+            if latency is not cost:
+                keys.append(latency)
+            keys.append(np.where(ok, cost, np.inf))
+            rank = np.array([c.rank for c in members], dtype=np.int32)
+            if rank.any():  # preferences first; unroutable ones still last
+                keys.append(np.where(ok, rank[None], np.iinfo(np.int32).max))
+            for j, c in enumerate(members):
+                fqdns[c.fqdn] = (len(groups), j)
+            groups.append(
+                _Group(
+                    endpoints=[c.endpoints for c in members],
+                    egress=[c.egress for c in members],
+                    order=np.lexsort(keys, axis=-1),
+                    count=ok.sum(axis=-1, dtype=np.int32),
+                    cost=cost,
+                    latency=latency,
+                    paths=paths[key],
+                )
+            )
+        return _Ranking(g.ids, fqdns, groups)

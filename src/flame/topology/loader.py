@@ -8,6 +8,7 @@ clusters: {edge-1: {sr: sr-ue, location: bristol, capacity: {cpus: 4, memory: 8 
 switches: {sw-1: {}}
 user_equipment: {ue-1: {sr: sr-ue}}
 links: [{between: [sr-ue, sw-1], latency: 2 ms, bandwidth: 1 Gbps}]
+registrations: [{fqdn: www.example.org, cluster: edge-1, host: 127.0.0.1, port: 8080}]
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from flame.topology.model import (
     Node,
     NodeKind,
     Resources,
+    StaticRegistration,
     Topology,
     Vim,
 )
@@ -53,7 +55,15 @@ _SECTIONS = {
     "switches": NodeKind.SWITCH,
     "user_equipment": NodeKind.USER_EQUIPMENT,
 }
-_TOP_KEYS = {"flame_topology", "name", "description", "locations", "links", *_SECTIONS}
+_TOP_KEYS = {
+    "flame_topology",
+    "name",
+    "description",
+    "locations",
+    "links",
+    "registrations",
+    *_SECTIONS,
+}
 _NODE_KEYS = {
     NodeKind.SERVICE_ROUTER: {"location", "address", "description"},
     NodeKind.CLUSTER: {"location", "sr", "capacity", "reserved", "vim", "description"},
@@ -61,7 +71,40 @@ _NODE_KEYS = {
     NodeKind.USER_EQUIPMENT: {"location", "sr", "description"},
 }
 _LINK_KEYS = {"between", "latency", "bandwidth", "cost", "state", "class", "description"}
+_REGISTRATION_KEYS = {"fqdn", "cluster", "host", "port", "sfe", "description"}
 _ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_FQDN_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_SFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,252}$")
+
+
+def fqdn_problem(fqdn: str) -> str | None:
+    """What is wrong with `fqdn` as a service name (None if nothing), worded to follow it.
+
+    The same rule as FLAME-TOSCA's `fqdn` property, so a name that validates in a template can be
+    registered (SFR-10, SFR-11): lowercase DNS labels, at least two, 253 characters at most.
+    """
+    if len(fqdn) > 253:
+        return "is longer than 253 characters"
+    labels = fqdn.split(".")
+    if len(labels) < 2:
+        return "needs at least two labels (a dot)"
+    for label in labels:
+        if not _FQDN_LABEL.match(label):
+            return f"has an invalid label '{label}' (lowercase letters, digits and '-', max 63)"
+    return None
+
+
+def sfe_id_problem(sfe: str) -> str | None:
+    """What is wrong with `sfe` as an endpoint id (None if nothing).
+
+    Ids travel in URL paths (`DELETE /v1/registrations/{sfe}`), so no '/', spaces or '%'.
+    """
+    if not _SFE_ID.match(sfe):
+        return (
+            "must be 1-253 letters, digits, '.', '_', '@', ':' or '-', "
+            "starting with a letter or digit"
+        )
+    return None
 
 
 class _Reader:
@@ -319,12 +362,14 @@ def parse_topology(text: str, name: str, sink: DiagnosticSink) -> Topology | Non
                 hint=did_you_mean(ref, pool) or f"service routers: {', '.join(pool) or 'none'}",
             )
     links = _links(root, nodes, r, sink)
+    registrations = _registrations(root, nodes, sink)
     return Topology(
         name=_name(root, name, sink),
         source=name,
         nodes=nodes,
         links=tuple(links),
         locations=locations,
+        registrations=tuple(registrations),
     )
 
 
@@ -429,6 +474,118 @@ def _links(root: YMap, nodes: dict[str, Node], r: _Reader, sink: DiagnosticSink)
                 )
             )
     return links
+
+
+def _registrations(
+    root: YMap, nodes: dict[str, Node], sink: DiagnosticSink
+) -> list[StaticRegistration]:
+    """Static FQDN registrations (SFR-10): endpoints that exist without the SFEMC.
+
+    The operator owns them. An entry without `sfe:` gets the id `<fqdn>@<cluster>`, so two
+    entries for one FQDN on one cluster must name their endpoints.
+    """
+    found: list[StaticRegistration] = []
+    first_at: dict[str, Position] = {}
+    seq = as_list(root.get("registrations"), root.at("registrations"), "registrations", sink)
+    clusters = [n for n, node in nodes.items() if node.kind is NodeKind.CLUSTER]
+    for index, item in enumerate(seq or []):
+        pos = seq.at(index) if seq is not None else root.pos
+        what = f"registration #{index + 1}"
+        m = as_map(item, pos, what, sink)
+        if m is None:
+            continue
+        check_keys(m, _REGISTRATION_KEYS, what, sink)
+        ok = True
+        for key in ("fqdn", "cluster", "host", "port"):
+            if key not in m:
+                sink.error(
+                    MISSING_KEY,
+                    f"{what} has no '{key}'",
+                    pos,
+                    hint="write '{fqdn: www.example.org, cluster: <cluster id>, "
+                    "host: 127.0.0.1, port: 8080}'",
+                )
+                ok = False
+        fqdn: Any = m.get("fqdn")
+        cluster: Any = m.get("cluster")
+        host: Any = m.get("host")
+        port: Any = m.get("port")
+        if "fqdn" in m:
+            problem = (
+                fqdn_problem(fqdn)
+                if isinstance(fqdn, str)
+                else f"must be a string, got {kind_of(fqdn)}"
+            )
+            if problem:
+                sink.error(BAD_VALUE, f"{what}: fqdn {problem}", m.at("fqdn"), value=str(fqdn))
+                ok = False
+        if "cluster" in m:
+            node = nodes.get(cluster) if isinstance(cluster, str) else None
+            if node is None or node.kind is not NodeKind.CLUSTER:
+                sink.error(
+                    UNKNOWN_REFERENCE,
+                    f"{what}: '{cluster}' is not a cluster",
+                    m.at("cluster"),
+                    value=str(cluster),
+                    hint=did_you_mean(cluster, clusters)
+                    or f"clusters: {', '.join(clusters) or 'none'}",
+                )
+                ok = False
+        if "host" in m:
+            try:
+                if not ipaddress.ip_address(str(host)).is_loopback:
+                    raise ValueError("not loopback")
+            except ValueError:
+                sink.error(
+                    BAD_VALUE,
+                    f"{what}: host must be a loopback IP address (127.0.0.0/8 or ::1), got {host!r}",
+                    m.at("host"),
+                    value=str(host),
+                )
+                ok = False
+        if "port" in m and (
+            isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535
+        ):
+            sink.error(
+                BAD_VALUE,
+                f"{what}: port must be an integer from 1 to 65535, got {kind_of(port)}",
+                m.at("port"),
+                value=str(port),
+            )
+            ok = False
+        sfe = m.get("sfe", f"{fqdn}@{cluster}")
+        sfe_pos = m.at("sfe") if "sfe" in m else pos
+        if "sfe" in m:
+            problem = (
+                sfe_id_problem(sfe)
+                if isinstance(sfe, str)
+                else f"must be a string, got {kind_of(sfe)}"
+            )
+            if problem:
+                sink.error(BAD_VALUE, f"{what}: sfe {problem}", sfe_pos, value=str(sfe))
+                ok = False
+        if not ok:
+            continue
+        if sfe in first_at:
+            sink.error(
+                DUPLICATE_ID,
+                f"{what}: endpoint id '{sfe}' is used twice (first at line {first_at[sfe].line})",
+                sfe_pos,
+                value=sfe,
+                hint="give each registration its own 'sfe:' id",
+            )
+            continue
+        first_at[sfe] = sfe_pos
+        found.append(
+            StaticRegistration(
+                fqdn=str(fqdn),
+                cluster=str(cluster),
+                host=str(host),
+                port=int(str(port)),
+                sfe=str(sfe),
+            )
+        )
+    return found
 
 
 def _finite(value: object) -> TypeGuard[int | float]:

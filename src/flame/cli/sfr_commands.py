@@ -1,0 +1,428 @@
+"""Service function routing commands (SFR-7, SFR-13, SFR-20).
+
+    flame topology show FILE | --pce URL     nodes and links, as a file says or a PCE has them now
+    flame topology validate FILE             the same check as `flame topology check`
+    flame topology link-down A B             take a link down at the PCE (and link-up)
+    flame routes FQDN [--from SR]            ranked routes with path and cost, per SR
+    flame serve pce --topology FILE          run the PCE (active, or standby on a shared --db)
+    flame serve sr --id SR --pce URL         run a service router's data plane
+
+The PCE commands talk to `--pce URL` (default: `api_url` from the config) with the config's
+token. They raise; `flame.cli.main.main` is the one place that prints errors and picks the exit
+code. Heavy imports (FastAPI, uvicorn, numpy) happen inside the commands that need them, so
+`flame --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import click
+
+from flame.common.auth import TokenStore
+from flame.common.config import Config
+from flame.common.errors import UserError
+from flame.common.logging import setup_logging
+from flame.sfr.store import Store, encode_link, encode_node
+from flame.topology.loader import load_topology
+
+if TYPE_CHECKING:
+    from flame.sfr.client import PceClient
+    from flame.sfr.models import ForwardingTable
+
+__all__ = ["install"]
+
+
+class _CliState(Protocol):
+    """What `flame.cli.main` keeps in the click context (its `_State`)."""
+
+    json: bool
+
+    def config(self) -> Config: ...
+
+
+def install(cli: click.Group, topology: click.Group) -> None:
+    """Add the SFR commands to the `flame` command and its `topology` group."""
+    check = topology.commands.get("check")
+    if check is not None:
+        topology.add_command(check, "validate")
+    for command in (topology_show, link_down, link_up):
+        topology.add_command(command)
+    cli.add_command(routes_cmd)
+    serve = cli.commands.get("serve")
+    if not isinstance(serve, click.Group):
+        serve = serve_group
+        cli.add_command(serve)
+    serve.add_command(serve_pce)
+    serve.add_command(serve_sr)
+
+
+def _emit(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _client(state: _CliState, pce: str | None) -> PceClient:
+    from flame.sfr.client import PceClient  # noqa: PLC0415 - lazy, heavy
+
+    config = state.config()
+    return PceClient(pce or config.api_url, config.token)
+
+
+_pce_option = click.option(
+    "--pce",
+    metavar="URL",
+    help="PCE API URL (default: api_url from the config, or $FLAME_API_URL).",
+)
+
+
+def _columns(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Left-aligned columns, two spaces apart."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+
+
+def _number(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    text = f"{value:g}"
+    return f"{text} {unit}".rstrip()
+
+
+def _bandwidth(bps: float | None) -> str:
+    if bps is None:
+        return "-"
+    for factor, unit in ((1e12, "Tbps"), (1e9, "Gbps"), (1e6, "Mbps"), (1e3, "kbps")):
+        if bps >= factor:
+            return f"{bps / factor:g} {unit}"
+    return f"{bps:g} bps"
+
+
+# -- topology ------------------------------------------------------------------------------------
+
+
+@click.command("show")
+@click.argument("file", required=False, type=click.Path(path_type=Path))
+@_pce_option
+@click.pass_obj
+def topology_show(state: _CliState, file: Path | None, pce: str | None) -> None:
+    """Show nodes and links: of a topology FILE, or as the PCE has them now (SFR-7).
+
+    Without FILE, asks the PCE (--pce URL or api_url from the config), so run-time changes
+    such as links taken down show.
+    """
+    if file is not None and pce is not None:
+        raise click.UsageError("give a topology FILE or --pce URL, not both")
+    if file is not None:
+        topology = load_topology(file)
+        doc: dict[str, Any] = {
+            "name": topology.name,
+            "source": str(file),
+            "nodes": [encode_node(n) for n in topology.nodes.values()],
+            "links": [encode_link(k) for k in topology.links],
+            "registrations": [
+                {"sfe": r.sfe, "fqdn": r.fqdn, "cluster": r.cluster, "host": r.host, "port": r.port}
+                for r in topology.registrations
+            ],
+        }
+    else:
+        with _client(state, pce) as client:
+            doc = client.topology()
+            doc["source"] = client.urls[0]
+    if state.json:
+        _emit(doc)
+        return
+    nodes, links = doc["nodes"], doc["links"]
+    click.echo(
+        f"topology '{doc['name']}' ({doc['source']}): {len(nodes)} node(s), {len(links)} link(s)"
+    )
+    click.echo()
+    rows: list[tuple[str, ...]] = [("NODE", "KIND", "SR", "LOCATION", "ADDRESS")]
+    for n in nodes:
+        where = n["location_name"] or (
+            f"{n['location']['latitude']:g},{n['location']['longitude']:g}"
+            if n["location"]
+            else "-"
+        )
+        rows.append((n["id"], n["kind"], n["sr"] or "-", where, n["address"] or "-"))
+    for line in _columns(rows):
+        click.echo(line)
+    if links:
+        click.echo()
+        rows = [("LINK", "LATENCY", "BANDWIDTH", "COST", "CLASS", "STATE")]
+        for k in links:
+            rows.append(
+                (
+                    f"{k['a']} — {k['b']}",
+                    _number(k["latency_ms"], "ms"),
+                    _bandwidth(k["bandwidth_bps"]),
+                    _number(k["cost"]),
+                    k["class"] or "-",
+                    k["state"],
+                )
+            )
+        for line in _columns(rows):
+            click.echo(line)
+    if doc.get("registrations"):
+        click.echo()
+        rows = [("ENDPOINT", "FQDN", "CLUSTER", "ADDRESS")]
+        for r in doc["registrations"]:
+            rows.append((r["sfe"], r["fqdn"], r["cluster"], f"{r['host']}:{r['port']}"))
+        for line in _columns(rows):
+            click.echo(line)
+
+
+def _link_command(up: bool) -> click.Command:
+    word = "up" if up else "down"
+
+    @click.command(f"link-{word}")
+    @click.argument("a")
+    @click.argument("b")
+    @_pce_option
+    @click.pass_obj
+    def command(state: _CliState, a: str, b: str, pce: str | None) -> None:
+        with _client(state, pce) as client:
+            result = client.link_up(a, b) if up else client.link_down(a, b)
+        if state.json:
+            _emit({"link": [a, b], "state": word, **result})
+            return
+        if not result["changed"]:
+            click.echo(f"link {a} — {b} was already {word}; nothing changed")
+            return
+        versions = result["versions"]
+        updated = ", ".join(f"{sr} v{v}" for sr, v in versions.items()) or "none"
+        click.echo(
+            f"link {a} — {b} is {word}: {len(result['affected_srs'])} SR tree(s) changed; "
+            f"new tables: {updated}"
+        )
+
+    command.help = (
+        f"Bring the link between nodes A and B {word} at the PCE (operator; SFR-13).\n\n"
+        "Only the SRs whose routes change get new forwarding tables."
+    )
+    return command
+
+
+link_down = _link_command(up=False)
+link_up = _link_command(up=True)
+
+
+# -- routes --------------------------------------------------------------------------------------
+
+
+@click.command("routes")
+@click.argument("fqdn")
+@click.option("--from", "from_node", metavar="SR", help="Only from this SR (or this UE's SR).")
+@_pce_option
+@click.pass_obj
+def routes_cmd(state: _CliState, fqdn: str, from_node: str | None, pce: str | None) -> None:
+    """Ranked routes to FQDN's endpoints with path and cost, per ingress SR (SFR-4)."""
+    with _client(state, pce) as client:
+        tables = client.routes(fqdn, from_node)
+    if state.json:
+        _emit({"fqdn": fqdn, "tables": [t.to_dict() for t in tables]})
+        return
+    for i, table in enumerate(tables):
+        if i:
+            click.echo()
+        _print_routes(table)
+
+
+def _print_routes(table: ForwardingTable) -> None:
+    for fqdn, routes in table.routes.items():
+        click.echo(f"{fqdn} from {table.sr} (table v{table.version}):")
+        if not routes:
+            click.echo("  no reachable endpoint (requests get 503)")
+            continue
+        rows = [("#", "ENDPOINT", "CLUSTER", "ADDRESS", "COST", "LATENCY", "PATH")]
+        for rank, r in enumerate(routes, start=1):
+            e = r.endpoint
+            rows.append(
+                (
+                    str(rank),
+                    e.sfe,
+                    e.cluster,
+                    f"{e.host}:{e.port}",
+                    _number(r.cost),
+                    _number(r.latency_ms, "ms"),
+                    " → ".join(r.path),
+                )
+            )
+        for line in _columns(rows):
+            click.echo("  " + line)
+
+
+# -- serve ---------------------------------------------------------------------------------------
+
+
+@click.group("serve")
+def serve_group() -> None:
+    """Run a FLAME component as a service."""
+
+
+@serve_group.command("pce")
+@click.option(
+    "--topology",
+    "topology_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Topology file (SFR-7).",
+)
+@click.option(
+    "--db",
+    "db_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="SQLite state file, shared with standby PCEs (default: <state_dir>/pce.sqlite3).",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=7070, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--lease-ttl",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds a standby waits after the active PCE stops renewing (SFR-20).",
+)
+@click.option("--name", help="This PCE's name in the lease (default: a random one).")
+@click.pass_obj
+def serve_pce(
+    state: _CliState,
+    topology_path: Path,
+    db_path: Path | None,
+    host: str,
+    port: int,
+    lease_ttl: float,
+    name: str | None,
+) -> None:
+    """Run the path computation element and FQDN registry API (SFR-4..20).
+
+    Start a second one with the same --db (and another --port) as a standby: it takes over when
+    the active one stops renewing its lease.
+    """
+    import uvicorn  # noqa: PLC0415 - lazy, heavy
+
+    from flame.sfr.api import create_app  # noqa: PLC0415 - lazy, heavy
+    from flame.sfr.service import PceService  # noqa: PLC0415 - lazy, heavy
+
+    config = state.config()
+    setup_logging(config.log_level, config.log_format)
+    topology = load_topology(topology_path)
+    tokens = TokenStore(config.state_dir / "tokens.json")
+    if not tokens.list():
+        click.echo(
+            f"warning: no API tokens in {tokens.path}; every request will get 401. "
+            "Issue one with 'flame token issue NAME --operator'.",
+            err=True,
+        )
+    store = Store(db_path or config.state_dir / "pce.sqlite3", name, lease_ttl=lease_ttl)
+    try:
+        service = PceService(topology, store)
+        app = create_app(service, tokens)
+        click.echo(
+            f"PCE '{store.holder}' on http://{host}:{port} (topology '{topology.name}', "
+            f"database {store.path}, lease {lease_ttl:g}s)",
+            err=True,
+        )
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=host,
+                port=port,
+                log_config=None,
+                access_log=False,
+                timeout_graceful_shutdown=2,
+            )
+        )
+        try:
+            server.run()
+        except SystemExit:  # how uvicorn reports a port it cannot bind or a failed startup
+            started = False
+        else:
+            started = server.started
+        if not started:
+            raise UserError(f"the PCE could not start on {host}:{port}; see the log above")
+    finally:
+        store.close()
+
+
+@click.command("sr")
+@click.option("--id", "sr_id", required=True, help="This SR's node id in the topology.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Processes sharing the port (SO_REUSEPORT); default: one per CPU.",
+)
+@click.option(
+    "--pce",
+    "pce_urls",
+    multiple=True,
+    metavar="URL",
+    help="PCE to take forwarding tables from; repeat for standbys, tried in order "
+    "(default: api_url from the config).",
+)
+@click.option(
+    "--table-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Keep the last forwarding table here, to forward while no PCE answers (SFR-20) "
+    "(default: <state_dir>/sr-<id>.table.json).",
+)
+@click.option("--clmc", "clmc_url", metavar="URL", help="CLMC to send measurements to (CLMC-8).")
+@click.option("--clmc-db", default="flame", show_default=True, help="CLMC database.")
+@click.option("--metrics-interval", default=10.0, show_default=True, type=click.FloatRange(min=0.1))
+@click.option(
+    "--no-coalescing",
+    is_flag=True,
+    help="Turn off coincidental multicast of identical concurrent GETs.",
+)
+@click.pass_obj
+def serve_sr(
+    state: _CliState,
+    sr_id: str,
+    host: str,
+    port: int,
+    workers: int | None,
+    pce_urls: tuple[str, ...],
+    table_file: Path | None,
+    clmc_url: str | None,
+    clmc_db: str,
+    metrics_interval: float,
+    no_coalescing: bool,
+) -> None:
+    """Run a service router's data plane (SFR-1, SFR-14).
+
+    It routes each request by its Host header to the best endpoint in the forwarding table the
+    PCE computes for this SR, and keeps forwarding on its last table while no PCE answers. The
+    config's token authenticates it to the PCE and the CLMC.
+    """
+    from flame.sfr.router.config import RouterConfig  # noqa: PLC0415 - lazy, heavy
+    from flame.sfr.router.server import serve  # noqa: PLC0415 - lazy, heavy
+
+    config = state.config()
+    setup_logging(config.log_level, config.log_format)
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    router_config = RouterConfig(
+        sr_id=sr_id,
+        host=host,
+        port=port,
+        workers=workers,
+        pce_urls=pce_urls or (config.api_url,),
+        token=config.token,
+        clmc_url=clmc_url,
+        clmc_token=config.token,
+        clmc_db=clmc_db,
+        metrics_interval=metrics_interval,
+        table_file=str(table_file or config.state_dir / f"sr-{sr_id}.table.json"),
+        coalescing=not no_coalescing,
+    )
+
+    def ready(bound_host: str, bound_port: int) -> None:
+        click.echo(f"SR '{sr_id}' routing on http://{bound_host}:{bound_port}", err=True)
+
+    serve(router_config, on_ready=ready)

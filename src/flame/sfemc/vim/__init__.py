@@ -1,0 +1,1 @@
+"""VIM drivers: where SFEs actually run (`process` on this machine, `kubernetes` distributed)."""

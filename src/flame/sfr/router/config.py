@@ -1,0 +1,147 @@
+"""Configuration of one service router: identity, listener, control plane, limits, time-outs.
+
+Values are frozen dataclasses so that a worker process receives exactly what the parent was
+given (`to_dict` / `from_dict` carry them across the process boundary as JSON-able data).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from flame.common.errors import ConfigError
+
+__all__ = ["Limits", "RouterConfig", "Timeouts"]
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Sizes the router enforces or keeps to."""
+
+    max_head_bytes: int = 16 * KIB  # request line + headers; above -> 431
+    max_body_bytes: int = 1024 * MIB  # request body; above -> 413
+    retry_body_bytes: int = 64 * KIB  # a body up to this size is kept to retry elsewhere
+    write_high_water: int = 64 * KIB  # transport buffer above which the other side pauses
+    upstream_max_connections: int = 1024  # per endpoint and worker (busy + idle)
+    upstream_max_idle: int = 256  # idle keep-alive connections kept per endpoint and worker
+    coalesce_max_bytes: int = 64 * MIB  # a shared response stops taking joiners above this
+    coalesce_backlog_bytes: int = 4 * MIB  # then the slowest joiner may lag this much
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(
+                    f"router limit {f.name} must be a positive integer, got {value!r}",
+                    key=f"limits.{f.name}",
+                )
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds the router waits for each thing before giving up on it."""
+
+    header: float = 10.0  # from the first byte of a request to the end of its head -> 408
+    keepalive: float = 75.0  # an idle client connection is closed after this
+    upstream_connect: float = 3.0
+    upstream_response: float = 60.0  # to the response head, then between body bytes -> 504
+    upstream_idle: float = 30.0  # an idle pooled upstream connection is closed after this
+    coalesce_window: float = 10.0  # a shared response takes joiners this long after it started
+    shutdown_grace: float = 10.0  # in-flight requests may finish this long after SIGTERM
+    retry_after: float = 5.0  # `Retry-After` of a 503 when no ejection says better
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if (
+                not isinstance(value, int | float)
+                or isinstance(value, bool)
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise ConfigError(
+                    f"router time-out {f.name} must be a positive number of seconds, got {value!r}",
+                    key=f"timeouts.{f.name}",
+                )
+
+
+@dataclass(frozen=True, slots=True)
+class RouterConfig:
+    """One SR: `serve(config)` runs `workers` processes sharing `host:port` (SFR-1)."""
+
+    sr_id: str
+    host: str = "127.0.0.1"
+    port: int = 8080  # 0 picks a free port (shared by all workers)
+    workers: int | None = None  # None: os.cpu_count()
+    pce_urls: tuple[str, ...] = ()  # tried in order; empty: the table comes from table_file only
+    token: str | None = field(default=None, repr=False)  # bearer token towards the PCE
+    clmc_url: str | None = None  # base URL; measurements go to POST {clmc_url}/write?db=flame
+    clmc_token: str | None = field(default=None, repr=False)
+    clmc_db: str = "flame"
+    metrics_interval: float = 10.0
+    table_file: str | None = None  # last table, loaded at start and rewritten on each change
+    poll_wait: float = 25.0  # seconds a PCE long-poll is held
+    coalescing: bool = True  # FLIPS coincidental multicast of identical concurrent GETs
+    backlog: int = 2048  # listen backlog per worker
+    limits: Limits = field(default_factory=Limits)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.sr_id, str) or not self.sr_id.strip():
+            raise ConfigError("the SR needs an id (sr_id), e.g. 'sr-bristol-1'", key="sr_id")
+        if any(c.isspace() or c == "," for c in self.sr_id):
+            raise ConfigError(
+                f"SR id {self.sr_id!r} may not contain spaces or commas: it is sent in `Via`",
+                key="sr_id",
+            )
+        if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be 0..65535, got {self.port!r}", key="port")
+        if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
+            raise ConfigError(
+                f"workers must be a positive integer (or None for one per CPU), got {self.workers!r}",
+                key="workers",
+            )
+        for url in self.pce_urls:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(
+                    f"PCE URL {url!r} must start with http:// or https://", key="pce_urls"
+                )
+        if self.clmc_url is not None and not self.clmc_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"CLMC URL {self.clmc_url!r} must start with http:// or https://", key="clmc_url"
+            )
+        for name in ("metrics_interval", "poll_wait"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"{name} must be a positive number, got {value!r}", key=name)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["pce_urls"] = list(self.pce_urls)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RouterConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown router settings {unknown}; known: {sorted(known)}", key=unknown[0]
+            )
+        values = dict(data)
+        values["pce_urls"] = tuple(values.get("pce_urls") or ())
+        for name, kind in (("limits", Limits), ("timeouts", Timeouts)):
+            given = dict(values.get(name) or {})
+            allowed = {f.name for f in fields(kind)}
+            if set(given) - allowed:
+                raise ConfigError(
+                    f"unknown router {name} {sorted(set(given) - allowed)}; known: {sorted(allowed)}",
+                    key=name,
+                )
+            values[name] = kind(**given)
+        return cls(**values)

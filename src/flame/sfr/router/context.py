@@ -1,0 +1,44 @@
+"""What every connection of one worker shares: table, pools, forwarder, multicast, metrics.
+
+Built by `Router` (router.py); protocols and cycles only read it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from flame.sfr.router._tasks import TaskSet
+from flame.sfr.router.config import RouterConfig
+from flame.sfr.router.forward import Forwarder
+from flame.sfr.router.metrics import RouterMetrics
+from flame.sfr.router.multicast import Coalescer
+from flame.sfr.router.outlier import OutlierDetector
+from flame.sfr.router.pool import UpstreamPool
+from flame.sfr.router.relay import Siblings
+from flame.sfr.router.table import RoutingState
+
+if TYPE_CHECKING:
+    from flame.sfr.router.protocol import RouterProtocol
+
+__all__ = ["RouterContext"]
+
+
+@dataclass(eq=False)
+class RouterContext:
+    config: RouterConfig
+    loop: asyncio.AbstractEventLoop
+    routing: RoutingState
+    outliers: OutlierDetector
+    pool: UpstreamPool
+    forwarder: Forwarder
+    coalescer: Coalescer | None
+    metrics: RouterMetrics
+    tasks: TaskSet
+    worker: int = 0
+    siblings: Siblings | None = None  # the other workers of this SR (multicast across them)
+    connections: set[RouterProtocol] = field(default_factory=set)
+    sr: bytes = b""  # our Via received-by
+    local_hosts: frozenset[str] = frozenset()  # Host values answered by the status endpoint
+    closing: bool = False  # graceful shutdown in progress: no new keep-alive

@@ -1,0 +1,156 @@
+"""Errors of the service router data plane (SFR-1), each one an HTTP answer.
+
+::
+
+    FlameError (flame.common.errors)
+    └── RouterError                    500 a bug of ours; the request fails, the router lives on
+        ├── RequestRejected            the client's request cannot be served as sent
+        │   ├── BadRequest             400 malformed request line, headers or body framing
+        │   ├── MethodNotAllowed       405 CONNECT (the SR is a reverse router, not a tunnel)
+        │   ├── RequestTimeout         408 the request head did not arrive in time
+        │   ├── PayloadTooLarge        413 the body is above `Limits.max_body_bytes`
+        │   ├── HeadersTooLarge        431 request line + headers above `Limits.max_head_bytes`
+        │   └── LoopDetected           508 the request already went through this SR (`Via`)
+        ├── RouteError                 nowhere to send the request
+        │   ├── UnknownFqdn            502 the FQDN is not in the forwarding table
+        │   └── NoEndpoint             503 known FQDN, no usable endpoint (`Retry-After`)
+        └── UpstreamError              the chosen endpoint failed (`sfe`, `endpoint` say which)
+            ├── UpstreamConnectError   502 connection refused, unreachable, connect time-out
+            ├── UpstreamBusy           503 this worker's connection limit towards it is reached
+            ├── UpstreamTimeout        504 no response head, or no body progress, in time
+            ├── UpstreamReset          502 closed before the response was complete
+            └── UpstreamProtocolError  502 the response could not be parsed
+
+`as_dict()` is the JSON body of the answer, e.g.
+``{"error": "unknown_fqdn", "message": "...", "fqdn": "vod.example"}``.
+`UpstreamError.before_response` is True when no byte of a response had arrived, the condition
+for retrying on the next endpoint (together with an idempotent method).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from flame.common.errors import FlameError
+
+__all__ = [
+    "BadRequest",
+    "HeadersTooLarge",
+    "LoopDetected",
+    "MethodNotAllowed",
+    "NoEndpoint",
+    "PayloadTooLarge",
+    "RequestRejected",
+    "RequestTimeout",
+    "RouteError",
+    "RouterError",
+    "UnknownFqdn",
+    "UpstreamBusy",
+    "UpstreamConnectError",
+    "UpstreamError",
+    "UpstreamProtocolError",
+    "UpstreamReset",
+    "UpstreamTimeout",
+]
+
+
+class RouterError(FlameError):
+    """A request failed inside the router itself."""
+
+    code: ClassVar[str] = "router_error"
+    http_status: ClassVar[int] = 500
+
+
+class RequestRejected(RouterError):
+    """The request cannot be served as sent; the connection is closed after the answer."""
+
+    code: ClassVar[str] = "bad_request"
+    http_status: ClassVar[int] = 400
+
+
+class BadRequest(RequestRejected):
+    code: ClassVar[str] = "bad_request"
+
+
+class MethodNotAllowed(RequestRejected):
+    code: ClassVar[str] = "method_not_allowed"
+    http_status: ClassVar[int] = 405
+
+
+class RequestTimeout(RequestRejected):
+    code: ClassVar[str] = "request_timeout"
+    http_status: ClassVar[int] = 408
+
+
+class PayloadTooLarge(RequestRejected):
+    code: ClassVar[str] = "payload_too_large"
+    http_status: ClassVar[int] = 413
+
+
+class HeadersTooLarge(RequestRejected):
+    code: ClassVar[str] = "request_header_fields_too_large"
+    http_status: ClassVar[int] = 431
+
+
+class LoopDetected(RequestRejected):
+    code: ClassVar[str] = "loop_detected"
+    http_status: ClassVar[int] = 508
+
+
+class RouteError(RouterError):
+    """The forwarding table has nowhere to send the request."""
+
+    def __init__(self, message: str, /, *, fqdn: str, **context: object) -> None:
+        super().__init__(message, fqdn=fqdn, **context)
+        self.fqdn = fqdn
+
+
+class UnknownFqdn(RouteError):
+    code: ClassVar[str] = "unknown_fqdn"
+    http_status: ClassVar[int] = 502
+
+
+class NoEndpoint(RouteError):
+    code: ClassVar[str] = "no_endpoint"
+    http_status: ClassVar[int] = 503
+
+    def __init__(self, message: str, /, *, fqdn: str, retry_after: int, **context: object) -> None:
+        super().__init__(message, fqdn=fqdn, retry_after=retry_after, **context)
+        self.retry_after = retry_after
+
+
+class UpstreamError(RouterError):
+    """The endpoint a request was forwarded to failed it."""
+
+    code: ClassVar[str] = "upstream_error"
+    http_status: ClassVar[int] = 502
+
+    def __init__(
+        self, message: str, /, *, sfe: str, endpoint: str, before_response: bool = True
+    ) -> None:
+        super().__init__(message, sfe=sfe, endpoint=endpoint)
+        self.sfe = sfe
+        self.endpoint = endpoint
+        self.before_response = before_response
+
+
+class UpstreamConnectError(UpstreamError):
+    code: ClassVar[str] = "upstream_unreachable"
+
+
+class UpstreamBusy(UpstreamError):
+    code: ClassVar[str] = "upstream_busy"
+    http_status: ClassVar[int] = 503
+
+
+class UpstreamTimeout(UpstreamError):
+    code: ClassVar[str] = "upstream_timeout"
+    http_status: ClassVar[int] = 504
+
+
+class UpstreamReset(UpstreamError):
+    code: ClassVar[str] = "upstream_reset"
+
+
+class UpstreamProtocolError(UpstreamError):
+    code: ClassVar[str] = "bad_upstream_response"

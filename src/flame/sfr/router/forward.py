@@ -1,0 +1,341 @@
+"""Forwarding one request: choose an endpoint, send, retry once elsewhere, eject failures.
+
+A `Forwarding` is a small state machine driven by events from its upstream connection
+(head, complete, failed) and from the pool (connected); it decides, the sink writes. No task
+or future per request: with a warm pooled connection a request is forwarded and answered in
+the loop turns its bytes arrive in.
+
+The retry rule (SFR-1 failover): a connect error, a time-out or reset before the response
+head, or a 5xx head is retried once on the next endpoint (the FQDN's next choice, skipping the
+failed and ejected ones) when the method is idempotent and the request body is still whole in
+memory (`RequestBody.replayable`). A connect error is retried for any method: the request never
+left the router. Nothing has reached the client at that point: the sink only hears of a
+response the forwarding has committed to. A reused keep-alive connection that the endpoint
+closed before answering (a stale connection, not a failing endpoint) is retried once on a
+fresh connection to the same endpoint under the same rule.
+
+Connect errors, resets and time-outs before the head eject the endpoint (outlier.py); a 5xx
+ejects it only when the request was retried elsewhere (an endpoint that answers is alive, and
+with no alternative its answer is better than a 503); a response cut in the middle is the
+client's loss but no ejection (the endpoint answered, and nothing can be retried any more).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from flame.sfr.models import Endpoint
+from flame.sfr.router.balancer import FqdnRoutes
+from flame.sfr.router.body import RequestBody
+from flame.sfr.router.config import Timeouts
+from flame.sfr.router.errors import (
+    NoEndpoint,
+    RouterError,
+    UnknownFqdn,
+    UpstreamBusy,
+    UpstreamError,
+    UpstreamReset,
+)
+from flame.sfr.router.interfaces import ResponseSink
+from flame.sfr.router.metrics import RouterMetrics
+from flame.sfr.router.outlier import OutlierDetector
+from flame.sfr.router.pool import UpstreamPool
+from flame.sfr.router.request import RequestHead
+from flame.sfr.router.response import ResponseHead
+from flame.sfr.router.table import RoutingState
+from flame.sfr.router.upstream import UpstreamConnection
+
+__all__ = ["Forwarder", "Forwarding", "may_retry"]
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 2  # the first endpoint and one retry
+
+
+def may_retry(
+    req: RequestHead, body: RequestBody | None, attempts: int, *, sent: bool = True
+) -> bool:
+    """Whether a request that failed before any response byte may be sent again.
+
+    `sent` False: the connection was never established, so nothing reached the endpoint and
+    any method may go elsewhere (as nginx's `proxy_next_upstream error` does).
+    """
+    return (
+        attempts < MAX_ATTEMPTS
+        and (req.idempotent or not sent)
+        and (body is None or body.replayable)
+    )
+
+
+class Forwarder:
+    """The services every forwarding of one worker uses."""
+
+    def __init__(
+        self,
+        routing: RoutingState,
+        pool: UpstreamPool,
+        outliers: OutlierDetector,
+        metrics: RouterMetrics,
+        timeouts: Timeouts,
+    ) -> None:
+        self.routing = routing
+        self.pool = pool
+        self.outliers = outliers
+        self.metrics = metrics
+        self.timeouts = timeouts
+
+    def forward(
+        self, req: RequestHead, head: bytes, body: RequestBody | None, sink: ResponseSink
+    ) -> Forwarding:
+        """Start forwarding one request; its response (or error) goes to `sink`."""
+        forwarding = Forwarding(self, req, head, body, sink)
+        forwarding.start()
+        return forwarding
+
+    def unknown(self, fqdn: str) -> UnknownFqdn:
+        return UnknownFqdn(
+            f"no service function endpoint is registered for FQDN {fqdn!r} at SR "
+            f"{self.routing.sr_id!r} (table version {self.routing.version}); check the FQDN "
+            "or its registration",
+            fqdn=fqdn,
+        )
+
+    def no_endpoint(self, routes: FqdnRoutes) -> NoEndpoint:
+        sfes = [e.sfe for e in routes.endpoints()]
+        if not sfes:
+            return NoEndpoint(
+                f"FQDN {routes.fqdn!r} has no connected endpoint reachable from SR "
+                f"{self.routing.sr_id!r}; retry later",
+                fqdn=routes.fqdn,
+                retry_after=max(1, round(self.timeouts.retry_after)),
+            )
+        return NoEndpoint(
+            f"all {len(sfes)} endpoints of FQDN {routes.fqdn!r} are ejected after failures; "
+            "retry later",
+            fqdn=routes.fqdn,
+            retry_after=self.outliers.retry_after(sfes, self.timeouts.retry_after),
+        )
+
+    def record_failure(self, fqdn: str, endpoint: Endpoint, reason: str, *, eject: bool) -> None:
+        self.metrics.upstream_error(fqdn, endpoint)
+        if not eject:
+            return
+        backoff = self.outliers.failure(endpoint.sfe)
+        if backoff is not None:
+            self.metrics.ejection(fqdn, endpoint)
+            log.warning(
+                "ejecting endpoint %s (%s:%d) of %s for %gs: %s; requests go to the next endpoint",
+                endpoint.sfe,
+                endpoint.host,
+                endpoint.port,
+                fqdn,
+                backoff,
+                reason,
+            )
+
+
+class Forwarding:
+    """One request on its way to an endpoint (the `ExchangeOwner` of its connection)."""
+
+    __slots__ = (
+        "_attempts",
+        "_connecting",
+        "_fresh",
+        "_stale_retried",
+        "_tried",
+        "body",
+        "cancelled",
+        "committed",
+        "conn",
+        "done",
+        "endpoint",
+        "fw",
+        "head",
+        "req",
+        "routes",
+        "sink",
+    )
+
+    def __init__(
+        self,
+        fw: Forwarder,
+        req: RequestHead,
+        head: bytes,
+        body: RequestBody | None,
+        sink: ResponseSink,
+    ) -> None:
+        self.fw = fw
+        self.req = req
+        self.head = head
+        self.body = body
+        self.sink = sink
+        self.routes: FqdnRoutes | None = None
+        self.endpoint: Endpoint | None = None
+        self.conn: UpstreamConnection | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._tried: set[str] = set()
+        self._attempts = 0
+        self._fresh = False
+        self._stale_retried = False
+        self.committed = False
+        self.cancelled = False
+        self.done = False
+
+    # -- decisions ---------------------------------------------------------------------------------
+
+    def _skip(self, sfe: str) -> bool:
+        return sfe in self._tried or self.fw.outliers.is_ejected(sfe)
+
+    def start(self) -> None:
+        fw = self.fw
+        routes = self.routes = fw.routing.lookup(self.req.fqdn)
+        if routes is None:
+            self._fail(fw.unknown(self.req.fqdn))
+            return
+        endpoint = routes.choose(self._skip)
+        if endpoint is None:
+            self._fail(fw.no_endpoint(routes))
+            return
+        self._attempt(endpoint)
+
+    def _attempt(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        if self._fresh:
+            conn = None
+        else:
+            self._attempts += 1
+            self._tried.add(endpoint.sfe)
+            conn = self.fw.pool.take_idle(endpoint)
+        self.fw.metrics.fetch(self.req.fqdn, endpoint)
+        if conn is None:
+            self._connecting = self.fw.pool.connect(endpoint, self._connected)
+        else:
+            self._begin(conn)
+
+    def _connected(self, conn: UpstreamConnection | None, error: UpstreamError | None) -> None:
+        self._connecting = None
+        if self.cancelled:
+            if conn is not None:
+                conn.close()
+            return
+        if conn is not None:
+            self._begin(conn)
+            return
+        assert error is not None
+        assert self.endpoint is not None
+        if isinstance(error, UpstreamBusy):
+            self.fw.metrics.upstream_error(self.req.fqdn, self.endpoint)
+            self._fail(error)
+            return
+        self._retry_or_fail(error, sent=False)
+
+    def _begin(self, conn: UpstreamConnection) -> None:
+        assert self.endpoint is not None
+        self._fresh = False
+        self.conn = conn
+        conn.begin(
+            self,
+            self.endpoint,
+            self.head,
+            head_request=self.req.method == b"HEAD",
+            body=self.body,
+            chunked_body=self.req.chunked,
+            timeout=self.fw.timeouts.upstream_response,
+        )
+
+    def _retry_or_fail(self, error: UpstreamError, *, sent: bool) -> None:
+        """After a failed attempt: the next endpoint if the rule allows, else the error."""
+        endpoint, routes = self.endpoint, self.routes
+        assert endpoint is not None
+        assert routes is not None
+        self.fw.record_failure(self.req.fqdn, endpoint, str(error), eject=True)
+        if may_retry(self.req, self.body, self._attempts, sent=sent):
+            nxt = routes.choose(self._skip)
+            if nxt is not None:
+                log.info(
+                    "retrying %s %s on %s after: %s",
+                    self.req.fqdn,
+                    self.req.method.decode(),
+                    nxt.sfe,
+                    error,
+                )
+                self._attempt(nxt)
+                return
+        self._fail(error)
+
+    # -- ExchangeOwner -------------------------------------------------------------------------------
+
+    def upstream_head(self, head: ResponseHead) -> None:
+        conn, endpoint, routes = self.conn, self.endpoint, self.routes
+        assert conn is not None
+        assert endpoint is not None
+        assert routes is not None
+        fw = self.fw
+        if head.status >= 500:
+            if may_retry(self.req, self.body, self._attempts):
+                nxt = routes.choose(self._skip)
+                if nxt is not None:
+                    self.conn = None
+                    fw.pool.discard(conn)
+                    fw.record_failure(
+                        self.req.fqdn, endpoint, f"answered {head.status}", eject=True
+                    )
+                    self._attempt(nxt)
+                    return
+            fw.metrics.upstream_error(self.req.fqdn, endpoint)
+        else:
+            fw.outliers.success(endpoint.sfe)
+        self.committed = True
+        self.sink.response_head(head, endpoint)
+        conn.commit(self.sink)
+
+    def upstream_complete(self) -> None:
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            self.fw.pool.release(conn)
+        self.done = True
+        self.sink.response_end()
+
+    def upstream_failed(self, error: UpstreamError) -> None:
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            self.fw.pool.discard(conn)
+        if self.committed:
+            # Cut mid-response: the client sees it cut. No ejection (see the module notes).
+            assert self.endpoint is not None
+            self.fw.record_failure(self.req.fqdn, self.endpoint, str(error), eject=False)
+            self._fail(error)
+            return
+        stale = (
+            conn is not None
+            and conn.reused
+            and not conn.got_bytes
+            and isinstance(error, UpstreamReset)
+        )
+        if stale and not self._stale_retried and may_retry(self.req, self.body, 0):
+            # The endpoint had closed the idle connection: not its failure.
+            assert self.endpoint is not None
+            self._stale_retried = self._fresh = True
+            self._attempt(self.endpoint)
+            return
+        self._retry_or_fail(error, sent=True)
+
+    # -- ending --------------------------------------------------------------------------------------
+
+    def cancel(self) -> None:
+        """The client went away: drop the exchange (its connection cannot be reused)."""
+        self.cancelled = True
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel("the client went away")
+        self._connecting = None
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            self.fw.pool.discard(conn)
+
+    def _fail(self, error: RouterError) -> None:
+        self.done = True
+        self.sink.response_failed(error)

@@ -1,0 +1,384 @@
+"""One client connection: an `asyncio.Protocol` fed by `httptools.HttpRequestParser` (SFR-1).
+
+Per-connection state lives here, per-request state in `RequestCycle` (as in uvicorn's
+`httptools_impl`). Requests are answered strictly in order: the first parsed request is
+active, pipelined ones wait in `_pipeline` (and reading pauses) until it is done. Anything the
+parser or our checks refuse becomes a `RequestRejected` in the pipeline, answered in its turn
+with its 4xx, after which the connection closes; a malformed request never raises out of
+`data_received`.
+
+Time-outs: a new or kept-alive connection with no request for `keepalive` seconds (`header`
+for a brand-new one) is closed; a request whose head has not fully arrived `header` seconds
+after its first byte gets a 408 (the deadline is fixed at the first byte, so dripping bytes
+does not extend it). Both are deadlines the worker's sweeper checks, not timers per request.
+
+Cycles run by callbacks: a request whose answer is immediate (a 502, the status endpoint)
+ends inside `_activate`; `_next` then loops instead of recursing, so a long pipeline of such
+requests cannot exhaust the stack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from time import monotonic
+from typing import cast
+
+import httptools
+
+from flame.sfr.router.body import RequestBody
+from flame.sfr.router.context import RouterContext
+from flame.sfr.router.cycle import RequestCycle
+from flame.sfr.router.errors import (
+    BadRequest,
+    HeadersTooLarge,
+    PayloadTooLarge,
+    RequestRejected,
+    RequestTimeout,
+)
+from flame.sfr.router.flow import PIPELINE, REJECTED, FlowControl
+from flame.sfr.router.request import analyze_request
+from flame.sfr.router.response import error_response
+
+__all__ = ["RouterProtocol"]
+
+log = logging.getLogger(__name__)
+
+
+class RouterProtocol(asyncio.Protocol):
+    """The router's side of one client connection."""
+
+    def __init__(self, ctx: RouterContext, *, internal: bool = False) -> None:
+        self.ctx = ctx
+        # On a sibling worker's private socket: requests relayed by another worker of this SR.
+        self.internal = internal
+        self._loop = ctx.loop
+        limits = ctx.config.limits
+        self._max_head = limits.max_head_bytes
+        self._max_body = limits.max_body_bytes
+        self.transport: asyncio.Transport | None = None
+        self.flow: FlowControl = cast(FlowControl, None)  # set in connection_made
+        self._parser = httptools.HttpRequestParser(self)
+        self.client_ip = b"unknown"
+        self.lost = False
+        self.requests = 0
+        # The request head being parsed.
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_size = 0
+        self._in_head = False
+        self._raw_head = 0
+        self._completed = 0  # requests parsed on this connection
+        # Requests.
+        self._parsing: RequestCycle | None = None  # the cycle whose body is arriving
+        self._active: RequestCycle | None = None  # the cycle being answered
+        self._pipeline: deque[RequestCycle | RequestRejected] = deque()
+        self._rejected = False  # nothing more is read; the connection closes after answering
+        self._eof = False  # the client half-closed: close once everything is answered
+        # Deadlines (loop time, 0: none), checked by the worker's sweeper (`check_timeouts`):
+        # cheaper than a timer handle armed and cancelled for every request.
+        self._idle_deadline = 0.0
+        self._head_deadline = 0.0
+        self._advancing = False  # inside _next: a cycle ending meanwhile only asks for more
+        self._advance_again = False
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = t = cast(asyncio.Transport, transport)
+        self.flow = FlowControl(t)
+        t.set_write_buffer_limits(high=self.ctx.config.limits.write_high_water)
+        peer = t.get_extra_info("peername")
+        if isinstance(peer, tuple) and peer and not self.internal:
+            self.client_ip = str(peer[0]).encode("ascii", "replace")
+        self.ctx.connections.add(self)
+        if self.ctx.closing:
+            t.close()
+            return
+        self._idle_deadline = self._loop.time() + self.ctx.config.timeouts.header
+
+    def data_received(self, data: bytes) -> None:
+        if self._rejected:
+            return
+        self._idle_deadline = 0.0
+        completed = self._completed
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            error = exc.__context__
+            if isinstance(error, RequestRejected):
+                self._reject(error)
+            else:
+                log.error(
+                    "internal error parsing a request from %s",
+                    self.client_ip.decode(),
+                    exc_info=error,
+                )
+                self._reject(BadRequest("the request could not be processed"))
+            return
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrade(data, int(exc.args[0]))
+            return
+        except httptools.HttpParserError as exc:
+            self._reject(BadRequest(f"malformed HTTP request: {_parser_message(exc)}"))
+            return
+        if self._in_head:
+            if self._completed == completed:
+                # The whole chunk belongs to the unfinished head. httptools only reports a
+                # header once it is complete, so this guards memory against one endless line.
+                self._raw_head += len(data)
+                if self._raw_head > self._max_head:
+                    self._reject(self._too_large_head())
+                    return
+            if not self._head_deadline:
+                self._head_deadline = self._loop.time() + self.ctx.config.timeouts.header
+
+    def eof_received(self) -> bool | None:
+        # A client half-close: answer what was asked, then close. A request cut short by it
+        # (head or body incomplete) is answered with a 400 in its turn.
+        self._eof = True
+        if self._in_head or self._parsing is not None:
+            self._reject(BadRequest("the client closed its side in the middle of a request"))
+            return True
+        # Returning a false value lets the transport close itself now.
+        return bool(self._active is not None or self._pipeline)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.ctx.connections.discard(self)
+        self._cancel_timers()
+        active, self._active = self._active, None
+        self._pipeline.clear()
+        if active is not None:
+            active.cancel()
+        self.flow.on_writable = None
+
+    def pause_writing(self) -> None:
+        self.flow.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.flow.resume_writing()
+
+    # -- httptools callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._head_size = 0
+        self._raw_head = 0
+        self._in_head = True
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_size += len(url)
+        if self._head_size > self._max_head:
+            raise self._too_large_head()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > self._max_head:
+            raise self._too_large_head()
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_deadline = 0.0
+        assert self.transport is not None
+        if self.transport.is_closing():
+            return  # an earlier request in this chunk closed the connection
+        parser = self._parser
+        req = analyze_request(
+            parser.get_method(),
+            self._url,
+            parser.get_http_version(),
+            self._headers,
+            keep_alive=parser.should_keep_alive(),
+            sr_id=self.ctx.config.sr_id,
+        )
+        if req.content_length is not None and req.content_length > self._max_body:
+            raise PayloadTooLarge(
+                f"the request body of {req.content_length} bytes is above the limit of "
+                f"{self._max_body} bytes"
+            )
+        body: RequestBody | None = None
+        cycle: RequestCycle
+        if req.has_body:
+            limits = self.ctx.config.limits
+            body = RequestBody(
+                self.flow,
+                retain_limit=limits.retry_body_bytes,
+                high_water=limits.write_high_water,
+            )
+            cycle = RequestCycle(self, req, body, monotonic())
+            if req.expect_continue:
+                body.on_attach = cycle.writer.interim_continue
+            self._parsing = cycle
+        else:
+            cycle = RequestCycle(self, req, None, monotonic())
+        if self._active is None and not self._pipeline:
+            self._activate(cycle)
+        else:
+            self._pipeline.append(cycle)
+            self.flow.block_reading(PIPELINE)
+
+    def on_body(self, data: bytes) -> None:
+        cycle = self._parsing
+        if cycle is None or cycle.body is None:
+            return
+        if cycle.body.received + len(data) > self._max_body:
+            raise PayloadTooLarge(f"the request body is above the limit of {self._max_body} bytes")
+        cycle.body.feed(data)
+
+    def on_message_complete(self) -> None:
+        self._completed += 1
+        cycle, self._parsing = self._parsing, None
+        if cycle is not None and cycle.body is not None:
+            cycle.body.finish()
+
+    # -- requests in order --------------------------------------------------------------------
+
+    def _activate(self, cycle: RequestCycle) -> None:
+        self._active = cycle
+        self.flow.on_writable = None  # a drain callback of the previous cycle is stale
+        cycle.start()
+
+    def cycle_done(self, cycle: RequestCycle, keep_alive: bool) -> None:
+        """Called by the cycle when its response is written (or abandoned)."""
+        if cycle is not self._active:
+            return
+        self._active = None
+        self.requests += 1
+        if self.lost:
+            return
+        if not keep_alive or self.ctx.closing:
+            self._close()
+            return
+        self._next()
+
+    def _next(self) -> None:
+        """Start the next pipelined request, or wait for one."""
+        if self._advancing:
+            # A cycle that answered at once (e.g. a 502) ended inside the loop below: let the
+            # loop go on instead of recursing once per pipelined request.
+            self._advance_again = True
+            return
+        self._advancing = True
+        try:
+            while True:
+                self._advance_again = False
+                if self._pipeline:
+                    item = self._pipeline.popleft()
+                    if isinstance(item, RequestRejected):
+                        self._answer_rejection(item)
+                        return
+                    self._activate(item)
+                    if self._advance_again and self._active is None and not self.lost:
+                        continue
+                    return
+                break
+        finally:
+            self._advancing = False
+        self.flow.unblock_reading(PIPELINE)
+        if self._rejected or self._eof:
+            self._close()
+        elif not self._in_head:
+            self._idle_deadline = self._loop.time() + self.ctx.config.timeouts.keepalive
+
+    def _reject(self, error: RequestRejected) -> None:
+        """Stop reading; answer `error` once the requests before it are answered; close."""
+        if self._rejected:
+            return
+        self._rejected = True
+        self._in_head = False
+        self._cancel_timers()
+        self.flow.block_reading(REJECTED)
+        parsing, self._parsing = self._parsing, None
+        if parsing is not None:
+            # The error hit the body of a request already parsed.
+            if parsing is self._active:
+                parsing.abort(error)
+                self._close()
+                return
+            if self._pipeline and self._pipeline[-1] is parsing:
+                self._pipeline.pop()
+        self._pipeline.append(error)
+        if self._active is None:
+            self._next()
+
+    def _answer_rejection(self, error: RequestRejected) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(error_response(error, keep_alive=False))
+        self.ctx.metrics.request_done(
+            "_rejected",
+            None,
+            status=error.http_status,
+            complete=True,
+            rt_ms=0.0,
+            bytes_in=0,
+            bytes_out=0,
+            coalesced=False,
+        )
+        self._close()
+
+    def _upgrade(self, data: bytes, offset: int) -> None:
+        # httptools stops at a request with `Connection: upgrade` (WebSocket, h2c). The router
+        # does not switch protocols; it forwards the request as plain HTTP without the Upgrade
+        # header (request.py drops it), so the endpoint answers it normally.
+        parsing = self._parsing
+        if parsing is not None and parsing.body is not None and not parsing.body.complete:
+            self._reject(BadRequest("an Upgrade request with a body is not supported"))
+            return
+        self._parser = httptools.HttpRequestParser(self)
+        if offset < len(data):
+            self.data_received(data[offset:])
+
+    def shutdown(self) -> None:
+        """Graceful stop: close now if idle, else after the response in progress."""
+        if self._active is None:
+            self._close()
+        else:
+            self._pipeline.clear()
+            self.flow.block_reading(REJECTED)
+
+    def abort(self) -> None:
+        """Last stage of a shutdown: drop the connection whatever it is doing."""
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _close(self) -> None:
+        self._cancel_timers()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def check_timeouts(self, now: float) -> None:
+        """Called by the worker's sweeper: close idle connections, 408 slow request heads."""
+        if self._idle_deadline and now >= self._idle_deadline:
+            self._idle_deadline = 0.0
+            if self._active is None and not self._pipeline and not self._in_head:
+                self._close()
+        if self._head_deadline and now >= self._head_deadline:
+            self._head_deadline = 0.0
+            if self._in_head:
+                self._reject(
+                    RequestTimeout(
+                        f"the request head did not arrive within {self.ctx.config.timeouts.header:g}s"
+                    )
+                )
+
+    def _too_large_head(self) -> HeadersTooLarge:
+        return HeadersTooLarge(
+            f"the request line and headers are above the limit of {self._max_head} bytes"
+        )
+
+    def _cancel_timers(self) -> None:
+        self._idle_deadline = 0.0
+        self._head_deadline = 0.0
+
+
+def _parser_message(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[:200]

@@ -1,0 +1,310 @@
+"""A client's request head: what the router reads from it, and the head it sends upstream.
+
+`analyze_request` turns what httptools parsed into a `RequestHead` in one pass over the
+headers, or raises the `RequestRejected` the client gets back; `render_upstream_head` writes
+the request line and headers for the endpoint: hop-by-hop fields removed (and those named in
+`Connection`), `Via` and `X-Forwarded-For` appended, `X-Forwarded-Host` / `-Proto` set when
+absent, and the body framing the router re-sends (SFR-1). No I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flame.sfr.router.errors import BadRequest, LoopDetected, MethodNotAllowed
+from flame.sfr.router.headers import connection_tokens, fqdn_from_host, is_hop_by_hop, join_values
+
+__all__ = ["IDEMPOTENT", "RequestHead", "analyze_request", "render_upstream_head", "via_entry"]
+
+# RFC 9110 §9.2.2: a retry of these cannot do harm the first attempt did not already do.
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
+
+# Fields the router reads, re-writes or consumes; everything else end-to-end is forwarded as is.
+_SPECIAL = frozenset(
+    {
+        b"host",
+        b"content-length",
+        b"transfer-encoding",
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"expect",
+        b"via",
+        b"x-forwarded-for",
+        b"x-forwarded-host",
+        b"x-forwarded-proto",
+        b"authorization",
+        b"cookie",
+        b"accept",
+        b"accept-encoding",
+        b"range",
+        b"x-flame-relay-client",
+    }
+)
+# Of the special fields, those forwarded unchanged (the router only looks at them).
+_LOOKED_AT = frozenset({b"authorization", b"cookie", b"accept", b"accept-encoding", b"range"})
+
+
+@dataclass(slots=True, eq=False)
+class RequestHead:
+    """One parsed, checked client request head."""
+
+    method: bytes
+    target: bytes  # origin-form (absolute-form targets are turned into it), or b"*"
+    version: bytes  # b"1.1" or b"1.0"
+    host: bytes  # the Host value sent upstream
+    fqdn: str  # what the forwarding table is keyed by
+    keep_alive: bool  # the client wants the connection kept open
+    content_length: int | None
+    chunked: bool
+    expect_continue: bool
+    lines: list[bytes]  # end-to-end header lines, rendered, in their order
+    via: bytes  # the Via the request arrived with (b"" if none)
+    forwarded_for: bytes  # the X-Forwarded-For it arrived with (b"" if none)
+    forwarded_host: bytes | None
+    forwarded_proto: bytes | None
+    credentials: bool  # Authorization or Cookie present: never shared with other clients
+    accept: bytes | None = None
+    accept_encoding: bytes | None = None
+    range: bytes | None = None
+    relay_client: bytes | None = None  # set by a sibling worker; trusted on its socket only
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+    @property
+    def idempotent(self) -> bool:
+        return self.method in IDEMPOTENT
+
+    @property
+    def http11(self) -> bool:
+        return self.version == b"1.1"
+
+
+def via_entry(sr_id: str) -> bytes:
+    """The received-by part of our `Via` entries (RFC 9110 §7.6.3)."""
+    return sr_id.encode("ascii", "replace")
+
+
+def analyze_request(
+    method: bytes,
+    url: bytes,
+    version: str,
+    headers: list[tuple[bytes, bytes]],
+    *,
+    keep_alive: bool,
+    sr_id: str,
+) -> RequestHead:
+    """Check a parsed request head and extract what routing and forwarding need."""
+    if version not in ("1.1", "1.0"):
+        raise BadRequest(f"HTTP/{version} is not supported; send HTTP/1.1 or HTTP/1.0")
+    if method == b"CONNECT":
+        raise MethodNotAllowed(
+            "CONNECT is not supported: the SR routes requests by Host, it is not a tunnel"
+        )
+
+    lines: list[bytes] = []
+    names: list[bytes] = []  # lower-case name of each line, for removing fields named in Connection
+    hosts: list[bytes] = []
+    lengths: list[bytes] = []
+    codings: list[bytes] = []
+    connection: list[bytes] = []
+    via: list[bytes] = []
+    xff: list[bytes] = []
+    xfh: bytes | None = None
+    xfp: bytes | None = None
+    expect_continue = False
+    credentials = False
+    accept: bytes | None = None
+    accept_encoding: bytes | None = None
+    range_: bytes | None = None
+    relay_client: bytes | None = None
+    for name, value in headers:
+        lname = name.lower()
+        if lname not in _SPECIAL:
+            lines.append(name + b": " + value + b"\r\n")
+            names.append(lname)
+            continue
+        if lname in _LOOKED_AT:
+            lines.append(name + b": " + value + b"\r\n")
+            names.append(lname)
+            if lname in {b"authorization", b"cookie"}:
+                credentials = True
+            elif lname == b"accept":
+                accept = value if accept is None else accept + b", " + value
+            elif lname == b"accept-encoding":
+                accept_encoding = (
+                    value if accept_encoding is None else accept_encoding + b", " + value
+                )
+            else:
+                range_ = value if range_ is None else range_ + b", " + value
+        elif lname == b"host":
+            hosts.append(value)
+        elif lname == b"content-length":
+            lengths.append(value)
+        elif lname == b"transfer-encoding":
+            codings.append(value)
+        elif lname == b"connection":
+            connection.append(value)
+        elif lname == b"via":
+            via.append(value)
+        elif lname == b"x-forwarded-for":
+            xff.append(value)
+        elif lname == b"x-forwarded-host":
+            xfh = xfh or value.strip()
+        elif lname == b"x-forwarded-proto":
+            xfp = xfp or value.strip()
+        elif lname == b"x-flame-relay-client":
+            relay_client = value.strip()
+        elif lname == b"expect":
+            # Only 100-continue is defined; the router answers it itself (see cycle.py).
+            expect_continue = expect_continue or value.strip().lower() == b"100-continue"
+        # keep-alive, te, trailer, upgrade: hop-by-hop, consumed here.
+
+    target, url_host = _origin_form(method, url)
+    if url_host is not None:
+        # RFC 9112 §3.2.2: the authority of an absolute-form target replaces Host.
+        host = url_host
+    elif len(hosts) == 1:
+        host = hosts[0].strip()
+    elif not hosts:
+        raise BadRequest("the request has no Host header; the SR routes by Host (the service FQDN)")
+    else:
+        raise BadRequest(f"the request has {len(hosts)} Host headers; send exactly one")
+    fqdn = fqdn_from_host(host)
+    if fqdn is None:
+        raise BadRequest(f"Host {host[:100].decode('latin-1')!r} is not a host name")
+
+    content_length = _content_length(lengths)
+    chunked = _chunked(codings)
+    if chunked and content_length is not None:
+        raise BadRequest("the request has both Content-Length and Transfer-Encoding; send one")
+
+    if via:
+        _check_loop(via, sr_id)
+
+    listed = connection_tokens(connection)
+    if listed - {b"close", b"keep-alive"}:
+        # Fields the client marked as hop-by-hop are for us only (RFC 9110 §7.6.1).
+        lines = [
+            line
+            for line, lname in zip(lines, names, strict=True)
+            if not is_hop_by_hop(lname, listed)
+        ]
+        credentials = any(n in (b"authorization", b"cookie") and n not in listed for n in names)
+
+    return RequestHead(
+        method=method,
+        target=target,
+        version=version.encode("ascii"),
+        host=host,
+        fqdn=fqdn,
+        keep_alive=keep_alive,
+        content_length=content_length,
+        chunked=chunked,
+        expect_continue=expect_continue,
+        lines=lines,
+        via=join_values(via) if via else b"",
+        forwarded_for=join_values(xff) if xff else b"",
+        forwarded_host=xfh or None,
+        forwarded_proto=xfp or None,
+        credentials=credentials,
+        accept=accept,
+        accept_encoding=accept_encoding,
+        range=range_,
+        relay_client=relay_client,
+    )
+
+
+def render_upstream_head(req: RequestHead, client_ip: bytes, sr: bytes) -> bytes:
+    """The request line and headers sent to the endpoint (always HTTP/1.1, keep-alive)."""
+    via = b"1.0 " + sr if req.version == b"1.0" else b"1.1 " + sr
+    if req.via:
+        via = req.via + b", " + via
+    xff = req.forwarded_for + b", " + client_ip if req.forwarded_for else client_ip
+    parts = [req.method, b" ", req.target, b" HTTP/1.1\r\nHost: ", req.host, b"\r\n"]
+    parts.extend(req.lines)
+    parts.append(b"Via: ")
+    parts.append(via)
+    parts.append(b"\r\nX-Forwarded-For: ")
+    parts.append(xff)
+    parts.append(b"\r\nX-Forwarded-Host: ")
+    parts.append(req.forwarded_host or req.host)
+    parts.append(b"\r\nX-Forwarded-Proto: ")
+    parts.append(req.forwarded_proto or b"http")
+    if req.chunked:
+        parts.append(b"\r\nTransfer-Encoding: chunked\r\n\r\n")
+    elif req.content_length is not None:
+        parts.append(b"\r\nContent-Length: %d\r\n\r\n" % req.content_length)
+    else:
+        parts.append(b"\r\n\r\n")
+    return b"".join(parts)
+
+
+def _origin_form(method: bytes, url: bytes) -> tuple[bytes, bytes | None]:
+    """(origin-form target, authority of an absolute-form target or None)."""
+    if url.startswith(b"/"):
+        return url, None
+    if url == b"*":
+        if method != b"OPTIONS":
+            raise BadRequest("the asterisk target '*' is only valid with OPTIONS")
+        return url, None
+    lower = url[:8].lower()
+    for scheme in (b"http://", b"https://"):
+        if lower.startswith(scheme):
+            rest = url[len(scheme) :]
+            cut = len(rest)
+            for sep in (b"/", b"?", b"#"):
+                at = rest.find(sep)
+                if at != -1:
+                    cut = min(cut, at)
+            authority, path = rest[:cut], rest[cut:]
+            if not authority or b"@" in authority:
+                raise BadRequest("the absolute-form target has no host, or has user information")
+            path = path.split(b"#", 1)[0]
+            if not path.startswith(b"/"):
+                path = b"/" + path
+            return path, authority
+    raise BadRequest(
+        f"request target {url[:100].decode('latin-1')!r} must start with '/' "
+        "(or be an absolute http:// URL)"
+    )
+
+
+def _content_length(values: list[bytes]) -> int | None:
+    if not values:
+        return None
+    distinct = {v.strip() for v in values}
+    if len(distinct) != 1:
+        raise BadRequest("the request has conflicting Content-Length headers")
+    (value,) = distinct
+    if not value.isdigit() or len(value) > 18:
+        raise BadRequest(f"Content-Length {value[:30].decode('latin-1')!r} is not a byte count")
+    return int(value)
+
+
+def _chunked(values: list[bytes]) -> bool:
+    if not values:
+        return False
+    codings = [c.strip().lower() for c in b",".join(values).split(b",") if c.strip()]
+    if codings != [b"chunked"]:
+        # Re-framing would silently drop any other transfer coding; refuse instead.
+        raise BadRequest(
+            "only 'Transfer-Encoding: chunked' is supported, got "
+            f"{b', '.join(codings)[:100].decode('latin-1')!r}"
+        )
+    return True
+
+
+def _check_loop(via: list[bytes], sr_id: str) -> None:
+    me = sr_id.lower().encode("ascii", "replace")
+    for entry in b",".join(via).split(b","):
+        parts = entry.split()
+        if len(parts) >= 2 and parts[1].lower() == me:
+            raise LoopDetected(
+                f"the request already passed SR {sr_id!r} (Via: {join_values(via)[:200].decode('latin-1')}); "
+                "the forwarding tables have a loop"
+            )

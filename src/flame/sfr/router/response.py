@@ -1,0 +1,213 @@
+"""Response heads: an endpoint's as parsed, the client's as written, and the router's own.
+
+The part of a forwarded head that is the same for every client (status line, end-to-end
+headers, `Via`) is rendered once per upstream response (`ResponseHead.block`), so a response
+multicast to many clients (multicast.py) costs one small write of framing headers per client.
+No I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+import http
+import json
+from dataclasses import dataclass, field
+
+from flame.sfr.router.errors import NoEndpoint, RouterError
+from flame.sfr.router.headers import HOP_BY_HOP, connection_tokens, is_hop_by_hop, join_values
+
+__all__ = [
+    "CONTINUE_100",
+    "Framing",
+    "ResponseHead",
+    "choose_framing",
+    "error_response",
+    "local_response",
+    "render_client_head",
+]
+
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+# Response fields the router does not pass on as they are: hop-by-hop ones, the length (the
+# router writes its own framing) and Via (merged with ours).
+_RESPONSE_CONSUMED = HOP_BY_HOP | {b"content-length", b"via"}
+_PLAIN_OPTIONS = frozenset({b"keep-alive", b"close"})
+SERVER = b"flame-sr"
+
+
+class Framing(enum.IntEnum):
+    """How the body of a response is delimited towards one client."""
+
+    NONE = 0  # no body: HEAD, 1xx, 204, 304
+    LENGTH = 1  # Content-Length from the endpoint, bytes passed through
+    CHUNKED = 2  # re-chunked: the endpoint's length is unknown and the client speaks HTTP/1.1
+    CLOSE = 3  # unknown length to an HTTP/1.0 client: the end is the connection's close
+
+
+@dataclass(slots=True, eq=False)
+class ResponseHead:
+    """A response head received from an endpoint."""
+
+    status: int
+    reason: bytes
+    headers: list[tuple[bytes, bytes]]
+    version: bytes = b"1.1"
+    content_length: int | None = None
+    chunked: bool = False
+    lnames: list[bytes] | None = field(default=None, repr=False)  # lower-case header names
+    via: bool = True  # add our Via (not when a sibling worker of this SR already did)
+    _block: bytes | None = field(default=None, repr=False)
+    _shareable: bool | None = field(default=None, repr=False)
+
+    def scan(self) -> None:
+        """Read the framing fields from the headers (the parser has checked their syntax)."""
+        lnames = self.lnames = [name.lower() for name, _ in self.headers]
+        if b"content-length" in lnames:
+            self.content_length = int(self.headers[lnames.index(b"content-length")][1])
+        if b"transfer-encoding" in lnames:
+            value = self.headers[lnames.index(b"transfer-encoding")][1]
+            self.chunked = value.strip().lower().endswith(b"chunked")
+
+    @property
+    def has_body(self) -> bool:
+        """Whether a body follows on the wire (for any request but HEAD)."""
+        return self.status >= 200 and self.status not in (204, 304)
+
+    def shareable(self) -> bool:
+        """Whether one copy may go to every client that asked the same (FLIPS multicast).
+
+        A response meant for one user (`Cache-Control: private` or `no-store`) or one that
+        sets a cookie is delivered only to the client whose request fetched it.
+        """
+        if self._shareable is None:
+            ok = True
+            lnames = self.lnames or [name.lower() for name, _ in self.headers]
+            for lname, (_, value) in zip(lnames, self.headers, strict=True):
+                if lname in {b"set-cookie", b"set-cookie2"}:
+                    ok = False
+                    break
+                if lname == b"cache-control":
+                    directives = {d.split(b"=", 1)[0].strip() for d in value.lower().split(b",")}
+                    if b"private" in directives or b"no-store" in directives:
+                        ok = False
+                        break
+            self._shareable = ok
+        return self._shareable
+
+    def block(self, sr: bytes) -> bytes:
+        """Status line + end-to-end headers + `Via`, without framing or Connection headers."""
+        if self._block is None:
+            parts = [b"HTTP/1.1 %d " % self.status, self.reason or _phrase(self.status), b"\r\n"]
+            via: list[bytes] = []
+            extra_listed = False
+            lnames = self.lnames or [name.lower() for name, _ in self.headers]
+            for lname, (name, value) in zip(lnames, self.headers, strict=True):
+                if lname in _RESPONSE_CONSUMED:
+                    if (
+                        lname == b"connection"
+                        and value.lower() not in _PLAIN_OPTIONS
+                        and connection_tokens((value,)) - _PLAIN_OPTIONS
+                    ):
+                        extra_listed = True
+                    elif lname == b"via":
+                        via.append(value)
+                    continue
+                if lname.startswith(b"proxy-"):
+                    continue
+                parts.append(name + b": " + value + b"\r\n")
+            if extra_listed:
+                # Rare: the endpoint marked more fields as hop-by-hop; filter again by them.
+                listed = connection_tokens(v for n, v in self.headers if n.lower() == b"connection")
+                parts = parts[:3] + [
+                    n + b": " + v + b"\r\n"
+                    for n, v in self.headers
+                    if (ln := n.lower()) not in _RESPONSE_CONSUMED and not is_hop_by_hop(ln, listed)
+                ]
+            if self.via:
+                via.append(b"1.0 " + sr if self.version == b"1.0" else b"1.1 " + sr)
+            if via:
+                parts.append(b"Via: " + join_values(via) + b"\r\n")
+            self._block = b"".join(parts)
+        return self._block
+
+
+def choose_framing(head: ResponseHead, *, head_request: bool, http11: bool) -> Framing:
+    """How to delimit this response's body towards a client (RFC 9112 §6.3)."""
+    if head_request or not head.has_body:
+        return Framing.NONE
+    if head.content_length is not None and not head.chunked:
+        return Framing.LENGTH
+    return Framing.CHUNKED if http11 else Framing.CLOSE
+
+
+def render_client_head(
+    head: ResponseHead, sr: bytes, framing: Framing, *, keep_alive: bool, http11: bool
+) -> bytes:
+    """The complete head for one client: shared block + framing + connection management."""
+    parts = [head.block(sr)]
+    if framing is Framing.LENGTH:
+        parts.append(b"Content-Length: %d\r\n" % (head.content_length or 0))
+    elif framing is Framing.CHUNKED:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    elif head.content_length is not None and head.status not in (204,) and head.status >= 200:
+        # HEAD and 304 answers carry the length the body would have (RFC 9110 §8.6).
+        parts.append(b"Content-Length: %d\r\n" % head.content_length)
+    if not keep_alive:
+        parts.append(b"Connection: close\r\n\r\n")
+    elif not http11:
+        parts.append(b"Connection: keep-alive\r\n\r\n")
+    else:
+        parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def local_response(
+    status: int,
+    body: dict[str, object],
+    *,
+    keep_alive: bool,
+    http11: bool = True,
+    head_request: bool = False,
+    extra: tuple[tuple[bytes, bytes], ...] = (),
+) -> bytes:
+    """A complete JSON response made by the router itself (errors, status endpoint)."""
+    payload = json.dumps(body, separators=(",", ":"), default=str).encode() + b"\n"
+    parts = [
+        b"HTTP/1.1 %d %s\r\n" % (status, _phrase(status)),
+        b"Server: " + SERVER + b"\r\n",
+        b"Content-Type: application/json\r\n",
+        b"Cache-Control: no-store\r\n",
+        b"Content-Length: %d\r\n" % len(payload),
+    ]
+    parts.extend(name + b": " + value + b"\r\n" for name, value in extra)
+    if not keep_alive:
+        parts.append(b"Connection: close\r\n")
+    elif not http11:
+        parts.append(b"Connection: keep-alive\r\n")
+    parts.append(b"\r\n")
+    if not head_request:
+        parts.append(payload)
+    return b"".join(parts)
+
+
+def error_response(
+    error: RouterError, *, keep_alive: bool, http11: bool = True, head_request: bool = False
+) -> bytes:
+    """The router's answer for a failed request: status and JSON body from the error."""
+    extra: tuple[tuple[bytes, bytes], ...] = ()
+    if isinstance(error, NoEndpoint):
+        extra = ((b"Retry-After", b"%d" % error.retry_after),)
+    return local_response(
+        error.http_status,
+        error.as_dict(),
+        keep_alive=keep_alive,
+        http11=http11,
+        head_request=head_request,
+        extra=extra,
+    )
+
+
+def _phrase(status: int) -> bytes:
+    try:
+        return http.HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b"Unknown"

@@ -1,0 +1,298 @@
+"""One worker of a service router: listener, table, pools, multicast, metrics, shutdown.
+
+    router = Router(RouterConfig(sr_id="sr-1", port=0), source=StaticTableSource(table))
+    await router.start()             # listening on router.port
+    router.set_table(newer_table)    # the next request on every connection follows it
+    await router.shutdown()          # staged: stop accepting, finish requests, close
+
+`server.serve` runs one `Router` per process; tests run them in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from flame.sfr.models import ForwardingTable
+from flame.sfr.router._tasks import TaskSet
+from flame.sfr.router.coalesce import JoinWindow
+from flame.sfr.router.config import RouterConfig
+from flame.sfr.router.context import RouterContext
+from flame.sfr.router.forward import Forwarder
+from flame.sfr.router.metrics import RouterMetrics
+from flame.sfr.router.multicast import Coalescer
+from flame.sfr.router.outlier import OutlierDetector
+from flame.sfr.router.pool import UpstreamPool
+from flame.sfr.router.protocol import RouterProtocol
+from flame.sfr.router.relay import Siblings
+from flame.sfr.router.reporter import ClmcReporter
+from flame.sfr.router.request import via_entry
+from flame.sfr.router.status import status_document
+from flame.sfr.router.subscriber import StaticTableSource, TableSource, TableSubscriber
+from flame.sfr.router.table import RoutingState
+
+__all__ = ["Router", "default_source"]
+
+log = logging.getLogger(__name__)
+
+
+def default_source(config: RouterConfig) -> TableSource:
+    """The PCE subscriber if PCE URLs are configured, else the table file (or nothing)."""
+    if config.pce_urls:
+        return TableSubscriber(
+            config.sr_id,
+            config.pce_urls,
+            token=config.token,
+            wait=config.poll_wait,
+            table_file=config.table_file,
+        )
+    if config.table_file:
+        return StaticTableSource.from_file(config.table_file)
+    return StaticTableSource()
+
+
+class Router:
+    """The data plane of one worker process (SFR-1, SFR-14)."""
+
+    def __init__(
+        self,
+        config: RouterConfig,
+        *,
+        worker: int = 0,
+        source: TableSource | None = None,
+        clmc_transport: httpx.AsyncBaseTransport | None = None,
+        siblings: Siblings | None = None,
+    ) -> None:
+        self.config = config
+        self.worker = worker
+        self.siblings = siblings
+        self.source = source if source is not None else default_source(config)
+        self._clmc_transport = clmc_transport
+        self.routing = RoutingState(config.sr_id)
+        self.outliers = OutlierDetector()
+        self.metrics = RouterMetrics(config.sr_id, worker)
+        self.tasks = TaskSet(f"SR {config.sr_id} worker {worker}")
+        self.reporter: ClmcReporter | None = None
+        self._ctx: RouterContext | None = None
+        self._server: asyncio.Server | None = None
+        self._internal: asyncio.Server | None = None  # the private socket for sibling workers
+        self.table_changes = 0
+        initial = self.source.initial()
+        if initial is not None:
+            self.set_table(initial)
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Start listening (on `sock` if given, else config.host:port) and the background tasks."""
+        loop = asyncio.get_running_loop()
+        config = self.config
+        limits, timeouts = config.limits, config.timeouts
+        pool = UpstreamPool(
+            self.tasks,
+            max_connections=limits.upstream_max_connections,
+            max_idle=limits.upstream_max_idle,
+            idle_timeout=timeouts.upstream_idle,
+            connect_timeout=timeouts.upstream_connect,
+            high_water=limits.write_high_water,
+        )
+        forwarder = Forwarder(self.routing, pool, self.outliers, self.metrics, timeouts)
+        coalescer = None
+        if config.coalescing:
+            coalescer = Coalescer(
+                forwarder,
+                window=JoinWindow(
+                    max_age=timeouts.coalesce_window, max_bytes=limits.coalesce_max_bytes
+                ),
+                backlog_limit=limits.coalesce_backlog_bytes,
+                current_version=lambda: self.routing.version,
+                siblings=self.siblings if config.coalescing else None,
+            )
+        self._ctx = ctx = RouterContext(
+            config=config,
+            loop=loop,
+            routing=self.routing,
+            outliers=self.outliers,
+            pool=pool,
+            forwarder=forwarder,
+            coalescer=coalescer,
+            metrics=self.metrics,
+            tasks=self.tasks,
+            worker=self.worker,
+            siblings=self.siblings if config.coalescing else None,
+            sr=via_entry(config.sr_id),
+            local_hosts=frozenset({config.sr_id.lower(), "_flame"}),
+        )
+        if sock is not None:
+            self._server = await loop.create_server(
+                lambda: RouterProtocol(ctx), sock=sock, backlog=config.backlog
+            )
+        else:
+            self._server = await loop.create_server(
+                lambda: RouterProtocol(ctx), config.host, config.port, backlog=config.backlog
+            )
+        if self.siblings is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.siblings.socket)
+            self._internal = await loop.create_unix_server(
+                lambda: RouterProtocol(ctx, internal=True),
+                path=self.siblings.socket,
+                backlog=config.backlog,
+            )
+        self.tasks.spawn(self._sweep(), name="sr-sweeper")
+        self.tasks.spawn(self.source.run(self._apply), name="sr-table-source")
+        if config.clmc_url:
+            self.reporter = ClmcReporter(
+                self.metrics,
+                config.clmc_url,
+                interval=config.metrics_interval,
+                db=config.clmc_db,
+                token=config.clmc_token,
+                transport=self._clmc_transport,
+            )
+            self.tasks.spawn(self.reporter.run(), name="sr-clmc-reporter")
+        log.info(
+            "SR %s worker %d listening on %s:%d (table version %s)",
+            config.sr_id,
+            self.worker,
+            *self.address,
+            self.routing.version,
+        )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self._server is not None, "start() the router first"
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return str(host), int(port)
+
+    @property
+    def port(self) -> int:
+        return self.address[1]
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop in stages: accept nothing, let requests finish (up to `grace`), close."""
+        ctx = self._ctx
+        if ctx is None or ctx.closing:
+            return
+        grace = self.config.timeouts.shutdown_grace if grace is None else grace
+        ctx.closing = True
+        # 1. No new connections.
+        if self._server is not None:
+            self._server.close()
+        if self._internal is not None:
+            self._internal.close()
+        # 2. Idle connections close now, busy ones after their response.
+        for conn in list(ctx.connections):
+            conn.shutdown()
+        # 3. Wait for in-flight requests.
+        loop = ctx.loop
+        deadline = loop.time() + grace
+        while ctx.connections and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        # 4. Whatever is left is cut, and said so.
+        if ctx.connections:
+            log.warning(
+                "SR %s worker %d: %d connections still busy after %gs; closing them",
+                self.config.sr_id,
+                self.worker,
+                len(ctx.connections),
+                grace,
+            )
+            for conn in list(ctx.connections):
+                conn.abort()
+        # 5. Background work: a last measurement batch, then everything else.
+        await self.tasks.cancel_all("the service router is shutting down")
+        if self.reporter is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.reporter.flush(), timeout=1.0)
+            await self.reporter.aclose()
+        ctx.pool.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+        if self._internal is not None:
+            await self._internal.wait_closed()
+            assert self.siblings is not None
+            with contextlib.suppress(OSError):
+                os.unlink(self.siblings.socket)
+        # Let transports closed above deliver connection_lost before the loop may stop.
+        await asyncio.sleep(0)
+        log.info("SR %s worker %d stopped", self.config.sr_id, self.worker)
+
+    async def __aenter__(self) -> Router:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.shutdown(grace=1.0)
+
+    # -- the table ------------------------------------------------------------------------------
+
+    def set_table(self, table: ForwardingTable, *, force: bool = False) -> bool:
+        """Use `table` from the next request on (SFR-14); False if it is not newer."""
+        change = self.routing.set_table(table, force=force)
+        if change is None:
+            return False
+        self.table_changes += 1
+        self.metrics.switch(change.switched)
+        self.outliers.forget(
+            e.sfe
+            for fqdn in self.routing.fqdns()
+            if (r := self.routing.lookup(fqdn))
+            for e in r.endpoints()
+        )
+        drained = 0
+        if self._ctx is not None:
+            drained = self._ctx.pool.drain(change.removed, change.addresses)
+        log.info(
+            "SR %s worker %d: table version %s -> %d; %d FQDNs switched; %d endpoint addresses "
+            "withdrawn (%d idle connections closed, busy ones close after their response)",
+            self.config.sr_id,
+            self.worker,
+            change.old_version,
+            change.version,
+            len(change.switched),
+            len(change.removed),
+            drained,
+        )
+        return True
+
+    async def _sweep(self) -> None:
+        """Time-outs of client and upstream connections, checked a few times per time-out."""
+        ctx = self.context
+        t = self.config.timeouts
+        shortest = min(t.header, t.keepalive, t.upstream_response, t.upstream_idle)
+        interval = min(1.0, max(0.02, shortest / 5))
+        loop = ctx.loop
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            ctx.pool.sweep(now)
+            for conn in list(ctx.connections):
+                conn.check_timeouts(now)
+
+    def _apply(self, table: ForwardingTable, force: bool) -> bool:
+        return self.set_table(table, force=force)
+
+    # -- introspection ----------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """The status document (as served on /.flame/status)."""
+        assert self._ctx is not None, "start() the router first"
+        return status_document(self._ctx)
+
+    @property
+    def context(self) -> RouterContext:
+        assert self._ctx is not None, "start() the router first"
+        return self._ctx
