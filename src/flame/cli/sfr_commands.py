@@ -381,6 +381,12 @@ def serve_pce(
     is_flag=True,
     help="Turn off coincidental multicast of identical concurrent GETs.",
 )
+@click.option(
+    "--emulate-latency",
+    is_flag=True,
+    help="Delay each request by its route's round-trip path latency (FLAME-in-a-box, where "
+    "every hop is loopback).",
+)
 @click.pass_obj
 def serve_sr(
     state: _CliState,
@@ -394,6 +400,7 @@ def serve_sr(
     clmc_db: str,
     metrics_interval: float,
     no_coalescing: bool,
+    emulate_latency: bool,
 ) -> None:
     """Run a service router's data plane (SFR-1, SFR-14).
 
@@ -420,6 +427,7 @@ def serve_sr(
         metrics_interval=metrics_interval,
         table_file=str(table_file or config.state_dir / f"sr-{sr_id}.table.json"),
         coalescing=not no_coalescing,
+        emulate_latency=emulate_latency,
     )
 
     def ready(bound_host: str, bound_port: int) -> None:

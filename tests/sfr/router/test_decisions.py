@@ -474,7 +474,7 @@ def test_metrics_collect_intervals_and_totals() -> None:
     assert lines[0] == (
         "sr_requests,sr=sr-test,fqdn=vod.example,sfe=a,cluster=edge\\ 1,worker=1 "
         "requests=2i,errors=1i,rt_count=2i,bytes_in=10i,bytes_out=150i,coalesced=1i,fetches=1i,"
-        "ejections=0i,rt_sum_ms=6.0,rt_max_ms=4.0 123"
+        "ejections=0i,rt_sum_ms=6.0,rt_max_ms=4.0,response_time=3.0 123"
     )
     assert lines[1].startswith(
         "sr_fqdn,sr=sr-test,fqdn=vod.example,worker=1 requests=2i,errors=1i,"

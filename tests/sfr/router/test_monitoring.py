@@ -73,6 +73,8 @@ async def test_measurements_reach_the_clmc_as_line_protocol(upstreams, make_rout
     assert fields["rt_count"] == "5i"
     assert float(fields["rt_sum_ms"]) > 0
     assert float(fields["rt_max_ms"]) > 0
+    mean = float(fields["rt_sum_ms"]) / 5
+    assert float(fields["response_time"]) == pytest.approx(mean, abs=0.001)
     assert int(fields["bytes_out"].rstrip("i")) > 0
     _, fqdn_fields = by_measurement[("sr_fqdn", "vod.example", None)]
     assert fqdn_fields["requests"] == "5i"

@@ -7,10 +7,10 @@ nothing, because a crash-restarted reconciler repeats whatever it was doing.
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 import builtins
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -68,15 +68,27 @@ class VimStatus:
     pid: int | None = None
     restarts: int = 0
     reason: str | None = None  # why FAILED, or the last crash
+    # Which resource limits the VIM could enforce, e.g. "cgroup2 memory.max=268435456 cpu.max=50000
+    # 100000" or "rlimit RLIMIT_AS=268435456" or "none": the kernel may not allow every kind.
+    limits: str | None = None
 
 
 class VimError(Exception):
-    """A driver operation failed; `reason` is shown to the provider as the failure reason."""
+    """A driver operation failed; `reason` is shown to the provider as the failure reason.
 
-    def __init__(self, sfe: str, reason: str) -> None:
+    `permanent` means retrying the same call cannot succeed (a corrupted or unknown image, a
+    bad spec): the reconciler should mark the endpoint failed rather than back off and retry.
+    `logs` holds the SFE's last output lines when there are any (a failed health check).
+    """
+
+    def __init__(
+        self, sfe: str, reason: str, *, permanent: bool = False, logs: Sequence[str] = ()
+    ) -> None:
         super().__init__(f"{sfe}: {reason}")
         self.sfe = sfe
         self.reason = reason
+        self.permanent = permanent
+        self.logs = tuple(logs)
 
 
 class VimDriver(Protocol):

@@ -65,10 +65,11 @@ class Tier:
 class FqdnRoutes:
     """The compiled routes of one FQDN in one forwarding table version."""
 
-    __slots__ = ("fqdn", "tiers")
+    __slots__ = ("fqdn", "latency_ms", "tiers")
 
     def __init__(self, fqdn: str, routes: Iterable[Route]) -> None:
         self.fqdn = fqdn
+        self.latency_ms: dict[str, float] = {}  # sfe -> one-way path latency of its route
         ranked = sorted(routes, key=lambda r: r.cost)  # stable: the PCE's order breaks ties
         tiers: list[Tier] = []
         seen: set[str] = set()
@@ -78,6 +79,7 @@ class FqdnRoutes:
             if route.endpoint.sfe in seen:
                 continue  # an endpoint listed twice keeps its best route only
             seen.add(route.endpoint.sfe)
+            self.latency_ms[route.endpoint.sfe] = route.latency_ms
             if group and abs(route.cost - group_cost) > COST_EPSILON:
                 tiers.append(Tier(group_cost, group))
                 group = []

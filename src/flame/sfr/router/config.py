@@ -87,6 +87,7 @@ class RouterConfig:
     table_file: str | None = None  # last table, loaded at start and rewritten on each change
     poll_wait: float = 25.0  # seconds a PCE long-poll is held
     coalescing: bool = True  # FLIPS coincidental multicast of identical concurrent GETs
+    emulate_latency: bool = False  # delay each attempt by its route's round-trip path latency
     backlog: int = 2048  # listen backlog per worker
     limits: Limits = field(default_factory=Limits)
     timeouts: Timeouts = field(default_factory=Timeouts)

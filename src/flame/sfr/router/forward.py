@@ -78,12 +78,17 @@ class Forwarder:
         outliers: OutlierDetector,
         metrics: RouterMetrics,
         timeouts: Timeouts,
+        *,
+        emulate_latency: bool = False,
     ) -> None:
         self.routing = routing
         self.pool = pool
         self.outliers = outliers
         self.metrics = metrics
         self.timeouts = timeouts
+        # FLAME-in-a-box: every hop is loopback, so the topology's path latency is added as a
+        # round trip before each attempt (request and response each cross the path once).
+        self.emulate_latency = emulate_latency
 
     def forward(
         self, req: RequestHead, head: bytes, body: RequestBody | None, sink: ResponseSink
@@ -141,6 +146,7 @@ class Forwarding:
     __slots__ = (
         "_attempts",
         "_connecting",
+        "_delay",
         "_fresh",
         "_stale_retried",
         "_tried",
@@ -174,6 +180,7 @@ class Forwarding:
         self.endpoint: Endpoint | None = None
         self.conn: UpstreamConnection | None = None
         self._connecting: asyncio.Task[None] | None = None
+        self._delay: asyncio.TimerHandle | None = None
         self._tried: set[str] = set()
         self._attempts = 0
         self._fresh = False
@@ -200,6 +207,19 @@ class Forwarding:
         self._attempt(endpoint)
 
     def _attempt(self, endpoint: Endpoint) -> None:
+        if self.fw.emulate_latency and self.routes is not None:
+            latency_ms = self.routes.latency_ms.get(endpoint.sfe, 0.0)
+            if latency_ms > 0:
+                self.endpoint = endpoint
+                loop = asyncio.get_running_loop()
+                self._delay = loop.call_later(2 * latency_ms / 1000, self._attempt_now, endpoint)
+                return
+        self._attempt_now(endpoint)
+
+    def _attempt_now(self, endpoint: Endpoint) -> None:
+        self._delay = None
+        if self.cancelled:
+            return
         self.endpoint = endpoint
         if self._fresh:
             conn = None
@@ -328,6 +348,9 @@ class Forwarding:
     def cancel(self) -> None:
         """The client went away: drop the exchange (its connection cannot be reused)."""
         self.cancelled = True
+        if self._delay is not None:
+            self._delay.cancel()
+            self._delay = None
         if self._connecting is not None and not self._connecting.done():
             self._connecting.cancel("the client went away")
         self._connecting = None

@@ -7,7 +7,8 @@ protocol and folds it into the running totals shown by the status endpoint:
     sr_fqdn,sr=<sr>,fqdn=<fqdn>,worker=<n> requests=40i,...,switches=1i
 
 Fields (all for the interval): requests (answered to clients), errors (answered 5xx or cut),
-rt_sum_ms / rt_count / rt_max_ms (head received to last byte sent), bytes_in (request
+rt_sum_ms / rt_count / rt_max_ms (head received to last byte sent) and response_time
+(their mean in ms, when rt_count > 0), bytes_in (request
 bodies), bytes_out (responses to clients), coalesced (requests served by another request's
 upstream fetch), fetches (upstream attempts), ejections, and per FQDN switches (table
 changes that moved its best endpoints). The `worker` tag keeps the points of the processes of
@@ -85,6 +86,9 @@ class Counters:
         }
         result["rt_sum_ms"] = round(self.rt_sum_ms, 3)
         result["rt_max_ms"] = round(self.rt_max_ms, 3)
+        if self.rt_count:
+            # The interval's mean, so that an alert rule is a plain mean(response_time).
+            result["response_time"] = round(self.rt_sum_ms / self.rt_count, 3)
         return result
 
 

@@ -103,7 +103,14 @@ class Router:
             connect_timeout=timeouts.upstream_connect,
             high_water=limits.write_high_water,
         )
-        forwarder = Forwarder(self.routing, pool, self.outliers, self.metrics, timeouts)
+        forwarder = Forwarder(
+            self.routing,
+            pool,
+            self.outliers,
+            self.metrics,
+            timeouts,
+            emulate_latency=config.emulate_latency,
+        )
         coalescer = None
         if config.coalescing:
             coalescer = Coalescer(
