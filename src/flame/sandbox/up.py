@@ -1,0 +1,226 @@
+"""`flame up`: the plan of FLAME-in-a-box (which processes, on which addresses) and its run.
+
+Control plane on 127.0.0.1 (PCE and registry first, since SRs take their tables from it); one
+SR process per service router of the topology, each on the loopback address the topology gives
+it (127.0.x.y), so that each looks like its own host and link latencies are emulated on its
+forwarding path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from flame.common.auth import Role, TokenStore
+from flame.common.errors import UserError
+from flame.sandbox.supervisor import Component, Running, Supervisor, supervised
+from flame.topology.loader import load_topology
+from flame.topology.model import NodeKind, Topology
+
+__all__ = ["NAMED_TOPOLOGIES", "Plan", "UpOptions", "plan", "resolve_topology", "run"]
+
+log = logging.getLogger(__name__)
+
+NAMED_TOPOLOGIES = ("sandbucket", "sandpit")
+OPERATOR_TOKEN = "flame-up-operator"
+DEMO_TENANT = "demo"
+DEMO_TOKEN = "flame-up-demo"
+
+
+@dataclass(frozen=True, slots=True)
+class UpOptions:
+    run_dir: Path  # state of this instance: databases, logs, up.json
+    topology: str = "sandbucket"  # a named topology or a file
+    pce_port: int = 7070
+    sr_port: int = 8080
+    free_ports: bool = False  # pick free ports instead (tests, a second machine user)
+    emulate_latency: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    topology_path: Path
+    topology: Topology
+    components: tuple[Component, ...]
+    pce_url: str
+    sr_urls: dict[str, str]
+
+
+def resolve_topology(name_or_path: str) -> Path:
+    if name_or_path in NAMED_TOPOLOGIES:
+        ref = resources.files("flame.sandbox") / "data" / f"{name_or_path}.yaml"
+        with resources.as_file(ref) as path:
+            return Path(path)
+    path = Path(name_or_path)
+    if not path.exists():
+        raise UserError(
+            f"no topology {name_or_path!r}: name one of {', '.join(NAMED_TOPOLOGIES)} or give "
+            "a topology file"
+        )
+    return path
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def plan(options: UpOptions, env: dict[str, str]) -> Plan:
+    topology_path = resolve_topology(options.topology)
+    topology = load_topology(topology_path)
+    python = [sys.executable, "-m", "flame"]
+    pce_port = _free_port("127.0.0.1") if options.free_ports else options.pce_port
+    pce_url = f"http://127.0.0.1:{pce_port}"
+    components = [
+        Component(
+            name="pce",
+            argv=[
+                *python,
+                *("serve", "pce", "--topology", str(topology_path)),
+                *("--db", str(options.run_dir / "pce.sqlite3")),
+                *("--host", "127.0.0.1", "--port", str(pce_port), "--name", "pce-1"),
+            ],
+            url=pce_url,
+            health_url=pce_url + "/health",
+            env=env,
+        )
+    ]
+    sr_urls: dict[str, str] = {}
+    for node in sorted(topology.nodes.values(), key=lambda n: n.id):
+        if node.kind is not NodeKind.SERVICE_ROUTER:
+            continue
+        host = node.address or "127.0.0.1"
+        port = _free_port(host) if options.free_ports else options.sr_port
+        url = f"http://{host}:{port}"
+        sr_urls[node.id] = url
+        argv = [
+            *python,
+            *("serve", "sr", "--id", node.id, "--host", host, "--port", str(port)),
+            *("--workers", "1", "--pce", pce_url, "--metrics-interval", "1"),
+            *("--table-file", str(options.run_dir / f"sr-{node.id}.table.json")),
+        ]
+        if options.emulate_latency:
+            argv.append("--emulate-latency")
+        components.append(
+            Component(
+                name=node.id,
+                argv=argv,
+                url=url,
+                health_url=url + "/.flame/health",
+                health_host="_flame",
+                env=env,
+            )
+        )
+    return Plan(topology_path, topology, tuple(components), pce_url, sr_urls)
+
+
+def issue_tokens(state_dir: Path) -> dict[str, str]:
+    """Fresh operator and demo-tenant tokens (stored hashed; the old ones stop working)."""
+    tokens = TokenStore(state_dir / "tokens.json")
+    known = {t.name for t in tokens.list()}
+    issued: dict[str, str] = {}
+    for name, role, tenant in (
+        (OPERATOR_TOKEN, Role.OPERATOR, None),
+        (DEMO_TOKEN, Role.TENANT, DEMO_TENANT),
+    ):
+        if name in known:
+            tokens.revoke(name)
+        issued[name] = tokens.issue(name, role, tenant)
+    return issued
+
+
+def write_secret(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+
+
+def run(
+    options: UpOptions,
+    state_dir: Path,
+    *,
+    announce: Callable[[Plan, dict[str, str]], None],
+    stop_after_ready: bool = False,
+) -> None:
+    """Start everything, announce it, then supervise until SIGTERM/SIGINT."""
+    stop = False
+
+    def request_stop(signum: int, _frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with supervised(options.run_dir) as supervisor:
+            tokens = issue_tokens(state_dir)
+            write_secret(options.run_dir / "tokens.json", tokens)
+            env = {
+                "FLAME_STATE_DIR": str(state_dir),
+                "FLAME_TOKEN": tokens[OPERATOR_TOKEN],
+                "PYTHONUNBUFFERED": "1",
+            }
+            the_plan = plan(options, env)
+            supervisor.extra = {
+                "topology": str(the_plan.topology_path),
+                "pce_url": the_plan.pce_url,
+                "sr_urls": the_plan.sr_urls,
+            }
+            for component in the_plan.components:
+                if stop:
+                    return
+                running = supervisor.start(component)
+                supervisor.wait_ready(running, lambda: stop)
+            if stop:
+                return
+            supervisor.write_state(ready=True)
+            announce(the_plan, tokens)
+            if stop_after_ready:
+                return
+            _watch(supervisor, lambda: stop)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _watch(supervisor: Supervisor, stopping: Callable[[], bool]) -> None:
+    """Restart a component that exits on its own, with back-off; return when asked to stop."""
+    backoff: dict[str, float] = {}
+    while not stopping():
+        for running in supervisor.exited():
+            name = running.component.name
+            delay = backoff.get(name, 0.5)
+            log.warning(
+                "%s exited with status %s; restarting in %gs (log: %s)",
+                name,
+                running.process.returncode,
+                delay,
+                running.log_path,
+            )
+            supervisor.running.remove(running)
+            _sleep_unless(delay, stopping)
+            if stopping():
+                return
+            restarted: Running = supervisor.start(running.component)
+            with contextlib.suppress(Exception):
+                supervisor.wait_ready(restarted, stopping)
+            backoff[name] = min(delay * 2, 30.0)
+        time.sleep(0.2)
+
+
+def _sleep_unless(seconds: float, stopping: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not stopping():
+        time.sleep(0.05)

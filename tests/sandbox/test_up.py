@@ -1,0 +1,169 @@
+"""`flame up -d` / `flame down` with real processes (seed section 5.1): everything starts and
+is reachable, a second `flame up` refuses, the CLI is configured, a UE's requests are routed
+through an SR by FQDN, and `flame down` leaves no process and no listening port behind."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from flame.common.config import load_config
+from flame.sfr.client import PceClient
+from flame.sfr.models import Endpoint
+
+
+def flame(
+    env: dict[str, str], *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "flame", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    config = tmp_path / "config.toml"
+    config.touch()
+    environment = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("FLAME_")},
+        "FLAME_CONFIG": str(config),
+        "FLAME_STATE_DIR": str(tmp_path / "state"),
+        "HOME": str(tmp_path / "home"),
+    }
+    yield environment
+    flame(environment, "down")  # whatever happened, nothing is left running
+
+
+class _Hello(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "5")
+        self.end_headers()
+        self.wfile.write(b"hello")
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def hello_server() -> Iterator[int]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _listening(url: str) -> bool:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, int(port))) == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for our purpose.
+    with contextlib.suppress(FileNotFoundError):
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    return False
+
+
+@pytest.mark.slow
+def test_up_detached_route_a_ue_and_down(env: dict[str, str], tmp_path: Path) -> None:
+    up = flame(env, "--json", "up", "-d", "--free-ports", "--topology", "sandpit")
+    assert up.returncode == 0, up.stderr
+    summary = json.loads(up.stdout)
+    names = [c["name"] for c in summary["components"]]
+    assert names == ["pce", "sr-metro", "sr-platform", "sr-ue-1", "sr-ue-2"]
+    assert set(summary["tokens"]) == {"flame-up-operator", "flame-up-demo"}
+    # Each SR on its own loopback address, as the topology says.
+    assert summary["sr_urls"]["sr-ue-1"].startswith("http://127.0.1.1:")
+    assert summary["sr_urls"]["sr-ue-2"].startswith("http://127.0.1.2:")
+    for component in summary["components"]:
+        assert _listening(component["url"]), component
+
+    again = flame(env, "up", "--free-ports")
+    assert again.returncode == 1
+    assert "already running" in again.stderr
+
+    # The CLI is configured: the token and the PCE in the user's config.
+    config = load_config(Path(env["FLAME_CONFIG"]), environ=env)
+    assert config.api_url == summary["pce_url"]
+    assert config.token == summary["tokens"]["flame-up-operator"]
+
+    with hello_server() as port, PceClient(config.api_url, config.token) as pce:
+        pce.register(
+            Endpoint(
+                sfe="hello-1",
+                fqdn="hello.example",
+                cluster="metro-london",
+                host="127.0.0.1",
+                port=port,
+            )
+        )
+        # The table reaches the SR within a moment; the UE run then sees no failure.
+        sr = summary["sr_urls"]["sr-ue-1"]
+        for _ in range(100):
+            if httpx.get(sr + "/", headers={"Host": "hello.example"}).status_code == 200:
+                break
+        ue = flame(
+            env,
+            "--json",
+            "ue",
+            "run",
+            "--sr",
+            "sr-ue-1",
+            "--fqdn",
+            "hello.example",
+            "--rps",
+            "40",
+            "--duration",
+            "1",
+        )
+        assert ue.returncode == 0, ue.stderr
+        report = json.loads(ue.stdout)
+        assert report["requests"] == 40
+        assert report["failed"] == 0
+        assert report["statuses"] == {"200": 40}
+        # sr-ue-1 -> metro is 13 ms each way on the sandpit: emulated, so >= 26 ms per request.
+        assert report["latency_ms"]["p50"] >= 26
+
+    down = flame(env, "down")
+    assert down.returncode == 0
+    assert "stopped" in down.stdout
+    for component in summary["components"]:
+        assert not _alive(component["pid"]), component
+        assert not _listening(component["url"]), component
+    assert not _alive(summary["pid"])
+    assert "not running" in flame(env, "down").stdout
+
+
+def test_unknown_sr_and_topology_are_clear_errors(env: dict[str, str]) -> None:
+    ue = flame(env, "ue", "run", "--sr", "sr-nowhere", "--fqdn", "x", "--duration", "1")
+    assert ue.returncode == 1
+    assert "no SR 'sr-nowhere'" in ue.stderr
+    up = flame(env, "up", "--topology", "atlantis")
+    assert up.returncode == 1
+    assert "sandbucket, sandpit" in up.stderr
