@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/tosca_validate.py $(BENCH_ARGS)
 	$(BIN)/python bench/pce.py $(BENCH_ARGS)
 	$(BIN)/python bench/sr_vs_nginx.py $(BENCH_ARGS)
+	$(BIN)/python bench/startup.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -52,7 +52,7 @@ class UpOptions:
 class Plan:
     topology_path: Path
     topology: Topology
-    components: tuple[Component, ...]
+    stages: tuple[tuple[Component, ...], ...]
     pce_url: str
     sr_urls: dict[str, str]
 
@@ -83,7 +83,7 @@ def plan(options: UpOptions, env: dict[str, str]) -> Plan:
     python = [sys.executable, "-m", "flame"]
     pce_port = _free_port("127.0.0.1") if options.free_ports else options.pce_port
     pce_url = f"http://127.0.0.1:{pce_port}"
-    components = [
+    control = [
         Component(
             name="pce",
             argv=[
@@ -97,6 +97,7 @@ def plan(options: UpOptions, env: dict[str, str]) -> Plan:
             env=env,
         )
     ]
+    routers: list[Component] = []
     sr_urls: dict[str, str] = {}
     for node in sorted(topology.nodes.values(), key=lambda n: n.id):
         if node.kind is not NodeKind.SERVICE_ROUTER:
@@ -113,7 +114,7 @@ def plan(options: UpOptions, env: dict[str, str]) -> Plan:
         ]
         if options.emulate_latency:
             argv.append("--emulate-latency")
-        components.append(
+        routers.append(
             Component(
                 name=node.id,
                 argv=argv,
@@ -123,7 +124,7 @@ def plan(options: UpOptions, env: dict[str, str]) -> Plan:
                 env=env,
             )
         )
-    return Plan(topology_path, topology, tuple(components), pce_url, sr_urls)
+    return Plan(topology_path, topology, (tuple(control), tuple(routers)), pce_url, sr_urls)
 
 
 def issue_tokens(state_dir: Path) -> dict[str, str]:
@@ -178,11 +179,14 @@ def run(
                 "pce_url": the_plan.pce_url,
                 "sr_urls": the_plan.sr_urls,
             }
-            for component in the_plan.components:
+            # Stages start together and are waited for together; a stage needs the one before
+            # (SRs take their tables from the PCE), so start-up takes the slowest of each stage.
+            for stage in the_plan.stages:
                 if stop:
                     return
-                running = supervisor.start(component)
-                supervisor.wait_ready(running, lambda: stop)
+                started = [supervisor.start(component) for component in stage]
+                for running in started:
+                    supervisor.wait_ready(running, lambda: stop)
             if stop:
                 return
             supervisor.write_state(ready=True)
