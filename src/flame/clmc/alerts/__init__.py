@@ -1,0 +1,1 @@
+"""Alert rules evaluated as data streams in (CLMC-19..22): windows, comparisons, KPI events."""

@@ -1,0 +1,84 @@
+"""Delivery of alert events to their handlers: the SFEMC (`flame_sfemc`) and webhooks.
+
+Each delivery is its own task with a few retries, so a slow or dead handler never holds back
+the evaluation loop or another handler; what could not be delivered is logged and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import httpx
+
+from flame.clmc.alerts.engine import AlertEvent
+
+__all__ = ["Notifier"]
+
+log = logging.getLogger(__name__)
+
+RETRY_DELAYS_S: Sequence[float] = (0.2, 0.5, 1.0)
+
+
+@dataclass(slots=True)
+class Notifier:
+    sfemc_url: str | None  # the SFEMC's event webhook, e.g. http://127.0.0.1:7080/v1/sfemc/events
+    token: str | None = field(default=None, repr=False)
+    timeout_s: float = 3.0
+    delivered: int = 0
+    failed: int = 0
+    _client: httpx.AsyncClient | None = None
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def targets(self, event: AlertEvent) -> list[str]:
+        urls = list(event.webhooks)
+        if event.notify_sfemc:
+            if self.sfemc_url is None:
+                log.warning(
+                    "alert %s notifies flame_sfemc but no SFEMC URL is configured", event.alert
+                )
+            else:
+                urls.insert(0, self.sfemc_url)
+        return urls
+
+    def send(self, event: AlertEvent) -> None:
+        for url in self.targets(event):
+            task = asyncio.get_running_loop().create_task(self._deliver(url, event))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, url: str, event: AlertEvent) -> None:
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self.timeout_s, trust_env=False)
+        # Only the SFEMC gets the platform's token; third-party webhooks must not.
+        headers = (
+            {"Authorization": f"Bearer {self.token}"}
+            if self.token and url == self.sfemc_url
+            else {}
+        )
+        body = event.to_dict()
+        last = ""
+        for delay in (0.0, *RETRY_DELAYS_S):
+            if delay:
+                await asyncio.sleep(delay)
+            try:
+                response = await self._client.post(url, json=body, headers=headers)
+            except httpx.HTTPError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+                continue
+            if response.status_code < 300:
+                self.delivered += 1
+                return
+            last = f"HTTP {response.status_code}: {response.text[:200]}"
+            if 400 <= response.status_code < 500 and response.status_code != 429:
+                break  # the handler refused it; sending it again will not change its mind
+        self.failed += 1
+        log.warning("alert event %s (%s) not delivered to %s: %s", event.id, event.alert, url, last)
+
+    async def close(self) -> None:
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self.timeout_s * 2)
+        if self._client is not None:
+            await self._client.aclose()

@@ -1,0 +1,126 @@
+"""The CLMC's alerting service: the engine, its clock, event delivery, recent events, and the
+rules persisted so that a restarted CLMC keeps evaluating what the orchestrator handed it."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flame.clmc.alerts.engine import DEFAULT_DATABASE, AlertEngine, AlertEvent, rules_from_dicts
+from flame.clmc.alerts.notify import Notifier
+
+__all__ = ["AlertService"]
+
+log = logging.getLogger(__name__)
+
+EventSink = Callable[[AlertEvent], None]
+
+
+class AlertService:
+    def __init__(
+        self,
+        rules_path: Path | None,
+        notifier: Notifier,
+        *,
+        tick_s: float = 0.25,
+        lateness_s: float = 1.0,
+        keep_events: int = 1000,
+    ) -> None:
+        self.engine = AlertEngine(lateness_s=lateness_s)
+        self.notifier = notifier
+        self.rules_path = rules_path
+        self.tick_s = tick_s
+        self.events: collections.deque[AlertEvent] = collections.deque(maxlen=keep_events)
+        self.sinks: list[EventSink] = []  # e.g. store the event as a point, publish on a bus
+        self._task: asyncio.Task[None] | None = None
+        self._specs: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self._load()
+
+    # -- rules (what the orchestrator hands over) -------------------------------------------------
+
+    def put(
+        self,
+        tenant: str,
+        sfc: str,
+        sfci: str,
+        rules: list[dict[str, Any]],
+        database: str = DEFAULT_DATABASE,
+    ) -> list[str]:
+        parsed = rules_from_dicts(rules)  # raises KeyError/ValueError on a malformed rule
+        keys = self.engine.set_rules(tenant, sfc, sfci, parsed, database=database)
+        self._specs[(tenant, sfc, sfci)] = {"rules": rules, "database": database}
+        self._save()
+        return [k.name for k in keys]
+
+    def delete(self, tenant: str, sfc: str, sfci: str | None = None) -> int:
+        removed = self.engine.remove_rules(tenant, sfc, sfci)
+        for key in [k for k in self._specs if k[:2] == (tenant, sfc) and sfci in (None, k[2])]:
+            del self._specs[key]
+        self._save()
+        return removed
+
+    def _save(self) -> None:
+        if self.rules_path is None:
+            return
+        data = [
+            {"tenant": t, "sfc": c, "sfci": i, **spec} for (t, c, i), spec in self._specs.items()
+        ]
+        tmp = self.rules_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data), encoding="utf-8")
+        os.replace(tmp, self.rules_path)
+
+    def _load(self) -> None:
+        if self.rules_path is None or not self.rules_path.exists():
+            return
+        for item in json.loads(self.rules_path.read_text(encoding="utf-8")):
+            try:
+                self.put(item["tenant"], item["sfc"], item["sfci"], item["rules"], item["database"])
+            except (KeyError, ValueError) as exc:
+                log.error(
+                    "ignoring stored alert rules %s/%s: %s", item.get("sfc"), item.get("sfci"), exc
+                )
+
+    # -- the clock ------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_s)
+            try:
+                self.evaluate()
+            except Exception:  # one bad rule must not stop alerting for everyone
+                log.exception("alert evaluation failed")
+
+    def evaluate(self, now_ns: int | None = None) -> list[AlertEvent]:
+        events = self.engine.tick(now_ns)
+        for event in events:
+            log.info("%s", event.message)
+            self.events.append(event)
+            for sink in self.sinks:
+                try:
+                    sink(event)
+                except Exception:
+                    log.exception("alert event sink failed for %s", event.id)
+            with contextlib.suppress(RuntimeError):  # no loop: evaluate() called synchronously
+                self.notifier.send(event)
+        return events
+
+    def recent(self, tenant: str | None = None, limit: int = 100) -> list[AlertEvent]:
+        chosen = [e for e in self.events if tenant is None or e.tenant == tenant]
+        return chosen[-limit:]
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.notifier.close()
