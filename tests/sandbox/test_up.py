@@ -73,7 +73,7 @@ def hello_server() -> Iterator[int]:
 
 
 def _listening(url: str) -> bool:
-    host, port = url.removeprefix("http://").rsplit(":", 1)
+    host, port = url.removeprefix("http://").rstrip("/").rsplit(":", 1)
     with socket.socket() as s:
         s.settimeout(0.5)
         return s.connect_ex((host, int(port))) == 0
@@ -96,7 +96,7 @@ def test_up_detached_route_a_ue_and_down(env: dict[str, str], tmp_path: Path) ->
     assert up.returncode == 0, up.stderr
     summary = json.loads(up.stdout)
     names = [c["name"] for c in summary["components"]]
-    assert names == ["pce", "sr-metro", "sr-platform", "sr-ue-1", "sr-ue-2"]
+    assert names == ["pce", "sr-metro", "sr-platform", "sr-ue-1", "sr-ue-2", "dashboard"]
     assert set(summary["tokens"]) == {"flame-up-operator", "flame-up-demo"}
     # Each SR on its own loopback address, as the topology says.
     assert summary["sr_urls"]["sr-ue-1"].startswith("http://127.0.1.1:")
@@ -149,6 +149,17 @@ def test_up_detached_route_a_ue_and_down(env: dict[str, str], tmp_path: Path) ->
         assert report["statuses"] == {"200": 40}
         # sr-ue-1 -> metro is 13 ms each way on the sandpit: emulated, so >= 26 ms per request.
         assert report["latency_ms"]["p50"] >= 26
+
+        # The dashboard: its page, and a snapshot made with the caller's token.
+        dashboard = summary["dashboard_url"]
+        assert "FLAME dashboard" in httpx.get(dashboard + "/").text
+        assert httpx.get(dashboard + "/api/snapshot").status_code == 401
+        bearer = {"Authorization": f"Bearer {config.token}"}
+        snap = httpx.get(dashboard + "/api/snapshot", headers=bearer).json()
+        assert {n["id"] for n in snap["topology"]["nodes"]} >= {"sr-ue-1", "metro-london"}
+        assert [r["sfe"] for r in snap["registrations"]] == ["hello-1"]
+        bad = httpx.get(dashboard + "/api/snapshot", headers={"Authorization": "Bearer nope"})
+        assert bad.json()["errors"]["topology"].startswith("HTTP 401")
 
     down = flame(env, "down")
     assert down.returncode == 0

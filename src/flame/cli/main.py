@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from flame import __version__
+from flame.cli.dashboard_commands import install as install_dashboard_commands
 from flame.cli.sandbox_commands import install as install_sandbox_commands
 from flame.cli.sfr_commands import install as install_sfr_commands
 from flame.common.auth import Role, TokenStore
@@ -265,6 +266,7 @@ def token_revoke(state: _State, name: str) -> None:
 
 install_sfr_commands(cli, topology_group)
 install_sandbox_commands(cli)
+install_dashboard_commands(cli)
 
 
 # -- entry point ---------------------------------------------------------------------------

@@ -54,6 +54,7 @@ def _run_dir(config: Config) -> Path:
 )
 @click.option("-d", "--detach", is_flag=True, help="Run in the background; 'flame down' stops it.")
 @click.option("--pce-port", default=7070, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--dashboard-port", default=7000, show_default=True, type=click.IntRange(1, 65535))
 @click.option(
     "--sr-port",
     default=8080,
@@ -71,6 +72,7 @@ def up_cmd(
     topology: str,
     detach: bool,
     pce_port: int,
+    dashboard_port: int,
     sr_port: int,
     free_ports: bool,
     no_latency: bool,
@@ -97,6 +99,7 @@ def up_cmd(
         run_dir=run_dir,
         topology=topology,
         pce_port=pce_port,
+        dashboard_port=dashboard_port,
         sr_port=sr_port,
         free_ports=free_ports,
         emulate_latency=not no_latency,
@@ -134,6 +137,7 @@ def _detach(state: _CliState, run_dir: Path, options: Any) -> None:
         argv += ["--config", str(state.config_path)]
     argv += ["up", "--_child", "--topology", options.topology]
     argv += ["--pce-port", str(options.pce_port), "--sr-port", str(options.sr_port)]
+    argv += ["--dashboard-port", str(options.dashboard_port)]
     if options.free_ports:
         argv.append("--free-ports")
     if not options.emulate_latency:
@@ -177,6 +181,9 @@ def _print_summary(
     click.echo(f"FLAME-in-a-box ready in {seconds:.1f}s (topology {instance.get('topology')})")
     for component in instance.get("components", []):
         click.echo(f"  {component['name']:<14} {component['url']}")
+    if instance.get("dashboard_url"):
+        operator = tokens.get("flame-up-operator", "")
+        click.echo(f"Dashboard: {instance['dashboard_url']}/#token={operator}")
     click.echo("Tokens (operator, demo tenant):")
     for name, token in tokens.items():
         click.echo(f"  {name:<18} {token}")

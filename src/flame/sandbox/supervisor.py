@@ -231,7 +231,25 @@ def stop_instance(run_dir: Path, timeout_s: float = 30.0) -> bool:
                 _signal_group(int(component["pid"]), signal.SIGKILL)
             break
         time.sleep(0.1)
+    # The lock goes just before the supervisor exits; wait for the exit itself.
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
     return True
+
+
+def pid_alive(pid: int) -> bool:
+    """True if `pid` runs (a zombie, exited but not yet reaped, does not count)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def _signal_group(pid: int, signum: int) -> None:

@@ -43,6 +43,7 @@ class UpOptions:
     run_dir: Path  # state of this instance: databases, logs, up.json
     topology: str = "sandbucket"  # a named topology or a file
     pce_port: int = 7070
+    dashboard_port: int = 7000
     sr_port: int = 8080
     free_ports: bool = False  # pick free ports instead (tests, a second machine user)
     emulate_latency: bool = True
@@ -54,6 +55,7 @@ class Plan:
     topology: Topology
     stages: tuple[tuple[Component, ...], ...]
     pce_url: str
+    dashboard_url: str
     sr_urls: dict[str, str]
 
 
@@ -124,7 +126,27 @@ def plan(options: UpOptions, env: dict[str, str]) -> Plan:
                 env=env,
             )
         )
-    return Plan(topology_path, topology, (tuple(control), tuple(routers)), pce_url, sr_urls)
+    dashboard_port = _free_port("127.0.0.1") if options.free_ports else options.dashboard_port
+    dashboard_url = f"http://127.0.0.1:{dashboard_port}"
+    dashboard = Component(
+        name="dashboard",
+        argv=[
+            *python,
+            *("serve", "dashboard", "--host", "127.0.0.1", "--port", str(dashboard_port)),
+            *("--pce", pce_url),
+        ],
+        url=dashboard_url + "/",
+        health_url=dashboard_url + "/",
+        env=env,
+    )
+    return Plan(
+        topology_path,
+        topology,
+        (tuple(control), (*routers, dashboard)),
+        pce_url,
+        dashboard_url,
+        sr_urls,
+    )
 
 
 def issue_tokens(state_dir: Path) -> dict[str, str]:
@@ -177,6 +199,7 @@ def run(
             supervisor.extra = {
                 "topology": str(the_plan.topology_path),
                 "pce_url": the_plan.pce_url,
+                "dashboard_url": the_plan.dashboard_url,
                 "sr_urls": the_plan.sr_urls,
             }
             # Stages start together and are waited for together; a stage needs the one before

@@ -1,0 +1,65 @@
+"""`flame serve dashboard`: the web dashboard (topology, KPIs, alerts, timeline)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import click
+
+from flame.common.config import Config
+from flame.common.errors import UserError
+from flame.common.logging import setup_logging
+
+__all__ = ["install"]
+
+
+class _CliState(Protocol):
+    def config(self) -> Config: ...
+
+
+def install(cli: click.Group) -> None:
+    serve = cli.commands.get("serve")
+    if not isinstance(serve, click.Group):
+        raise RuntimeError("install the SFR commands first: they create `flame serve`")
+    serve.add_command(serve_dashboard)
+
+
+@click.command("dashboard")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=7000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--pce", "pce_url", metavar="URL", help="The PCE (topology, registrations).")
+@click.option("--clmc", "clmc_url", metavar="URL", help="The CLMC (KPIs, alerts).")
+@click.option("--orchestrator", "orchestrator_url", metavar="URL", help="Services and endpoints.")
+@click.option("--clmc-db", default="flame", show_default=True)
+@click.pass_obj
+def serve_dashboard(
+    state: _CliState,
+    host: str,
+    port: int,
+    pce_url: str | None,
+    clmc_url: str | None,
+    orchestrator_url: str | None,
+    clmc_db: str,
+) -> None:
+    """Serve the dashboard. It holds no token: the browser's token is passed to each API."""
+    import uvicorn  # noqa: PLC0415 - lazy, heavy
+
+    from flame.clmc.dashboard.app import DashboardConfig, create_dashboard_app  # noqa: PLC0415
+
+    config = state.config()
+    setup_logging(config.log_level, config.log_format)
+    app = create_dashboard_app(
+        DashboardConfig(
+            pce_url=pce_url, clmc_url=clmc_url, orchestrator_url=orchestrator_url, clmc_db=clmc_db
+        )
+    )
+    click.echo(f"dashboard on http://{host}:{port}/", err=True)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False)
+    )
+    try:
+        server.run()
+    except SystemExit:
+        raise UserError(
+            f"the dashboard could not start on {host}:{port}; see the log above"
+        ) from None

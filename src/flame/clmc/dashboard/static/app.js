@@ -1,0 +1,221 @@
+// FLAME dashboard: polls /api/snapshot once a second and draws it. No framework, no build.
+"use strict";
+
+const SVG = "http://www.w3.org/2000/svg";
+const COLORS = ["#58a6ff", "#3fb950", "#d29922", "#bc8cff", "#ff7b72", "#39c5cf", "#e3b341"];
+const STATE_COLORS = { connected: "#3fb950", booted: "#d29922", placed: "#8a96a3", failed: "#f85149" };
+
+function token() {
+  const m = location.hash.match(/token=([^&]+)/);
+  if (m) {
+    sessionStorage.setItem("flame-token", decodeURIComponent(m[1]));
+    history.replaceState(null, "", location.pathname);  // keep the token out of the address bar
+  }
+  return sessionStorage.getItem("flame-token");
+}
+
+function el(tag, attrs = {}, text) {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); }
+
+function hhmmss(seconds) { return new Date(seconds * 1000).toLocaleTimeString(); }
+
+// -- topology ------------------------------------------------------------------------------------
+
+function layout(nodes) {
+  const located = nodes.filter(n => n.location);
+  const pos = {};
+  if (located.length) {
+    const lats = located.map(n => n.location.latitude), lons = located.map(n => n.location.longitude);
+    const lat0 = (Math.min(...lats) + Math.max(...lats)) / 2, k = Math.cos(lat0 * Math.PI / 180);
+    const xs = lons.map(l => l * k), ys = lats;
+    const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+    const scale = Math.min(820 / Math.max(x1 - x0, 1e-6), 340 / Math.max(y1 - y0, 1e-6));
+    located.forEach((n, i) => {
+      pos[n.id] = { x: 90 + (xs[i] - x0) * scale, y: 400 - (ys[i] - y0) * scale };
+    });
+  }
+  // Nodes without a location go on a ring; nodes sharing a place are fanned out.
+  const rest = nodes.filter(n => !pos[n.id]);
+  rest.forEach((n, i) => {
+    const a = (2 * Math.PI * i) / Math.max(rest.length, 1);
+    pos[n.id] = { x: 500 + 300 * Math.cos(a), y: 230 + 160 * Math.sin(a) };
+  });
+  const seen = {};
+  for (const n of nodes) {
+    const key = Math.round(pos[n.id].x / 25) + ":" + Math.round(pos[n.id].y / 25);
+    const k = (seen[key] = (seen[key] || 0) + 1) - 1;
+    if (k) { pos[n.id] = { x: pos[n.id].x + 70 * k, y: pos[n.id].y + 30 * k }; }
+  }
+  return pos;
+}
+
+function drawTopology(snap) {
+  const svg = document.getElementById("topology");
+  clear(svg);
+  const topo = snap.topology;
+  if (!topo) { svg.appendChild(el("text", { x: 20, y: 40, fill: "#8a96a3" }, "no topology (is the PCE up?)")); return; }
+  const pos = layout(topo.nodes);
+  for (const link of topo.links) {
+    const a = pos[link.a], b = pos[link.b];
+    if (!a || !b) continue;
+    const down = link.state !== "up";
+    svg.appendChild(el("line", { x1: a.x, y1: a.y, x2: b.x, y2: b.y, stroke: down ? "#f85149" : "#33404c",
+      "stroke-width": 3, "stroke-dasharray": down ? "8 6" : "", "data-link": `${link.a}-${link.b}` }));
+    svg.appendChild(el("text", { x: (a.x + b.x) / 2, y: (a.y + b.y) / 2 - 6, fill: "#8a96a3", "font-size": 11,
+      "text-anchor": "middle" }, `${link.latency_ms} ms`));
+  }
+  // Endpoints per cluster: the orchestrator's view (all states), else the PCE's (connected only).
+  const byCluster = {};
+  for (const svc of snap.services) for (const ep of svc.endpoints || [])
+    (byCluster[ep.cluster] = byCluster[ep.cluster] || []).push({ sfe: ep.sfe, sf: ep.sf, state: ep.state });
+  if (!snap.services.length) for (const r of snap.registrations) {
+    const ep = r.endpoint || r;
+    (byCluster[ep.cluster] = byCluster[ep.cluster] || []).push({ sfe: ep.sfe, sf: ep.fqdn, state: "connected" });
+  }
+  for (const node of topo.nodes) {
+    const p = pos[node.id];
+    const g = el("g", { "data-node": node.id, "data-kind": node.kind });
+    if (node.kind === "service_router") {
+      g.appendChild(el("circle", { cx: p.x, cy: p.y, r: 16, fill: "#1f6feb" }));
+    } else if (node.kind === "cluster") {
+      g.appendChild(el("rect", { x: p.x - 18, y: p.y - 14, width: 36, height: 28, rx: 5, fill: "#238636" }));
+    } else if (node.kind === "switch") {
+      g.appendChild(el("rect", { x: p.x - 9, y: p.y - 9, width: 18, height: 18, fill: "#6e7681" }));
+    } else {
+      g.appendChild(el("polygon", { points: `${p.x},${p.y - 14} ${p.x - 13},${p.y + 10} ${p.x + 13},${p.y + 10}`, fill: "#8957e5" }));
+    }
+    g.appendChild(el("text", { x: p.x, y: p.y + 30, fill: "#dde3ea", "font-size": 12, "text-anchor": "middle" }, node.id));
+    (byCluster[node.id] || []).forEach((ep, i) => {
+      const t = el("text", { x: p.x, y: p.y + 46 + 14 * i, "font-size": 11, "text-anchor": "middle",
+        fill: STATE_COLORS[ep.state] || "#58a6ff", "data-endpoint": ep.sfe, "data-state": ep.state },
+        `${ep.sf}: ${ep.state}`);
+      g.appendChild(t);
+    });
+    svg.appendChild(g);
+  }
+}
+
+// -- KPI chart ------------------------------------------------------------------------------------
+
+function drawKpi(snap) {
+  const svg = document.getElementById("kpi"), legend = document.getElementById("legend");
+  clear(svg); clear(legend);
+  const W = 600, H = 260, L = 44, B = 22, T = 8;
+  const series = snap.kpi.map(s => {
+    const ti = s.columns.indexOf("time"), vi = s.columns.indexOf("response_time");
+    return { name: `${s.tags.fqdn || "?"} @ ${s.tags.sr || "?"}`, tags: s.tags,
+      points: s.values.filter(v => v[vi] !== null).map(v => [v[ti] / 1000, v[vi]]) };
+  }).filter(s => s.points.length && s.tags.fqdn !== "_unknown");
+  const thresholds = snap.alerts.filter(a => a.measurement === "sr_fqdn" && a.field === "response_time"
+    && a.threshold !== null && a.event_type === "threshold");
+  const now = snap.time, t0 = now - 120;
+  let ymax = 1;
+  for (const s of series) for (const [, v] of s.points) ymax = Math.max(ymax, v);
+  for (const a of thresholds) ymax = Math.max(ymax, a.threshold * 1.2);
+  const x = t => L + ((t - t0) / (now - t0)) * (W - L - 6), y = v => H - B - (v / ymax) * (H - B - T);
+  svg.appendChild(el("line", { x1: L, y1: H - B, x2: W, y2: H - B, stroke: "#33404c" }));
+  for (const frac of [0, 0.5, 1]) {
+    svg.appendChild(el("text", { x: L - 4, y: y(ymax * frac) + 4, fill: "#8a96a3", "font-size": 10, "text-anchor": "end" },
+      (ymax * frac).toFixed(0)));
+  }
+  svg.appendChild(el("text", { x: L, y: H - 4, fill: "#8a96a3", "font-size": 10 }, "-2 min"));
+  svg.appendChild(el("text", { x: W - 4, y: H - 4, fill: "#8a96a3", "font-size": 10, "text-anchor": "end" }, "now"));
+  for (const a of thresholds) {
+    svg.appendChild(el("line", { x1: L, y1: y(a.threshold), x2: W, y2: y(a.threshold), stroke: "#f85149",
+      "stroke-dasharray": "6 4", "data-threshold": a.name }));
+    svg.appendChild(el("text", { x: W - 6, y: y(a.threshold) - 4, fill: "#f85149", "font-size": 10, "text-anchor": "end" },
+      `${a.name} > ${a.threshold}`));
+  }
+  for (const ev of snap.events) {
+    const t = ev.time_ns / 1e9;
+    if (t < t0) continue;
+    svg.appendChild(el("line", { x1: x(t), y1: T, x2: x(t), y2: H - B, stroke: ev.level === "critical" ? "#f85149" : "#3fb950",
+      "stroke-width": 1, "data-event": ev.id }));
+  }
+  series.forEach((s, i) => {
+    const color = COLORS[i % COLORS.length];
+    const pts = s.points.filter(([t]) => t >= t0).map(([t, v]) => `${x(t).toFixed(1)},${y(v).toFixed(1)}`).join(" ");
+    svg.appendChild(el("polyline", { points: pts, fill: "none", stroke: color, "stroke-width": 2, "data-series": s.name }));
+    const item = document.createElement("span");
+    item.innerHTML = `<i style="background:${color}"></i>`;
+    item.appendChild(document.createTextNode(s.name));
+    legend.appendChild(item);
+  });
+}
+
+// -- tables and timeline --------------------------------------------------------------------------
+
+function row(cells, classes = []) {
+  const tr = document.createElement("tr");
+  cells.forEach((c, i) => { const td = document.createElement("td"); td.textContent = c; if (classes[i]) td.className = classes[i]; tr.appendChild(td); });
+  return tr;
+}
+
+function drawTables(snap) {
+  const alerts = document.querySelector("#alerts tbody");
+  clear(alerts);
+  for (const a of snap.alerts) {
+    alerts.appendChild(row([a.name, `${a.sfc}/${a.sfci}`,
+      `${a.aggregation}(${a.measurement}.${a.field}) ${a.comparison || "<"} ${a.threshold} over ${a.granularity_s}s`, a.level],
+      ["", "", "", `level-${a.level}`]));
+  }
+  const served = {};
+  for (const s of snap.served) {
+    const vi = s.columns.indexOf("requests");
+    const last = s.values.length ? s.values[s.values.length - 1][vi] : 0;
+    served[s.tags.sfe] = (served[s.tags.sfe] || 0) + (last || 0);
+  }
+  const services = document.querySelector("#services tbody");
+  clear(services);
+  for (const svc of snap.services) for (const ep of svc.endpoints || []) {
+    services.appendChild(row([svc.sfc, svc.tenant || "", ep.sfe, ep.cluster, ep.state, ep.desired, String(served[ep.sfe] || 0)],
+      ["", "", "", "", `state-${ep.state}`, "", ""]));
+  }
+  const items = [];
+  for (const ev of snap.events) items.push({ t: ev.time_ns / 1e9, cls: `level-${ev.level}`, text: ev.message });
+  for (const svc of snap.services) for (const ep of svc.endpoints || []) for (const h of ep.history || [])
+    items.push({ t: h.time, cls: `state-${h.to}`, text: `${ep.sfe}: ${h.from} → ${h.to}${h.reason ? " (" + h.reason + ")" : ""}` });
+  items.sort((a, b) => b.t - a.t);
+  const timeline = document.getElementById("timeline");
+  clear(timeline);
+  for (const it of items.slice(0, 60)) {
+    const li = document.createElement("li");
+    const t = document.createElement("span"); t.className = "t"; t.textContent = hhmmss(it.t);
+    const m = document.createElement("span"); m.className = it.cls; m.textContent = it.text;
+    li.append(t, m);
+    timeline.appendChild(li);
+  }
+}
+
+// -- loop -----------------------------------------------------------------------------------------
+
+async function tick() {
+  const tok = token();
+  if (!tok) { document.getElementById("login").hidden = false; return; }
+  try {
+    const r = await fetch("api/snapshot", { headers: { Authorization: "Bearer " + tok } });
+    const snap = await r.json();
+    if (!r.ok) throw new Error(snap.error || r.status);
+    drawTopology(snap); drawKpi(snap); drawTables(snap);
+    document.getElementById("updated").textContent = "updated " + hhmmss(snap.time);
+    const errs = Object.entries(snap.errors);
+    document.getElementById("errors").textContent = errs.map(([k, v]) => `${k}: ${v}`).join("; ");
+  } catch (e) {
+    document.getElementById("errors").textContent = "dashboard: " + e.message;
+  }
+}
+
+document.getElementById("login").addEventListener("submit", ev => {
+  ev.preventDefault();
+  sessionStorage.setItem("flame-token", document.getElementById("token").value.trim());
+  document.getElementById("login").hidden = true;
+  tick();
+});
+tick();
+setInterval(tick, 1000);
