@@ -1,0 +1,97 @@
+"""Alert rules from the orchestrator to a real CLMC alert API over HTTP (ORCH-8): delivered,
+replaced, removed; kept and retried while the CLMC is down."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import uvicorn
+from fastapi import FastAPI, Request
+
+from flame.clmc.alerts.api import install_alert_routes
+from flame.clmc.alerts.notify import Notifier
+from flame.clmc.alerts.service import AlertService
+from flame.common.auth import Principal, Role, TokenStore, parse_bearer
+from flame.orchestrator.clmc_sink import HttpAlertSink
+from flame.tosca.model import AlertRule, Comparison, EventType
+
+RULE = AlertRule(
+    name="slow",
+    policy="scale",
+    event_type=EventType.THRESHOLD,
+    measurement="sr_fqdn",
+    field="response_time",
+    threshold=80.0,
+    granularity_s=3.0,
+    aggregation="mean",
+    comparison=Comparison.GT,
+    tags=(("fqdn", "vod.example"),),
+    notify_sfemc=True,
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def clmc(port: int, tokens: TokenStore, service: AlertService) -> Iterator[str]:
+    app = FastAPI()
+
+    def authenticate(request: Request) -> Principal:
+        return tokens.authenticate(parse_bearer(request.headers.get("authorization")))
+
+    install_alert_routes(app, service, authenticate)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def wait_for(condition: object, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_rules_reach_the_clmc_and_survive_its_absence(tmp_path: Path) -> None:
+    tokens = TokenStore(tmp_path / "tokens.json")
+    operator = tokens.issue("orchestrator", Role.OPERATOR)
+    service = AlertService(None, Notifier(None))
+    port = free_port()
+    sink = HttpAlertSink(f"http://127.0.0.1:{port}", operator, retry_s=0.1)
+    try:
+        sink.set_rules("vod", "acme", (RULE,), "vod-1")  # nobody listens yet
+        assert sink.pending() == ["vod"]
+        with clmc(port, tokens, service) as url:
+            wait_for(lambda: sink.pending() == [])
+            rules = httpx.get(
+                url + "/v1/alerts", headers={"Authorization": f"Bearer {operator}"}
+            ).json()
+            assert [
+                (r["tenant"], r["sfc"], r["sfci"], r["name"], r["threshold"]) for r in rules
+            ] == [("acme", "vod", "vod-1", "slow", 80.0)]
+            changed = dataclasses.replace(RULE, threshold=120.0)
+            sink.set_rules("vod", "acme", (changed,), "vod-1")
+            assert [r.threshold for _, r, _ in service.engine.rules()] == [120.0]
+            sink.remove_rules("vod", "vod-1")
+            assert service.engine.rules() == []
+    finally:
+        sink.close()
