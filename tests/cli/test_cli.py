@@ -268,9 +268,9 @@ def test_usage_errors_exit_1_not_2(capsys: pytest.CaptureFixture[str], args: lis
 
 
 def test_usage_error_as_json(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "--json", "bogus")
+    code, out, _ = run(capsys, "--json", "xyzzy")
     assert code == 1
-    assert json.loads(out) == {"error": "usage_error", "message": "No such command 'bogus'."}
+    assert json.loads(out) == {"error": "usage_error", "message": "No such command 'xyzzy'."}
 
 
 def test_broken_topology_shows_its_diagnostics(

@@ -18,6 +18,7 @@ import click
 from flame import __version__
 from flame.cli.dashboard_commands import install as install_dashboard_commands
 from flame.cli.sandbox_commands import install as install_sandbox_commands
+from flame.cli.sfemc_commands import install as install_sfemc_commands
 from flame.cli.sfr_commands import install as install_sfr_commands
 from flame.common.auth import Role, TokenStore
 from flame.common.config import Config, load_config
@@ -214,14 +215,20 @@ def _token_store(state: _State) -> TokenStore:
 @click.option(
     "--operator", "role", flag_value=Role.OPERATOR.value, help="Full control of the platform."
 )
+@click.option(
+    "--router",
+    "role",
+    flag_value=Role.ROUTER.value,
+    help="A service router: reads its forwarding tables, reports measurements; nothing else.",
+)
 @click.option("--tenant", "tenant", help="The media service provider this token acts for.")
 @click.pass_obj
 def token_issue(state: _State, name: str, role: str | None, tenant: str | None) -> None:
     """Issue a token; it is shown once and stored only hashed."""
     if (role is None) == (tenant is None):
-        raise UserError("give exactly one of --operator or --tenant TENANT")
+        raise UserError("give exactly one of --operator, --router or --tenant TENANT")
     store = _token_store(state)
-    token = store.issue(name, Role.OPERATOR if role else Role.TENANT, tenant)
+    token = store.issue(name, Role(role) if role else Role.TENANT, tenant)
     if state.json:
         _emit({"name": name, "role": role or "tenant", "tenant": tenant, "token": token})
     else:
@@ -265,6 +272,7 @@ def token_revoke(state: _State, name: str) -> None:
 
 
 install_sfr_commands(cli, topology_group)
+install_sfemc_commands(cli)
 install_sandbox_commands(cli)
 install_dashboard_commands(cli)
 

@@ -64,6 +64,9 @@ _STORE_VERSION = 1
 class Role(enum.StrEnum):
     OPERATOR = "operator"
     TENANT = "tenant"
+    # A service router: may read its forwarding tables and report measurements, nothing else,
+    # so that a compromised data-plane host cannot register endpoints or change the topology.
+    ROUTER = "router"
 
 
 def validate_tenant_id(tenant: str) -> str:
@@ -93,8 +96,8 @@ class Principal:
             validate_tenant_id(self.tenant)
         elif self.tenant is not None:
             raise UserError(
-                f"operator principal {self.name!r} must not have a tenant id; "
-                "operators are not bound to one tenant"
+                f"{self.role.value} principal {self.name!r} must not have a tenant id; "
+                "only tenant principals are bound to one tenant"
             )
 
 
@@ -304,7 +307,18 @@ def require_operator(principal: Principal) -> None:
     """Raise PermissionDenied unless ``principal`` is an operator."""
     if principal.role is not Role.OPERATOR:
         raise PermissionDenied(
-            f"this operation requires the operator role; {principal.name!r} is a tenant principal",
+            f"this operation requires the operator role; {principal.name!r} is a "
+            f"{principal.role.value} principal",
+            principal=principal.name,
+        )
+
+
+def require_router(principal: Principal) -> None:
+    """Raise PermissionDenied unless ``principal`` is a service router or an operator."""
+    if principal.role not in (Role.ROUTER, Role.OPERATOR):
+        raise PermissionDenied(
+            f"this operation is for service routers and operators; {principal.name!r} is a "
+            f"{principal.role.value} principal",
             principal=principal.name,
         )
 

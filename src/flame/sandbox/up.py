@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 NAMED_TOPOLOGIES = ("sandbucket", "sandpit")
 OPERATOR_TOKEN = "flame-up-operator"
+ROUTER_TOKEN = "flame-up-router"
 DEMO_TENANT = "demo"
 DEMO_TOKEN = "flame-up-demo"
 
@@ -79,7 +80,7 @@ def _free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
-def plan(options: UpOptions, env: dict[str, str]) -> Plan:
+def plan(options: UpOptions, env: dict[str, str], router_token: str) -> Plan:
     topology_path = resolve_topology(options.topology)
     topology = load_topology(topology_path)
     python = [sys.executable, "-m", "flame"]
@@ -123,7 +124,7 @@ def plan(options: UpOptions, env: dict[str, str]) -> Plan:
                 url=url,
                 health_url=url + "/.flame/health",
                 health_host="_flame",
-                env=env,
+                env={**env, "FLAME_TOKEN": router_token},  # least privilege: tables only
             )
         )
     dashboard_port = _free_port("127.0.0.1") if options.free_ports else options.dashboard_port
@@ -156,6 +157,7 @@ def issue_tokens(state_dir: Path) -> dict[str, str]:
     issued: dict[str, str] = {}
     for name, role, tenant in (
         (OPERATOR_TOKEN, Role.OPERATOR, None),
+        (ROUTER_TOKEN, Role.ROUTER, None),
         (DEMO_TOKEN, Role.TENANT, DEMO_TENANT),
     ):
         if name in known:
@@ -189,13 +191,14 @@ def run(
     try:
         with supervised(options.run_dir) as supervisor:
             tokens = issue_tokens(state_dir)
+            router_token = tokens.pop(ROUTER_TOKEN)
             write_secret(options.run_dir / "tokens.json", tokens)
             env = {
                 "FLAME_STATE_DIR": str(state_dir),
                 "FLAME_TOKEN": tokens[OPERATOR_TOKEN],
                 "PYTHONUNBUFFERED": "1",
             }
-            the_plan = plan(options, env)
+            the_plan = plan(options, env, router_token)
             supervisor.extra = {
                 "topology": str(the_plan.topology_path),
                 "pce_url": the_plan.pce_url,

@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from flame.common.auth import Principal, require_operator
+from flame.common.auth import Principal, require_router
 from flame.common.errors import UserError
 from flame.common.yamlshape import did_you_mean
 from flame.sfr.models import (
@@ -780,15 +780,15 @@ class PceService:
     # -- tables and routes (SFR-4, SFR-11) ------------------------------------------------------
 
     def table(self, principal: Principal, sr: str) -> PublishedTable:
-        """An SR's current table (operator only: it names every tenant's endpoints)."""
-        require_operator(principal)
+        """An SR's current table (SRs and operators only: it names every tenant's endpoints)."""
+        require_router(principal)
         return self._table(self._active(), sr)
 
     async def wait_table(
         self, principal: Principal, sr: str, since: int, timeout: float
     ) -> PublishedTable | None:
         """The SR's table once its version exceeds `since`; None after `timeout` seconds."""
-        require_operator(principal)
+        require_router(principal)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + min(max(timeout, 0.0), MAX_WAIT_S)
         while True:

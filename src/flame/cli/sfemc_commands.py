@@ -1,0 +1,232 @@
+"""SF image commands (SFEMC-6).
+
+    flame package DIR [--name N] [--tag T] [-o FILE]     build an SF image, print its digest
+    flame images [list]                                  what the repository holds
+    flame images rm REF [--force]                        delete (refused while endpoints use it)
+    flame images verify [REF...]                         re-hash stored images
+
+The repository is ``<state_dir>/images`` (``state_dir`` from the config or $FLAME_STATE_DIR).
+Commands raise; `flame.cli.main.main` prints errors and picks the exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import click
+
+from flame.common.config import Config
+from flame.common.errors import UserError
+from flame.sfemc.images import ImageInfo, ImageRepository, build_image, digest_of
+
+__all__ = ["install"]
+
+
+class _CliState(Protocol):
+    json: bool
+
+    def config(self) -> Config: ...
+
+
+def install(cli: click.Group) -> None:
+    cli.add_command(package_cmd)
+    cli.add_command(images_group)
+
+
+def _repository(state: _CliState) -> ImageRepository:
+    return ImageRepository(state.config().state_dir / "images")
+
+
+def _emit(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return str(n)
+
+
+def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"{what} expects NAME=VALUE, got {item!r}")
+        result[key] = value
+    return result
+
+
+def _ports(values: tuple[str, ...]) -> list[dict[str, Any]]:
+    ports: list[dict[str, Any]] = []
+    for item in values:
+        name, sep, number = item.rpartition("=")
+        try:
+            port = int(number)
+        except ValueError:
+            raise UserError(
+                f"--port expects PORT or NAME=PORT, got {item!r}", hint="e.g. --port http=8080"
+            ) from None
+        ports.append({"port": port, **({"name": name} if sep else {})})
+    return ports
+
+
+@click.command("package")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--name", help="Image name (default: the manifest's, else the directory's name).")
+@click.option("--tag", "tags", multiple=True, help="Tag to give the image (repeatable).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the archive to this file instead of storing it in the repository.",
+)
+@click.option("--entrypoint", help="Command line to run (overrides the manifest's).")
+@click.option("--env", "env", multiple=True, metavar="NAME=VALUE", help="Environment variable.")
+@click.option("--port", "ports", multiple=True, metavar="[NAME=]PORT", help="A port it listens on.")
+@click.option("--health", help="Health check path, e.g. /health.")
+@click.option("--cpus", type=float, help="CPUs it needs.")
+@click.option("--memory", help="Memory it needs, e.g. '256 MB'.")
+@click.option("--gzip", "use_gzip", is_flag=True, help="gzip instead of zstd.")
+@click.pass_obj
+def package_cmd(
+    state: _CliState,
+    directory: Path,
+    name: str | None,
+    tags: tuple[str, ...],
+    output: Path | None,
+    entrypoint: str | None,
+    env: tuple[str, ...],
+    ports: tuple[str, ...],
+    health: str | None,
+    cpus: float | None,
+    memory: str | None,
+    use_gzip: bool,
+) -> None:
+    """Build an SF image from DIRECTORY (with its flame-sf.yaml) and print its digest.
+
+    The same directory always gives the same digest. Flags override the manifest's keys.
+    """
+    overrides: dict[str, Any] = {}
+    if entrypoint is not None:
+        overrides["entrypoint"] = entrypoint
+    if env:
+        overrides["environment"] = _pairs(env, "--env")
+    if ports:
+        overrides["ports"] = _ports(ports)
+    if health is not None:
+        overrides["health"] = {"path": health}
+    resources = {k: v for k, v in (("cpus", cpus), ("memory", memory)) if v is not None}
+    if resources:
+        overrides["resources"] = resources
+    t0 = time.perf_counter()
+    blob, manifest = build_image(
+        directory, name=name, overrides=overrides, compression="gzip" if use_gzip else None
+    )
+    digest = digest_of(blob)
+    if output is not None:
+        output.write_bytes(blob)
+        where = str(output)
+    else:
+        _repository(state).put(blob, digest=digest, tags=tags)
+        where = "repository"
+    seconds = time.perf_counter() - t0
+    if state.json:
+        _emit(
+            {
+                "digest": digest,
+                "name": manifest.name,
+                "tags": list(tags),
+                "size": len(blob),
+                "stored": where,
+                "seconds": round(seconds, 4),
+                "manifest": manifest.to_json(),
+            }
+        )
+        return
+    click.echo(digest)
+    click.echo(
+        f"packaged '{manifest.name}' ({_size(len(blob))}) in {seconds * 1000:.0f} ms -> {where}",
+        err=True,
+    )
+
+
+@click.group("images", invoke_without_command=True)
+@click.pass_context
+def images_group(ctx: click.Context) -> None:
+    """SF images in the repository (list by default)."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(images_list)
+
+
+def _row(info: ImageInfo) -> tuple[str, ...]:
+    return (
+        info.digest[:19],
+        info.name,
+        ",".join(info.tags) or "-",
+        _size(info.size),
+        info.created,
+    )
+
+
+@images_group.command("list")
+@click.pass_obj
+def images_list(state: _CliState) -> None:
+    """List images: digest, name, tags, size, created."""
+    infos = _repository(state).list()
+    if state.json:
+        _emit([i.as_dict() for i in infos])
+        return
+    if not infos:
+        click.echo("no images; build one with `flame package DIR`", err=True)
+        return
+    rows = [("DIGEST", "NAME", "TAGS", "SIZE", "CREATED"), *map(_row, infos)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+@images_group.command("rm")
+@click.argument("ref")
+@click.option("--force", is_flag=True, help="Delete even if endpoints were placed from it.")
+@click.pass_obj
+def images_rm(state: _CliState, ref: str, force: bool) -> None:
+    """Delete an image by digest, NAME or NAME:TAG."""
+    from flame.sfemc.vim.process import DEFAULT_ROOT, placed_images  # noqa: PLC0415 - heavy
+
+    repo = _repository(state)
+    digest = repo.resolve(ref)
+    users = [] if force else placed_images(state.config().state_dir / DEFAULT_ROOT).get(digest, [])
+    info = repo.delete(digest, in_use=users)
+    if state.json:
+        _emit({"deleted": info.digest, "name": info.name})
+    else:
+        click.echo(f"deleted {info.digest} ({info.name})")
+
+
+@images_group.command("verify")
+@click.argument("refs", nargs=-1)
+@click.pass_obj
+def images_verify(state: _CliState, refs: tuple[str, ...]) -> None:
+    """Re-hash images (all without REF); exit 1 if any is corrupted."""
+    repo = _repository(state)
+    digests = [repo.resolve(r) for r in refs] or [i.digest for i in repo.list()]
+    bad: list[dict[str, str]] = []
+    for digest in digests:
+        try:
+            repo.verify(digest)
+        except UserError as exc:
+            bad.append({"digest": digest, "error": exc.message})
+    if state.json:
+        _emit({"ok": not bad, "verified": len(digests) - len(bad), "corrupted": bad})
+    else:
+        for item in bad:
+            click.echo(f"CORRUPTED {item['error']}", err=True)
+        click.echo(f"{len(digests) - len(bad)} of {len(digests)} image(s) intact")
+    if bad:
+        raise SystemExit(1)

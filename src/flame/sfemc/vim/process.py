@@ -1,0 +1,638 @@
+"""The process VIM (ORCH-6 on one machine): each SFE is a local process from its image.
+
+Per SFE, under ``<root>/sfes/<sfe>/``: ``state.json`` (spec, image, host ports, what is wanted,
+restarts, last crash), ``pid.json`` (pid and start time, written by the child itself before
+exec), ``app/`` (the unpacked image, the working directory) and ``sfe.log`` (stdout and stderr,
+interleaved in order). Everything the driver knows is on disk, so a controller killed with
+SIGKILL and started again adopts the SFE processes still running (by pid *and* start time, so a
+recycled pid is never taken for an SFE) and restarts those that should run but died meanwhile.
+
+SFE processes outlive the controller on purpose (`close()` leaves them running); `stop()` and
+`remove()` end them: SIGTERM to the whole process group, SIGKILL after the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from flame.common._files import atomic_write_private
+from flame.sfemc.images import ImageError, ImageManifest, ImageRepository
+from flame.sfemc.vim._ports import PortAllocator, PortsExhausted
+from flame.sfemc.vim._proc import (
+    CgroupLimiter,
+    Limits,
+    ProcId,
+    find_cgroup2,
+    read_pid_file,
+    rlimits_for,
+    signal_group,
+    spawn,
+    start_time,
+)
+from flame.sfemc.vim._proc import tail as _tail
+from flame.sfemc.vim.base import (
+    EndpointSpec,
+    HealthSpec,
+    PortSpec,
+    VimError,
+    VimState,
+    VimStatus,
+)
+
+__all__ = ["DEFAULT_ROOT", "ProcessVim", "placed_images"]
+
+DEFAULT_ROOT = "vim"  # under the state_dir: where flame.sfemc.runtime keeps the driver
+
+log = logging.getLogger(__name__)
+
+_SFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+# Passed from the controller's environment; nothing else is (it may hold tokens).
+_INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYENV_ROOT", "PYENV_VERSION")
+_POLL_S = 0.02  # health polling while booting: boot-to-healthy time is a product target
+_STABLE_S = 10.0  # a process up this long resets the crash back-off
+
+
+@dataclasses.dataclass(eq=False)
+class _Sfe:
+    name: str
+    path: Path
+    doc: dict[str, Any]
+    proc: ProcId | None = None
+    child: subprocess.Popen[bytes] | None = None  # only for processes this controller started
+    started_at: float = 0.0
+    healthy: bool | None = None
+    task: asyncio.Task[None] | None = None
+    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+
+    @property
+    def desired(self) -> str:
+        return str(self.doc["desired"])
+
+    def spec(self) -> EndpointSpec:
+        return _spec_from_json(self.doc["spec"])
+
+    def manifest(self) -> ImageManifest:
+        return ImageManifest.from_json(self.doc["manifest"])
+
+    def alive(self) -> bool:
+        if self.child is not None and self.child.poll() is not None:
+            return False  # reaped here; /proc alone would not tell a zombie of ours apart
+        return self.proc is not None and self.proc.alive()
+
+
+class ProcessVim:
+    """SFEs as local processes; ports from per-cluster ranges (`clusters`: name -> range)."""
+
+    kind = "process"
+
+    def __init__(
+        self,
+        root_dir: Path,
+        clusters: Mapping[str, range | tuple[int, int]],
+        repository: ImageRepository,
+        *,
+        host: str = "127.0.0.1",
+        grace_s: float = 5.0,
+        boot_timeout_s: float = 30.0,
+        backoff_s: tuple[float, float] = (0.2, 30.0),
+        cgroup_root: Path | bool | None = True,
+        python: str | None = sys.executable,
+    ) -> None:
+        self.root = root_dir
+        self.sfes_dir = root_dir / "sfes"
+        self.repository = repository
+        self.host = host
+        self.grace_s = grace_s
+        self.boot_timeout_s = boot_timeout_s
+        self.backoff_s = backoff_s
+        # An entrypoint naming `python3`/`python` runs on this interpreter: the same one on
+        # every host, and no PATH shim (pyenv's adds ~250 ms to every boot). None: use PATH.
+        self.python = python
+        ranges = {
+            c: r if isinstance(r, range) else range(r[0], r[1] + 1) for c, r in clusters.items()
+        }
+        self.ports = PortAllocator(root_dir / "ports.json", ranges, host)
+        # True: detect a usable cgroup v2; a Path: use it; None/False: rlimits only.
+        found = find_cgroup2() if cgroup_root is True else cgroup_root or None
+        self.cgroups = CgroupLimiter(found) if isinstance(found, Path) else None
+        self._sfes: dict[str, _Sfe] = {}
+        self._locks: dict[str, asyncio.Lock] = {}  # one per SFE, also before it is placed
+        self._http: httpx.AsyncClient | None = None
+        self.sfes_dir.mkdir(parents=True, exist_ok=True)
+
+    # -- the VimDriver interface -------------------------------------------------------------
+
+    async def place(self, spec: EndpointSpec) -> VimStatus:
+        if not _SFE_ID.match(spec.sfe):
+            raise VimError(
+                spec.sfe,
+                "an SFE id may hold letters, digits, '.', '_' and '-' only",
+                permanent=True,
+            )
+        if spec.cluster not in self.ports.ranges:
+            raise VimError(
+                spec.sfe,
+                f"cluster {spec.cluster!r} has no port range in this process VIM "
+                f"(known: {', '.join(sorted(self.ports.ranges)) or 'none'})",
+                permanent=True,
+            )
+        lock = self._lock_for(spec.sfe)
+        async with lock:
+            rec = self._load(spec.sfe)
+            if rec is not None and rec.doc["spec"] == _spec_to_json(spec):
+                return self._status(rec)  # already placed as asked
+            if rec is not None and rec.alive():
+                raise VimError(
+                    spec.sfe,
+                    "already placed and running with another spec: stop it before re-placing",
+                )
+            if rec is not None:  # re-placing with another spec: the old record's watch ends
+                await self._cancel_supervisor(rec)
+            return await asyncio.to_thread(self._place_sync, spec, lock)
+
+    def _place_sync(self, spec: EndpointSpec, lock: asyncio.Lock) -> VimStatus:
+        try:
+            digest = self.repository.resolve(spec.image)
+            path = self.sfes_dir / spec.sfe
+            tmp = self.sfes_dir / f".{spec.sfe}.placing"
+            shutil.rmtree(tmp, ignore_errors=True)  # from a controller killed mid-place
+            tmp.mkdir()
+            # Integrity is checked here, on every placement: unpack hashes what it extracts.
+            manifest = self.repository.unpack(digest, tmp / "app")
+        except ImageError as exc:
+            shutil.rmtree(self.sfes_dir / f".{spec.sfe}.placing", ignore_errors=True)
+            raise VimError(spec.sfe, exc.message, permanent=True) from exc
+        ports = spec.ports or manifest.ports
+        try:
+            host_ports = self.ports.allocate(
+                spec.cluster, spec.sfe, [p.name for p in ports], self._known() | {spec.sfe}
+            )
+        except PortsExhausted as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise VimError(spec.sfe, str(exc)) from exc
+        doc = {
+            "spec": _spec_to_json(spec),
+            "digest": digest,
+            "manifest": manifest.to_json(),
+            "ports": host_ports,
+            "port_specs": [dataclasses.asdict(p) for p in ports],
+            "desired": "placed",
+            "restarts": 0,
+            "reason": None,
+            "limits": None,
+        }
+        atomic_write_private(tmp / "state.json", json.dumps(doc, indent=1).encode())
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)  # the SFE exists on disk all at once, or not at all
+        rec = _Sfe(spec.sfe, path, doc, lock=lock)
+        self._sfes[spec.sfe] = rec
+        log.info("placed %s from %s, ports %s", spec.sfe, digest[:19], host_ports)
+        return self._status(rec)
+
+    async def boot(self, sfe: str) -> VimStatus:
+        rec = self._require(sfe)
+        async with rec.lock:
+            if rec.alive():  # running already (or adopted): never start a second one
+                if rec.desired == "running" and rec.healthy:
+                    return self._status(rec)
+                self._set(rec, desired="running", reason=None)
+            else:
+                self._set(rec, desired="running", reason=None)
+                self._spawn(rec)
+            try:
+                await self._wait_healthy(rec, self.boot_timeout_s)
+            except VimError as exc:
+                await self._terminate(rec)
+                self._set(rec, desired="placed", reason=exc.reason)
+                raise
+            self._supervise(rec)
+            return self._status(rec)
+
+    async def stop(self, sfe: str) -> VimStatus:
+        rec = self._load(sfe)
+        if rec is None:
+            return VimStatus(sfe, VimState.ABSENT)
+        await self._cancel_supervisor(rec)
+        async with rec.lock:
+            self._set(rec, desired="stopped")
+            await self._terminate(rec)
+            return self._status(rec)
+
+    async def remove(self, sfe: str) -> None:
+        rec = self._load(sfe)
+        if rec is None:
+            self.ports.release(sfe)
+            return
+        await self.stop(sfe)
+        async with rec.lock:
+            shutil.rmtree(rec.path, ignore_errors=True)
+            self.ports.release(sfe)
+            if self.cgroups is not None:
+                self.cgroups.remove(sfe)
+            self._sfes.pop(sfe, None)
+        log.info("removed %s", sfe)
+
+    async def status(self, sfe: str) -> VimStatus:
+        rec = self._load(sfe)
+        if rec is None:
+            return VimStatus(sfe, VimState.ABSENT)
+        if rec.desired == "running" and rec.task is None and not rec.lock.locked():
+            self._supervise(rec)  # adopted after a controller restart (not mid-boot)
+        if rec.healthy is None and rec.alive():
+            rec.healthy = await self._probe(rec)
+        return self._status(rec)
+
+    async def list(self) -> builtins.list[VimStatus]:
+        return [await self.status(name) for name in sorted(self._known())]
+
+    async def logs(self, sfe: str, tail: int = 100) -> builtins.list[str]:
+        rec = self._require(sfe)
+        return _tail(rec.path / "sfe.log", tail)
+
+    async def close(self) -> None:
+        """Stop supervising; the SFE processes keep running for the next controller."""
+        for rec in builtins.list(self._sfes.values()):
+            await self._cancel_supervisor(rec)
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    # -- records -------------------------------------------------------------------------
+
+    def _known(self) -> set[str]:
+        return {
+            p.name
+            for p in self.sfes_dir.iterdir()
+            if not p.name.startswith(".") and (p / "state.json").exists()
+        }
+
+    def _lock_for(self, sfe: str) -> asyncio.Lock:
+        return self._locks.setdefault(sfe, asyncio.Lock())
+
+    def _load(self, sfe: str) -> _Sfe | None:
+        """The record of `sfe`, read from disk the first time (adoption after a restart)."""
+        rec = self._sfes.get(sfe)
+        path = self.sfes_dir / sfe
+        if rec is not None:
+            return rec if path.exists() else None
+        if not _SFE_ID.match(sfe):
+            return None
+        try:
+            doc = json.loads((path / "state.json").read_text())
+        except FileNotFoundError:
+            return None
+        rec = _Sfe(sfe, path, doc, lock=self._lock_for(sfe))
+        proc = read_pid_file(path)
+        if proc is not None and proc.alive():
+            rec.proc = proc
+            rec.started_at = time.monotonic()
+            log.info("adopted %s: pid %d still running", sfe, proc.pid)
+        self._sfes[sfe] = rec
+        return rec
+
+    def _require(self, sfe: str) -> _Sfe:
+        rec = self._load(sfe)
+        if rec is None:
+            raise VimError(sfe, "not placed on this VIM: place it first", permanent=True)
+        return rec
+
+    def _set(self, rec: _Sfe, **changes: Any) -> None:
+        rec.doc.update(changes)
+        atomic_write_private(rec.path / "state.json", json.dumps(rec.doc, indent=1).encode())
+
+    def _status(self, rec: _Sfe) -> VimStatus:
+        alive = rec.alive()
+        desired = rec.desired
+        if desired == "running":
+            state = VimState.RUNNING if alive and rec.healthy else VimState.STARTING
+        elif desired == "stopped":
+            state = VimState.STOPPED
+        else:
+            state = VimState.FAILED if rec.doc.get("reason") else VimState.PLACED
+        return VimStatus(
+            sfe=rec.name,
+            state=state,
+            host=self.host if alive else None,
+            ports=dict(rec.doc["ports"]),
+            pid=rec.proc.pid if alive and rec.proc else None,
+            restarts=int(rec.doc.get("restarts", 0)),
+            reason=rec.doc.get("reason"),
+            limits=rec.doc.get("limits"),
+        )
+
+    # -- processes -----------------------------------------------------------------------
+
+    def _spawn(self, rec: _Sfe) -> None:
+        spec, manifest = rec.spec(), rec.manifest()
+        ports: dict[str, int] = rec.doc["ports"]
+        env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
+        env.update(manifest.environment)
+        env.update(spec.environment)
+        env.update(
+            {
+                "FLAME_SFE": spec.sfe,
+                "FLAME_SF": spec.sf,
+                "FLAME_SFC": spec.sfc,
+                "FLAME_SFCI": spec.sfci,
+                "FLAME_TENANT": spec.tenant,
+                "FLAME_CLUSTER": spec.cluster,
+                "FLAME_FQDN": spec.fqdn,
+                "FLAME_HOST": self.host,
+                "FLAME_IMAGE": rec.doc["digest"],
+            }
+        )
+        if ports:
+            env["FLAME_PORT"] = str(next(iter(ports.values())))
+        for name, port in ports.items():
+            env[f"FLAME_PORT_{re.sub(r'[^A-Z0-9]', '_', name.upper())}"] = str(port)
+        limits = Limits(
+            cpus=spec.cpus if spec.cpus is not None else manifest.cpus,
+            memory_bytes=spec.memory_bytes or manifest.memory_bytes,
+            disk_bytes=spec.disk_bytes or manifest.disk_bytes,
+        )
+        cgroup_procs = None
+        rlimits, described = rlimits_for(limits)
+        if self.cgroups is not None and (limits.cpus or limits.memory_bytes):
+            try:
+                cgroup_procs, described = self.cgroups.prepare(spec.sfe, limits)
+                rlimits = []
+            except OSError as exc:
+                described += f" (cgroup v2 refused: {exc})"
+        (rec.path / "pid.json").unlink(missing_ok=True)
+        argv = list(manifest.entrypoint)
+        if self.python and argv[0] in ("python", "python3"):
+            argv[0] = self.python
+        try:
+            rec.child = spawn(
+                argv,
+                cwd=rec.path / "app",
+                env=env,
+                log=rec.path / "sfe.log",
+                pid_dir=rec.path,
+                rlimits=rlimits,
+                cgroup_procs=cgroup_procs,
+            )
+        except (FileNotFoundError, PermissionError, subprocess.SubprocessError) as exc:
+            self._set(
+                rec, desired="placed", reason=f"cannot start {manifest.entrypoint[0]!r}: {exc}"
+            )
+            raise VimError(
+                rec.name,
+                f"cannot start the entrypoint {' '.join(manifest.entrypoint)!r}: {exc}",
+                permanent=True,
+            ) from exc
+        proc = read_pid_file(rec.path)
+        rec.proc = proc or ProcId(rec.child.pid, start_time(rec.child.pid) or -1)
+        rec.started_at = time.monotonic()
+        rec.healthy = False
+        self._set(rec, limits=described)
+        log.info("started %s: pid %d, %s", rec.name, rec.child.pid, described)
+
+    async def _terminate(self, rec: _Sfe) -> None:
+        """SIGTERM to the group, SIGKILL after the grace period; reap our own child."""
+        proc = rec.proc or read_pid_file(rec.path)
+        if proc is not None and signal_group(proc, signal.SIGTERM):
+            deadline = time.monotonic() + self.grace_s
+            while time.monotonic() < deadline and _group_running(proc.pid, rec):
+                await asyncio.sleep(0.02)
+            if _group_running(proc.pid, rec):
+                log.warning("%s ignored SIGTERM for %.1fs: SIGKILL", rec.name, self.grace_s)
+                signal_group(proc, signal.SIGKILL)
+                while _group_running(proc.pid, rec):
+                    await asyncio.sleep(0.01)
+        if rec.child is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                rec.child.wait(timeout=1.0)
+        rec.child = None
+        rec.proc = None
+        rec.healthy = None
+        (rec.path / "pid.json").unlink(missing_ok=True)
+
+    def _health(self, rec: _Sfe) -> tuple[HealthSpec | None, int | None]:
+        spec = rec.spec()
+        health = spec.health or rec.manifest().health
+        ports: dict[str, int] = rec.doc["ports"]
+        if not ports:
+            return health, None
+        name = health.port if health and health.port else next(iter(ports))
+        return health, ports.get(name, next(iter(ports.values())))
+
+    async def _probe(self, rec: _Sfe) -> bool:
+        health, port = self._health(rec)
+        if port is None:
+            return rec.alive()
+        if health is None:  # no HTTP check declared: the port accepting connections will do
+            try:
+                _, writer = await asyncio.open_connection(self.host, port)
+            except OSError:
+                return False
+            writer.close()
+            return True
+        if self._http is None:
+            self._http = httpx.AsyncClient(trust_env=False)
+        try:
+            response = await self._http.get(
+                f"http://{self.host}:{port}{health.path}", timeout=health.timeout_s
+            )
+        except httpx.HTTPError:
+            return False
+        return 200 <= response.status_code < 400
+
+    async def _wait_healthy(self, rec: _Sfe, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if not rec.alive():
+                code = _exit_code(rec)
+                how = f"exited with status {code}" if code is not None else "exited"
+                raise self._boot_error(rec, f"the process {how} before its health check passed")
+            if await self._probe(rec):
+                rec.healthy = True
+                return
+            if time.monotonic() >= deadline:
+                health, port = self._health(rec)
+                what = f"GET {health.path} on port {port}" if health else f"port {port}"
+                raise self._boot_error(rec, f"not healthy after {timeout:g}s ({what} failed)")
+            await asyncio.sleep(_POLL_S)
+
+    def _boot_error(self, rec: _Sfe, reason: str) -> VimError:
+        lines = _tail(rec.path / "sfe.log", 20)
+        shown = "\n".join(lines[-5:])
+        text = f"{reason}; last output:\n{shown}" if lines else f"{reason}; no output"
+        return VimError(rec.name, text, logs=lines)
+
+    # -- supervision -----------------------------------------------------------------------
+
+    def _supervise(self, rec: _Sfe) -> None:
+        if rec.task is None or rec.task.done():
+            rec.task = asyncio.get_running_loop().create_task(
+                self._supervisor(rec), name=f"process-vim supervisor {rec.name}"
+            )
+            rec.task.add_done_callback(_log_task_failure)
+
+    async def _cancel_supervisor(self, rec: _Sfe) -> None:
+        task, rec.task = rec.task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _supervisor(self, rec: _Sfe) -> None:
+        """Keep a `running` SFE running: restart on exit with exponential back-off."""
+        failures = 0
+        health, _ = self._health(rec)
+        interval = health.interval_s if health else 1.0
+        while rec.desired == "running":
+            if rec.alive():
+                # Exits are seen at once (pidfd); health is probed once per interval.
+                if not await _wait_exit(rec, interval):
+                    rec.healthy = await self._probe(rec)
+                continue
+            code = _exit_code(rec)
+            if time.monotonic() - rec.started_at > _STABLE_S:
+                failures = 0
+            failures += 1
+            delay = min(self.backoff_s[0] * 2 ** (failures - 1), self.backoff_s[1])
+            why = f"exited with status {code}" if code is not None else "was found not running"
+            self._set(
+                rec,
+                restarts=int(rec.doc.get("restarts", 0)) + 1,
+                reason=f"the process {why}; restart {failures} in {delay:g}s",
+            )
+            rec.healthy = False
+            log.warning("%s %s: restarting in %gs", rec.name, why, delay)
+            await asyncio.sleep(delay)
+            async with rec.lock:
+                if rec.desired != "running" or rec.alive():
+                    continue
+                with contextlib.suppress(VimError):
+                    await self._terminate(rec)  # leftovers of the dead group
+                try:
+                    self._spawn(rec)
+                    await self._wait_healthy(rec, self.boot_timeout_s)
+                except VimError as exc:
+                    self._set(rec, reason=exc.reason)
+                    await self._terminate(rec)
+                    rec.started_at = time.monotonic()
+                    continue
+
+
+def placed_images(root: Path) -> dict[str, builtins.list[str]]:
+    """digest -> SFEs placed from it under a process VIM root (to refuse deleting it)."""
+    used: dict[str, builtins.list[str]] = {}
+    for state in sorted(root.glob("sfes/*/state.json")):
+        try:
+            digest = json.loads(state.read_text())["digest"]
+        except (OSError, ValueError, KeyError):
+            continue
+        used.setdefault(digest, []).append(state.parent.name)
+    return used
+
+
+def _group_running(pgid: int, rec: _Sfe) -> bool:
+    if rec.child is not None:
+        rec.child.poll()  # reap the leader so that it does not linger as a zombie
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # Only zombies left (ours are reaped above; others are reaped by init): nothing runs.
+    return _has_live_member(pgid)
+
+
+def _has_live_member(pgid: int) -> bool:
+    with os.scandir("/proc") as entries:
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            try:
+                raw = Path(entry.path, "stat").read_text()
+            except OSError:
+                continue
+            fields = raw[raw.rindex(")") + 2 :].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+    return False
+
+
+async def _wait_exit(rec: _Sfe, timeout: float) -> bool:
+    """Whether the SFE's process ended within `timeout` (pidfd: no polling, any parent)."""
+    proc = rec.proc
+    if proc is None:
+        return True
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except OSError:
+        return not rec.alive()  # gone already (or no pidfd support: fall back to a check)
+    loop = asyncio.get_running_loop()
+    ended: asyncio.Future[None] = loop.create_future()
+    try:
+        if not rec.alive():  # the pid was reused between the check and pidfd_open
+            return True
+
+        def readable() -> None:
+            if not ended.done():
+                ended.set_result(None)
+
+        loop.add_reader(fd, readable)
+        try:
+            await asyncio.wait_for(ended, timeout)
+        except TimeoutError:
+            return False
+        return True
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+def _exit_code(rec: _Sfe) -> int | None:
+    """The exit status of our own child (None for an adopted process: not ours to wait for)."""
+    if rec.child is None:
+        return None
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        # It died between poll() and the /proc check: reap it now for the status.
+        return rec.child.wait(timeout=1.0)
+    return None
+
+
+def _log_task_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s failed", task.get_name(), exc_info=task.exception())
+
+
+def _spec_to_json(spec: EndpointSpec) -> dict[str, Any]:
+    doc = dataclasses.asdict(spec)
+    doc["environment"] = dict(sorted(spec.environment.items()))
+    doc["ports"] = [dataclasses.asdict(p) for p in spec.ports]
+    return json.loads(json.dumps(doc))  # type: ignore[no-any-return]  # tuples -> lists
+
+
+def _spec_from_json(doc: Mapping[str, Any]) -> EndpointSpec:
+    health = doc.get("health")
+    return EndpointSpec(
+        **{
+            **doc,
+            "ports": tuple(PortSpec(**p) for p in doc.get("ports") or ()),
+            "environment": dict(doc.get("environment") or {}),
+            "health": HealthSpec(**health) if health else None,
+        }
+    )
