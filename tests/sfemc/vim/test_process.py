@@ -416,6 +416,14 @@ async def test_environment_names_ports_and_leaks_no_secrets(
     assert env["FLAME_CLUSTER"] == "c1"
     assert env["FLAME_IMAGE"] == envdump
     assert (env["FROM_MANIFEST"], env["OVERRIDDEN"]) == ("m", "spec")
+    assert "FLAME_SR_URL" not in env  # this VIM was given no SR for c1
+
+    # Given its cluster's SR, an SFE learns where to send requests for other SFs' FQDNs.
+    vim.sr_urls["c1"] = "http://127.0.1.1:8080"
+    await vim.stop("i1.envdump.c1")
+    await vim.boot("i1.envdump.c1")
+    env = json.loads((await vim.logs("i1.envdump.c1"))[-1])
+    assert env["FLAME_SR_URL"] == "http://127.0.1.1:8080"
 
 
 async def test_replacing_with_another_image(

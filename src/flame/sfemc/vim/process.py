@@ -114,8 +114,12 @@ class ProcessVim:
         backoff_s: tuple[float, float] = (0.2, 30.0),
         cgroup_root: Path | bool | None = True,
         python: str | None = sys.executable,
+        sr_urls: Mapping[str, str] | None = None,
     ) -> None:
         self.root = root_dir
+        # cluster -> its service router's URL, given to SFEs as FLAME_SR_URL: an SF calls
+        # another SF by FQDN (Host header) through its own cluster's SR, as FLIPS intends.
+        self.sr_urls = dict(sr_urls or {})
         self.sfes_dir = root_dir / "sfes"
         self.repository = repository
         self.host = host
@@ -359,6 +363,8 @@ class ProcessVim:
                 "FLAME_IMAGE": rec.doc["digest"],
             }
         )
+        if spec.cluster in self.sr_urls:
+            env["FLAME_SR_URL"] = self.sr_urls[spec.cluster]
         if ports:
             env["FLAME_PORT"] = str(next(iter(ports.values())))
         for name, port in ports.items():
