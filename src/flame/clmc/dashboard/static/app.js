@@ -35,9 +35,11 @@ function layout(nodes) {
     const lat0 = (Math.min(...lats) + Math.max(...lats)) / 2, k = Math.cos(lat0 * Math.PI / 180);
     const xs = lons.map(l => l * k), ys = lats;
     const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
-    const scale = Math.min(820 / Math.max(x1 - x0, 1e-6), 340 / Math.max(y1 - y0, 1e-6));
+    // Same scale on both axes (a map), the bounding box centred in the drawing area.
+    const W = 780, H = 300, scale = Math.min(W / Math.max(x1 - x0, 1e-6), H / Math.max(y1 - y0, 1e-6));
+    const dx = 110 + (W - (x1 - x0) * scale) / 2, dy = 60 + (H - (y1 - y0) * scale) / 2;
     located.forEach((n, i) => {
-      pos[n.id] = { x: 90 + (xs[i] - x0) * scale, y: 400 - (ys[i] - y0) * scale };
+      pos[n.id] = { x: dx + (xs[i] - x0) * scale, y: dy + (y1 - ys[i]) * scale };
     });
   }
   // Nodes without a location go on a ring; nodes sharing a place are fanned out.
@@ -46,11 +48,24 @@ function layout(nodes) {
     const a = (2 * Math.PI * i) / Math.max(rest.length, 1);
     pos[n.id] = { x: 500 + 300 * Math.cos(a), y: 230 + 160 * Math.sin(a) };
   });
-  const seen = {};
-  for (const n of nodes) {
-    const key = Math.round(pos[n.id].x / 25) + ":" + Math.round(pos[n.id].y / 25);
-    const k = (seen[key] = (seen[key] || 0) + 1) - 1;
-    if (k) { pos[n.id] = { x: pos[n.id].x + 70 * k, y: pos[n.id].y + 30 * k }; }
+  // Nodes at (nearly) the same place are pushed apart until labels do not overlap.
+  const ids = nodes.map(n => n.id), MIN = 80;
+  for (let round = 0; round < 60; round++) {
+    let moved = false;
+    for (let i = 0; i < ids.length; i++) for (let j = i + 1; j < ids.length; j++) {
+      const a = pos[ids[i]], b = pos[ids[j]];
+      let dx = b.x - a.x, dy = b.y - a.y, d = Math.hypot(dx, dy);
+      if (d >= MIN) continue;
+      if (d < 1e-3) { dx = 1; dy = 0.5; d = Math.hypot(dx, dy); }
+      const push = (MIN - d) / 2;
+      a.x -= (dx / d) * push; a.y -= (dy / d) * push; b.x += (dx / d) * push; b.y += (dy / d) * push;
+      moved = true;
+    }
+    if (!moved) break;
+  }
+  for (const id of ids) {
+    pos[id].x = Math.min(910, Math.max(90, pos[id].x));
+    pos[id].y = Math.min(400, Math.max(30, pos[id].y));
   }
   return pos;
 }
@@ -69,6 +84,11 @@ function drawTopology(snap) {
       "stroke-width": 3, "stroke-dasharray": down ? "8 6" : "", "data-link": `${link.a}-${link.b}` }));
     svg.appendChild(el("text", { x: (a.x + b.x) / 2, y: (a.y + b.y) / 2 - 6, fill: "#8a96a3", "font-size": 11,
       "text-anchor": "middle" }, `${link.latency_ms} ms`));
+  }
+  // Clusters and user equipment hang off their SR (an attachment, not a routed link).
+  for (const node of topo.nodes) {
+    const a = pos[node.id], b = node.sr && pos[node.sr];
+    if (b) svg.appendChild(el("line", { x1: a.x, y1: a.y, x2: b.x, y2: b.y, stroke: "#33404c", "stroke-dasharray": "2 4" }));
   }
   // Endpoints per cluster: the orchestrator's view (all states), else the PCE's (connected only).
   const byCluster = {};
@@ -115,14 +135,14 @@ function drawKpi(snap) {
   const thresholds = snap.alerts.filter(a => a.measurement === "sr_fqdn" && a.field === "response_time"
     && a.threshold !== null && a.event_type === "threshold");
   const now = snap.time, t0 = now - 120;
-  let ymax = 1;
+  let ymax = 5;
   for (const s of series) for (const [, v] of s.points) ymax = Math.max(ymax, v);
   for (const a of thresholds) ymax = Math.max(ymax, a.threshold * 1.2);
   const x = t => L + ((t - t0) / (now - t0)) * (W - L - 6), y = v => H - B - (v / ymax) * (H - B - T);
   svg.appendChild(el("line", { x1: L, y1: H - B, x2: W, y2: H - B, stroke: "#33404c" }));
   for (const frac of [0, 0.5, 1]) {
     svg.appendChild(el("text", { x: L - 4, y: y(ymax * frac) + 4, fill: "#8a96a3", "font-size": 10, "text-anchor": "end" },
-      (ymax * frac).toFixed(0)));
+      (ymax * frac).toFixed(ymax * frac < 10 && frac ? 1 : 0)));
   }
   svg.appendChild(el("text", { x: L, y: H - 4, fill: "#8a96a3", "font-size": 10 }, "-2 min"));
   svg.appendChild(el("text", { x: W - 4, y: H - 4, fill: "#8a96a3", "font-size": 10, "text-anchor": "end" }, "now"));
