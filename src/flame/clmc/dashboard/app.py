@@ -143,6 +143,8 @@ async def gather(http: httpx.AsyncClient, config: DashboardConfig, auth: str) ->
         ),
     )
     topology, registrations, services, alerts, events, kpi, served = parts
+    if isinstance(services, dict):  # the orchestrator answers {"services": [...]}
+        services = services.get("services", [])
     details = []
     for service in services or []:
         sfc = service.get("sfc") if isinstance(service, dict) else None
