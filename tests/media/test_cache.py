@@ -259,7 +259,11 @@ def test_cache_and_origin_processes_show_the_edge_advantage(stream: Stream, tmp_
     cache = Proc(
         "flame.media.cache",
         ["--disk-dir", str(tmp_path / "disk")],
-        {"FLAME_PORT": str(cport), "FLAME_ORIGIN": f"http://127.0.0.1:{oport}"},
+        {
+            "FLAME_PORT": str(cport),
+            "FLAME_ORIGIN": f"http://127.0.0.1:{oport}",
+            "FLAME_SFE": "vod-demo.cache.edge-bristol",
+        },
         tmp_path / "cache.log",
     )
     try:
@@ -276,6 +280,9 @@ def test_cache_and_origin_processes_show_the_edge_advantage(stream: Stream, tmp_
                 r = client.get(f"http://127.0.0.1:{cport}{SEG}")
                 hits.append(time.perf_counter() - t)
                 assert r.headers["x-cache"] == "HIT"
+                # Which endpoint answered: the one the SFEMC named; the origin has no name.
+                assert r.headers["x-flame-sfe"] == "vod-demo.cache.edge-bristol"
+            assert "x-flame-sfe" not in client.get(f"http://127.0.0.1:{oport}{SEG}").headers
         assert statistics.median(direct) >= 0.06
         assert statistics.median(hits) < statistics.median(direct) / 3
         assert list((tmp_path / "disk").glob("*.body"))
