@@ -79,6 +79,7 @@ def test_fires_once_when_the_mean_crosses_and_recovers_once(engine: AlertEngine)
     assert fired.previous_level == Level.OK
     assert fired.value == 200.0
     assert fired.time_ns == T0 + 4 * S
+    assert fired.emitted_ns == T0 + 4 * S + S // 2  # judged at the tick after end + lateness
     assert (fired.tenant, fired.sfc, fired.sfci, fired.alert, fired.policy) == (
         "acme",
         "vod",

@@ -58,6 +58,7 @@ class AlertEvent:
     level: str
     previous_level: str
     time_ns: int  # end of the window that changed the level
+    emitted_ns: int  # when the engine judged it (window end + lateness, at the next tick)
     value: float | None  # the window's aggregate (the percent change for `relative`)
     threshold: float | None
     comparison: str | None
@@ -83,6 +84,7 @@ class AlertEvent:
             "previous_level": self.previous_level,
             "time": _rfc3339(self.time_ns),
             "time_ns": self.time_ns,
+            "emitted_ns": self.emitted_ns,
             "value": self.value,
             "threshold": self.threshold,
             "comparison": self.comparison,
@@ -260,12 +262,12 @@ class AlertEngine:
                     start = index * state.granularity_ns
                     window = Window(start, start + state.granularity_ns, keep_values=False)
                 state.next_index = index + 1
-                event = self._judge(state, window)
+                event = self._judge(state, window, now)
                 if event is not None:
                     events.append(event)
         return events
 
-    def _judge(self, state: _RuleState, window: Window) -> AlertEvent | None:
+    def _judge(self, state: _RuleState, window: Window, now: int) -> AlertEvent | None:
         rule = state.rule
         self.evaluations += 1
         if rule.event_type is EventType.DEADMAN:
@@ -288,7 +290,7 @@ class AlertEngine:
         if level == state.level:
             return None
         previous_level, state.level = state.level, level
-        return self._event(state, window, level, previous_level, value)
+        return self._event(state, window, level, previous_level, value, now)
 
     def _event(
         self,
@@ -297,6 +299,7 @@ class AlertEngine:
         level: str,
         previous_level: str,
         value: float | None,
+        now: int,
     ) -> AlertEvent:
         rule, key = state.rule, state.key
         tags = dict(rule.tags)
@@ -328,6 +331,7 @@ class AlertEngine:
             level=level,
             previous_level=previous_level,
             time_ns=window.end_ns,
+            emitted_ns=now,
             value=value,
             threshold=rule.threshold,
             comparison=rule.comparison.value if rule.comparison is not None else None,
