@@ -82,7 +82,8 @@ class AlertEvent:
             "sfci": self.sfci,
             "level": self.level,
             "previous_level": self.previous_level,
-            "time": _rfc3339(self.time_ns),
+            "time": self.time_ns / 1e9,  # seconds since the epoch, as the SFEMC's webhook takes
+            "time_rfc3339": _rfc3339(self.time_ns),
             "time_ns": self.time_ns,
             "emitted_ns": self.emitted_ns,
             "value": self.value,
