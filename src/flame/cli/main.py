@@ -17,6 +17,7 @@ import click
 
 from flame import __version__
 from flame.cli.dashboard_commands import install as install_dashboard_commands
+from flame.cli.orchestrator_commands import install as install_orchestrator_commands
 from flame.cli.sandbox_commands import install as install_sandbox_commands
 from flame.cli.sfemc_commands import install as install_sfemc_commands
 from flame.cli.sfr_commands import install as install_sfr_commands
@@ -273,6 +274,7 @@ def token_revoke(state: _State, name: str) -> None:
 
 install_sfr_commands(cli, topology_group)
 install_sfemc_commands(cli)
+install_orchestrator_commands(cli)
 install_sandbox_commands(cli)
 install_dashboard_commands(cli)
 

@@ -1,0 +1,469 @@
+"""Orchestrator commands (ORCH-1/2/6-9, SFEMC-5).
+
+    flame deploy FILE... [--plan]     submit a service (or only show its plan), wait for its endpoints
+    flame status [SFC]                chains, or one chain's endpoints with their states
+    flame undeploy SFC                remove every endpoint of a chain
+    flame logs SFE                    an endpoint's output
+    flame serve orchestrator          the orchestrator and the SFEMC in one process
+
+They talk to `--api URL` (default: `api_url` from the config) with the config's token, and
+raise; `flame.cli.main.main` prints errors and picks the exit code (0 ok, 1 the user's
+mistake, including endpoints that failed or did not settle in time, 2 internal).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import click
+import httpx
+
+from flame.common.config import Config
+from flame.common.diagnostics import Diagnostic, Position, Severity, ValidationFailed
+from flame.common.errors import UserError
+
+if TYPE_CHECKING:
+    from flame.orchestrator.alerts import AlertSink
+
+__all__ = ["install"]
+
+
+class _CliState(Protocol):
+    json: bool
+
+    def config(self) -> Config: ...
+
+
+def install(cli: click.Group) -> None:
+    for command in (deploy_cmd, status_cmd, undeploy_cmd, logs_cmd):
+        cli.add_command(command)
+    serve = cli.commands.get("serve")
+    if not isinstance(serve, click.Group):
+        serve = click.Group("serve", help="Run a FLAME component as a service.")
+        cli.add_command(serve)
+    serve.add_command(serve_orchestrator)
+
+
+def _emit(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+class _Api:
+    """A thin HTTP client turning the API's JSON errors back into our exceptions."""
+
+    def __init__(self, state: _CliState, url: str | None) -> None:
+        config = state.config()
+        self.url = (url or config.api_url).rstrip("/")
+        headers = {"Authorization": f"Bearer {config.token}"} if config.token else {}
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+    def __enter__(self) -> _Api:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.http.close()
+
+    def call(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            r = self.http.request(method, path, **kw)
+        except httpx.HTTPError as exc:
+            raise UserError(
+                f"cannot reach the orchestrator at {self.url} ({type(exc).__name__}). Is it "
+                "running ('flame serve orchestrator --topology FILE')? Point --api or api_url at it.",
+                url=self.url,
+            ) from None
+        if r.status_code < 400:
+            return r.json()
+        try:
+            body = r.json()
+        except ValueError:
+            body = {"message": r.text[:300] or r.reason_phrase}
+        if r.status_code == 422 and body.get("diagnostics"):
+            raise ValidationFailed(
+                Diagnostic(
+                    str(d.get("code")),
+                    str(d.get("message")),
+                    Position(
+                        str(d.get("file")), int(d.get("line") or 0), int(d.get("column") or 0)
+                    ),
+                    Severity(d.get("severity", "error")),
+                    d.get("value"),
+                    d.get("hint"),
+                )
+                for d in body["diagnostics"]
+            )
+        message = str(body.get("message") or f"HTTP {r.status_code}")
+        for err in body.get("errors", [])[1:] if isinstance(body.get("errors"), list) else []:
+            if isinstance(err, dict) and "message" in err:
+                message += f"\n  - {err['message']}"
+        context = {k: v for k, v in body.items() if k not in ("error", "message")}
+        raise UserError(message, status=r.status_code, **context)
+
+
+_api_option = click.option(
+    "--api", metavar="URL", help="Orchestrator URL (default: api_url from the config)."
+)
+
+
+def _files(paths: tuple[Path, ...]) -> dict[str, Any]:
+    texts: dict[str, str] = {}
+    for path in paths:
+        try:
+            texts[path.name] = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UserError(f"cannot read {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise UserError(f"{path} is not UTF-8 text; save it as UTF-8") from None
+    first = next(iter(texts))
+    return {"name": first, "template": texts.pop(first), "files": texts}
+
+
+def _progress(status: dict[str, Any]) -> str:
+    eps = status["endpoints"]
+    done = sum(
+        1 for e in eps if e["state"] == (e["desired"] if e["desired"] != "absent" else "unplaced")
+    )
+    states = Counter(e["state"] for e in eps)
+    detail = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+    return (
+        f"{status['sfc']}: {done}/{len(eps)} endpoints at their desired state ({detail or 'none'})"
+    )
+
+
+def _wait(
+    api: _Api, sfc: str, timeout: float, quiet: bool, *, gone: bool = False
+) -> dict[str, Any] | None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    status: dict[str, Any] | None = None
+    while True:
+        try:
+            status = api.call("GET", f"/v1/services/{sfc}", params={"history": "false"})
+        except UserError as exc:
+            if gone and exc.context.get("status") == 404:
+                if not quiet:
+                    click.echo(f"{sfc}: removed", err=True)
+                return None
+            raise
+        line = _progress(status)
+        if not quiet and line != last:
+            click.echo(line, err=True)
+            last = line
+        if not gone and status["settled"]:
+            return status
+        if not gone and status["failed"]:
+            raise UserError(
+                f"{sfc}: endpoint(s) failed: {', '.join(status['failed'])}; "
+                f"see 'flame status {sfc}' for the reasons and 'flame logs SFE'",
+                sfc=sfc,
+            )
+        if time.monotonic() > deadline:
+            raise UserError(
+                f"{sfc}: not settled after {timeout:g}s ({line}); it goes on in the background, "
+                f"check with 'flame status {sfc}'",
+                sfc=sfc,
+            )
+        time.sleep(0.2)
+
+
+@click.command("deploy")
+@click.argument(
+    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option("--plan", "plan_only", is_flag=True, help="Only show what would change.")
+@click.option("--tenant", help="The tenant the service belongs to (operator tokens only).")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the endpoints.")
+@click.option("--timeout", default=120.0, show_default=True, type=click.FloatRange(min=0))
+@_api_option
+@click.pass_obj
+def deploy_cmd(
+    state: _CliState,
+    files: tuple[Path, ...],
+    plan_only: bool,
+    tenant: str | None,
+    wait: bool,
+    timeout: float,
+    api: str | None,
+) -> None:
+    """Deploy a FLAME-TOSCA service (or, with --plan, show the plan against what is deployed).
+
+    Give one template, or a resource specification and its alert specification together.
+    Re-deploying a changed template changes only what changed.
+    """
+    body = _files(files)
+    params = {"tenant": tenant} if tenant else {}
+    with _Api(state, api) as client:
+        if plan_only:
+            from flame.tosca import validate_texts  # noqa: PLC0415 - only for the chain name
+
+            texts = {body["name"]: body["template"], **body["files"]}
+            model = validate_texts(texts).model
+            sfc = model.sfc if model is not None else "-"
+            plan = client.call("POST", f"/v1/services/{sfc}/plan", json=body, params=params)
+            _show_plan(state, plan)
+            return
+        result = client.call("POST", "/v1/services", json=body, params=params)
+        plan = result["plan"]
+        if not state.json:
+            _show_plan(state, plan)
+        status = None
+        if wait and result["changed"]:
+            status = _wait(client, plan["sfc"], timeout, state.json)
+        if state.json:
+            _emit({**result, "status": status})
+
+
+def _show_plan(state: _CliState, plan: dict[str, Any]) -> None:
+    if state.json:
+        _emit(plan)
+        return
+    click.echo(f"plan for {plan['sfc']} ({plan['sfci']}), tenant {plan['tenant']}:")
+    for action, mark in (("add", "+"), ("change", "~"), ("remove", "-")):
+        for e in plan[action]:
+            why = f" ({', '.join(e['changes'])})" if e.get("changes") else ""
+            click.echo(f"  {mark} {e['sfe']} -> {e['desired']}{why}")
+    if plan["unchanged"]:
+        click.echo(f"  = {len(plan['unchanged'])} unchanged")
+    for err in plan["errors"]:
+        click.echo(f"  ! {err['message']}", err=True)
+
+
+@click.command("status")
+@click.argument("sfc", required=False)
+@_api_option
+@click.pass_obj
+def status_cmd(state: _CliState, sfc: str | None, api: str | None) -> None:
+    """List your service chains, or show one chain's endpoints and their states."""
+    with _Api(state, api) as client:
+        if sfc is None:
+            services = client.call("GET", "/v1/services")["services"]
+            if state.json:
+                _emit(services)
+                return
+            if not services:
+                click.echo("no services deployed")
+            for s in services:
+                click.echo(_progress(s) + (" [removing]" if s["deleting"] else ""))
+            return
+        status = client.call("GET", f"/v1/services/{sfc}")
+        if state.json:
+            _emit(status)
+            return
+        click.echo(_progress(status))
+        for e in status["endpoints"]:
+            reason = f"  ({e['reason']})" if e.get("reason") else ""
+            click.echo(f"  {e['sfe']:<40} {e['state']:<13} desired {e['desired']}{reason}")
+
+
+@click.command("undeploy")
+@click.argument("sfc")
+@click.option("--wait/--no-wait", default=True, show_default=True)
+@click.option("--timeout", default=120.0, show_default=True, type=click.FloatRange(min=0))
+@_api_option
+@click.pass_obj
+def undeploy_cmd(state: _CliState, sfc: str, wait: bool, timeout: float, api: str | None) -> None:
+    """Remove every endpoint of a service chain (disconnect, drain, stop, remove)."""
+    with _Api(state, api) as client:
+        result = client.call("DELETE", f"/v1/services/{sfc}")
+        if wait:
+            _wait(client, sfc, timeout, state.json, gone=True)
+        if state.json:
+            _emit(result)
+        elif not wait:
+            click.echo(f"{sfc}: removing {len(result['removing'])} endpoint(s)")
+
+
+@click.command("logs")
+@click.argument("sfe")
+@click.option("--tail", default=100, show_default=True, type=click.IntRange(1, 10000))
+@_api_option
+@click.pass_obj
+def logs_cmd(state: _CliState, sfe: str, tail: int, api: str | None) -> None:
+    """Show the last lines an endpoint wrote (stdout and stderr)."""
+    with _Api(state, api) as client:
+        result = client.call("GET", f"/v1/endpoints/{sfe}/logs", params={"tail": tail})
+    if state.json:
+        _emit(result)
+    else:
+        for line in result["lines"]:
+            click.echo(line)
+
+
+def _delegations(pairs: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, tenant = pair.partition("=")
+        if not sep or not name or not tenant:
+            raise UserError(f"--delegate expects NAME=TENANT (e.g. vod.example=acme), got {pair!r}")
+        out[name.lower()] = tenant
+    return out
+
+
+@click.command("orchestrator")
+@click.option(
+    "--topology",
+    "topology_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Topology file.",
+)
+@click.option(
+    "--db",
+    help="SFEMC state: a SQLite path or postgresql://... (default: <state_dir>/sfemc.sqlite3).",
+)
+@click.option(
+    "--images",
+    "images_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Image repository (default: <state_dir>/images).",
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=7080, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--pce",
+    "pce_urls",
+    multiple=True,
+    metavar="URL",
+    help="Register endpoints at this PCE (repeat for standbys); default: in-process registry.",
+)
+@click.option(
+    "--pce-token",
+    envvar="FLAME_PCE_TOKEN",
+    help="Operator token for the PCE (default: the config's token).",
+)
+@click.option(
+    "--clmc",
+    "clmc_url",
+    metavar="URL",
+    help="Hand alert rules to this CLMC's API (default: kept in-process).",
+)
+@click.option(
+    "--delegate",
+    "delegate_pairs",
+    multiple=True,
+    metavar="NAME=TENANT",
+    help="With the in-process registry: delegate a name to a tenant (SFEMC-7).",
+)
+@click.option(
+    "--drain",
+    "drain_s",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds to drain an endpoint after withdrawing it.",
+)
+@click.option(
+    "--resync",
+    "resync_s",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds between full resyncs (0: only at start).",
+)
+@click.option(
+    "--port-base",
+    default=20000,
+    show_default=True,
+    type=click.IntRange(1024, 65000),
+    help="First port of the SFE port ranges.",
+)
+@click.pass_obj
+def serve_orchestrator(
+    state: _CliState,
+    topology_path: Path,
+    db: str | None,
+    images_dir: Path | None,
+    host: str,
+    port: int,
+    pce_urls: tuple[str, ...],
+    pce_token: str | None,
+    clmc_url: str | None,
+    delegate_pairs: tuple[str, ...],
+    drain_s: float,
+    resync_s: float,
+    port_base: int,
+) -> None:
+    """Run the orchestrator API and the SFEMC (reconciler, process VIM, policy webhook) in one process.
+
+    SFE processes outlive this process on purpose: a restarted orchestrator adopts them.
+    """
+    import uvicorn  # noqa: PLC0415 - lazy, heavy
+
+    from flame.common.auth import TokenStore  # noqa: PLC0415
+    from flame.common.logging import setup_logging  # noqa: PLC0415
+    from flame.orchestrator.alerts import InProcessAlertSink  # noqa: PLC0415
+    from flame.orchestrator.api import create_app  # noqa: PLC0415
+    from flame.orchestrator.service import Orchestrator  # noqa: PLC0415
+    from flame.sfemc.events import InProcessBus  # noqa: PLC0415
+    from flame.sfemc.runtime import build_runtime  # noqa: PLC0415
+    from flame.topology.loader import load_topology  # noqa: PLC0415
+
+    config = state.config()
+    setup_logging(config.log_level, config.log_format)
+    topology = load_topology(topology_path)
+    tokens = TokenStore(config.state_dir / "tokens.json")
+    if not tokens.list():
+        click.echo(
+            f"warning: no API tokens in {tokens.path}; every request will get 401. "
+            "Issue one with 'flame token issue NAME --operator'.",
+            err=True,
+        )
+    runtime = build_runtime(
+        topology,
+        InProcessBus(),
+        db=db or str(config.state_dir / "sfemc.sqlite3"),
+        state_dir=config.state_dir,
+        images_dir=images_dir or config.state_dir / "images",
+        pce_urls=pce_urls,
+        pce_token=pce_token or config.token,
+        delegations=_delegations(delegate_pairs),
+        drain_s=drain_s,
+        resync_s=resync_s,
+        port_base=port_base,
+    )
+    alerts: AlertSink = InProcessAlertSink()
+    closers = [runtime.close]
+    if clmc_url:
+        from flame.orchestrator.clmc_sink import HttpAlertSink  # noqa: PLC0415
+
+        sink = HttpAlertSink(clmc_url, config.token)
+        alerts = sink
+
+        async def close_sink() -> None:
+            sink.close()
+
+        closers.append(close_sink)
+
+    async def close() -> None:
+        for closer in closers:
+            await closer()
+
+    app = create_app(Orchestrator(runtime.sfemc, alerts), tokens, on_close=close)
+    click.echo(
+        f"orchestrator + SFEMC on http://{host}:{port} (topology '{topology.name}', "
+        f"store {runtime.sfemc.store.dialect}, registrar "
+        f"{'PCE ' + ','.join(pce_urls) if pce_urls else 'in-process'})",
+        err=True,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=2,
+        )
+    )
+    try:
+        server.run()
+    except SystemExit:
+        started = False
+    else:
+        started = server.started
+    if not started:
+        raise UserError(f"the orchestrator could not start on {host}:{port}; see the log above")

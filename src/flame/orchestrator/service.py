@@ -1,0 +1,195 @@
+"""The orchestrator: validate, plan, apply, report and delete services for tenants (ORCH-1/2/6-9).
+
+Tenancy: a tenant sees and changes only its own chains; an unknown chain and another tenant's
+look the same (404). The operator acts for a tenant by naming it (`tenant=`).
+
+Exceptions (all `UserError`, so HTTP 4xx and CLI exit 1)::
+
+    ValidationFailed   422  the template is invalid; every diagnostic located (file:line:col)
+    PlanRejected       409  the template contradicts what is deployed; nothing changed
+    ServiceNotFound    404  no such chain (or not the caller's)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from typing import Any, ClassVar
+
+from flame.common.auth import Principal, Role, validate_tenant_id
+from flame.common.diagnostics import Diagnostic, Position, ValidationFailed
+from flame.common.errors import UserError
+from flame.orchestrator.alerts import AlertSink
+from flame.orchestrator.plan import Plan, make_plan
+from flame.sfemc.control import Sfemc
+from flame.sfemc.store import EndpointRecord
+from flame.tosca import validate_texts
+from flame.tosca.model import ServiceModel
+
+__all__ = ["Orchestrator", "PlanRejected", "ServiceNotFound"]
+
+
+class ServiceNotFound(UserError):
+    code: ClassVar[str] = "not_found"
+    http_status: ClassVar[int] = 404
+
+
+class PlanRejected(UserError):
+    code: ClassVar[str] = "plan_rejected"
+    http_status: ClassVar[int] = 409
+
+    def __init__(self, plan: Plan) -> None:
+        first = plan.errors[0].message
+        more = f" (and {len(plan.errors) - 1} more)" if len(plan.errors) > 1 else ""
+        super().__init__(
+            f"service '{plan.sfc}' not applied, nothing changed: {first}{more}",
+            sfc=plan.sfc,
+            errors=[e.to_dict() for e in plan.errors],
+            plan=plan.to_dict(),
+        )
+        self.plan = plan
+
+
+class Orchestrator:
+    def __init__(
+        self, sfemc: Sfemc, alerts: AlertSink, *, runtimes: Collection[str] | None = None
+    ) -> None:
+        self.sfemc = sfemc
+        self.alerts = alerts
+        self.runtimes = runtimes
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    @staticmethod
+    def tenant_of(principal: Principal, tenant: str | None = None) -> str:
+        if principal.role is Role.TENANT:
+            assert principal.tenant is not None
+            if tenant is not None and tenant != principal.tenant:
+                raise UserError(
+                    f"tenant '{principal.tenant}' cannot act for tenant '{tenant}'; leave 'tenant' out"
+                )
+            return principal.tenant
+        if tenant is None:
+            raise UserError(
+                "the operator must say which tenant a service belongs to: add ?tenant=NAME "
+                "(flame deploy --tenant NAME)"
+            )
+        return validate_tenant_id(tenant)
+
+    def model_of(self, files: Mapping[str, str]) -> ServiceModel:
+        if not files:
+            raise UserError("no template given: send {'template': '<yaml>'} or a multipart file")
+        kwargs: dict[str, Any] = {"topology": self.sfemc.topology}
+        if self.runtimes is not None:
+            kwargs["runtimes"] = frozenset(self.runtimes)
+        result = validate_texts(dict(files), **kwargs)
+        if result.model is None:
+            diagnostics = list(result.diagnostics)
+            if result.ok:
+                diagnostics.append(
+                    Diagnostic(
+                        "E001",
+                        "not a FLAME service: no eu.ict-flame.nodes.ServiceFunction and no servicefunctionchain",
+                        Position(next(iter(files)), 1, 1),
+                        hint="see docs/tosca.md for the FLAME profile",
+                    )
+                )
+            raise ValidationFailed(diagnostics)
+        return result.model
+
+    def _visible(self, principal: Principal, sfc: str) -> tuple[str, list[EndpointRecord]]:
+        """The chain's tenant and endpoints; ServiceNotFound if unknown or not the caller's."""
+        deployed = self.sfemc.service(sfc)
+        endpoints = self.sfemc.endpoints(sfc)
+        owner = deployed.tenant if deployed else (endpoints[0].tenant if endpoints else None)
+        if owner is None or (principal.role is Role.TENANT and principal.tenant != owner):
+            whose = f" of tenant '{principal.tenant}'" if principal.role is Role.TENANT else ""
+            raise ServiceNotFound(f"no service function chain '{sfc}'{whose}", sfc=sfc)
+        return owner, endpoints
+
+    # -- operations ---------------------------------------------------------------------------
+
+    async def plan(
+        self,
+        principal: Principal,
+        files: Mapping[str, str],
+        *,
+        tenant: str | None = None,
+        sfc: str | None = None,
+    ) -> Plan:
+        owner = self.tenant_of(principal, tenant)
+        model = self.model_of(files)
+        if sfc is not None and model.sfc != sfc:
+            raise UserError(
+                f"the template declares chain '{model.sfc}' but the request is for '{sfc}'; "
+                f"use POST /v1/services/{model.sfc}/plan",
+                sfc=sfc,
+            )
+        return await make_plan(self.sfemc, owner, model)
+
+    async def apply(
+        self, principal: Principal, files: Mapping[str, str], *, tenant: str | None = None
+    ) -> tuple[Plan, list[str]]:
+        owner = self.tenant_of(principal, tenant)
+        model = self.model_of(files)
+        plan = await make_plan(self.sfemc, owner, model)
+        if not plan.ok:
+            raise PlanRejected(plan)
+        changed = self.sfemc.apply(owner, model, files)  # ORCH-9: endpoint states and policies
+        self.alerts.set_rules(model.sfc, owner, model.alert_rules)  # ORCH-8: alerts to the CLMC
+        return plan, changed
+
+    def services(self, principal: Principal) -> list[dict[str, Any]]:
+        out = []
+        for service in self.sfemc.services():
+            if principal.role is Role.TENANT and service.tenant != principal.tenant:
+                continue
+            out.append(
+                self._summary(service.sfc, service.tenant, self.sfemc.endpoints(service.sfc))
+            )
+        return out
+
+    def status(self, principal: Principal, sfc: str, *, history: bool = True) -> dict[str, Any]:
+        owner, endpoints = self._visible(principal, sfc)
+        summary = self._summary(sfc, owner, endpoints)
+        if history:
+            by_sfe: dict[str, list[dict[str, Any]]] = {}
+            for t in self.sfemc.history(sfc=sfc):
+                by_sfe.setdefault(t.event.sfe, []).append(
+                    {
+                        "from": t.event.from_state,
+                        "to": t.event.to_state,
+                        "time": t.event.time,
+                        "duration_s": t.event.duration_s,
+                        "reason": t.event.reason,
+                    }
+                )
+            for ep in summary["endpoints"]:
+                ep["history"] = by_sfe.get(ep["sfe"], [])
+        return summary
+
+    def _summary(self, sfc: str, tenant: str, endpoints: list[EndpointRecord]) -> dict[str, Any]:
+        deployed = self.sfemc.service(sfc)
+        settled = all(
+            e.state.value == (e.desired if e.desired != "absent" else "unplaced") for e in endpoints
+        )
+        return {
+            "sfc": sfc,
+            "sfci": deployed.sfci if deployed else (endpoints[0].sfci if endpoints else None),
+            "tenant": tenant,
+            "generation": deployed.generation if deployed else None,
+            "deleting": deployed is None,
+            "settled": settled,
+            "failed": [e.sfe for e in endpoints if e.state.value == "failed"],
+            "endpoints": [e.to_dict() for e in endpoints],
+        }
+
+    def delete(self, principal: Principal, sfc: str) -> list[str]:
+        self._visible(principal, sfc)
+        self.alerts.remove_rules(sfc)
+        return self.sfemc.remove(sfc)
+
+    async def logs(self, principal: Principal, sfe: str, tail: int = 100) -> list[str]:
+        record = self.sfemc.store.endpoint(sfe)
+        if record is None or (principal.role is Role.TENANT and record.tenant != principal.tenant):
+            raise ServiceNotFound(f"no endpoint '{sfe}'", sfe=sfe)
+        return await self.sfemc.logs(sfe, tail)

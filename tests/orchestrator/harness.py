@@ -1,0 +1,100 @@
+"""A real orchestrator + SFEMC served by uvicorn on a loopback port, for API and e2e tests."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+from flame.common.auth import Role, TokenStore
+from flame.orchestrator.alerts import InProcessAlertSink
+from flame.orchestrator.api import create_app
+from flame.orchestrator.service import Orchestrator
+from flame.sfemc.control import ImageResolver, Sfemc
+from flame.sfemc.events import InProcessBus
+from flame.sfemc.registrar import Registrar
+from flame.sfemc.store import open_store
+from flame.sfemc.vim.base import VimDriver
+from flame.topology.loader import load_topology
+
+ROOT = Path(__file__).resolve().parents[2]
+SANDPIT = ROOT / "examples" / "topology" / "sandpit.yaml"
+VOD = ROOT / "examples" / "vod-edge-cache" / "service.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Platform:
+    url: str
+    sfemc: Sfemc
+    alerts: InProcessAlertSink
+    bus: InProcessBus
+    operator: str
+    acme: str
+    globex: str
+
+    def client(self, token: str) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+        )
+
+    async def settle(self, timeout: float = 20.0) -> None:
+        await self.sfemc.reconciler.wait_idle(timeout)
+
+
+@asynccontextmanager
+async def running_platform(
+    tmp: Path,
+    vims: Mapping[str, VimDriver],
+    registrar: Registrar,
+    *,
+    topology: Path = SANDPIT,
+    drain_s: float = 0.0,
+    images: ImageResolver | None = None,
+) -> AsyncIterator[Platform]:
+    tokens = TokenStore(tmp / "tokens.json")
+    operator = tokens.issue("ops", Role.OPERATOR)
+    acme = tokens.issue("acme", Role.TENANT, "acme")
+    globex = tokens.issue("globex", Role.TENANT, "globex")
+    bus = InProcessBus()
+    store = open_store(tmp / "sfemc.db")
+    sfemc = Sfemc(
+        store,
+        bus,
+        load_topology(topology),
+        vims,
+        registrar,
+        drain_s=drain_s,
+        resync_s=0,
+        images=images,
+    )
+    alerts = InProcessAlertSink()
+    app = create_app(Orchestrator(sfemc, alerts), tokens)
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    task = asyncio.create_task(server.serve(), name="test-orchestrator")
+    for _ in range(500):
+        if server.started:
+            break
+        if task.done():
+            await task
+        await asyncio.sleep(0.01)
+    try:
+        yield Platform(f"http://127.0.0.1:{port}", sfemc, alerts, bus, operator, acme, globex)
+    finally:
+        server.should_exit = True
+        await task
+        store.close()

@@ -1,0 +1,132 @@
+"""Against real `flame serve pce` and `flame serve orchestrator` processes: the HTTP registrar
+(SFEMC-7 delegated names at the PCE) and the CLI (deploy --plan, deploy, status, logs, undeploy)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flame.sfemc.registrar import HttpRegistrar, RegistrationRefused
+from flame.sfr.client import PceClient
+from flame.sfr.models import Endpoint
+
+from .served import FLAME, ServedPlatform, served_platform, sfe_processes
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[ServedPlatform]:
+    sp = served_platform(tmp_path)
+    try:
+        sp.start_pce()
+        with PceClient(sp.pce_url, sp.operator) as pce:
+            pce.delegate("echo.example", "acme")
+            pce.delegate("globex.example", "globex")
+        yield sp
+    finally:
+        assert sp.close() == []
+
+
+@pytest.mark.asyncio
+async def test_http_registrar_enforces_delegations(served: ServedPlatform) -> None:
+    registrar = HttpRegistrar(served.pce_url, served.operator)
+    try:
+        ok = Endpoint(
+            "e1.web.edge-a", "web.echo.example", "edge-a", "127.0.0.1", 9000, "echo", "acme"
+        )
+        await registrar.register(ok)
+        await registrar.register(ok)  # idempotent
+        assert [e.sfe for e in await registrar.registered()] == ["e1.web.edge-a"]
+        assert await registrar.owner("deep.web.echo.example") == "acme"
+        theirs = Endpoint(
+            "e2.web.edge-a", "www.globex.example", "edge-a", "127.0.0.1", 9001, "echo", "acme"
+        )
+        with pytest.raises(
+            RegistrationRefused,
+            match=r"may not register 'www\.globex\.example': it is delegated to another tenant",
+        ):
+            await registrar.register(theirs)
+        nobody = Endpoint(
+            "e3.web.edge-a", "x.unowned.example", "edge-a", "127.0.0.1", 9002, "echo", "acme"
+        )
+        with pytest.raises(RegistrationRefused, match="not delegated to any tenant"):
+            await registrar.register(nobody)
+        await registrar.withdraw("e1.web.edge-a")
+        await registrar.withdraw("e1.web.edge-a")  # idempotent
+        assert await registrar.registered() == []
+    finally:
+        await registrar.close()
+
+
+def flame(
+    served: ServedPlatform, *args: str, token: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**served.env, "FLAME_API_URL": served.api_url, "FLAME_TOKEN": token or served.acme}
+    return subprocess.run(
+        [*FLAME, *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+@pytest.mark.slow
+def test_cli_deploy_status_logs_undeploy(served: ServedPlatform) -> None:
+    served.start_orchestrator()
+    template = str(DATA / "echo-service.yaml")
+
+    bad = DATA.parent / "bad.yaml"
+    bad.write_text(
+        (DATA / "echo-service.yaml")
+        .read_text()
+        .replace("image: echo:1.0\n        fqdn: web", "image: 7\n        fqdn: web")
+    )
+    try:
+        r = flame(served, "deploy", str(bad))
+    finally:
+        bad.unlink()
+    assert r.returncode == 1
+    assert "bad.yaml:15:" in r.stderr
+    assert "error(s)" in r.stderr
+
+    r = flame(served, "deploy", template, "--plan")
+    assert r.returncode == 0, r.stderr
+    assert "+ echo-1.web.edge-a -> connected" in r.stdout
+    assert "+ echo-1.api.edge-a -> booted" in r.stdout
+
+    r = flame(served, "deploy", template)
+    assert r.returncode == 0, r.stderr
+    assert "echo: 3/3 endpoints at their desired state" in r.stderr  # the progress display
+
+    r = flame(served, "--json", "status", "echo")
+    assert r.returncode == 0
+    status = json.loads(r.stdout)
+    assert {e["sfe"]: e["state"] for e in status["endpoints"]} == {
+        "echo-1.web.edge-a": "connected",
+        "echo-1.web.edge-b": "connected",
+        "echo-1.api.edge-a": "booted",
+    }
+    assert sorted(sfe_processes(served.tmp).values()) == sorted(
+        e["sfe"] for e in status["endpoints"]
+    )
+
+    r = flame(served, "status")
+    assert r.returncode == 0
+    assert r.stdout.startswith("echo: 3/3")
+
+    r = flame(served, "logs", "echo-1.web.edge-a")
+    assert r.returncode == 0
+
+    r = flame(served, "status", "echo", token=served.operator.replace(served.operator[-4:], "AAAA"))
+    assert r.returncode == 1
+    assert "unknown or revoked token" in r.stderr
+
+    r = flame(served, "undeploy", "echo")
+    assert r.returncode == 0, r.stderr
+    assert "echo: removed" in r.stderr
+    assert sfe_processes(served.tmp) == {}
+    r = flame(served, "status", "echo")
+    assert r.returncode == 1
+    assert "no service function chain 'echo' of tenant 'acme'" in r.stderr
