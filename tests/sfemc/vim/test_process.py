@@ -126,6 +126,17 @@ async def test_ports_are_distinct_persisted_and_exhaust_clearly(
     assert info.value.permanent
 
 
+async def test_concurrent_placements_never_share_a_port(vim: ProcessVim, echo_digest: str) -> None:
+    # Ports are taken before an SFE's state exists; a placement running at the same time must
+    # not reclaim them as a dead SFE's (the orchestrator's end-to-end test once saw this).
+    names = [f"i1.p{i}.c1" for i in range(8)]
+    placed = await asyncio.gather(*(vim.place(spec(echo_digest, n)) for n in names))
+    ports = [p.ports["http"] for p in placed]
+    assert len(set(ports)) == len(ports)
+    for name in names:
+        await vim.remove(name)
+
+
 async def test_integrity_is_checked_on_every_placement(
     vim: ProcessVim, repo: ImageRepository, echo_digest: str
 ) -> None:

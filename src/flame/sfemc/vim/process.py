@@ -138,6 +138,9 @@ class ProcessVim:
         self.cgroups = CgroupLimiter(found) if isinstance(found, Path) else None
         self._sfes: dict[str, _Sfe] = {}
         self._locks: dict[str, asyncio.Lock] = {}  # one per SFE, also before it is placed
+        # SFEs being placed right now: their ports are taken before their state.json exists,
+        # so a concurrent placement must not reclaim them as a dead SFE's.
+        self._placing: set[str] = set()
         self._http: httpx.AsyncClient | None = None
         self.sfes_dir.mkdir(parents=True, exist_ok=True)
 
@@ -169,7 +172,11 @@ class ProcessVim:
                 )
             if rec is not None:  # re-placing with another spec: the old record's watch ends
                 await self._cancel_supervisor(rec)
-            return await asyncio.to_thread(self._place_sync, spec, lock)
+            self._placing.add(spec.sfe)
+            try:
+                return await asyncio.to_thread(self._place_sync, spec, lock)
+            finally:
+                self._placing.discard(spec.sfe)
 
     def _place_sync(self, spec: EndpointSpec, lock: asyncio.Lock) -> VimStatus:
         try:
@@ -186,7 +193,10 @@ class ProcessVim:
         ports = spec.ports or manifest.ports
         try:
             host_ports = self.ports.allocate(
-                spec.cluster, spec.sfe, [p.name for p in ports], self._known() | {spec.sfe}
+                spec.cluster,
+                spec.sfe,
+                [p.name for p in ports],
+                self._known() | set(self._placing) | {spec.sfe},
             )
         except PortsExhausted as exc:
             shutil.rmtree(tmp, ignore_errors=True)
