@@ -54,7 +54,7 @@ def test_defaults_without_file_or_env(env, home):
     assert cfg.state_dir == home / ".local/share/flame"
     assert cfg.log_level == "INFO"
     assert cfg.log_format == "text"
-    assert cfg.api_url == "http://127.0.0.1:7070"
+    assert cfg.api_url == "http://127.0.0.1:7080"
     assert cfg.token is None
 
 

@@ -1,6 +1,7 @@
-"""The dashboard in headless Chromium against a running FLAME-in-a-box: the topology is drawn
-from the PCE, a registered endpoint shows on its cluster, a screenshot is kept in .artifacts/,
-and without a token the page asks for one instead of showing anything."""
+"""The dashboard in headless Chromium against a running FLAME-in-a-box with the demo service:
+the topology is drawn from the PCE, the demo's endpoints show on their clusters with their
+states, its alert rules and services are listed, a screenshot is kept in .artifacts/, and without
+a token the page asks for one instead of showing anything."""
 
 from __future__ import annotations
 
@@ -11,9 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from flame.sfr.client import PceClient
-from flame.sfr.models import Endpoint
 
 from .browser import chromium, render, screenshot
 from .test_up import env, flame  # noqa: F401 - the env fixture
@@ -39,21 +37,18 @@ def running(env: dict[str, str]) -> Iterator[dict[str, object]]:  # noqa: F811
 def test_dashboard_shows_topology_and_endpoints(env: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
     with running(env) as summary:
         token = summary["tokens"]["flame-up-operator"]  # type: ignore[index]
-        with PceClient(str(summary["pce_url"]), token) as pce:
-            pce.register(
-                Endpoint(
-                    sfe="web-1",
-                    fqdn="web.example",
-                    cluster="edge-bristol",
-                    host="127.0.0.1",
-                    port=9,
-                )
-            )
         url = f"{summary['dashboard_url']}/#token={token}"
         dom = render(url, tmp_path / "profile")
         nodes = set(re.findall(r'data-node="([^"]+)"', dom))
         assert nodes == {"sr-ue-1", "sr-platform", "edge-bristol", "metro-london", "ue-bristol"}
-        assert re.search(r'data-endpoint="web-1" data-state="connected"', dom)
+        states = dict(re.findall(r'data-endpoint="([^"]+)" data-state="([^"]+)"', dom))
+        assert states == {
+            "vod-demo.origin.metro-london": "connected",
+            "vod-demo.cache.metro-london": "connected",
+            "vod-demo.cache.edge-bristol": "booted",
+        }
+        assert "vod_slow_at_bristol" in dom  # the alert rules, as the CLMC has them
+        assert "vod_quiet_at_bristol" in dom
         assert re.search(r'data-link="sr-ue-1-sr-platform"', dom)
         assert "updated " in dom  # a snapshot arrived
         shot = screenshot(url, tmp_path / "profile2", "dashboard.png")

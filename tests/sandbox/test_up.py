@@ -92,11 +92,20 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.slow
 def test_up_detached_route_a_ue_and_down(env: dict[str, str], tmp_path: Path) -> None:
-    up = flame(env, "--json", "up", "-d", "--free-ports", "--topology", "sandpit")
+    up = flame(env, "--json", "up", "-d", "--free-ports", "--topology", "sandpit", "--no-demo")
     assert up.returncode == 0, up.stderr
     summary = json.loads(up.stdout)
     names = [c["name"] for c in summary["components"]]
-    assert names == ["pce", "sr-metro", "sr-platform", "sr-ue-1", "sr-ue-2", "dashboard"]
+    assert names == [
+        "pce",
+        "clmc",
+        "sr-metro",
+        "sr-platform",
+        "sr-ue-1",
+        "sr-ue-2",
+        "orchestrator",
+        "dashboard",
+    ]
     assert set(summary["tokens"]) == {"flame-up-operator", "flame-up-demo"}
     # Each SR on its own loopback address, as the topology says.
     assert summary["sr_urls"]["sr-ue-1"].startswith("http://127.0.1.1:")
@@ -104,16 +113,17 @@ def test_up_detached_route_a_ue_and_down(env: dict[str, str], tmp_path: Path) ->
     for component in summary["components"]:
         assert _listening(component["url"]), component
 
-    again = flame(env, "up", "--free-ports")
+    again = flame(env, "up", "--free-ports", "--no-demo")
     assert again.returncode == 1
     assert "already running" in again.stderr
 
     # The CLI is configured: the token and the PCE in the user's config.
     config = load_config(Path(env["FLAME_CONFIG"]), environ=env)
-    assert config.api_url == summary["pce_url"]
+    assert config.api_url == summary["orchestrator_url"]
+    assert config.pce_url == summary["pce_url"]
     assert config.token == summary["tokens"]["flame-up-operator"]
 
-    with hello_server() as port, PceClient(config.api_url, config.token) as pce:
+    with hello_server() as port, PceClient(str(config.pce_url), config.token) as pce:
         pce.register(
             Endpoint(
                 sfe="hello-1",

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from flame import __version__
+from flame.cli.clmc_commands import install as install_clmc_commands
 from flame.cli.dashboard_commands import install as install_dashboard_commands
 from flame.cli.orchestrator_commands import install as install_orchestrator_commands
 from flame.cli.sandbox_commands import install as install_sandbox_commands
@@ -277,6 +278,7 @@ install_sfemc_commands(cli)
 install_orchestrator_commands(cli)
 install_sandbox_commands(cli)
 install_dashboard_commands(cli)
+install_clmc_commands(cli)
 
 
 # -- entry point ---------------------------------------------------------------------------

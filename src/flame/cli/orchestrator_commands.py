@@ -293,14 +293,19 @@ def logs_cmd(state: _CliState, sfe: str, tail: int, api: str | None) -> None:
             click.echo(line)
 
 
-def _delegations(pairs: tuple[str, ...]) -> dict[str, str]:
+def _pairs(pairs: tuple[str, ...], option: str, shape: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for pair in pairs:
-        name, sep, tenant = pair.partition("=")
-        if not sep or not name or not tenant:
-            raise UserError(f"--delegate expects NAME=TENANT (e.g. vod.example=acme), got {pair!r}")
-        out[name.lower()] = tenant
+        key, sep, value = pair.partition("=")
+        if not sep or not key or not value:
+            raise UserError(f"{option} expects {shape}, got {pair!r}")
+        out[key] = value
     return out
+
+
+def _delegations(pairs: tuple[str, ...]) -> dict[str, str]:
+    named = _pairs(pairs, "--delegate", "NAME=TENANT (e.g. vod.example=acme)")
+    return {name.lower(): tenant for name, tenant in named.items()}
 
 
 @click.command("orchestrator")
@@ -339,7 +344,15 @@ def _delegations(pairs: tuple[str, ...]) -> dict[str, str]:
     "--clmc",
     "clmc_url",
     metavar="URL",
-    help="Hand alert rules to this CLMC's API (default: kept in-process).",
+    help="Hand alert rules to this CLMC's API and send it configuration events "
+    "(default: kept in-process).",
+)
+@click.option(
+    "--sr",
+    "sr_pairs",
+    multiple=True,
+    metavar="SR=URL",
+    help="Where a service router listens; SFEs of its clusters get it as FLAME_SR_URL.",
 )
 @click.option(
     "--delegate",
@@ -382,6 +395,7 @@ def serve_orchestrator(
     pce_urls: tuple[str, ...],
     pce_token: str | None,
     clmc_url: str | None,
+    sr_pairs: tuple[str, ...],
     delegate_pairs: tuple[str, ...],
     drain_s: float,
     resync_s: float,
@@ -412,9 +426,10 @@ def serve_orchestrator(
             "Issue one with 'flame token issue NAME --operator'.",
             err=True,
         )
+    bus = InProcessBus()
     runtime = build_runtime(
         topology,
-        InProcessBus(),
+        bus,
         db=db or str(config.state_dir / "sfemc.sqlite3"),
         state_dir=config.state_dir,
         images_dir=images_dir or config.state_dir / "images",
@@ -424,17 +439,21 @@ def serve_orchestrator(
         drain_s=drain_s,
         resync_s=resync_s,
         port_base=port_base,
+        sr_urls=_pairs(sr_pairs, "--sr", "SR=URL"),
     )
     alerts: AlertSink = InProcessAlertSink()
     closers = [runtime.close]
     if clmc_url:
         from flame.orchestrator.clmc_sink import HttpAlertSink  # noqa: PLC0415
+        from flame.sfemc.clmc_reporter import ClmcReporter  # noqa: PLC0415
 
         sink = HttpAlertSink(clmc_url, config.token)
+        reporter = ClmcReporter(bus, clmc_url, config.token)
         alerts = sink
 
         async def close_sink() -> None:
             sink.close()
+            reporter.close()
 
         closers.append(close_sink)
 

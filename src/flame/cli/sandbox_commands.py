@@ -54,6 +54,8 @@ def _run_dir(config: Config) -> Path:
 )
 @click.option("-d", "--detach", is_flag=True, help="Run in the background; 'flame down' stops it.")
 @click.option("--pce-port", default=7070, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--clmc-port", default=8086, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--orchestrator-port", default=7080, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--dashboard-port", default=7000, show_default=True, type=click.IntRange(1, 65535))
 @click.option(
     "--sr-port",
@@ -72,6 +74,8 @@ def up_cmd(
     topology: str,
     detach: bool,
     pce_port: int,
+    clmc_port: int,
+    orchestrator_port: int,
     dashboard_port: int,
     sr_port: int,
     free_ports: bool,
@@ -99,7 +103,10 @@ def up_cmd(
         run_dir=run_dir,
         topology=topology,
         pce_port=pce_port,
+        clmc_port=clmc_port,
+        orchestrator_port=orchestrator_port,
         dashboard_port=dashboard_port,
+        demo=not no_demo,
         sr_port=sr_port,
         free_ports=free_ports,
         emulate_latency=not no_latency,
@@ -117,7 +124,13 @@ def up_cmd(
 
     def announce(the_plan: Any, tokens: dict[str, str]) -> None:
         save_config_values(
-            config_path, {"api_url": the_plan.pce_url, "token": tokens["flame-up-operator"]}
+            config_path,
+            {
+                "api_url": the_plan.orchestrator_url,
+                "pce_url": the_plan.pce_url,
+                "clmc_url": the_plan.clmc_url,
+                "token": tokens["flame-up-operator"],
+            },
         )
         if child:  # the detached parent prints the summary; tokens stay out of logs
             click.echo("FLAME-in-a-box ready", err=True)
@@ -138,6 +151,10 @@ def _detach(state: _CliState, run_dir: Path, options: Any) -> None:
     argv += ["up", "--_child", "--topology", options.topology]
     argv += ["--pce-port", str(options.pce_port), "--sr-port", str(options.sr_port)]
     argv += ["--dashboard-port", str(options.dashboard_port)]
+    argv += ["--clmc-port", str(options.clmc_port)]
+    argv += ["--orchestrator-port", str(options.orchestrator_port)]
+    if not options.demo:
+        argv.append("--no-demo")
     if options.free_ports:
         argv.append("--free-ports")
     if not options.emulate_latency:
@@ -158,9 +175,9 @@ def _detach(state: _CliState, run_dir: Path, options: Any) -> None:
         if process.poll() is not None:
             tail = (run_dir / "up.log").read_text(errors="replace").splitlines()[-20:]
             raise UserError("flame up failed to start:\n" + "\n".join(tail))
-        if time.monotonic() - started > 120:
+        if time.monotonic() - started > 180:
             process.terminate()
-            raise UserError(f"flame up was not ready after 120 s; see {run_dir / 'up.log'}")
+            raise UserError(f"flame up was not ready after 180 s; see {run_dir / 'up.log'}")
         time.sleep(0.1)
     tokens = json.loads((run_dir / "tokens.json").read_text(encoding="utf-8"))
     _print_summary(state, run_dir, tokens, time.monotonic() - started, None)
@@ -187,6 +204,17 @@ def _print_summary(
     click.echo("Tokens (operator, demo tenant):")
     for name, token in tokens.items():
         click.echo(f"  {name:<18} {token}")
+    demo = instance.get("demo")
+    if demo:
+        states = ", ".join(f"{sfe} {state}" for sfe, state in sorted(demo["endpoints"].items()))
+        click.echo(f"Demo service {demo['sfc']} ({demo['fqdn']}): {states}")
+        urls = instance.get("sr_urls", {})
+        if urls:
+            first = sorted(urls)[-1] if "sr-ue-1" not in urls else "sr-ue-1"
+            click.echo(
+                f"  try: flame ue run --sr {first} --fqdn {demo['fqdn']} --path /hls/master.m3u8 "
+                "--rps 20 --duration 30"
+            )
     click.echo(f"State and logs: {run_dir}")
 
 
@@ -195,9 +223,14 @@ def _print_summary(
 def down_cmd(state: _CliState) -> None:
     """Stop a FLAME-in-a-box started with 'flame up -d' (or one left behind)."""
     from flame.sandbox.supervisor import stop_instance  # noqa: PLC0415
+    from flame.sandbox.up import halt_sfes  # noqa: PLC0415
 
-    run_dir = _run_dir(state.config())
-    if stop_instance(run_dir):
+    config = state.config()
+    run_dir = _run_dir(config)
+    stopped = stop_instance(run_dir)
+    # A supervisor killed outright leaves endpoint processes behind: stop those too.
+    halted = halt_sfes(config.state_dir)
+    if stopped or halted:
         click.echo("FLAME-in-a-box stopped")
     else:
         click.echo("FLAME-in-a-box is not running")

@@ -7,7 +7,7 @@
     flame serve pce --topology FILE          run the PCE (active, or standby on a shared --db)
     flame serve sr --id SR --pce URL         run a service router's data plane
 
-The PCE commands talk to `--pce URL` (default: `api_url` from the config) with the config's
+The PCE commands talk to `--pce URL` (default: `pce_url`, else `api_url`, from the config) with the config's
 token. They raise; `flame.cli.main.main` is the one place that prints errors and picks the exit
 code. Heavy imports (FastAPI, uvicorn, numpy) happen inside the commands that need them, so
 `flame --help` stays fast.
@@ -68,13 +68,13 @@ def _client(state: _CliState, pce: str | None) -> PceClient:
     from flame.sfr.client import PceClient  # noqa: PLC0415 - lazy, heavy
 
     config = state.config()
-    return PceClient(pce or config.api_url, config.token)
+    return PceClient(pce or config.pce_url or config.api_url, config.token)
 
 
 _pce_option = click.option(
     "--pce",
     metavar="URL",
-    help="PCE API URL (default: api_url from the config, or $FLAME_API_URL).",
+    help="PCE API URL (default: pce_url from the config or $FLAME_PCE_URL, else api_url).",
 )
 
 
@@ -365,7 +365,7 @@ def serve_pce(
     multiple=True,
     metavar="URL",
     help="PCE to take forwarding tables from; repeat for standbys, tried in order "
-    "(default: api_url from the config).",
+    "(default: pce_url, else api_url, from the config).",
 )
 @click.option(
     "--table-file",
@@ -419,7 +419,7 @@ def serve_sr(
         host=host,
         port=port,
         workers=workers,
-        pce_urls=pce_urls or (config.api_url,),
+        pce_urls=pce_urls or (config.pce_url or config.api_url,),
         token=config.token,
         clmc_url=clmc_url,
         clmc_token=config.token,

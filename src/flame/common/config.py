@@ -5,7 +5,7 @@ The file is flat TOML with string values only::
     state_dir = "~/flame-state"       # relative paths are relative to this file
     log_level = "DEBUG"
     log_format = "json"
-    api_url = "https://orchestrator.example:7070"
+    api_url = "https://orchestrator.example:7080"
     token = "flm_..."
 
 It is ``$XDG_CONFIG_HOME/flame/config.toml`` (``~/.config/flame/config.toml``)
@@ -43,13 +43,15 @@ __all__ = [
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
-DEFAULT_API_URL = "http://127.0.0.1:7070"
+DEFAULT_API_URL = "http://127.0.0.1:7080"  # the orchestrator's default port
 CONFIG_ENV_VAR = "FLAME_CONFIG"
 ENV_VARS: Mapping[str, str] = {
     "state_dir": "FLAME_STATE_DIR",
     "log_level": "FLAME_LOG_LEVEL",
     "log_format": "FLAME_LOG_FORMAT",
     "api_url": "FLAME_API_URL",
+    "pce_url": "FLAME_PCE_URL",
+    "clmc_url": "FLAME_CLMC_URL",
     "token": "FLAME_TOKEN",
 }
 _KEYS = tuple(ENV_VARS)
@@ -78,7 +80,9 @@ class Config:
     state_dir: Path = field(default_factory=default_state_dir)
     log_level: str = "INFO"
     log_format: str = "text"
-    api_url: str = DEFAULT_API_URL
+    api_url: str = DEFAULT_API_URL  # the orchestrator: deploy, status, undeploy, logs
+    pce_url: str | None = None  # the PCE (topology, routes); None: api_url
+    clmc_url: str | None = None  # the CLMC (monitoring)
     token: str | None = None
 
     def __repr__(self) -> str:
@@ -86,7 +90,8 @@ class Config:
         token = None if self.token is None else "***"
         return (
             f"Config(state_dir={self.state_dir!r}, log_level={self.log_level!r}, "
-            f"log_format={self.log_format!r}, api_url={self.api_url!r}, token={token!r})"
+            f"log_format={self.log_format!r}, api_url={self.api_url!r}, "
+            f"pce_url={self.pce_url!r}, clmc_url={self.clmc_url!r}, token={token!r})"
         )
 
 
@@ -95,6 +100,8 @@ class _Settings(TypedDict, total=False):
     log_level: str
     log_format: str
     api_url: str
+    pce_url: str
+    clmc_url: str
     token: str | None
 
 
@@ -295,8 +302,8 @@ def _apply(settings: _Settings, key: str, raw: object, origin: _Origin) -> None:
                 f"invalid log format {raw!r}; expected one of {', '.join(LOG_FORMATS)}"
             )
         settings["log_format"] = fmt
-    elif key == "api_url":
-        settings["api_url"] = _check_url(raw, origin)
+    elif key in ("api_url", "pce_url", "clmc_url"):
+        settings[key] = _check_url(raw, origin)  # type: ignore[literal-required]
     else:  # token
         # Never echo the value: it is a credential, and errors get logged.
         token = raw.strip()

@@ -148,7 +148,10 @@ def ffmpeg_argv(out: Path, spec: StreamSpec) -> list[str]:
         argv += ["-map", f"[v{i}]"]
     for _ in range(n):
         argv += ["-map", "1:a"]
+    # Two encoder threads: the stream is short, and under a process VIM memory limit every
+    # thread's stack and lookahead counts, which x264's default (one per core, x1.5) multiplies.
     argv += ["-c:v", "libx264", "-preset", "veryfast", "-profile:v", "main", "-pix_fmt", "yuv420p"]
+    argv += ["-threads", "2", "-filter_threads", "1"]
     argv += ["-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0"]
     for i, r in enumerate(spec.renditions):
         kbps = r.video_kbps

@@ -10,8 +10,10 @@ __all__ = ["AlertSink", "InProcessAlertSink"]
 
 
 class AlertSink(Protocol):
-    def set_rules(self, sfc: str, tenant: str, rules: tuple[AlertRule, ...]) -> None:
-        """Replace the chain's alert rules (idempotent)."""
+    def set_rules(
+        self, sfc: str, tenant: str, rules: tuple[AlertRule, ...], sfci: str = ""
+    ) -> None:
+        """Replace the chain's alert rules (idempotent); alert events name `sfci`."""
         ...
 
     def remove_rules(self, sfc: str) -> None: ...
@@ -23,7 +25,9 @@ class InProcessAlertSink:
     def __init__(self) -> None:
         self.rules: dict[str, tuple[str, tuple[AlertRule, ...]]] = {}  # sfc -> (tenant, rules)
 
-    def set_rules(self, sfc: str, tenant: str, rules: tuple[AlertRule, ...]) -> None:
+    def set_rules(
+        self, sfc: str, tenant: str, rules: tuple[AlertRule, ...], sfci: str = ""
+    ) -> None:
         self.rules[sfc] = (tenant, rules)
 
     def remove_rules(self, sfc: str) -> None:

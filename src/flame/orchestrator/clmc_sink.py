@@ -34,6 +34,7 @@ class HttpAlertSink:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._client = httpx.Client(timeout=timeout_s, headers=headers, trust_env=False)
         self._pending: dict[str, tuple[str, Any]] = {}  # sfc -> ("put", body) | ("delete", sfci)
+        self._instances: dict[str, str] = {}  # sfc -> the sfci its rules were set for
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closed = False
@@ -46,11 +47,16 @@ class HttpAlertSink:
     def set_rules(
         self, sfc: str, tenant: str, rules: tuple[AlertRule, ...], sfci: str = ""
     ) -> None:
-        body = {"tenant": tenant, "rules": _rule_dicts(rules), "sfci": sfci or sfc}
+        instance = sfci or sfc
+        previous = self._instances.get(sfc)
+        if previous is not None and previous != instance:
+            self._submit(sfc, ("delete", previous))  # a new instance replaces the old one's
+        self._instances[sfc] = instance
+        body = {"tenant": tenant, "rules": _rule_dicts(rules), "sfci": instance}
         self._submit(sfc, ("put", body))
 
     def remove_rules(self, sfc: str, sfci: str = "") -> None:
-        self._submit(sfc, ("delete", sfci or sfc))
+        self._submit(sfc, ("delete", sfci or self._instances.pop(sfc, sfc)))
 
     def _submit(self, sfc: str, op: tuple[str, Any]) -> None:
         with self._lock:

@@ -135,7 +135,9 @@ class Orchestrator:
         if not plan.ok:
             raise PlanRejected(plan)
         changed = self.sfemc.apply(owner, model, files)  # ORCH-9: endpoint states and policies
-        self.alerts.set_rules(model.sfc, owner, model.alert_rules)  # ORCH-8: alerts to the CLMC
+        self.alerts.set_rules(
+            model.sfc, owner, model.alert_rules, model.sfci
+        )  # ORCH-8: alerts to the CLMC
         return plan, changed
 
     def services(self, principal: Principal) -> list[dict[str, Any]]:

@@ -273,12 +273,20 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 @contextlib.contextmanager
-def supervised(run_dir: Path) -> Iterator[Supervisor]:
-    """A supervisor holding the instance lock; everything is stopped on the way out."""
+def supervised(
+    run_dir: Path, on_stopped: Callable[[], object] | None = None
+) -> Iterator[Supervisor]:
+    """A supervisor holding the instance lock; everything is stopped on the way out, then
+    `on_stopped` runs (still holding the lock) for what the components leave behind."""
     supervisor = Supervisor(run_dir)
     supervisor.acquire()
     try:
         yield supervisor
     finally:
         supervisor.stop_all()
+        if on_stopped is not None:
+            try:
+                on_stopped()
+            except Exception:
+                log.exception("cleaning up after the components failed")
         supervisor.release()

@@ -8,6 +8,7 @@ forwarding path.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -44,7 +45,10 @@ class UpOptions:
     run_dir: Path  # state of this instance: databases, logs, up.json
     topology: str = "sandbucket"  # a named topology or a file
     pce_port: int = 7070
+    clmc_port: int = 8086
+    orchestrator_port: int = 7080
     dashboard_port: int = 7000
+    demo: bool = True
     sr_port: int = 8080
     free_ports: bool = False  # pick free ports instead (tests, a second machine user)
     emulate_latency: bool = True
@@ -58,6 +62,8 @@ class Plan:
     pce_url: str
     dashboard_url: str
     sr_urls: dict[str, str]
+    clmc_url: str
+    orchestrator_url: str
 
 
 def resolve_topology(name_or_path: str) -> Path:
@@ -84,21 +90,41 @@ def plan(options: UpOptions, env: dict[str, str], router_token: str) -> Plan:
     topology_path = resolve_topology(options.topology)
     topology = load_topology(topology_path)
     python = [sys.executable, "-m", "flame"]
-    pce_port = _free_port("127.0.0.1") if options.free_ports else options.pce_port
-    pce_url = f"http://127.0.0.1:{pce_port}"
-    control = [
-        Component(
-            name="pce",
-            argv=[
-                *python,
-                *("serve", "pce", "--topology", str(topology_path)),
-                *("--db", str(options.run_dir / "pce.sqlite3")),
-                *("--host", "127.0.0.1", "--port", str(pce_port), "--name", "pce-1"),
-            ],
-            url=pce_url,
-            health_url=pce_url + "/health",
-            env=env,
+
+    def port(default: int, host: str = "127.0.0.1") -> int:
+        return _free_port(host) if options.free_ports else default
+
+    pce_url = f"http://127.0.0.1:{port(options.pce_port)}"
+    clmc_url = f"http://127.0.0.1:{port(options.clmc_port)}"
+    orchestrator_url = f"http://127.0.0.1:{port(options.orchestrator_port)}"
+    dashboard_url = f"http://127.0.0.1:{port(options.dashboard_port)}"
+    sfemc_events = orchestrator_url + "/v1/sfemc/events"
+
+    def component(name: str, url: str, health: str, *args: str, **kw: Any) -> Component:
+        host, _, listen = url.removeprefix("http://").partition(":")
+        return Component(
+            name=name,
+            argv=[*python, "serve", *args, "--host", host, "--port", listen],
+            url=url,
+            health_url=url + health,
+            env=kw.pop("env", env),
+            **kw,
         )
+
+    control = [
+        component(
+            "pce",
+            pce_url,
+            "/health",
+            *("pce", "--topology", str(topology_path)),
+            *("--db", str(options.run_dir / "pce.sqlite3"), "--name", "pce-1"),
+        ),
+        component(
+            "clmc",
+            clmc_url,
+            "/ping",
+            *("clmc", "--data", str(options.run_dir / "clmc"), "--sfemc", sfemc_events),
+        ),
     ]
     routers: list[Component] = []
     sr_urls: dict[str, str] = {}
@@ -106,47 +132,50 @@ def plan(options: UpOptions, env: dict[str, str], router_token: str) -> Plan:
         if node.kind is not NodeKind.SERVICE_ROUTER:
             continue
         host = node.address or "127.0.0.1"
-        port = _free_port(host) if options.free_ports else options.sr_port
-        url = f"http://{host}:{port}"
+        url = f"http://{host}:{port(options.sr_port, host)}"
         sr_urls[node.id] = url
-        argv = [
-            *python,
-            *("serve", "sr", "--id", node.id, "--host", host, "--port", str(port)),
-            *("--workers", "1", "--pce", pce_url, "--metrics-interval", "1"),
+        args = [
+            *("sr", "--id", node.id, "--workers", "1", "--pce", pce_url),
+            *("--clmc", clmc_url, "--metrics-interval", "1"),
             *("--table-file", str(options.run_dir / f"sr-{node.id}.table.json")),
         ]
         if options.emulate_latency:
-            argv.append("--emulate-latency")
+            args.append("--emulate-latency")
         routers.append(
-            Component(
-                name=node.id,
-                argv=argv,
-                url=url,
-                health_url=url + "/.flame/health",
+            component(
+                node.id,
+                url,
+                "/.flame/health",
+                *args,
                 health_host="_flame",
-                env={**env, "FLAME_TOKEN": router_token},  # least privilege: tables only
+                env={**env, "FLAME_TOKEN": router_token},  # least privilege: tables and metrics
             )
         )
-    dashboard_port = _free_port("127.0.0.1") if options.free_ports else options.dashboard_port
-    dashboard_url = f"http://127.0.0.1:{dashboard_port}"
-    dashboard = Component(
-        name="dashboard",
-        argv=[
-            *python,
-            *("serve", "dashboard", "--host", "127.0.0.1", "--port", str(dashboard_port)),
-            *("--pce", pce_url),
-        ],
-        url=dashboard_url + "/",
-        health_url=dashboard_url + "/",
-        env=env,
+    orchestrator = component(
+        "orchestrator",
+        orchestrator_url,
+        "/health",
+        *("orchestrator", "--topology", str(topology_path)),
+        *("--db", str(options.run_dir / "sfemc.sqlite3")),
+        *("--pce", pce_url, "--clmc", clmc_url),
+        *(arg for sr, url in sr_urls.items() for arg in ("--sr", f"{sr}={url}")),
+        ready_timeout_s=60.0,
+    )
+    dashboard = component(
+        "dashboard",
+        dashboard_url,
+        "/",
+        *("dashboard", "--pce", pce_url, "--clmc", clmc_url, "--orchestrator", orchestrator_url),
     )
     return Plan(
         topology_path,
         topology,
-        (tuple(control), (*routers, dashboard)),
+        (tuple(control), (*routers, orchestrator, dashboard)),
         pce_url,
         dashboard_url,
         sr_urls,
+        clmc_url,
+        orchestrator_url,
     )
 
 
@@ -189,7 +218,7 @@ def run(
 
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        with supervised(options.run_dir) as supervisor:
+        with supervised(options.run_dir, on_stopped=lambda: halt_sfes(state_dir)) as supervisor:
             tokens = issue_tokens(state_dir)
             router_token = tokens.pop(ROUTER_TOKEN)
             write_secret(options.run_dir / "tokens.json", tokens)
@@ -203,6 +232,8 @@ def run(
                 "topology": str(the_plan.topology_path),
                 "pce_url": the_plan.pce_url,
                 "dashboard_url": the_plan.dashboard_url,
+                "clmc_url": the_plan.clmc_url,
+                "orchestrator_url": the_plan.orchestrator_url,
                 "sr_urls": the_plan.sr_urls,
             }
             # Stages start together and are waited for together; a stage needs the one before
@@ -215,6 +246,8 @@ def run(
                     supervisor.wait_ready(running, lambda: stop)
             if stop:
                 return
+            if options.demo:
+                supervisor.extra["demo"] = _deploy_demo(the_plan, state_dir, tokens)
             supervisor.write_state(ready=True)
             announce(the_plan, tokens)
             if stop_after_ready:
@@ -223,6 +256,48 @@ def run(
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def halt_sfes(state_dir: Path) -> list[str]:
+    """Stop the SFE processes the process VIM runs (they outlive the orchestrator on purpose,
+    so that a restarted one adopts them); what is desired stays, so `flame up` resumes it."""
+    from flame.sfemc.images import ImageRepository  # noqa: PLC0415 - only on the way down
+    from flame.sfemc.vim.process import ProcessVim  # noqa: PLC0415
+
+    root = state_dir / "vim"
+    if not (root / "sfes").is_dir():
+        return []
+    vim = ProcessVim(root, {}, ImageRepository(state_dir / "images"), grace_s=3.0)
+
+    async def halt() -> list[str]:
+        try:
+            return await vim.halt_all()
+        finally:
+            await vim.close()
+
+    halted = asyncio.run(halt())
+    if halted:
+        log.info("stopped %d service function endpoint(s): %s", len(halted), ", ".join(halted))
+    return halted
+
+
+def _deploy_demo(the_plan: Plan, state_dir: Path, tokens: dict[str, str]) -> dict[str, Any]:
+    """Package, delegate, submit and wait for the demo VoD service (issue 6, item 3)."""
+    from flame.sandbox.demo import DEMO_FQDN, deploy_demo, package_demo_images  # noqa: PLC0415
+
+    package_demo_images(state_dir / "images")
+    status = deploy_demo(
+        the_plan.orchestrator_url,
+        the_plan.pce_url,
+        tokens[OPERATOR_TOKEN],
+        tokens[DEMO_TOKEN],
+        DEMO_TENANT,
+    )
+    return {
+        "fqdn": DEMO_FQDN,
+        "sfc": status.get("sfc"),
+        "endpoints": {e["sfe"]: e["state"] for e in status.get("endpoints", [])},
+    }
 
 
 def _watch(supervisor: Supervisor, stopping: Callable[[], bool]) -> None:

@@ -135,7 +135,9 @@ Caller = Annotated[Principal, Depends(_principal)]
 
 
 class AlertBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # The CLMC's alert event carries more (value, threshold, message, ...; see
+    # docs/clmc-information-model.md); the SFEMC needs these fields and ignores the rest.
+    model_config = ConfigDict(extra="ignore")
 
     id: str = Field(min_length=1, max_length=200)
     alert: str = Field(min_length=1, max_length=200)

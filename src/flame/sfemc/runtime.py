@@ -66,10 +66,17 @@ def build_runtime(
     drain_s: float = 1.0,
     resync_s: float = 30.0,
     port_base: int = 20000,
+    sr_urls: Mapping[str, str] | None = None,
 ) -> Runtime:
+    """`sr_urls` (SR id -> URL) tells each SFE its cluster's SR (FLAME_SR_URL)."""
     ranges = port_ranges(topology, port_base)
     images = ImageRepository(images_dir)
-    vim = ProcessVim(state_dir / "vim", ranges, images)
+    by_cluster = {
+        cluster: (sr_urls or {})[node.sr]
+        for cluster, node in topology.clusters.items()
+        if node.sr is not None and node.sr in (sr_urls or {})
+    }
+    vim = ProcessVim(state_dir / "vim", ranges, images, sr_urls=by_cluster)
     vims: dict[str, VimDriver] = dict.fromkeys(ranges, vim)
     registrar: Registrar
     if pce_urls:

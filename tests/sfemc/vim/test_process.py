@@ -163,10 +163,10 @@ async def test_limits_are_applied_and_reported(vim: ProcessVim, echo_digest: str
         cgroup = Path(f"/proc/{status.pid}/cgroup").read_text()
         assert f"/flame/{status.sfe}" in cgroup
     else:  # this host: cgroup v2 without controllers, so the kernel's rlimits carry it
-        assert status.limits.startswith("rlimit RLIMIT_AS=300000000")
+        assert status.limits.startswith("rlimit RLIMIT_DATA=300000000")
         assert "cpu not enforced" in status.limits
         limits = Path(f"/proc/{status.pid}/limits").read_text()
-        line = next(x for x in limits.splitlines() if x.startswith("Max address space"))
+        line = next(x for x in limits.splitlines() if x.startswith("Max data size"))
         assert line.split()[3:5] == ["300000000", "300000000"]
 
 
@@ -451,3 +451,26 @@ async def test_replacing_with_another_image(
     assert replaced.ports == first.ports  # the same SFE keeps its host port
     assert (vim.sfes_dir / first.sfe / "app" / "server.py").read_text() == "print('v2')\n"
     assert not list(vim.sfes_dir.glob(".*.placing"))
+
+
+async def test_halt_all_stops_processes_and_the_next_controller_restarts_them(
+    vim: ProcessVim, repo: ImageRepository, echo_digest: str
+) -> None:
+    await vim.place(spec(echo_digest, "i1.h.c1"))
+    first = await vim.boot("i1.h.c1")
+    assert first.pid is not None
+    assert await vim.halt_all() == ["i1.h.c1"]
+    assert await _gone(first.pid)
+    assert await vim.halt_all() == []  # nothing left running
+    await vim.close()
+    # FLAME-in-a-box restarted: a new controller on the same root boots what was running.
+    again = ProcessVim(vim.root, {"c1": vim.ports.ranges["c1"]}, repo, backoff_s=(0.05, 0.5))
+    deadline = asyncio.get_running_loop().time() + 15
+    while True:
+        status = await again.status("i1.h.c1")
+        if status.state is VimState.RUNNING and status.pid not in (None, first.pid):
+            break
+        assert asyncio.get_running_loop().time() < deadline, status
+        await asyncio.sleep(0.1)
+    await again.remove("i1.h.c1")
+    await again.close()

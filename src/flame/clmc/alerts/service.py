@@ -9,9 +9,12 @@ import contextlib
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa  # type: ignore[import-untyped]
 
 from flame.clmc.alerts.engine import DEFAULT_DATABASE, AlertEngine, AlertEvent, rules_from_dicts
 from flame.clmc.alerts.notify import Notifier
@@ -40,6 +43,8 @@ class AlertService:
         self.events: collections.deque[AlertEvent] = collections.deque(maxlen=keep_events)
         self.sinks: list[EventSink] = []  # e.g. store the event as a point, publish on a bus
         self._task: asyncio.Task[None] | None = None
+        # Data arrives on the ingest's applier thread, windows close on the event loop.
+        self._lock = threading.Lock()
         self._specs: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._load()
 
@@ -54,13 +59,15 @@ class AlertService:
         database: str = DEFAULT_DATABASE,
     ) -> list[str]:
         parsed = rules_from_dicts(rules)  # raises KeyError/ValueError on a malformed rule
-        keys = self.engine.set_rules(tenant, sfc, sfci, parsed, database=database)
+        with self._lock:
+            keys = self.engine.set_rules(tenant, sfc, sfci, parsed, database=database)
         self._specs[(tenant, sfc, sfci)] = {"rules": rules, "database": database}
         self._save()
         return [k.name for k in keys]
 
     def delete(self, tenant: str, sfc: str, sfci: str | None = None) -> int:
-        removed = self.engine.remove_rules(tenant, sfc, sfci)
+        with self._lock:
+            removed = self.engine.remove_rules(tenant, sfc, sfci)
         for key in [k for k in self._specs if k[:2] == (tenant, sfc) and sfci in (None, k[2])]:
             del self._specs[key]
         self._save()
@@ -100,8 +107,13 @@ class AlertService:
             except Exception:  # one bad rule must not stop alerting for everyone
                 log.exception("alert evaluation failed")
 
+    def observe(self, database: str, measurement: str, rows: pa.Table) -> None:
+        with self._lock:
+            self.engine.observe(database, measurement, rows)
+
     def evaluate(self, now_ns: int | None = None) -> list[AlertEvent]:
-        events = self.engine.tick(now_ns)
+        with self._lock:
+            events = self.engine.tick(now_ns)
         for event in events:
             log.info("%s", event.message)
             self.events.append(event)

@@ -150,9 +150,11 @@ def rlimits_for(limits: Limits) -> tuple[list[tuple[int, int]], str]:
     applied: list[tuple[int, int]] = []
     words = ["rlimit"]
     if limits.memory_bytes is not None:
-        # Address space, not resident memory: weaker than memory.max, but the kernel enforces it.
-        applied.append((resource.RLIMIT_AS, limits.memory_bytes))
-        words.append(f"RLIMIT_AS={limits.memory_bytes}")
+        # The data segment (heap and private anonymous mappings), not resident memory: weaker
+        # than memory.max, but the kernel enforces it. Not RLIMIT_AS: address space counts
+        # every reservation, and a media SF's ffmpeg reserves gigabytes it never touches.
+        applied.append((resource.RLIMIT_DATA, limits.memory_bytes))
+        words.append(f"RLIMIT_DATA={limits.memory_bytes}")
     if limits.disk_bytes is not None:
         applied.append((resource.RLIMIT_FSIZE, limits.disk_bytes))
         words.append(f"RLIMIT_FSIZE={limits.disk_bytes}")

@@ -69,7 +69,7 @@ class VimStatus:
     restarts: int = 0
     reason: str | None = None  # why FAILED, or the last crash
     # Which resource limits the VIM could enforce, e.g. "cgroup2 memory.max=268435456 cpu.max=50000
-    # 100000" or "rlimit RLIMIT_AS=268435456" or "none": the kernel may not allow every kind.
+    # 100000" or "rlimit RLIMIT_DATA=268435456" or "none": the kernel may not allow every kind.
     limits: str | None = None
 
 

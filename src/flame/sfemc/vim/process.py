@@ -281,6 +281,21 @@ class ProcessVim:
         rec = self._require(sfe)
         return _tail(rec.path / "sfe.log", tail)
 
+    async def halt_all(self) -> builtins.list[str]:
+        """Stop every running SFE process but keep what is desired, so that the next
+        controller boots them again (FLAME-in-a-box's `flame down`, then `flame up`)."""
+        halted: builtins.list[str] = []
+        for name in sorted(self._known()):
+            rec = self._load(name)
+            if rec is None:
+                continue
+            await self._cancel_supervisor(rec)
+            async with rec.lock:
+                if rec.alive() or read_pid_file(rec.path) is not None:
+                    await self._terminate(rec)
+                    halted.append(name)
+        return halted
+
     async def close(self) -> None:
         """Stop supervising; the SFE processes keep running for the next controller."""
         for rec in builtins.list(self._sfes.values()):

@@ -131,7 +131,7 @@ function drawKpi(snap) {
     const ti = s.columns.indexOf("time"), vi = s.columns.indexOf("response_time");
     return { name: `${s.tags.fqdn || "?"} @ ${s.tags.sr || "?"}`, tags: s.tags,
       points: s.values.filter(v => v[vi] !== null).map(v => [v[ti] / 1000, v[vi]]) };
-  }).filter(s => s.points.length && s.tags.fqdn !== "_unknown");
+  }).filter(s => s.points.length && !String(s.tags.fqdn || "").startsWith("_"));  // _unknown, _flame
   const thresholds = snap.alerts.filter(a => a.measurement === "sr_fqdn" && a.field === "response_time"
     && a.threshold !== null && a.event_type === "threshold");
   const now = snap.time, t0 = now - 120;
@@ -181,8 +181,10 @@ function drawTables(snap) {
   const alerts = document.querySelector("#alerts tbody");
   clear(alerts);
   for (const a of snap.alerts) {
-    alerts.appendChild(row([a.name, `${a.sfc}/${a.sfci}`,
-      `${a.aggregation}(${a.measurement}.${a.field}) ${a.comparison || "<"} ${a.threshold} over ${a.granularity_s}s`, a.level],
+    const rule = a.event_type === "deadman"
+      ? `fewer than ${a.threshold} points of ${a.measurement}.${a.field} in ${a.granularity_s}s`
+      : `${a.aggregation}(${a.measurement}.${a.field})${a.event_type === "relative" ? " change %" : ""} ${a.comparison} ${a.threshold} over ${a.granularity_s}s`;
+    alerts.appendChild(row([a.name, `${a.sfc}/${a.sfci}`, rule, a.level],
       ["", "", "", `level-${a.level}`]));
   }
   const served = {};

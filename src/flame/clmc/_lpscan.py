@@ -1,0 +1,399 @@
+"""The reference line-protocol scanner: one line at a time, following InfluxDB 1.x's rules and
+error texts exactly (`models/points.go`: scanKey, scanFields, scanNumber, scanBoolean, scanTime).
+
+`lineproto` sends here only the lines its vectorised fast path cannot vouch for (escapes, quotes,
+anything odd), so this code favours fidelity over speed. Lines arrive as `str` (the body decoded
+as UTF-8 with replacement, which is also how InfluxDB's JSON shows invalid bytes).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from flame.clmc.store.base import FieldType
+
+__all__ = ["MAX_NS", "MIN_NS", "Point", "ScanError", "ends_quoted", "scan_line", "split_lines"]
+
+MIN_NS = -(2**63) + 2
+MAX_NS = 2**63 - 2
+TIME_RANGE_ERROR = f"time outside range {MIN_NS} - {MAX_NS}"
+_INT_MAX = 2**63 - 1
+_UINT_MAX = 2**64 - 1
+
+FieldValue = float | int | str | bool
+
+
+class ScanError(Exception):
+    """InfluxDB's reason for rejecting a line (the text after `unable to parse '...': `)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    measurement: str
+    tags: tuple[tuple[str, str], ...]
+    fields: tuple[tuple[str, FieldType, FieldValue], ...]
+    time: int | None  # ns, None = server time
+
+
+def split_lines(body: str) -> list[str]:
+    """Split on newlines, except inside a quoted field value (as InfluxDB's scanLine does)."""
+    raw = body.split("\n")
+    if '"' not in body:
+        return raw
+    out: list[str] = []
+    pending: str | None = None
+    for part in raw:
+        cur = part if pending is None else pending + "\n" + part
+        if '"' in cur and ends_quoted(cur):
+            pending = cur
+            continue
+        pending = None
+        out.append(cur)
+    if pending is not None:
+        out.append(pending)
+    return out
+
+
+def ends_quoted(s: str) -> bool:
+    """Whether a quoted field value is still open at the end of `s`."""
+    quoted = fields = False
+    equals = commas = 0
+    i, n = 0, len(s)
+    while i < n:
+        c = s[i]
+        if c == "\\" and i + 2 < n + 1:  # InfluxDB looks past the line for the escaped char
+            i += 2
+            continue
+        if c == " ":
+            fields = True
+        if fields:
+            if not quoted and c == "=":
+                equals += 1
+            elif not quoted and c == ",":
+                commas += 1
+            elif c == '"' and equals > commas:
+                quoted = not quoted
+        i += 1
+    return quoted
+
+
+def _unescape_measurement(s: str) -> str:
+    if "\\" not in s:
+        return s
+    return s.replace("\\,", ",").replace("\\ ", " ")
+
+
+def _unescape_tag(s: str) -> str:
+    if "\\" not in s:
+        return s
+    return s.replace("\\,", ",").replace("\\ ", " ").replace("\\=", "=")
+
+
+def _unescape_string(s: str) -> str:
+    if "\\" not in s:
+        return s
+    out: list[str] = []
+    i, n = 0, len(s)
+    while i < n:
+        c = s[i]
+        if c == "\\" and i + 1 < n and s[i + 1] in '\\"':
+            out.append(s[i + 1])
+            i += 2
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def _skip_ws(s: str, i: int) -> int:
+    n = len(s)
+    while i < n and s[i] in " \t\0":
+        i += 1
+    return i
+
+
+def scan_line(line: str, multiplier: int) -> Point:
+    """Parse one non-blank, non-comment line (leading whitespace already removed)."""
+    i, measurement, tags = _scan_key(line)
+    i, fields = _scan_fields(line, i)
+    if not fields:
+        raise ScanError("missing fields")
+    ts, i = _scan_time(line, i)
+    time: int | None = None
+    if ts:
+        try:
+            value = int(ts)
+        except ValueError:
+            raise ScanError(f'strconv.ParseInt: parsing "{ts}": invalid syntax') from None
+        if not -(2**63) <= value <= _INT_MAX:
+            raise ScanError(f'strconv.ParseInt: parsing "{ts}": value out of range')
+        time = value * multiplier
+        if not MIN_NS <= time <= MAX_NS:
+            raise ScanError(TIME_RANGE_ERROR)
+        while i < len(line):
+            if line[i] != " ":
+                raise ScanError("point is invalid")
+            i += 1
+    return Point(measurement, tags, fields, time)
+
+
+def _scan_key(s: str) -> tuple[int, str, tuple[tuple[str, str], ...]]:
+    n = len(s)
+    i = 0
+    if i >= n or s[i] == ",":
+        raise ScanError("missing measurement")
+    # measurement: up to an unescaped ',' (tags follow) or ' ' (fields follow)
+    has_tags = False
+    while True:
+        i += 1
+        if i >= n:
+            return i, _unescape_measurement(s), ()
+        if s[i - 1] == "\\":
+            continue
+        if s[i] == ",":
+            has_tags = True
+            break
+        if s[i] == " ":
+            break
+    measurement = _unescape_measurement(s[:i])
+    if not has_tags:
+        return i, measurement, ()
+    i += 1
+    tags: list[tuple[str, str]] = []
+    while True:
+        # tag key
+        if i >= n or s[i] in " ,=":
+            raise ScanError("missing tag key")
+        k0 = i
+        while True:
+            i += 1
+            if i >= n or (s[i] in " ," and s[i - 1] != "\\"):
+                raise ScanError("missing tag value")
+            if s[i] == "=" and s[i - 1] != "\\":
+                break
+        key = s[k0:i]
+        i += 1
+        # tag value
+        if i >= n or s[i] in ", ":
+            raise ScanError("missing tag value")
+        v0 = i
+        more = False
+        while True:
+            i += 1
+            if i >= n:
+                raise ScanError("missing fields")
+            if s[i] == "=" and s[i - 1] != "\\":
+                raise ScanError("invalid tag format")
+            if s[i] == "," and s[i - 1] != "\\":
+                more = True
+                break
+            if s[i] == " " and s[i - 1] != "\\":
+                break
+        tags.append((_unescape_tag(key), _unescape_tag(s[v0:i])))
+        if more:
+            i += 1
+            continue
+        break
+    raw_keys = sorted(k for k, _ in tags)
+    if any(a == b for a, b in itertools.pairwise(raw_keys)):
+        raise ScanError("duplicate tags")
+    return i, measurement, tuple(tags)
+
+
+def _scan_fields(s: str, i: int) -> tuple[int, tuple[tuple[str, FieldType, FieldValue], ...]]:
+    n = len(s)
+    i = _skip_ws(s, i)
+    start = i
+    quoted = False
+    equals = commas = 0
+    while i < n:
+        c = s[i]
+        if c == "\\" and i + 1 < n:
+            i += 2
+            continue
+        if c == '"' and equals > commas:
+            quoted = not quoted
+            i += 1
+            continue
+        if c == "=" and not quoted:
+            equals += 1
+            if s[i - 1] == " " and (i < 2 or s[i - 2] != "\\"):
+                raise ScanError("missing field key")
+            if s[i - 1] == "," and (i < 2 or s[i - 2] != "\\"):
+                raise ScanError("missing field key")
+            if i + 1 >= n:
+                raise ScanError("missing field value")
+            nxt = s[i + 1]
+            if nxt in ", ":
+                raise ScanError("missing field value")
+            if nxt in "0123456789.-Nn":
+                i = _scan_number(s, i + 1)
+                continue
+            if nxt != '"':
+                i = _scan_boolean(s, i + 1)
+                continue
+        if c == "," and not quoted:
+            commas += 1
+        if c == " " and not quoted:
+            break
+        i += 1
+    if quoted:
+        raise ScanError("unbalanced quotes")
+    if equals == 0 and start == i:
+        return i, ()
+    if equals == 0 or commas != equals - 1:
+        raise ScanError("invalid field format")
+    return i, _parse_fields(s[start:i])
+
+
+def _scan_number(s: str, i: int) -> int:
+    n = len(s)
+    start = i
+    is_int = is_uint = decimal = scientific = False
+    if s[i] == "-":
+        i += 1
+        if i == n:
+            raise ScanError("invalid number")
+    while i < n:
+        c = s[i]
+        if c in ", ":
+            break
+        if c == "i" and i > start and not (is_int or is_uint):
+            is_int = True
+            i += 1
+            continue
+        if c == "u" and i > start and not (is_int or is_uint):
+            is_uint = True
+            i += 1
+            continue
+        if c == ".":
+            if decimal:
+                raise ScanError("invalid number")
+            decimal = True
+        if i > start and c in "eE":
+            scientific = True
+            i += 1
+            continue
+        if c in "+-" and s[i - 1] in "eE":
+            i += 1
+            continue
+        if i + 2 < n and c in "Nn":
+            raise ScanError("invalid number")
+        if c not in "0123456789.":
+            raise ScanError("invalid number")
+        i += 1
+    if (is_int or is_uint) and (decimal or scientific):
+        raise ScanError("invalid number")
+    digits = i - start - (1 if is_int or is_uint else 0) - (1 if decimal else 0)
+    digits -= 1 if s[start] == "-" else 0
+    if digits == 0:
+        raise ScanError("invalid number")
+    if is_int or is_uint:
+        if s[i - 1] not in "iu":
+            raise ScanError("invalid number")
+        text = s[start : i - 1]
+        try:
+            value = int(text)
+        except ValueError:
+            raise ScanError("invalid number") from None
+        if is_int and not -(2**63) <= value <= _INT_MAX:
+            raise ScanError(
+                f'unable to parse integer {text}: strconv.ParseInt: parsing "{text}": '
+                "value out of range"
+            )
+        if is_uint and not 0 <= value <= _UINT_MAX:
+            # InfluxDB 1.6 has no unsigned support at all; 1.8's message is this one.
+            reason = "value out of range" if value > 0 else "invalid syntax"
+            raise ScanError(
+                f'unable to parse unsigned {text}: strconv.ParseUint: parsing "{text}": {reason}'
+            )
+    else:
+        text = s[start:i]
+        try:
+            value_f = float(text)
+        except ValueError:
+            raise ScanError("invalid float") from None
+        if value_f in (float("inf"), float("-inf")):
+            raise ScanError("invalid float")
+    return i
+
+
+def _scan_boolean(s: str, i: int) -> int:
+    n = len(s)
+    start = i
+    if s[i] not in "tfTF":
+        raise ScanError("invalid boolean")
+    i += 1
+    while i < n and s[i] not in ", ":
+        i += 1
+    word = s[start:i]
+    if len(word) == 1 or word in _BOOL_WORDS:
+        return i
+    raise ScanError("invalid boolean")
+
+
+_BOOL_WORDS = {
+    "true": True,
+    "True": True,
+    "TRUE": True,
+    "false": False,
+    "False": False,
+    "FALSE": False,
+}
+_BOOL_CHARS = {"t": True, "T": True, "f": False, "F": False}
+
+
+def _scan_time(s: str, i: int) -> tuple[str, int]:
+    n = len(s)
+    i = _skip_ws(s, i)
+    start = i
+    while i < n:
+        c = s[i]
+        if c in "\n ":
+            break
+        if i == start and c == "-":
+            i += 1
+            continue
+        if not "0" <= c <= "9":
+            raise ScanError("bad timestamp")
+        i += 1
+    return s[start:i], i
+
+
+def _parse_fields(block: str) -> tuple[tuple[str, FieldType, FieldValue], ...]:
+    """Split a validated field block into typed (key, type, value); the last duplicate wins."""
+    out: dict[str, tuple[FieldType, FieldValue]] = {}
+    i, n = 0, len(block)
+    while i < n:
+        k0 = i
+        while not (block[i] == "=" and block[i - 1 : i] != "\\"):
+            i += 2 if block[i] == "\\" else 1
+        key = _unescape_tag(block[k0:i])
+        i += 1
+        if block[i] == '"':
+            j = i + 1
+            while block[j] != '"':
+                j += 2 if block[j] == "\\" else 1
+            out[key] = (FieldType.STRING, _unescape_string(block[i + 1 : j]))
+            i = j + 1
+            while i < n and block[i] != ",":  # InfluxDB ignores text after the closing quote
+                i += 1
+        else:
+            j = block.find(",", i)
+            j = n if j < 0 else j
+            out[key] = _typed(block[i:j])
+            i = j
+        i += 1
+    return tuple((k, t, v) for k, (t, v) in out.items())
+
+
+def _typed(text: str) -> tuple[FieldType, FieldValue]:
+    last = text[-1]
+    if last == "i":
+        return FieldType.INTEGER, int(text[:-1])
+    if last == "u":
+        return FieldType.UNSIGNED, int(text[:-1])
+    if text[0] in "tfTF":
+        return FieldType.BOOLEAN, _BOOL_CHARS.get(text, _BOOL_WORDS.get(text, False))
+    return FieldType.FLOAT, float(text)

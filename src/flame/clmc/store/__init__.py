@@ -1,0 +1,1 @@
+"""Storage behind the CLMC: one interface (`base.Store`), DuckDB by default, ClickHouse to scale."""

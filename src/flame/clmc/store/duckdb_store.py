@@ -1,0 +1,391 @@
+"""The default CLMC store on DuckDB (CLMC-3, 9, 10): see `base` for the layout.
+
+Writes go through one connection under a lock (DuckDB allows one writer per process anyway);
+queries run on per-thread cursors so they read a consistent snapshot while ingest appends.
+The catalog (databases, retention policies, columns, meta, configuration versions) lives in
+`_flame_*` tables inside the same database file, so one file is the whole state.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa  # type: ignore[import-untyped]
+
+from flame.clmc.errors import DatabaseNotFound, RetentionPolicyNotFound
+from flame.clmc.store._catalog import Catalog, TableInfo, classify
+from flame.clmc.store.base import (
+    DEFAULT_RP,
+    FIELD_SQL_TYPES,
+    ConfigVersion,
+    FieldType,
+    MeasurementSchema,
+    RetentionPolicy,
+    table_name,
+)
+
+__all__ = ["DuckDBStore"]
+
+_BOOTSTRAP = [
+    "CREATE TABLE IF NOT EXISTS _flame_databases (name VARCHAR PRIMARY KEY)",
+    """CREATE TABLE IF NOT EXISTS _flame_rps (db VARCHAR, name VARCHAR, duration_ns BIGINT,
+       is_default BOOLEAN, PRIMARY KEY (db, name))""",
+    """CREATE TABLE IF NOT EXISTS _flame_columns (db VARCHAR, rp VARCHAR, measurement VARCHAR,
+       key VARCHAR, physical VARCHAR, is_tag BOOLEAN, ftype VARCHAR)""",
+    "CREATE TABLE IF NOT EXISTS _flame_meta (key VARCHAR PRIMARY KEY, value VARCHAR)",
+    """CREATE TABLE IF NOT EXISTS _flame_config (kind VARCHAR, name VARCHAR, version VARCHAR,
+       time_ns BIGINT, body VARCHAR)""",
+]
+
+
+def _q(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+class DuckDBStore:
+    """`Store` on one DuckDB database; `path=None` keeps everything in memory (tests)."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self._con = duckdb.connect(":memory:" if path is None else str(path))
+        # Checkpoint less often than DuckDB's 16MB default: under sustained ingest each
+        # checkpoint rewrites blocks, and our own WAL already makes every write durable.
+        self._con.execute("SET checkpoint_threshold = '256MB'")
+        self._lock = threading.RLock()
+        self._local = threading.local()
+        self._cursors: list[duckdb.DuckDBPyConnection] = []
+        self._catalog = Catalog()
+        for stmt in _BOOTSTRAP:
+            self._con.execute(stmt)
+        self._load_catalog()
+        # Databases and their policies, cached: ingest asks on every write.
+        self._policies: dict[str, list[RetentionPolicy]] = {}
+        self._load_policies()
+
+    def _load_policies(self) -> None:
+        policies: dict[str, list[RetentionPolicy]] = {
+            name: []
+            for (name,) in self._con.execute("SELECT name FROM _flame_databases").fetchall()
+        }
+        for db, name, duration, default in self._con.execute(
+            "SELECT db, name, duration_ns, is_default FROM _flame_rps ORDER BY name"
+        ).fetchall():
+            policies.setdefault(db, []).append(RetentionPolicy(name, int(duration), bool(default)))
+        self._policies = policies
+
+    def _load_catalog(self) -> None:
+        rows = self._con.execute(
+            "SELECT db, rp, measurement, key, physical, is_tag, ftype FROM _flame_columns"
+        ).fetchall()
+        for db, rp, m, key, phys, is_tag, ftype in rows:
+            self._catalog.add_column(
+                db, rp, m, key, phys, bool(is_tag), None if is_tag else FieldType(ftype)
+            )
+
+    # -- catalog --------------------------------------------------------------------------------
+
+    def create_database(self, name: str) -> None:
+        with self._lock:
+            if name in self._policies:
+                return
+            self._con.execute("BEGIN")
+            try:
+                self._con.execute("INSERT INTO _flame_databases VALUES (?)", [name])
+                self._con.execute(
+                    "INSERT INTO _flame_rps VALUES (?, ?, 0, TRUE)", [name, DEFAULT_RP]
+                )
+                self._con.execute("COMMIT")
+            except BaseException:
+                self._con.execute("ROLLBACK")
+                raise
+            self._load_policies()
+
+    def drop_database(self, name: str) -> None:
+        with self._lock:
+            tables = [t for k, t in self._catalog.tables.items() if k[0] == name]
+            self._con.execute("BEGIN")
+            try:
+                for info in tables:
+                    self._con.execute(f"DROP TABLE IF EXISTS {info.table}")
+                for meta in ("_flame_databases", "_flame_rps", "_flame_columns"):
+                    col = "name" if meta == "_flame_databases" else "db"
+                    self._con.execute(f"DELETE FROM {meta} WHERE {col} = ?", [name])
+                self._con.execute("COMMIT")
+            except BaseException:
+                self._con.execute("ROLLBACK")
+                raise
+            self._catalog.drop(name)
+            self._load_policies()
+
+    def databases(self) -> list[str]:
+        return sorted(self._policies)
+
+    def retention_policies(self, database: str) -> list[RetentionPolicy]:
+        policies = self._policies.get(database)
+        if policies is None:
+            raise DatabaseNotFound(database)
+        return list(policies)
+
+    def create_retention_policy(self, database: str, policy: RetentionPolicy) -> None:
+        """Create or alter `policy`; making it the default clears the old default."""
+        with self._lock:
+            self._require_db(database)
+            self._con.execute("BEGIN")
+            try:
+                if policy.default:
+                    self._con.execute(
+                        "UPDATE _flame_rps SET is_default = FALSE WHERE db = ?", [database]
+                    )
+                self._con.execute(
+                    "INSERT OR REPLACE INTO _flame_rps VALUES (?, ?, ?, ?)",
+                    [database, policy.name, policy.duration_ns, policy.default],
+                )
+                self._con.execute("COMMIT")
+            except BaseException:
+                self._con.execute("ROLLBACK")
+                raise
+            self._load_policies()
+
+    def default_rp(self, database: str) -> str:
+        for rp in self.retention_policies(database):
+            if rp.default:
+                return rp.name
+        return DEFAULT_RP
+
+    def measurements(self, database: str, rp: str | None = None) -> list[str]:
+        with self._lock:
+            names = {
+                k[2]
+                for k in self._catalog.tables
+                if k[0] == database and (rp is None or k[1] == rp)
+            }
+        return sorted(names)
+
+    def schema(self, database: str, rp: str, measurement: str) -> MeasurementSchema | None:
+        with self._lock:
+            info = self._catalog.get(database, rp, measurement)
+            return None if info is None else info.schema()
+
+    def _require_db(self, database: str) -> None:
+        if database not in self._policies:
+            raise DatabaseNotFound(database)
+
+    def _require_rp(self, database: str, rp: str) -> None:
+        if not any(p.name == rp for p in self.retention_policies(database)):
+            raise RetentionPolicyNotFound(rp)
+
+    # -- data -----------------------------------------------------------------------------------
+
+    def append(
+        self,
+        database: str,
+        rp: str,
+        measurement: str,
+        batch: pa.Table,
+        tag_keys: Collection[str] | None = None,
+    ) -> None:
+        with self._lock:
+            self._append_all([(database, rp, measurement, batch, tag_keys)], None)
+
+    def append_many(
+        self,
+        items: Sequence[tuple[str, str, str, pa.Table]],
+        meta: Mapping[str, str] | None = None,
+    ) -> None:
+        with self._lock:
+            self._append_all([(d, r, m, b, None) for d, r, m, b in items], meta)
+
+    def _append_all(
+        self,
+        items: Sequence[tuple[str, str, str, pa.Table, Collection[str] | None]],
+        meta: Mapping[str, str] | None,
+    ) -> None:
+        checked: set[tuple[str, str]] = set()
+        for db, rp, _, _, _ in items:
+            if (db, rp) not in checked:
+                self._require_rp(db, rp)
+                checked.add((db, rp))
+        added: list[tuple[str, str, str, str, str, bool, FieldType | None]] = []
+        self._con.execute("BEGIN")
+        try:
+            for db, rp, m, batch, tag_keys in items:
+                if batch.num_rows == 0:
+                    continue
+                added.extend(self._append_one(db, rp, m, batch, tag_keys, added))
+            for key, value in (meta or {}).items():
+                self._con.execute("INSERT OR REPLACE INTO _flame_meta VALUES (?, ?)", [key, value])
+            self._con.execute("COMMIT")
+        except BaseException:
+            self._con.execute("ROLLBACK")
+            # Columns added in the failed transaction are gone: forget them too.
+            for db, rp, m, *_ in added:
+                self._catalog.drop(db, rp, m)
+            for db, rp, m in {(a[0], a[1], a[2]) for a in added}:
+                self._reload_table(db, rp, m)
+            raise
+
+    def _reload_table(self, db: str, rp: str, m: str) -> None:
+        rows = self._con.execute(
+            "SELECT key, physical, is_tag, ftype FROM _flame_columns "
+            "WHERE db = ? AND rp = ? AND measurement = ?",
+            [db, rp, m],
+        ).fetchall()
+        for key, phys, is_tag, ftype in rows:
+            self._catalog.add_column(
+                db, rp, m, key, phys, bool(is_tag), None if is_tag else FieldType(ftype)
+            )
+
+    def _append_one(
+        self,
+        db: str,
+        rp: str,
+        m: str,
+        batch: pa.Table,
+        tag_keys: Collection[str] | None,
+        added_so_far: Sequence[tuple[str, str, str, str, str, bool, FieldType | None]],
+    ) -> list[tuple[str, str, str, str, str, bool, FieldType | None]]:
+        cols = classify(batch, tag_keys)
+        info = self._catalog.get(db, rp, m) or TableInfo(db, rp, m)
+        new, names = info.plan(cols)
+        table = table_name(db, rp, m)
+        exists = self._catalog.get(db, rp, m) is not None or any(
+            a[:3] == (db, rp, m) for a in added_so_far
+        )
+        if not exists:
+            self._con.execute(f"CREATE TABLE {table} (time BIGINT NOT NULL)")
+        added = []
+        for key, phys, is_tag, ftype in new:
+            sql_type = "VARCHAR" if is_tag else FIELD_SQL_TYPES[ftype]  # type: ignore[index]
+            self._con.execute(f"ALTER TABLE {table} ADD COLUMN {_q(phys)} {sql_type}")
+            self._con.execute(
+                "INSERT INTO _flame_columns VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [db, rp, m, key, phys, is_tag, None if ftype is None else str(ftype)],
+            )
+            self._catalog.add_column(db, rp, m, key, phys, is_tag, ftype)
+            added.append((db, rp, m, key, phys, is_tag, ftype))
+        time_idx = batch.schema.get_field_index("time")
+        arrays = [batch.column(time_idx)] + [batch.column(c.index) for c in cols]
+        physical = pa.Table.from_arrays(arrays, names=["time", *names])
+        self._con.register("_flame_batch", physical)
+        try:
+            self._con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _flame_batch")
+        finally:
+            self._con.unregister("_flame_batch")
+        return added
+
+    def query(self, sql: str, params: Sequence[object] = ()) -> pa.Table:
+        cur: duckdb.DuckDBPyConnection | None = getattr(self._local, "cursor", None)
+        if cur is None:
+            with self._lock:
+                cur = self._con.cursor()
+                self._cursors.append(cur)
+            self._local.cursor = cur
+        return cur.sql(sql, params=list(params) if params else None).to_arrow_table()
+
+    def delete(
+        self,
+        database: str,
+        measurement: str | None = None,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> int:
+        """Delete rows with start_ns <= time < end_ns whose tags equal `tags` (CLMC-10)."""
+        total = 0
+        with self._lock:
+            self._require_db(database)
+            targets = [
+                info
+                for k, info in self._catalog.tables.items()
+                if k[0] == database and (measurement is None or k[2] == measurement)
+            ]
+            for info in targets:
+                where: list[str] = []
+                params: list[object] = []
+                if start_ns is not None:
+                    where.append("time >= ?")
+                    params.append(start_ns)
+                if end_ns is not None:
+                    where.append("time < ?")
+                    params.append(end_ns)
+                missing = False
+                for key, value in (tags or {}).items():
+                    col = info.tags.get(key)
+                    if col is None:
+                        # InfluxDB treats an absent tag as the empty string.
+                        missing = value != ""
+                        if missing:
+                            break
+                        continue
+                    if value == "":
+                        where.append(f"({_q(col)} IS NULL OR {_q(col)} = '')")
+                    else:
+                        where.append(f"{_q(col)} = ?")
+                        params.append(value)
+                if missing:
+                    continue
+                sql = f"DELETE FROM {info.table}" + (
+                    " WHERE " + " AND ".join(where) if where else ""
+                )
+                row = self._con.execute(sql, params).fetchone()
+                total += int(row[0]) if row else 0
+        return total
+
+    def enforce_retention(self, now_ns: int) -> int:
+        """Delete rows older than each finite retention policy's duration; returns the count."""
+        total = 0
+        with self._lock:
+            rps = self._con.execute(
+                "SELECT db, name, duration_ns FROM _flame_rps WHERE duration_ns > 0"
+            ).fetchall()
+            for db, rp, duration in rps:
+                for (d, r, _), info in list(self._catalog.tables.items()):
+                    if d == db and r == rp:
+                        row = self._con.execute(
+                            f"DELETE FROM {info.table} WHERE time < ?", [now_ns - int(duration)]
+                        ).fetchone()
+                        total += int(row[0]) if row else 0
+        return total
+
+    # -- meta and configuration data ----------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        with self._lock:
+            row = self._con.execute("SELECT value FROM _flame_meta WHERE key = ?", [key]).fetchone()
+        return None if row is None else str(row[0])
+
+    def put_config(self, kind: str, name: str, version: str, body: str, time_ns: int) -> None:
+        """Record that `version` of `kind`/`name` is in force from `time_ns` on (CLMC-3)."""
+        with self._lock:
+            self._con.execute(
+                "INSERT INTO _flame_config VALUES (?, ?, ?, ?, ?)",
+                [kind, name, version, time_ns, body],
+            )
+
+    def config_at(self, kind: str, name: str, time_ns: int) -> ConfigVersion | None:
+        with self._lock:
+            row = self._con.execute(
+                "SELECT version, time_ns, body FROM _flame_config "
+                "WHERE kind = ? AND name = ? AND time_ns <= ? "
+                "ORDER BY time_ns DESC, rowid DESC LIMIT 1",
+                [kind, name, time_ns],
+            ).fetchone()
+        return None if row is None else ConfigVersion(kind, name, row[0], int(row[1]), row[2])
+
+    def config_history(self, kind: str, name: str) -> list[ConfigVersion]:
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT version, time_ns, body FROM _flame_config WHERE kind = ? AND name = ? "
+                "ORDER BY time_ns, rowid",
+                [kind, name],
+            ).fetchall()
+        return [ConfigVersion(kind, name, v, int(t), b) for v, t, b in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            for cur in self._cursors:
+                cur.close()
+            self._cursors.clear()
+            self._con.close()

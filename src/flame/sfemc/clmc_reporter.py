@@ -1,0 +1,170 @@
+"""Configuration and decision events to the CLMC as line protocol (CLMC-4, CLMC-5).
+
+Every endpoint lifecycle transition becomes an `endpoint_config` point and every SFEMC
+decision about an alert an `sfemc_decision` point (see docs/clmc-information-model.md). Points
+are queued by the bus handler (no I/O on the lifecycle's path) and sent in batches by a thread;
+when the CLMC is down a bounded backlog is kept and, past it, the oldest points are dropped and
+counted, so monitoring can never stall endpoint management.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from collections.abc import Mapping
+
+import httpx
+
+from flame.sfemc.events import CONFIG_TOPIC, DECISION_TOPIC, ConfigEvent, DecisionEvent, EventBus
+
+__all__ = ["ClmcReporter", "config_line", "decision_line"]
+
+log = logging.getLogger(__name__)
+
+
+def _tag(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
+
+
+def _str(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") + '"'
+
+
+def _tags(tags: Mapping[str, str]) -> str:
+    return "".join(f",{k}={_tag(v)}" for k, v in tags.items() if v)
+
+
+class _StateTimes:
+    """Per endpoint and state: total seconds and visits, for `<state>_sum` and `<state>_mst`."""
+
+    def __init__(self) -> None:
+        self.sums: dict[tuple[str, str], float] = collections.defaultdict(float)
+        self.counts: dict[tuple[str, str], int] = collections.defaultdict(int)
+
+    def add(self, sfe: str, state: str, seconds: float) -> tuple[float, float]:
+        key = (sfe, state)
+        self.sums[key] += seconds
+        self.counts[key] += 1
+        return self.sums[key], self.sums[key] / self.counts[key]
+
+
+def config_line(event: ConfigEvent, state_sum: float, state_mean: float) -> str:
+    tags = _tags(
+        {
+            "sfc": event.sfc,
+            "sfci": event.sfci,
+            "sf": event.sf,
+            "sfe": event.sfe,
+            "cluster": event.cluster,
+        }
+    )
+    prev = event.from_state
+    fields = [
+        f"current_state={_str(event.to_state)}",
+        f"previous_state={_str(prev)}",
+        f"{prev}_s={event.duration_s!r}",  # this visit of the previous state
+        f"{prev}_sum={state_sum!r}",  # every visit so far (since this SFEMC started)
+        f"{prev}_mst={state_mean!r}",  # mean state time
+    ]
+    if event.reason:
+        fields.append(f"reason={_str(event.reason)}")
+    return f"endpoint_config{tags} {','.join(fields)} {int(event.time * 1e9)}"
+
+
+def decision_line(event: DecisionEvent) -> str:
+    tags = _tags({"sfc": event.sfc, "alert": event.alert, "decision": event.decision})
+    fields = [
+        f"event_id={_str(event.event_id)}",
+        f"reason={_str(event.reason)}",
+        f"changes={_str('; '.join(event.changes))}",
+    ]
+    return f"sfemc_decision{tags} {','.join(fields)} {int(event.time * 1e9)}"
+
+
+class ClmcReporter:
+    def __init__(
+        self,
+        bus: EventBus,
+        clmc_url: str,
+        token: str | None,
+        *,
+        database: str = "flame",
+        interval_s: float = 0.5,
+        max_backlog: int = 10_000,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._client = httpx.Client(
+            base_url=clmc_url.rstrip("/"), headers=headers, timeout=3.0, trust_env=False
+        )
+        self._db = database
+        self._interval = interval_s
+        self._lines: collections.deque[str] = collections.deque(maxlen=max_backlog)
+        self._lock = threading.Lock()
+        self._times = _StateTimes()
+        self._wake = threading.Event()
+        self._closed = False
+        self.sent = 0
+        self.dropped = 0
+        self._unsubscribe = [
+            bus.subscribe(CONFIG_TOPIC, self._on_config),
+            bus.subscribe(DECISION_TOPIC, self._on_decision),
+        ]
+        self._thread = threading.Thread(target=self._run, name="clmc-reporter", daemon=True)
+        self._thread.start()
+
+    def _queue(self, line: str) -> None:
+        with self._lock:
+            if len(self._lines) == self._lines.maxlen:
+                self.dropped += 1  # the deque drops the oldest
+            self._lines.append(line)
+
+    def _on_config(self, event: ConfigEvent) -> None:
+        total, mean = self._times.add(event.sfe, event.from_state, event.duration_s)
+        self._queue(config_line(event, total, mean))
+
+    def _on_decision(self, event: DecisionEvent) -> None:
+        self._queue(decision_line(event))
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            self.flush()
+
+    def flush(self) -> bool:
+        with self._lock:
+            batch = list(self._lines)
+        if not batch:
+            return True
+        try:
+            response = self._client.post(
+                "/write", params={"db": self._db, "precision": "n"}, content="\n".join(batch)
+            )
+        except httpx.HTTPError as exc:
+            log.debug("CLMC unreachable (%s); %d points kept", exc, len(batch))
+            return False
+        with self._lock:
+            for _ in range(min(len(batch), len(self._lines))):
+                self._lines.popleft()
+        if response.status_code >= 300:
+            # The CLMC refused the points themselves: sending them again would not help.
+            self.dropped += len(batch)
+            log.warning(
+                "CLMC refused %d configuration points: HTTP %d %s",
+                len(batch),
+                response.status_code,
+                response.text[:200],
+            )
+            return False
+        self.sent += len(batch)
+        return True
+
+    def close(self) -> None:
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._closed = True
+        self._wake.set()
+        self._thread.join(timeout=5)
+        self.flush()
+        self._client.close()
