@@ -58,6 +58,12 @@ def install(cli: click.Group) -> None:
     "(e.g. http://127.0.0.1:7080/v1/sfemc/events), with the config's token.",
 )
 @click.option(
+    "--nats",
+    "nats_url",
+    metavar="URL",
+    help="Also publish alert events on this NATS server (subjects flame.alerts.<tenant>.<sfc>).",
+)
+@click.option(
     "--retention-interval",
     default=60.0,
     show_default=True,
@@ -73,6 +79,7 @@ def serve_clmc(
     no_auth: bool,
     retention_interval: float,
     sfemc_url: str | None,
+    nats_url: str | None,
 ) -> None:
     """Run the CLMC's InfluxDB 1.x compatible API: /ping, /write, /api/v2/write, /query."""
     import uvicorn  # noqa: PLC0415 - lazy, heavy
@@ -91,7 +98,11 @@ def serve_clmc(
             err=True,
         )
     directory = data_dir or config.state_dir / "clmc"
-    alerts = AlertService(directory / "alert-rules.json", Notifier(sfemc_url, token=config.token))
+    alerts = AlertService(
+        directory / "alert-rules.json",
+        Notifier(sfemc_url, token=config.token),
+        nats_url=nats_url,
+    )
     directory.mkdir(parents=True, exist_ok=True)
     service = ClmcService(directory, tokens, retention_interval_s=retention_interval, alerts=alerts)
     click.echo(f"CLMC on http://{host}:{port} (data in {directory})", err=True)

@@ -348,6 +348,12 @@ def _delegations(pairs: tuple[str, ...]) -> dict[str, str]:
     "(default: kept in-process).",
 )
 @click.option(
+    "--nats",
+    "nats_url",
+    metavar="URL",
+    help="Also take CLMC alert events from this NATS server (flame.alerts.>).",
+)
+@click.option(
     "--sr",
     "sr_pairs",
     multiple=True,
@@ -396,6 +402,7 @@ def serve_orchestrator(
     pce_token: str | None,
     clmc_url: str | None,
     sr_pairs: tuple[str, ...],
+    nats_url: str | None,
     delegate_pairs: tuple[str, ...],
     drain_s: float,
     resync_s: float,
@@ -461,7 +468,17 @@ def serve_orchestrator(
         for closer in closers:
             await closer()
 
-    app = create_app(Orchestrator(runtime.sfemc, alerts), tokens, on_close=close)
+    async def start() -> None:
+        if nats_url is None:
+            return
+        from flame.common.nats_events import NatsEvents  # noqa: PLC0415
+        from flame.sfemc.nats_alerts import subscribe_alerts  # noqa: PLC0415
+
+        events = await NatsEvents.connect(nats_url, name="flame-sfemc")
+        await subscribe_alerts(events, runtime.sfemc.handle_alert)
+        closers.insert(0, events.close)
+
+    app = create_app(Orchestrator(runtime.sfemc, alerts), tokens, on_close=close, on_start=start)
     click.echo(
         f"orchestrator + SFEMC on http://{host}:{port} (topology '{topology.name}', "
         f"store {runtime.sfemc.store.dialect}, registrar "

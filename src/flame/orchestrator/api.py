@@ -92,6 +92,7 @@ def create_app(
     *,
     manage_sfemc: bool = True,
     on_close: Callable[[], Awaitable[None]] | None = None,
+    on_start: Callable[[], Awaitable[None]] | None = None,
 ) -> FastAPI:
     """The API; its lifespan starts and stops the SFEMC, then awaits `on_close` (e.g. closing
     the VIMs on the server's own event loop)."""
@@ -101,6 +102,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if manage_sfemc:
             await sfemc.start()
+        if on_start is not None:
+            await on_start()
         try:
             yield
         finally:

@@ -18,6 +18,7 @@ import pyarrow as pa  # type: ignore[import-untyped]
 
 from flame.clmc.alerts.engine import DEFAULT_DATABASE, AlertEngine, AlertEvent, rules_from_dicts
 from flame.clmc.alerts.notify import Notifier
+from flame.common.nats_events import NatsEvents, subject
 
 __all__ = ["AlertService"]
 
@@ -35,13 +36,19 @@ class AlertService:
         tick_s: float = 0.25,
         lateness_s: float = 1.0,
         keep_events: int = 1000,
+        nats_url: str | None = None,
     ) -> None:
         self.engine = AlertEngine(lateness_s=lateness_s)
         self.notifier = notifier
         self.rules_path = rules_path
         self.tick_s = tick_s
         self.events: collections.deque[AlertEvent] = collections.deque(maxlen=keep_events)
-        self.sinks: list[EventSink] = []  # e.g. store the event as a point, publish on a bus
+        self.sinks: list[EventSink] = []  # e.g. store the event as a point
+        # Distributed deployments may carry alert events over NATS as well as webhooks; the
+        # SFEMC drops the second copy of an event by its id.
+        self.nats_url = nats_url
+        self._nats: NatsEvents | None = None
+        self._publishing: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         # Data arrives on the ingest's applier thread, windows close on the event loop.
         self._lock = threading.Lock()
@@ -100,6 +107,8 @@ class AlertService:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
+        if self.nats_url is not None:
+            self._nats = await NatsEvents.connect(self.nats_url, name="flame-clmc")
         while True:
             await asyncio.sleep(self.tick_s)
             try:
@@ -124,7 +133,20 @@ class AlertService:
                     log.exception("alert event sink failed for %s", event.id)
             with contextlib.suppress(RuntimeError):  # no loop: evaluate() called synchronously
                 self.notifier.send(event)
+                if self._nats is not None:
+                    self._publish(self._nats, event)
         return events
+
+    def _publish(self, nats: NatsEvents, event: AlertEvent) -> None:
+        async def publish() -> None:
+            try:
+                await nats.publish(subject("alerts", event.tenant, event.sfc), event.to_dict())
+            except Exception as exc:  # the webhook path still carries it
+                log.warning("alert event %s not published on NATS: %s", event.id, exc)
+
+        task = asyncio.get_running_loop().create_task(publish())
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
 
     def recent(self, tenant: str | None = None, limit: int = 100) -> list[AlertEvent]:
         chosen = [e for e in self.events if tenant is None or e.tenant == tenant]
@@ -136,3 +158,5 @@ class AlertService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.notifier.close()
+        if self._nats is not None:
+            await self._nats.close()
