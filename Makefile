@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo validate test lint typecheck unit bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,9 +12,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,dev]'
 	touch $(STAMP)
 
-# The main job. Until FLAME-in-a-box lands (`flame up`), it validates the bundled example
-# services against the sandbox topology and prints their service models.
+# The main job: FLAME-in-a-box. Every component as a real process on this machine, the demo
+# VoD service deployed; Ctrl-C stops everything. `make validate` checks the example templates.
 demo: $(STAMP)
+	$(BIN)/flame up
+
+validate: $(STAMP)
 	$(BIN)/flame topology check examples/topology/sandpit.yaml
 	@for svc in examples/*/; do \
 	  case $$svc in examples/topology/|examples/sf/) continue;; esac; \
@@ -41,6 +44,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/pce.py $(BENCH_ARGS)
 	$(BIN)/python bench/sr_vs_nginx.py $(BENCH_ARGS)
 	$(BIN)/python bench/startup.py $(BENCH_ARGS)
+	$(BIN)/python bench/closed_loop.py $(BENCH_ARGS)
+	$(BIN)/python bench/clmc_ingest.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import sys
@@ -158,6 +159,12 @@ def plan(options: UpOptions, env: dict[str, str], router_token: str) -> Plan:
         *("orchestrator", "--topology", str(topology_path)),
         *("--db", str(options.run_dir / "sfemc.sqlite3")),
         *("--pce", pce_url, "--clmc", clmc_url),
+        # SFE ports: with --free-ports, a random block, so instances side by side (tests) do
+        # not hand out the same ports (the VIM also skips ports it finds taken).
+        *(
+            "--port-base",
+            str(random.randrange(21000, 50000, 1000) if options.free_ports else 20000),
+        ),
         *(arg for sr, url in sr_urls.items() for arg in ("--sr", f"{sr}={url}")),
         ready_timeout_s=60.0,
     )
