@@ -227,12 +227,12 @@ def report(results: list[dict[str, float]], rounds: int) -> None:
         "target_served_s": TARGET_C_S,
         "anchor_hpa_sync_s": 15,
     }
-    figures["target_met"] = figures["reaction_ms"] / 1000 < TARGET_C_S and figures["failed"] == 0
+    figures["target_met"] = figures["served_s"] < TARGET_C_S and figures["failed"] == 0
     print(
-        "Notes: t0 is the end of the first 1 s SR interval whose mean response time breached "
-        f"{THRESHOLD_MS} ms; the alert needs a whole 3 s window plus 1 s of lateness, so (a) is "
-        "bounded below by the rule the provider wrote; 'alert -> edge' is the platform's own "
-        "reaction (SFEMC connect, PCE table, SR switch), the figure the target is about."
+        "Notes: t0 is the stamp of the first SR point (1 s interval) whose mean response time "
+        f"breached {THRESHOLD_MS} ms. The CLMC judges the rule's 3 s window as it slides, 0.5 s "
+        "behind the clock for late points, every 0.25 s; 'alert -> edge' is the platform's own "
+        "reaction (SFEMC connect, PCE tables, SR long poll, next request)."
     )
     print(json.dumps(figures))
 

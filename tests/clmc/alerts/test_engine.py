@@ -215,3 +215,54 @@ def test_window_aggregates_match_reference_computations(values: list[float], pct
         assert got == pytest.approx(want, rel=1e-6, abs=1e-3), aggregation
     counts = {v: values.count(v) for v in values}
     assert window.aggregate("mode") == min(v for v in counts if counts[v] == max(counts.values()))
+
+
+# -- sliding windows ----------------------------------------------------------------------------
+
+
+def sliding_engine(clock: Clock, *rules: AlertRule) -> AlertEngine:
+    clock.now = T0 - 10 * S  # the rules exist well before the data
+    engine = AlertEngine(lateness_s=0.5, clock=clock, sliding=True)
+    engine.set_rules("acme", "vod", "vod-1", list(rules) or [rule(granularity_s=3.0)])
+    return engine
+
+
+def test_sliding_sees_a_breach_lateness_after_it_lands(clock: Clock) -> None:
+    engine = sliding_engine(clock)
+    engine.observe("flame", "sr_fqdn", batch([T0 - 2 * S, T0 - S], [10.0, 10.0]))
+    assert engine.tick(T0 + S // 2) == []  # the last 3 s: 10 and 10
+    engine.observe("flame", "sr_fqdn", batch([T0 + S], [500.0]))
+    (fired,) = engine.tick(T0 + S + S // 2 + S // 10)  # [T0-1.9 s, T0+1.1 s): 10 and 500
+    assert fired.level == Level.CRITICAL
+    assert fired.value == pytest.approx(255.0)
+    assert fired.time_ns == T0 + S + S // 10
+    assert engine.tick(T0 + S + S // 2 + S // 10) == []  # the same instant twice: one verdict
+    # The breach slides out of the window 3 s later: recovered (no data is no verdict, so
+    # fast responses must keep coming).
+    engine.observe("flame", "sr_fqdn", batch([T0 + 2 * S, T0 + 3 * S, T0 + 4 * S], [5.0] * 3))
+    (recovered,) = engine.tick(T0 + 5 * S)
+    assert recovered.level == Level.OK
+
+
+def test_sliding_gives_no_verdict_on_time_before_the_rule(clock: Clock) -> None:
+    clock.now = T0
+    engine = AlertEngine(lateness_s=0.5, clock=clock, sliding=True)
+    engine.set_rules(
+        "acme",
+        "vod",
+        "vod-1",
+        [rule(name="silent", event_type=EventType.DEADMAN, comparison=None, threshold=1.0)],
+    )
+    assert engine.tick(T0 + S) == []  # the window would start before the rule existed
+    (silent,) = engine.tick(T0 + 2 * S + S // 2 + 1)  # 2 s of silence since the rule
+    assert silent.level == Level.CRITICAL
+    engine.observe("flame", "sr_fqdn", batch([T0 + 3 * S], [1.0]))
+    (back,) = engine.tick(T0 + 3 * S + S // 2 + 1)
+    assert back.level == Level.OK
+
+
+def test_relative_rules_stay_on_aligned_windows_when_sliding(clock: Clock) -> None:
+    engine = sliding_engine(clock, rule(name="jump", event_type=EventType.RELATIVE, threshold=50.0))
+    engine.observe("flame", "sr_fqdn", batch([T0, T0 + 2 * S], [100.0, 300.0]))
+    (event,) = engine.tick(T0 + 4 * S + S // 2)
+    assert event.value == pytest.approx(200.0)  # window [2 s, 4 s) against [0, 2 s)

@@ -49,7 +49,9 @@ async def test_alert_events_reach_the_sfemc_over_nats(tmp_path: Path) -> None:
         await subscribe_alerts(sfemc_side, received.append)
         await sfemc_side.flush()
 
-        service = AlertService(None, Notifier(None), nats_url=broker.url, tick_s=3600)
+        service = AlertService(
+            None, Notifier(None), nats_url=broker.url, tick_s=3600, sliding=False
+        )
         service.put("acme", "vod", "vod-1", [RULE])
         service.start()  # connects to NATS
         deadline = time.monotonic() + 5

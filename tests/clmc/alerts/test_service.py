@@ -111,7 +111,9 @@ async def test_rules_over_http_fire_to_the_sfemc_and_webhooks(tmp_path: Path) ->
     env = Env(tmp_path)
     receiver, third_party = Receiver([]), Receiver([])
     sfemc_url, hook = await receiver.start(), await third_party.start()
-    service = AlertService(tmp_path / "rules.json", Notifier(sfemc_url, token=env.operator))
+    service = AlertService(
+        tmp_path / "rules.json", Notifier(sfemc_url, token=env.operator), sliding=False
+    )
     app = app_for(service, env.tokens)
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://clmc"
@@ -170,7 +172,7 @@ async def test_deliveries_retry_server_errors_but_not_refusals(tmp_path: Path) -
     refusing = Receiver([422])
     flaky_url, refusing_url = await flaky.start(), await refusing.start()
     notifier = Notifier(sfemc_url=flaky_url, token="secret")
-    service = AlertService(None, notifier)
+    service = AlertService(None, notifier, sliding=False)
     service.put("acme", "vod", "vod-1", [{**RULE, "webhooks": [refusing_url]}])
     window = service.engine.clock() // S * S
     service.engine.observe("flame", "sr_fqdn", batch(window + 1, 500.0))

@@ -116,6 +116,11 @@ class _RuleState:
     level: str = Level.OK
     previous_aggregate: float | None = None
     late_points: int = 0
+    sliding: bool = False
+    registered_ns: int = 0
+    # Sliding rules keep the recent points (time, value chunks) instead of tumbling windows.
+    recent: list[tuple[Any, Any]] = field(default_factory=list)
+    last_end_ns: int = 0
 
     def window(self, index: int) -> Window:
         found = self.windows.get(index)
@@ -131,9 +136,16 @@ Clock = Callable[[], int]
 
 
 class AlertEngine:
-    def __init__(self, *, lateness_s: float = 1.0, clock: Clock = time.time_ns) -> None:
+    def __init__(
+        self, *, lateness_s: float = 1.0, clock: Clock = time.time_ns, sliding: bool = False
+    ) -> None:
+        """`sliding`: threshold and deadman rules look at the last `granularity` seconds at
+        every tick (a moving window, as Kapacitor's `every`), so a breach is seen about
+        `lateness` after it lands instead of at the end of an aligned window; relative rules
+        compare consecutive aligned windows either way."""
         self.lateness_ns = int(lateness_s * 1e9)
         self.clock = clock
+        self.sliding = sliding
         self._states: dict[RuleKey, _RuleState] = {}
         self._by_measurement: dict[tuple[str, str], list[_RuleState]] = {}
         self.evaluations = 0
@@ -166,6 +178,8 @@ class AlertEngine:
                 granularity_ns=granularity_ns,
                 keep_values=needs_values(rule.aggregation),
                 next_index=now // granularity_ns,  # no verdict on windows before the rule
+                sliding=self.sliding and rule.event_type is not EventType.RELATIVE,
+                registered_ns=now,
             )
         self._index()
         return sorted(wanted)
@@ -243,6 +257,9 @@ class AlertEngine:
             self._add(state, int(index), times[sel], values[sel])
 
     def _add(self, state: _RuleState, index: int, times: Any, values: Any) -> None:
+        if state.sliding:
+            state.recent.append((times, values))
+            return
         if index < state.next_index:
             state.late_points += len(values)  # its window was already judged
             return
@@ -255,6 +272,11 @@ class AlertEngine:
         now = self.clock() if now_ns is None else now_ns
         events: list[AlertEvent] = []
         for state in list(self._states.values()):
+            if state.sliding:
+                event = self._slide(state, now)
+                if event is not None:
+                    events.append(event)
+                continue
             due = (now - self.lateness_ns) // state.granularity_ns  # windows before this are over
             while state.next_index < due:
                 index = state.next_index
@@ -267,6 +289,26 @@ class AlertEngine:
                 if event is not None:
                     events.append(event)
         return events
+
+    def _slide(self, state: _RuleState, now: int) -> AlertEvent | None:
+        end = now - self.lateness_ns
+        start = end - state.granularity_ns
+        if start < state.registered_ns or end <= state.last_end_ns:
+            return None  # no verdict on time before the rule existed
+        state.last_end_ns = end
+        window = Window(start, end, keep_values=state.keep_values)
+        kept = []
+        for times, values in state.recent:
+            if len(times) == 0 or int(times.max()) < start:
+                continue  # entirely before the window: gone for good
+            kept.append((times, values))
+            inside = (times >= start) & (times < end)
+            if inside.all():
+                window.add(times, values)
+            elif inside.any():
+                window.add(times[inside], values[inside])
+        state.recent = kept
+        return self._judge(state, window, now)
 
     def _judge(self, state: _RuleState, window: Window, now: int) -> AlertEvent | None:
         rule = state.rule

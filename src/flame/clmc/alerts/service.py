@@ -34,11 +34,12 @@ class AlertService:
         notifier: Notifier,
         *,
         tick_s: float = 0.25,
-        lateness_s: float = 1.0,
+        lateness_s: float = 0.5,
+        sliding: bool = True,
         keep_events: int = 1000,
         nats_url: str | None = None,
     ) -> None:
-        self.engine = AlertEngine(lateness_s=lateness_s)
+        self.engine = AlertEngine(lateness_s=lateness_s, sliding=sliding)
         self.notifier = notifier
         self.rules_path = rules_path
         self.tick_s = tick_s
