@@ -25,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -141,6 +142,7 @@ class ProcessVim:
         # SFEs being placed right now: their ports are taken before their state.json exists,
         # so a concurrent placement must not reclaim them as a dead SFE's.
         self._placing: set[str] = set()
+        self._placing_lock = threading.Lock()  # changed on the loop, read in placing threads
         self._http: httpx.AsyncClient | None = None
         self.sfes_dir.mkdir(parents=True, exist_ok=True)
 
@@ -172,11 +174,13 @@ class ProcessVim:
                 )
             if rec is not None:  # re-placing with another spec: the old record's watch ends
                 await self._cancel_supervisor(rec)
-            self._placing.add(spec.sfe)
+            with self._placing_lock:
+                self._placing.add(spec.sfe)
             try:
                 return await asyncio.to_thread(self._place_sync, spec, lock)
             finally:
-                self._placing.discard(spec.sfe)
+                with self._placing_lock:
+                    self._placing.discard(spec.sfe)
 
     def _place_sync(self, spec: EndpointSpec, lock: asyncio.Lock) -> VimStatus:
         try:
@@ -191,13 +195,14 @@ class ProcessVim:
             shutil.rmtree(self.sfes_dir / f".{spec.sfe}.placing", ignore_errors=True)
             raise VimError(spec.sfe, exc.message, permanent=True) from exc
         ports = spec.ports or manifest.ports
+        # Who is alive: those being placed first, then those on disk. An SFE leaves the
+        # placing set only after its directory is in place, so in this order none falls
+        # between the two (the other order could miss one finishing in between).
+        with self._placing_lock:
+            live = set(self._placing)
+        live |= self._known() | {spec.sfe}
         try:
-            host_ports = self.ports.allocate(
-                spec.cluster,
-                spec.sfe,
-                [p.name for p in ports],
-                self._known() | set(self._placing) | {spec.sfe},
-            )
+            host_ports = self.ports.allocate(spec.cluster, spec.sfe, [p.name for p in ports], live)
         except PortsExhausted as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise VimError(spec.sfe, str(exc)) from exc
