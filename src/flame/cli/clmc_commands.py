@@ -54,8 +54,8 @@ def install(cli: click.Group) -> None:
     "--sfemc",
     "sfemc_url",
     metavar="URL",
-    help="Send alert events of rules handled by `flame_sfemc` to this SFEMC webhook "
-    "(e.g. http://127.0.0.1:7080/v1/sfemc/events), with the config's token.",
+    help="Send alert events of rules handled by `flame_sfemc` to this SFEMC webhook, with the "
+    "config's token (default: <api_url from the config>/v1/sfemc/events).",
 )
 @click.option(
     "--nats",
@@ -100,7 +100,7 @@ def serve_clmc(
     directory = data_dir or config.state_dir / "clmc"
     alerts = AlertService(
         directory / "alert-rules.json",
-        Notifier(sfemc_url, token=config.token),
+        Notifier(sfemc_url or config.api_url.rstrip("/") + "/v1/sfemc/events", token=config.token),
         nats_url=nats_url,
     )
     directory.mkdir(parents=True, exist_ok=True)

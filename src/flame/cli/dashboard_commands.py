@@ -27,9 +27,13 @@ def install(cli: click.Group) -> None:
 @click.command("dashboard")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=7000, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--pce", "pce_url", metavar="URL", help="The PCE (topology, registrations).")
-@click.option("--clmc", "clmc_url", metavar="URL", help="The CLMC (KPIs, alerts).")
-@click.option("--orchestrator", "orchestrator_url", metavar="URL", help="Services and endpoints.")
+@click.option("--pce", "pce_url", metavar="URL", help="The PCE (default: the config's pce_url).")
+@click.option(
+    "--clmc", "clmc_url", metavar="URL", help="The CLMC (default: the config's clmc_url)."
+)
+@click.option(
+    "--orchestrator", "orchestrator_url", metavar="URL", help="Default: the config's api_url."
+)
 @click.option("--clmc-db", default="flame", show_default=True)
 @click.pass_obj
 def serve_dashboard(
@@ -50,7 +54,10 @@ def serve_dashboard(
     setup_logging(config.log_level, config.log_format)
     app = create_dashboard_app(
         DashboardConfig(
-            pce_url=pce_url, clmc_url=clmc_url, orchestrator_url=orchestrator_url, clmc_db=clmc_db
+            pce_url=pce_url or config.pce_url or config.api_url,
+            clmc_url=clmc_url or config.clmc_url,
+            orchestrator_url=orchestrator_url or config.api_url,
+            clmc_db=clmc_db,
         )
     )
     click.echo(f"dashboard on http://{host}:{port}/", err=True)

@@ -333,7 +333,8 @@ def _delegations(pairs: tuple[str, ...]) -> dict[str, str]:
     "pce_urls",
     multiple=True,
     metavar="URL",
-    help="Register endpoints at this PCE (repeat for standbys); default: in-process registry.",
+    help="Register endpoints at this PCE (repeat for standbys); default: pce_url from the "
+    "config, else an in-process registry.",
 )
 @click.option(
     "--pce-token",
@@ -345,7 +346,7 @@ def _delegations(pairs: tuple[str, ...]) -> dict[str, str]:
     "clmc_url",
     metavar="URL",
     help="Hand alert rules to this CLMC's API and send it configuration events "
-    "(default: kept in-process).",
+    "(default: clmc_url from the config, else kept in-process).",
 )
 @click.option(
     "--nats",
@@ -425,6 +426,9 @@ def serve_orchestrator(
 
     config = state.config()
     setup_logging(config.log_level, config.log_format)
+    # The config file is where a distributed platform names its components (docs/deploy.md).
+    pce_urls = pce_urls or ((config.pce_url,) if config.pce_url else ())
+    clmc_url = clmc_url or config.clmc_url
     topology = load_topology(topology_path)
     tokens = TokenStore(config.state_dir / "tokens.json")
     if not tokens.list():

@@ -373,7 +373,12 @@ def serve_pce(
     help="Keep the last forwarding table here, to forward while no PCE answers (SFR-20) "
     "(default: <state_dir>/sr-<id>.table.json).",
 )
-@click.option("--clmc", "clmc_url", metavar="URL", help="CLMC to send measurements to (CLMC-8).")
+@click.option(
+    "--clmc",
+    "clmc_url",
+    metavar="URL",
+    help="CLMC to send measurements to (CLMC-8; default: clmc_url from the config).",
+)
 @click.option("--clmc-db", default="flame", show_default=True, help="CLMC database.")
 @click.option("--metrics-interval", default=10.0, show_default=True, type=click.FloatRange(min=0.1))
 @click.option(
@@ -421,7 +426,7 @@ def serve_sr(
         workers=workers,
         pce_urls=pce_urls or (config.pce_url or config.api_url,),
         token=config.token,
-        clmc_url=clmc_url,
+        clmc_url=clmc_url or config.clmc_url,
         clmc_token=config.token,
         clmc_db=clmc_db,
         metrics_interval=metrics_interval,
