@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/pce.py $(BENCH_ARGS)
 	$(BIN)/python bench/sr_vs_nginx.py $(BENCH_ARGS)
 	$(BIN)/python bench/startup.py $(BENCH_ARGS)
+	$(BIN)/python bench/lifecycle.py $(BENCH_ARGS)
 	$(BIN)/python bench/closed_loop.py $(BENCH_ARGS)
 	$(BIN)/python bench/clmc_ingest.py $(BENCH_ARGS)
 
