@@ -43,6 +43,9 @@ def lines() -> list[str]:
     # names that need quoting and escaping
     out.append(f"weird\\ m,tag\\ key=a\\,b\\=c,t2=x\\ y v=1,f\\ k=2i {T0}")
     out.append(f"weird\\ m,tag\\ key=plain v=3 {T0 + S}")
+    # a key that is both a tag and a field
+    out.append(f"dup,k=a k=1,v=5 {T0}")
+    out.append(f"dup,k=b k=2,v=6 {T0 + S}")
     return out
 
 

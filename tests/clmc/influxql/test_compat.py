@@ -176,6 +176,17 @@ QUERIES: list[str] = [
     "SELECT count(usage) FROM cpu WHERE time > now() - 1h GROUP BY time(10m)",
     f"SELECT mean(*) FROM /^(mem|net)$/ WHERE {W} GROUP BY time(5m)",
     f"SELECT max(usage) FROM cpu WHERE {W} GROUP BY time(3m, -1m) fill(0)",
+    # a key that is both a tag and a field: the field wins unless ::tag
+    "SELECT * FROM dup",
+    "SELECT k FROM dup",
+    "SELECT v FROM dup WHERE k = 'a'",
+    "SELECT v FROM dup WHERE k = 2",
+    "SELECT k::tag, k::field FROM dup",
+    "SELECT v FROM dup GROUP BY k",
+    "SELECT max(k), k::tag FROM dup",
+    "SHOW FIELD KEYS FROM dup",
+    "SHOW TAG KEYS FROM dup",
+    "SHOW TAG VALUES FROM dup WITH KEY = k",
     # names with spaces, commas and equals signs
     'SELECT * FROM "weird m"',
     'SELECT "f k", v FROM "weird m" WHERE "tag key" = \'a,b=c\'',
@@ -221,6 +232,17 @@ PARSE_ERRORS: list[str] = [
     "SELECT usage FROM cpu LIMIT x",
     "SHOW FOO",
     "SELECT usage FROM cpu WHERE host = 'unterminated",
+    "SELECT * FROM cpu WHERE host = 'a' GROUP BY",
+    "SELECT * FROM cpu LIMIT",
+    "SHOW TAG VALUES FROM cpu",
+    "SELECT mean(usage FROM cpu",
+    "SELECT usage FROM cpu WHERE host =~ 'x'",
+    "DROP",
+    "SELECT usage FROM cpu ORDER BY host",
+    "SELECT usage FROM cpu;; SELEC",
+    "SELECT usage\nFROM cpu\nWHERE usage > ",
+    "CREATE DATABASE",
+    "SELECT usage FROM cpu GROUP BY time(1x)",
 ]
 
 
@@ -320,6 +342,9 @@ def test_delete_and_drop_as_influxdb(influx: Influx, store: Any) -> None:
         "DELETE FROM m0 WHERE host = 'h1'",
         "DELETE FROM m1 WHERE time < '2026-01-01T00:00:21Z' AND dc = 'd1'",
         "DELETE WHERE time >= '2026-01-01T00:00:50Z'",
+        "DROP SERIES FROM m0 WHERE dc = 'd0' AND host = 'h2'",
+        "DROP SERIES FROM m0 WHERE time > 0",
+        "DROP SERIES WHERE host = 'h0'",
         "DROP MEASUREMENT m1",
         "DROP MEASUREMENT nope",
     ]
@@ -330,11 +355,16 @@ def test_delete_and_drop_as_influxdb(influx: Influx, store: Any) -> None:
         "SHOW SERIES",
         "SHOW TAG VALUES WITH KEY = host",
     ]
+    dropped_series = False
     for step in steps:
         assert (
             same(_ours(store, step, "iqlscratch"), influx.query(step, db="iqlscratch")) is None
         ), step
+        # InfluxDB 1.6 keeps the tag values of series it dropped in its index: we do not
+        dropped_series = dropped_series or step.startswith("DROP SERIES")
         for q in check:
+            if dropped_series and q.startswith("SHOW TAG VALUES"):
+                continue
             ours, theirs = _ours(store, q, "iqlscratch"), influx.query(q, db="iqlscratch")
             assert same(ours, theirs) is None, f"after {step}: {q}\nours {ours}\ntheirs {theirs}"
 

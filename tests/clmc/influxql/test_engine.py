@@ -489,7 +489,7 @@ def test_top_and_bottom(db: DuckDBStore) -> None:
 def test_chunked_converts_one_chunk_at_a_time(
     store: DuckDBStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from flame.clmc.influxql import select as select_module
+    from flame.clmc.influxql import rows as rows_module
 
     store.create_database("c")
     n = 5000
@@ -498,13 +498,13 @@ def test_chunked_converts_one_chunk_at_a_time(
         "c", "autogen", "m", pa.table({"time": times, "v": pa.array([float(i) for i in range(n)])})
     )
     sizes: list[int] = []
-    real = select_module.format_times
+    real = rows_module.format_times
 
     def spy(col: Any, epoch: Any) -> list[object]:
         sizes.append(len(col))
         return real(col, epoch)
 
-    monkeypatch.setattr(select_module, "format_times", spy)
+    monkeypatch.setattr(rows_module, "format_times", spy)
     bodies = execute_chunked(store, "SELECT v FROM m", "c", None, {}, chunk_size=1000)
     first = next(bodies)
     assert sizes == [1000]
@@ -513,3 +513,21 @@ def test_chunked_converts_one_chunk_at_a_time(
     assert len(rest) == 4
     assert sizes == [1000] * 5
     assert "partial" not in rest[-1]["results"][0]
+
+
+def test_too_many_windows_is_a_statement_error(db: DuckDBStore) -> None:
+    load(db, "t", b"old v=1 1\n")
+    error = q(db, "SELECT count(v) FROM old GROUP BY time(1s)")["results"][0]["error"]
+    assert error.startswith("too many GROUP BY time windows")
+    # fill(none) needs no grid of windows
+    assert values(q(db, "SELECT count(v) FROM old GROUP BY time(1s) fill(none)")) == [
+        ["1970-01-01T00:00:00Z", 1]
+    ]
+
+
+def test_drop_series(db: DuckDBStore) -> None:
+    assert q(db, "DROP SERIES FROM cpu WHERE time > 0")["results"][0]["error"] == (
+        "DROP SERIES doesn't support time in WHERE clause"
+    )
+    q(db, "DROP SERIES WHERE host = 'a'")
+    assert values(q(db, "SHOW SERIES")) == [["cpu,host=b"], ["cpu,host=b,region=us"]]

@@ -156,6 +156,8 @@ metas = st.one_of(
     st.builds(A.DropMeasurement, names),
     st.builds(A.Delete, st.lists(measurements, min_size=1, max_size=2).map(tuple), conds),
     st.builds(A.Delete, st.just(()), exprs),
+    st.builds(A.DropSeries, st.lists(measurements, min_size=1, max_size=2).map(tuple), conds),
+    st.builds(A.DropSeries, st.just(()), exprs),
 )
 
 

@@ -6,8 +6,8 @@
 
 Errors (see `errors`): ParseError -> HTTP 400 `{"error": ...}`; a failing statement becomes
 `{"statement_id": N, "error": ...}` inside the 200 body. Modules: lexer, parser, render (text);
-conditions, fields, select, transforms, meta (compilation and running); dialect (the only SQL that differs
-between stores); engine (result bodies).
+conditions, fields, select, fill, transforms, meta (compilation and running); dialect (the only
+SQL that differs between stores); rows, engine (result bodies).
 """
 
 from flame.clmc.influxql.engine import DEFAULT_CHUNK_SIZE, execute, execute_chunked

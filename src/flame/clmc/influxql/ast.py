@@ -258,6 +258,12 @@ class Delete:
     condition: Expr | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class DropSeries:
+    sources: tuple[Measurement, ...] = ()
+    condition: Expr | None = None
+
+
 Statement = (
     SelectStatement
     | ShowDatabases
@@ -272,4 +278,5 @@ Statement = (
     | CreateRetentionPolicy
     | DropMeasurement
     | Delete
+    | DropSeries
 )

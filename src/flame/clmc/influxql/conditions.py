@@ -164,11 +164,11 @@ class _CondCompiler:
         schema = self.schema
         match expr:
             case A.VarRef(name, hint):
+                if hint != "tag" and name in schema.field_types:  # a field wins over a tag
+                    return _Operand(schema.field_column(name), schema.field_types[name].value)
                 if hint != "field" and name in schema.tag_keys:
                     col = schema.tag_column(name)
                     return _Operand(f"COALESCE({col}, '')", "tag", bare=col)
-                if hint != "tag" and name in schema.field_types:
-                    return _Operand(schema.field_column(name), schema.field_types[name].value)
                 return _Operand("''", "tag")  # unknown keys behave as absent tags
             case A.StringLiteral(v):
                 return _Operand(self.params.add(v), "string", text=v)

@@ -62,6 +62,16 @@ class Dialect:
         }[name]
         return f"{order} {keep}"
 
+    def top_points(
+        self, fields: dict[str, str], value: str, time: str, n: int, largest: bool
+    ) -> str:
+        """Rows (one column per `fields` key) of the n points with the greatest (least) value
+        per group; on equal values the earlier point, as InfluxDB. For the select list."""
+        point = "struct_pack(" + ", ".join(f"{k} := {v}" for k, v in fields.items()) + ")"
+        pick = (f"arg_max({point}, row({value}, -{time}), {int(n)})" if largest
+                else f"arg_min({point}, row({value}, {time}), {int(n)})")  # fmt: skip
+        return f"unnest({pick}, recursive := true)"
+
     def field_of(self, struct: str, name: str) -> str:
         return f"struct_extract({struct}, '{name}')"
 

@@ -44,7 +44,7 @@ class SelectList:
     names: tuple[str, ...]
     aggregate: bool
     calls: tuple[A.Call, ...]  # distinct aggregate calls, in order of appearance
-    aux: tuple[str, ...] = ()  # keys read from a lone selector's point (`max(v), host`)
+    aux: tuple[A.VarRef, ...] = ()  # read from a lone selector's point (`max(v), host`)
     transform: A.Call | None = None  # derivative(...) and friends, applied to exprs[0]
     top: A.Call | None = None  # top(f, N) / bottom(f, N): N points per series and window
 
@@ -127,9 +127,13 @@ def plan_fields(
             if expr.kind != "field":
                 keys.update(tags)
             for key in sorted(keys):
-                hint = "tag" if key in tags and key not in field_types else None
-                exprs.append(A.VarRef(key, hint))
-                names.append(key)
+                both = key in tags and key in field_types
+                if key in field_types and expr.kind != "tag":
+                    exprs.append(A.VarRef(key, "field" if both else None))
+                    names.append(key)
+                if key in tags and expr.kind != "field":
+                    exprs.append(A.VarRef(key, "tag"))
+                    names.append(key)  # `key_1` when it is a field too, as InfluxDB
             continue
         if isinstance(expr, A.Call) and _is_wildcard_call(expr):
             for key in sorted(field_types):
@@ -153,12 +157,12 @@ def plan_fields(
         raise StatementError(
             "aggregate function distinct() cannot be combined with other functions or fields"
         )
-    aux: list[str] = []
+    aux: list[A.VarRef] = []
     if aggregate:
         for expr in exprs:
-            for name in _bare_refs(expr):
-                if name not in aux:
-                    aux.append(name)
+            for ref in _bare_refs(expr):
+                if ref not in aux:
+                    aux.append(ref)
     top = calls[0] if len(calls) == 1 and calls[0].name in POINTS else None
     return SelectList(tuple(exprs), _dedupe(names), aggregate, tuple(calls), tuple(aux), top=top)
 
@@ -186,9 +190,9 @@ def _is_wildcard_call(call: A.Call) -> bool:
     return bool(call.args) and isinstance(call.args[0], A.Wildcard)
 
 
-def _bare_refs(expr: A.Expr) -> list[str]:
+def _bare_refs(expr: A.Expr) -> list[A.VarRef]:
     if isinstance(expr, A.VarRef):
-        return [expr.name]
+        return [expr]
     if isinstance(expr, A.BinaryExpr):
         return _bare_refs(expr.lhs) + _bare_refs(expr.rhs)
     return []

@@ -138,8 +138,6 @@ class Token:
         """How InfluxDB names a token in `found X`."""
         if self.kind is T.EOF:
             return "EOF"
-        if self.kind is T.STRING:
-            return f"'{self.text}'"
         if self.kind is T.REGEX:
             return f"/{self.text}/"
         if self.kind is T.PARAM:
@@ -171,13 +169,17 @@ class Scanner:
         self.text = text
 
     def location(self, pos: int) -> tuple[int, int]:
-        """1-based line and char; EOF is reported one past the end as InfluxDB does."""
+        """1-based line and char, as InfluxDB reports them: EOF one past the end, or where the
+        trailing blanks begin."""
+        past_end = pos >= len(self.text)
+        if past_end:
+            blanks = len(self.text.rstrip())
+            if blanks < len(self.text):
+                pos, past_end = blanks, False
         line = self.text.count("\n", 0, pos) + 1
         start = self.text.rfind("\n", 0, pos) + 1
         char = pos - start + 1
-        if pos >= len(self.text):
-            char += 1
-        return line, char
+        return line, char + 1 if past_end else char
 
     def error(self, pos: int, detail: str, found: str = "", expected: str = "") -> ParseError:
         line, char = self.location(pos)
@@ -224,7 +226,8 @@ class Scanner:
             except _Unterminated as bad:
                 # InfluxDB names the partial text and the char before the quote
                 return Token(T.BADSTRING, bad.partial, max(pos - 1, 0), bad.end)
-            return Token(T.STRING, value, pos, end)
+            # InfluxDB places a string one char before its quote (pos only serves errors)
+            return Token(T.STRING, value, max(pos - 1, 0), end)
         if _is_digit(ch) or (ch == "." and pos + 1 < len(text) and _is_digit(text[pos + 1])):
             return self._number(pos)
         if ch == "$":

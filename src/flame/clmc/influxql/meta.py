@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable, Sequence
 
 from flame.clmc.influxql import ast as A
-from flame.clmc.influxql.conditions import Params, compile_condition, split_time
+from flame.clmc.influxql.conditions import Params, TimeRange, compile_condition, split_time
 from flame.clmc.influxql.context import Context
 from flame.clmc.influxql.errors import StatementError
 from flame.clmc.influxql.timefmt import format_go_duration
@@ -297,5 +297,10 @@ def run_meta(ctx: Context, stmt: A.Statement) -> list[Series]:
             return []
         case A.Delete():
             _delete(ctx, stmt)
+            return []
+        case A.DropSeries(sources, cond):
+            if cond is not None and split_time(cond, ctx.now_ns)[0] != TimeRange():
+                raise StatementError("DROP SERIES doesn't support time in WHERE clause")
+            _delete(ctx, A.Delete(sources, cond))
             return []
     raise StatementError(f"unsupported statement {type(stmt).__name__}")

@@ -113,7 +113,15 @@ class _Parser:
             return tok.value
         if tok.kind is T.KEYWORD and tok.text == "INF":
             return 0
+        if tok.kind in (T.INTEGER, T.NUMBER) and self.sc.text[tok.end : tok.end + 1].isalpha():
+            raise self._unplaced(tok, "invalid duration", "duration")  # `1x`: InfluxDB's wording
         raise self.fail(tok, "duration")
+
+    def _unplaced(self, tok: Token, detail: str, expected: str) -> ParseError:
+        """An error InfluxDB words without a position (ours keeps it in the context)."""
+        line, char = self.sc.location(tok.pos)
+        return ParseError(detail, line=line, char=char, found=tok.describe(), expected=expected,
+                          show_position=False)  # fmt: skip
 
     def regex(self) -> str | None:
         tok = self.sc.scan_regex(self.pos)
@@ -186,7 +194,7 @@ class _Parser:
             self.expect_kw("BY")
             tok = self.next()
             if not (tok.kind is T.IDENT and tok.text.lower() == "time"):
-                raise self.fail(tok, "time")
+                raise self._unplaced(tok, "only ORDER BY time supported at this time", "time")
             if self.is_kw("ASC", "DESC"):
                 descending = self.next().text == "DESC"
         limit, offset = self.limit_offset("LIMIT", "OFFSET")
@@ -268,7 +276,7 @@ class _Parser:
             return A.Wildcard()
         tok = self.next()
         if tok.kind is not T.IDENT:
-            raise self.fail(tok, "identifier, regex, *")
+            raise self.fail(tok, _EXPR_START)
         if tok.text.lower() == "time" and self.is_op("("):
             self.next()
             interval = self.duration()
@@ -442,6 +450,12 @@ class _Parser:
             return A.DropDatabase(self.ident())
         if word == "MEASUREMENT":
             return A.DropMeasurement(self.ident())
+        if word == "SERIES":
+            sources = self.from_sources()
+            cond = self.where()
+            if not sources and cond is None:
+                raise self.fail(self.peek(), "FROM, WHERE")
+            return A.DropSeries(sources, cond)
         raise self.sc.error(self.pos, f"DROP {word} is not supported", word, "")
 
     def delete(self) -> A.Delete:
@@ -567,16 +581,18 @@ class _Parser:
     def call(self, name: str) -> A.Call:
         self.expect_op("(")
         args: list[A.Expr] = []
-        if not self.accept_op(")"):
-            while True:
-                rx = self.regex()  # before peeking: `/*` must not be taken for a comment
-                if rx is not None:
-                    args.append(A.RegexLiteral(rx))
-                elif self.accept_op("*"):
-                    args.append(A.Wildcard())
-                else:
-                    args.append(self.expr())
-                if self.accept_op(")"):
-                    break
-                self.expect_op(",")
+        while True:
+            rx = self.regex()  # before peeking: `/*` must not be taken for a comment
+            if rx is not None:
+                args.append(A.RegexLiteral(rx))
+            elif not args and self.accept_op(")"):
+                break
+            elif self.accept_op("*"):
+                args.append(A.Wildcard())
+            else:
+                args.append(self.expr())
+            if self.accept_op(")"):
+                break
+            if not self.accept_op(","):
+                raise self.fail(self.peek(), ")")
         return A.Call(name, tuple(args))

@@ -186,4 +186,6 @@ def render(stmt: A.Statement) -> str:
             return f"DROP MEASUREMENT {quote_ident(name)}"
         case A.Delete(sources, cond):
             return f"DELETE{_sources(sources)}{_where(cond)}"
+        case A.DropSeries(sources, cond):
+            return f"DROP SERIES{_sources(sources)}{_where(cond)}"
     raise TypeError(f"not a statement: {stmt!r}")

@@ -22,15 +22,15 @@ from flame.clmc.influxql.conditions import Params, TimeRange, compile_condition,
 from flame.clmc.influxql.context import Context
 from flame.clmc.influxql.errors import StatementError
 from flame.clmc.influxql.fields import SELECTORS, SelectList, plan_fields
-from flame.clmc.influxql.timefmt import format_times
+from flame.clmc.influxql.fill import FillSpec, fill_column
+from flame.clmc.influxql.rows import Rows, Series
 from flame.clmc.influxql.transforms import transform_sql
 from flame.clmc.store.base import MeasurementSchema
 
-__all__ = ["Rows", "run_select", "select_rows"]
+__all__ = ["run_select", "select_rows"]
 
 MAX_WINDOWS = 5_000_000  # GROUP BY time windows per series a query may ask for
 _NUMERIC = frozenset({"float", "integer", "unsigned", "number"})
-Series = dict[str, object]
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,21 +132,22 @@ class _Query:
 
     def _ref(self, ref: A.VarRef) -> _Val:
         s = self.schema
-        if ref.type_hint != "field" and ref.name in s.tag_keys:
-            return _Val(s.tag_column(ref.name), "tag")
+        # a key that is both: the field, unless `::tag` (as InfluxDB)
         if ref.type_hint != "tag" and ref.name in s.field_types:
             return _Val(s.field_column(ref.name), s.field_types[ref.name].value)
+        if ref.type_hint != "field" and ref.name in s.tag_keys:
+            return _Val(s.tag_column(ref.name), "tag")
         return _Val("NULL", "null")
 
     def _value(
         self,
         expr: A.Expr,
         calls: dict[A.Call, _Val] | None = None,
-        aux: dict[str, _Val] | None = None,
+        aux: dict[A.VarRef, _Val] | None = None,
     ) -> _Val:
         match expr:
             case A.VarRef() if aux is not None:
-                return aux[expr.name]
+                return aux[expr]
             case A.VarRef():
                 return self._ref(expr)
             case A.Call() if calls is not None:
@@ -317,19 +318,20 @@ class _Query:
         if v.kind not in ("float", "integer", "unsigned"):
             return None
         calls = {call: v}
-        cols = [f"{self._value(e, calls).sql} AS c{i}" for i, e in enumerate(self.select.exprs)]
-        rank_dir = "DESC" if call.name == "top" else "ASC"
-        part = ", ".join([*self.gcols, "__b"])
-        rank = f"row_number() OVER (PARTITION BY {part} ORDER BY __v {rank_dir}, __t)"
-        bucket = self.d.bucket("time", self.every, self.offset) if self.every else "0"
-        sel = ", ".join(
-            [*self._group_select(), "time AS __t", f"{bucket} AS __b", f"{v.sql} AS __v", *cols]
+        point = {"__t": "time", "__v": v.sql}
+        point.update({f"c{i}": self._value(e, calls).sql for i, e in enumerate(self.select.exprs)})
+        top = call.name == "top"
+        rows = self.d.top_points(point, v.sql, "time", count.value, largest=top)
+        group = (
+            [*self.gcols, self.d.bucket("time", self.every, self.offset)]
+            if self.every
+            else self.gcols
         )
-        inner = f"SELECT {sel} FROM {self.schema.table} WHERE {self._where(fields)} AND {v.sql} IS NOT NULL"
-        picked = f"SELECT * FROM ({inner}) p QUALIFY {rank} <= {int(count.value)}"
-        order = ", ".join(
-            [*self.gcols, "__t", f"__v {rank_dir}"]
-        )  # time order even if DESC, as InfluxDB
+        where = f"{self._where(fields)} AND {v.sql} IS NOT NULL"
+        picked = f"SELECT {', '.join([*self._group_select(), rows])} FROM {self.schema.table} WHERE {where}"
+        picked += f" GROUP BY {', '.join(group)}" if group else ""
+        # time order even with ORDER BY time DESC, as InfluxDB
+        order = ", ".join([*self.gcols, "__t", f"__v {'DESC' if top else 'ASC'}"])
         pre, post = self._limit(order)
         return f"SELECT * FROM ({picked}) k{pre} ORDER BY {order}{post}"
 
@@ -340,7 +342,7 @@ class _Query:
 
     def aggregate_sql(self, fields: list[str], start: int | None) -> str:
         calls: dict[A.Call, _Val] = {}
-        aux: dict[str, _Val] | None = None
+        aux: dict[A.VarRef, _Val] | None = None
         if self.select.aux:
             inner, calls, aux = self._selector_inner()
         else:
@@ -365,7 +367,11 @@ class _Query:
             acols = [f"agg.a{i}" for i in range(len(calls))] + [f"agg.{x}" for x in extra]
             ctes.append(f"j AS (SELECT {', '.join([*[f'grid.{g}' for g in self.gcols], 'grid.__t', *acols])} "
                         f"FROM grid LEFT JOIN agg USING ({using}))")  # fmt: skip
-            filled = [self._fill(f"a{i}", call, calls[call].kind) for i, call in enumerate(calls)]
+            spec = FillSpec(fill, self.gcols, self.stmt.descending, self.d, self.params)
+            filled = [
+                fill_column(f"a{i}", call.name == "count", calls[call].kind, spec)
+                for i, call in enumerate(calls)
+            ]
             ctes.append(f"f AS (SELECT {', '.join([*self.gcols, '__t', *filled, *extra])} FROM j)")
             source = "f"
         outs = [
@@ -408,13 +414,13 @@ class _Query:
         inner += " HAVING count(*) > 0"
         return inner
 
-    def _selector_inner(self) -> tuple[str, dict[A.Call, _Val], dict[str, _Val]]:
+    def _selector_inner(self) -> tuple[str, dict[A.Call, _Val], dict[A.VarRef, _Val]]:
         """`max(v), host, n`: one struct per group holds the selected point and its columns."""
         call = self.select.calls[0]
         arg = call.args[0]
         assert isinstance(arg, A.VarRef)
         v = self._ref(arg)
-        refs = [self._ref(A.VarRef(name)) for name in self.select.aux]
+        refs = [self._ref(ref) for ref in self.select.aux]
         pct = None
         if call.name == "percentile":
             lit = call.args[1]
@@ -435,43 +441,14 @@ class _Query:
         )
         inner = f"SELECT {outer} FROM ({first}) p"
         aux = {
-            name: _Val(f"x{i}", "null" if r.kind == "null" else r.kind)
-            for i, (name, r) in enumerate(zip(self.select.aux, refs, strict=True))
+            ref: _Val(f"x{i}", "null" if r.kind == "null" else r.kind)
+            for i, (ref, r) in enumerate(zip(self.select.aux, refs, strict=True))
         }
         return inner, {call: _Val("a0", v.kind)}, aux
 
     def _stop(self) -> int:
         hi = self.trange.hi if self.trange.hi is not None else self.ctx.now_ns
         return hi - ((hi - self.offset) % self.every)
-
-    def _fill(self, col: str, call: A.Call, kind: str) -> str:
-        fill = self.stmt.fill
-        part = f"PARTITION BY {', '.join(self.gcols)}" if self.gcols else ""
-        if fill.mode is A.FillMode.NULL:
-            return f"COALESCE({col}, 0) AS {col}" if call.name == "count" else col
-        if fill.mode is A.FillMode.NUMBER:
-            if kind not in _NUMERIC and call.name != "count":
-                return col
-            return f"COALESCE({col}, {self.params.add(fill.value)}) AS {col}"
-        before = "ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING"
-        order = "__t DESC" if self.stmt.descending else "__t"  # InfluxDB fills in output order
-        prev = self.d.last_non_null(col, part, order, before)
-        if fill.mode is A.FillMode.PREVIOUS:
-            return f"COALESCE({col}, {prev}) AS {col}"
-        # linear: only between two known windows, as InfluxDB
-        if kind not in _NUMERIC:
-            return col
-        after = "ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING"
-        known_t = f"CASE WHEN {col} IS NOT NULL THEN __t END"
-        prev_t = self.d.last_non_null(known_t, part, order, before)
-        nxt = self.d.first_non_null(col, part, order, after)
-        nxt_t = self.d.first_non_null(known_t, part, order, after)
-        interp = (
-            f"({prev} + ({nxt} - {prev}) * CAST(__t - {prev_t} AS DOUBLE) / ({nxt_t} - {prev_t}))"
-        )
-        if kind != "float":  # InfluxDB interpolates in floats and truncates to an integer
-            interp = f"CAST(trunc({interp}) AS BIGINT)"
-        return f"COALESCE({col}, {interp}) AS {col}"
 
     # --- run ------------------------------------------------------------------------------
 
@@ -567,34 +544,6 @@ class _Query:
             out.append(Rows(head, data.slice(start, end - start), self.ctx.epoch))
             start = end
         return out
-
-
-@dataclass(frozen=True, slots=True)
-class Rows:
-    """One result series whose values are still Arrow columns (`__t`, `c0`, ...), so chunked
-    answers turn only one chunk at a time into Python rows."""
-
-    head: dict[str, object]  # name, tags, columns
-    table: pa.Table
-    epoch: str | None
-
-    def __len__(self) -> int:
-        return int(self.table.num_rows)
-
-    def values(self, start: int = 0, stop: int | None = None) -> list[list[object]]:
-        part = self.table.slice(start, (stop if stop is not None else len(self)) - start)
-        cols = [_pylist(part.column(i)) for i in range(1, part.num_columns)]
-        times = format_times(part.column(0), self.epoch)
-        return [list(r) for r in zip(times, *cols, strict=True)]
-
-    def series(self, start: int = 0, stop: int | None = None) -> Series:
-        return {**self.head, "values": self.values(start, stop)}
-
-
-def _pylist(col: pa.ChunkedArray) -> list[object]:
-    if pa.types.is_floating(col.type) and pc.any(pc.is_nan(col)).as_py():
-        col = pc.if_else(pc.is_nan(col), None, col)  # JSON has no NaN; InfluxDB shows null
-    return list(col.to_pylist())
 
 
 def _refs(expr: A.Expr) -> list[A.VarRef]:
