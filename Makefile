@@ -46,7 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/startup.py $(BENCH_ARGS)
 	$(BIN)/python bench/lifecycle.py $(BENCH_ARGS)
 	$(BIN)/python bench/closed_loop.py $(BENCH_ARGS)
-	$(BIN)/python bench/clmc_ingest.py $(BENCH_ARGS)
+	$(BIN)/python bench/clmc_vs_influxdb.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,4 +1,5 @@
-"""Ingest throughput: the CLMC (`flame serve clmc`) vs InfluxDB 1.6 (Debian's influxd), one run.
+"""The CLMC (`flame serve clmc`) vs InfluxDB 1.6 (Debian's influxd) in one run: ingest
+throughput, then a dashboard query over what was ingested.
 
 Both get the same generated line-protocol batches (5000 points each, CLMC information-model
 measurements with 6 tags and 5 fields, distinct timestamps) from 2 client threads with
@@ -8,7 +9,11 @@ server process on loopback. A round counts points acknowledged with 204 per wall
 count query sees all of them (so our asynchronous apply is inside the figure); both sides are
 warmed up with a few batches first.
 
-    .venv/bin/python bench/clmc_ingest.py [--quick] [--batches N] [--rounds R]
+Query: over the last round's points (1M by default, one every millisecond across ~17 min), the
+dashboard query `SELECT mean(response_time), percentile(response_time, 95) ... GROUP BY
+time(10s), sfe` (100 windows x 64 endpoints), alternating A B, median of 5 per side.
+
+    .venv/bin/python bench/clmc_vs_influxdb.py [--quick] [--batches N] [--rounds R]
 
 The last line printed is one JSON object with the figures.
 """
@@ -49,7 +54,7 @@ def make_batches(n: int, seed: int = 7) -> list[bytes]:
                 f"server=srv{i % 16},location=edge{i % 4} "
                 f"response_time={rnd.uniform(1, 300):.3f},request_size={rnd.randrange(100, 5000)}i,"
                 f"response_size={rnd.randrange(1000, 10**6)}i,requests={rnd.randrange(1, 50)}i,"
-                f"cpu={rnd.random():.4f} {t0 + i * 1000}"
+                f"cpu={rnd.random():.4f} {t0 + i * 1_000_000}"
             )
         out.append("\n".join(lines).encode())
     return out
@@ -148,13 +153,39 @@ class Clmc:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def time_dashboard_query(peer_url: str, ours_url: str, db: str, batches_n: int) -> dict[str, float]:
+    """Median seconds of the dashboard query on each side (same data, A B alternating)."""
+    t0 = 1_700_000_000_000_000_000
+    t1 = t0 + batches_n * BATCH * 1_000_000
+    q = (
+        'SELECT mean("response_time"), percentile("response_time", 95) FROM "service_request" '
+        f'WHERE time >= {t0} AND time < {t1} GROUP BY time(10s), "sfe"'
+    )
+    samples: dict[str, list[float]] = {"peer": [], "ours": []}
+    shapes = {}
+    for _ in range(5):
+        for name, url in (("peer", peer_url), ("ours", ours_url)):
+            start = time.perf_counter()
+            response = httpx.get(
+                url + "/query", params={"db": db, "q": q, "epoch": "ns"}, timeout=300
+            )
+            samples[name].append(time.perf_counter() - start)
+            response.raise_for_status()
+            series = response.json()["results"][0].get("series", [])
+            shapes[name] = (len(series), sum(len(s["values"]) for s in series))
+    if shapes["peer"] != shapes["ours"]:
+        raise RuntimeError(f"the two answers differ in shape: {shapes}")
+    print(f"dashboard query: {shapes['ours'][0]} series, {shapes['ours'][1]} rows on both sides")
+    return {k: round(statistics.median(v), 4) for k, v in samples.items()}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run, under a minute")
     ap.add_argument("--batches", type=int, help="batches of 5000 points per round and side")
     ap.add_argument("--rounds", type=int, help="alternating rounds (A B) per side")
     args = ap.parse_args()
-    batches_n = args.batches or (16 if args.quick else 120)
+    batches_n = args.batches or (16 if args.quick else 200)
     rounds = args.rounds or (1 if args.quick else 3)
     if shutil.which("influxd") is None:
         print("influxd not found: apt-get install -y influxdb", file=sys.stderr)
@@ -189,6 +220,9 @@ def main() -> int:
                         f"round {r + 1}: {name:9s} {rate:12,.0f} points/s ({points} points, {failed} failed)",
                         flush=True,
                     )
+            query_times = time_dashboard_query(
+                influx.url, clmc.url, f"bench{rounds - 1}", batches_n
+            )
         finally:
             clmc.stop()
     ours = statistics.median(ours_rates)
@@ -197,9 +231,13 @@ def main() -> int:
         f"median: clmc {ours:,.0f} points/s, influxdb {peer:,.0f} points/s, ratio {ours / peer:.2f}"
     )
     print(
+        f"dashboard query: clmc {query_times['ours']:.3f} s, influxdb {query_times['peer']:.3f} s, "
+        f"ratio {query_times['ours'] / query_times['peer']:.2f} (target <= 0.5)"
+    )
+    print(
         json.dumps(
             {
-                "bench": "clmc_ingest",
+                "bench": "clmc_vs_influxdb",
                 "ours_points_per_s": round(ours),
                 "peer_points_per_s": round(peer),
                 "ratio": round(ours / peer, 3),
@@ -207,6 +245,9 @@ def main() -> int:
                 "batches": batches_n,
                 "batch_points": BATCH,
                 "client_threads": THREADS,
+                "ours_query_s": query_times["ours"],
+                "peer_query_s": query_times["peer"],
+                "query_ratio": round(query_times["ours"] / query_times["peer"], 3),
                 "ours_failed_requests": failures["ours"],
                 "peer_failed_requests": failures["peer"],
             }
