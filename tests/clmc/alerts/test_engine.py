@@ -95,6 +95,7 @@ def test_fires_once_when_the_mean_crosses_and_recovers_once(engine: AlertEngine)
     assert recovered.level == Level.OK
     assert recovered.previous_level == Level.CRITICAL
     assert recovered.id != fired.id
+    assert recovered.duration_ns == 4 * S  # critical from the end of [2 s, 4 s) to 8 s
 
 
 def test_a_window_is_judged_only_after_its_end_plus_lateness(engine: AlertEngine) -> None:

@@ -144,7 +144,19 @@ async def test_rules_over_http_fire_to_the_sfemc_and_webhooks(tmp_path: Path) ->
             if receiver.received and third_party.received:
                 break
             await asyncio.sleep(0.02)
-        assert third_party.received[0][1]["id"] == event.id
+        # Third-party webhooks get Kapacitor's alert JSON.
+        kapacitor = third_party.received[0][1]
+        assert kapacitor["id"] == "vod/vod-1/slow"
+        assert kapacitor["level"] == "CRITICAL"
+        assert kapacitor["previousLevel"] == "OK"
+        assert kapacitor["message"] == event.message
+        assert kapacitor["duration"] >= 0
+        (series,) = kapacitor["data"]["series"]
+        assert series["name"] == "sr_fqdn"
+        assert series["tags"] == {"fqdn": "vod.example"}
+        assert series["columns"] == ["time", "mean"]
+        assert series["values"][0][1] == 500.0
+        assert series["values"][0][0].endswith("Z")
         assert "authorization" not in third_party.received[0][0]
         headers, body = receiver.received[0]
         assert headers["authorization"] == f"Bearer {env.operator}"

@@ -67,6 +67,7 @@ class AlertEvent:
     measurement: str
     field: str
     window_s: float
+    duration_ns: int  # how long the previous level lasted
     tags: dict[str, str]
     notify_sfemc: bool
     webhooks: tuple[str, ...]
@@ -98,6 +99,29 @@ class AlertEvent:
             "message": self.message,
         }
 
+    def to_kapacitor(self) -> dict[str, Any]:
+        """Kapacitor's alert JSON, for webhooks written against Kapacitor (or Chronograf)."""
+        when = _rfc3339(self.time_ns)
+        return {
+            "id": f"{self.sfc}/{self.sfci}/{self.alert}",  # the alert, as Kapacitor's ids
+            "message": self.message,
+            "details": self.message,
+            "time": when,
+            "duration": self.duration_ns,
+            "level": self.level.upper(),
+            "previousLevel": self.previous_level.upper(),
+            "data": {
+                "series": [
+                    {
+                        "name": self.measurement,
+                        "tags": self.tags,
+                        "columns": ["time", self.aggregation],
+                        "values": [[when, self.value]],
+                    }
+                ]
+            },
+        }
+
 
 def _rfc3339(ns: int) -> str:
     seconds, rest = divmod(ns, 1_000_000_000)
@@ -118,6 +142,7 @@ class _RuleState:
     late_points: int = 0
     sliding: bool = False
     registered_ns: int = 0
+    level_since_ns: int = 0
     # Sliding rules keep the recent points (time, value chunks) instead of tumbling windows.
     recent: list[tuple[Any, Any]] = field(default_factory=list)
     last_end_ns: int = 0
@@ -180,6 +205,7 @@ class AlertEngine:
                 next_index=now // granularity_ns,  # no verdict on windows before the rule
                 sliding=self.sliding and rule.event_type is not EventType.RELATIVE,
                 registered_ns=now,
+                level_since_ns=now,
             )
         self._index()
         return sorted(wanted)
@@ -333,7 +359,9 @@ class AlertEngine:
         if level == state.level:
             return None
         previous_level, state.level = state.level, level
-        return self._event(state, window, level, previous_level, value, now)
+        event = self._event(state, window, level, previous_level, value, now)
+        state.level_since_ns = window.end_ns
+        return event
 
     def _event(
         self,
@@ -383,6 +411,7 @@ class AlertEngine:
             measurement=rule.measurement,
             field=rule.field,
             window_s=rule.granularity_s,
+            duration_ns=max(0, window.end_ns - state.level_since_ns),
             tags=tags,
             notify_sfemc=rule.notify_sfemc,
             webhooks=tuple(rule.webhooks),

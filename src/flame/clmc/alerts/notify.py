@@ -58,7 +58,9 @@ class Notifier:
             if self.token and url == self.sfemc_url
             else {}
         )
-        body = event.to_dict()
+        # The SFEMC takes the platform's own event; other webhooks get Kapacitor's format,
+        # so that tools written for Kapacitor's alert handlers work unchanged.
+        body = event.to_dict() if url == self.sfemc_url else event.to_kapacitor()
         last = ""
         for delay in (0.0, *RETRY_DELAYS_S):
             if delay:
