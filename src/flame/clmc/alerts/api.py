@@ -4,6 +4,7 @@
     DELETE /v1/alerts/{sfc}/{sfci}
     GET    /v1/alerts                rules with their current level
     GET    /v1/alerts/events?limit=N the latest level changes (KPI events, CLMC-21)
+    GET    /v1/alerts/stream         the same, live, as server-sent events
 
 Tenants see and change only their own chains' rules; the operator (and the orchestrator, which
 holds an operator token) any tenant's.
@@ -11,11 +12,13 @@ holds an operator token) any tenant's.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from flame.clmc.alerts.engine import DEFAULT_DATABASE
 from flame.clmc.alerts.service import AlertService
@@ -118,6 +121,30 @@ def install_alert_routes(app: FastAPI, alerts: AlertService, authenticate: Authe
             for key, rule, level in alerts.engine.rules()
             if visible(principal, key.tenant)
         ]
+
+    @app.get("/v1/alerts/stream")
+    async def stream(request: Request, keepalive_s: float = 15.0) -> Any:
+        principal = who(request)
+        if isinstance(principal, JSONResponse):
+            return principal
+        tenant = None if principal is None or principal.role is Role.OPERATOR else principal.tenant
+
+        async def events() -> AsyncIterator[bytes]:
+            with alerts.listen() as queue:
+                yield b": connected\n\n"
+                while True:
+                    try:
+                        event = await asyncio.wait_for(queue.get(), timeout=keepalive_s)
+                    except TimeoutError:
+                        yield b": keep-alive\n\n"  # proxies close silent connections
+                        continue
+                    if tenant is None or event.tenant == tenant:
+                        data = json.dumps(event.to_dict(), separators=(",", ":"))
+                        yield f"id: {event.id}\nevent: alert\ndata: {data}\n\n".encode()
+
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
 
     @app.get("/v1/alerts/events")
     async def events(request: Request, limit: int = 100) -> Any:

@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,9 @@ class AlertService:
         self.nats_url = nats_url
         self._nats: NatsEvents | None = None
         self._publishing: set[asyncio.Task[None]] = set()
+        # Live subscribers (server-sent events): a bounded queue each; a subscriber too slow to
+        # keep up loses its oldest events rather than holding back evaluation.
+        self._listeners: set[asyncio.Queue[AlertEvent]] = set()
         self._task: asyncio.Task[None] | None = None
         # Data arrives on the ingest's applier thread, windows close on the event loop.
         self._lock = threading.Lock()
@@ -132,6 +135,10 @@ class AlertService:
                     sink(event)
                 except Exception:
                     log.exception("alert event sink failed for %s", event.id)
+            for queue in self._listeners:
+                if queue.full():
+                    queue.get_nowait()
+                queue.put_nowait(event)
             with contextlib.suppress(RuntimeError):  # no loop: evaluate() called synchronously
                 self.notifier.send(event)
                 if self._nats is not None:
@@ -148,6 +155,16 @@ class AlertService:
         task = asyncio.get_running_loop().create_task(publish())
         self._publishing.add(task)
         task.add_done_callback(self._publishing.discard)
+
+    @contextlib.contextmanager
+    def listen(self, size: int = 256) -> Iterator[asyncio.Queue[AlertEvent]]:
+        """A queue receiving every event from now on, while the block runs."""
+        queue: asyncio.Queue[AlertEvent] = asyncio.Queue(maxsize=size)
+        self._listeners.add(queue)
+        try:
+            yield queue
+        finally:
+            self._listeners.discard(queue)
 
     def recent(self, tenant: str | None = None, limit: int = 100) -> list[AlertEvent]:
         chosen = [e for e in self.events if tenant is None or e.tenant == tenant]
