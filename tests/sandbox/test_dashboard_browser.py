@@ -49,6 +49,11 @@ def test_dashboard_shows_topology_and_endpoints(env: dict[str, str], tmp_path: P
         }
         assert "vod_slow_at_bristol" in dom  # the alert rules, as the CLMC has them
         assert "vod_quiet_at_bristol" in dom
+        # The query panel: the CLMC's databases, and the default query's answer drawn.
+        assert re.search(r'<select id="db"[^>]*>.*<option value="flame">flame</option>', dom)
+        assert re.search(r'<option value="endpoint_config">endpoint_config</option>', dom)
+        result = dom[dom.index('data-testid="query-result"') :]
+        assert result.split(">", 1)[1].startswith(("no data", "1 series", "2 series", "3 series"))
         assert re.search(r'data-link="sr-ue-1-sr-platform"', dom)
         assert "updated " in dom  # a snapshot arrived
         shot = screenshot(url, tmp_path / "profile2", "dashboard.png")

@@ -78,6 +78,28 @@ def create_dashboard_app(config: DashboardConfig) -> FastAPI:
         except FileNotFoundError:
             return JSONResponse({"error": f"no such file {name!r}"}, status_code=404)
 
+    @app.get("/api/query")
+    async def query(request: Request, q: str = "", db: str = "") -> Response:
+        """Any InfluxQL, run by the CLMC as the caller (CLMC-17); its answer as it is."""
+        auth = request.headers.get("authorization")
+        if not auth or config.clmc_url is None:
+            status = 401 if not auth else 503
+            message = "missing Authorization header" if not auth else "no CLMC configured"
+            return JSONResponse({"error": message}, status_code=status)
+        try:
+            response = await http().get(
+                config.clmc_url.rstrip("/") + "/query",
+                params={"q": q, "db": db, "epoch": "ms"},
+                headers={"Authorization": auth},
+            )
+        except httpx.HTTPError as exc:
+            return JSONResponse(
+                {"error": f"the CLMC is unreachable: {type(exc).__name__}"}, status_code=502
+            )
+        return Response(
+            response.content, status_code=response.status_code, media_type="application/json"
+        )
+
     @app.get("/api/snapshot")
     async def snapshot(request: Request) -> Response:
         auth = request.headers.get("authorization")

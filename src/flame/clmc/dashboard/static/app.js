@@ -233,6 +233,77 @@ async function tick() {
   }
 }
 
+// -- query panel (CLMC-17) ----------------------------------------------------------------------
+
+async function influx(q, db) {
+  const r = await fetch(`api/query?db=${encodeURIComponent(db || "")}&q=${encodeURIComponent(q)}`,
+    { headers: { Authorization: "Bearer " + token() } });
+  return r.json();
+}
+
+async function loadDatabases() {
+  const body = await influx("SHOW DATABASES", "");
+  const dbs = ((body.results || [])[0]?.series?.[0]?.values || []).map(v => v[0]);
+  const select = document.getElementById("db");
+  clear(select);
+  for (const db of dbs) { const o = document.createElement("option"); o.value = o.textContent = db; select.appendChild(o); }
+  if (dbs.includes("flame")) select.value = "flame";
+  await loadMeasurements();
+}
+
+async function loadMeasurements() {
+  const db = document.getElementById("db").value;
+  const select = document.getElementById("measurement");
+  while (select.options.length > 1) select.remove(1);
+  if (!db) return;
+  const body = await influx("SHOW MEASUREMENTS", db);
+  for (const v of ((body.results || [])[0]?.series?.[0]?.values || [])) {
+    const o = document.createElement("option"); o.value = o.textContent = v[0]; select.appendChild(o);
+  }
+}
+
+async function runQuery() {
+  const out = document.getElementById("qresult"), svg = document.getElementById("qchart");
+  clear(out); clear(svg);
+  const body = await influx(document.getElementById("q").value, document.getElementById("db").value);
+  const result = (body.results || [])[0] || {};
+  const error = body.error || result.error;
+  if (error) { out.textContent = "error: " + error; out.className = "level-critical"; return; }
+  out.className = "";
+  const series = result.series || [];
+  if (!series.length) { out.textContent = "no data"; return; }
+  // Chart: every numeric column of every series against time.
+  let t0 = Infinity, t1 = -Infinity, v0 = 0, v1 = 1;
+  const lines = [];
+  for (const s of series) {
+    const ti = s.columns.indexOf("time");
+    s.columns.forEach((c, ci) => {
+      if (ci === ti) return;
+      const pts = s.values.filter(v => typeof v[ci] === "number").map(v => [v[ti], v[ci]]);
+      if (!pts.length) return;
+      for (const [t, v] of pts) { t0 = Math.min(t0, t); t1 = Math.max(t1, t); v0 = Math.min(v0, v); v1 = Math.max(v1, v); }
+      lines.push({ name: `${s.name}.${c} ${JSON.stringify(s.tags || {})}`, pts });
+    });
+  }
+  const x = t => 40 + ((t - t0) / Math.max(t1 - t0, 1)) * 1150, y = v => 190 - ((v - v0) / Math.max(v1 - v0, 1e-9)) * 180;
+  lines.slice(0, 12).forEach((l, i) => svg.appendChild(el("polyline", { fill: "none", stroke: COLORS[i % COLORS.length], "stroke-width": 1.5,
+    points: l.pts.map(([t, v]) => `${x(t).toFixed(1)},${y(v).toFixed(1)}`).join(" "), "data-series": l.name })));
+  svg.appendChild(el("text", { x: 2, y: 12, fill: "#8a96a3", "font-size": 10 }, v1.toPrecision(3)));
+  svg.appendChild(el("text", { x: 2, y: 190, fill: "#8a96a3", "font-size": 10 }, v0.toPrecision(3)));
+  // Table: the first series.
+  const s = series[0], table = document.createElement("table");
+  table.appendChild(row(s.columns));
+  for (const v of s.values.slice(0, 200)) table.appendChild(row(v.map(x => x === null ? "" : String(x))));
+  out.appendChild(document.createTextNode(`${series.length} series; first: ${s.name} ${JSON.stringify(s.tags || {})}`));
+  out.appendChild(table);
+}
+
+document.getElementById("db").addEventListener("change", loadMeasurements);
+document.getElementById("measurement").addEventListener("change", ev => {
+  if (ev.target.value) document.getElementById("q").value = `SELECT * FROM "${ev.target.value}" WHERE time > now() - 5m LIMIT 100`;
+});
+document.getElementById("query").addEventListener("submit", ev => { ev.preventDefault(); runQuery(); });
+
 document.getElementById("login").addEventListener("submit", ev => {
   ev.preventDefault();
   sessionStorage.setItem("flame-token", document.getElementById("token").value.trim());
@@ -241,3 +312,4 @@ document.getElementById("login").addEventListener("submit", ev => {
 });
 tick();
 setInterval(tick, 1000);
+if (token()) loadDatabases().then(runQuery).catch(e => { document.getElementById("errors").textContent = "query: " + e.message; });
