@@ -116,10 +116,11 @@ def test_a_kpi_breach_connects_the_edge_cache_and_no_request_fails(
     config = _query(
         clmc,
         token,
-        'SELECT "current_state" FROM "endpoint_config" WHERE "sfe" = '
+        'SELECT "current_state", "latitude" FROM "endpoint_config" WHERE "sfe" = '
         f"'{EDGE}' AND time > {int(started_ms)}ms",
     )
     assert [row[1] for row in config][-2:] == ["connecting", "connected"]
+    assert config[-1][2] == 51.448  # edge-bristol's place in the sandbucket (CLMC-5)
 
     assert len(_sfe_processes(env["FLAME_STATE_DIR"])) == 3  # the demo's endpoints run
     down = flame(env, "down")

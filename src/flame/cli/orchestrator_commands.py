@@ -456,10 +456,18 @@ def serve_orchestrator(
     closers = [runtime.close]
     if clmc_url:
         from flame.orchestrator.clmc_sink import HttpAlertSink  # noqa: PLC0415
-        from flame.sfemc.clmc_reporter import ClmcReporter  # noqa: PLC0415
+        from flame.sfemc.clmc_reporter import ClmcReporter, Place  # noqa: PLC0415
 
         sink = HttpAlertSink(clmc_url, config.token)
-        reporter = ClmcReporter(bus, clmc_url, config.token)
+        places = {
+            cluster: Place(
+                node.location.latitude if node.location else None,
+                node.location.longitude if node.location else None,
+                node.location_name,
+            )
+            for cluster, node in topology.clusters.items()
+        }
+        reporter = ClmcReporter(bus, clmc_url, config.token, places=places)
         alerts = sink
 
         async def close_sink() -> None:

@@ -13,12 +13,13 @@ import collections
 import logging
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import httpx
 
 from flame.sfemc.events import CONFIG_TOPIC, DECISION_TOPIC, ConfigEvent, DecisionEvent, EventBus
 
-__all__ = ["ClmcReporter", "config_line", "decision_line"]
+__all__ = ["ClmcReporter", "Place", "config_line", "decision_line"]
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,18 @@ class _StateTimes:
         return self.sums[key], self.sums[key] / self.counts[key]
 
 
-def config_line(event: ConfigEvent, state_sum: float, state_mean: float) -> str:
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Where a cluster is (CLMC-5: configuration events carry geolocation)."""
+
+    latitude: float | None = None
+    longitude: float | None = None
+    location: str | None = None  # a named location of the topology
+
+
+def config_line(
+    event: ConfigEvent, state_sum: float, state_mean: float, place: Place | None = None
+) -> str:
     tags = _tags(
         {
             "sfc": event.sfc,
@@ -57,6 +69,7 @@ def config_line(event: ConfigEvent, state_sum: float, state_mean: float) -> str:
             "sf": event.sf,
             "sfe": event.sfe,
             "cluster": event.cluster,
+            "location": (place.location if place else None) or "",
         }
     )
     prev = event.from_state
@@ -69,6 +82,8 @@ def config_line(event: ConfigEvent, state_sum: float, state_mean: float) -> str:
     ]
     if event.reason:
         fields.append(f"reason={_str(event.reason)}")
+    if place is not None and place.latitude is not None and place.longitude is not None:
+        fields += [f"latitude={place.latitude!r}", f"longitude={place.longitude!r}"]
     return f"endpoint_config{tags} {','.join(fields)} {int(event.time * 1e9)}"
 
 
@@ -92,7 +107,9 @@ class ClmcReporter:
         database: str = "flame",
         interval_s: float = 0.5,
         max_backlog: int = 10_000,
+        places: Mapping[str, Place] | None = None,
     ) -> None:
+        self._places = dict(places or {})
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._client = httpx.Client(
             base_url=clmc_url.rstrip("/"), headers=headers, timeout=3.0, trust_env=False
@@ -121,7 +138,7 @@ class ClmcReporter:
 
     def _on_config(self, event: ConfigEvent) -> None:
         total, mean = self._times.add(event.sfe, event.from_state, event.duration_s)
-        self._queue(config_line(event, total, mean))
+        self._queue(config_line(event, total, mean, self._places.get(event.cluster)))
 
     def _on_decision(self, event: DecisionEvent) -> None:
         self._queue(decision_line(event))
