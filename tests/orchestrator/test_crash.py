@@ -106,10 +106,10 @@ def test_kill_9_at_random_points_converges(served: ServedPlatform) -> None:
         for trial in range(5):
             r = api.post("/v1/services", json={"template": TEMPLATE, "name": "echo.yaml"})
             assert r.status_code in (200, 202), r.text
-            # A deploy of the three SFEs takes 0.3-0.6 s here: kill inside that window, then
-            # again while the restarted process resumes.
-            crash(f"deploy {trial}", 0.45)
-            crash(f"deploy {trial} again", 0.3)
+            # A deploy of the three SFEs takes 0.2-0.6 s here: kill early inside that window,
+            # then again while the restarted process resumes.
+            crash(f"deploy {trial}", 0.15)
+            crash(f"deploy {trial} again", 0.15)
             wait_for(deployed, 60, f"deployed state after crashes in deploy {trial}")
             # each registration answers as its own endpoint: no stale port, no duplicate
             regs = registrations()
@@ -126,4 +126,4 @@ def test_kill_9_at_random_points_converges(served: ServedPlatform) -> None:
     assert len(deploy_kills) >= 10
     # The kills did land mid-deploy: endpoints short of their desired state, several times.
     mid = [label for label, eps in deploy_kills if any(state != want for _, state, want in eps)]
-    assert len(mid) >= 2, deploy_kills  # timing-dependent: 3-6 of 10 when the machine is quiet
+    assert len(mid) >= 3, deploy_kills
