@@ -122,6 +122,13 @@ def test_a_kpi_breach_connects_the_edge_cache_and_no_request_fails(
     assert [row[1] for row in config][-2:] == ["connecting", "connected"]
     assert config[-1][2] == 51.448  # edge-bristol's place in the sandbucket (CLMC-5)
 
+    # `flame status` tells the same story in the terminal.
+    status_out = flame(env, "status", "vod")
+    assert status_out.returncode == 0, status_out.stderr
+    assert f"{EDGE}" in status_out.stdout
+    assert "vod_slow_at_bristol" in status_out.stdout
+    assert "is CRITICAL" in status_out.stdout
+
     assert len(_sfe_processes(env["FLAME_STATE_DIR"])) == 3  # the demo's endpoints run
     down = flame(env, "down")
     assert down.returncode == 0

@@ -257,6 +257,35 @@ def status_cmd(state: _CliState, sfc: str | None, api: str | None) -> None:
         for e in status["endpoints"]:
             reason = f"  ({e['reason']})" if e.get("reason") else ""
             click.echo(f"  {e['sfe']:<40} {e['state']:<13} desired {e['desired']}{reason}")
+        _print_alerts(state, sfc)
+
+
+def _print_alerts(state: _CliState, sfc: str) -> None:
+    """The chain's alert rules and latest events, from the CLMC, when the config names one."""
+    config = state.config()
+    if config.clmc_url is None:
+        return
+    headers = {"Authorization": f"Bearer {config.token}"} if config.token else {}
+    base = config.clmc_url.rstrip("/")
+    try:
+        with httpx.Client(timeout=5.0, headers=headers, trust_env=False) as http:
+            rules = http.get(base + "/v1/alerts").json()
+            events = http.get(base + "/v1/alerts/events", params={"limit": "200"}).json()
+    except (httpx.HTTPError, ValueError) as exc:
+        click.echo(f"  (alerts: the CLMC at {base} did not answer: {type(exc).__name__})")
+        return
+    mine = [r for r in rules if isinstance(r, dict) and r.get("sfc") == sfc]
+    if mine:
+        click.echo("alerts:")
+    for r in mine:
+        click.echo(
+            f"  {r['name']:<28} {r['level']:<9} {r['aggregation']}({r['measurement']}."
+            f"{r['field']}) {r.get('comparison') or '<'} {r['threshold']} over {r['granularity_s']:g}s"
+        )
+    recent = [e for e in events if isinstance(e, dict) and e.get("sfc") == sfc][-5:]
+    for e in recent:
+        when = time.strftime("%H:%M:%S", time.localtime(e["time_ns"] / 1e9))
+        click.echo(f"  {when} {e['message']}")
 
 
 @click.command("undeploy")
