@@ -44,12 +44,13 @@ EDGE = "vod-demo.cache.edge-bristol"
 FQDN = "vod.flame.example"
 PATHS = ("/hls/master.m3u8", "/hls/360p/index.m3u8", "/hls/360p/seg_000.ts", "/hls/180p/seg_001.ts")
 THRESHOLD_MS = 20
-TARGET_C_S = 1.0
 
 
 class Platform:
     def __init__(self, summary: dict[str, Any]) -> None:
         self.token = summary["tokens"]["flame-up-operator"]
+        self.tenant_token = summary["tokens"]["flame-up-demo"]
+        self.rest_state = "booted"  # where the edge cache waits between rounds
         self.clmc = summary["clmc_url"]
         self.orchestrator = summary["orchestrator_url"]
         self.sr = summary["sr_urls"]["sr-ue-1"]
@@ -79,11 +80,32 @@ class Platform:
         }
         self.http.post(f"{self.orchestrator}/v1/sfemc/events", json=event).raise_for_status()
         deadline = time.monotonic() + 30
-        while self.edge_state()[0] != "booted":
+        while self.edge_state()[0] != self.rest_state:
             if time.monotonic() > deadline:
-                raise SystemExit("the edge cache did not go back to booted")
+                raise SystemExit(f"the edge cache did not go back to {self.rest_state}")
             time.sleep(0.1)
         time.sleep(4)  # let the SR's window of fast responses pass: the next breach is fresh
+
+    def rest_at_placed(self) -> None:
+        """Re-submit the demo so that the edge cache rests `placed` (not running): connecting
+        it then means booting it first (the must-boot case)."""
+        from flame.sandbox.demo import _demo_path
+
+        text = _demo_path("service.yaml").read_text(encoding="utf-8")
+        text = text.replace("edge-bristol: {cache: booted}", "edge-bristol: {cache: placed}")
+        response = self.http.post(
+            f"{self.orchestrator}/v1/services",
+            json={"template": text, "name": "service.yaml"},
+            headers={"Authorization": f"Bearer {self.tenant_token}"},
+        )
+        response.raise_for_status()
+        self.rest_state = "placed"
+        deadline = time.monotonic() + 30
+        while self.edge_state()[0] != "placed":
+            if time.monotonic() > deadline:
+                raise SystemExit("the edge cache did not settle at placed")
+            time.sleep(0.1)
+        time.sleep(4)
 
     def first_breach_s(self, since: float) -> float | None:
         q = (
@@ -171,10 +193,13 @@ def main() -> None:
         if up.returncode != 0:
             raise SystemExit(f"flame up failed:\n{up.stderr}")
         try:
-            results = run_rounds(Platform(json.loads(up.stdout)), rounds)
+            platform = Platform(json.loads(up.stdout))
+            booted = run_rounds(platform, rounds, "booted")
+            platform.rest_at_placed()
+            placed = run_rounds(platform, rounds, "placed", first_reset=False)
         finally:
             subprocess.run([*flame, "down"], env=env, capture_output=True, check=False)
-    report(results, rounds)
+    report(booted, placed, rounds)
 
 
 def run_rounds(platform: Platform, rounds: int) -> list[dict[str, float]]:
@@ -212,27 +237,27 @@ def run_rounds(platform: Platform, rounds: int) -> list[dict[str, float]]:
     return results
 
 
-def report(results: list[dict[str, float]], rounds: int) -> None:
-    def p50(key: str) -> float:
+def report(booted: list[dict[str, float]], placed: list[dict[str, float]], rounds: int) -> None:
+    def p50(results: list[dict[str, float]], key: str) -> float:
         return round(statistics.median(r[key] for r in results), 3)
 
-    figures = {
-        "bench": "closed_loop",
-        "rounds": rounds,
-        "alert_s": p50("alert_s"),
-        "connected_s": p50("connected_s"),
-        "served_s": p50("served_s"),
-        "reaction_ms": round(p50("reaction_s") * 1000, 1),
-        "failed": int(sum(r["failed"] for r in results)),
-        "target_served_s": TARGET_C_S,
-        "anchor_hpa_sync_s": 15,
-    }
-    figures["target_met"] = figures["served_s"] < TARGET_C_S and figures["failed"] == 0
+    figures: dict[str, object] = {"bench": "closed_loop", "rounds": rounds}
+    for name, results in (("booted", booted), ("placed", placed)):
+        figures[f"{name}_alert_s"] = p50(results, "alert_s")
+        figures[f"{name}_connected_s"] = p50(results, "connected_s")
+        figures[f"{name}_served_s"] = p50(results, "served_s")
+        figures[f"{name}_reaction_ms"] = round(p50(results, "reaction_s") * 1000, 1)
+    figures["failed"] = int(sum(r["failed"] for r in booted + placed))
+    figures["targets"] = {"booted_served_s": 1.0, "placed_served_s": 3.0}
+    figures["anchor_hpa_sync_s"] = 15
+    figures["target_met"] = (
+        p50(booted, "served_s") < 1.0 and p50(placed, "served_s") < 3.0 and not figures["failed"]
+    )
     print(
         "Notes: t0 is the stamp of the first SR point (1 s interval) whose mean response time "
         f"breached {THRESHOLD_MS} ms. The CLMC judges the rule's 3 s window as it slides, 0.5 s "
         "behind the clock for late points, every 0.25 s; 'alert -> edge' is the platform's own "
-        "reaction (SFEMC connect, PCE tables, SR long poll, next request)."
+        "reaction (SFEMC boot if needed and connect, PCE tables, SR long poll, next request)."
     )
     print(json.dumps(figures))
 

@@ -17,7 +17,7 @@ import httpx
 from flame.common.errors import FlameError
 from flame.sfemc.images import ImageRepository, build_image, digest_of
 
-__all__ = ["DEMO_FQDN", "DEMO_SFC", "deploy_demo", "package_demo_images"]
+__all__ = ["DEMO_FQDN", "DEMO_SFC", "demo_template", "deploy_demo", "package_demo_images"]
 
 DEMO_FQDN = "vod.flame.example"
 DEMO_SFC = "vod"
@@ -28,6 +28,11 @@ def _demo_path(name: str) -> Path:
     ref = resources.files("flame.sandbox") / "demo" / name
     with resources.as_file(ref) as path:
         return Path(path)
+
+
+def demo_template() -> str:
+    """The demo service's FLAME-TOSCA template (package data)."""
+    return _demo_path("service.yaml").read_text(encoding="utf-8")
 
 
 def package_demo_images(images_dir: Path) -> dict[str, str]:
@@ -59,7 +64,7 @@ def deploy_demo(
             headers={"Authorization": f"Bearer {operator_token}"},
         )
         _check(delegated, f"delegating {DEMO_FQDN} to {tenant}")
-        template = _demo_path("service.yaml").read_text(encoding="utf-8")
+        template = demo_template()
         as_tenant = {"Authorization": f"Bearer {tenant_token}"}
         submitted = http.post(
             f"{orchestrator_url}/v1/services",
