@@ -202,13 +202,16 @@ def main() -> None:
     report(booted, placed, rounds)
 
 
-def run_rounds(platform: Platform, rounds: int) -> list[dict[str, float]]:
+def run_rounds(
+    platform: Platform, rounds: int, rest: str, *, first_reset: bool = False
+) -> list[dict[str, float]]:
     print(
-        f"# flame up (sandbucket, demo); {rounds} round(s) of 20 req/s at sr-ue-1 until the edge serves"
+        f"# the edge cache {rest} between rounds; {rounds} round(s) of 20 req/s at sr-ue-1 "
+        "until the edge serves"
     )
     results = []
     for i in range(rounds):
-        if i:
+        if i or first_reset:
             platform.reset()
         since = time.time()
         first_edge, sent, failed = asyncio.run(load_until_edge(platform.sr, 30))

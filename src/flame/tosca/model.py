@@ -129,6 +129,8 @@ class AlertRule:
     notify_sfemc: bool = False
     webhooks: tuple[str, ...] = ()
     description: str = ""
+    # The WARNING level: the comparison holds against this but not `threshold` (CRITICAL).
+    warning_threshold: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,6 +54,7 @@ TRIGGER_KEYS = {"description", "event_type", "metric", "condition", "action"}
 # An alert's condition; a StateChange trigger carrying its own alert may also give a period.
 CONDITION_KEYS = {
     "threshold",
+    "warning_threshold",
     "granularity",
     "aggregation_method",
     "resource_type",
@@ -943,6 +944,17 @@ class ProfileChecker:
                     or "use lt, gt, lte, gte, eq or neq",
                 )
                 ok = False
+        warning = condition.get("warning_threshold")
+        if warning is not None and (not _number(warning) or event is EventType.DEADMAN):
+            self.sink.error(
+                codes.BAD_TRIGGER,
+                f"{what}: condition.warning_threshold must be a number, for a threshold or "
+                f"relative alert; got {kind_of(warning)} for {event.value if event else '?'}",
+                condition.at("warning_threshold"),
+                hint="for example 'warning_threshold: 80' beside 'threshold: 100'; a deadman "
+                "alert has one level",
+            )
+            ok = False
         tags = self._tags(condition, what)
         notify, hooks = self._handlers(trigger, what, inline)
         if not ok or event is None or granularity is None or not _number(threshold):
@@ -955,6 +967,7 @@ class ProfileChecker:
             measurement=measurement,
             field=field_name,
             threshold=float(threshold),
+            warning_threshold=float(warning) if _number(warning) else None,
             granularity_s=granularity,
             aggregation=str(aggregation),
             comparison=comparison,

@@ -267,3 +267,19 @@ def test_relative_rules_stay_on_aligned_windows_when_sliding(clock: Clock) -> No
     engine.observe("flame", "sr_fqdn", batch([T0, T0 + 2 * S], [100.0, 300.0]))
     (event,) = engine.tick(T0 + 4 * S + S // 2)
     assert event.value == pytest.approx(200.0)  # window [2 s, 4 s) against [0, 2 s)
+
+
+def test_warning_level_between_ok_and_critical(clock: Clock) -> None:
+    engine = AlertEngine(lateness_s=0.5, clock=clock)
+    engine.set_rules("acme", "vod", "vod-1", [rule(threshold=100.0, warning_threshold=50.0)])
+    steps = [(T0, 60.0), (T0 + 2 * S, 150.0), (T0 + 4 * S, 70.0), (T0 + 6 * S, 10.0)]
+    levels = []
+    for t, v in steps:
+        engine.observe("flame", "sr_fqdn", batch([t], [v]))
+        levels += [(e.previous_level, e.level) for e in engine.tick(t + 2 * S + S // 2)]
+    assert levels == [
+        (Level.OK, Level.WARNING),
+        (Level.WARNING, Level.CRITICAL),
+        (Level.CRITICAL, Level.WARNING),
+        (Level.WARNING, Level.OK),
+    ]

@@ -34,6 +34,7 @@ DEFAULT_DATABASE = "flame"
 
 class Level:
     OK = "ok"
+    WARNING = "warning"
     CRITICAL = "critical"
 
 
@@ -121,6 +122,13 @@ class AlertEvent:
                 ]
             },
         }
+
+
+def _limit(rule: AlertRule, level: str) -> float:
+    """The threshold a level is about (the warning one for WARNING)."""
+    if level == Level.WARNING and rule.warning_threshold is not None:
+        return rule.warning_threshold
+    return rule.threshold if rule.threshold is not None else 0.0
 
 
 def _rfc3339(ns: int) -> str:
@@ -355,7 +363,15 @@ class AlertEngine:
             if value is None or rule.comparison is None or rule.threshold is None:
                 return None  # no data: no verdict (deadman rules are for silence)
             firing = rule.comparison.holds(value, rule.threshold)
+            warning = rule.warning_threshold
+            if not firing and warning is not None and rule.comparison.holds(value, warning):
+                return self._change(state, window, Level.WARNING, value, now)
         level = Level.CRITICAL if firing else Level.OK
+        return self._change(state, window, level, value, now)
+
+    def _change(
+        self, state: _RuleState, window: Window, level: str, value: float | None, now: int
+    ) -> AlertEvent | None:
         if level == state.level:
             return None
         previous_level, state.level = state.level, level
@@ -388,7 +404,7 @@ class AlertEngine:
         cmp = rule.comparison.value if rule.comparison is not None else "lt"
         message = (
             f"alert {rule.name} of {key.sfc}/{key.sfci} is {level.upper()}: {what} "
-            f"({cmp} {rule.threshold:g} {'holds' if level == Level.CRITICAL else 'no longer holds'})"
+            f"({cmp} {_limit(rule, level):g} {'no longer holds' if level == Level.OK else 'holds'})"
             if rule.threshold is not None
             else f"alert {rule.name} of {key.sfc}/{key.sfci} is {level.upper()}: {what}"
         )
@@ -433,6 +449,9 @@ def rules_from_dicts(items: Sequence[dict[str, Any]]) -> list[AlertRule]:
                 measurement=str(item["measurement"]),
                 field=str(item["field"]),
                 threshold=None if item.get("threshold") is None else float(item["threshold"]),
+                warning_threshold=None
+                if item.get("warning_threshold") is None
+                else float(item["warning_threshold"]),
                 granularity_s=float(item["granularity_s"]),
                 aggregation=str(item.get("aggregation", "mean")),
                 comparison=None
