@@ -61,7 +61,8 @@ def _emit(data: Any) -> None:
 def cli(ctx: click.Context, json_output: bool, config_path: Path | None) -> None:
     """FLAME: media service delivery on edge infrastructure.
 
-    Describe a service in FLAME-TOSCA, validate it, and (soon) run it on FLAME-in-a-box.
+    Describe a service in FLAME-TOSCA, validate it, deploy it, and run the whole platform on
+    this machine with `flame up` (FLAME-in-a-box).
     """
     ctx.obj = _State(json_output, config_path)
 
