@@ -278,10 +278,14 @@ def _print_alerts(state: _CliState, sfc: str) -> None:
     if mine:
         click.echo("alerts:")
     for r in mine:
-        click.echo(
-            f"  {r['name']:<28} {r['level']:<9} {r['aggregation']}({r['measurement']}."
-            f"{r['field']}) {r.get('comparison') or '<'} {r['threshold']} over {r['granularity_s']:g}s"
+        what = f"{r['measurement']}.{r['field']}"
+        rule = (
+            f"fewer than {r['threshold']:g} points of {what} in {r['granularity_s']:g}s"
+            if r.get("event_type") == "deadman"
+            else f"{r['aggregation']}({what}) {r.get('comparison')} {r['threshold']:g} "
+            f"over {r['granularity_s']:g}s"
         )
+        click.echo(f"  {r['name']:<28} {r['level']:<9} {rule}")
     recent = [e for e in events if isinstance(e, dict) and e.get("sfc") == sfc][-5:]
     for e in recent:
         when = time.strftime("%H:%M:%S", time.localtime(e["time_ns"] / 1e9))

@@ -274,6 +274,9 @@ def halt_sfes(state_dir: Path) -> list[str]:
     root = state_dir / "vim"
     if not (root / "sfes").is_dir():
         return []
+    # Reading the VIM's records "adopts" the running SFEs, which it logs; on the way down that
+    # would only confuse.
+    logging.getLogger("flame.sfemc.vim.process").setLevel(logging.WARNING)
     vim = ProcessVim(root, {}, ImageRepository(state_dir / "images"), grace_s=3.0)
 
     async def halt() -> list[str]:
