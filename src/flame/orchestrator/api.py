@@ -28,8 +28,9 @@ from starlette.datastructures import UploadFile
 from flame import __version__
 from flame.common.auth import TokenStore
 from flame.common.errors import UserError
+from flame.common.http_api import BearerAuth, Caller, install_errors
 from flame.orchestrator.service import Orchestrator
-from flame.sfemc.api import BearerAuth, Caller, install_errors, sfemc_router
+from flame.sfemc.api import sfemc_router
 
 __all__ = ["create_app", "read_files"]
 
@@ -119,7 +120,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_middleware(BearerAuth, tokens=tokens)
-    install_errors(app)
+    install_errors(app, "the orchestrator")
     app.include_router(sfemc_router(sfemc))
 
     @app.get("/health")

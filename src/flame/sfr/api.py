@@ -24,19 +24,17 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Query, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.datastructures import Headers
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from flame import __version__
-from flame.common.auth import Principal, TokenStore, parse_bearer, require_operator
-from flame.common.errors import AuthenticationError, FlameError, UserError
+from flame.common.auth import TokenStore, require_operator
+from flame.common.errors import UserError
+from flame.common.http_api import BearerAuth, Caller, install_errors
 from flame.sfr.models import Endpoint, Metric, RoutingPolicy
 from flame.sfr.registry import normalise_fqdn
 from flame.sfr.service import MAX_WAIT_S, ChangeResult, PceService, PublishedTable
@@ -49,14 +47,6 @@ __all__ = ["create_app"]
 
 log = logging.getLogger("flame.sfr.api")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-_PRINCIPAL = "flame.principal"
-_REALM = 'Bearer realm="flame-pce"'
 _NODE_ID = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 
 
@@ -138,106 +128,6 @@ class PolicyBody(_Body):
     max_latency_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
 
-# -- errors ----------------------------------------------------------------------------------------
-
-
-def _error_response(exc: FlameError) -> JSONResponse:
-    headers: dict[str, str] = {}
-    if exc.http_status == 401:
-        headers["WWW-Authenticate"] = _REALM
-    elif exc.http_status == 503:
-        headers["Retry-After"] = "1"
-    return JSONResponse(exc.as_dict(), status_code=exc.http_status, headers=headers)
-
-
-async def _flame_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, FlameError)
-    if not isinstance(exc, UserError) and exc.http_status >= 500:
-        log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
-    return _error_response(exc)
-
-
-async def _validation_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
-    # Only location, message and type: pydantic's "input" and "ctx" may hold anything.
-    errors = [
-        {
-            "loc": [str(part) for part in e.get("loc", ())],
-            "msg": e.get("msg", ""),
-            "type": e.get("type", ""),
-        }
-        for e in exc.errors()
-    ]
-    first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
-    where = ".".join(first["loc"])
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return JSONResponse(
-        {
-            "error": "invalid_request",
-            "message": f"{where}: {first['msg']}{more}" if where else f"{first['msg']}{more}",
-            "errors": errors,
-        },
-        status_code=422,
-    )
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, StarletteHTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    message = str(exc.detail)
-    if exc.status_code == 404:
-        message = f"no route {request.method} {request.url.path}; see /docs for the API"
-    return JSONResponse(
-        {"error": code, "message": message},
-        status_code=exc.status_code,
-        headers=dict(exc.headers or {}),
-    )
-
-
-async def _internal_error(request: Request, exc: Exception) -> Response:
-    log.error("%s %s: internal error", request.method, request.url.path, exc_info=exc)
-    return JSONResponse(
-        {"error": "internal_error", "message": "internal error in the PCE; see its log"},
-        status_code=500,
-    )
-
-
-# -- authentication ------------------------------------------------------------------------------
-
-
-class BearerAuth:
-    """Authenticate every `/v1` request before routing, body parsing or validation."""
-
-    def __init__(self, app: ASGIApp, tokens: TokenStore) -> None:
-        self.app = app
-        self.tokens = tokens
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if scope["type"] != "http" or not (path == "/v1" or path.startswith("/v1/")):
-            await self.app(scope, receive, send)
-            return
-        try:
-            token = parse_bearer(Headers(scope=scope).get("authorization"))
-            scope[_PRINCIPAL] = self.tokens.authenticate(token)
-        except FlameError as exc:  # 401, or 500 for an unusable token store
-            await _error_response(exc)(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-
-def _principal(request: Request) -> Principal:
-    principal = request.scope.get(_PRINCIPAL)
-    if not isinstance(principal, Principal):  # only if the middleware was not installed
-        raise AuthenticationError(
-            "missing Authorization header; send 'Authorization: Bearer <token>'"
-        )
-    return principal
-
-
-Caller = Annotated[Principal, Depends(_principal)]
-
-
 # -- the app ---------------------------------------------------------------------------------------
 
 
@@ -259,10 +149,7 @@ def create_app(service: PceService, tokens: TokenStore) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(BearerAuth, tokens=tokens)
-    app.add_exception_handler(FlameError, _flame_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _internal_error)
+    install_errors(app, "the PCE")
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
