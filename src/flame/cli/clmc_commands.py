@@ -13,9 +13,9 @@ from typing import Protocol
 
 import click
 
+from flame.cli._serve import run_server
 from flame.common.auth import TokenStore
 from flame.common.config import Config
-from flame.common.errors import UserError
 from flame.common.logging import setup_logging
 
 __all__ = ["install"]
@@ -82,7 +82,6 @@ def serve_clmc(
     nats_url: str | None,
 ) -> None:
     """Run the CLMC's InfluxDB 1.x compatible API: /ping, /write, /api/v2/write, /query."""
-    import uvicorn  # noqa: PLC0415 - lazy, heavy
 
     from flame.clmc.alerts.notify import Notifier  # noqa: PLC0415 - lazy, heavy
     from flame.clmc.alerts.service import AlertService  # noqa: PLC0415 - lazy, heavy
@@ -106,17 +105,4 @@ def serve_clmc(
     directory.mkdir(parents=True, exist_ok=True)
     service = ClmcService(directory, tokens, retention_interval_s=retention_interval, alerts=alerts)
     click.echo(f"CLMC on http://{host}:{port} (data in {directory})", err=True)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            service.app,
-            host=host,
-            port=port,
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=2,
-        )
-    )
-    try:
-        server.run()
-    except SystemExit:  # how uvicorn reports a port it cannot bind or a failed startup
-        raise UserError(f"the CLMC could not start on {host}:{port}; see the log above") from None
+    run_server(service.app, host, port, "the CLMC")

@@ -6,8 +6,8 @@ from typing import Protocol
 
 import click
 
+from flame.cli._serve import run_server
 from flame.common.config import Config
-from flame.common.errors import UserError
 from flame.common.logging import setup_logging
 
 __all__ = ["install"]
@@ -46,7 +46,6 @@ def serve_dashboard(
     clmc_db: str,
 ) -> None:
     """Serve the dashboard. It holds no token: the browser's token is passed to each API."""
-    import uvicorn  # noqa: PLC0415 - lazy, heavy
 
     from flame.clmc.dashboard.app import DashboardConfig, create_dashboard_app  # noqa: PLC0415
 
@@ -61,12 +60,4 @@ def serve_dashboard(
         )
     )
     click.echo(f"dashboard on http://{host}:{port}/", err=True)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False)
-    )
-    try:
-        server.run()
-    except SystemExit:
-        raise UserError(
-            f"the dashboard could not start on {host}:{port}; see the log above"
-        ) from None
+    run_server(app, host, port, "the dashboard")

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import click
 import httpx
 
+from flame.cli._serve import run_server
 from flame.common.config import Config
 from flame.common.diagnostics import Diagnostic, Position, Severity, ValidationFailed
 from flame.common.errors import UserError
@@ -446,7 +447,6 @@ def serve_orchestrator(
 
     SFE processes outlive this process on purpose: a restarted orchestrator adopts them.
     """
-    import uvicorn  # noqa: PLC0415 - lazy, heavy
 
     from flame.common.auth import TokenStore  # noqa: PLC0415
     from flame.common.logging import setup_logging  # noqa: PLC0415
@@ -530,21 +530,4 @@ def serve_orchestrator(
         f"{'PCE ' + ','.join(pce_urls) if pce_urls else 'in-process'})",
         err=True,
     )
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=2,
-        )
-    )
-    try:
-        server.run()
-    except SystemExit:
-        started = False
-    else:
-        started = server.started
-    if not started:
-        raise UserError(f"the orchestrator could not start on {host}:{port}; see the log above")
+    run_server(app, host, port, "the orchestrator")

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import click
 
+from flame.cli._serve import run_server
 from flame.common.auth import TokenStore
 from flame.common.config import Config
-from flame.common.errors import UserError
 from flame.common.logging import setup_logging
 from flame.sfr.store import Store, encode_link, encode_node
 from flame.topology.loader import load_topology
@@ -304,7 +304,6 @@ def serve_pce(
     Start a second one with the same --db (and another --port) as a standby: it takes over when
     the active one stops renewing its lease.
     """
-    import uvicorn  # noqa: PLC0415 - lazy, heavy
 
     from flame.sfr.api import create_app  # noqa: PLC0415 - lazy, heavy
     from flame.sfr.service import PceService  # noqa: PLC0415 - lazy, heavy
@@ -328,24 +327,7 @@ def serve_pce(
             f"database {store.path}, lease {lease_ttl:g}s)",
             err=True,
         )
-        server = uvicorn.Server(
-            uvicorn.Config(
-                app,
-                host=host,
-                port=port,
-                log_config=None,
-                access_log=False,
-                timeout_graceful_shutdown=2,
-            )
-        )
-        try:
-            server.run()
-        except SystemExit:  # how uvicorn reports a port it cannot bind or a failed startup
-            started = False
-        else:
-            started = server.started
-        if not started:
-            raise UserError(f"the PCE could not start on {host}:{port}; see the log above")
+        run_server(app, host, port, "the PCE")
     finally:
         store.close()
 
