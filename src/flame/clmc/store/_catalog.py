@@ -6,15 +6,25 @@ stores persist the same facts in a `_flame_columns` table and rebuild this cache
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 import pyarrow as pa  # type: ignore[import-untyped]
 
-from flame.clmc.errors import FieldTypeConflict
-from flame.clmc.store.base import FIELD, KIND_KEY, TAG, FieldType, MeasurementSchema, table_name
+from flame.clmc.errors import DatabaseNotFound, FieldTypeConflict, RetentionPolicyNotFound
+from flame.clmc.store.base import (
+    DEFAULT_RP,
+    FIELD,
+    KIND_KEY,
+    TAG,
+    FieldType,
+    MeasurementSchema,
+    RetentionPolicy,
+    table_name,
+)
 
-__all__ = ["BatchColumn", "Catalog", "TableInfo", "classify", "field_type_of"]
+__all__ = ["BatchColumn", "Catalog", "CatalogReads", "TableInfo", "classify", "field_type_of"]
 
 
 def field_type_of(dtype: pa.DataType) -> FieldType:
@@ -164,3 +174,45 @@ class Catalog:
                 and (measurement is None or k[2] == measurement)
             ):
                 del self.tables[k]
+
+
+class CatalogReads:
+    """The catalog reads both SQL stores answer alike, from their in-memory caches: the
+    retention policies by database (`_policies`) and the table schemas (`_catalog`)."""
+
+    _lock: threading.RLock
+    _policies: dict[str, list[RetentionPolicy]]
+    _catalog: Catalog
+
+    def databases(self) -> list[str]:
+        return sorted(self._policies)
+
+    def retention_policies(self, database: str) -> list[RetentionPolicy]:
+        policies = self._policies.get(database)
+        if policies is None:
+            raise DatabaseNotFound(database)
+        return list(policies)
+
+    def default_rp(self, database: str) -> str:
+        for rp in self.retention_policies(database):
+            if rp.default:
+                return rp.name
+        return DEFAULT_RP
+
+    def measurements(self, database: str, rp: str | None = None) -> list[str]:
+        with self._lock:
+            names = {k[2] for k in self._catalog.tables if k[0] == database and rp in (None, k[1])}
+        return sorted(names)
+
+    def schema(self, database: str, rp: str, measurement: str) -> MeasurementSchema | None:
+        with self._lock:
+            info = self._catalog.get(database, rp, measurement)
+            return None if info is None else info.schema()
+
+    def _require_db(self, database: str) -> None:
+        if database not in self._policies:
+            raise DatabaseNotFound(database)
+
+    def _require_rp(self, database: str, rp: str) -> None:
+        if not any(p.name == rp for p in self.retention_policies(database)):
+            raise RetentionPolicyNotFound(rp)

@@ -20,13 +20,11 @@ from typing import Any
 
 import pyarrow as pa  # type: ignore[import-untyped]
 
-from flame.clmc.errors import DatabaseNotFound, RetentionPolicyNotFound
-from flame.clmc.store._catalog import Catalog, TableInfo, classify
+from flame.clmc.store._catalog import Catalog, CatalogReads, TableInfo, classify
 from flame.clmc.store.base import (
     DEFAULT_RP,
     ConfigVersion,
     FieldType,
-    MeasurementSchema,
     RetentionPolicy,
     table_name,
 )
@@ -108,7 +106,7 @@ def bind(sql: str, params: Sequence[object]) -> str:
     return "".join(out)
 
 
-class ClickHouseStore:
+class ClickHouseStore(CatalogReads):
     """`Store` on an in-process ClickHouse (chdb) whose data lives in `path`."""
 
     def __init__(self, path: str | Path) -> None:
@@ -175,15 +173,6 @@ class ClickHouseStore:
             self._catalog.drop(name)
             self._load_policies()
 
-    def databases(self) -> list[str]:
-        return sorted(self._policies)
-
-    def retention_policies(self, database: str) -> list[RetentionPolicy]:
-        policies = self._policies.get(database)
-        if policies is None:
-            raise DatabaseNotFound(database)
-        return list(policies)
-
     def create_retention_policy(self, database: str, policy: RetentionPolicy) -> None:
         """Create or alter `policy`; making it the default clears the old default."""
         with self._lock:
@@ -201,16 +190,6 @@ class ClickHouseStore:
             )
             self._exec(f"INSERT INTO _flame_rps VALUES {values}")
             self._load_policies()
-
-    def measurements(self, database: str, rp: str | None = None) -> list[str]:
-        return sorted(
-            {k[2] for k in self._catalog.tables if k[0] == database and rp in (None, k[1])}
-        )
-
-    def schema(self, database: str, rp: str, measurement: str) -> MeasurementSchema | None:
-        with self._lock:
-            info = self._catalog.get(database, rp, measurement)
-            return None if info is None else info.schema()
 
     # -- data -----------------------------------------------------------------------------------
 
@@ -238,10 +217,6 @@ class ClickHouseStore:
             for key, value in (meta or {}).items():
                 self._exec(f"DELETE FROM _flame_meta WHERE key = {literal(key)}")
                 self._exec(f"INSERT INTO _flame_meta VALUES ({literal(key)}, {literal(value)})")
-
-    def _require_rp(self, database: str, rp: str) -> None:
-        if not any(p.name == rp for p in self.retention_policies(database)):
-            raise RetentionPolicyNotFound(rp)
 
     def _append_one(
         self, db: str, rp: str, m: str, batch: pa.Table, tag_keys: Collection[str] | None

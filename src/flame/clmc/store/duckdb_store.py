@@ -15,14 +15,12 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa  # type: ignore[import-untyped]
 
-from flame.clmc.errors import DatabaseNotFound, RetentionPolicyNotFound
-from flame.clmc.store._catalog import Catalog, TableInfo, classify
+from flame.clmc.store._catalog import Catalog, CatalogReads, TableInfo, classify
 from flame.clmc.store.base import (
     DEFAULT_RP,
     FIELD_SQL_TYPES,
     ConfigVersion,
     FieldType,
-    MeasurementSchema,
     RetentionPolicy,
     table_name,
 )
@@ -45,7 +43,7 @@ def _q(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
-class DuckDBStore:
+class DuckDBStore(CatalogReads):
     """`Store` on one DuckDB database; `path=None` keeps everything in memory (tests)."""
 
     def __init__(self, path: str | Path | None = None) -> None:
@@ -119,15 +117,6 @@ class DuckDBStore:
             self._catalog.drop(name)
             self._load_policies()
 
-    def databases(self) -> list[str]:
-        return sorted(self._policies)
-
-    def retention_policies(self, database: str) -> list[RetentionPolicy]:
-        policies = self._policies.get(database)
-        if policies is None:
-            raise DatabaseNotFound(database)
-        return list(policies)
-
     def create_retention_policy(self, database: str, policy: RetentionPolicy) -> None:
         """Create or alter `policy`; making it the default clears the old default."""
         with self._lock:
@@ -147,34 +136,6 @@ class DuckDBStore:
                 self._con.execute("ROLLBACK")
                 raise
             self._load_policies()
-
-    def default_rp(self, database: str) -> str:
-        for rp in self.retention_policies(database):
-            if rp.default:
-                return rp.name
-        return DEFAULT_RP
-
-    def measurements(self, database: str, rp: str | None = None) -> list[str]:
-        with self._lock:
-            names = {
-                k[2]
-                for k in self._catalog.tables
-                if k[0] == database and (rp is None or k[1] == rp)
-            }
-        return sorted(names)
-
-    def schema(self, database: str, rp: str, measurement: str) -> MeasurementSchema | None:
-        with self._lock:
-            info = self._catalog.get(database, rp, measurement)
-            return None if info is None else info.schema()
-
-    def _require_db(self, database: str) -> None:
-        if database not in self._policies:
-            raise DatabaseNotFound(database)
-
-    def _require_rp(self, database: str, rp: str) -> None:
-        if not any(p.name == rp for p in self.retention_policies(database)):
-            raise RetentionPolicyNotFound(rp)
 
     # -- data -----------------------------------------------------------------------------------
 
