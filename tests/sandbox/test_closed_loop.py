@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import pytest
 
 from flame.sandbox.supervisor import pid_alive
 
-from .test_up import env, flame  # noqa: F401 - the env fixture
+from .test_up import env, flame, listening  # noqa: F401 - the env fixture
 
 pytestmark = pytest.mark.slow
 
@@ -37,13 +36,6 @@ def _query(clmc: str, token: str, q: str) -> list[list[Any]]:
     body = _get(clmc + "/query", token, db="flame", q=q, epoch="ms")
     series = body["results"][0].get("series", [])
     return [row for s in series for row in s["values"]]
-
-
-def _listening(url: str) -> bool:
-    host, port = url.removeprefix("http://").rstrip("/").rsplit(":", 1)
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex((host, int(port))) == 0
 
 
 def _sfe_processes(state_dir: str) -> list[int]:
@@ -134,7 +126,7 @@ def test_a_kpi_breach_connects_the_edge_cache_and_no_request_fails(
     assert down.returncode == 0
     for component in summary["components"]:
         assert not pid_alive(component["pid"]), component
-        assert not _listening(component["url"]), component
+        assert not listening(component["url"]), component
     assert _sfe_processes(env["FLAME_STATE_DIR"]) == []
     for name, url in summary["sr_urls"].items():
-        assert not _listening(url), name
+        assert not listening(url), name

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from flame.common.config import load_config
+from flame.sandbox.supervisor import pid_alive
 from flame.sfr.client import PceClient
 from flame.sfr.models import Endpoint
 
@@ -72,22 +73,11 @@ def hello_server() -> Iterator[int]:
         server.server_close()
 
 
-def _listening(url: str) -> bool:
+def listening(url: str) -> bool:
     host, port = url.removeprefix("http://").rstrip("/").rsplit(":", 1)
     with socket.socket() as s:
         s.settimeout(0.5)
         return s.connect_ex((host, int(port))) == 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is gone for our purpose.
-    with contextlib.suppress(FileNotFoundError):
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    return False
 
 
 @pytest.mark.slow
@@ -111,7 +101,7 @@ def test_up_detached_route_a_ue_and_down(env: dict[str, str], tmp_path: Path) ->
     assert summary["sr_urls"]["sr-ue-1"].startswith("http://127.0.1.1:")
     assert summary["sr_urls"]["sr-ue-2"].startswith("http://127.0.1.2:")
     for component in summary["components"]:
-        assert _listening(component["url"]), component
+        assert listening(component["url"]), component
 
     again = flame(env, "up", "--free-ports", "--no-demo")
     assert again.returncode == 1
@@ -175,9 +165,9 @@ def test_up_detached_route_a_ue_and_down(env: dict[str, str], tmp_path: Path) ->
     assert down.returncode == 0
     assert "stopped" in down.stdout
     for component in summary["components"]:
-        assert not _alive(component["pid"]), component
-        assert not _listening(component["url"]), component
-    assert not _alive(summary["pid"])
+        assert not pid_alive(component["pid"]), component
+        assert not listening(component["url"]), component
+    assert not pid_alive(summary["pid"])
     assert "not running" in flame(env, "down").stdout
 
 

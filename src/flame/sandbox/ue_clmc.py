@@ -8,13 +8,10 @@ import time
 
 import httpx
 
+from flame.common.lineproto import point
 from flame.sandbox.ue import LoadSpec, Second
 
 __all__ = ["ClmcReporter"]
-
-
-def _tag(value: str) -> str:
-    return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
 
 
 class ClmcReporter:
@@ -24,16 +21,14 @@ class ClmcReporter:
             base_url=url.rstrip("/"), headers=headers, timeout=2.0, trust_env=False
         )
         self._db = db
-        self._tags = f"ue,ue={_tag(spec.ue)},fqdn={_tag(spec.fqdn)},sr={_tag(spec.base_url)}"
+        self._tags = {"ue": spec.ue, "fqdn": spec.fqdn, "sr": spec.base_url}
         self._tasks: set[asyncio.Task[None]] = set()
         self.dropped = 0
 
     def second(self, _t: int, stats: Second) -> None:
         mean = stats.latency_sum_ms / stats.requests if stats.requests else 0.0
-        line = (
-            f"{self._tags} requests={stats.requests}i,errors={stats.errors}i,"
-            f"response_time={mean:.3f} {time.time_ns()}"
-        )
+        fields = {"requests": stats.requests, "errors": stats.errors, "response_time": mean}
+        line = point("ue", self._tags, fields, time.time_ns())
         task = asyncio.get_running_loop().create_task(self._send(line))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

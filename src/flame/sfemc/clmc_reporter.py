@@ -17,23 +17,12 @@ from dataclasses import dataclass
 
 import httpx
 
+from flame.common.lineproto import FieldValue, point
 from flame.sfemc.events import CONFIG_TOPIC, DECISION_TOPIC, ConfigEvent, DecisionEvent, EventBus
 
 __all__ = ["ClmcReporter", "Place", "config_line", "decision_line"]
 
 log = logging.getLogger(__name__)
-
-
-def _tag(value: str) -> str:
-    return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
-
-
-def _str(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") + '"'
-
-
-def _tags(tags: Mapping[str, str]) -> str:
-    return "".join(f",{k}={_tag(v)}" for k, v in tags.items() if v)
 
 
 class _StateTimes:
@@ -62,39 +51,38 @@ class Place:
 def config_line(
     event: ConfigEvent, state_sum: float, state_mean: float, place: Place | None = None
 ) -> str:
-    tags = _tags(
-        {
-            "sfc": event.sfc,
-            "sfci": event.sfci,
-            "sf": event.sf,
-            "sfe": event.sfe,
-            "cluster": event.cluster,
-            "location": (place.location if place else None) or "",
-        }
-    )
+    tags = {
+        "sfc": event.sfc,
+        "sfci": event.sfci,
+        "sf": event.sf,
+        "sfe": event.sfe,
+        "cluster": event.cluster,
+        "location": (place.location if place else None) or "",
+    }
     prev = event.from_state
-    fields = [
-        f"current_state={_str(event.to_state)}",
-        f"previous_state={_str(prev)}",
-        f"{prev}_s={event.duration_s!r}",  # this visit of the previous state
-        f"{prev}_sum={state_sum!r}",  # every visit so far (since this SFEMC started)
-        f"{prev}_mst={state_mean!r}",  # mean state time
-    ]
+    fields: dict[str, FieldValue] = {
+        "current_state": event.to_state,
+        "previous_state": prev,
+        f"{prev}_s": float(event.duration_s),  # this visit of the previous state
+        f"{prev}_sum": float(state_sum),  # every visit so far (since this SFEMC started)
+        f"{prev}_mst": float(state_mean),  # mean state time
+    }
     if event.reason:
-        fields.append(f"reason={_str(event.reason)}")
+        fields["reason"] = event.reason
     if place is not None and place.latitude is not None and place.longitude is not None:
-        fields += [f"latitude={place.latitude!r}", f"longitude={place.longitude!r}"]
-    return f"endpoint_config{tags} {','.join(fields)} {int(event.time * 1e9)}"
+        fields["latitude"] = float(place.latitude)
+        fields["longitude"] = float(place.longitude)
+    return point("endpoint_config", tags, fields, int(event.time * 1e9))
 
 
 def decision_line(event: DecisionEvent) -> str:
-    tags = _tags({"sfc": event.sfc, "alert": event.alert, "decision": event.decision})
-    fields = [
-        f"event_id={_str(event.event_id)}",
-        f"reason={_str(event.reason)}",
-        f"changes={_str('; '.join(event.changes))}",
-    ]
-    return f"sfemc_decision{tags} {','.join(fields)} {int(event.time * 1e9)}"
+    tags = {"sfc": event.sfc, "alert": event.alert, "decision": event.decision}
+    fields: dict[str, FieldValue] = {
+        "event_id": event.event_id,
+        "reason": event.reason,
+        "changes": "; ".join(event.changes),
+    }
+    return point("sfemc_decision", tags, fields, int(event.time * 1e9))
 
 
 class ClmcReporter:

@@ -8,6 +8,7 @@ import collections
 import pytest
 
 from flame.common.errors import ConfigError
+from flame.common.lineproto import escape_tag, point
 from flame.sfr.router.balancer import FqdnRoutes
 from flame.sfr.router.body import RequestBody
 from flame.sfr.router.coalesce import JoinWindow, coalesce_key, may_join
@@ -16,7 +17,7 @@ from flame.sfr.router.errors import BadRequest, LoopDetected, MethodNotAllowed, 
 from flame.sfr.router.flow import BODY_BUFFER
 from flame.sfr.router.forward import may_retry
 from flame.sfr.router.headers import connection_tokens, fqdn_from_host
-from flame.sfr.router.metrics import RouterMetrics, escape_tag, line
+from flame.sfr.router.metrics import RouterMetrics
 from flame.sfr.router.outlier import OutlierDetector
 from flame.sfr.router.request import analyze_request, render_upstream_head
 from flame.sfr.router.response import (
@@ -442,7 +443,9 @@ def test_join_window() -> None:
 
 def test_line_protocol_escaping() -> None:
     assert escape_tag("a b,c=d\\e\nf") == "a\\ b\\,c\\=d\\\\e\\ f"
-    assert line("m", {"t": "v", "empty": ""}, {"n": 3, "x": 0.5}, 7) == "m,t=v n=3i,x=0.5 7"
+    assert point("m", {"t": "v", "empty": ""}, {"n": 3, "x": 0.5}, 7) == "m,t=v n=3i,x=0.5 7"
+    fields = {"ok": True, "s": 'say "hi"\nbye'}
+    assert point("m s,x", {}, fields, 1) == 'm\\ s\\,x ok=true,s="say \\"hi\\" bye" 1'
 
 
 def test_metrics_collect_intervals_and_totals() -> None:

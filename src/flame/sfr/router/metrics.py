@@ -22,9 +22,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from flame.common.lineproto import point
 from flame.sfr.models import Endpoint
 
-__all__ = ["UNKNOWN_FQDN", "Counters", "RouterMetrics", "escape_tag", "line"]
+__all__ = ["UNKNOWN_FQDN", "Counters", "RouterMetrics"]
 
 UNKNOWN_FQDN = "_unknown"
 
@@ -173,7 +174,7 @@ class RouterMetrics:
                 "cluster": endpoint.cluster,
                 "worker": worker,
             }
-            lines.append(line("sr_requests", tags, counters.fields(switches=False), timestamp_ns))
+            lines.append(point("sr_requests", tags, counters.fields(switches=False), timestamp_ns))
             self._endpoint_totals.setdefault((fqdn, endpoint.sfe), (endpoint, Counters()))[1].add(
                 counters
             )
@@ -181,7 +182,7 @@ class RouterMetrics:
             if not counters.active():
                 continue
             tags = {"sr": self.sr_id, "fqdn": fqdn, "worker": worker}
-            lines.append(line("sr_fqdn", tags, counters.fields(switches=True), timestamp_ns))
+            lines.append(point("sr_fqdn", tags, counters.fields(switches=True), timestamp_ns))
             self._fqdn_totals.setdefault(fqdn, Counters()).add(counters)
         return lines
 
@@ -222,22 +223,3 @@ def _count(
     c.bytes_out += bytes_out
     if coalesced:
         c.coalesced += 1
-
-
-def escape_tag(value: str) -> str:
-    """A tag key or value escaped for line protocol (commas, equals signs, spaces)."""
-    value = value.replace("\n", " ").replace("\r", " ")  # a point may not span lines
-    return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
-
-
-def line(
-    measurement: str, tags: dict[str, str], fields: dict[str, int | float], timestamp_ns: int
-) -> str:
-    """One point in InfluxDB line protocol; empty tags are left out (the format forbids them)."""
-    tag_part = "".join(f",{escape_tag(k)}={escape_tag(v)}" for k, v in tags.items() if v)
-    field_part = ",".join(
-        f"{escape_tag(k)}={v}i" if isinstance(v, int) else f"{escape_tag(k)}={float(v)!r}"
-        for k, v in fields.items()
-    )
-    name = measurement.replace(",", "\\,").replace(" ", "\\ ")
-    return f"{name}{tag_part} {field_part} {timestamp_ns}"
