@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,6 @@ from flame.common.nats_events import NatsEvents, subject
 __all__ = ["AlertService"]
 
 log = logging.getLogger(__name__)
-
-EventSink = Callable[[AlertEvent], None]
 
 
 class AlertService:
@@ -44,7 +42,6 @@ class AlertService:
         self.rules_path = rules_path
         self.tick_s = tick_s
         self.events: collections.deque[AlertEvent] = collections.deque(maxlen=keep_events)
-        self.sinks: list[EventSink] = []  # e.g. store the event as a point
         # Distributed deployments may carry alert events over NATS as well as webhooks; the
         # SFEMC drops the second copy of an event by its id.
         self.nats_url = nats_url
@@ -130,11 +127,6 @@ class AlertService:
         for event in events:
             log.info("%s", event.message)
             self.events.append(event)
-            for sink in self.sinks:
-                try:
-                    sink(event)
-                except Exception:
-                    log.exception("alert event sink failed for %s", event.id)
             for queue in self._listeners:
                 if queue.full():
                     queue.get_nowait()
