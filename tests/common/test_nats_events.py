@@ -77,6 +77,13 @@ async def _wait(cond: Any, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.02)
 
 
+async def _close(*clients: NatsEvents) -> None:
+    """Close even after a failed assertion: a client left open outlives its event loop."""
+    for client in clients:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.close(), 5)
+
+
 def test_subject_tokens_are_safe() -> None:
     assert subject("alerts", "acme", "vod") == "flame.alerts.acme.vod"
     assert subject("alerts", None, "a.b *>") == "flame.alerts._.a_b___"
@@ -99,24 +106,25 @@ async def test_round_trip_wildcards_and_queue_groups(broker: Broker) -> None:
     async def member(subj: str, payload: dict[str, Any]) -> None:
         grouped.append(payload["id"])
 
-    await sub.subscribe("flame.alerts.>", record)
-    await sub.subscribe("flame.alerts.acme.*", acme)
-    await sub.subscribe("flame.alerts.>", member, queue="sfemc")
-    await sub.subscribe("flame.alerts.>", member, queue="sfemc")
-    await sub.flush()
-    await pub.publish(subject("alerts", "acme", "vod"), {"id": "e1", "level": "critical"})
-    await pub.publish(subject("alerts", "globex", "tv"), {"id": "e2", "level": "ok"})
-    await pub._client.publish("flame.alerts.acme.vod", b"not json")  # dropped, logged
-    await pub.flush()
-    await _wait(lambda: len(got) == 2 and len(grouped) == 2)
-    assert got == [
-        ("flame.alerts.acme.vod", {"id": "e1", "level": "critical"}),
-        ("flame.alerts.globex.tv", {"id": "e2", "level": "ok"}),
-    ]
-    assert acme_only == ["e1"]
-    assert sorted(grouped) == ["e1", "e2"]  # one member of the group per event
-    await pub.close()
-    await sub.close()
+    try:
+        await sub.subscribe("flame.alerts.>", record)
+        await sub.subscribe("flame.alerts.acme.*", acme)
+        await sub.subscribe("flame.alerts.>", member, queue="sfemc")
+        await sub.subscribe("flame.alerts.>", member, queue="sfemc")
+        await sub.flush()
+        await pub.publish(subject("alerts", "acme", "vod"), {"id": "e1", "level": "critical"})
+        await pub.publish(subject("alerts", "globex", "tv"), {"id": "e2", "level": "ok"})
+        await pub._client.publish("flame.alerts.acme.vod", b"not json")  # dropped, logged
+        await pub.flush()
+        await _wait(lambda: len(got) == 2 and len(grouped) == 2, timeout=10)
+        assert got == [
+            ("flame.alerts.acme.vod", {"id": "e1", "level": "critical"}),
+            ("flame.alerts.globex.tv", {"id": "e2", "level": "ok"}),
+        ]
+        assert acme_only == ["e1"]
+        assert sorted(grouped) == ["e1", "e2"]  # one member of the group per event
+    finally:
+        await _close(pub, sub)
 
 
 @pytest.mark.asyncio
@@ -128,19 +136,21 @@ async def test_delivery_resumes_after_the_broker_restarts(broker: Broker) -> Non
     async def record(subj: str, payload: dict[str, Any]) -> None:
         got.append(payload["id"])
 
-    await sub.subscribe("flame.alerts.>", record)
-    await sub.flush()
-    await pub.publish("flame.alerts.acme.vod", {"id": "before"})
-    await _wait(lambda: got == ["before"])
-    broker.stop()
-    await asyncio.sleep(0.3)
-    broker.start()
-    # Both clients reconnect and the subscription is replayed to the new server.
-    deadline = time.monotonic() + 10
-    while "after" not in got:
-        assert time.monotonic() < deadline, f"no delivery after the restart: {got}"
-        with contextlib.suppress(Exception):  # may fail until the client has reconnected
-            await pub.publish("flame.alerts.acme.vod", {"id": "after"})
-        await asyncio.sleep(0.2)
-    await pub.close()
-    await sub.close()
+    try:
+        await sub.subscribe("flame.alerts.>", record)
+        await sub.flush()
+        await pub.publish("flame.alerts.acme.vod", {"id": "before"})
+        await pub.flush()
+        await _wait(lambda: got == ["before"], timeout=10)
+        broker.stop()
+        await asyncio.sleep(0.3)
+        broker.start()
+        # Both clients reconnect and the subscription is replayed to the new server.
+        deadline = time.monotonic() + 15
+        while "after" not in got:
+            assert time.monotonic() < deadline, f"no delivery after the restart: {got}"
+            with contextlib.suppress(Exception):  # may fail until the client has reconnected
+                await pub.publish("flame.alerts.acme.vod", {"id": "after"})
+            await asyncio.sleep(0.2)
+    finally:
+        await _close(pub, sub)

@@ -43,18 +43,15 @@ RULE = {
 async def test_alert_events_reach_the_sfemc_over_nats(tmp_path: Path) -> None:
     broker = Broker(free_port(), tmp_path)
     broker.start()
+    received: list[AlertEvent] = []
+    sfemc_side = await NatsEvents.connect(broker.url, name="sfemc")
+    service = AlertService(None, Notifier(None), nats_url=broker.url, tick_s=3600, sliding=False)
     try:
-        received: list[AlertEvent] = []
-        sfemc_side = await NatsEvents.connect(broker.url, name="sfemc")
         await subscribe_alerts(sfemc_side, received.append)
         await sfemc_side.flush()
-
-        service = AlertService(
-            None, Notifier(None), nats_url=broker.url, tick_s=3600, sliding=False
-        )
         service.put("acme", "vod", "vod-1", [RULE])
         service.start()  # connects to NATS
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 10
         while service._nats is None:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.02)
@@ -65,7 +62,7 @@ async def test_alert_events_reach_the_sfemc_over_nats(tmp_path: Path) -> None:
 
         # Garbage on the same subjects is dropped by the subscriber.
         await sfemc_side.publish("flame.alerts.acme.vod", {"no": "id"})
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 10
         while not received:
             assert time.monotonic() < deadline, "no event over NATS"
             await asyncio.sleep(0.02)
@@ -79,7 +76,7 @@ async def test_alert_events_reach_the_sfemc_over_nats(tmp_path: Path) -> None:
                 time=event.time_ns / 1e9,
             )
         ]
+    finally:  # even after a failed assertion: open clients would outlive their event loop
         await service.stop()
         await sfemc_side.close()
-    finally:
         broker.stop()
