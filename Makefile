@@ -3,18 +3,30 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The SR's request path compiled with mypyc (tools/compile_router.py), rebuilt when it changes.
+NATIVE := $(VENV)/.router-native
+ROUTER_SOURCES := $(wildcard src/flame/sfr/router/*.py)
 
-.PHONY: demo validate test lint typecheck unit bench clean
+.PHONY: demo validate test lint typecheck unit bench build clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --upgrade pip "setuptools>=77"
 	$(BIN)/pip install --quiet -e '.[test,dev]'
 	touch $(STAMP)
 
+$(NATIVE): $(STAMP) $(ROUTER_SOURCES) tools/compile_router.py
+	$(BIN)/python tools/compile_router.py
+	touch $(NATIVE)
+
+# Recompile the SR's data plane now (`tools/compile_router.py --clean` goes back to interpreted).
+build:
+	$(BIN)/python tools/compile_router.py
+	touch $(NATIVE)
+
 # The main job: FLAME-in-a-box. Every component as a real process on this machine, the demo
 # VoD service deployed; Ctrl-C stops everything. `make validate` checks the example templates.
-demo: $(STAMP)
+demo: $(NATIVE)
 	$(BIN)/flame up
 
 validate: $(STAMP)
@@ -26,19 +38,19 @@ validate: $(STAMP)
 	done
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench tools
+	$(BIN)/ruff format --check src tests bench tools
 	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
-	$(BIN)/pytest -q
+unit: $(NATIVE)
+	FLAME_REQUIRE_COMPILED=1 $(BIN)/pytest -q
 
 test: lint typecheck unit
 
-bench: $(STAMP)
+bench: $(NATIVE)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/tosca_validate.py $(BENCH_ARGS)
 	$(BIN)/python bench/pce.py $(BENCH_ARGS)
@@ -49,4 +61,5 @@ bench: $(STAMP)
 	$(BIN)/python bench/clmc_vs_influxdb.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build
+	find src -name '*.so' -delete

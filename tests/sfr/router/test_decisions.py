@@ -14,7 +14,7 @@ from flame.sfr.router.body import RequestBody
 from flame.sfr.router.coalesce import JoinWindow, coalesce_key, may_join
 from flame.sfr.router.config import Limits, RouterConfig, Timeouts
 from flame.sfr.router.errors import BadRequest, LoopDetected, MethodNotAllowed, NoEndpoint
-from flame.sfr.router.flow import BODY_BUFFER
+from flame.sfr.router.flow import FlowControl
 from flame.sfr.router.forward import may_retry
 from flame.sfr.router.headers import connection_tokens, fqdn_from_host
 from flame.sfr.router.metrics import RouterMetrics
@@ -390,15 +390,23 @@ def test_may_retry_idempotent_replayable_once() -> None:
     assert not may_retry(get, None, 2)
     assert not may_retry(post, None, 1)
 
-    class Flow:
-        def block_reading(self, reason: int) -> None:
-            assert reason == BODY_BUFFER
+    class Transport:  # what FlowControl asks of the client's transport
+        paused = False
 
-        def unblock_reading(self, reason: int) -> None:
-            pass
+        def is_closing(self) -> bool:
+            return False
 
-    body = RequestBody(Flow(), retain_limit=4, high_water=100)  # type: ignore[arg-type]
+        def pause_reading(self) -> None:
+            self.paused = True
+
+        def resume_reading(self) -> None:
+            self.paused = False
+
+    transport = Transport()
+    flow = FlowControl(transport)  # type: ignore[arg-type]
+    body = RequestBody(flow, retain_limit=4, high_water=100)
     body.feed(b"abc")
+    assert not transport.paused  # buffered below the high-water mark
     assert may_retry(put, body, 1)
 
     class Sink:

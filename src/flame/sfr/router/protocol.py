@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 class RouterProtocol(asyncio.Protocol):
     """The router's side of one client connection."""
 
+    flow: FlowControl  # set in connection_made (declared, not None, for the compiled class)
+
     def __init__(self, ctx: RouterContext, *, internal: bool = False) -> None:
         self.ctx = ctx
         # On a sibling worker's private socket: requests relayed by another worker of this SR.
@@ -58,7 +60,6 @@ class RouterProtocol(asyncio.Protocol):
         self._max_head = limits.max_head_bytes
         self._max_body = limits.max_body_bytes
         self.transport: asyncio.Transport | None = None
-        self.flow: FlowControl = cast(FlowControl, None)  # set in connection_made
         self._parser = httptools.HttpRequestParser(self)
         self.client_ip = b"unknown"
         self.lost = False

@@ -31,6 +31,7 @@ from typing import Any
 from flame.sfr.router.config import RouterConfig
 from flame.sfr.router.errors import RouterError
 from flame.sfr.router.inflight import InflightTable
+from flame.sfr.router.native import native_status
 from flame.sfr.router.relay import Siblings
 from flame.sfr.router.router import Router
 
@@ -74,6 +75,8 @@ def serve(config: RouterConfig, *, on_ready: Ready | None = None) -> None:
     `on_ready(host, port)` is called once every worker listens. Raises `RouterError` if a
     worker fails.
     """
+    native = native_status()
+    (log.warning if native.stale else log.info)("SR %s: %s", config.sr_id, native.describe())
     workers = config.workers or os.cpu_count() or 1
     if workers > 1 and not reuse_port_supported():
         log.warning("SO_REUSEPORT is not available here; running 1 worker instead of %d", workers)
