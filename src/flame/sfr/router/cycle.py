@@ -198,6 +198,11 @@ class RequestCycle:
             )
         # The connection can carry the next request only after a complete exchange.
         keep_alive = writer.keep_alive and writer.complete and (body is None or body.complete)
+        # Break the cycle <-> forwarding reference loop: reference counting frees both now,
+        # instead of the cyclic garbage collector, later, for every request.
+        self.forwarding = None
+        self.relay = None
+        self._source = None
         self.conn.cycle_done(self, keep_alive)
 
     # -- ResponseSink (own forwarding) -------------------------------------------------------------

@@ -22,6 +22,7 @@ COMPILED_MODULES = (
     "balancer",
     "body",
     "coalesce",
+    "context",
     "cycle",
     "flow",
     "forward",

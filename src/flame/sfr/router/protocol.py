@@ -56,7 +56,12 @@ class RouterProtocol(asyncio.Protocol):
         # On a sibling worker's private socket: requests relayed by another worker of this SR.
         self.internal = internal
         self._loop = ctx.loop
-        limits = ctx.config.limits
+        config = ctx.config
+        limits = config.limits
+        # Read once per connection: the configuration is a plain (interpreted) object.
+        self._sr_id = config.sr_id
+        self._header_timeout = config.timeouts.header
+        self._keepalive_timeout = config.timeouts.keepalive
         self._max_head = limits.max_head_bytes
         self._max_body = limits.max_body_bytes
         self.transport: asyncio.Transport | None = None
@@ -97,7 +102,7 @@ class RouterProtocol(asyncio.Protocol):
         if self.ctx.closing:
             t.close()
             return
-        self._idle_deadline = self._loop.time() + self.ctx.config.timeouts.header
+        self._idle_deadline = self._loop.time() + self._header_timeout
 
     def data_received(self, data: bytes) -> None:
         if self._rejected:
@@ -133,7 +138,7 @@ class RouterProtocol(asyncio.Protocol):
                     self._reject(self._too_large_head())
                     return
             if not self._head_deadline:
-                self._head_deadline = self._loop.time() + self.ctx.config.timeouts.header
+                self._head_deadline = self._loop.time() + self._header_timeout
 
     def eof_received(self) -> bool | None:
         # A client half-close: answer what was asked, then close. A request cut short by it
@@ -195,7 +200,7 @@ class RouterProtocol(asyncio.Protocol):
             parser.get_http_version(),
             self._headers,
             keep_alive=parser.should_keep_alive(),
-            sr_id=self.ctx.config.sr_id,
+            sr_id=self._sr_id,
         )
         if req.content_length is not None and req.content_length > self._max_body:
             raise PayloadTooLarge(
@@ -284,7 +289,7 @@ class RouterProtocol(asyncio.Protocol):
         if self._rejected or self._eof:
             self._close()
         elif not self._in_head:
-            self._idle_deadline = self._loop.time() + self.ctx.config.timeouts.keepalive
+            self._idle_deadline = self._loop.time() + self._keepalive_timeout
 
     def _reject(self, error: RequestRejected) -> None:
         """Stop reading; answer `error` once the requests before it are answered; close."""
@@ -366,7 +371,7 @@ class RouterProtocol(asyncio.Protocol):
             if self._in_head:
                 self._reject(
                     RequestTimeout(
-                        f"the request head did not arrive within {self.ctx.config.timeouts.header:g}s"
+                        f"the request head did not arrive within {self._header_timeout:g}s"
                     )
                 )
 

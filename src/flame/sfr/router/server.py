@@ -16,6 +16,7 @@ supervisor's job (systemd, Kubernetes), which sees the failure.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import multiprocessing
 import os
@@ -116,6 +117,10 @@ async def _worker_main(
         loop.add_signal_handler(signum, stop.set)
     router = Router(config, worker=index, siblings=siblings)
     await router.start(sock)
+    # What exists now (code, configuration, tables) lives as long as the worker: keep it out
+    # of the collector's generations, so collections triggered by requests scan only them.
+    gc.collect()
+    gc.freeze()
     if on_ready is not None:
         on_ready(*router.address)
     await stop.wait()
