@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from typing import Final
 
 from flame.sfr.models import Endpoint, Route
 
 __all__ = ["COST_EPSILON", "FqdnRoutes", "Tier"]
 
-COST_EPSILON = 1e-9
+COST_EPSILON: Final = 1e-9
 
 
 class Tier:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Final
 
 __all__ = [
     "BODY_BUFFER",
@@ -23,14 +24,14 @@ __all__ = [
     "FlowControl",
 ]
 
-HIGH_WATER = 64 * 1024  # default write buffer above which the feeding side pauses
+HIGH_WATER: Final = 64 * 1024  # default write buffer above which the feeding side pauses
 
 # Reasons to pause reading (bit flags).
-PIPELINE = 1  # a request is queued behind the one being answered
-BODY_BUFFER = 2  # request body bytes are waiting for an upstream connection
-PEER_FULL = 4  # the transport we forward to cannot take more now
-CLIENT_FULL = 8  # (upstream side) the client, or the slowest joiner, cannot take more
-REJECTED = 16  # the request was refused: read nothing more, the connection closes
+PIPELINE: Final = 1  # a request is queued behind the one being answered
+BODY_BUFFER: Final = 2  # request body bytes are waiting for an upstream connection
+PEER_FULL: Final = 4  # the transport we forward to cannot take more now
+CLIENT_FULL: Final = 8  # (upstream side) the client, or the slowest joiner, cannot take more
+REJECTED: Final = 16  # the request was refused: read nothing more, the connection closes
 
 
 class FlowControl:

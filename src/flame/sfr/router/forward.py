@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Final
 
 from flame.sfr.models import Endpoint
 from flame.sfr.router.balancer import FqdnRoutes
@@ -50,7 +51,7 @@ __all__ = ["Forwarder", "Forwarding", "may_retry"]
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 2  # the first endpoint and one retry
+MAX_ATTEMPTS: Final = 2  # the first endpoint and one retry
 
 
 def may_retry(

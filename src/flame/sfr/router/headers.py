@@ -6,6 +6,7 @@ Pure functions on bytes, as httptools hands them over; no I/O.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Final
 
 __all__ = [
     "HOP_BY_HOP",
@@ -19,7 +20,7 @@ __all__ = [
 # RFC 9110 §7.6.1 and the older hop-by-hop list of RFC 2616 §13.5.1: they describe one
 # connection, so a router consumes them instead of forwarding them. Content-Length is not
 # hop-by-hop but is re-written with the framing the router chooses, so callers drop it too.
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -30,8 +31,8 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-_HOST_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789-._")
-_IPV6_CHARS = frozenset(b"0123456789abcdef:.")
+_HOST_CHARS: Final = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789-._")
+_IPV6_CHARS: Final = frozenset(b"0123456789abcdef:.")
 
 
 def connection_tokens(values: Iterable[bytes]) -> frozenset[bytes]:
@@ -56,8 +57,8 @@ def join_values(values: Iterable[bytes]) -> bytes:
     return b", ".join(v.strip() for v in values if v.strip())
 
 
-_FQDN_CACHE: dict[bytes, str | None] = {}
-_FQDN_CACHE_SIZE = 4096
+_FQDN_CACHE: Final[dict[bytes, str | None]] = {}
+_FQDN_CACHE_SIZE: Final = 4096
 
 
 def fqdn_from_host(host: bytes) -> str | None:

@@ -20,16 +20,16 @@ cannot grow the series without bound. Updating a counter is a few attribute addi
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Final
 
 from flame.common.lineproto import point
 from flame.sfr.models import Endpoint
 
 __all__ = ["UNKNOWN_FQDN", "Counters", "RouterMetrics"]
 
-UNKNOWN_FQDN = "_unknown"
+UNKNOWN_FQDN: Final = "_unknown"
 
-_INT_FIELDS = (
+_INT_FIELDS: Final = (
     "requests",
     "errors",
     "rt_count",

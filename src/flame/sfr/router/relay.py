@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Final
 
 from flame.sfr.models import Endpoint
 from flame.sfr.router.coalesce import CoalesceKey
@@ -28,7 +29,7 @@ from flame.sfr.router.upstream import UpstreamConnection
 
 __all__ = ["RELAY_CLIENT", "Relay", "Siblings", "render_relay_head"]
 
-RELAY_CLIENT = b"X-Flame-Relay-Client"
+RELAY_CLIENT: Final = b"X-Flame-Relay-Client"
 
 
 class Siblings:

@@ -9,7 +9,7 @@ absent, and the body framing the router re-sends (SFR-1). No I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Final
 
 from flame.sfr.router.errors import BadRequest, LoopDetected, MethodNotAllowed
 from flame.sfr.router.headers import connection_tokens, fqdn_from_host, is_hop_by_hop, join_values
@@ -17,10 +17,10 @@ from flame.sfr.router.headers import connection_tokens, fqdn_from_host, is_hop_b
 __all__ = ["IDEMPOTENT", "RequestHead", "analyze_request", "render_upstream_head", "via_entry"]
 
 # RFC 9110 §9.2.2: a retry of these cannot do harm the first attempt did not already do.
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
+IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
 
 # Fields the router reads, re-writes or consumes; everything else end-to-end is forwarded as is.
-_SPECIAL = frozenset(
+_SPECIAL: Final = frozenset(
     {
         b"host",
         b"content-length",
@@ -44,32 +44,85 @@ _SPECIAL = frozenset(
     }
 )
 # Of the special fields, those forwarded unchanged (the router only looks at them).
-_LOOKED_AT = frozenset({b"authorization", b"cookie", b"accept", b"accept-encoding", b"range"})
+_LOOKED_AT: Final = frozenset(
+    {b"authorization", b"cookie", b"accept", b"accept-encoding", b"range"}
+)
 
 
-@dataclass(slots=True, eq=False)
 class RequestHead:
-    """One parsed, checked client request head."""
+    """One parsed, checked client request head.
 
-    method: bytes
-    target: bytes  # origin-form (absolute-form targets are turned into it), or b"*"
-    version: bytes  # b"1.1" or b"1.0"
-    host: bytes  # the Host value sent upstream
-    fqdn: str  # what the forwarding table is keyed by
-    keep_alive: bool  # the client wants the connection kept open
-    content_length: int | None
-    chunked: bool
-    expect_continue: bool
-    lines: list[bytes]  # end-to-end header lines, rendered, in their order
-    via: bytes  # the Via the request arrived with (b"" if none)
-    forwarded_for: bytes  # the X-Forwarded-For it arrived with (b"" if none)
-    forwarded_host: bytes | None
-    forwarded_proto: bytes | None
-    credentials: bool  # Authorization or Cookie present: never shared with other clients
-    accept: bytes | None = None
-    accept_encoding: bytes | None = None
-    range: bytes | None = None
-    relay_client: bytes | None = None  # set by a sibling worker; trusted on its socket only
+    A plain class with an explicit constructor, not a dataclass: compiled by mypyc it is
+    built in C, where a dataclass's generated `__init__` would run interpreted per request.
+    """
+
+    __slots__ = (
+        "accept",
+        "accept_encoding",
+        "chunked",
+        "content_length",
+        "credentials",
+        "expect_continue",
+        "forwarded_for",
+        "forwarded_host",
+        "forwarded_proto",
+        "fqdn",
+        "host",
+        "keep_alive",
+        "lines",
+        "method",
+        "range",
+        "relay_client",
+        "target",
+        "version",
+        "via",
+    )
+
+    def __init__(
+        self,
+        *,
+        method: bytes,
+        target: bytes,
+        version: bytes,
+        host: bytes,
+        fqdn: str,
+        keep_alive: bool,
+        content_length: int | None,
+        chunked: bool,
+        expect_continue: bool,
+        lines: list[bytes],
+        via: bytes,
+        forwarded_for: bytes,
+        forwarded_host: bytes | None,
+        forwarded_proto: bytes | None,
+        credentials: bool,
+        accept: bytes | None = None,
+        accept_encoding: bytes | None = None,
+        range: bytes | None = None,
+        relay_client: bytes | None = None,
+    ) -> None:
+        self.method = method
+        self.target = target  # origin-form (absolute-form targets are turned into it), or b"*"
+        self.version = version  # b"1.1" or b"1.0"
+        self.host = host  # the Host value sent upstream
+        self.fqdn = fqdn  # what the forwarding table is keyed by
+        self.keep_alive = keep_alive  # the client wants the connection kept open
+        self.content_length = content_length
+        self.chunked = chunked
+        self.expect_continue = expect_continue
+        self.lines = lines  # end-to-end header lines, rendered, in their order
+        self.via = via  # the Via the request arrived with (b"" if none)
+        self.forwarded_for = forwarded_for  # the X-Forwarded-For it arrived with (b"" if none)
+        self.forwarded_host = forwarded_host
+        self.forwarded_proto = forwarded_proto
+        self.credentials = credentials  # Authorization or Cookie: never shared with others
+        self.accept = accept
+        self.accept_encoding = accept_encoding
+        self.range = range
+        self.relay_client = relay_client  # set by a sibling worker; trusted on its socket only
+
+    def __repr__(self) -> str:
+        return f"RequestHead({self.method!r} {self.fqdn}{self.target.decode('latin-1')!r})"
 
     @property
     def has_body(self) -> bool:

@@ -8,10 +8,9 @@ No I/O.
 
 from __future__ import annotations
 
-import enum
 import http
 import json
-from dataclasses import dataclass, field
+from typing import Final
 
 from flame.sfr.router.errors import NoEndpoint, RouterError
 from flame.sfr.router.headers import HOP_BY_HOP, connection_tokens, is_hop_by_hop, join_values
@@ -26,37 +25,67 @@ __all__ = [
     "render_client_head",
 ]
 
-CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 # Response fields the router does not pass on as they are: hop-by-hop ones, the length (the
 # router writes its own framing) and Via (merged with ours).
-_RESPONSE_CONSUMED = HOP_BY_HOP | {b"content-length", b"via"}
-_PLAIN_OPTIONS = frozenset({b"keep-alive", b"close"})
-SERVER = b"flame-sr"
+_RESPONSE_CONSUMED: Final = HOP_BY_HOP | {b"content-length", b"via"}
+_PLAIN_OPTIONS: Final = frozenset({b"keep-alive", b"close"})
+SERVER: Final = b"flame-sr"
 
 
-class Framing(enum.IntEnum):
-    """How the body of a response is delimited towards one client."""
+class Framing:
+    """How the body of a response is delimited towards one client.
 
-    NONE = 0  # no body: HEAD, 1xx, 204, 304
-    LENGTH = 1  # Content-Length from the endpoint, bytes passed through
-    CHUNKED = 2  # re-chunked: the endpoint's length is unknown and the client speaks HTTP/1.1
-    CLOSE = 3  # unknown length to an HTTP/1.0 client: the end is the connection's close
+    Plain int constants rather than an enum: compiled, they are C integers, not lookups.
+    """
+
+    NONE: Final = 0  # no body: HEAD, 1xx, 204, 304
+    LENGTH: Final = 1  # Content-Length from the endpoint, bytes passed through
+    CHUNKED: Final = 2  # re-chunked: the endpoint's length is unknown, the client speaks HTTP/1.1
+    CLOSE: Final = 3  # unknown length to an HTTP/1.0 client: the end is the connection's close
 
 
-@dataclass(slots=True, eq=False)
 class ResponseHead:
-    """A response head received from an endpoint."""
+    """A response head received from an endpoint.
 
-    status: int
-    reason: bytes
-    headers: list[tuple[bytes, bytes]]
-    version: bytes = b"1.1"
-    content_length: int | None = None
-    chunked: bool = False
-    lnames: list[bytes] | None = field(default=None, repr=False)  # lower-case header names
-    via: bool = True  # add our Via (not when a sibling worker of this SR already did)
-    _block: bytes | None = field(default=None, repr=False)
-    _shareable: bool | None = field(default=None, repr=False)
+    A plain class, not a dataclass, for the same reason as `RequestHead` (request.py).
+    """
+
+    __slots__ = (
+        "_block",
+        "_shareable",
+        "chunked",
+        "content_length",
+        "headers",
+        "lnames",
+        "reason",
+        "status",
+        "version",
+        "via",
+    )
+
+    def __init__(
+        self,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        version: bytes = b"1.1",
+        content_length: int | None = None,
+        chunked: bool = False,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.version = version
+        self.content_length = content_length
+        self.chunked = chunked
+        self.lnames: list[bytes] | None = None  # lower-case header names, once scanned
+        self.via = True  # add our Via (not when a sibling worker of this SR already did)
+        self._block: bytes | None = None
+        self._shareable: bool | None = None
+
+    def __repr__(self) -> str:
+        return f"ResponseHead({self.status}, {len(self.headers)} headers)"
 
     def scan(self) -> None:
         """Read the framing fields from the headers (the parser has checked their syntax)."""
@@ -99,9 +128,12 @@ class ResponseHead:
             parts = [b"HTTP/1.1 %d " % self.status, self.reason or _phrase(self.status), b"\r\n"]
             via: list[bytes] = []
             extra_listed = False
-            lnames = self.lnames or [name.lower() for name, _ in self.headers]
-            for lname, (name, value) in zip(lnames, self.headers, strict=True):
+            headers = self.headers
+            lnames = self.lnames or [name.lower() for name, _ in headers]
+            for i in range(len(headers)):  # an index loop and no concatenation: C when compiled
+                lname = lnames[i]
                 if lname in _RESPONSE_CONSUMED:
+                    value = headers[i][1]
                     if (
                         lname == b"connection"
                         and value.lower() not in _PLAIN_OPTIONS
@@ -113,7 +145,8 @@ class ResponseHead:
                     continue
                 if lname.startswith(b"proxy-"):
                     continue
-                parts.append(name + b": " + value + b"\r\n")
+                name, value = headers[i]
+                parts += (name, b": ", value, b"\r\n")
             if extra_listed:
                 # Rare: the endpoint marked more fields as hop-by-hop; filter again by them.
                 listed = connection_tokens(v for n, v in self.headers if n.lower() == b"connection")
@@ -122,15 +155,18 @@ class ResponseHead:
                     for n, v in self.headers
                     if (ln := n.lower()) not in _RESPONSE_CONSUMED and not is_hop_by_hop(ln, listed)
                 ]
-            if self.via:
-                via.append(b"1.0 " + sr if self.version == b"1.0" else b"1.1 " + sr)
+            ours = (b"1.0 " if self.version == b"1.0" else b"1.1 ") + sr
             if via:
-                parts.append(b"Via: " + join_values(via) + b"\r\n")
+                if self.via:
+                    via.append(ours)
+                parts += (b"Via: ", join_values(via), b"\r\n")
+            elif self.via:
+                parts += (b"Via: ", ours, b"\r\n")
             self._block = b"".join(parts)
         return self._block
 
 
-def choose_framing(head: ResponseHead, *, head_request: bool, http11: bool) -> Framing:
+def choose_framing(head: ResponseHead, *, head_request: bool, http11: bool) -> int:
     """How to delimit this response's body towards a client (RFC 9112 §6.3)."""
     if head_request or not head.has_body:
         return Framing.NONE
@@ -140,13 +176,13 @@ def choose_framing(head: ResponseHead, *, head_request: bool, http11: bool) -> F
 
 
 def render_client_head(
-    head: ResponseHead, sr: bytes, framing: Framing, *, keep_alive: bool, http11: bool
+    head: ResponseHead, sr: bytes, framing: int, *, keep_alive: bool, http11: bool
 ) -> bytes:
     """The complete head for one client: shared block + framing + connection management."""
     parts = [head.block(sr)]
-    if framing is Framing.LENGTH:
+    if framing == Framing.LENGTH:
         parts.append(b"Content-Length: %d\r\n" % (head.content_length or 0))
-    elif framing is Framing.CHUNKED:
+    elif framing == Framing.CHUNKED:
         parts.append(b"Transfer-Encoding: chunked\r\n")
     elif head.content_length is not None and head.status not in (204,) and head.status >= 200:
         # HEAD and 304 answers carry the length the body would have (RFC 9110 §8.6).

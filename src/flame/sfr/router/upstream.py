@@ -83,6 +83,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._close_delimited = False
         self._completed = False  # the parser saw the end of the response in this chunk
         self.got_bytes = False
+        self._version = b""
         self._timeout = 60.0
         self.last_io = 0.0
 
@@ -101,7 +102,12 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         self.last_io = self._loop.time()
-        self.got_bytes = True
+        if not self.got_bytes:
+            self.got_bytes = True
+            # The status line's version, read here: httptools only offers it as a string
+            # formatted per call. Anything unusual is left to the parser (on_headers_complete).
+            if len(data) > 8 and data.startswith(b"HTTP/1."):
+                self._version = data[5:8]
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -186,7 +192,7 @@ class UpstreamConnection(asyncio.Protocol):
             status,
             self._reason.strip(),
             self._headers,
-            parser.get_http_version().encode("ascii"),
+            self._version or parser.get_http_version().encode("ascii"),
         )
         head.scan()
         self._keep_alive = parser.should_keep_alive()
@@ -266,6 +272,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._informational = False
         self._completed = False
         self.got_bytes = False
+        self._version = b""
         self._timeout = timeout
         self.last_io = self._loop.time()
         self.transport.write(head)

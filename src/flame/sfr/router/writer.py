@@ -9,6 +9,7 @@ connection may carry another request afterwards.
 from __future__ import annotations
 
 import asyncio
+from typing import Final
 
 from flame.sfr.router.errors import RequestRejected, RouterError
 from flame.sfr.router.response import (
@@ -24,7 +25,7 @@ __all__ = ["ResponseWriter"]
 
 # Held-back bytes are written once they reach this much, so the transport's own
 # back-pressure (pause_writing) still sees them early.
-_CORK_LIMIT = 64 * 1024
+_CORK_LIMIT: Final = 64 * 1024
 
 
 class ResponseWriter:
@@ -76,7 +77,7 @@ class ResponseWriter:
         """Write the head; it is held (corked) until `flush`, `end` or the next body bytes
         that find the client busy, so that a small response goes out in one system call."""
         framing = choose_framing(head, head_request=self.head_request, http11=self.http11)
-        self.keep_alive = keep_alive and self.keep_alive and framing is not Framing.CLOSE
+        self.keep_alive = keep_alive and self.keep_alive and framing != Framing.CLOSE
         data = render_client_head(
             head, self.sr, framing, keep_alive=self.keep_alive, http11=self.http11
         )
@@ -89,10 +90,10 @@ class ResponseWriter:
 
     def body(self, data: bytes) -> None:
         framing = self.framing
-        if framing is Framing.NONE or not data:
+        if framing == Framing.NONE or not data:
             return
         corked = self._corked
-        if framing is Framing.CHUNKED:
+        if framing == Framing.CHUNKED:
             size = b"%x\r\n" % len(data)
             self.bytes_out += len(size) + len(data) + 2
             if corked is not None:
@@ -125,7 +126,7 @@ class ResponseWriter:
     def end(self) -> None:
         if self.complete:
             return
-        if self.framing is Framing.CHUNKED:
+        if self.framing == Framing.CHUNKED:
             self.bytes_out += 5
             if self._corked is not None:
                 self._corked.append(b"0\r\n\r\n")
