@@ -182,7 +182,7 @@ class Forwarding:
         self.conn: UpstreamConnection | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._delay: asyncio.TimerHandle | None = None
-        self._tried: set[str] = set()
+        self._tried: set[str] | None = None  # made on a second attempt: most have one
         self._attempts = 0
         self._fresh = False
         self._stale_retried = False
@@ -193,7 +193,8 @@ class Forwarding:
     # -- decisions ---------------------------------------------------------------------------------
 
     def _skip(self, sfe: str) -> bool:
-        return sfe in self._tried or self.fw.outliers.is_ejected(sfe)
+        tried = self._tried
+        return (tried is not None and sfe in tried) or self.fw.outliers.is_ejected(sfe)
 
     def start(self) -> None:
         fw = self.fw
@@ -226,7 +227,10 @@ class Forwarding:
             conn = None
         else:
             self._attempts += 1
-            self._tried.add(endpoint.sfe)
+            if self._tried is None:
+                self._tried = {endpoint.sfe}
+            else:
+                self._tried.add(endpoint.sfe)
             conn = self.fw.pool.take_idle(endpoint)
         self.fw.metrics.fetch(self.req.fqdn, endpoint)
         if conn is None:

@@ -44,6 +44,8 @@ _SPECIAL: Final = frozenset(
     }
 )
 # Of the special fields, those forwarded unchanged (the router only looks at them).
+_NO_TOKENS: Final[frozenset[bytes]] = frozenset()
+_PLAIN_CONNECTION: Final = frozenset({b"close", b"keep-alive"})
 _LOOKED_AT: Final = frozenset(
     {b"authorization", b"cookie", b"accept", b"accept-encoding", b"range"}
 )
@@ -239,8 +241,8 @@ def analyze_request(
     if via:
         _check_loop(via, sr_id)
 
-    listed = connection_tokens(connection)
-    if listed - {b"close", b"keep-alive"}:
+    listed = connection_tokens(connection) if connection else _NO_TOKENS
+    if listed and listed - _PLAIN_CONNECTION:
         # Fields the client marked as hop-by-hop are for us only (RFC 9110 §7.6.1).
         lines = [
             line
