@@ -12,6 +12,8 @@ edge-bristol is at sr-ue-1, edge-bath at sr-ue-2, metro-london at sr-metro.
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -123,7 +125,9 @@ def test_cost_metric_uses_link_cost_or_latency(pce: PathComputer) -> None:
     policy = RoutingPolicy(FQDN, metric=Metric.COST)
     assert [r.cost for r in pce.routes("sr-ue-1", (LONDON,), policy)] == [13.0]  # no costs: latency
     affected = pce.apply(LinkCost("sw-east", "sr-metro", 1.0))
-    assert affected == {"sr-ue-1"}  # only its cost tree changes (the latency trees ignore costs)
+    # Only the cost tree rooted at London's egress (sr-metro) changes: the latency trees ignore
+    # costs. sr-ue-1 and sr-ue-2 now reach sr-metro through sw-east.
+    assert affected == {"sr-ue-1", "sr-ue-2"}
     (route,) = pce.routes("sr-ue-1", (LONDON,), policy)
     assert route.cost == 6.0  # 1 + 4 + cost 1, beats 1 + 12
     assert route.latency_ms == 15.0
@@ -351,7 +355,9 @@ def test_only_recomputed_srs_change(pce: PathComputer) -> None:
 
 def test_link_failure_that_partitions_the_graph(pce: PathComputer) -> None:
     affected = pce.apply(LinkState("sr-metro", "sr-platform", up=False))
-    assert affected == ALL_SRS  # everyone reached sr-platform through it, and it everyone
+    # Trees are rooted at egresses (SRs with a cluster) and sr-platform has none: only its own
+    # paths crossed the link; nobody else's routes change.
+    assert affected == {"sr-platform"}
     assert [r.endpoint.sfe for r in pce.routes("sr-platform", ENDPOINTS)] == []
     assert pce.tables(ENDPOINTS, {})["sr-platform"][FQDN] == ()
 
@@ -359,7 +365,7 @@ def test_link_failure_that_partitions_the_graph(pce: PathComputer) -> None:
 def test_latency_changes(pce: PathComputer) -> None:
     assert pce.apply(LinkLatency("sw-west", "sw-east", 3.0)) == {"sr-ue-1", "sr-ue-2"}
     assert pce.routes("sr-ue-1", (BATH,))[0].cost == 5.0
-    assert pce.apply(LinkLatency("sr-metro", "sr-platform", 2.0)) == ALL_SRS
+    assert pce.apply(LinkLatency("sr-metro", "sr-platform", 2.0)) == {"sr-platform"}  # no egress
     assert pce.routes("sr-platform", (LONDON,))[0].cost == 2.0
     # raising a link no tree uses changes nothing
     assert pce.apply(LinkLatency("sw-west", "sr-metro", 50.0)) == {
@@ -494,6 +500,27 @@ def test_bad_latency_or_cost_is_refused_and_changes_nothing(
     with pytest.raises(TopologyError, match="cost must be"):
         pce.apply(LinkCost("sw-west", "sw-east", value))
     assert pce.routes("sr-ue-1", (BATH,))[0].cost == 6.0
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (Link("sw-west", "sw-wset"), r"unknown node 'sw-wset' \(did you mean 'sw-west'\?\)"),
+        (Link("sw-west", "sw-west"), "link sw-west—sw-west connects a node to itself"),
+        (Link("sw-west", "sw-east", latency_ms=math.inf), "latency_ms must be a finite"),
+        (Link("sw-west", "sw-east", cost=math.nan), "cost must be a finite"),  # NaN is not None
+        (Link("sw-west", "sw-east", cost=-1.0), "cost must be a finite"),
+    ],
+)
+def test_bad_links_in_a_topology_are_refused_first_in_link_order(
+    sandpit: Topology, bad: Link, message: str
+) -> None:
+    """SFR-4: the graph checks links with numpy; a bad one still gets its own message."""
+    links = (*sandpit.links[:2], bad, *sandpit.links[2:])
+    later = Link("sw-east", "sw-nope")  # also bad, but after: the first bad link is reported
+    for topology_links in (links, (*links, later)):
+        with pytest.raises(TopologyError, match=message):
+            PathComputer(replace(sandpit, links=topology_links))
 
 
 def test_routes_from_a_node_that_is_not_an_ingress(pce: PathComputer) -> None:

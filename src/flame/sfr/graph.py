@@ -47,7 +47,8 @@ class Graph:
 
     Per link: ends, latency, cost (NaN: none), up, class code, pair. Per pair: its ends (u < v),
     its links and its two CSR slots. Per CSR slot: its pair. Per node: the SR it attaches to
-    (itself for an SR, `node.sr` for clusters and user equipment) and, for SRs, a row number.
+    (itself for an SR, `node.sr` for clusters and user equipment), for SRs a row number and, for
+    egresses (SRs with a cluster), an egress row number.
     """
 
     def __init__(self, nodes: Mapping[str, Node], links: Iterable[Link]) -> None:
@@ -57,15 +58,23 @@ class Graph:
         self.n = n = len(self.ids)
 
         links = tuple(links)
-        for link in links:
-            self._check_link(link)
         self._links: list[Link] = list(links)  # kept in step with the arrays below
-        self.link_a: IntArray = np.array([self.index[k.a] for k in links], dtype=np.int32)
-        self.link_b: IntArray = np.array([self.index[k.b] for k in links], dtype=np.int32)
+        # Checked with numpy (a loop of Python checks costs more than the rest of the graph);
+        # only a topology with a bad link goes through `_check_link`, for its error message.
+        index = self.index
+        self.link_a: IntArray = np.array([index.get(k.a, -1) for k in links], dtype=np.int32)
+        self.link_b: IntArray = np.array([index.get(k.b, -1) for k in links], dtype=np.int32)
         self.latency: FloatArray = np.array([k.latency_ms for k in links], dtype=np.float64)
+        has_cost = np.array([k.cost is not None for k in links], dtype=np.bool_)
         self.cost: FloatArray = np.array(
             [math.nan if k.cost is None else k.cost for k in links], dtype=np.float64
         )
+        bad = (self.link_a < 0) | (self.link_b < 0) | (self.link_a == self.link_b)
+        bad |= ~(np.isfinite(self.latency) & (self.latency >= 0))
+        bad |= has_cost & ~(np.isfinite(self.cost) & (self.cost >= 0))
+        if bad.any():
+            for link in links:
+                self._check_link(link)  # raises for the first bad link, in link order
         self.up: BoolArray = np.array([k.state is LinkState.UP for k in links], dtype=np.bool_)
         self.classes: tuple[str, ...] = tuple(
             sorted({k.link_class for k in links if k.link_class is not None})
@@ -122,6 +131,13 @@ class Graph:
         self.attached_sr: IntArray = np.array(
             [self._attached(node) for node in self.nodes], dtype=np.int32
         )
+        # Egresses: the SRs with a cluster (where endpoints are reached), fewer than or as many as
+        # the SRs. The PCE roots its shortest-path trees at them (links are undirected).
+        kinds = np.array([node.kind is NodeKind.CLUSTER for node in self.nodes], dtype=np.bool_)
+        at = self.attached_sr[kinds]
+        self.egress: IntArray = np.unique(at[at >= 0]).astype(np.int32)
+        self.egress_row: IntArray = np.full(n, -1, dtype=np.int32)
+        self.egress_row[self.egress] = np.arange(len(self.egress), dtype=np.int32)
 
     def _attached(self, node: Node) -> int:
         """The SR where a cluster's endpoints are reached or a UE enters; an SR is its own."""

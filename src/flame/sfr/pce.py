@@ -1,12 +1,16 @@
 """The path computation element: ranked routes per ingress SR and FQDN (SFR-4, 5, 6, 13).
 
-Shortest-path trees rooted at every service router (distances and predecessors, one
-scipy.sparse.csgraph Dijkstra call over the `Graph`'s CSR structure) are kept for the default
-metric (latency) and, on demand, for each (metric, excluded link classes, path area) a policy asks
-for. A link change rewrites one weight per tree set and updates only the trees it can affect:
-a raised or failed link, the subtrees below it in the trees that use it (SFR-13); a lowered or
-restored link, the distances it shortens. Tables rank the endpoints of every FQDN for many SRs at
-once with numpy (gather distances, lexsort) and build `Route` objects only when a table is read.
+Shortest-path trees rooted at every egress, i.e. every service router with a cluster (distances
+and predecessors, one scipy.sparse.csgraph Dijkstra call over the `Graph`'s CSR structure), are
+kept for the default metric (latency) and, on demand, for each (metric, excluded link classes,
+path area) a policy asks for. Links are undirected, so the tree of an egress gives every SR its
+distance and a shortest path to that egress; there are at most as many egresses as SRs, so this
+is the cheaper side to run Dijkstra from. A link change rewrites one weight per tree set and
+updates only the trees it can affect: a raised or failed link, the subtrees below it in the trees
+that use it (SFR-13); a lowered or restored link, the distances it shortens. It reports the SRs
+whose distance or path to some egress may have changed. Tables rank the endpoints of every FQDN
+for many SRs at once with numpy (gather distances, stable sorts) and build `Route` objects only
+when a table is read.
 
 Errors (both `UserError`): `TopologyError` (graph.py) for unknown nodes and links or bad values;
 `PolicyError` from `check_policy` for policies naming unknown clusters, locations, link classes.
@@ -77,11 +81,14 @@ DEFAULT_KEY = TreeKey()
 
 
 class _Trees:
-    """Shortest-path trees rooted at every SR for one `TreeKey`, rows computed on demand.
+    """Shortest-path trees rooted at every egress for one `TreeKey`, rows computed on demand.
 
-    `dist`/`pred` have one row per SR and one column per node; `computed` says which rows are
-    valid (they are kept valid through changes). For metrics other than latency, `latency` holds
-    the latency of each tree path, recomputed lazily (pointer doubling over predecessor rows).
+    Rooted at the egresses (SRs with a cluster, `Graph.egress`) rather than at every SR: there
+    are at most as many, and links are undirected (one weight per pair, both directions), so the
+    tree of egress e gives every SR s its distance to e and a shortest path s, pred[s], ..., e.
+    `dist`/`pred` have one row per egress and one column per node; `computed` says which rows
+    are valid (they are kept valid through changes). For metrics other than latency, `latency`
+    holds the latency of each tree path, recomputed lazily (pointer doubling over predecessors).
     """
 
     def __init__(self, graph: Graph, key: TreeKey, node_ok: BoolArray | None) -> None:
@@ -96,9 +103,11 @@ class _Trees:
         self.matrix = csr_matrix(
             (graph.csr_data(self.pair_w), graph.indices, graph.indptr), shape=(graph.n, graph.n)
         )
-        rows = len(graph.srs)
-        self.dist: FloatArray = np.full((rows, graph.n), np.inf)
-        self.pred: IntArray = np.full((rows, graph.n), NO_NODE, dtype=np.int32)
+        rows = len(graph.egress)
+        # Rows not computed are never read (`computed` masks them): zeros cost nothing until
+        # written, and a first Dijkstra over every row replaces both arrays without a copy.
+        self.dist: FloatArray = np.zeros((rows, graph.n))
+        self.pred: IntArray = np.zeros((rows, graph.n), dtype=np.int32)
         self.computed: BoolArray = np.zeros(rows, dtype=np.bool_)
         self.pred_shared = False  # a ranking holds self.pred: copy before writing
         self._latency: FloatArray | None = None
@@ -108,20 +117,27 @@ class _Trees:
         return np.flatnonzero(self.computed).tolist()
 
     def ensure(self, rows: IntArray) -> None:
-        """Compute the trees of these SR rows that are not computed yet."""
+        """Compute the trees of these egress rows that are not computed yet."""
         self._dijkstra(rows[~self.computed[rows]])
 
+    def ensure_all(self) -> None:
+        self.ensure(np.arange(len(self.computed), dtype=np.int32))
+
     def _dijkstra(self, rows: IntArray) -> None:
-        """Whole trees from these SR rows, in one scipy call."""
+        """Whole trees from these egress rows, in one scipy call."""
         if rows.size == 0:
             return
         rows = np.unique(rows)
         dist, pred = dijkstra(
-            self.matrix, directed=True, indices=self.graph.srs[rows], return_predecessors=True
+            self.matrix, directed=True, indices=self.graph.egress[rows], return_predecessors=True
         )
-        self._own_pred()
-        self.dist[rows] = dist
-        self.pred[rows] = pred
+        if rows.size == self.computed.size and not self.computed.any():
+            self.dist, self.pred = dist, pred.astype(np.int32, copy=False)
+            self.pred_shared = False  # a new array: rankings keep the old one
+        else:
+            self._own_pred()
+            self.dist[rows] = dist
+            self.pred[rows] = pred
         self.computed[rows] = True
         self._latency_fresh[rows] = False
 
@@ -132,8 +148,8 @@ class _Trees:
 
         A raised or failed link only touches trees that use it, and in them only the subtree
         below it: that subtree is repaired from its unchanged surroundings (`_repair`). A lowered
-        or restored link touches the trees in which it shortens a distance: those are recomputed.
-        Returns the touched rows.
+        or restored link touches the trees in which it shortens a distance (`_improve`).
+        Returns, per node, whether its distance or path to some egress may have changed.
         """
         g = self.graph
         w_new, lat_new = g.pair_weight(self.key.metric, pair, self.usable)
@@ -142,22 +158,29 @@ class _Trees:
         self.matrix.data[g.pair_slots[pair]] = w_new
         u, v = int(g.pair_u[pair]), int(g.pair_v[pair])
         uses: BoolArray = self.computed & ((self.pred[:, v] == u) | (self.pred[:, u] == v))
+        changed = np.zeros(g.n, dtype=np.bool_)
         touched: BoolArray
         if w_new > w_old:
             touched = uses
-            self._repair(np.flatnonzero(touched).astype(np.int32), u, v)
+            changed |= self._repair(np.flatnonzero(touched).astype(np.int32), u, v)
         elif w_new < w_old:
             du, dv = self.dist[:, u], self.dist[:, v]
             touched = self.computed & ((du + w_new < dv) | (dv + w_new < du))
-            self._improve(np.flatnonzero(touched).astype(np.int32), u, v, w_new)
+            changed |= self._improve(np.flatnonzero(touched).astype(np.int32), u, v, w_new)
         else:
             touched = np.zeros_like(uses)
         if self.key.metric is not Metric.LATENCY and lat_new != lat_old:
-            touched = touched | uses  # same trees, other path latencies
+            # Same paths, other latencies: every node whose path crosses the link (now).
+            now = self.computed & ((self.pred[:, v] == u) | (self.pred[:, u] == v))
+            rows = np.flatnonzero(now).astype(np.int32)
+            if rows.size:
+                cut = np.where(self.pred[rows, v] == u, v, u).astype(np.int32)
+                changed[self._subtrees(rows, cut)[1]] = True
+            touched = touched | uses | now
         self._latency_fresh[touched] = False
-        return touched
+        return changed
 
-    def _repair(self, rows: IntArray, u: int, v: int) -> None:
+    def _repair(self, rows: IntArray, u: int, v: int) -> BoolArray:
         """Recompute only the subtrees below the raised link (u, v) in these trees.
 
         Nodes outside a subtree keep their distance. Inside, a node's distance is the best of
@@ -165,22 +188,30 @@ class _Trees:
         Dijkstra over all the subtrees at once, each fed by its own virtual source whose links
         carry those entry distances (min_only, so the subtrees never mix). Work is proportional
         to the subtrees' links, not to the graph; a tree losing a large part is recomputed whole.
+        Returns the nodes whose distance or path may have changed.
         """
-        if rows.size == 0:
-            return
         g, n = self.graph, self.graph.n
+        changed = np.zeros(n, dtype=np.bool_)
+        if rows.size == 0:
+            return changed
         cut = np.where(self.pred[rows, v] == u, v, u).astype(np.int32)  # the child end
         local, node = self._subtrees(rows, cut)
+        changed[node] = True  # only these nodes' paths crossed the link; the rest stay
         sizes = np.bincount(local, minlength=len(rows))
         whole = sizes > self.repair_share * n
         if whole.any():
+            old_dist, old_pred = self.dist[rows[whole]], self.pred[rows[whole]].copy()
             self._dijkstra(rows[whole])
+            # A whole recomputation may pick other equal-cost paths outside the subtree too.
+            for i, row in enumerate(rows[whole].tolist()):
+                differs = (old_dist[i] != self.dist[row]) | (old_pred[i] != self.pred[row])
+                changed |= _below(self.pred[row], differs)
             keep = ~whole[local]
             renumber = np.cumsum(~whole) - 1
             rows, local, node = rows[~whole], renumber[local[keep]], node[keep]
         m, t_count = len(rows), len(node)
         if m == 0:
-            return
+            return changed
         self._own_pred()
         # Members t = 0..T-1 are (tree, node) pairs; find them again by key = tree * n + node.
         key = local.astype(np.int64) * n + node
@@ -224,6 +255,7 @@ class _Trees:
         )
         self.dist[rows[local], node] = dist[:t_count]
         self.pred[rows[local], node] = new_pred
+        return changed
 
     def _subtrees(self, rows: IntArray, top: IntArray) -> tuple[IntArray, IntArray]:
         """Members of the subtree of top[i] in tree rows[i], as (i, node) pairs.
@@ -244,16 +276,17 @@ class _Trees:
             nodes.append(level_node)
         return np.concatenate(locals_), np.concatenate(nodes)
 
-    def _improve(self, rows: IntArray, u: int, v: int, weight: float) -> None:
+    def _improve(self, rows: IntArray, u: int, v: int, weight: float) -> BoolArray:
         """Lower the distances that the lowered link (u, v) shortens in these trees.
 
         With one link lowered, a node's new distance is the old one or, through the link, the
         distance to its nearer end a plus the link plus the distance from its other end b (one
         Dijkstra from each end, on the new graph). Improved nodes take their predecessor from
         b's tree (b itself from a): a node improves only if its predecessor there does too.
+        Returns the improved nodes (all nodes below an improved one improve too).
         """
         if rows.size == 0:
-            return
+            return np.zeros(self.graph.n, dtype=np.bool_)
         self._own_pred()
         from_end, end_pred = dijkstra(
             self.matrix, directed=True, indices=[u, v], return_predecessors=True
@@ -269,6 +302,8 @@ class _Trees:
         new_pred[np.arange(len(rows)), far] = near
         self.dist[rows] = np.where(better, through, dist)
         self.pred[rows] = np.where(better, new_pred, pred)
+        changed: BoolArray = better.any(axis=0)
+        return changed
 
     def _own_pred(self) -> None:
         """Copy-on-write: rankings handed out keep the predecessor matrix they were built on."""
@@ -283,7 +318,7 @@ class _Trees:
     # -- path latencies for other metrics ---------------------------------------------------
 
     def latency(self, rows: IntArray) -> FloatArray:
-        """Path latency from each SR of `rows` to every node, along the (computed) trees."""
+        """Path latency from each egress of `rows` to every node, along the (computed) trees."""
         if self.key.metric is Metric.LATENCY:
             return self.dist
         if self._latency is None:
@@ -319,39 +354,44 @@ class _Trees:
             flat_anc = step
         out = flat_acc.reshape(m, n + 1)[:, :n]
         out[~has] = np.inf  # unreachable, and the roots (set back to 0 below)
-        out[np.arange(m), g.srs[rows]] = 0.0
+        out[np.arange(m), g.egress[rows]] = 0.0
         return out
 
 
 @dataclass(slots=True)
 class _Paths:
-    """Paths along the predecessor matrix a ranking was made on (copy-on-write in `_Trees`)."""
+    """Paths along the predecessor matrix a ranking was made on (copy-on-write in `_Trees`).
+
+    The tree of an egress leads every node towards it, so the path from an SR to an egress is
+    read from the SR up that tree; the paths of all SRs to one egress share their suffixes.
+    """
 
     ids: tuple[str, ...]
-    roots: list[int]  # per ranking row: the SR's node index
-    tree_rows: list[int]  # per ranking row: its row in `pred`
+    sources: list[int]  # per ranking row: the SR's node index
+    egress_row: IntArray  # per node: its row in `pred` (egresses only)
     pred: IntArray
     _known: dict[int, dict[int, tuple[str, ...]]] = field(default_factory=dict)
     _rows: dict[int, list[int]] = field(default_factory=dict)
 
-    def path(self, i: int, target: int) -> tuple[str, ...]:
-        """Node ids from the root of ranking row i to target; shared prefixes built once."""
-        known = self._known.get(i)
+    def path(self, i: int, egress: int) -> tuple[str, ...]:
+        """Node ids from the SR of ranking row i to an egress; shared suffixes built once."""
+        known = self._known.get(egress)
         if known is None:
-            known = self._known[i] = {self.roots[i]: (self.ids[self.roots[i]],)}
-            self._rows[i] = self.pred[self.tree_rows[i]].tolist()
-        found = known.get(target)
+            known = self._known[egress] = {egress: (self.ids[egress],)}
+            self._rows[egress] = self.pred[self.egress_row[egress]].tolist()
+        source = self.sources[i]
+        found = known.get(source)
         if found is not None:
             return found
-        row, ids, pending, node = self._rows[i], self.ids, [], target
+        row, ids, pending, node = self._rows[egress], self.ids, [], source
         while node not in known:
             pending.append(node)
             node = row[node]
             if node < 0 or len(pending) > len(row):  # a broken tree must not loop forever
-                raise FlameError(f"no tree path from {ids[self.roots[i]]} to {ids[target]}")
+                raise FlameError(f"no tree path from {ids[source]} to {ids[egress]}")
         path = known[node]
         for node in reversed(pending):
-            path = known[node] = (*path, ids[node])
+            path = known[node] = (ids[node], *path)
         return path
 
 
@@ -421,14 +461,29 @@ def _some(names: Iterable[str], limit: int = 10) -> str:
     return (", ".join(ordered[:limit]) or "none") + more
 
 
-def _gather(matrix: FloatArray, rows: IntArray, cols: IntArray, all_rows: bool) -> FloatArray:
-    """matrix[rows][:, cols], rounded to 1e-9 so that equal sums compare equal.
+def _gather(matrix: FloatArray, sources: IntArray, tree_rows: IntArray) -> FloatArray:
+    """matrix[tree_rows, sources] transposed, (sources, tree_rows), rounded to 1e-9.
 
     Different paths of the same length can sum to floats an ulp apart; rounding makes ties
     real ties (broken by endpoint id) and incremental results equal to recomputed ones.
     """
-    picked = matrix[:, cols] if all_rows else matrix[np.ix_(rows, cols)]
-    return np.round(picked, ROUND_DIGITS)
+    picked = matrix[:, sources][tree_rows].T.copy()  # C order: the sorts run along rows
+    return np.round(picked, ROUND_DIGITS, out=picked)
+
+
+def _below(pred: IntArray, flags: BoolArray) -> BoolArray:
+    """Nodes with a flagged node on their tree path to the root (themselves included).
+
+    Pointer doubling over one predecessor row: log2(depth) numpy steps.
+    """
+    up = np.where(pred >= 0, pred, np.arange(len(pred)))  # roots and unreached: themselves
+    out = flags.copy()
+    while True:
+        spread = out | out[up]
+        step = up[up]
+        if (step == up).all() and (spread == out).all():
+            return out
+        out, up = spread, step
 
 
 class RouteTable(Mapping[str, tuple[Route, ...]]):
@@ -494,7 +549,7 @@ class PathComputer:
         self._nodes: dict[str, Node] = dict(topology.nodes)
         self._max_filtered = max_filtered_trees
         self._install(Graph(self._nodes, topology.links))
-        self._default.ensure(self._all_rows())
+        self._default.ensure_all()
 
     def _install(self, graph: Graph) -> None:
         self.graph = graph
@@ -529,10 +584,11 @@ class PathComputer:
     # -- changes (SFR-7, SFR-13) -------------------------------------------------------------
 
     def apply(self, change: TopologyChange) -> frozenset[str]:
-        """Apply one change; return the SRs whose trees it changed: their tables need recomputing.
+        """Apply one change; return the SRs whose tables it may change: they need recomputing.
 
-        The touched trees are updated before this returns, in every tree set in use (a failed
-        link repairs only the subtrees below it). Adding or removing a cluster or SR also reports
+        Those are the SRs whose distance or path to some egress (in any tree set in use) the
+        change may alter. The touched trees are updated before this returns (a failed link
+        repairs only the subtrees below it). Adding or removing a cluster or SR also reports
         every SR that reaches its SR, because routes to its endpoints appear or disappear. A
         removed SR is not reported: it has no table any more.
         """
@@ -556,10 +612,10 @@ class PathComputer:
                 return self._remove(node_id)
             case _:
                 raise TypeError(f"not a topology change: {change!r}")
-        touched = np.zeros(len(g.srs), dtype=np.bool_)
+        changed = np.zeros(g.n, dtype=np.bool_)
         for trees in self._tree_sets():
-            touched |= trees.change_pair(pair)
-        return frozenset(g.sr_ids[i] for i in np.flatnonzero(touched))
+            changed |= trees.change_pair(pair)
+        return frozenset(g.sr_ids[i] for i in np.flatnonzero(changed[g.srs]).tolist())
 
     def _tree_sets(self) -> list[_Trees]:
         return [self._default, *self._filtered.values()]
@@ -600,7 +656,7 @@ class PathComputer:
         graph = Graph(nodes, links)  # raises before anything changes
         self._nodes = nodes
         self._install(graph)
-        self._default.ensure(self._all_rows())
+        self._default.ensure_all()
         changed: set[str] = set()
         if added and node.kind is NodeKind.SERVICE_ROUTER:
             changed.add(node.id)
@@ -613,29 +669,34 @@ class PathComputer:
             if new_trees is None:
                 new_trees = self._make_trees(old_trees.key)
                 self._filtered[old_trees.key] = new_trees
-            rows_old = np.array(
-                [r for r in old_trees.computed_rows() if old.sr_ids[r] in graph.sr_row],
-                dtype=np.int32,
-            )
-            rows_new = np.array(
-                [graph.sr_row[old.sr_ids[r]] for r in rows_old.tolist()], dtype=np.int32
-            )
+            # Egress trees in both graphs: compare them on the nodes in both.
+            rows_old = np.array(old_trees.computed_rows(), dtype=np.int32)
+            at_new = old_ids[old.egress[rows_old]]  # the egress in the new graph; -1: removed
+            rows_new = np.where(at_new >= 0, graph.egress_row[np.maximum(at_new, 0)], -1)
+            keep = rows_new >= 0
+            rows_old, rows_new = rows_old[keep], rows_new[keep].astype(np.int32)
             new_trees.ensure(rows_new)
             d_old = old_trees.dist[np.ix_(rows_old, common_old)]
             d_new = new_trees.dist[np.ix_(rows_new, common_new)]
             p_old = old_trees.pred[np.ix_(rows_old, common_old)]
             p_old = np.where(p_old >= 0, remap[np.maximum(p_old, -1)], NO_NODE)
             p_new = new_trees.pred[np.ix_(rows_new, common_new)]
-            differs = (d_old != d_new).any(axis=1) | (p_old != p_new).any(axis=1)
-            changed.update(old.sr_ids[r] for r in rows_old[differs].tolist())
+            differs = (d_old != d_new) | (p_old != p_new)
+            for i, row in enumerate(rows_new.tolist()):
+                if differs[i].any():  # a node's path changes if any node on it changed
+                    flags = np.zeros(graph.n, dtype=np.bool_)
+                    flags[common_new[differs[i]]] = True
+                    hit = _below(new_trees.pred[row], flags)[graph.srs]
+                    changed.update(graph.sr_ids[r] for r in np.flatnonzero(hit).tolist())
         if node.kind in (NodeKind.CLUSTER, NodeKind.SERVICE_ROUTER):
             # Routes to the endpoints behind this node appear or disappear wherever it is reached.
             g = graph if added else old
             trees = self._default if added else old_sets[0]
             at = int(g.attached_sr[g.index[node.id]])
-            if at >= 0:
-                reach = np.flatnonzero(trees.computed & np.isfinite(trees.dist[:, at]))
-                changed.update(g.sr_ids[r] for r in reach)
+            row = int(g.egress_row[at]) if at >= 0 else -1
+            if row >= 0 and trees.computed[row]:
+                reach = np.flatnonzero(np.isfinite(trees.dist[row, g.srs]))
+                changed.update(g.sr_ids[r] for r in reach.tolist())
         return frozenset(sr for sr in changed if sr in graph.sr_row)
 
     # -- tree sets ---------------------------------------------------------------------------
@@ -742,6 +803,11 @@ class PathComputer:
             out.endpoints.append(endpoint)
             out.egress.append(egress)
             out.rank.append(rank)
+        # By endpoint id: ties then need no key of their own (the sorts in `_rank` are stable).
+        by_id = sorted(range(len(out.endpoints)), key=lambda x: out.endpoints[x].sfe)
+        out.endpoints = [out.endpoints[x] for x in by_id]
+        out.egress = [out.egress[x] for x in by_id]
+        out.rank = [out.rank[x] for x in by_id]
         return out
 
     # -- routes and tables (SFR-4) -----------------------------------------------------------
@@ -791,9 +857,6 @@ class PathComputer:
     def _rank(self, candidates: Sequence[_Candidates], rows: IntArray) -> _Ranking:
         """Rank every FQDN's candidates for every SR row, in groups of equal shape (numpy)."""
         g = self.graph
-        sfe_order = {
-            s: i for i, s in enumerate(sorted({e.sfe for c in candidates for e in c.endpoints}))
-        }
         fqdns: dict[str, tuple[int, int] | None] = {}
         shapes: dict[tuple[TreeKey, int], list[_Candidates]] = {}
         for c in candidates:
@@ -803,41 +866,50 @@ class PathComputer:
                 fqdns[c.fqdn] = None
         groups: list[_Group] = []
         paths: dict[TreeKey, _Paths] = {}
-        all_rows = len(rows) == len(g.srs) and bool((rows == self._all_rows()).all())
-        roots, tree_rows = g.srs[rows].tolist(), rows.tolist()
+        sources = g.srs[rows]
+        needed: dict[TreeKey, list[int]] = {}
+        for (key, _k), members in shapes.items():
+            needed.setdefault(key, []).extend(e for c in members for e in c.egress)
+        sets: dict[TreeKey, _Trees] = {}  # held here: the LRU cache may drop one meanwhile
+        for key, egress in needed.items():  # every tree of a key before its paths are shared
+            trees = sets[key] = self._trees(key)
+            trees.ensure(g.egress_row[np.unique(np.array(egress, dtype=np.int32))])
+            paths[key] = _Paths(g.ids, sources.tolist(), g.egress_row, trees.share_pred())
         for (key, k), members in shapes.items():
-            trees = self._trees(key)
-            trees.ensure(rows)
-            if key not in paths:
-                paths[key] = _Paths(g.ids, roots, tree_rows, trees.share_pred())
+            trees = sets[key]
             cols = np.array([c.egress for c in members], dtype=np.int32)  # (F, k)
+            tree_rows = g.egress_row[cols.ravel()]
             shape = (len(rows), len(members), k)
-            cost = _gather(trees.dist, rows, cols.ravel(), all_rows).reshape(shape)
+            cost = _gather(trees.dist, sources, tree_rows).reshape(shape)
             if key.metric is Metric.LATENCY:
                 latency = cost
             else:
-                latency = _gather(trees.latency(rows), rows, cols.ravel(), all_rows).reshape(shape)
+                latency = _gather(trees.latency(tree_rows), sources, tree_rows).reshape(shape)
             ok = np.isfinite(cost)
             if trees.node_ok is not None:
-                ok &= trees.node_ok[cols][None] & trees.node_ok[g.srs[rows]][:, None, None]
+                ok &= trees.node_ok[cols][None] & trees.node_ok[sources][:, None, None]
             max_latency = np.array([c.max_latency for c in members])
             if np.isfinite(max_latency).any():
                 ok &= latency <= max_latency[None, :, None]
-            sfe = np.array([[sfe_order[e.sfe] for e in c.endpoints] for c in members])
-            keys: list[npt.NDArray[np.generic]] = [np.broadcast_to(sfe[None], shape)]
+            # Candidates are in endpoint id order already: stable sorts keep it for ties.
+            keys: list[npt.NDArray[np.generic]] = []
             if latency is not cost:
                 keys.append(latency)
             keys.append(np.where(ok, cost, np.inf))
             rank = np.array([c.rank for c in members], dtype=np.int32)
             if rank.any():  # preferences first; unroutable ones still last
                 keys.append(np.where(ok, rank[None], np.iinfo(np.int32).max))
+            if len(keys) == 1:
+                order = np.argsort(keys[0], axis=-1, kind="stable")
+            else:
+                order = np.lexsort(keys, axis=-1)
             for j, c in enumerate(members):
                 fqdns[c.fqdn] = (len(groups), j)
             groups.append(
                 _Group(
                     endpoints=[c.endpoints for c in members],
                     egress=[c.egress for c in members],
-                    order=np.lexsort(keys, axis=-1),
+                    order=order,
                     count=ok.sum(axis=-1, dtype=np.int32),
                     cost=cost,
                     latency=latency,
