@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 $(NATIVE): $(STAMP) $(ROUTER_SOURCES) tools/compile_router.py
-	$(BIN)/python tools/compile_router.py
+	$(BIN)/python tools/compile_router.py --optional
 	touch $(NATIVE)
 
 # Recompile the SR's data plane now (`tools/compile_router.py --clean` goes back to interpreted).

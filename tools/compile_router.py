@@ -61,11 +61,26 @@ def build() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clean", action="store_true", help="remove the compiled modules")
+    parser.add_argument(
+        "--optional",
+        action="store_true",
+        help="on failure (no C compiler, say) warn and leave the router interpreted",
+    )
     args = parser.parse_args()
     if args.clean:
         clean()
-    else:
+        return
+    try:
         build()
+    except (Exception, SystemExit) as exc:
+        if not args.optional:
+            raise
+        clean()
+        print(
+            f"warning: could not compile the SR's request path ({exc}); it runs interpreted, "
+            "slower (install a C compiler and the Python headers, then `make build`)",
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":
