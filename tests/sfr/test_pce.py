@@ -310,6 +310,37 @@ def test_tables_fit_forwarding_tables(pce: PathComputer) -> None:
     assert again.routes == dict(table)
 
 
+def test_routes_carry_the_egress_sr_address(pce: PathComputer) -> None:
+    """SFR-10: each route names its egress SR's data-plane address (the topology node's)."""
+    expected = {"e-bristol": "127.0.1.1", "e-bath": "127.0.1.2", "e-london": "127.0.1.3"}
+    routes = pce.routes("sr-ue-1", ENDPOINTS)
+    assert {r.endpoint.sfe: (r.egress_sr, r.egress_address) for r in routes} == {
+        "e-bristol": ("sr-ue-1", "127.0.1.1"),
+        "e-bath": ("sr-ue-2", "127.0.1.2"),
+        "e-london": ("sr-metro", "127.0.1.3"),
+    }
+    for sr, table in pce.tables(ENDPOINTS, {}).items():
+        assert {r.endpoint.sfe: r.egress_address for r in table[FQDN]} == expected, sr
+    # An SR without an address in the topology: its routes say so (the ingress goes direct).
+    pce.apply(AddNode(Node("sr-new", NodeKind.SERVICE_ROUTER), (Link("sr-new", "sw-east"),)))
+    pce.apply(AddNode(Node("edge-new", NodeKind.CLUSTER, sr="sr-new")))
+    (new,) = pce.routes("sr-ue-2", (ep("e-new", "edge-new"),))
+    assert (new.egress_sr, new.egress_address) == ("sr-new", None)
+
+
+def test_route_round_trip_with_and_without_egress_address() -> None:
+    """SFR-10: `egress_address` crosses to the SRs; a table from before it loads as None."""
+    route = Route(BATH, "sr-ue-2", 6.0, 6.0, ("sr-ue-1", "sr-ue-2"), "127.0.1.2")
+    data = route.to_dict()
+    assert data["egress_address"] == "127.0.1.2"
+    assert Route.from_dict(data) == route
+    old = {k: v for k, v in data.items() if k != "egress_address"}
+    assert Route.from_dict(old) == replace(route, egress_address=None)
+    assert Route.from_dict({**data, "egress_address": None}).egress_address is None
+    table = ForwardingTable("sr-ue-1", 3, {FQDN: (route, replace(route, egress_address=None))})
+    assert ForwardingTable.from_dict(table.to_dict()) == table
+
+
 def test_tables_for_some_srs(pce: PathComputer) -> None:
     tables = pce.tables(ENDPOINTS, {}, srs=["sr-metro"])
     assert list(tables) == ["sr-metro"]

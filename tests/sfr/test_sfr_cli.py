@@ -285,3 +285,31 @@ def test_serve_pce_reports_a_busy_port(capsys: pytest.CaptureFixture[str], tmp_p
     assert f"the PCE could not start on 127.0.0.1:{port}" in err
     assert "no API tokens" in err  # and a hint how to issue one
     assert "flame token issue" in err
+
+
+# -- serve sr -------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("quiet_logging")
+@pytest.mark.parametrize(
+    ("flags", "hop", "port"),
+    [
+        ((), False, None),
+        (("--egress-hop",), True, None),
+        (("--egress-hop", "--egress-port", "9090"), True, 9090),
+    ],
+)
+def test_serve_sr_egress_hop_flags(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    flags: tuple[str, ...],
+    hop: bool,
+    port: int | None,
+) -> None:
+    """SFR-10: `--egress-hop [--egress-port N]` reach the SR's configuration (off by default)."""
+    served: list[object] = []
+    monkeypatch.setattr("flame.sfr.router.server.serve", lambda config, **_: served.append(config))
+    code, _, err = run(capsys, "serve", "sr", "--id", "sr-x", "--pce", "http://pce", *flags)
+    assert code == 0, err
+    (config,) = served
+    assert (config.egress_hop, config.egress_port) == (hop, port)  # type: ignore[attr-defined]

@@ -374,6 +374,17 @@ def serve_pce(
     help="Delay each request by its route's round-trip path latency (FLAME-in-a-box, where "
     "every hop is loopback).",
 )
+@click.option(
+    "--egress-hop",
+    is_flag=True,
+    help="Send requests for endpoints behind another SR to that egress SR (which hands them to "
+    "the endpoint, as in FLIPS) instead of straight to the endpoint.",
+)
+@click.option(
+    "--egress-port",
+    type=click.IntRange(1, 65535),
+    help="Port the egress SRs listen on (default: this SR's port; every SR on its own address).",
+)
 @click.pass_obj
 def serve_sr(
     state: _CliState,
@@ -388,6 +399,8 @@ def serve_sr(
     metrics_interval: float,
     no_coalescing: bool,
     emulate_latency: bool,
+    egress_hop: bool,
+    egress_port: int | None,
 ) -> None:
     """Run a service router's data plane (SFR-1, SFR-14).
 
@@ -415,6 +428,8 @@ def serve_sr(
         table_file=str(table_file or config.state_dir / f"sr-{sr_id}.table.json"),
         coalescing=not no_coalescing,
         emulate_latency=emulate_latency,
+        egress_hop=egress_hop,
+        egress_port=egress_port,
     )
 
     def ready(bound_host: str, bound_port: int) -> None:

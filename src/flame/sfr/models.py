@@ -63,6 +63,9 @@ class Route:
     cost: float  # under the policy's metric (latency in ms by default)
     latency_ms: float  # sum of link latencies along the path
     path: tuple[str, ...]  # node ids from the ingress SR to the egress SR, both included
+    # The egress SR's data-plane address (its topology node's `address`): where an ingress SR
+    # running with the egress hop sends the request (router/forward.py). None: not known.
+    egress_address: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -71,6 +74,7 @@ class Route:
             "cost": self.cost,
             "latency_ms": self.latency_ms,
             "path": list(self.path),
+            "egress_address": self.egress_address,
         }
 
     @classmethod
@@ -81,6 +85,9 @@ class Route:
             cost=float(data["cost"]),
             latency_ms=float(data["latency_ms"]),
             path=tuple(str(n) for n in data["path"]),
+            egress_address=(
+                None if data.get("egress_address") is None else str(data["egress_address"])
+            ),
         )
 
 

@@ -415,6 +415,7 @@ class _Ranking:
     ids: tuple[str, ...]
     fqdns: dict[str, tuple[int, int] | None]  # fqdn -> (group, index in group); None: no routes
     groups: list[_Group]
+    nodes: tuple[Node, ...]  # per node index: the egress SR's `address` goes into its routes
 
     def routes(self, i: int, fqdn: str, rows: dict[int, _RowLists]) -> tuple[Route, ...]:
         """The routes of one FQDN for ranking row i; `rows` caches per-group Python lists."""
@@ -427,14 +428,22 @@ class _Ranking:
         if lists is None:
             lists = rows[g] = _RowLists.of(group, i)
         order, costs, latencies = lists.order[j][: lists.count[j]], lists.cost[j], lists.latency[j]
-        endpoints, egress, ids, path = (
+        endpoints, egress, ids, nodes, path = (
             group.endpoints[j],
             group.egress[j],
             self.ids,
+            self.nodes,
             group.paths.path,
         )
         return tuple(
-            Route(endpoints[x], ids[egress[x]], costs[x], latencies[x], path(i, egress[x]))
+            Route(
+                endpoints[x],
+                ids[egress[x]],
+                costs[x],
+                latencies[x],
+                path(i, egress[x]),
+                nodes[egress[x]].address,
+            )
             for x in order
         )
 
@@ -916,4 +925,4 @@ class PathComputer:
                     paths=paths[key],
                 )
             )
-        return _Ranking(g.ids, fqdns, groups)
+        return _Ranking(g.ids, fqdns, groups, g.nodes)

@@ -4,6 +4,7 @@ stopped, and a check that no test leaves a task behind."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -46,10 +47,16 @@ async def upstreams() -> AsyncIterator[UpstreamFactory]:
 async def make_router() -> AsyncIterator[RouterFactory]:
     started: list[Router] = []
 
-    async def make(table: ForwardingTable | None = None, **settings: Any) -> Router:
-        config = RouterConfig(sr_id=SR, port=0, **settings)
+    async def make(
+        table: ForwardingTable | None = None,
+        *,
+        sr_id: str = SR,
+        sock: socket.socket | None = None,
+        **settings: Any,
+    ) -> Router:
+        config = RouterConfig(sr_id=sr_id, port=0, **settings)
         router = Router(config, source=StaticTableSource(table))
-        await router.start()
+        await router.start(sock)
         started.append(router)
         return router
 

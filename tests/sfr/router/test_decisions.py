@@ -9,6 +9,7 @@ import pytest
 
 from flame.common.errors import ConfigError
 from flame.common.lineproto import escape_tag, point
+from flame.sfr.models import Route
 from flame.sfr.router.balancer import FqdnRoutes
 from flame.sfr.router.body import RequestBody
 from flame.sfr.router.coalesce import JoinWindow, coalesce_key, may_join
@@ -307,6 +308,66 @@ def test_duplicate_endpoints_keep_their_best_route() -> None:
     assert [t.cost for t in r.tiers] == [1.0, 3.0]
 
 
+def test_local_endpoints_and_egress_hops() -> None:
+    """SFR-10: which endpoints an X-Flame-Endpoint may name here, and where the others' hop goes."""
+    here, there = endpoint("here", 1001, fqdn="f"), endpoint("there", 1002, fqdn="f")
+    unaddressed, odd = endpoint("far", 1003, fqdn="f"), endpoint("bad\u00e9", 1004, fqdn="f")
+    r = FqdnRoutes(
+        "f",
+        [
+            Route(
+                here, egress_sr=SR, cost=0.0, latency_ms=0.0, path=(SR,), egress_address="10.0.0.1"
+            ),
+            Route(
+                there,
+                egress_sr="sr-2",
+                cost=1.0,
+                latency_ms=1.0,
+                path=(SR, "sr-2"),
+                egress_address="10.0.0.2",
+            ),
+            Route(unaddressed, egress_sr="sr-3", cost=2.0, latency_ms=2.0, path=(SR, "sr-3")),
+            Route(
+                odd,
+                egress_sr="sr-2",
+                cost=3.0,
+                latency_ms=3.0,
+                path=(SR, "sr-2"),
+                egress_address="10.0.0.2",
+            ),
+        ],
+        sr_id=SR,
+    )
+    assert r.local == {"here": here}
+    assert r.hop(here, 8080) is None
+    assert r.hop(unaddressed, 8080) is None  # no address: direct
+    assert r.hop(odd, 8080) is None  # an id that cannot go into a header: direct
+    hop = r.hop(there, 8080)
+    assert hop is not None
+    assert (hop.egress_sr, hop.target.host, hop.target.port) == ("sr-2", "10.0.0.2", 8080)
+    assert hop.header == b"X-Flame-Endpoint: there\r\n"
+    assert r.hop(there, 8080) is hop  # built once per table
+    other = r.hop(there, 9090)
+    assert other is not None
+    assert other.target.port == 9090
+
+
+def test_x_flame_endpoint_is_read_and_never_forwarded() -> None:
+    req = analyze(
+        [
+            (b"Host", b"vod.example"),
+            (b"X-Flame-Endpoint", b" e1 "),
+            (b"x-flame-endpoint", b"e2"),
+            (b"Accept", b"*/*"),
+        ]
+    )
+    assert req.flame_endpoint == "e1"
+    head = render_upstream_head(req, b"10.0.0.9", b"sr-test")
+    assert b"flame-endpoint" not in head.lower()
+    assert b"Accept: */*\r\n" in head
+    assert analyze([(b"Host", b"vod.example")]).flame_endpoint is None
+
+
 # -- outlier detection ----------------------------------------------------------------------------------
 
 
@@ -524,6 +585,17 @@ def test_config_round_trip_and_errors() -> None:
         Limits(max_body_bytes=-1)
     with pytest.raises(ConfigError):
         RouterConfig.from_dict({"sr_id": "s", "limits": {"max_heads": 1}})
+
+
+def test_egress_settings_reach_the_workers_and_are_checked() -> None:
+    """SFR-1: workers get the config as a dict; an egress port outside 1..65535 is refused."""
+    config = RouterConfig(sr_id=SR, egress_hop=True, egress_port=9090)
+    again = RouterConfig.from_dict(config.to_dict())
+    assert (again.egress_hop, again.egress_port) == (True, 9090)
+    assert (RouterConfig(sr_id=SR).egress_hop, RouterConfig(sr_id=SR).egress_port) == (False, None)
+    for bad in (0, 70000, True, "9090"):
+        with pytest.raises(ConfigError, match="egress_port"):
+            RouterConfig(sr_id=SR, egress_port=bad)  # type: ignore[arg-type]
 
 
 # -- multicast across workers ---------------------------------------------------------------------------------------

@@ -6,6 +6,10 @@ weights by smooth weighted round robin (nginx's algorithm: the sequence for weig
 a a b a c a a, never a burst of five a's). Endpoints the caller says to skip (ejected by
 outlier detection, or already tried for this request) are left out of the round; when a whole
 tier is skipped the next tier serves. Pure: no clock, no I/O.
+
+For the egress hop (forward.py) `FqdnRoutes` also knows which endpoints are local to this SR
+(their route's egress SR is this SR: an `X-Flame-Endpoint` may name only those) and, for the
+others, the address of their egress SR (`EgressHop`, built on first use).
 """
 
 from __future__ import annotations
@@ -16,9 +20,33 @@ from typing import Final
 
 from flame.sfr.models import Endpoint, Route
 
-__all__ = ["COST_EPSILON", "FqdnRoutes", "Tier"]
+__all__ = ["COST_EPSILON", "EgressHop", "FqdnRoutes", "Tier"]
 
 COST_EPSILON: Final = 1e-9
+EGRESS_HEADER: Final = b"X-Flame-Endpoint: "  # names the endpoint to the egress SR
+
+
+class EgressHop:
+    """How an ingress SR reaches one endpoint through its egress SR."""
+
+    __slots__ = ("egress_sr", "header", "target")
+
+    def __init__(self, endpoint: Endpoint, egress_sr: str, address: str, port: int) -> None:
+        self.egress_sr = egress_sr
+        # What the pool connects to (pooled by address: every endpoint behind that SR shares
+        # the connections); its sfe names both in connect errors.
+        self.target = Endpoint(
+            sfe=f"{endpoint.sfe} via SR {egress_sr}",
+            fqdn=endpoint.fqdn,
+            cluster=endpoint.cluster,
+            host=address,
+            port=port,
+            sfc=endpoint.sfc,
+            tenant=endpoint.tenant,
+            weight=endpoint.weight,
+        )
+        # The header line added to the request head for the egress SR.
+        self.header = EGRESS_HEADER + endpoint.sfe.encode("ascii") + b"\r\n"
 
 
 class Tier:
@@ -66,11 +94,15 @@ class Tier:
 class FqdnRoutes:
     """The compiled routes of one FQDN in one forwarding table version."""
 
-    __slots__ = ("fqdn", "latency_ms", "tiers")
+    __slots__ = ("_hops", "egress", "fqdn", "latency_ms", "local", "tiers")
 
-    def __init__(self, fqdn: str, routes: Iterable[Route]) -> None:
+    def __init__(self, fqdn: str, routes: Iterable[Route], *, sr_id: str = "") -> None:
         self.fqdn = fqdn
         self.latency_ms: dict[str, float] = {}  # sfe -> one-way path latency of its route
+        self.local: dict[str, Endpoint] = {}  # sfe -> endpoint whose egress SR is `sr_id`
+        # sfe -> (egress SR, its address) of the endpoints behind another SR with an address
+        self.egress: dict[str, tuple[str, str]] = {}
+        self._hops: dict[str, EgressHop] = {}
         ranked = sorted(routes, key=lambda r: r.cost)  # stable: the PCE's order breaks ties
         tiers: list[Tier] = []
         seen: set[str] = set()
@@ -81,6 +113,10 @@ class FqdnRoutes:
                 continue  # an endpoint listed twice keeps its best route only
             seen.add(route.endpoint.sfe)
             self.latency_ms[route.endpoint.sfe] = route.latency_ms
+            if route.egress_sr == sr_id:
+                self.local[route.endpoint.sfe] = route.endpoint
+            elif route.egress_address and _header_safe(route.endpoint.sfe):
+                self.egress[route.endpoint.sfe] = (route.egress_sr, route.egress_address)
             if group and abs(route.cost - group_cost) > COST_EPSILON:
                 tiers.append(Tier(group_cost, group))
                 group = []
@@ -106,3 +142,19 @@ class FqdnRoutes:
     def endpoints(self) -> Iterable[Endpoint]:
         for tier in self.tiers:
             yield from tier.endpoints
+
+    def hop(self, endpoint: Endpoint, port: int) -> EgressHop | None:
+        """The way to `endpoint` through its egress SR (listening on `port`); None: go direct."""
+        hop = self._hops.get(endpoint.sfe)
+        if hop is not None and hop.target.port == port:
+            return hop
+        found = self.egress.get(endpoint.sfe)
+        if found is None:
+            return None
+        hop = self._hops[endpoint.sfe] = EgressHop(endpoint, found[0], found[1], port)
+        return hop
+
+
+def _header_safe(sfe: str) -> bool:
+    """Whether an endpoint id can go into a header value as it is (else: forwarded direct)."""
+    return sfe.isascii() and sfe.isprintable() and sfe == sfe.strip() and bool(sfe)

@@ -88,6 +88,10 @@ class RouterConfig:
     poll_wait: float = 25.0  # seconds a PCE long-poll is held
     coalescing: bool = True  # FLIPS coincidental multicast of identical concurrent GETs
     emulate_latency: bool = False  # delay each attempt by its route's round-trip path latency
+    # Egress hop (FLIPS): a request for an endpoint behind another SR goes to that SR (the
+    # route's egress_address, this port), which hands it to the endpoint; off: straight there.
+    egress_hop: bool = False
+    egress_port: int | None = None  # None: the port this SR listens on (every SR on its address)
     backlog: int = 2048  # listen backlog per worker
     limits: Limits = field(default_factory=Limits)
     timeouts: Timeouts = field(default_factory=Timeouts)
@@ -102,6 +106,15 @@ class RouterConfig:
             )
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be 0..65535, got {self.port!r}", key="port")
+        if self.egress_port is not None and (
+            not isinstance(self.egress_port, int)
+            or isinstance(self.egress_port, bool)
+            or not 1 <= self.egress_port <= 65535
+        ):
+            raise ConfigError(
+                f"egress_port must be 1..65535 (or None for this SR's port), got {self.egress_port!r}",
+                key="egress_port",
+            )
         if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
             raise ConfigError(
                 f"workers must be a positive integer (or None for one per CPU), got {self.workers!r}",

@@ -18,6 +18,14 @@ Connect errors, resets and time-outs before the head eject the endpoint (outlier
 ejects it only when the request was retried elsewhere (an endpoint that answers is alive, and
 with no alternative its answer is better than a 503); a response cut in the middle is the
 client's loss but no ejection (the endpoint answered, and nothing can be retried any more).
+
+The egress hop (FLIPS; `Forwarder.egress_port` set, config `egress_hop`): an attempt on an
+endpoint whose route leads to another SR with a known address connects to that egress SR
+instead (pooled by its address, like any endpoint) and adds `X-Flame-Endpoint: <sfe>` to the
+head. Everything else is as for a direct attempt, and a failed hop counts against the endpoint.
+The egress SR sends a request naming one of its local endpoints (the route's egress SR is this
+SR) to that endpoint without choosing again, and without a retry elsewhere or emulated latency
+(the ingress SR does both); any other `X-Flame-Endpoint` is ignored: routed as usual.
 """
 
 from __future__ import annotations
@@ -81,6 +89,7 @@ class Forwarder:
         timeouts: Timeouts,
         *,
         emulate_latency: bool = False,
+        egress_port: int = 0,
     ) -> None:
         self.routing = routing
         self.pool = pool
@@ -90,6 +99,8 @@ class Forwarder:
         # FLAME-in-a-box: every hop is loopback, so the topology's path latency is added as a
         # round trip before each attempt (request and response each cross the path once).
         self.emulate_latency = emulate_latency
+        # The egress hop: the port egress SRs listen on; 0: off (always straight to endpoints).
+        self.egress_port = egress_port
 
     def forward(
         self, req: RequestHead, head: bytes, body: RequestBody | None, sink: ResponseSink
@@ -149,6 +160,7 @@ class Forwarding:
         "_connecting",
         "_delay",
         "_fresh",
+        "_pinned",
         "_stale_retried",
         "_tried",
         "body",
@@ -161,7 +173,9 @@ class Forwarding:
         "head",
         "req",
         "routes",
+        "send",
         "sink",
+        "target",
     )
 
     def __init__(
@@ -179,6 +193,8 @@ class Forwarding:
         self.sink = sink
         self.routes: FqdnRoutes | None = None
         self.endpoint: Endpoint | None = None
+        self.target: Endpoint | None = None  # what the attempt connects to: endpoint or egress SR
+        self.send = head  # the head the attempt sends (with X-Flame-Endpoint on an egress hop)
         self.conn: UpstreamConnection | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._delay: asyncio.TimerHandle | None = None
@@ -186,6 +202,7 @@ class Forwarding:
         self._attempts = 0
         self._fresh = False
         self._stale_retried = False
+        self._pinned = False  # this SR is the egress SR of the endpoint an ingress SR chose
         self.committed = False
         self.cancelled = False
         self.done = False
@@ -202,6 +219,13 @@ class Forwarding:
         if routes is None:
             self._fail(fw.unknown(self.req.fqdn))
             return
+        pin = self.req.flame_endpoint
+        if pin is not None:
+            local = routes.local.get(pin)
+            if local is not None:
+                self._pinned = True
+                self._attempt(local)
+                return
         endpoint = routes.choose(self._skip)
         if endpoint is None:
             self._fail(fw.no_endpoint(routes))
@@ -209,7 +233,7 @@ class Forwarding:
         self._attempt(endpoint)
 
     def _attempt(self, endpoint: Endpoint) -> None:
-        if self.fw.emulate_latency and self.routes is not None:
+        if self.fw.emulate_latency and not self._pinned and self.routes is not None:
             latency_ms = self.routes.latency_ms.get(endpoint.sfe, 0.0)
             if latency_ms > 0:
                 self.endpoint = endpoint
@@ -222,7 +246,15 @@ class Forwarding:
         self._delay = None
         if self.cancelled:
             return
-        self.endpoint = endpoint
+        fw = self.fw
+        self.endpoint = target = endpoint
+        self.send = self.head
+        if fw.egress_port and self.routes is not None:
+            hop = self.routes.hop(endpoint, fw.egress_port)
+            if hop is not None:
+                target = hop.target
+                self.send = self.head[:-2] + hop.header + b"\r\n"  # before the blank line
+        self.target = target
         if self._fresh:
             conn = None
         else:
@@ -231,10 +263,10 @@ class Forwarding:
                 self._tried = {endpoint.sfe}
             else:
                 self._tried.add(endpoint.sfe)
-            conn = self.fw.pool.take_idle(endpoint)
-        self.fw.metrics.fetch(self.req.fqdn, endpoint)
+            conn = fw.pool.take_idle(target)
+        fw.metrics.fetch(self.req.fqdn, endpoint)
         if conn is None:
-            self._connecting = self.fw.pool.connect(endpoint, self._connected)
+            self._connecting = fw.pool.connect(target, self._connected)
         else:
             self._begin(conn)
 
@@ -256,13 +288,13 @@ class Forwarding:
         self._retry_or_fail(error, sent=False)
 
     def _begin(self, conn: UpstreamConnection) -> None:
-        assert self.endpoint is not None
+        assert self.target is not None
         self._fresh = False
         self.conn = conn
         conn.begin(
             self,
-            self.endpoint,
-            self.head,
+            self.target,
+            self.send,
             head_request=self.req.method == b"HEAD",
             body=self.body,
             chunked_body=self.req.chunked,
@@ -275,7 +307,7 @@ class Forwarding:
         assert endpoint is not None
         assert routes is not None
         self.fw.record_failure(self.req.fqdn, endpoint, str(error), eject=True)
-        if may_retry(self.req, self.body, self._attempts, sent=sent):
+        if not self._pinned and may_retry(self.req, self.body, self._attempts, sent=sent):
             nxt = routes.choose(self._skip)
             if nxt is not None:
                 log.info(
@@ -298,7 +330,7 @@ class Forwarding:
         assert routes is not None
         fw = self.fw
         if head.status >= 500:
-            if may_retry(self.req, self.body, self._attempts):
+            if not self._pinned and may_retry(self.req, self.body, self._attempts):
                 nxt = routes.choose(self._skip)
                 if nxt is not None:
                     self.conn = None

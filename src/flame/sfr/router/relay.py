@@ -84,6 +84,9 @@ def render_relay_head(req: RequestHead, client_ip: bytes) -> bytes:
         parts.append(b"X-Forwarded-Host: " + req.forwarded_host + b"\r\n")
     if req.forwarded_proto:
         parts.append(b"X-Forwarded-Proto: " + req.forwarded_proto + b"\r\n")
+    if req.flame_endpoint is not None:
+        # An ingress SR's choice (egress hop): the sibling applies the same trust rule.
+        parts.append(b"X-Flame-Endpoint: " + req.flame_endpoint.encode("latin-1") + b"\r\n")
     parts.append(RELAY_CLIENT + b": " + client_ip + b"\r\n\r\n")
     return b"".join(parts)
 

@@ -4,7 +4,8 @@
 headers, or raises the `RequestRejected` the client gets back; `render_upstream_head` writes
 the request line and headers for the endpoint: hop-by-hop fields removed (and those named in
 `Connection`), `Via` and `X-Forwarded-For` appended, `X-Forwarded-Host` / `-Proto` set when
-absent, and the body framing the router re-sends (SFR-1). No I/O.
+absent, and the body framing the router re-sends (SFR-1). `X-Flame-Endpoint` (the endpoint an
+ingress SR chose, for this SR as the egress SR: forward.py) is read and never sent on. No I/O.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ _SPECIAL: Final = frozenset(
         b"accept-encoding",
         b"range",
         b"x-flame-relay-client",
+        b"x-flame-endpoint",
     }
 )
 # Of the special fields, those forwarded unchanged (the router only looks at them).
@@ -65,6 +67,7 @@ class RequestHead:
         "content_length",
         "credentials",
         "expect_continue",
+        "flame_endpoint",
         "forwarded_for",
         "forwarded_host",
         "forwarded_proto",
@@ -102,6 +105,7 @@ class RequestHead:
         accept_encoding: bytes | None = None,
         range: bytes | None = None,
         relay_client: bytes | None = None,
+        flame_endpoint: str | None = None,
     ) -> None:
         self.method = method
         self.target = target  # origin-form (absolute-form targets are turned into it), or b"*"
@@ -122,6 +126,9 @@ class RequestHead:
         self.accept_encoding = accept_encoding
         self.range = range
         self.relay_client = relay_client  # set by a sibling worker; trusted on its socket only
+        # X-Flame-Endpoint: the endpoint an ingress SR chose; honoured only for an endpoint
+        # local to this SR (forward.py), whoever sent it
+        self.flame_endpoint = flame_endpoint
 
     def __repr__(self) -> str:
         return f"RequestHead({self.method!r} {self.fqdn}{self.target.decode('latin-1')!r})"
@@ -177,6 +184,7 @@ def analyze_request(
     accept_encoding: bytes | None = None
     range_: bytes | None = None
     relay_client: bytes | None = None
+    flame_endpoint: str | None = None
     for name, value in headers:
         lname = name.lower()
         if lname not in _SPECIAL:
@@ -214,6 +222,9 @@ def analyze_request(
             xfp = xfp or value.strip()
         elif lname == b"x-flame-relay-client":
             relay_client = value.strip()
+        elif lname == b"x-flame-endpoint":
+            if flame_endpoint is None:
+                flame_endpoint = value.strip().decode("latin-1")
         elif lname == b"expect":
             # Only 100-continue is defined; the router answers it itself (see cycle.py).
             expect_continue = expect_continue or value.strip().lower() == b"100-continue"
@@ -271,6 +282,7 @@ def analyze_request(
         accept_encoding=accept_encoding,
         range=range_,
         relay_client=relay_client,
+        flame_endpoint=flame_endpoint,
     )
 
 

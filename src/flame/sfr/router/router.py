@@ -145,6 +145,11 @@ class Router:
             self._server = await loop.create_server(
                 lambda: RouterProtocol(ctx), config.host, config.port, backlog=config.backlog
             )
+        if config.egress_hop:
+            # FLIPS' egress hop; by default every SR listens on the same port (its own address).
+            forwarder.egress_port = (
+                config.egress_port if config.egress_port is not None else self.port
+            )
         if self.siblings is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.siblings.socket)
@@ -166,11 +171,12 @@ class Router:
             )
             self.tasks.spawn(self.reporter.run(), name="sr-clmc-reporter")
         log.info(
-            "SR %s worker %d listening on %s:%d (table version %s)",
+            "SR %s worker %d listening on %s:%d (table version %s)%s",
             config.sr_id,
             self.worker,
             *self.address,
             self.routing.version,
+            f"; egress hop to port {forwarder.egress_port}" if forwarder.egress_port else "",
         )
 
     @property

@@ -74,7 +74,7 @@ class RoutingState:
             log.debug("ignoring table version %d: version %d is in use", table.version, old.version)
             return None
         routes = {
-            fqdn.lower().removesuffix("."): FqdnRoutes(fqdn, rs)
+            fqdn.lower().removesuffix("."): FqdnRoutes(fqdn, rs, sr_id=self.sr_id)
             for fqdn, rs in table.routes.items()
         }
         old_routes = self._routes
