@@ -26,6 +26,7 @@ __all__ = ["ResponseWriter"]
 # Held-back bytes are written once they reach this much, so the transport's own
 # back-pressure (pause_writing) still sees them early.
 _CORK_LIMIT: Final = 64 * 1024
+_JOIN_LIMIT: Final = 16 * 1024
 
 
 class ResponseWriter:
@@ -120,6 +121,9 @@ class ResponseWriter:
             self._corked = None
             if len(corked) == 1:
                 self.transport.write(corked[0])
+            elif self._corked_bytes <= _JOIN_LIMIT:
+                # A small response: one copy and one plain write cost less than a writev.
+                self.transport.write(b"".join(corked))
             else:
                 self.transport.writelines(corked)
 
