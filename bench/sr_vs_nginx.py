@@ -5,7 +5,9 @@ sides), our SR and an nginx reverse proxy with the same number of workers and ke
 towards the upstream, both adding the same forwarding headers; `wrk` drives each in turn
 (A B A B ...). Our SR runs twice per round: like for like (coalescing off, every request is
 forwarded, as nginx does) and in its default configuration (FLIPS coincidental multicast on:
-identical GETs in flight at the same time share one upstream fetch).
+identical GETs in flight at the same time share one upstream fetch). Besides requests/s and
+latency, each run reports the proxy's CPU time per request (all its processes, from /proc),
+which depends less than requests/s on what else shares the machine's cores.
 
 Scenario 2, coincidental multicast: N clients (500) ask at once for the same uncached 1 MB
 object from a slow upstream (an asyncio server sending the body over ~1 s and counting
@@ -108,6 +110,30 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
                 return
         time.sleep(0.05)
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:g}s")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its children (the proxy's workers), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        stats[int(entry.name)] = fields
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        fields = stats.get(current)
+        if fields is not None:
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        todo.extend(children.get(current, ()))
+    return total
 
 
 # -- tools --------------------------------------------------------------------------------------------
@@ -230,6 +256,7 @@ class WrkResult:
     p99_ms: float
     requests: int
     errors: int
+    cpu_us: float = float("nan")  # the proxy's CPU time per request (all its processes)
 
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -528,9 +555,9 @@ def run(
     }}
   }}""",
     )
-    start_nginx(procs, nginx, proxy, px_port, log)
+    nginx_proc = start_nginx(procs, nginx, proxy, px_port, log)
     wait_port(px2_port)
-    start_sr(
+    sr_proc = start_sr(
         procs,
         tmp,
         port=sr_port,
@@ -539,7 +566,7 @@ def run(
         coalescing=False,
         name="sr-plain",
     )
-    start_sr(
+    src_proc = start_sr(
         procs,
         tmp,
         port=src_port,
@@ -560,6 +587,7 @@ def run(
     )
 
     sides = {"nginx": px_port, "sr": sr_port, "sr_coalescing": src_port}
+    pids = {"nginx": nginx_proc.pid, "sr": sr_proc.pid, "sr_coalescing": src_proc.pid}
     print(
         f"# nginx {nginx_version(nginx)}: {workers} workers, keepalive 256 to the upstream, same forwarding headers",
         flush=True,
@@ -577,12 +605,16 @@ def run(
     results: dict[str, list[WrkResult]] = {name: [] for name in sides}
     for r in range(rounds):
         for name, port in sides.items():
+            cpu_before = tree_cpu_seconds(pids[name])
             res = run_wrk(
                 wrk, port, threads=args.threads, connections=args.connections, seconds=duration
             )
+            if res.requests:
+                res.cpu_us = (tree_cpu_seconds(pids[name]) - cpu_before) / res.requests * 1e6
             results[name].append(res)
             print(
-                f"round {r + 1} {name:14s} {res.rps:10.0f} req/s  p50 {res.p50_ms:7.2f} ms  p99 {res.p99_ms:7.2f} ms  errors {res.errors}",
+                f"round {r + 1} {name:14s} {res.rps:10.0f} req/s  p50 {res.p50_ms:7.2f} ms  p99 {res.p99_ms:7.2f} ms  "
+                f"CPU {res.cpu_us:5.1f} us/request  errors {res.errors}",
                 flush=True,
             )
 
@@ -623,6 +655,11 @@ def run(
         "peer_p50_ms": med("nginx", "p50_ms"),
         "peer_p99_ms": med("nginx", "p99_ms"),
         "ratio": round(med("sr", "rps") / med("nginx", "rps"), 3),
+        # CPU per request of each proxy's processes: less sensitive to what else the machine
+        # runs than requests/s (wrk and the upstream share its cores).
+        "ours_cpu_us_per_request": med("sr", "cpu_us"),
+        "peer_cpu_us_per_request": med("nginx", "cpu_us"),
+        "cpu_ratio": round(med("sr", "cpu_us") / med("nginx", "cpu_us"), 2),
         "ours_coalescing_rps": med("sr_coalescing", "rps"),
         "ours_coalescing_p50_ms": med("sr_coalescing", "p50_ms"),
         "ours_coalescing_p99_ms": med("sr_coalescing", "p99_ms"),
