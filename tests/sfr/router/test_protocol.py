@@ -17,6 +17,7 @@ import pytest
 from flame.sfr.router import Limits, Timeouts
 
 from .helpers import (
+    SR,
     Client,
     RawUpstream,
     Response,
@@ -489,6 +490,36 @@ async def test_http10_keep_alive(upstreams, make_router) -> None:
     assert resp.header("connection") == "close"
     assert await c.closed()
     await c.close()
+
+
+async def test_request_version_is_read_whole_split_or_pipelined(upstreams, make_router) -> None:
+    """SFR-1: the HTTP version of each request decides its Via entry, whatever the chunking.
+
+    The router reads it from the request line when that line starts a chunk; a head split over
+    chunks, or a request that follows another in its chunk, goes through the parser instead.
+    """
+    (a,), r = await routed(upstreams, make_router, "a")
+    c = await Client.connect(r.port)
+    await c.send(
+        b"GET /1 HTTP/1.0\r\nHost: a.example\r\nConnection: keep-alive\r\n\r\n"
+        b"GET /2 HTTP/1.1\r\nHost: a.example\r\n\r\n"
+    )
+    assert (await c.response()).status == 200
+    assert (await c.response()).status == 200
+    await c.send(b"GET /3 HTTP/1.1\r\nHost: a.example\r\n")
+    await asyncio.sleep(0.05)  # a chunk of its own: the next one starts with a header line
+    await c.send(b"X-Note: looks like HTTP/1.0\r\n\r\n")
+    assert (await c.response()).status == 200
+    await c.send(b"GET /4 HTTP/1.0\r\nHost: a.example\r\n\r\n")
+    assert (await c.response()).header("connection") == "close"
+    await c.close()
+    vias = {req.target: req.header("via") for req in a.requests}
+    assert vias == {
+        "/1": f"1.0 {SR}",
+        "/2": f"1.1 {SR}",
+        "/3": f"1.1 {SR}",
+        "/4": f"1.0 {SR}",
+    }
 
 
 # -- time-outs and slow peers -------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ __all__ = [
     "fqdn_from_host",
     "is_hop_by_hop",
     "join_values",
+    "lower_name",
     "parse_host",
 ]
 
@@ -72,6 +73,23 @@ def fqdn_from_host(host: bytes) -> str | None:
         _FQDN_CACHE.clear()  # random Host values must not grow memory; cheap to rebuild
     _FQDN_CACHE[host] = fqdn
     return fqdn
+
+
+_LOWER: Final[dict[bytes, bytes]] = {}
+_LOWER_SIZE: Final = 1024
+
+
+def lower_name(name: bytes) -> bytes:
+    """A header name in lower case, from a small cache: the same few names arrive on every
+    message, and a dict hit costs less than `bytes.lower()`; the cached object also keeps its
+    hash for the set lookups that follow."""
+    lname = _LOWER.get(name)
+    if lname is None:
+        lname = name.lower()
+        if len(_LOWER) >= _LOWER_SIZE:
+            _LOWER.clear()  # random names must not grow memory
+        _LOWER[name] = lname
+    return lname
 
 
 def parse_host(host: bytes) -> str | None:

@@ -76,6 +76,9 @@ class RouterProtocol(asyncio.Protocol):
         self._in_head = False
         self._raw_head = 0
         self._completed = 0  # requests parsed on this connection
+        self._chunk = b""  # the chunk being parsed
+        self._chunk_fresh = False  # ... and no message has begun or ended in it yet
+        self._line_in_chunk = False  # the current request's line starts `_chunk`
         # Requests.
         self._parsing: RequestCycle | None = None  # the cycle whose body is arriving
         self._active: RequestCycle | None = None  # the cycle being answered
@@ -109,6 +112,11 @@ class RouterProtocol(asyncio.Protocol):
             return
         self._idle_deadline = 0.0
         completed = self._completed
+        # Between messages, a chunk starts with the next request line (see _version).
+        self._chunk = data
+        self._chunk_fresh = not self._in_head and self._parsing is None
+        if self._in_head:
+            self._line_in_chunk = False  # the head started in an earlier chunk
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -169,6 +177,8 @@ class RouterProtocol(asyncio.Protocol):
     # -- httptools callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self._line_in_chunk = self._chunk_fresh
+        self._chunk_fresh = False
         self._url = b""
         self._headers = []
         self._head_size = 0
@@ -197,7 +207,7 @@ class RouterProtocol(asyncio.Protocol):
         req = analyze_request(
             parser.get_method(),
             self._url,
-            parser.get_http_version(),
+            self._version(),
             self._headers,
             keep_alive=parser.should_keep_alive(),
             sr_id=self._sr_id,
@@ -237,10 +247,25 @@ class RouterProtocol(asyncio.Protocol):
         cycle.body.feed(data)
 
     def on_message_complete(self) -> None:
+        self._chunk_fresh = False  # a next request in this chunk does not start it
         self._completed += 1
         cycle, self._parsing = self._parsing, None
         if cycle is not None and cycle.body is not None:
             cycle.body.finish()
+
+    def _version(self) -> str:
+        """The request's HTTP version: read from its request line when that line starts the
+        chunk being parsed (the usual case), since httptools formats a new string per call."""
+        if self._line_in_chunk:
+            chunk = self._chunk
+            end = chunk.find(b"\r\n")
+            if end >= 9 and chunk[end - 9 : end - 3] == b" HTTP/":
+                version = chunk[end - 3 : end]
+                if version == b"1.1":
+                    return "1.1"
+                if version == b"1.0":
+                    return "1.0"
+        return self._parser.get_http_version()
 
     # -- requests in order --------------------------------------------------------------------
 

@@ -13,7 +13,13 @@ from __future__ import annotations
 from typing import Final
 
 from flame.sfr.router.errors import BadRequest, LoopDetected, MethodNotAllowed
-from flame.sfr.router.headers import connection_tokens, fqdn_from_host, is_hop_by_hop, join_values
+from flame.sfr.router.headers import (
+    connection_tokens,
+    fqdn_from_host,
+    is_hop_by_hop,
+    join_values,
+    lower_name,
+)
 
 __all__ = ["IDEMPOTENT", "RequestHead", "analyze_request", "render_upstream_head", "via_entry"]
 
@@ -186,7 +192,7 @@ def analyze_request(
     relay_client: bytes | None = None
     flame_endpoint: str | None = None
     for name, value in headers:
-        lname = name.lower()
+        lname = lower_name(name)
         if lname not in _SPECIAL:
             lines.append(name + b": " + value + b"\r\n")
             names.append(lname)

@@ -13,7 +13,13 @@ import json
 from typing import Final
 
 from flame.sfr.router.errors import NoEndpoint, RouterError
-from flame.sfr.router.headers import HOP_BY_HOP, connection_tokens, is_hop_by_hop, join_values
+from flame.sfr.router.headers import (
+    HOP_BY_HOP,
+    connection_tokens,
+    is_hop_by_hop,
+    join_values,
+    lower_name,
+)
 
 __all__ = [
     "CONTINUE_100",
@@ -89,7 +95,7 @@ class ResponseHead:
 
     def scan(self) -> None:
         """Read the framing fields from the headers (the parser has checked their syntax)."""
-        lnames = self.lnames = [name.lower() for name, _ in self.headers]
+        lnames = self.lnames = [lower_name(name) for name, _ in self.headers]
         if b"content-length" in lnames:
             self.content_length = int(self.headers[lnames.index(b"content-length")][1])
         if b"transfer-encoding" in lnames:
@@ -109,7 +115,7 @@ class ResponseHead:
         """
         if self._shareable is None:
             ok = True
-            lnames = self.lnames or [name.lower() for name, _ in self.headers]
+            lnames = self.lnames or [lower_name(name) for name, _ in self.headers]
             for lname, (_, value) in zip(lnames, self.headers, strict=True):
                 if lname in {b"set-cookie", b"set-cookie2"}:
                     ok = False
@@ -129,7 +135,7 @@ class ResponseHead:
             via: list[bytes] = []
             extra_listed = False
             headers = self.headers
-            lnames = self.lnames or [name.lower() for name, _ in headers]
+            lnames = self.lnames or [lower_name(name) for name, _ in headers]
             for i in range(len(headers)):  # an index loop and no concatenation: C when compiled
                 lname = lnames[i]
                 if lname in _RESPONSE_CONSUMED:
