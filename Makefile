@@ -3,9 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# The SR's request path compiled with mypyc (tools/compile_router.py), rebuilt when it changes.
+# The SR's request path compiled with mypyc (tools/compile_router.py) and the PCE's
+# shortest-path kernel with Cython (tools/compile_pce.py), rebuilt when they change.
 NATIVE := $(VENV)/.router-native
 ROUTER_SOURCES := $(wildcard src/flame/sfr/router/*.py)
+PCE_KERNEL := src/flame/sfr/_sssp.pyx
 
 .PHONY: demo validate test lint typecheck unit bench build clean
 
@@ -15,13 +17,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,dev]'
 	touch $(STAMP)
 
-$(NATIVE): $(STAMP) $(ROUTER_SOURCES) tools/compile_router.py
+$(NATIVE): $(STAMP) $(ROUTER_SOURCES) tools/compile_router.py $(PCE_KERNEL) tools/compile_pce.py
 	$(BIN)/python tools/compile_router.py --optional
+	$(BIN)/python tools/compile_pce.py --optional
 	touch $(NATIVE)
 
-# Recompile the SR's data plane now (`tools/compile_router.py --clean` goes back to interpreted).
+# Recompile the SR's data plane and the PCE's kernel now (`tools/compile_router.py --clean`
+# goes back to interpreted, `tools/compile_pce.py --clean` to scipy's Dijkstra).
 build:
 	$(BIN)/python tools/compile_router.py
+	$(BIN)/python tools/compile_pce.py
 	touch $(NATIVE)
 
 # The main job: FLAME-in-a-box. Every component as a real process on this machine, the demo
@@ -63,3 +68,4 @@ bench: $(NATIVE)
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build
 	find src -name '*.so' -delete
+	rm -f src/flame/sfr/_sssp.c

@@ -61,7 +61,7 @@ from flame.sfr.models import (
     RoutingPolicy,
     TopologyChange,
 )
-from flame.sfr.pce import PathComputer
+from flame.sfr.pce import PathComputer, shortest_paths_status
 from flame.sfr.registry import (
     Conflict,
     Delegation,
@@ -236,6 +236,7 @@ class PceService:
     async def start(self) -> None:
         """Try for the lease once (so an active PCE serves when this returns), then keep it
         renewed, or keep polling for it as a standby, in a background task."""
+        log.info("PCE %s: %s", self.holder, shortest_paths_status())
         self._kick = asyncio.Event()  # bound to the running loop
         await self._lease_tick()
         self._task = asyncio.create_task(self._lease_loop(), name=f"pce-lease-{self.holder}")
