@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,dev]'
 	touch $(STAMP)
 
-$(NATIVE): $(STAMP) $(ROUTER_SOURCES) tools/compile_router.py $(PCE_KERNEL) tools/compile_pce.py
+$(NATIVE): $(STAMP) $(ROUTER_SOURCES) $(PCE_KERNEL) tools/compile_router.py tools/compile_pce.py tools/native_cli.py
 	$(BIN)/python tools/compile_router.py --optional
 	$(BIN)/python tools/compile_pce.py --optional
 	touch $(NATIVE)

@@ -8,11 +8,11 @@ a C compiler. `--clean` removes the compiled files (back to scipy).
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
-import sys
 from pathlib import Path
+
+from native_cli import run
 
 REPO = Path(__file__).resolve().parents[1]
 SFR = REPO / "src" / "flame" / "sfr"
@@ -58,29 +58,13 @@ def build() -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clean", action="store_true", help="remove the compiled kernel")
-    parser.add_argument(
-        "--optional",
-        action="store_true",
-        help="on failure (no C compiler, no Cython) warn and leave the PCE on scipy's Dijkstra",
+    run(
+        __doc__.splitlines()[0],
+        build=build,
+        clean=clean,
+        what="PCE's shortest-path kernel",
+        fallback="scipy's Dijkstra",
     )
-    args = parser.parse_args()
-    if args.clean:
-        clean()
-        return
-    try:
-        build()
-    except (Exception, SystemExit) as exc:
-        if not args.optional:
-            raise
-        clean()
-        print(
-            f"warning: could not compile the PCE's shortest-path kernel ({exc}); it uses "
-            "scipy's Dijkstra, slower (install Cython, a C compiler and the Python headers, "
-            "then `make build`)",
-            file=sys.stderr,
-        )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ compiler. `--clean` removes the compiled files (back to interpreted).
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import shutil
@@ -16,6 +15,7 @@ import sys
 from pathlib import Path
 
 from mypyc.build import mypycify
+from native_cli import run
 from setuptools import setup
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,28 +59,13 @@ def build() -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clean", action="store_true", help="remove the compiled modules")
-    parser.add_argument(
-        "--optional",
-        action="store_true",
-        help="on failure (no C compiler, say) warn and leave the router interpreted",
+    run(
+        __doc__.splitlines()[0],
+        build=build,
+        clean=clean,
+        what="SR's request path",
+        fallback="the interpreted router",
     )
-    args = parser.parse_args()
-    if args.clean:
-        clean()
-        return
-    try:
-        build()
-    except (Exception, SystemExit) as exc:
-        if not args.optional:
-            raise
-        clean()
-        print(
-            f"warning: could not compile the SR's request path ({exc}); it runs interpreted, "
-            "slower (install a C compiler and the Python headers, then `make build`)",
-            file=sys.stderr,
-        )
 
 
 if __name__ == "__main__":
