@@ -48,6 +48,19 @@ def table(sr: str, routes: dict[str, list[Route]], version: int = 1) -> Forwardi
     )
 
 
+def far_then_local(far: Upstream, local: Upstream) -> ForwardingTable:
+    """SR A's table: `far` behind SR B first, `local` (behind A itself) as the fallback."""
+    return table(
+        A,
+        {
+            FQDN: [
+                route(far.endpoint(), egress=B, cost=1.0, path=(A, B)),
+                route(local.endpoint(), egress=A, cost=2.0, path=(A,)),
+            ]
+        },
+    )
+
+
 def headers_seen(up: Upstream) -> list[dict[str, str]]:
     return [{n.lower(): v for n, v in r.headers} for r in up.requests]
 
@@ -277,15 +290,7 @@ async def test_unreachable_egress_sr_fails_over_like_a_connect_error(
     dead = free_socket()  # bound, never listening: connections are refused
     try:
         a = await make_router(
-            table(
-                A,
-                {
-                    FQDN: [
-                        route(far.endpoint(), egress=B, cost=1.0, path=(A, B)),
-                        route(local.endpoint(), egress=A, cost=2.0, path=(A,)),
-                    ]
-                },
-            ),
+            far_then_local(far, local),
             sr_id=A,
             egress_hop=True,
             egress_port=dead.getsockname()[1],
@@ -312,15 +317,7 @@ async def test_egress_sr_going_down_fails_over_without_a_hang(upstreams, make_ro
     local = await upstreams("e-local")
     b = await egress_sr(make_router, far.endpoint())
     a = await make_router(
-        table(
-            A,
-            {
-                FQDN: [
-                    route(far.endpoint(), egress=B, cost=1.0, path=(A, B)),
-                    route(local.endpoint(), egress=A, cost=2.0, path=(A,)),
-                ]
-            },
-        ),
+        far_then_local(far, local),
         sr_id=A,
         egress_hop=True,
         egress_port=b.port,
