@@ -19,7 +19,7 @@ from flame.sfr.router.body import RequestBody
 from flame.sfr.router.coalesce import coalesce_key
 from flame.sfr.router.errors import RouterError
 from flame.sfr.router.forward import Forwarding
-from flame.sfr.router.interfaces import SourceControl
+from flame.sfr.router.interfaces import ResponseSink, SourceControl
 from flame.sfr.router.metrics import UNKNOWN_FQDN
 from flame.sfr.router.multicast import SharedFetch
 from flame.sfr.router.relay import Relay, render_relay_head
@@ -36,7 +36,7 @@ __all__ = ["RequestCycle"]
 log = logging.getLogger(__name__)
 
 
-class RequestCycle:
+class RequestCycle(ResponseSink):
     """Per-request state; the connection keeps per-connection state."""
 
     __slots__ = (

@@ -46,7 +46,7 @@ from flame.sfr.router.errors import (
     UpstreamError,
     UpstreamReset,
 )
-from flame.sfr.router.interfaces import ResponseSink
+from flame.sfr.router.interfaces import ExchangeOwner, ResponseSink
 from flame.sfr.router.metrics import RouterMetrics
 from flame.sfr.router.outlier import OutlierDetector
 from flame.sfr.router.pool import UpstreamPool
@@ -152,7 +152,7 @@ class Forwarder:
             )
 
 
-class Forwarding:
+class Forwarding(ExchangeOwner):
     """One request on its way to an endpoint (the `ExchangeOwner` of its connection)."""
 
     __slots__ = (

@@ -11,11 +11,17 @@ Everything is driven by callbacks from the transports (events in, decisions out)
 future per request. A sink that cannot take more pauses its `SourceControl` (the upstream
 connection's reading) and resumes it when its client drains; that is the response half of
 back-pressure.
+
+`ExchangeOwner` and `ResponseSink` sit on every forwarded request's path, so they are mypyc
+traits, which the implementing classes name as bases: a compiled call through them is a
+vtable lookup in C rather than a Python method call. The others are structural protocols.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
+
+from mypy_extensions import trait
 
 from flame.sfr.models import Endpoint
 from flame.sfr.router.errors import RouterError, UpstreamError
@@ -40,40 +46,50 @@ class BodyTarget(Protocol):
     def end_body(self) -> None: ...
 
 
-class ExchangeOwner(Protocol):
+@trait
+class ExchangeOwner:
     """Who started an exchange on an upstream connection and hears how it goes."""
+
+    __slots__ = ()
 
     def upstream_head(self, head: ResponseHead) -> None:
         """The response head arrived: commit to it (`commit`) or abandon the connection."""
-        ...
+        raise NotImplementedError
 
     def upstream_complete(self) -> None:
         """The whole response arrived (called outside the parser)."""
-        ...
+        raise NotImplementedError
 
     def upstream_failed(self, error: UpstreamError) -> None:
         """The exchange failed; `error.before_response` says whether a head had arrived."""
-        ...
+        raise NotImplementedError
 
 
-class ResponseSink(Protocol):
+@trait
+class ResponseSink:
     """What receives one upstream response, once the forwarder has committed to it."""
 
-    def bind_source(self, source: SourceControl | None) -> None: ...
+    __slots__ = ()
 
-    def response_head(self, head: ResponseHead, endpoint: Endpoint) -> None: ...
+    def bind_source(self, source: SourceControl | None) -> None:
+        raise NotImplementedError
 
-    def response_body(self, data: bytes) -> None: ...
+    def response_head(self, head: ResponseHead, endpoint: Endpoint) -> None:
+        raise NotImplementedError
+
+    def response_body(self, data: bytes) -> None:
+        raise NotImplementedError
 
     def response_flush(self) -> None:
         """Write out what was held back: no more bytes are coming in this loop turn."""
-        ...
+        raise NotImplementedError
 
-    def response_end(self) -> None: ...
+    def response_end(self) -> None:
+        raise NotImplementedError
 
     def response_failed(self, error: RouterError) -> None:
         """No (more) response: before the head an error answer, after it a cut connection."""
-        ...
+        raise NotImplementedError
 
 
 class Waiter(Protocol):

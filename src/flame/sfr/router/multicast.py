@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from flame.sfr.models import Endpoint
 from flame.sfr.router.coalesce import CoalesceKey, JoinWindow, may_join
 from flame.sfr.router.errors import RouterError
-from flame.sfr.router.interfaces import SourceControl, Waiter
+from flame.sfr.router.interfaces import ResponseSink, SourceControl, Waiter
 from flame.sfr.router.request import RequestHead
 from flame.sfr.router.response import ResponseHead
 
@@ -48,7 +48,7 @@ class _Slot:
         self.taken = 0  # body bytes delivered
 
 
-class SharedFetch:
+class SharedFetch(ResponseSink):
     """One upstream response and the clients it goes to."""
 
     def __init__(

@@ -27,6 +27,7 @@ COMPILED_MODULES = (
     "flow",
     "forward",
     "headers",
+    "interfaces",
     "metrics",
     "multicast",
     "outlier",

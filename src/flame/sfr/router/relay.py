@@ -21,7 +21,7 @@ from flame.sfr.models import Endpoint
 from flame.sfr.router.coalesce import CoalesceKey
 from flame.sfr.router.errors import UpstreamError
 from flame.sfr.router.inflight import RELAY_MIN_BYTES, InflightTable, key_hash
-from flame.sfr.router.interfaces import ResponseSink
+from flame.sfr.router.interfaces import ExchangeOwner, ResponseSink
 from flame.sfr.router.pool import UpstreamPool
 from flame.sfr.router.request import RequestHead
 from flame.sfr.router.response import ResponseHead
@@ -91,7 +91,7 @@ def render_relay_head(req: RequestHead, client_ip: bytes) -> bytes:
     return b"".join(parts)
 
 
-class Relay:
+class Relay(ExchangeOwner):
     """One request relayed to a sibling worker (the `ExchangeOwner` of the private connection)."""
 
     __slots__ = (

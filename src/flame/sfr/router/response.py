@@ -37,6 +37,7 @@ CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _RESPONSE_CONSUMED: Final = HOP_BY_HOP | {b"content-length", b"via"}
 _PLAIN_OPTIONS: Final = frozenset({b"keep-alive", b"close"})
 SERVER: Final = b"flame-sr"
+_OK_LINE: Final = b"HTTP/1.1 200 OK\r\n"
 
 
 class Framing:
@@ -54,18 +55,27 @@ class Framing:
 class ResponseHead:
     """A response head received from an endpoint.
 
-    A plain class, not a dataclass, for the same reason as `RequestHead` (request.py).
+    A plain class, not a dataclass, for the same reason as `RequestHead` (request.py). The
+    upstream parser hands each header to `add` as it arrives, which sorts it once: framing
+    fields noted, hop-by-hop ones set aside, end-to-end ones rendered as the line the client
+    gets. `block` then only joins; no second pass over the headers per response.
     """
 
     __slots__ = (
         "_block",
+        "_extra_listed",
+        "_length_digits",
+        "_lines",
         "_shareable",
+        "_vias",
         "chunked",
         "content_length",
         "headers",
+        "length_value",
         "lnames",
         "reason",
         "status",
+        "transfer_coding",
         "version",
         "via",
     )
@@ -74,33 +84,76 @@ class ResponseHead:
         self,
         status: int,
         reason: bytes,
-        headers: list[tuple[bytes, bytes]],
+        headers: list[tuple[bytes, bytes]] | None = None,
         version: bytes = b"1.1",
         content_length: int | None = None,
         chunked: bool = False,
     ) -> None:
         self.status = status
         self.reason = reason
-        self.headers = headers
         self.version = version
         self.content_length = content_length
         self.chunked = chunked
-        self.lnames: list[bytes] | None = None  # lower-case header names, once scanned
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.lnames: list[bytes] = []  # lower-case name of each header
+        self.length_value: bytes | None = None  # the first Content-Length value, as received
+        self.transfer_coding: bytes | None = None  # the first Transfer-Encoding value
         self.via = True  # add our Via (not when a sibling worker of this SR already did)
+        self._lines: list[bytes] = []  # end-to-end header lines, rendered for the client
+        self._vias: list[bytes] | None = None
+        self._length_digits: bytes | None = None  # length_value, when plain digits
+        self._extra_listed = False  # Connection names more fields than keep-alive/close
         self._block: bytes | None = None
         self._shareable: bool | None = None
+        if headers:
+            for name, value in headers:
+                self.add(name, value)
 
     def __repr__(self) -> str:
         return f"ResponseHead({self.status}, {len(self.headers)} headers)"
 
+    def add(self, name: bytes, value: bytes) -> None:
+        """One header as received, in order (called per header by the upstream parser)."""
+        lname = lower_name(name)
+        self.headers.append((name, value))
+        self.lnames.append(lname)
+        if lname in _RESPONSE_CONSUMED:
+            if lname == b"content-length":
+                if self.length_value is None:
+                    self.length_value = value
+            elif lname == b"transfer-encoding":
+                if self.transfer_coding is None:
+                    self.transfer_coding = value
+            elif lname == b"via":
+                if self._vias is None:
+                    self._vias = [value]
+                else:
+                    self._vias.append(value)
+            elif (
+                lname == b"connection"
+                and value.lower() not in _PLAIN_OPTIONS
+                and connection_tokens((value,)) - _PLAIN_OPTIONS
+            ):
+                self._extra_listed = True
+        elif not lname.startswith(b"proxy-"):
+            self._lines.append(name + b": " + value + b"\r\n")
+
     def scan(self) -> None:
-        """Read the framing fields from the headers (the parser has checked their syntax)."""
-        lnames = self.lnames = [lower_name(name) for name, _ in self.headers]
-        if b"content-length" in lnames:
-            self.content_length = int(self.headers[lnames.index(b"content-length")][1])
-        if b"transfer-encoding" in lnames:
-            value = self.headers[lnames.index(b"transfer-encoding")][1]
-            self.chunked = value.strip().lower().endswith(b"chunked")
+        """Set the framing from the headers (the parser has checked their syntax)."""
+        value = self.length_value
+        if value is not None:
+            self.content_length = int(value)
+            if value.isdigit() and len(value) <= 18 and (len(value) == 1 or value[0] != 48):
+                self._length_digits = value  # plain digits (b"0"[0] == 48): sent on as they are
+        if self.transfer_coding is not None:
+            self.chunked = self.transfer_coding.strip().lower().endswith(b"chunked")
+
+    def length_line(self) -> bytes:
+        """`Content-Length: N` for the client: the endpoint's own digits when they are plain
+        (no formatting per response), else the number re-rendered."""
+        if self._length_digits is not None:
+            return b"Content-Length: " + self._length_digits + b"\r\n"
+        return b"Content-Length: %d\r\n" % (self.content_length or 0)
 
     @property
     def has_body(self) -> bool:
@@ -115,8 +168,7 @@ class ResponseHead:
         """
         if self._shareable is None:
             ok = True
-            lnames = self.lnames or [lower_name(name) for name, _ in self.headers]
-            for lname, (_, value) in zip(lnames, self.headers, strict=True):
+            for lname, (_, value) in zip(self.lnames, self.headers, strict=True):
                 if lname in {b"set-cookie", b"set-cookie2"}:
                     ok = False
                     break
@@ -131,44 +183,35 @@ class ResponseHead:
     def block(self, sr: bytes) -> bytes:
         """Status line + end-to-end headers + `Via`, without framing or Connection headers."""
         if self._block is None:
-            parts = [b"HTTP/1.1 %d " % self.status, self.reason or _phrase(self.status), b"\r\n"]
-            via: list[bytes] = []
-            extra_listed = False
-            headers = self.headers
-            lnames = self.lnames or [lower_name(name) for name, _ in headers]
-            for i in range(len(headers)):  # an index loop and no concatenation: C when compiled
-                lname = lnames[i]
-                if lname in _RESPONSE_CONSUMED:
-                    value = headers[i][1]
-                    if (
-                        lname == b"connection"
-                        and value.lower() not in _PLAIN_OPTIONS
-                        and connection_tokens((value,)) - _PLAIN_OPTIONS
-                    ):
-                        extra_listed = True
-                    elif lname == b"via":
-                        via.append(value)
-                    continue
-                if lname.startswith(b"proxy-"):
-                    continue
-                name, value = headers[i]
-                parts += (name, b": ", value, b"\r\n")
-            if extra_listed:
+            if self.status == 200 and self.reason == b"OK":
+                status_line = _OK_LINE
+            else:
+                reason = self.reason or _phrase(self.status)
+                status_line = b"HTTP/1.1 %d " % self.status + reason + b"\r\n"
+            lines = self._lines
+            if self._extra_listed:
                 # Rare: the endpoint marked more fields as hop-by-hop; filter again by them.
-                listed = connection_tokens(v for n, v in self.headers if n.lower() == b"connection")
-                parts = parts[:3] + [
-                    n + b": " + v + b"\r\n"
-                    for n, v in self.headers
-                    if (ln := n.lower()) not in _RESPONSE_CONSUMED and not is_hop_by_hop(ln, listed)
+                listed = connection_tokens(
+                    value
+                    for lname, (_, value) in zip(self.lnames, self.headers, strict=True)
+                    if lname == b"connection"
+                )
+                lines = [
+                    name + b": " + value + b"\r\n"
+                    for lname, (name, value) in zip(self.lnames, self.headers, strict=True)
+                    if lname not in _RESPONSE_CONSUMED and not is_hop_by_hop(lname, listed)
                 ]
             ours = (b"1.0 " if self.version == b"1.0" else b"1.1 ") + sr
-            if via:
+            vias = self._vias
+            if vias:
                 if self.via:
-                    via.append(ours)
-                parts += (b"Via: ", join_values(via), b"\r\n")
+                    vias = [*vias, ours]
+                via_line = b"Via: " + join_values(vias) + b"\r\n"
             elif self.via:
-                parts += (b"Via: ", ours, b"\r\n")
-            self._block = b"".join(parts)
+                via_line = b"Via: " + ours + b"\r\n"
+            else:
+                via_line = b""
+            self._block = status_line + b"".join(lines) + via_line
         return self._block
 
 
@@ -185,21 +228,22 @@ def render_client_head(
     head: ResponseHead, sr: bytes, framing: int, *, keep_alive: bool, http11: bool
 ) -> bytes:
     """The complete head for one client: shared block + framing + connection management."""
-    parts = [head.block(sr)]
     if framing == Framing.LENGTH:
-        parts.append(b"Content-Length: %d\r\n" % (head.content_length or 0))
+        framing_line = head.length_line()
     elif framing == Framing.CHUNKED:
-        parts.append(b"Transfer-Encoding: chunked\r\n")
-    elif head.content_length is not None and head.status not in (204,) and head.status >= 200:
+        framing_line = b"Transfer-Encoding: chunked\r\n"
+    elif head.content_length is not None and head.status != 204 and head.status >= 200:
         # HEAD and 304 answers carry the length the body would have (RFC 9110 §8.6).
-        parts.append(b"Content-Length: %d\r\n" % head.content_length)
-    if not keep_alive:
-        parts.append(b"Connection: close\r\n\r\n")
-    elif not http11:
-        parts.append(b"Connection: keep-alive\r\n\r\n")
+        framing_line = head.length_line()
     else:
-        parts.append(b"\r\n")
-    return b"".join(parts)
+        framing_line = b""
+    if not keep_alive:
+        end = b"Connection: close\r\n\r\n"
+    elif not http11:
+        end = b"Connection: keep-alive\r\n\r\n"
+    else:
+        end = b"\r\n"
+    return head.block(sr) + framing_line + end
 
 
 def local_response(

@@ -77,7 +77,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._body: RequestBody | None = None
         self._body_sent = True
         self._reason = b""
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._head = ResponseHead(0, b"")  # filled header by header as the parser reads
         self._informational = False
         self._keep_alive = True
         self._close_delimited = False
@@ -175,7 +175,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        self._head.add(name, value)
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -185,15 +185,13 @@ class UpstreamConnection(asyncio.Protocol):
                 raise self._error(UpstreamProtocolError, "the endpoint switched protocols unasked")
             # 100 Continue / 103 Early Hints: the real response follows.
             self._informational = True
-            self._headers = []
+            self._head = ResponseHead(0, b"")
             self._reason = b""
             return
-        head = ResponseHead(
-            status,
-            self._reason.strip(),
-            self._headers,
-            self._version or parser.get_http_version().encode("ascii"),
-        )
+        head = self._head
+        head.status = status
+        head.reason = self._reason.strip()
+        head.version = self._version or parser.get_http_version().encode("ascii")
         head.scan()
         self._keep_alive = parser.should_keep_alive()
         self._close_delimited = (
@@ -268,7 +266,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_request = head_request
         self._chunked_body = chunked_body
         self._reason = b""
-        self._headers = []
+        self._head = ResponseHead(0, b"")
         self._informational = False
         self._completed = False
         self.got_bytes = False
