@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from flame.sfr.router._tasks import TaskSet
 from flame.sfr.router.config import RouterConfig
+from flame.sfr.router.flow import Outbox
 from flame.sfr.router.forward import Forwarder
 from flame.sfr.router.metrics import RouterMetrics
 from flame.sfr.router.multicast import Coalescer
@@ -42,3 +43,4 @@ class RouterContext:
     sr: bytes = b""  # our Via received-by
     local_hosts: frozenset[str] = frozenset()  # Host values answered by the status endpoint
     closing: bool = False  # graceful shutdown in progress: no new keep-alive
+    outbox: Outbox | None = None  # writes held to the end of the loop iteration (flow.py)

@@ -64,7 +64,7 @@ class RequestCycle(ResponseSink):
         self.started_at = started_at
         assert conn.transport is not None
         self.writer = ResponseWriter(
-            conn.transport,
+            conn.flow,
             conn.ctx.sr,
             head_request=req.method == b"HEAD",
             http11=req.http11,

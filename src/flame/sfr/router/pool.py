@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from flame.sfr.models import Endpoint
 from flame.sfr.router._tasks import TaskSet
 from flame.sfr.router.errors import UpstreamBusy, UpstreamConnectError, UpstreamError
+from flame.sfr.router.flow import Outbox
 from flame.sfr.router.table import Address
 from flame.sfr.router.upstream import UpstreamConnection
 
@@ -46,8 +47,10 @@ class UpstreamPool:
         idle_timeout: float,
         connect_timeout: float,
         high_water: int,
+        outbox: Outbox | None = None,
     ) -> None:
         self.tasks = tasks
+        self.outbox = outbox  # the worker's held writes (flow.py)
         self.max_connections = max_connections
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
@@ -98,7 +101,9 @@ class UpstreamPool:
 
         def factory() -> UpstreamConnection:
             # Registered at once: connection_lost may run before create_connection returns.
-            conn = UpstreamConnection(address, on_lost=self._lost, high_water=self.high_water)
+            conn = UpstreamConnection(
+                address, on_lost=self._lost, high_water=self.high_water, outbox=self.outbox
+            )
             created.append(conn)
             self._conns.add(conn)
             return conn

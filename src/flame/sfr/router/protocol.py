@@ -96,7 +96,7 @@ class RouterProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = t = cast(asyncio.Transport, transport)
-        self.flow = FlowControl(t)
+        self.flow = FlowControl(t, self.ctx.outbox)
         t.set_write_buffer_limits(high=self.ctx.config.limits.write_high_water)
         peer = t.get_extra_info("peername")
         if isinstance(peer, tuple) and peer and not self.internal:
@@ -155,8 +155,11 @@ class RouterProtocol(asyncio.Protocol):
         if self._in_head or self._parsing is not None:
             self._reject(BadRequest("the client closed its side in the middle of a request"))
             return True
-        # Returning a false value lets the transport close itself now.
-        return bool(self._active is not None or self._pipeline)
+        if self._active is not None or self._pipeline:
+            return True
+        # Returning a false value lets the transport close itself now, after what it holds.
+        self.flow.flush()
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -338,9 +341,8 @@ class RouterProtocol(asyncio.Protocol):
             self._next()
 
     def _answer_rejection(self, error: RequestRejected) -> None:
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
-            transport.write(error_response(error, keep_alive=False))
+        if not self.flow.closing:
+            self.flow.write(error_response(error, keep_alive=False))
         self.ctx.metrics.request_done(
             "_rejected",
             None,
@@ -376,14 +378,14 @@ class RouterProtocol(asyncio.Protocol):
     def abort(self) -> None:
         """Last stage of a shutdown: drop the connection whatever it is doing."""
         if self.transport is not None:
-            self.transport.abort()
+            self.flow.abort()
 
     # -- internals ----------------------------------------------------------------------------
 
     def _close(self) -> None:
         self._cancel_timers()
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+        if self.transport is not None:
+            self.flow.close()
 
     def check_timeouts(self, now: float) -> None:
         """Called by the worker's sweeper: close idle connections, 408 slow request heads."""

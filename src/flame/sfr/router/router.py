@@ -25,6 +25,7 @@ from flame.sfr.router._tasks import TaskSet
 from flame.sfr.router.coalesce import JoinWindow
 from flame.sfr.router.config import RouterConfig
 from flame.sfr.router.context import RouterContext
+from flame.sfr.router.flow import Outbox
 from flame.sfr.router.forward import Forwarder
 from flame.sfr.router.metrics import RouterMetrics
 from flame.sfr.router.multicast import Coalescer
@@ -95,6 +96,7 @@ class Router:
         loop = asyncio.get_running_loop()
         config = self.config
         limits, timeouts = config.limits, config.timeouts
+        outbox = Outbox(loop)
         pool = UpstreamPool(
             self.tasks,
             max_connections=limits.upstream_max_connections,
@@ -102,6 +104,7 @@ class Router:
             idle_timeout=timeouts.upstream_idle,
             connect_timeout=timeouts.upstream_connect,
             high_water=limits.write_high_water,
+            outbox=outbox,
         )
         forwarder = Forwarder(
             self.routing,
@@ -136,6 +139,7 @@ class Router:
             siblings=self.siblings if config.coalescing else None,
             sr=via_entry(config.sr_id),
             local_hosts=frozenset({config.sr_id.lower(), "_flame"}),
+            outbox=outbox,
         )
         if sock is not None:
             self._server = await loop.create_server(

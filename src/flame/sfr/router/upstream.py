@@ -29,7 +29,7 @@ from flame.sfr.router.errors import (
     UpstreamReset,
     UpstreamTimeout,
 )
-from flame.sfr.router.flow import CLIENT_FULL, FlowControl
+from flame.sfr.router.flow import CLIENT_FULL, FlowControl, Outbox
 from flame.sfr.router.interfaces import ExchangeOwner, ResponseSink
 from flame.sfr.router.response import ResponseHead
 from flame.sfr.router.table import Address
@@ -55,8 +55,10 @@ class UpstreamConnection(asyncio.Protocol):
         *,
         on_lost: Callable[[UpstreamConnection], None],
         high_water: int,
+        outbox: Outbox | None = None,
     ) -> None:
         self.address = address
+        self._outbox = outbox  # the worker's held writes (flow.py)
         self._on_lost = on_lost
         self._high_water = high_water
         self._loop = asyncio.get_running_loop()
@@ -91,7 +93,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        self.flow = FlowControl(self.transport)
+        self.flow = FlowControl(self.transport, self._outbox)
         self.transport.set_write_buffer_limits(high=self._high_water)
 
     def data_received(self, data: bytes) -> None:
@@ -257,7 +259,7 @@ class UpstreamConnection(asyncio.Protocol):
         timeout: float,
     ) -> None:
         """Send a request head; attach its body (sent as it arrives)."""
-        assert self.transport is not None
+        assert self.flow is not None
         self.exchanges += 1
         self._owner = owner
         self._sink = None
@@ -273,7 +275,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._version = b""
         self._timeout = timeout
         self.last_io = self._loop.time()
-        self.transport.write(head)
+        self.flow.write(head)
         self._body = body
         if body is not None:
             self._body_sent = False
@@ -305,8 +307,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._sink = None
         if self._state == AWAIT_HEAD or self._state == BODY:  # noqa: PLR1714
             self._state = FAILED
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+        if self.flow is not None:
+            self.flow.close()
 
     def check_timeout(self, now: float) -> None:
         """Called by the pool's sweeper for busy connections."""
@@ -332,20 +334,20 @@ class UpstreamConnection(asyncio.Protocol):
 
     # BodyTarget: the client's request body.
     def send_body(self, data: bytes) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing() or not data:
+        flow = self.flow
+        if flow is None or flow.closing or not data:
             return
         self.last_io = self._loop.time()
         if self._chunked_body:
-            transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+            flow.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
         else:
-            transport.write(data)
+            flow.write(data)
 
     def end_body(self) -> None:
         self._body_sent = True
-        transport = self.transport
-        if self._chunked_body and transport is not None and not transport.is_closing():
-            transport.write(b"0\r\n\r\n")
+        flow = self.flow
+        if self._chunked_body and flow is not None and not flow.closing:
+            flow.write(b"0\r\n\r\n")
 
     # -- internals ----------------------------------------------------------------------------
 

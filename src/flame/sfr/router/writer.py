@@ -8,10 +8,10 @@ connection may carry another request afterwards.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Final
 
 from flame.sfr.router.errors import RequestRejected, RouterError
+from flame.sfr.router.flow import FlowControl
 from flame.sfr.router.response import (
     CONTINUE_100,
     Framing,
@@ -41,22 +41,22 @@ class ResponseWriter:
         "head_request",
         "http11",
         "keep_alive",
+        "out",
         "sr",
         "started",
         "status",
-        "transport",
     )
 
     def __init__(
         self,
-        transport: asyncio.Transport,
+        out: FlowControl,
         sr: bytes,
         *,
         head_request: bool,
         http11: bool,
         keep_alive: bool,
     ) -> None:
-        self.transport = transport
+        self.out = out  # the client connection's writes
         self.sr = sr
         self.head_request = head_request
         self.http11 = http11
@@ -71,8 +71,8 @@ class ResponseWriter:
 
     def interim_continue(self) -> None:
         """`100 Continue`: the client may send the body it announced with `Expect`."""
-        if not self.started and not self.transport.is_closing():
-            self.transport.write(CONTINUE_100)
+        if not self.started and not self.out.closing:
+            self.out.write(CONTINUE_100)
 
     def start(self, head: ResponseHead, *, keep_alive: bool) -> None:
         """Write the head; it is held (corked) until `flush`, `end` or the next body bytes
@@ -103,7 +103,7 @@ class ResponseWriter:
                 if self._corked_bytes > _CORK_LIMIT:
                     self.flush()
             else:
-                self.transport.writelines((size, data, b"\r\n"))
+                self.out.writelines((size, data, b"\r\n"))
         else:
             self.bytes_out += len(data)
             if corked is not None:
@@ -112,7 +112,7 @@ class ResponseWriter:
                 if self._corked_bytes > _CORK_LIMIT:
                     self.flush()
             else:
-                self.transport.write(data)
+                self.out.write(data)
 
     def flush(self) -> None:
         """Write what is held back (one writev)."""
@@ -120,12 +120,12 @@ class ResponseWriter:
         if corked is not None:
             self._corked = None
             if len(corked) == 1:
-                self.transport.write(corked[0])
+                self.out.write(corked[0])
             elif self._corked_bytes <= _JOIN_LIMIT:
                 # A small response: one copy and one plain write cost less than a writev.
-                self.transport.write(b"".join(corked))
+                self.out.write(b"".join(corked))
             else:
-                self.transport.writelines(corked)
+                self.out.writelines(corked)
 
     def end(self) -> None:
         if self.complete:
@@ -135,7 +135,7 @@ class ResponseWriter:
             if self._corked is not None:
                 self._corked.append(b"0\r\n\r\n")
             else:
-                self.transport.write(b"0\r\n\r\n")
+                self.out.write(b"0\r\n\r\n")
         self.flush()
         self.complete = True
 
@@ -157,7 +157,7 @@ class ResponseWriter:
         self.complete = True
         self.status = status
         self.bytes_out += len(data)
-        self.transport.write(data)
+        self.out.write(data)
 
     def cut(self) -> None:
         """The response cannot be completed: the client sees the connection close."""
