@@ -63,12 +63,15 @@ class Tier:
         )
         self.current = [0.0] * len(self.endpoints)
 
-    def pick(self, skip: Callable[[str], bool]) -> Endpoint | None:
+    def pick(self, skip: Callable[[str], bool] | None) -> Endpoint | None:
         endpoints = self.endpoints
         if len(endpoints) == 1:
             only = endpoints[0]
-            return None if skip(only.sfe) else only
-        usable = [i for i, e in enumerate(endpoints) if not skip(e.sfe)]
+            return None if skip is not None and skip(only.sfe) else only
+        if skip is None:
+            usable = list(range(len(endpoints)))
+        else:
+            usable = [i for i, e in enumerate(endpoints) if not skip(e.sfe)]
         if not usable:
             return None
         if len(usable) == 1:
@@ -127,8 +130,9 @@ class FqdnRoutes:
             tiers.append(Tier(group_cost, group))
         self.tiers = tuple(tiers)
 
-    def choose(self, skip: Callable[[str], bool]) -> Endpoint | None:
-        """The endpoint for the next request, or None if every endpoint is skipped."""
+    def choose(self, skip: Callable[[str], bool] | None) -> Endpoint | None:
+        """The endpoint for the next request, or None if every endpoint is skipped (`skip`
+        None: none is, as on a first attempt with nothing ejected)."""
         for tier in self.tiers:
             endpoint = tier.pick(skip)
             if endpoint is not None:

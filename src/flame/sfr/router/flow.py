@@ -20,6 +20,7 @@ goes through its `FlowControl`, so bytes keep their order and a close never over
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Callable
 from typing import Final
 
@@ -51,16 +52,17 @@ REJECTED: Final = 16  # the request was refused: read nothing more, the connecti
 class Outbox:
     """The transports of one worker with writes held until the end of the loop iteration."""
 
-    __slots__ = ("_held", "_loop")
+    __slots__ = ("_context", "_held", "_loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._held: list[FlowControl] = []
+        self._context = contextvars.copy_context()  # given to call_soon: no copy per batch
 
     def hold(self, flow: FlowControl) -> None:
         if not self._held:
             # Runs after the I/O callbacks of this iteration, before the loop polls again.
-            self._loop.call_soon(self.flush)
+            self._loop.call_soon(self.flush, context=self._context)
         self._held.append(flow)
 
     def flush(self) -> None:

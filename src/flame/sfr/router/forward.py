@@ -226,7 +226,8 @@ class Forwarding(ExchangeOwner):
                 self._pinned = True
                 self._attempt(local)
                 return
-        endpoint = routes.choose(self._skip)
+        # A first attempt skips only ejected endpoints; usually there are none.
+        endpoint = routes.choose(self._skip if fw.outliers.any_ejected else None)
         if endpoint is None:
             self._fail(fw.no_endpoint(routes))
             return

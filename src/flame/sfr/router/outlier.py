@@ -35,6 +35,10 @@ class OutlierDetector:
         self._backoff: dict[str, float] = {}  # sfe -> the next ejection's length
         self.ejections = 0
 
+    @property
+    def any_ejected(self) -> bool:
+        return bool(self._until)
+
     def is_ejected(self, sfe: str) -> bool:
         if not self._until:  # the common case: nothing ejected, no clock read
             return False

@@ -176,12 +176,14 @@ def analyze_request(
 
     lines: list[bytes] = []
     names: list[bytes] = []  # lower-case name of each line, for removing fields named in Connection
-    hosts: list[bytes] = []
-    lengths: list[bytes] = []
-    codings: list[bytes] = []
-    connection: list[bytes] = []
-    via: list[bytes] = []
-    xff: list[bytes] = []
+    # Fields most requests do not have are collected in lists made on first sight.
+    host: bytes | None = None
+    hosts = 0
+    lengths: list[bytes] | None = None
+    codings: list[bytes] | None = None
+    connection: list[bytes] | None = None
+    via: list[bytes] | None = None
+    xff: list[bytes] | None = None
     xfh: bytes | None = None
     xfp: bytes | None = None
     expect_continue = False
@@ -211,17 +213,19 @@ def analyze_request(
             else:
                 range_ = value if range_ is None else range_ + b", " + value
         elif lname == b"host":
-            hosts.append(value)
+            hosts += 1
+            if host is None:
+                host = value
         elif lname == b"content-length":
-            lengths.append(value)
+            lengths = _append(lengths, value)
         elif lname == b"transfer-encoding":
-            codings.append(value)
+            codings = _append(codings, value)
         elif lname == b"connection":
-            connection.append(value)
+            connection = _append(connection, value)
         elif lname == b"via":
-            via.append(value)
+            via = _append(via, value)
         elif lname == b"x-forwarded-for":
-            xff.append(value)
+            xff = _append(xff, value)
         elif lname == b"x-forwarded-host":
             xfh = xfh or value.strip()
         elif lname == b"x-forwarded-proto":
@@ -240,25 +244,25 @@ def analyze_request(
     if url_host is not None:
         # RFC 9112 §3.2.2: the authority of an absolute-form target replaces Host.
         host = url_host
-    elif len(hosts) == 1:
-        host = hosts[0].strip()
-    elif not hosts:
+    elif host is not None and hosts == 1:
+        host = host.strip()
+    elif host is None:
         raise BadRequest("the request has no Host header; the SR routes by Host (the service FQDN)")
     else:
-        raise BadRequest(f"the request has {len(hosts)} Host headers; send exactly one")
+        raise BadRequest(f"the request has {hosts} Host headers; send exactly one")
     fqdn = fqdn_from_host(host)
     if fqdn is None:
         raise BadRequest(f"Host {host[:100].decode('latin-1')!r} is not a host name")
 
-    content_length = _content_length(lengths)
-    chunked = _chunked(codings)
+    content_length = _content_length(lengths) if lengths is not None else None
+    chunked = _chunked(codings) if codings is not None else False
     if chunked and content_length is not None:
         raise BadRequest("the request has both Content-Length and Transfer-Encoding; send one")
 
-    if via:
+    if via is not None:
         _check_loop(via, sr_id)
 
-    listed = connection_tokens(connection) if connection else _NO_TOKENS
+    listed = connection_tokens(connection) if connection is not None else _NO_TOKENS
     if listed and listed - _PLAIN_CONNECTION:
         # Fields the client marked as hop-by-hop are for us only (RFC 9110 §7.6.1).
         lines = [
@@ -279,8 +283,8 @@ def analyze_request(
         chunked=chunked,
         expect_continue=expect_continue,
         lines=lines,
-        via=join_values(via) if via else b"",
-        forwarded_for=join_values(xff) if xff else b"",
+        via=join_values(via) if via is not None else b"",
+        forwarded_for=join_values(xff) if xff is not None else b"",
         forwarded_host=xfh or None,
         forwarded_proto=xfp or None,
         credentials=credentials,
@@ -345,6 +349,13 @@ def _origin_form(method: bytes, url: bytes) -> tuple[bytes, bytes | None]:
         f"request target {url[:100].decode('latin-1')!r} must start with '/' "
         "(or be an absolute http:// URL)"
     )
+
+
+def _append(values: list[bytes] | None, value: bytes) -> list[bytes]:
+    if values is None:
+        return [value]
+    values.append(value)
+    return values
 
 
 def _content_length(values: list[bytes]) -> int | None:
