@@ -381,6 +381,90 @@ async def test_egress_endpoint_failure_reaches_the_ingress_which_retries_elsewhe
     assert b.stats()["endpoints"][f"{FQDN}/e-dead"]["errors"] == 1
 
 
+async def test_a_post_the_egress_sr_could_not_deliver_goes_to_the_next_endpoint(
+    upstreams, make_router
+) -> None:
+    """SFR-1: the egress SR cannot connect to its endpoint; its 502 says nothing was forwarded
+    (`X-Flame-Not-Forwarded`), so the ingress sends even a POST to its next endpoint. An
+    endpoint's own 5xx with that header is not believed: its POST is not sent twice."""
+    local = await upstreams("e-local")
+    b = await egress_sr(make_router, endpoint("e-dead", 1))
+    a = await make_router(
+        table(
+            A,
+            {
+                FQDN: [
+                    route(endpoint("e-dead", 1), egress=B, cost=1.0, path=(A, B)),
+                    route(local.endpoint(), egress=A, cost=2.0, path=(A,)),
+                ]
+            },
+        ),
+        sr_id=A,
+        egress_hop=True,
+        egress_port=b.port,
+    )
+    c = await Client.connect(a.port)
+    try:
+        await c.send(request_bytes("POST", "/upload", body=b"payload"))
+        resp = await c.response()
+    finally:
+        await c.close()
+    assert resp.status == 200
+    assert resp.json()["upstream"] == "e-local"
+    assert local.requests[0].body == b"payload"
+    assert resp.header("x-flame-not-forwarded") is None
+
+    async def lying(up: Upstream, req: UpRequest, w: asyncio.StreamWriter) -> bool:
+        body = b"failed after reading the body"
+        w.write(
+            b"HTTP/1.1 502 Bad Gateway\r\nX-Flame-Not-Forwarded: 1\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body
+        )
+        return True
+
+    liar = await upstreams("e-liar", handler=lying)
+    local2 = await upstreams("e-local2")
+    b2 = await egress_sr(make_router, liar.endpoint())
+    a2 = await make_router(
+        far_then_local(liar, local2), sr_id=A, egress_hop=True, egress_port=b2.port
+    )
+    c = await Client.connect(a2.port)
+    try:
+        await c.send(request_bytes("POST", "/upload", body=b"once"))
+        resp = await c.response()
+    finally:
+        await c.close()
+    assert resp.status == 502  # the endpoint's answer, not retried
+    assert len(liar.requests) == 1
+    assert local2.requests == []
+    assert resp.header("x-flame-not-forwarded") is None  # stripped by the egress SR
+
+
+async def test_connections_to_an_egress_sr_leaving_the_table_are_closed(
+    upstreams, make_router
+) -> None:
+    """SFR-14: the new table routes nothing through SR B: the ingress closes its idle pooled
+    connection to B at once, as for a withdrawn endpoint, instead of at the idle time-out."""
+    far = await upstreams("e-far")
+    local = await upstreams("e-local")
+    b = await egress_sr(make_router, far.endpoint())
+    a = await make_router(far_then_local(far, local), sr_id=A, egress_hop=True, egress_port=b.port)
+    hop = f"{LOOPBACK}:{b.port}"
+    c = await Client.connect(a.port)
+    try:
+        assert (await c.get("/before")).json()["upstream"] == "e-far"
+        assert a.stats()["upstream_pools"][hop]["idle"] == 1
+        assert a.set_table(
+            table(A, {FQDN: [route(local.endpoint(), egress=A, cost=2.0, path=(A,))]}, version=2)
+        )
+        assert (await c.get("/after")).json()["upstream"] == "e-local"
+    finally:
+        await c.close()
+    async with asyncio.timeout(2):
+        while hop in a.stats()["upstream_pools"]:
+            await asyncio.sleep(0.01)
+
+
 async def test_a_loop_between_egress_srs_is_detected(upstreams, make_router) -> None:
     """SFR-10: tables that send a request back and forth end in a 508 (Via), not a storm."""
     e1 = await upstreams("e1")

@@ -22,7 +22,9 @@ client's loss but no ejection (the endpoint answered, and nothing can be retried
 The egress hop (FLIPS; `Forwarder.egress_port` set, config `egress_hop`): an attempt on an
 endpoint whose route leads to another SR with a known address connects to that egress SR
 instead (pooled by its address, like any endpoint) and adds `X-Flame-Endpoint: <sfe>` to the
-head. Everything else is as for a direct attempt, and a failed hop counts against the endpoint.
+head. Everything else is as for a direct attempt, and a failed hop counts against the endpoint. An
+egress SR that cannot connect to the endpoint answers 502 with `X-Flame-Not-Forwarded`; the
+ingress SR then retries as after its own connect error, for any method.
 The egress SR sends a request naming one of its local endpoints (the route's egress SR is this
 SR) to that endpoint without choosing again, and without a retry elsewhere or emulated latency
 (the ingress SR does both); any other `X-Flame-Endpoint` is ignored: routed as usual.
@@ -51,7 +53,7 @@ from flame.sfr.router.metrics import RouterMetrics
 from flame.sfr.router.outlier import OutlierDetector
 from flame.sfr.router.pool import UpstreamPool
 from flame.sfr.router.request import RequestHead
-from flame.sfr.router.response import ResponseHead
+from flame.sfr.router.response import NOT_FORWARDED, ResponseHead
 from flame.sfr.router.table import RoutingState
 from flame.sfr.router.upstream import UpstreamConnection
 
@@ -331,7 +333,10 @@ class Forwarding(ExchangeOwner):
         assert routes is not None
         fw = self.fw
         if head.status >= 500:
-            if not self._pinned and may_retry(self.req, self.body, self._attempts):
+            # An egress SR that could not connect to the endpoint says so: the request reached
+            # no endpoint, so any method may go to the next one (as after our own connect error).
+            sent = self.target is endpoint or NOT_FORWARDED not in head.lnames
+            if not self._pinned and may_retry(self.req, self.body, self._attempts, sent=sent):
                 nxt = routes.choose(self._skip)
                 if nxt is not None:
                     self.conn = None

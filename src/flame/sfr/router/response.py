@@ -12,7 +12,7 @@ import http
 import json
 from typing import Final
 
-from flame.sfr.router.errors import NoEndpoint, RouterError
+from flame.sfr.router.errors import NoEndpoint, RouterError, UpstreamConnectError
 from flame.sfr.router.headers import (
     HOP_BY_HOP,
     connection_tokens,
@@ -23,6 +23,7 @@ from flame.sfr.router.headers import (
 
 __all__ = [
     "CONTINUE_100",
+    "NOT_FORWARDED",
     "Framing",
     "ResponseHead",
     "choose_framing",
@@ -32,9 +33,13 @@ __all__ = [
 ]
 
 CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+# On the router's own 502 when it could not connect to the endpoint: the request reached no
+# endpoint, so an ingress SR that sent it over the egress hop may send even a POST elsewhere
+# (forward.py). Never passed on from an endpoint's response.
+NOT_FORWARDED: Final = b"x-flame-not-forwarded"
 # Response fields the router does not pass on as they are: hop-by-hop ones, the length (the
 # router writes its own framing) and Via (merged with ours).
-_RESPONSE_CONSUMED: Final = HOP_BY_HOP | {b"content-length", b"via"}
+_RESPONSE_CONSUMED: Final = HOP_BY_HOP | {b"content-length", b"via", NOT_FORWARDED}
 _PLAIN_OPTIONS: Final = frozenset({b"keep-alive", b"close"})
 SERVER: Final = b"flame-sr"
 _OK_LINE: Final = b"HTTP/1.1 200 OK\r\n"
@@ -282,6 +287,8 @@ def error_response(
     extra: tuple[tuple[bytes, bytes], ...] = ()
     if isinstance(error, NoEndpoint):
         extra = ((b"Retry-After", b"%d" % error.retry_after),)
+    elif isinstance(error, UpstreamConnectError):
+        extra = ((b"X-Flame-Not-Forwarded", b"1"),)
     return local_response(
         error.http_status,
         error.as_dict(),

@@ -31,19 +31,21 @@ class TableChange:
     old_version: int | None
     version: int
     switched: tuple[str, ...]  # FQDNs whose best endpoint set changed
-    removed: frozenset[Address]  # endpoint addresses no longer in the table
-    addresses: frozenset[Address]  # all endpoint addresses of the new table
+    removed: frozenset[Address]  # endpoint (and egress SR) addresses no longer in the table
+    addresses: frozenset[Address]  # all endpoint (and egress SR) addresses of the new table
 
 
 class RoutingState:
     """The table in use by one worker."""
 
-    __slots__ = ("_routes", "sr_id", "table")
+    __slots__ = ("_routes", "egress_port", "sr_id", "table")
 
     def __init__(self, sr_id: str) -> None:
         self.sr_id = sr_id
         self.table: ForwardingTable | None = None
         self._routes: Mapping[str, FqdnRoutes] = {}
+        # The egress hop's port (0: off): the egress SRs' addresses are pooled as well.
+        self.egress_port = 0
 
     @property
     def version(self) -> int | None:
@@ -85,8 +87,8 @@ class RoutingState:
                 if fqdn in old_routes and old_routes[fqdn].best() != r.best()
             )
         )
-        addresses = frozenset(_addresses(routes))
-        removed = frozenset(_addresses(old_routes)) - addresses
+        addresses = frozenset(_addresses(routes, self.egress_port))
+        removed = frozenset(_addresses(old_routes, self.egress_port)) - addresses
         self.table = table
         self._routes = routes
         return TableChange(
@@ -98,5 +100,10 @@ class RoutingState:
         )
 
 
-def _addresses(routes: Mapping[str, FqdnRoutes]) -> set[Address]:
-    return {(e.host, e.port) for r in routes.values() for e in r.endpoints()}
+def _addresses(routes: Mapping[str, FqdnRoutes], egress_port: int) -> set[Address]:
+    found = {(e.host, e.port) for r in routes.values() for e in r.endpoints()}
+    if egress_port:
+        found.update(
+            (address, egress_port) for r in routes.values() for _, address in r.egress.values()
+        )
+    return found
