@@ -126,8 +126,16 @@ def test_up_detached_route_a_ue_and_down(env: dict[str, str], tmp_path: Path) ->
         # The table reaches the SR within a moment; the UE run then sees no failure.
         sr = summary["sr_urls"]["sr-ue-1"]
         for _ in range(100):
-            if httpx.get(sr + "/", headers={"Host": "hello.example"}).status_code == 200:
+            resp = httpx.get(sr + "/", headers={"Host": "hello.example"})
+            if resp.status_code == 200:
                 break
+        # The egress hop (FLIPS): sr-ue-1 hands the request to sr-metro, the SR of the
+        # endpoint's cluster, which delivers it; both SRs on the one port of --free-ports.
+        assert [hop.split()[1] for hop in resp.headers["via"].split(", ")] == [
+            "sr-metro",
+            "sr-ue-1",
+        ]
+        assert summary["sr_urls"]["sr-metro"].rsplit(":", 1)[1] == sr.rsplit(":", 1)[1]
         ue = flame(
             env,
             "--json",

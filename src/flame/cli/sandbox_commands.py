@@ -66,6 +66,11 @@ def _run_dir(config: Config) -> Path:
 )
 @click.option("--free-ports", is_flag=True, help="Pick free ports instead of the defaults.")
 @click.option("--no-latency", is_flag=True, help="Do not emulate the topology's link latencies.")
+@click.option(
+    "--no-egress-hop",
+    is_flag=True,
+    help="SRs forward straight to endpoints behind other SRs (default: through that SR).",
+)
 @click.option("--no-demo", is_flag=True, help="Do not deploy the demo media service.")
 @click.option("--_child", "child", is_flag=True, hidden=True)
 @click.pass_obj
@@ -80,6 +85,7 @@ def up_cmd(
     sr_port: int,
     free_ports: bool,
     no_latency: bool,
+    no_egress_hop: bool,
     no_demo: bool,
     child: bool,
 ) -> None:
@@ -110,6 +116,7 @@ def up_cmd(
         sr_port=sr_port,
         free_ports=free_ports,
         emulate_latency=not no_latency,
+        egress_hop=not no_egress_hop,
     )
     if detach:
         _detach(state, run_dir, options)
@@ -159,6 +166,8 @@ def _detach(state: _CliState, run_dir: Path, options: Any) -> None:
         argv.append("--free-ports")
     if not options.emulate_latency:
         argv.append("--no-latency")
+    if not options.egress_hop:
+        argv.append("--no-egress-hop")
     started = time.monotonic()
     with (run_dir / "up.log").open("ab") as out:
         process = subprocess.Popen(

@@ -53,6 +53,9 @@ class UpOptions:
     sr_port: int = 8080
     free_ports: bool = False  # pick free ports instead (tests, a second machine user)
     emulate_latency: bool = True
+    # FLIPS' egress hop: an SR reaches an endpoint behind another SR through that SR. Needs
+    # one address per SR, all SRs on one port (the topology's addresses, `sr_port`).
+    egress_hop: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +88,20 @@ def _free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def _free_port_on_all(hosts: list[str]) -> int:
+    """A port free on every one of `hosts` (the SRs' own addresses share one port)."""
+    for _ in range(100):
+        candidate = _free_port(hosts[0])
+        try:
+            for host in hosts[1:]:
+                with socket.socket() as s:
+                    s.bind((host, candidate))
+        except OSError:
+            continue
+        return candidate
+    raise RuntimeError(f"no port is free on all of {', '.join(hosts)}")
 
 
 def plan(options: UpOptions, env: dict[str, str], router_token: str) -> Plan:
@@ -129,11 +146,19 @@ def plan(options: UpOptions, env: dict[str, str], router_token: str) -> Plan:
     ]
     routers: list[Component] = []
     sr_urls: dict[str, str] = {}
-    for node in sorted(topology.nodes.values(), key=lambda n: n.id):
-        if node.kind is not NodeKind.SERVICE_ROUTER:
-            continue
-        host = node.address or "127.0.0.1"
-        url = f"http://{host}:{port(options.sr_port, host)}"
+    sr_nodes = sorted(
+        (n for n in topology.nodes.values() if n.kind is NodeKind.SERVICE_ROUTER),
+        key=lambda n: n.id,
+    )
+    sr_hosts = [node.address or "127.0.0.1" for node in sr_nodes]
+    # The egress hop reaches another SR at its address on this SR's own port: only with one
+    # address per SR. Free ports then means one port free on all of them.
+    egress_hop = options.egress_hop and len(set(sr_hosts)) == len(sr_hosts) > 1
+    shared_port = (
+        _free_port_on_all(sr_hosts) if egress_hop and options.free_ports else options.sr_port
+    )
+    for node, host in zip(sr_nodes, sr_hosts, strict=True):
+        url = f"http://{host}:{shared_port if egress_hop else port(options.sr_port, host)}"
         sr_urls[node.id] = url
         args = [
             *("sr", "--id", node.id, "--workers", "1", "--pce", pce_url),
@@ -142,6 +167,8 @@ def plan(options: UpOptions, env: dict[str, str], router_token: str) -> Plan:
         ]
         if options.emulate_latency:
             args.append("--emulate-latency")
+        if egress_hop:
+            args.append("--egress-hop")
         routers.append(
             component(
                 node.id,
