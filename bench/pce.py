@@ -9,7 +9,7 @@ policy (preferred cluster, area, maximum latency). Then, side by side (A B A B, 
    egress, i.e. every SR with a cluster, in one call to the compiled kernel on two threads, or to
    scipy when it is not built: links are undirected, so those trees give every SR its distance
    and path to every egress) and ranks every FQDN for every SR
-   (numpy); networkx builds its graph, runs Dijkstra from every SR and ranks every FQDN for
+   (numpy gathers, compiled ranking); networkx builds its graph, runs Dijkstra from every SR and ranks every FQDN for
    every SR (Python sort, same rules);
 2. all forwarding tables again with the trees kept (what an endpoint registration costs);
 3. one link failure, then its restoration: ours updates the trees that the change touches and
@@ -489,7 +489,7 @@ Notes: same process, same data. Ours: PathComputer(topology) = array graph + one
 Dijkstra call over all egresses (the compiled kernel, sources over two threads; scipy when it
 is not built), the SRs with a cluster ({egresses} of {srs} SRs here; latency metric; links
 are undirected, so these trees give every SR its distance and path to every egress), then
-tables() = numpy gather + stable sorts per group of FQDNs; Route objects are built when a
+tables() = numpy gather + compiled ranking per group of FQDNs; Route objects are built when a
 table is read ("materialise", all SRs). networkx: Graph from the same
 links, its fastest single-source Dijkstra variant that keeps predecessors from every SR, then a
 Python sort per SR and FQDN with the same rules (preference, avoidance, area, maximum latency,

@@ -2,8 +2,9 @@
 
 src/flame/sfr/_sssp.pyx becomes a C extension next to it (src/flame/sfr/_sssp.*.so and the
 generated _sssp.c, both git-ignored); `flame.sfr.pce` imports it for whole shortest-path trees
-and falls back to scipy's Dijkstra when it is missing. Needs the dev dependencies (Cython) and
-a C compiler. `--clean` removes the compiled files (back to scipy).
+and the ranking of tables, `flame.sfr.graph` for reading links, and both fall back to scipy's
+Dijkstra, numpy and Python when it is missing. Needs the dev dependencies (Cython) and a C
+compiler. `--clean` removes the compiled files (back to scipy).
 """
 
 from __future__ import annotations

@@ -22,17 +22,30 @@ from flame.sfr import pce
 from flame.sfr.graph import NO_NODE
 
 try:
-    from flame.sfr._sssp import shortest_path_trees
+    from flame.sfr._sssp import rank_candidates, shortest_path_trees
 except ImportError:  # not built: the kernel tests skip (but not under `make unit`)
-    shortest_path_trees = None
+    rank_candidates = shortest_path_trees = None
 
 needs_kernel = pytest.mark.skipif(
     shortest_path_trees is None, reason="the kernel is not built (tools/compile_pce.py)"
 )
 
 
+ANY_WEIGHT = st.one_of(
+    st.sampled_from([0.0, 0.5, 1.0, 2.0, np.inf]),  # ties, zero-weight and down links
+    st.floats(0.001, 100.0, allow_nan=False).map(lambda x: round(x, 3)),
+)
+# Links > 0 within a bounded ratio: the kernel's bucket queue, not its heap.
+POSITIVE_WEIGHT = st.one_of(
+    st.sampled_from([0.05, 0.5, 1.0, 2.0, np.inf]),
+    st.floats(0.05, 50.0, allow_nan=False).map(lambda x: round(x, 2)),
+)
+
+
 @st.composite
-def graphs(draw: st.DrawFn) -> tuple[csr_matrix, np.ndarray]:
+def graphs(
+    draw: st.DrawFn, weight: st.SearchStrategy[float] = ANY_WEIGHT
+) -> tuple[csr_matrix, np.ndarray]:
     """A symmetric graph like the PCE's: some pairs, weights with ties, zeros and inf (down)."""
     n = draw(st.integers(1, 40))
     pairs = draw(
@@ -41,10 +54,6 @@ def graphs(draw: st.DrawFn) -> tuple[csr_matrix, np.ndarray]:
             unique=True,
             max_size=4 * n,
         )
-    )
-    weight = st.one_of(
-        st.sampled_from([0.0, 0.5, 1.0, 2.0, np.inf]),  # ties, zero-weight and down links
-        st.floats(0.001, 100.0, allow_nan=False).map(lambda x: round(x, 3)),
     )
     weights = draw(st.lists(weight, min_size=len(pairs), max_size=len(pairs)))
     u = np.array([p[0] for p in pairs] + [p[1] for p in pairs], dtype=np.int64)
@@ -105,6 +114,35 @@ def test_kernel_equals_scipy_on_random_graphs(case: tuple[csr_matrix, np.ndarray
     matrix, sources = case
     dist, pred = run_kernel(matrix, sources)
     assert_same_trees(matrix, sources, dist, pred)
+
+
+@needs_kernel
+@settings(max_examples=300, deadline=None)
+@given(case=graphs(POSITIVE_WEIGHT))
+def test_bucket_queue_equals_scipy_on_random_graphs(case: tuple[csr_matrix, np.ndarray]) -> None:
+    """SFR-4: links > 0 within a bounded ratio take the bucket queue: still scipy's distances."""
+    matrix, sources = case
+    dist, pred = run_kernel(matrix, sources)
+    assert_same_trees(matrix, sources, dist, pred)
+
+
+@needs_kernel
+def test_bucket_queue_and_heap_give_the_same_distances() -> None:
+    """One zero-weight link sends a graph to the heap: distances elsewhere must not move."""
+    rng = np.random.default_rng(7)
+    n, m = 300, 1200
+    u, v = rng.integers(0, n, m), rng.integers(0, n, m)
+    keep = u != v
+    u, v = u[keep], v[keep]
+    w = np.round(rng.uniform(0.05, 5.0, len(u)), 3)
+    graph = csr_matrix((np.concatenate([w, w]), (np.concatenate([u, v]), np.concatenate([v, u]))))
+    graph.sum_duplicates()
+    graph.indptr, graph.indices = graph.indptr.astype(np.int32), graph.indices.astype(np.int32)
+    heap = graph.copy()
+    heap.data = np.append(heap.data[:-1], 0.0)  # one zero link (one direction): the heap
+    sources = np.arange(0, n, 7, dtype=np.int32)
+    assert_same_trees(graph, sources, *run_kernel(graph, sources))  # scipy's distances exactly
+    assert_same_trees(heap, sources, *run_kernel(heap, sources))
 
 
 @settings(max_examples=100, deadline=None)
@@ -208,6 +246,70 @@ def test_bad_arguments_raise_instead_of_writing_out_of_bounds() -> None:
             np.array([0], dtype=np.int32),
             np.empty((2, 2)),
             np.empty((1, 2), dtype=np.int32),
+        )
+
+
+@st.composite
+def candidate_sets(draw: st.DrawFn) -> dict[str, np.ndarray]:
+    """`PathComputer._rank`'s input for one group: ties, unreachable, over-long, disallowed."""
+    rows, fqdns, k = draw(st.integers(1, 5)), draw(st.integers(1, 4)), draw(st.integers(1, 6))
+    value = st.sampled_from([0.0, 1.0, 1.5, 2.0, np.inf])
+    cost = np.array(draw(st.lists(value, min_size=rows * fqdns * k, max_size=rows * fqdns * k)))
+    cost = cost.reshape(rows, fqdns, k)
+    latency = cost  # the latency metric: the same array
+    if draw(st.booleans()):  # another metric: latency is finite where cost is
+        finite = st.sampled_from([0.0, 1.0, 1.5, 2.0, 9.0])
+        extra = np.array(draw(st.lists(finite, min_size=cost.size, max_size=cost.size)))
+        latency = np.where(np.isfinite(cost), extra.reshape(cost.shape), np.inf)
+
+    def bools(size: int) -> np.ndarray:
+        return np.array(draw(st.lists(st.booleans(), min_size=size, max_size=size)), dtype=bool)
+
+    ranks = draw(st.lists(st.integers(0, 2), min_size=fqdns * k, max_size=fqdns * k))
+    uniform = draw(st.booleans())  # one rank for all: the kernel's cost-only path
+    rank = np.zeros((fqdns, k), np.int32) if uniform else np.array(ranks, np.int32)
+    limits = st.sampled_from([np.inf, 1.0, 1.5, 9.0])
+    return {
+        "cost": cost,
+        "latency": latency,
+        "rank": rank.reshape(fqdns, k),
+        "max_latency": np.array(draw(st.lists(limits, min_size=fqdns, max_size=fqdns))),
+        "candidate_ok": bools(fqdns * k).reshape(fqdns, k) | draw(st.booleans()),
+        "row_ok": bools(rows) | draw(st.booleans()),
+    }
+
+
+@needs_kernel
+@settings(max_examples=300, deadline=None)
+@given(case=candidate_sets())
+def test_compiled_ranking_equals_numpy(case: dict[str, np.ndarray]) -> None:
+    """SFR-4/5/6: the compiled ranking gives numpy's stable sorts' order of routable candidates."""
+    order, count = pce._order(**case)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pce, "_RANKER", None)
+        want_order, want_count = pce._order(**case)
+    assert count.dtype == np.int32
+    assert np.array_equal(count, want_count)
+    for index in np.ndindex(*count.shape):
+        routable = int(count[index])
+        assert order[index][:routable].tolist() == want_order[index][:routable].tolist()
+        assert sorted(order[index].tolist()) == list(range(order.shape[-1]))  # a permutation
+
+
+@needs_kernel
+def test_ranking_rejects_shapes_that_do_not_fit() -> None:
+    assert rank_candidates is not None
+    cost = np.zeros((2, 1, 3))
+    with pytest.raises(ValueError, match="shapes must be"):
+        rank_candidates(
+            cost,
+            cost,
+            np.zeros((1, 3), np.int32),
+            np.full(1, np.inf),
+            np.ones((1, 3), np.uint8),
+            np.ones(1, np.uint8),  # two rows
+            np.empty((2, 1, 3), np.intp),
+            np.empty((2, 1), np.int32),
         )
 
 

@@ -1,28 +1,37 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 # cython: initializedcheck=False, nonecheck=False
-"""Shortest-path trees from many sources over a CSR graph, compiled (SFR-4, SFR-13).
+"""The PCE's compiled kernels: shortest-path trees, ranking, link columns (SFR-4, SFR-13).
 
-The PCE's whole-tree Dijkstra (`flame.sfr.pce`), built by `tools/compile_pce.py`; scipy's
-`scipy.sparse.csgraph.dijkstra` is the fallback when this module is not built. One Dijkstra per
-source on an indexed 4-ary heap with decrease-key (a node is in it at most once), the GIL
-released, so callers may run several calls at once on different sources from threads. Measured
-on the PCE benchmark's graph (2,500 nodes, 20,000 CSR slots, 303 sources, one thread): binary
-indexed heap 80-100 ms, binary lazy-deletion heap 160 ms, radix heap 130 ms, 4-ary 57-63 ms,
-scipy (Fibonacci heap) 180 ms.
+Built by `tools/compile_pce.py`; `flame.sfr.pce` and `flame.sfr.graph` fall back to scipy's
+`scipy.sparse.csgraph.dijkstra`, numpy sorts and list comprehensions when it is not built.
+
+`shortest_path_trees`: one Dijkstra per source, the GIL released, so callers may run several
+calls at once on different sources from threads. When every link is > 0 and the longest is at
+most `MAX_BUCKET_SPAN` times the shortest (latencies, costs, hops), a bucket queue half a
+shortest link wide (`_tree_buckets`, O(1) per operation); else an indexed 4-ary heap with
+decrease-key (`_tree`). Measured on the PCE benchmark's graph (2,500 nodes, 20,000 CSR slots,
+303 sources, one thread): bucket queue 42-46 ms; 4-ary heap 57-63 ms; binary indexed heap
+80-100 ms, binary lazy-deletion heap 160 ms, radix heap 130 ms, scipy (Fibonacci heap) 180 ms.
 
 Output follows scipy's conventions: `dist` is inf for unreachable nodes, `pred` is -9999 for the
 source and for unreachable nodes. Weights must be >= 0 (not checked); an inf weight is no link.
-Equal-cost ties keep the first predecessor that reached a node's distance (strict `<`), as
-scipy does, but the heap settles equal distances in another order, so among equally short paths
-the one chosen may differ from scipy's.
+Distances are scipy's to the bit. Equal-cost ties keep the first predecessor that reached a
+node's distance (strict `<`), as scipy does, but nodes are settled in another order among
+equal (heap) or nearby (buckets) distances, so among equally short paths the one chosen may
+differ from scipy's.
+
+`rank_candidates` orders each FQDN's candidate endpoints for many SRs (`PathComputer._rank`);
+`link_columns` reads `Link` objects into the `Graph`'s numpy columns in one pass.
 """
 
-from libc.math cimport INFINITY
+from libc.math cimport INFINITY, NAN
 from libc.stdlib cimport free, malloc
 
 cdef int NO_NODE = -9999  # scipy's "no predecessor" (flame.sfr.graph.NO_NODE)
 cdef int FREE = -1  # never in the heap yet
 cdef int DONE = -2  # settled
+# Longest link / shortest link up to which `_tree_buckets` runs (2 buckets per shortest link).
+cdef double MAX_BUCKET_SPAN = 2048.0
 
 
 cdef void _tree(
@@ -110,6 +119,74 @@ cdef void _tree(
                 pos[v] = i
 
 
+cdef void _tree_buckets(
+    const int* indptr,
+    const int* indices,
+    const double* data,
+    int n,
+    int source,
+    double* dist,
+    int* pred,
+    double inv_width,
+    int buckets,
+    int* head,
+    int* entry_next,
+    int* entry_node,
+    unsigned char* done,
+) noexcept nogil:
+    """One shortest-path tree with a bucket queue: `_tree`'s distances, O(1) per operation.
+
+    Bucket b holds the nodes of tentative distance in [b, b + 1) * width, circularly (`buckets`,
+    a power of two, cover the longest link), as singly linked lists of entries (head,
+    entry_next, entry_node; one entry per improvement, at most slots + 1). A node improved again
+    gets a new entry; the old one is skipped when popped (`done`), which beats unlinking it.
+    The width is half the shortest link, so no node can improve another of its own bucket:
+    every node of the lowest non-empty bucket is settled, in any order. Distances are the same
+    floats as the heap's (each the least dist[u] + w over neighbours u); only ties between
+    equally short paths may pick another predecessor.
+    """
+    cdef int i, u, v, j, end, entry, entries, pending
+    cdef long long current = 0
+    cdef long long mask = buckets - 1  # no division per link
+    cdef double d, nd
+    for i in range(n):
+        dist[i] = INFINITY
+        pred[i] = NO_NODE
+        done[i] = False
+    for i in range(buckets):
+        head[i] = -1
+    dist[source] = 0.0
+    entry_node[0] = source
+    entry_next[0] = -1
+    head[0] = 0
+    entries = pending = 1
+    while pending > 0:
+        entry = head[current & mask]
+        if entry < 0:
+            current += 1
+            continue
+        head[current & mask] = entry_next[entry]
+        pending -= 1
+        u = entry_node[entry]
+        if done[u]:  # an older entry of a node improved since
+            continue
+        done[u] = True
+        d = dist[u]
+        end = indptr[u + 1]
+        for j in range(indptr[u], end):
+            v = indices[j]
+            nd = d + data[j]
+            if nd < dist[v] and not done[v]:  # settled: unreachable with links > 0
+                dist[v] = nd
+                pred[v] = u
+                i = <int>((<long long>(nd * inv_width)) & mask)
+                entry_node[entries] = v
+                entry_next[entries] = head[i]
+                head[i] = entries
+                entries += 1
+                pending += 1
+
+
 def shortest_path_trees(
     const int[::1] indptr,
     const int[::1] indices,
@@ -149,6 +226,35 @@ def shortest_path_trees(
             raise ValueError(f"source {s} is not a node of a {n}-node graph")
     if k == 0 or n == 0:
         return
+    cdef double shortest = INFINITY, longest = 0.0, w
+    with nogil:
+        for j in range(indptr[0], indptr[n]):
+            w = data[j]
+            if w < shortest:
+                shortest = w
+            if w > longest and w < INFINITY:
+                longest = w
+    # Buckets need links > 0 (a zero link ties a bucket to itself) and few buckets per link.
+    cdef int buckets = 0
+    if 0.0 < shortest < INFINITY and longest <= MAX_BUCKET_SPAN * shortest:
+        buckets = 4
+        while buckets < 2.0 * longest / shortest + 3:
+            buckets *= 2
+    if buckets:
+        _trees_buckets(indptr, indices, data, sources, dist, pred, shortest, buckets)
+    else:
+        _trees_heap(indptr, indices, data, sources, dist, pred)
+
+
+cdef _trees_heap(
+    const int[::1] indptr,
+    const int[::1] indices,
+    const double[::1] data,
+    const int[::1] sources,
+    double[:, ::1] dist,
+    int[:, ::1] pred,
+):
+    cdef int n = indptr.shape[0] - 1, r
     cdef double* hkey = <double*>malloc(n * sizeof(double))
     cdef int* hnode = <int*>malloc(n * sizeof(int))
     cdef int* pos = <int*>malloc(n * sizeof(int))
@@ -158,7 +264,7 @@ def shortest_path_trees(
         free(pos)
         raise MemoryError()
     with nogil:
-        for r in range(k):
+        for r in range(sources.shape[0]):
             _tree(
                 &indptr[0], &indices[0], &data[0], n, sources[r],
                 &dist[r, 0], &pred[r, 0], hkey, hnode, pos,
@@ -166,3 +272,192 @@ def shortest_path_trees(
     free(hkey)
     free(hnode)
     free(pos)
+
+
+cdef _trees_buckets(
+    const int[::1] indptr,
+    const int[::1] indices,
+    const double[::1] data,
+    const int[::1] sources,
+    double[:, ::1] dist,
+    int[:, ::1] pred,
+    double shortest,
+    int buckets,
+):
+    cdef int n = indptr.shape[0] - 1, r
+    cdef int entries = indptr[n] - indptr[0] + 1  # the source, then one per improving link
+    cdef int* head = <int*>malloc(buckets * sizeof(int))
+    cdef int* entry_next = <int*>malloc(entries * sizeof(int))
+    cdef int* entry_node = <int*>malloc(entries * sizeof(int))
+    cdef unsigned char* done = <unsigned char*>malloc(n)
+    if head == NULL or entry_next == NULL or entry_node == NULL or done == NULL:
+        free(head)
+        free(entry_next)
+        free(entry_node)
+        free(done)
+        raise MemoryError()
+    with nogil:
+        for r in range(sources.shape[0]):
+            _tree_buckets(
+                &indptr[0], &indices[0], &data[0], n, sources[r], &dist[r, 0], &pred[r, 0],
+                2.0 / shortest, buckets, head, entry_next, entry_node, done,
+            )
+    free(head)
+    free(entry_next)
+    free(entry_node)
+    free(done)
+
+
+cdef inline bint _before(
+    int rank_a, double cost_a, double lat_a, int rank_b, double cost_b, double lat_b
+) noexcept nogil:
+    """Does candidate a rank strictly before b (preference class, cost, latency)? Branch-free:
+    the outcome is random, a mispredicted branch costs more than evaluating every term."""
+    return (rank_a < rank_b) | (
+        (rank_a == rank_b) & ((cost_a < cost_b) | ((cost_a == cost_b) & (lat_a < lat_b)))
+    )
+
+
+def rank_candidates(
+    const double[:, :, ::1] cost,
+    const double[:, :, ::1] latency,
+    const int[:, ::1] rank,
+    const double[::1] max_latency,
+    const unsigned char[:, ::1] candidate_ok,
+    const unsigned char[::1] row_ok,
+    Py_ssize_t[:, :, ::1] order,
+    int[:, ::1] count,
+):
+    """Rank k candidates for R rows and F FQDNs (`PathComputer._rank`), GIL released.
+
+    Candidate j of FQDN f is routable from row r when cost[r, f, j] is finite, latency[r, f, j]
+    <= max_latency[f], candidate_ok[f, j] and row_ok[r]. count[r, f] is the number routable and
+    order[r, f, :count] their indices by (rank[f, j], cost, latency, j), as a stable sort gives;
+    the unroutable follow in index order. k is small (an FQDN's endpoints): each candidate's
+    place is counted from k comparisons, without branches, rather than sorted (an insertion
+    sort mispredicts); on cost alone when an FQDN's candidates share one rank and latency is
+    the cost (the default policy), the unroutable then counting as infinitely far.
+    """
+    cdef Py_ssize_t rows = cost.shape[0], fqdns = cost.shape[1], k = cost.shape[2]
+    cdef Py_ssize_t r, f, i, j, place, routable, skipped
+    cdef const double* c
+    cdef const double* lat
+    cdef const int* rk
+    cdef const unsigned char* allowed
+    cdef double limit
+    cdef Py_ssize_t* out
+    cdef int* uniform
+    cdef bint routable_j
+    cdef double* key
+    cdef bint same_latency
+    if (
+        latency.shape[0] != rows or latency.shape[1] != fqdns or latency.shape[2] != k
+        or order.shape[0] != rows or order.shape[1] != fqdns or order.shape[2] != k
+        or rank.shape[0] != fqdns or rank.shape[1] != k
+        or candidate_ok.shape[0] != fqdns or candidate_ok.shape[1] != k
+        or max_latency.shape[0] != fqdns or row_ok.shape[0] != rows
+        or count.shape[0] != rows or count.shape[1] != fqdns
+    ):
+        raise ValueError(
+            "shapes must be: cost, latency, order [R, F, k]; rank, candidate_ok [F, k]; "
+            f"max_latency [F]; row_ok [R]; count [R, F] (got cost [{rows}, {fqdns}, {k}])"
+        )
+    if rows == 0 or fqdns == 0 or k == 0:
+        count[:, :] = 0
+        return
+    same_latency = &latency[0, 0, 0] == &cost[0, 0, 0]
+    key = <double*>malloc(k * sizeof(double))
+    uniform = <int*>malloc(fqdns * sizeof(int))  # not char: a char* write may alias anything
+    if key == NULL or uniform == NULL:
+        free(key)
+        free(uniform)
+        raise MemoryError()
+    with nogil:
+        for f in range(fqdns):  # one rank for all of an FQDN's candidates: the fast path
+            uniform[f] = same_latency
+            for j in range(1, k):
+                uniform[f] = uniform[f] & (rank[f, j] == rank[f, 0])
+        for r in range(rows):
+            for f in range(fqdns):
+                c, lat, rk = &cost[r, f, 0], &latency[r, f, 0], &rank[f, 0]
+                allowed, limit = &candidate_ok[f, 0], max_latency[f] if row_ok[r] else -INFINITY
+                out = &order[r, f, 0]
+                routable = 0
+                for j in range(k):  # key: the cost of a routable candidate, else inf
+                    routable_j = (c[j] < INFINITY) & (lat[j] <= limit) & (allowed[j] != 0)
+                    key[j] = c[j] if routable_j else INFINITY
+                    routable += routable_j
+                count[r, f] = <int>routable
+                skipped = 0
+                for j in range(k):
+                    if key[j] == INFINITY:
+                        out[routable + skipped] = j
+                        skipped += 1
+                        continue
+                    # Routable candidates ahead of j: tied and earlier, or before it.
+                    place = 0
+                    if uniform[f]:
+                        for i in range(j):
+                            place += key[i] <= key[j]
+                        for i in range(j + 1, k):
+                            place += key[i] < key[j]
+                    else:
+                        for i in range(j):
+                            place += (key[i] < INFINITY) & (
+                                not _before(rk[j], c[j], lat[j], rk[i], c[i], lat[i])
+                            )
+                        for i in range(j + 1, k):
+                            place += (key[i] < INFINITY) & _before(
+                                rk[i], c[i], lat[i], rk[j], c[j], lat[j]
+                            )
+                    out[place] = j
+    free(key)
+    free(uniform)
+
+
+def link_columns(
+    list links,
+    dict index,
+    object up,
+    int[::1] a,
+    int[::1] b,
+    double[::1] latency,
+    double[::1] cost,
+    unsigned char[::1] has_cost,
+    unsigned char[::1] is_up,
+    int[::1] link_class,
+):
+    """Fill the per-link columns of `flame.sfr.graph.Graph` from Link objects, in one pass.
+
+    a, b: each end's node index (-1: not in `index`); cost NaN and has_cost 0 where a link has
+    none; is_up: its state is `up`; link_class: a code per class name, numbered in order of
+    first appearance (-1: none). Returns the names in code order. The Python loop it replaces
+    costs several times more (an attribute, a look-up and a conversion per field and link).
+    """
+    cdef Py_ssize_t i, m = len(links)
+    cdef dict codes = {}
+    cdef list names = []
+    if not (
+        a.shape[0] == b.shape[0] == latency.shape[0] == cost.shape[0] == has_cost.shape[0]
+        == is_up.shape[0] == link_class.shape[0] == m
+    ):
+        raise ValueError(f"every column must have one entry per link ({m})")
+    for i in range(m):
+        link = links[i]
+        a[i] = index.get(link.a, -1)
+        b[i] = index.get(link.b, -1)
+        latency[i] = link.latency_ms
+        value = link.cost
+        has_cost[i] = value is not None
+        cost[i] = NAN if value is None else value
+        is_up[i] = link.state is up
+        name = link.link_class
+        if name is None:
+            link_class[i] = -1
+            continue
+        code = codes.get(name)
+        if code is None:
+            code = codes[name] = len(names)
+            names.append(name)
+        link_class[i] = code
+    return names

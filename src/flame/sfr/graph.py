@@ -15,8 +15,10 @@ Exception tree (a `UserError` is the caller's mistake, HTTP 400, exit 1)::
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+import operator
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
+from itertools import repeat
 from typing import ClassVar
 
 import numpy as np
@@ -55,100 +57,100 @@ class Graph:
         self.nodes: tuple[Node, ...] = tuple(nodes.values())
         self.ids: tuple[str, ...] = tuple(nodes)
         self.index: dict[str, int] = {node_id: i for i, node_id in enumerate(self.ids)}
-        self.n = n = len(self.ids)
-
-        links = tuple(links)
+        self.n = len(self.ids)
         self._links: list[Link] = list(links)  # kept in step with the arrays below
-        # Checked with numpy (a loop of Python checks costs more than the rest of the graph);
-        # only a topology with a bad link goes through `_check_link`, for its error message.
-        index = self.index
-        self.link_a: IntArray = np.array([index.get(k.a, -1) for k in links], dtype=np.int32)
-        self.link_b: IntArray = np.array([index.get(k.b, -1) for k in links], dtype=np.int32)
-        self.latency: FloatArray = np.array([k.latency_ms for k in links], dtype=np.float64)
-        has_cost = np.array([k.cost is not None for k in links], dtype=np.bool_)
-        self.cost: FloatArray = np.array(
-            [math.nan if k.cost is None else k.cost for k in links], dtype=np.float64
+        self._link_arrays(self._links)
+        self._pairs()
+        self._csr()
+        self._attachments()
+
+    def _link_arrays(self, links: list[Link]) -> None:
+        """Per link: ends, latency, cost, up, class code; raises for a bad link."""
+        columns = _link_columns if _COMPILED_COLUMNS is None else _compiled_link_columns
+        self.link_a, self.link_b, self.latency, self.cost, has_cost, self.up, codes, names = (
+            columns(links, self.index)
         )
+        # Checked with numpy; only a topology with a bad link goes through `_check_link`.
         bad = (self.link_a < 0) | (self.link_b < 0) | (self.link_a == self.link_b)
         bad |= ~(np.isfinite(self.latency) & (self.latency >= 0))
         bad |= has_cost & ~(np.isfinite(self.cost) & (self.cost >= 0))
         if bad.any():
             for link in links:
                 self._check_link(link)  # raises for the first bad link, in link order
-        self.up: BoolArray = np.array([k.state is LinkState.UP for k in links], dtype=np.bool_)
-        self.classes: tuple[str, ...] = tuple(
-            sorted({k.link_class for k in links if k.link_class is not None})
-        )
-        class_code = {name: i for i, name in enumerate(self.classes)}
-        self.link_class: IntArray = np.array(
-            [-1 if k.link_class is None else class_code[k.link_class] for k in links],
-            dtype=np.int32,
-        )
+        # Class codes in name order, whatever order the columns numbered them in.
+        by_name = sorted(range(len(names)), key=names.__getitem__)
+        self.classes: tuple[str, ...] = tuple(names[i] for i in by_name)
+        renumber = np.empty(len(names) + 1, dtype=np.int32)
+        renumber[by_name] = np.arange(len(names), dtype=np.int32)
+        renumber[-1] = -1  # no class stays -1
+        self.link_class: IntArray = renumber[codes]
 
-        # Pairs: unordered (u < v), one id per distinct pair, links grouped by pair.
+    def _pairs(self) -> None:
+        """Pairs: unordered (u < v), numbered in key order, links grouped by pair (one sort)."""
+        n, m = self.n, len(self.link_a)
         lo = np.minimum(self.link_a, self.link_b).astype(np.int64)
         hi = np.maximum(self.link_a, self.link_b).astype(np.int64)
-        pair_key, link_pair = np.unique(lo * n + hi, return_inverse=True)
-        self.pair_key: npt.NDArray[np.int64] = pair_key.astype(np.int64)
-        self.link_pair: IntArray = link_pair.astype(np.int32).reshape(-1)
-        self.pair_u: IntArray = (pair_key // max(n, 1)).astype(np.int32)
-        self.pair_v: IntArray = (pair_key % max(n, 1)).astype(np.int32)
-        self.pairs = len(pair_key)
-        order = np.argsort(self.link_pair, kind="stable")
+        key = lo * n + hi
+        order = np.argsort(key, kind="stable")  # links of a pair stay in link order
+        sorted_key = key[order]
+        first = np.ones(m, dtype=np.bool_)
+        first[1:] = sorted_key[1:] != sorted_key[:-1]
+        self.pair_key: npt.NDArray[np.int64] = sorted_key[first]
+        self.pairs = len(self.pair_key)
+        self.link_pair: IntArray = np.empty(m, dtype=np.int32)
+        self.link_pair[order] = np.cumsum(first) - 1
+        self.pair_u: IntArray = (self.pair_key // max(n, 1)).astype(np.int32)
+        self.pair_v: IntArray = (self.pair_key % max(n, 1)).astype(np.int32)
         self._pair_links_order: IntArray = order.astype(np.int32)
-        self._pair_links_start: IntArray = np.searchsorted(
-            self.link_pair[order], np.arange(self.pairs + 1)
-        ).astype(np.int32)
+        self._pair_links_start: IntArray = np.append(np.flatnonzero(first), m).astype(np.int32)
 
-        # Symmetric CSR structure: each pair stored in both directions, rows sorted by column.
+    def _csr(self) -> None:
+        """Symmetric CSR structure: each pair stored in both directions, rows sorted by column."""
+        n, pairs = self.n, self.pairs
         rows = np.concatenate([self.pair_u, self.pair_v]).astype(np.int64)
         cols = np.concatenate([self.pair_v, self.pair_u]).astype(np.int64)
-        slot_pair = np.concatenate([np.arange(self.pairs), np.arange(self.pairs)])
         key = rows * n + cols
-        by_key = np.argsort(key, kind="stable")
+        by_key = np.argsort(key)  # keys are distinct: any sort gives the same order
         self.slot_key: npt.NDArray[np.int64] = key[by_key]
-        self.slot_pair: IntArray = slot_pair[by_key].astype(np.int32)
+        self.slot_pair: IntArray = (by_key % max(pairs, 1)).astype(np.int32)
         self.indices: IntArray = cols[by_key].astype(np.int32)
-        self.indptr: IntArray = np.searchsorted(self.slot_key, np.arange(n + 1) * n).astype(
-            np.int32
-        )
+        self.indptr: IntArray = np.zeros(n + 1, dtype=np.int32)
+        np.cumsum(np.bincount(rows, minlength=n), out=self.indptr[1:])
         self.slots = len(self.slot_key)
-        # The two slots (u -> v, v -> u) of every pair, to rewrite a pair's weight in place.
-        self.pair_slots: IntArray = np.stack(
-            [self.slots_of(self.pair_u, self.pair_v), self.slots_of(self.pair_v, self.pair_u)],
-            axis=1,
-        )
+        # The two slots (u -> v, v -> u) of every pair, to rewrite a pair's weight in place:
+        # where `by_key` put entry p (u -> v) and entry pairs + p (v -> u).
+        slot_of_entry = np.empty(2 * pairs, dtype=np.int32)
+        slot_of_entry[by_key] = np.arange(2 * pairs, dtype=np.int32)
+        self.pair_slots: IntArray = slot_of_entry.reshape(2, pairs).T.copy()
 
-        # Nodes: SRs get rows (in node order); everything else finds its SR.
-        self.srs: IntArray = np.array(
-            [i for i, node in enumerate(self.nodes) if node.kind is NodeKind.SERVICE_ROUTER],
-            dtype=np.int32,
-        )
-        self.sr_ids: tuple[str, ...] = tuple(self.ids[i] for i in self.srs)
+    def _attachments(self) -> None:
+        """SRs get rows (in node order); every node finds its SR; SRs with a cluster are egresses.
+
+        A node's SR (`attached_sr`) is itself for an SR, `node.sr` for clusters and user
+        equipment when that names an SR, else NO_NODE. The PCE roots its shortest-path trees at
+        the egresses, fewer than or as many as the SRs (links are undirected).
+        """
+        n, nodes = self.n, self.nodes
+        kinds = [node.kind for node in nodes]
+        is_sr = np.fromiter(map(operator.is_, kinds, repeat(NodeKind.SERVICE_ROUTER)), bool, n)
+        self.srs: IntArray = np.flatnonzero(is_sr).astype(np.int32)
+        self.sr_ids: tuple[str, ...] = tuple(self.ids[i] for i in self.srs.tolist())
         self.sr_row: dict[str, int] = {sr: row for row, sr in enumerate(self.sr_ids)}
         self.row_of_node: IntArray = np.full(n, -1, dtype=np.int32)
         self.row_of_node[self.srs] = np.arange(len(self.srs), dtype=np.int32)
-        self.attached_sr: IntArray = np.array(
-            [self._attached(node) for node in self.nodes], dtype=np.int32
-        )
-        # Egresses: the SRs with a cluster (where endpoints are reached), fewer than or as many as
-        # the SRs. The PCE roots its shortest-path trees at them (links are undirected).
-        kinds = np.array([node.kind is NodeKind.CLUSTER for node in self.nodes], dtype=np.bool_)
-        at = self.attached_sr[kinds]
+        named = _indices(self.index, [node.sr for node in nodes])  # -1: none or unknown
+        named_sr = (named >= 0) & is_sr[np.maximum(named, 0)]
+        self.attached_sr: IntArray = np.where(
+            is_sr, np.arange(n, dtype=np.int32), np.where(named_sr, named, NO_NODE)
+        ).astype(np.int32)
+        is_cluster = np.fromiter(map(operator.is_, kinds, repeat(NodeKind.CLUSTER)), bool, n)
+        # Per node: the SR where a cluster's endpoints are reached, else -1 (a list: the PCE
+        # reads it per endpoint, and a numpy scalar costs more than the look-up).
+        self.cluster_egress: list[int] = np.where(is_cluster, self.attached_sr, -1).tolist()
+        at = self.attached_sr[is_cluster]
         self.egress: IntArray = np.unique(at[at >= 0]).astype(np.int32)
         self.egress_row: IntArray = np.full(n, -1, dtype=np.int32)
         self.egress_row[self.egress] = np.arange(len(self.egress), dtype=np.int32)
-
-    def _attached(self, node: Node) -> int:
-        """The SR where a cluster's endpoints are reached or a UE enters; an SR is its own."""
-        if node.kind is NodeKind.SERVICE_ROUTER:
-            return self.index[node.id]
-        if node.sr is None:
-            return NO_NODE
-        i = self.index.get(node.sr, NO_NODE)
-        if i == NO_NODE or self.kind_of(i) is not NodeKind.SERVICE_ROUTER:
-            return NO_NODE
-        return i
 
     def kind_of(self, i: int) -> NodeKind:
         return self.nodes[i].kind
@@ -248,10 +250,13 @@ class Graph:
         Parallel links count as the best of them under the metric, lower latency breaking ties.
         """
         weight = np.where(usable & self.up, self.link_weight(metric), np.inf)
-        order = np.lexsort((self.latency, weight, self.link_pair))
-        first = np.searchsorted(self.link_pair[order], np.arange(self.pairs))
-        best = order[first]
-        return weight[best], self.latency[best].copy()
+        best: npt.NDArray[np.integer]
+        if self.pairs == len(weight):  # no parallel links (usual): each pair's only link
+            best = self._pair_links_order
+        else:
+            order = np.lexsort((self.latency, weight, self.link_pair))
+            best = order[np.searchsorted(self.link_pair[order], np.arange(self.pairs))]
+        return weight[best], self.latency[best]
 
     def pair_weight(self, metric: Metric, pair: int, usable: BoolArray) -> tuple[float, float]:
         """`pair_weights` for one pair (after a change to its links)."""
@@ -296,3 +301,75 @@ def check_weight(value: float, what: str, a: str, b: str) -> None:
             a=a,
             b=b,
         )
+
+
+def _indices(index: Mapping[str, int], ids: Sequence[str | None]) -> IntArray:
+    """The node index of each id, -1 for None or an unknown id."""
+    return np.fromiter(map(index.get, ids, repeat(-1)), np.int32, len(ids))  # type: ignore[arg-type]
+
+
+LinkColumns = tuple[
+    IntArray, IntArray, FloatArray, FloatArray, BoolArray, BoolArray, IntArray, list[str]
+]
+
+
+def _link_columns(links: list[Link], index: dict[str, int]) -> LinkColumns:
+    """Per link: ends (-1: unknown), latency, cost (NaN: none), has a cost, is up, class code
+    (-1: none; codes number `names`, in any order). A list comprehension per field and C-level
+    maps: faster than one Python loop doing everything, slower than the compiled pass."""
+    m = len(links)
+    costs = [k.cost for k in links]
+    has_cost = np.fromiter(map(operator.is_not, costs, repeat(None)), np.bool_, m)
+    cost = np.full(m, math.nan)
+    cost[has_cost] = [c for c in costs if c is not None]
+    states = [k.state for k in links]
+    up = np.fromiter(map(operator.is_, states, repeat(LinkState.UP)), np.bool_, m)
+    classes = [k.link_class for k in links]
+    names = sorted({c for c in set(classes) if c is not None})
+    code: dict[str | None, int] = {name: i for i, name in enumerate(names)}
+    code[None] = -1
+    return (
+        _indices(index, [k.a for k in links]),
+        _indices(index, [k.b for k in links]),
+        np.array([k.latency_ms for k in links], dtype=np.float64),
+        cost,
+        has_cost,
+        up,
+        np.fromiter(map(code.__getitem__, classes), np.int32, m),
+        names,
+    )
+
+
+def _compiled_link_columns(links: list[Link], index: dict[str, int]) -> LinkColumns:
+    """`_link_columns` in one compiled pass (flame.sfr._sssp.link_columns)."""
+    assert _COMPILED_COLUMNS is not None
+    m = len(links)
+    a, b = np.empty(m, dtype=np.int32), np.empty(m, dtype=np.int32)
+    latency, cost = np.empty(m), np.empty(m)
+    has_cost, up = np.empty(m, dtype=np.bool_), np.empty(m, dtype=np.bool_)
+    codes = np.empty(m, dtype=np.int32)
+    names = _COMPILED_COLUMNS(
+        links,
+        index,
+        LinkState.UP,
+        a,
+        b,
+        latency,
+        cost,
+        has_cost.view(np.uint8),
+        up.view(np.uint8),
+        codes,
+    )
+    return a, b, latency, cost, has_cost, up, codes, names
+
+
+def _load_columns() -> Callable[..., list[str]] | None:
+    """The compiled `_link_columns` (tools/compile_pce.py), or None when not built."""
+    try:
+        from flame.sfr._sssp import link_columns  # noqa: PLC0415 - optional, compiled
+    except ImportError:
+        return None
+    return link_columns
+
+
+_COMPILED_COLUMNS = _load_columns()

@@ -10,8 +10,8 @@ is the cheaper side to run Dijkstra from. A link change rewrites one weight per 
 updates only the trees it can affect: a raised or failed link, the subtrees below it in the trees
 that use it (SFR-13); a lowered or restored link, the distances it shortens. It reports the SRs
 whose distance or path to some egress may have changed. Tables rank the endpoints of every FQDN
-for many SRs at once with numpy (gather distances, stable sorts) and build `Route` objects only
-when a table is read.
+for many SRs at once (numpy gathers the distances, the compiled kernel or numpy's stable sorts
+order them) and build `Route` objects only when a table is read.
 
 Errors (both `UserError`): `TopologyError` (graph.py) for unknown nodes and links or bad values;
 `PolicyError` from `check_policy` for policies naming unknown clusters, locations, link classes.
@@ -26,6 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import ClassVar
 
@@ -77,6 +78,19 @@ REPAIR_SHARE = 0.25  # a tree losing a subtree larger than this share of nodes i
 # -- whole shortest-path trees: the compiled kernel, else scipy ------------------------------
 
 Kernel = Callable[[IntArray, IntArray, FloatArray, IntArray, FloatArray, IntArray], None]
+Ranker = Callable[
+    [
+        FloatArray,
+        FloatArray,
+        IntArray,
+        FloatArray,
+        npt.NDArray[np.uint8],
+        npt.NDArray[np.uint8],
+        npt.NDArray[np.intp],
+        IntArray,
+    ],
+    None,
+]
 
 
 def _load_kernel() -> Kernel | None:
@@ -88,13 +102,24 @@ def _load_kernel() -> Kernel | None:
     return shortest_path_trees
 
 
+def _load_ranker() -> Ranker | None:
+    """The compiled ranking of candidates (same module), or None: numpy sorts then."""
+    try:
+        from flame.sfr._sssp import rank_candidates  # noqa: PLC0415 - optional, compiled
+    except ImportError:
+        return None
+    return rank_candidates
+
+
 _KERNEL = _load_kernel()
-# The kernel releases the GIL: two threads take half the sources each. Below this much work
-# (sources x (nodes + CSR slots)) a second thread costs more than it saves: on the benchmark's
-# graph (22,500 per source) 2 trees take 0.36 ms on one thread, 0.64 ms on two; 4 trees 0.74 ms
-# and 0.62 ms; 303 trees 62 ms and 32 ms.
+_RANKER = _load_ranker()
+# The kernels release the GIL: two threads share the sources (rows to rank), `_split`. Below
+# this much work (sources x (nodes + CSR slots); candidates to rank) a second thread costs more
+# than it saves: on the benchmark's graph (22,500 per source) 2 trees took 0.36 ms on one
+# thread, 0.64 ms on two; 4 trees 0.74 ms and 0.62 ms; 303 trees 62 ms and 32 ms (heap).
 _THREADS = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
 SPLIT_WORK = 100_000
+SPLIT_PARTS = 12  # at most; each part costs one kernel call (its checks: O(nodes + slots))
 _POOL = (  # its one worker thread starts on first use
     ThreadPoolExecutor(max_workers=_THREADS - 1, thread_name_prefix="pce-sssp")
     if _KERNEL is not None and _THREADS > 1
@@ -134,22 +159,40 @@ def _shortest_path_trees(matrix: csr_matrix, sources: IntArray) -> tuple[FloatAr
     if _KERNEL is None:
         dist, pred = dijkstra(matrix, directed=True, indices=sources, return_predecessors=True)
         return dist, pred.astype(np.int32, copy=False)
-    n, k = matrix.shape[0], len(sources)
+    n, k, kernel = matrix.shape[0], len(sources), _KERNEL
     indptr = np.ascontiguousarray(matrix.indptr, dtype=np.int32)
     indices = np.ascontiguousarray(matrix.indices, dtype=np.int32)
     data = np.ascontiguousarray(matrix.data, dtype=np.float64)
     dist = np.empty((k, n))
     pred = np.empty((k, n), dtype=np.int32)
-    if _POOL is not None and k > 1 and k * (n + len(indices)) >= SPLIT_WORK:
-        half = k // 2
-        other = _POOL.submit(
-            _KERNEL, indptr, indices, data, sources[half:], dist[half:], pred[half:]
-        )
-        _KERNEL(indptr, indices, data, sources[:half], dist[:half], pred[:half])
-        other.result()
-    else:
-        _KERNEL(indptr, indices, data, sources, dist, pred)
+    _split(
+        k,
+        k * (n + len(indices)),
+        lambda part: kernel(indptr, indices, data, sources[part], dist[part], pred[part]),
+    )
     return dist, pred
+
+
+def _split(rows: int, work: int, run: Callable[[slice], None]) -> None:
+    """run(rows) for a compiled kernel (GIL released): on two threads when the work is worth a
+    second thread (`SPLIT_WORK`), else at once.
+
+    In `SPLIT_PARTS` parts that this thread and the pool's take in turn rather than in halves:
+    when another process takes a core for a while, the other thread does more of the parts.
+    """
+    if _POOL is None or rows < 2 or work < SPLIT_WORK:
+        run(slice(0, rows))
+        return
+    size = -(-rows // min(SPLIT_PARTS, rows))  # rows per part, rounded up
+    parts = iter([slice(start, start + size) for start in range(0, rows, size)])
+
+    def drain() -> None:
+        for part in parts:  # shared by both threads: next() on it is atomic under the GIL
+            run(part)
+
+    other = _POOL.submit(drain)
+    drain()
+    other.result()
 
 
 class PolicyError(UserError):
@@ -556,14 +599,70 @@ def _some(names: Iterable[str], limit: int = 10) -> str:
     return (", ".join(ordered[:limit]) or "none") + more
 
 
-def _gather(matrix: FloatArray, sources: IntArray, tree_rows: IntArray) -> FloatArray:
+def _by_source(matrix: FloatArray, tree_rows: IntArray, sources: IntArray) -> FloatArray:
     """matrix[tree_rows, sources] transposed, (sources, tree_rows), rounded to 1e-9.
 
     Different paths of the same length can sum to floats an ulp apart; rounding makes ties
     real ties (broken by endpoint id) and incremental results equal to recomputed ones.
     """
-    picked = matrix[:, sources][tree_rows].T.copy()  # C order: the sorts run along rows
+    picked = matrix[:, sources][tree_rows].T.copy()  # C order: groups gather along rows
     return np.round(picked, ROUND_DIGITS, out=picked)
+
+
+def _order(
+    cost: FloatArray,
+    latency: FloatArray,
+    rank: IntArray,
+    max_latency: FloatArray,
+    candidate_ok: BoolArray,
+    row_ok: BoolArray,
+) -> tuple[npt.NDArray[np.intp], IntArray]:
+    """Rank (R, F, k) candidates: order (indices, best first) and count (R, F) of routable.
+
+    Routable: finite cost, latency within the FQDN's maximum, candidate and row allowed.
+    Best: preference rank, then cost, then latency, then index (candidates come in endpoint id
+    order). Only order[..., :count] is meaningful. Compiled when built, rows over two threads:
+    numpy's sorts along an axis of a few elements cost more per row than the sorting itself
+    (7 ms against 2 for the benchmark's 93,500 rows of 5).
+    """
+    if _RANKER is not None:
+        ranker, candidate_bytes, row_bytes = (
+            _RANKER,
+            candidate_ok.view(np.uint8),
+            row_ok.view(np.uint8),
+        )
+        order = np.empty(cost.shape, dtype=np.intp)
+        count = np.empty(cost.shape[:2], dtype=np.int32)
+        _split(
+            len(cost),
+            cost.size,
+            lambda part: ranker(
+                cost[part],
+                latency[part],
+                rank,
+                max_latency,
+                candidate_bytes,
+                row_bytes[part],
+                order[part],
+                count[part],
+            ),
+        )
+        return order, count
+    ok = np.isfinite(cost) & candidate_ok[None] & row_ok[:, None, None]
+    if np.isfinite(max_latency).any():
+        ok &= latency <= max_latency[None, :, None]
+    # Stable sorts keep the index order for ties.
+    keys: list[npt.NDArray[np.generic]] = []
+    if latency is not cost:
+        keys.append(latency)
+    keys.append(np.where(ok, cost, np.inf))
+    if rank.any():  # preferences first; unroutable ones still last
+        keys.append(np.where(ok, rank[None], np.iinfo(np.int32).max))
+    if len(keys) == 1:
+        order = np.argsort(keys[0], axis=-1, kind="stable")
+    else:
+        order = np.lexsort(keys, axis=-1)
+    return order, ok.sum(axis=-1, dtype=np.int32)
 
 
 def _below(pred: IntArray, flags: BoolArray) -> BoolArray:
@@ -822,8 +921,10 @@ class PathComputer:
         return trees
 
     def _key(self, policy: RoutingPolicy) -> TreeKey:
-        classes = frozenset(c for c in policy.exclude_link_classes if c in self.graph.classes)
         area = policy.area if policy.paths_in_area else None
+        if policy.metric is Metric.LATENCY and area is None and not policy.exclude_link_classes:
+            return DEFAULT_KEY  # most FQDNs: no new key to build and hash
+        classes = frozenset(c for c in policy.exclude_link_classes if c in self.graph.classes)
         return TreeKey(policy.metric, classes, area)
 
     def _inside(self, area: Area, node: Node) -> bool:
@@ -880,30 +981,34 @@ class PathComputer:
         avoided_at = set(policy.avoid_locations)
         area = policy.area
         max_latency = math.inf if policy.max_latency_ms is None else policy.max_latency_ms
-        out = _Candidates(fqdn, self._key(policy), [], [], [], max_latency)
+        found: list[tuple[str, Endpoint, int, int]] = []  # (id, endpoint, egress, rank)
         for endpoint in endpoints:
-            i = g.index.get(endpoint.cluster)
-            if i is None or endpoint.cluster in excluded:
+            cluster = endpoint.cluster
+            i = g.index.get(cluster)
+            if i is None or cluster in excluded:
                 continue
-            egress, node = int(g.attached_sr[i]), g.nodes[i]
-            if node.kind is not NodeKind.CLUSTER or egress < 0:
+            egress = g.cluster_egress[i]
+            if egress < 0:
                 continue  # endpoints live on clusters reached at their SR
+            node = g.nodes[i]
             if area is not None and not self._inside(area, node):
                 continue
-            rank = prefer.get(endpoint.cluster)
+            rank = prefer.get(cluster)
             if rank is None and node.location_name is not None:
                 rank = prefer_at.get(node.location_name)
             if rank is None:
-                rank = normal + (endpoint.cluster in avoided or node.location_name in avoided_at)
-            out.endpoints.append(endpoint)
-            out.egress.append(egress)
-            out.rank.append(rank)
+                rank = normal + (cluster in avoided or node.location_name in avoided_at)
+            found.append((endpoint.sfe, endpoint, egress, rank))
         # By endpoint id: ties then need no key of their own (the sorts in `_rank` are stable).
-        by_id = sorted(range(len(out.endpoints)), key=lambda x: out.endpoints[x].sfe)
-        out.endpoints = [out.endpoints[x] for x in by_id]
-        out.egress = [out.egress[x] for x in by_id]
-        out.rank = [out.rank[x] for x in by_id]
-        return out
+        found.sort(key=itemgetter(0))
+        return _Candidates(
+            fqdn,
+            self._key(policy),
+            [x[1] for x in found],
+            [x[2] for x in found],
+            [x[3] for x in found],
+            max_latency,
+        )
 
     # -- routes and tables (SFR-4) -----------------------------------------------------------
 
@@ -966,38 +1071,37 @@ class PathComputer:
         for (key, _k), members in shapes.items():
             needed.setdefault(key, []).extend(e for c in members for e in c.egress)
         sets: dict[TreeKey, _Trees] = {}  # held here: the LRU cache may drop one meanwhile
+        by_cost: dict[TreeKey, tuple[IntArray, FloatArray]] = {}  # (tree rows, [source, row])
+        by_latency: dict[TreeKey, FloatArray] = {}
         for key, egress in needed.items():  # every tree of a key before its paths are shared
             trees = sets[key] = self._trees(key)
-            trees.ensure(g.egress_row[np.unique(np.array(egress, dtype=np.int32))])
+            tree_rows = g.egress_row[np.unique(np.array(egress, dtype=np.int32))]
+            trees.ensure(tree_rows)
             paths[key] = _Paths(g.ids, sources.tolist(), g.egress_row, trees.share_pred())
+            # Gathered once per key, not per group: groups of a key share most egresses.
+            by_cost[key] = (tree_rows, _by_source(trees.dist, tree_rows, sources))
+            if key.metric is not Metric.LATENCY:
+                by_latency[key] = _by_source(trees.latency(tree_rows), tree_rows, sources)
         for (key, k), members in shapes.items():
             trees = sets[key]
             cols = np.array([c.egress for c in members], dtype=np.int32)  # (F, k)
-            tree_rows = g.egress_row[cols.ravel()]
+            tree_rows, table = by_cost[key]
+            at = np.searchsorted(tree_rows, g.egress_row[cols.ravel()])
             shape = (len(rows), len(members), k)
-            cost = _gather(trees.dist, sources, tree_rows).reshape(shape)
-            if key.metric is Metric.LATENCY:
-                latency = cost
+            cost = table.take(at, axis=1).reshape(shape)  # C order (`table[:, at]` is not)
+            latency = by_latency[key].take(at, axis=1).reshape(shape) if key in by_latency else cost
+            if trees.node_ok is None:
+                candidate_ok, row_ok = np.ones(cols.shape, np.bool_), np.ones(len(rows), np.bool_)
             else:
-                latency = _gather(trees.latency(tree_rows), sources, tree_rows).reshape(shape)
-            ok = np.isfinite(cost)
-            if trees.node_ok is not None:
-                ok &= trees.node_ok[cols][None] & trees.node_ok[sources][:, None, None]
-            max_latency = np.array([c.max_latency for c in members])
-            if np.isfinite(max_latency).any():
-                ok &= latency <= max_latency[None, :, None]
-            # Candidates are in endpoint id order already: stable sorts keep it for ties.
-            keys: list[npt.NDArray[np.generic]] = []
-            if latency is not cost:
-                keys.append(latency)
-            keys.append(np.where(ok, cost, np.inf))
-            rank = np.array([c.rank for c in members], dtype=np.int32)
-            if rank.any():  # preferences first; unroutable ones still last
-                keys.append(np.where(ok, rank[None], np.iinfo(np.int32).max))
-            if len(keys) == 1:
-                order = np.argsort(keys[0], axis=-1, kind="stable")
-            else:
-                order = np.lexsort(keys, axis=-1)
+                candidate_ok, row_ok = trees.node_ok[cols], trees.node_ok[sources]
+            order, count = _order(
+                cost,
+                latency,
+                np.array([c.rank for c in members], dtype=np.int32),
+                np.array([c.max_latency for c in members], dtype=np.float64),
+                candidate_ok,
+                row_ok,
+            )
             for j, c in enumerate(members):
                 fqdns[c.fqdn] = (len(groups), j)
             groups.append(
@@ -1005,7 +1109,7 @@ class PathComputer:
                     endpoints=[c.endpoints for c in members],
                     egress=[c.egress for c in members],
                     order=order,
-                    count=ok.sum(axis=-1, dtype=np.int32),
+                    count=count,
                     cost=cost,
                     latency=latency,
                     paths=paths[key],
