@@ -3,6 +3,7 @@
 import numpy as np
 import numpy.typing as npt
 
+from flame.sfr.models import Endpoint, Route
 from flame.topology.model import Link, LinkState
 
 def shortest_path_trees(
@@ -35,3 +36,18 @@ def link_columns(
     is_up: npt.NDArray[np.uint8],
     link_class: npt.NDArray[np.int32],
 ) -> list[str]: ...
+def table_routes(
+    route: type[Route],
+    order: npt.NDArray[np.intp],
+    count: npt.NDArray[np.int32],
+    cost: npt.NDArray[np.float64],
+    latency: npt.NDArray[np.float64],
+    egress: npt.NDArray[np.int32],
+    endpoints: list[list[Endpoint]],
+    pred: npt.NDArray[np.int32],
+    egress_row: npt.NDArray[np.int32],
+    source: int,
+    ids: tuple[str, ...],
+    addresses: list[str | None],
+    paths: list[tuple[str, ...] | None],
+) -> list[tuple[Route, ...]]: ...

@@ -25,7 +25,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
 from typing import ClassVar
@@ -489,39 +489,15 @@ class _Trees:
 
 @dataclass(slots=True)
 class _Paths:
-    """Paths along the predecessor matrix a ranking was made on (copy-on-write in `_Trees`).
+    """The predecessor matrix a ranking was made on (copy-on-write in `_Trees`), for paths.
 
     The tree of an egress leads every node towards it, so the path from an SR to an egress is
-    read from the SR up that tree; the paths of all SRs to one egress share their suffixes.
+    read from the SR up that tree (`_table_routes`, once per SR and egress).
     """
 
-    ids: tuple[str, ...]
     sources: list[int]  # per ranking row: the SR's node index
     egress_row: IntArray  # per node: its row in `pred` (egresses only)
     pred: IntArray
-    _known: dict[int, dict[int, tuple[str, ...]]] = field(default_factory=dict)
-    _rows: dict[int, list[int]] = field(default_factory=dict)
-
-    def path(self, i: int, egress: int) -> tuple[str, ...]:
-        """Node ids from the SR of ranking row i to an egress; shared suffixes built once."""
-        known = self._known.get(egress)
-        if known is None:
-            known = self._known[egress] = {egress: (self.ids[egress],)}
-            self._rows[egress] = self.pred[self.egress_row[egress]].tolist()
-        source = self.sources[i]
-        found = known.get(source)
-        if found is not None:
-            return found
-        row, ids, pending, node = self._rows[egress], self.ids, [], source
-        while node not in known:
-            pending.append(node)
-            node = row[node]
-            if node < 0 or len(pending) > len(row):  # a broken tree must not loop forever
-                raise FlameError(f"no tree path from {ids[source]} to {ids[egress]}")
-        path = known[node]
-        for node in reversed(pending):
-            path = known[node] = (ids[node], *path)
-        return path
 
 
 @dataclass(slots=True)
@@ -529,7 +505,7 @@ class _Group:
     """FQDNs that share a tree set and a number of candidate endpoints, ranked for many SRs."""
 
     endpoints: list[list[Endpoint]]  # per FQDN, the candidates
-    egress: list[list[int]]  # per FQDN, each candidate's egress SR (node index)
+    egress: IntArray  # (F, k) each candidate's egress SR (node index)
     order: npt.NDArray[np.intp]  # (R, F, k) candidate indices, best first
     count: IntArray  # (R, F) how many of them are routable
     cost: FloatArray  # (R, F, k) per candidate (not ranked)
@@ -544,53 +520,88 @@ class _Ranking:
     ids: tuple[str, ...]
     fqdns: dict[str, tuple[int, int] | None]  # fqdn -> (group, index in group); None: no routes
     groups: list[_Group]
-    nodes: tuple[Node, ...]  # per node index: the egress SR's `address` goes into its routes
+    addresses: list[str | None]  # per node index: the egress SR's `address` for its routes
 
-    def routes(self, i: int, fqdn: str, rows: dict[int, _RowLists]) -> tuple[Route, ...]:
-        """The routes of one FQDN for ranking row i; `rows` caches per-group Python lists."""
-        where = self.fqdns[fqdn]
-        if where is None:
-            return ()
-        g, j = where
+    def group_routes(
+        self, i: int, g: int, paths: dict[int, list[tuple[str, ...] | None]]
+    ) -> list[tuple[Route, ...]]:
+        """The routes of every FQDN of group g for ranking row i, in one pass.
+
+        `paths` holds the row's path to each egress per predecessor matrix (groups of a tree
+        set share it), so each path is walked and built once per SR, not once per route.
+        """
         group = self.groups[g]
-        lists = rows.get(g)
-        if lists is None:
-            lists = rows[g] = _RowLists.of(group, i)
-        order, costs, latencies = lists.order[j][: lists.count[j]], lists.cost[j], lists.latency[j]
-        endpoints, egress, ids, nodes, path = (
-            group.endpoints[j],
-            group.egress[j],
-            self.ids,
-            self.nodes,
-            group.paths.path,
-        )
-        return tuple(
-            Route(
-                endpoints[x],
-                ids[egress[x]],
-                costs[x],
-                latencies[x],
-                path(i, egress[x]),
-                nodes[egress[x]].address,
+        source = group.paths.sources[i]
+        row_paths = paths.get(id(group.paths))
+        if row_paths is None:
+            row_paths = paths[id(group.paths)] = [None] * len(self.ids)
+        try:
+            return _table_routes(
+                Route,
+                group.order[i],
+                group.count[i],
+                group.cost[i],
+                group.latency[i],
+                group.egress,
+                group.endpoints,
+                group.paths.pred,
+                group.paths.egress_row,
+                source,
+                self.ids,
+                self.addresses,
+                row_paths,
             )
-            for x in order
-        )
+        except ValueError as e:  # a broken tree (or bad shapes): a bug, not the caller's
+            raise FlameError(str(e)) from e
 
 
-@dataclass(slots=True)
-class _RowLists:
-    """One SR's slice of a group as Python lists: numpy once per group, not once per FQDN."""
+def _table_routes_py(
+    route: type[Route],
+    order: npt.NDArray[np.intp],
+    count: IntArray,
+    cost: FloatArray,
+    latency: FloatArray,
+    egress: IntArray,
+    endpoints: list[list[Endpoint]],
+    pred: IntArray,
+    egress_row: IntArray,
+    source: int,
+    ids: tuple[str, ...],
+    addresses: list[str | None],
+    paths: list[tuple[str, ...] | None],
+) -> list[tuple[Route, ...]]:
+    """`_sssp.table_routes` when it is not compiled: the same routes, in Python."""
+    out: list[tuple[Route, ...]] = []
+    costs, latencies = cost.tolist(), latency.tolist()
+    for f, (ranked, n, cands, nodes) in enumerate(
+        zip(order.tolist(), count.tolist(), endpoints, egress.tolist(), strict=True)
+    ):
+        routes = []
+        for j in ranked[:n]:
+            e = nodes[j]
+            path = paths[e]
+            if path is None:
+                up, walk, node = pred[egress_row[e]], [source], source
+                while node != e:
+                    node = int(up[node])
+                    walk.append(node)
+                    if node < 0 or len(walk) > len(ids):  # a broken tree must not loop forever
+                        raise ValueError(f"no tree path from {ids[source]} to {ids[e]}")
+                path = paths[e] = tuple(ids[x] for x in walk)
+            routes.append(route(cands[j], ids[e], costs[f][j], latencies[f][j], path, addresses[e]))
+        out.append(tuple(routes))
+    return out
 
-    order: list[list[int]]
-    count: list[int]
-    cost: list[list[float]]
-    latency: list[list[float]]
 
-    @classmethod
-    def of(cls, group: _Group, i: int) -> _RowLists:
-        cost = group.cost[i].tolist()
-        latency = cost if group.latency is group.cost else group.latency[i].tolist()
-        return cls(group.order[i].tolist(), group.count[i].tolist(), cost, latency)
+def _load_table_routes() -> Callable[..., list[tuple[Route, ...]]]:
+    try:
+        from flame.sfr._sssp import table_routes  # noqa: PLC0415 - optional, compiled
+    except ImportError:
+        return _table_routes_py
+    return table_routes
+
+
+_table_routes = _load_table_routes()
 
 
 def _some(names: Iterable[str], limit: int = 10) -> str:
@@ -684,24 +695,30 @@ class RouteTable(Mapping[str, tuple[Route, ...]]):
     """One SR's routes per FQDN, best first; `Route` objects are built when first read.
 
     Ranking is done for all SRs at once; building half a million Route objects is not, because an
-    SR's table is only read when it is serialised for that SR. Fits `ForwardingTable.routes`.
+    SR's table is only read when it is serialised for that SR. Reading one FQDN builds those of
+    its whole group (`_Ranking.group_routes`): tables are read whole. Fits
+    `ForwardingTable.routes`.
     """
 
-    __slots__ = ("_cache", "_lists", "_ranking", "_row", "sr")
+    __slots__ = ("_groups", "_paths", "_ranking", "_row", "sr")
 
     def __init__(self, sr: str, ranking: _Ranking, row: int) -> None:
         self.sr = sr
         self._ranking, self._row = ranking, row
-        self._cache: dict[str, tuple[Route, ...]] = {}
-        self._lists: dict[int, _RowLists] = {}
+        self._groups: dict[int, list[tuple[Route, ...]]] = {}
+        self._paths: dict[int, list[tuple[str, ...] | None]] = {}
 
     def __getitem__(self, fqdn: str) -> tuple[Route, ...]:
-        found = self._cache.get(fqdn)
-        if found is None:
-            if fqdn not in self._ranking.fqdns:
-                raise KeyError(fqdn)
-            found = self._cache[fqdn] = self._ranking.routes(self._row, fqdn, self._lists)
-        return found
+        where = self._ranking.fqdns[fqdn]  # KeyError for an FQDN not in the table
+        if where is None:
+            return ()
+        g, j = where
+        routes = self._groups.get(g)
+        if routes is None:
+            routes = self._groups[g] = self._ranking.group_routes(self._row, g, self._paths)
+            if len(self._groups) == len(self._ranking.groups):
+                self._paths.clear()  # every route built: the per-egress paths are not needed
+        return routes[j]
 
     def __contains__(self, fqdn: object) -> bool:
         return fqdn in self._ranking.fqdns
@@ -747,6 +764,7 @@ class PathComputer:
 
     def _install(self, graph: Graph) -> None:
         self.graph = graph
+        self._addresses: list[str | None] | None = None  # per node; made on first ranking
         self._default = self._make_trees(DEFAULT_KEY)
         self._filtered: OrderedDict[TreeKey, _Trees] = OrderedDict()
 
@@ -1022,7 +1040,7 @@ class PathComputer:
         ranking = self._rank(
             [self._candidates(fqdn, policy, endpoints)], np.array([row], dtype=np.int32)
         )
-        return ranking.routes(0, fqdn, {})
+        return RouteTable(self.graph.sr_ids[row], ranking, 0)[fqdn]
 
     def tables(
         self,
@@ -1077,7 +1095,7 @@ class PathComputer:
             trees = sets[key] = self._trees(key)
             tree_rows = g.egress_row[np.unique(np.array(egress, dtype=np.int32))]
             trees.ensure(tree_rows)
-            paths[key] = _Paths(g.ids, sources.tolist(), g.egress_row, trees.share_pred())
+            paths[key] = _Paths(sources.tolist(), g.egress_row, trees.share_pred())
             # Gathered once per key, not per group: groups of a key share most egresses.
             by_cost[key] = (tree_rows, _by_source(trees.dist, tree_rows, sources))
             if key.metric is not Metric.LATENCY:
@@ -1107,12 +1125,15 @@ class PathComputer:
             groups.append(
                 _Group(
                     endpoints=[c.endpoints for c in members],
-                    egress=[c.egress for c in members],
-                    order=order,
-                    count=count,
+                    egress=cols,
+                    # C order: `_table_routes` reads one row's [F, k] block as it is.
+                    order=np.ascontiguousarray(order),
+                    count=np.ascontiguousarray(count),
                     cost=cost,
                     latency=latency,
                     paths=paths[key],
                 )
             )
-        return _Ranking(g.ids, fqdns, groups, g.nodes)
+        if self._addresses is None:  # rankings share it: never mutated
+            self._addresses = [node.address for node in g.nodes]
+        return _Ranking(g.ids, fqdns, groups, self._addresses)
