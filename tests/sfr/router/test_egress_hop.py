@@ -48,13 +48,14 @@ def table(sr: str, routes: dict[str, list[Route]], version: int = 1) -> Forwardi
     )
 
 
-def far_then_local(far: Upstream, local: Upstream) -> ForwardingTable:
+def far_then_local(far: Upstream | Endpoint, local: Upstream) -> ForwardingTable:
     """SR A's table: `far` behind SR B first, `local` (behind A itself) as the fallback."""
+    far_endpoint = far if isinstance(far, Endpoint) else far.endpoint()
     return table(
         A,
         {
             FQDN: [
-                route(far.endpoint(), egress=B, cost=1.0, path=(A, B)),
+                route(far_endpoint, egress=B, cost=1.0, path=(A, B)),
                 route(local.endpoint(), egress=A, cost=2.0, path=(A,)),
             ]
         },
@@ -357,15 +358,7 @@ async def test_egress_endpoint_failure_reaches_the_ingress_which_retries_elsewhe
         sr_id=B,
     )
     a = await make_router(
-        table(
-            A,
-            {
-                FQDN: [
-                    route(endpoint("e-dead", 1), egress=B, cost=1.0, path=(A, B)),
-                    route(local.endpoint(), egress=A, cost=2.0, path=(A,)),
-                ]
-            },
-        ),
+        far_then_local(endpoint("e-dead", 1), local),
         sr_id=A,
         egress_hop=True,
         egress_port=b.port,
@@ -390,15 +383,7 @@ async def test_a_post_the_egress_sr_could_not_deliver_goes_to_the_next_endpoint(
     local = await upstreams("e-local")
     b = await egress_sr(make_router, endpoint("e-dead", 1))
     a = await make_router(
-        table(
-            A,
-            {
-                FQDN: [
-                    route(endpoint("e-dead", 1), egress=B, cost=1.0, path=(A, B)),
-                    route(local.endpoint(), egress=A, cost=2.0, path=(A,)),
-                ]
-            },
-        ),
+        far_then_local(endpoint("e-dead", 1), local),
         sr_id=A,
         egress_hop=True,
         egress_port=b.port,

@@ -19,7 +19,7 @@ ejects it only when the request was retried elsewhere (an endpoint that answers 
 with no alternative its answer is better than a 503); a response cut in the middle is the
 client's loss but no ejection (the endpoint answered, and nothing can be retried any more).
 
-The egress hop (FLIPS; `Forwarder.egress_port` set, config `egress_hop`): an attempt on an
+The egress hop (FLIPS; `RoutingState.egress_port` set, config `egress_hop`): an attempt on an
 endpoint whose route leads to another SR with a known address connects to that egress SR
 instead (pooled by its address, like any endpoint) and adds `X-Flame-Endpoint: <sfe>` to the
 head. Everything else is as for a direct attempt, and a failed hop counts against the endpoint. An
@@ -91,7 +91,6 @@ class Forwarder:
         timeouts: Timeouts,
         *,
         emulate_latency: bool = False,
-        egress_port: int = 0,
     ) -> None:
         self.routing = routing
         self.pool = pool
@@ -101,8 +100,6 @@ class Forwarder:
         # FLAME-in-a-box: every hop is loopback, so the topology's path latency is added as a
         # round trip before each attempt (request and response each cross the path once).
         self.emulate_latency = emulate_latency
-        # The egress hop: the port egress SRs listen on; 0: off (always straight to endpoints).
-        self.egress_port = egress_port
 
     def forward(
         self, req: RequestHead, head: bytes, body: RequestBody | None, sink: ResponseSink
@@ -252,8 +249,9 @@ class Forwarding(ExchangeOwner):
         fw = self.fw
         self.endpoint = target = endpoint
         self.send = self.head
-        if fw.egress_port and self.routes is not None:
-            hop = self.routes.hop(endpoint, fw.egress_port)
+        egress_port = fw.routing.egress_port
+        if egress_port and self.routes is not None:
+            hop = self.routes.hop(endpoint, egress_port)
             if hop is not None:
                 target = hop.target
                 self.send = self.head[:-2] + hop.header + b"\r\n"  # before the blank line

@@ -151,7 +151,7 @@ class Router:
             )
         if config.egress_hop:
             # FLIPS' egress hop; by default every SR listens on the same port (its own address).
-            forwarder.egress_port = self.routing.egress_port = (
+            self.routing.egress_port = (
                 config.egress_port if config.egress_port is not None else self.port
             )
         if self.siblings is not None:
@@ -180,7 +180,7 @@ class Router:
             self.worker,
             *self.address,
             self.routing.version,
-            f"; egress hop to port {forwarder.egress_port}" if forwarder.egress_port else "",
+            f"; egress hop to port {self.routing.egress_port}" if self.routing.egress_port else "",
         )
 
     @property

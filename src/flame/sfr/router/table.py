@@ -44,7 +44,8 @@ class RoutingState:
         self.sr_id = sr_id
         self.table: ForwardingTable | None = None
         self._routes: Mapping[str, FqdnRoutes] = {}
-        # The egress hop's port (0: off): the egress SRs' addresses are pooled as well.
+        # The egress hop: the port egress SRs listen on; 0: off (always straight to endpoints).
+        # Set by the router; the egress SRs' addresses are then pooled (and drained) as well.
         self.egress_port = 0
 
     @property
