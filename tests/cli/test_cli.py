@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
@@ -16,6 +17,7 @@ import pytest
 import flame.cli.main as cli_main
 from flame import __version__
 from flame.cli.main import cli, main
+from flame.common.auth import TokenStore
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "vod-edge-cache" / "service.yaml"
@@ -333,12 +335,14 @@ def test_token_round_trip(isolated_env: Path, capsys: pytest.CaptureFixture[str]
     assert code == 0
     assert token not in out + err
     assert tenant_token not in out + err
-    rows = [line.split("\t") for line in out.strip().splitlines()]
+    header, *rows = [line.split("\t") for line in out.strip().splitlines()]
+    assert header == ["NAME", "ROLE", "TENANT", "ID", "CREATED", "EXPIRES", "LAST USED"]
     assert [r[:3] for r in rows] == [
         ["alice", "operator", "-"],
         ["acme-bot", "tenant", "acme-media"],
     ]
     assert rows[0][3].startswith(token[:12])
+    assert [r[5:] for r in rows] == [["never", "never"], ["never", "never"]]
 
     code, out, _ = run(capsys, "--json", "token", "list")
     listed = json.loads(out)
@@ -354,6 +358,34 @@ def test_token_round_trip(isolated_env: Path, capsys: pytest.CaptureFixture[str]
     code, out, _ = run(capsys, "token", "list")
     assert "alice" not in out
     assert "acme-bot" in out
+
+
+def test_token_ttl_expiry_and_last_use(
+    isolated_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 11 item 5: `flame token issue --ttl`, and `flame token list` shows expiry and use."""
+    code, out, err = run(
+        capsys, "--json", "token", "issue", "short", "--tenant", "acme", "--ttl", "2h"
+    )
+    assert code == 0, err
+    issued = json.loads(out)
+    expires = datetime.fromisoformat(issued["expires"])
+    assert (
+        timedelta(hours=2) - timedelta(seconds=5)
+        < expires - datetime.now(UTC)
+        <= timedelta(hours=2)
+    )
+    TokenStore(isolated_env / "tokens.json").authenticate(issued["token"])
+    code, out, _ = run(capsys, "--json", "token", "list")
+    (listed,) = json.loads(out)
+    assert listed["last_used"] is not None
+    assert listed["expired"] is False
+    code, out, _ = run(capsys, "token", "list")
+    assert "\tnever\t" not in out.splitlines()[1]  # both expiry and last use are known
+    for bad in ("0s", "soon", "-1h", "20000d"):
+        code, _, err = run(capsys, "token", "issue", f"bad-{bad}", "--tenant", "acme", "--ttl", bad)
+        assert code != 0
+        assert "--ttl" in err
 
 
 def test_token_issue_json_shows_the_token_once(capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,7 +5,7 @@ import secrets
 import stat
 import threading
 import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -133,6 +133,55 @@ def test_revoke(store):
         other_process.authenticate(gone)
     assert other_process.authenticate(kept) == OPERATOR
     assert [info.name for info in store.list()] == ["ops"]
+
+
+def test_revocation_is_seen_on_the_next_request_by_a_process_that_just_authenticated(store):
+    """Issue 11 finding 6: no principal cache may outlive a revocation, even within a second."""
+    token = store.issue("acme-ci", Role.TENANT, "acme")
+    server = TokenStore(store.path)  # a long-running service's store
+    for _ in range(3):
+        assert server.authenticate(token) == ACME  # served from its parsed copy
+    TokenStore(store.path).revoke("acme-ci")  # the CLI, another process
+    with pytest.raises(AuthenticationError, match="unknown or revoked"):
+        server.authenticate(token)
+    again = TokenStore(store.path).issue("acme-ci", Role.TENANT, "acme")
+    assert server.authenticate(again) == ACME  # and a new token at once too
+
+
+def test_expired_tokens_are_refused_and_listed_as_expired(store, monkeypatch):
+    token = store.issue("short", Role.TENANT, "acme", ttl=timedelta(minutes=5))
+    (info,) = store.list()
+    assert info.expires_at is not None
+    assert timedelta(minutes=5) - timedelta(seconds=2) < info.expires_at - info.created_at
+    assert store.authenticate(token) == Principal("short", Role.TENANT, "acme")
+    later = info.expires_at + timedelta(seconds=1)
+
+    class _Later(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return later
+
+    monkeypatch.setattr(auth_module, "datetime", _Later)
+    with pytest.raises(AuthenticationError, match="expired") as refused:
+        TokenStore(store.path).authenticate(token)
+    assert token not in str(refused.value)
+    assert store.list()[0].expired(later)
+    with pytest.raises(UserError, match="positive"):
+        store.issue("never", Role.OPERATOR, ttl=timedelta(0))
+
+
+def test_last_use_is_recorded_without_rewriting_the_store(store):
+    token = store.issue("ops", Role.OPERATOR)
+    assert store.list()[0].last_used_at is None
+    before = store.path.stat()
+    store.authenticate(token)
+    (info,) = store.list()
+    assert info.last_used_at is not None
+    assert abs((datetime.now(UTC) - info.last_used_at).total_seconds()) < 5
+    after = store.path.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    store.revoke("ops")
+    assert not list((store.path.parent / "tokens.json.d" / "last-use").iterdir())
 
 
 def test_revoke_unknown_name_is_an_error_with_hint(store):

@@ -293,7 +293,7 @@ async def test_a_restart_rebuilds_the_same_state_with_the_same_versions(env: Env
     async with running(env) as first:
         ops = bearer(env.operator)
         await first.http.put("/v1/delegations/x.example", json={"tenant": "acme"}, headers=ops)
-        await register(first, x_endpoint(), env.acme)
+        await register(first, x_endpoint(tenant="acme"))
         await first.http.put(
             "/v1/policies/x.example", json={"max_latency_ms": 8}, headers=bearer(env.acme)
         )
@@ -525,29 +525,45 @@ async def test_tenant_isolation_over_the_api(pce: Pce) -> None:
     ops, acme, globex = (bearer(t) for t in (pce.env.operator, pce.env.acme, pce.env.globex))
     r = await pce.http.put("/v1/delegations/x.example", json={"tenant": "acme"}, headers=ops)
     assert r.json() == {"name": "x.example", "tenant": "acme"}
-    mine = await register(pce, x_endpoint(), pce.env.acme)
+    mine = await register(pce, x_endpoint(tenant="acme"))  # the SFEMC, for acme
     assert mine.status_code == 201
     assert mine.json()["registration"]["tenant"] == "acme"
-    sub = x_endpoint("x-eu")
+    sub = x_endpoint("x-eu", tenant="acme")
     sub = Endpoint(**{**sub.to_dict(), "fqdn": "eu.x.example"})
-    assert (await register(pce, sub, pce.env.acme)).status_code == 201  # *.x.example too
-    foreign = await register(pce, x_endpoint("evil"), pce.env.globex)
-    assert foreign.status_code == 403
-    assert foreign.json()["fqdn"] == "x.example"
-    assert "x.example" in foreign.json()["message"]
+    assert (await register(pce, sub)).status_code == 201  # *.x.example too
     listing = await pce.http.get("/v1/registrations", headers=globex)
     assert listing.json()["registrations"] == []
     listing = await pce.http.get("/v1/registrations", headers=acme)
     assert [x["sfe"] for x in listing.json()["registrations"]] == ["x-d", "x-eu"]
     everyone = await pce.http.get("/v1/registrations", headers=ops)
     assert len(everyone.json()["registrations"]) == 3  # with the static one
-    gone = await pce.http.delete("/v1/registrations/x-d", headers=globex)
-    assert gone.status_code == 404
-    assert gone.json()["error"] == "not_found"
+    for tenant in (acme, globex):  # only the SFEMC (operator) connects or withdraws endpoints
+        gone = await pce.http.delete("/v1/registrations/x-d", headers=tenant)
+        assert gone.status_code == 403
     routes = await pce.http.get("/v1/routes/x.example", headers=globex)
     assert routes.status_code == 403
     assert (await pce.http.get("/v1/delegations", headers=globex)).json()["delegations"] == []
-    assert (await pce.http.delete("/v1/registrations/x-d", headers=acme)).status_code == 200
+    assert (await pce.http.delete("/v1/registrations/x-d", headers=ops)).status_code == 200
+
+
+@pytest.mark.asyncio
+async def test_a_tenant_cannot_point_its_fqdn_at_the_platform(pce: Pce) -> None:
+    """Issue 11 finding 5: a tenant registered its FQDN at the PCE's own address; the SRs then
+    proxied the public to the control plane. Only the operator (the SFEMC) registers."""
+    ops = bearer(pce.env.operator)
+    await pce.http.put("/v1/delegations/x.example", json={"tenant": "acme"}, headers=ops)
+    attack = x_endpoint("evil", port=7070)
+    before = await pce.versions()
+    r = await register(pce, attack, pce.env.acme)
+    assert r.status_code == 403
+    assert r.json()["error"] == "permission_denied"
+    assert "operator" in r.json()["message"]
+    sfes = [
+        x["sfe"]
+        for x in (await pce.http.get("/v1/registrations", headers=ops)).json()["registrations"]
+    ]
+    assert "evil" not in sfes
+    assert await pce.versions() == before
 
 
 @pytest.mark.asyncio
@@ -555,8 +571,8 @@ async def test_policies_are_the_owners_and_reroute(pce: Pce) -> None:
     """SFR-6: prefer a cluster; SFEMC-7: only the owner sets it."""
     ops, acme, globex = (bearer(t) for t in (pce.env.operator, pce.env.acme, pce.env.globex))
     await pce.http.put("/v1/delegations/x.example", json={"tenant": "acme"}, headers=ops)
-    await register(pce, x_endpoint(), pce.env.acme)
-    await register(pce, x_endpoint("x-a", "c-a", 9002), pce.env.acme)
+    await register(pce, x_endpoint(tenant="acme"))
+    await register(pce, x_endpoint("x-a", "c-a", 9002, tenant="acme"))
     before = await pce.versions()
     assert (await pce.http.get("/v1/policies/x.example", headers=acme)).status_code == 404
     r = await pce.http.put(
@@ -711,7 +727,7 @@ async def test_async_client_registers_withdraws_and_maps_errors(pce: Pce) -> Non
     async with AsyncPceClient("http://pce", pce.env.globex, transport=transport) as tenant:  # type: ignore[arg-type]
         with pytest.raises(PermissionDenied) as denied:
             await tenant.register(x_endpoint())
-        assert denied.value.context["fqdn"] == "x.example"
+        assert "requires the operator role" in denied.value.message
     async with AsyncPceClient("http://pce", None, transport=transport) as anonymous:  # type: ignore[arg-type]
         with pytest.raises(AuthenticationError):
             await anonymous.registrations()

@@ -10,6 +10,7 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from flame.common.auth import Role, TokenStore
 from flame.common.config import Config, load_config
 from flame.common.diagnostics import Diagnostic, Severity, ValidationFailed
 from flame.common.errors import FlameError, UserError
+from flame.common.units import ScalarError, parse_scalar
 from flame.topology.loader import load_topology
 from flame.topology.model import Topology
 from flame.tosca.validator import ValidationResult, validate
@@ -225,15 +227,31 @@ def _token_store(state: _State) -> TokenStore:
     help="A service router: reads its forwarding tables, reports measurements; nothing else.",
 )
 @click.option("--tenant", "tenant", help="The media service provider this token acts for.")
+@click.option(
+    "--ttl",
+    help="Expire the token after this long: a number and a unit, e.g. 12h, 30d, 90m (default: never).",
+)
 @click.pass_obj
-def token_issue(state: _State, name: str, role: str | None, tenant: str | None) -> None:
+def token_issue(
+    state: _State, name: str, role: str | None, tenant: str | None, ttl: str | None
+) -> None:
     """Issue a token; it is shown once and stored only hashed."""
     if (role is None) == (tenant is None):
         raise UserError("give exactly one of --operator, --router or --tenant TENANT")
+    lifetime = None if ttl is None else _parse_ttl(ttl)
     store = _token_store(state)
-    token = store.issue(name, Role(role) if role else Role.TENANT, tenant)
+    token = store.issue(name, Role(role) if role else Role.TENANT, tenant, ttl=lifetime)
     if state.json:
-        _emit({"name": name, "role": role or "tenant", "tenant": tenant, "token": token})
+        expires = None if lifetime is None else store.list()[-1].expires_at
+        _emit(
+            {
+                "name": name,
+                "role": role or "tenant",
+                "tenant": tenant,
+                "expires": expires,
+                "token": token,
+            }
+        )
     else:
         click.echo(token)
         click.echo("store it now: it cannot be shown again", err=True)
@@ -253,15 +271,34 @@ def token_list(state: _State) -> None:
                     "tenant": i.tenant,
                     "id": i.token_id,
                     "created": i.created_at,
+                    "expires": i.expires_at,
+                    "expired": i.expired(),
+                    "last_used": i.last_used_at,
                 }
                 for i in infos
             ]
         )
         return
+    click.echo("NAME\tROLE\tTENANT\tID\tCREATED\tEXPIRES\tLAST USED")
     for i in infos:
+        expires = "never" if i.expires_at is None else f"{i.expires_at:%Y-%m-%d %H:%M}"
+        if i.expired():
+            expires += " (expired)"
+        used = "never" if i.last_used_at is None else f"{i.last_used_at:%Y-%m-%d %H:%M}"
         click.echo(
-            f"{i.name}\t{i.role.value}\t{i.tenant or '-'}\t{i.token_id}…\t{i.created_at:%Y-%m-%d %H:%M}"
+            f"{i.name}\t{i.role.value}\t{i.tenant or '-'}\t{i.token_id}…"
+            f"\t{i.created_at:%Y-%m-%d %H:%M}\t{expires}\t{used}"
         )
+
+
+def _parse_ttl(text: str) -> timedelta:
+    try:
+        seconds = parse_scalar(text, "scalar-unit.time")
+    except ScalarError as exc:
+        raise UserError(f"--ttl {text!r}: {exc}; e.g. --ttl 12h or --ttl 30d") from None
+    if not 1 <= seconds <= 10 * 366 * 86400:
+        raise UserError(f"--ttl {text!r}: give between 1 s and 10 years")
+    return timedelta(seconds=seconds)
 
 
 @token_group.command("revoke")

@@ -13,12 +13,20 @@ Security model:
   infeasible, and a leaked store file cannot be turned back into tokens.
 * Denials never say whether another tenant's service exists. APIs should
   answer a request for an unknown service exactly like a denied one.
+* A token may expire (``expires_at``); an expired token is refused like a
+  revoked one. Revocation and expiry take effect on the next request in every
+  process: the store is re-read whenever its file changes (checked with one
+  ``stat`` per request), never served from a timed cache.
+* The last use of each token is kept beside the store, as the modification
+  time of ``<store>.d/last-use/<token id>`` (touched at most once a minute per
+  token and process, so authentication stays a read).
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
+import dataclasses
 import difflib
 import enum
 import fcntl
@@ -28,9 +36,10 @@ import json
 import os
 import re
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +68,7 @@ _TENANT_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 _DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 _STORE_VERSION = 1
+_LAST_USE_EVERY_S = 60.0  # how often one process records a token's use
 
 
 class Role(enum.StrEnum):
@@ -110,6 +120,11 @@ class TokenInfo:
     tenant: str | None
     token_id: str  # the first characters of the token, e.g. "flm_Xy3_a9Qe"
     created_at: datetime
+    expires_at: datetime | None = None
+    last_used_at: datetime | None = None  # filled in by TokenStore.list()
+
+    def expired(self, now: datetime | None = None) -> bool:
+        return self.expires_at is not None and (now or datetime.now(UTC)) >= self.expires_at
 
 
 @dataclass(frozen=True)
@@ -129,9 +144,21 @@ class TokenStore:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._cached: tuple[tuple[int, int, int, int], builtins.list[_Record]] | None = None
+        self._used: dict[str, float] = {}  # token id -> monotonic time its use was recorded
 
-    def issue(self, name: str, role: Role, tenant: str | None = None) -> str:
-        """Create a token for a new principal and return it; it is not stored in clear."""
+    @property
+    def _last_use_dir(self) -> Path:
+        return self.path.with_name(self.path.name + ".d") / "last-use"
+
+    def issue(
+        self, name: str, role: Role, tenant: str | None = None, *, ttl: timedelta | None = None
+    ) -> str:
+        """Create a token for a new principal and return it; it is not stored in clear.
+
+        With ``ttl`` the token stops working that long after it is issued."""
+        if ttl is not None and ttl.total_seconds() <= 0:
+            raise UserError(f"a token's time to live must be positive, not {ttl}")
         if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
             raise UserError(
                 f"invalid token name {name!r}: use 1-64 letters, digits, '.', '_', '@' or '-', "
@@ -139,13 +166,15 @@ class TokenStore:
             )
         principal = Principal(name=name, role=role, tenant=tenant)
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        now = datetime.now(UTC).replace(microsecond=0)
         record = _Record(
             info=TokenInfo(
                 name=name,
                 role=principal.role,
                 tenant=principal.tenant,
                 token_id=token[:_TOKEN_ID_LEN],
-                created_at=datetime.now(UTC).replace(microsecond=0),
+                created_at=now,
+                expires_at=None if ttl is None else now + ttl,
             ),
             digest=_digest(token),
         )
@@ -175,7 +204,29 @@ class TokenStore:
         if match is None:
             raise AuthenticationError("unknown or revoked token")
         info = match.info
+        if info.expired():
+            raise AuthenticationError(
+                f"token {info.token_id}… expired at {info.expires_at:%Y-%m-%d %H:%M:%S} UTC; "
+                "ask for a new one (flame token issue --ttl ...)"
+            )
+        self._record_use(info.token_id)
         return Principal(name=info.name, role=info.role, tenant=info.tenant)
+
+    def _record_use(self, token_id: str) -> None:
+        now = time.monotonic()
+        last = self._used.get(token_id)
+        if last is not None and now - last < _LAST_USE_EVERY_S:
+            return
+        self._used[token_id] = now
+        marker = self._last_use_dir / token_id
+        try:
+            marker.touch(mode=0o600)
+        except FileNotFoundError:
+            with contextlib.suppress(OSError):
+                marker.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                marker.touch(mode=0o600)
+        except OSError:
+            pass  # a read-only state dir must not stop authentication
 
     def revoke(self, name: str) -> None:
         """Delete the token of principal ``name``; it stops working immediately."""
@@ -189,10 +240,24 @@ class TokenStore:
                 # An error rather than a no-op: a typo must not look like a revocation.
                 raise UserError(f"no token named {name!r}{hint}; nothing was revoked", name=name)
             self._save(kept)
+            removed = {r.info.token_id for r in records} - {r.info.token_id for r in kept}
+            for token_id in removed:
+                with contextlib.suppress(OSError):
+                    (self._last_use_dir / token_id).unlink()
 
     def list(self) -> builtins.list[TokenInfo]:
-        """All tokens in issue order, without secrets."""
-        return [record.info for record in self._load()]
+        """All tokens in issue order, without secrets, with their last use if known."""
+        return [
+            dataclasses.replace(record.info, last_used_at=self._last_use(record.info.token_id))
+            for record in self._load()
+        ]
+
+    def _last_use(self, token_id: str) -> datetime | None:
+        try:
+            mtime = (self._last_use_dir / token_id).stat().st_mtime
+        except OSError:
+            return None
+        return datetime.fromtimestamp(mtime, UTC).replace(microsecond=0)
 
     # --- storage -------------------------------------------------------------
 
@@ -210,7 +275,12 @@ class TokenStore:
     def _load(self) -> builtins.list[_Record]:
         try:
             with self.path.open("rb") as f:
-                mode = os.fstat(f.fileno()).st_mode
+                st = os.fstat(f.fileno())
+                mode = st.st_mode
+                # Every update replaces the file (new inode), so this changes with every write.
+                signature = (st.st_ino, st.st_mtime_ns, st.st_size, st.st_mode)
+                if self._cached is not None and self._cached[0] == signature:
+                    return self._cached[1]
                 data = f.read()
         except FileNotFoundError:
             return []
@@ -227,9 +297,11 @@ class TokenStore:
             doc = json.loads(data)
             if doc.get("version") != _STORE_VERSION:
                 raise ValueError(f"unsupported version {doc.get('version')!r}")
-            return [_record_from_json(item) for item in doc["tokens"]]
+            records = [_record_from_json(item) for item in doc["tokens"]]
         except (ValueError, TypeError, KeyError, AttributeError, UserError) as exc:
             raise self._corrupt(str(exc)) from None
+        self._cached = (signature, records)
+        return records
 
     def _save(self, records: builtins.list[_Record]) -> None:
         doc = {"version": _STORE_VERSION, "tokens": [_record_to_json(r) for r in records]}
@@ -256,6 +328,7 @@ def _record_to_json(record: _Record) -> dict[str, Any]:
         "tenant": info.tenant,
         "token_id": info.token_id,
         "created_at": info.created_at.isoformat(),
+        "expires_at": None if info.expires_at is None else info.expires_at.isoformat(),
         "sha256": record.digest,
     }
 
@@ -274,8 +347,14 @@ def _record_from_json(item: dict[str, Any]) -> _Record:
         tenant=principal.tenant,
         token_id=str(item["token_id"]),
         created_at=datetime.fromisoformat(item["created_at"]),
+        expires_at=None if item.get("expires_at") is None else _utc(item["expires_at"]),
     )
     return _Record(info=info, digest=digest)
+
+
+def _utc(text: str) -> datetime:
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def parse_bearer(header_value: str | None) -> str:

@@ -2,7 +2,8 @@
 errors always as JSON `{"error": <code>, "message": <text>, ...}`, never a traceback.
 
 `BearerAuth` checks every `/v1` request before routing or body parsing, so an anonymous request
-learns nothing, not even whether its body was valid; handlers take the principal as `Caller`.
+learns nothing, not even whether its body was valid; handlers take the principal through one of
+the access gates of `flame.common.access`, which also check its role.
 `install_errors` maps `FlameError` to its status and `as_dict()`, schema misfits to 422 with
 each field's location, unknown routes to 404 JSON, and our own bugs to 500 without a traceback.
 """
@@ -11,18 +12,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from flame.common.auth import Principal, TokenStore, parse_bearer
-from flame.common.errors import AuthenticationError, FlameError, UserError
+from flame.common.access import set_principal
+from flame.common.auth import TokenStore, parse_bearer
+from flame.common.errors import FlameError, UserError
 
-__all__ = ["BearerAuth", "Caller", "error_response", "install_errors"]
+__all__ = ["BearerAuth", "error_response", "install_errors"]
 
 log = logging.getLogger("flame.common.http_api")
 
@@ -32,7 +34,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-_PRINCIPAL = "flame.principal"
 _REALM = 'Bearer realm="flame"'
 
 
@@ -119,20 +120,8 @@ class BearerAuth:
             return
         try:
             token = parse_bearer(Headers(scope=scope).get("authorization"))
-            scope[_PRINCIPAL] = self.tokens.authenticate(token)
+            set_principal(scope, self.tokens.authenticate(token))
         except FlameError as exc:  # 401, or 500 for an unusable token store
             await error_response(exc)(scope, receive, send)
             return
         await self.app(scope, receive, send)
-
-
-def _principal(request: Request) -> Principal:
-    principal = request.scope.get(_PRINCIPAL)
-    if not isinstance(principal, Principal):  # only if the middleware was not installed
-        raise AuthenticationError(
-            "missing Authorization header; send 'Authorization: Bearer <token>'"
-        )
-    return principal
-
-
-Caller = Annotated[Principal, Depends(_principal)]

@@ -26,9 +26,10 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
 from flame import __version__
+from flame.common.access import PUBLIC, TenantOrOperator, require_declared
 from flame.common.auth import TokenStore
 from flame.common.errors import UserError
-from flame.common.http_api import BearerAuth, Caller, install_errors
+from flame.common.http_api import BearerAuth, install_errors
 from flame.orchestrator.service import Orchestrator
 from flame.sfemc.api import sfemc_router
 
@@ -123,12 +124,14 @@ def create_app(
     install_errors(app, "the orchestrator")
     app.include_router(sfemc_router(sfemc))
 
-    @app.get("/health")
+    @app.get("/health", dependencies=[PUBLIC])
     async def health() -> dict[str, Any]:
         return {"status": "ok", "version": __version__, "queue": len(sfemc.reconciler.queue)}
 
     @app.post("/v1/services", status_code=202)
-    async def submit(request: Request, caller: Caller, tenant: str | None = None) -> JSONResponse:
+    async def submit(
+        request: Request, caller: TenantOrOperator, tenant: str | None = None
+    ) -> JSONResponse:
         plan, changed = await orchestrator.apply(caller, await read_files(request), tenant=tenant)
         return JSONResponse(
             {"plan": plan.to_dict(), "changed": changed}, status_code=202 if changed else 200
@@ -136,25 +139,25 @@ def create_app(
 
     @app.post("/v1/services/{sfc}/plan")
     async def plan(
-        sfc: str, request: Request, caller: Caller, tenant: str | None = None
+        sfc: str, request: Request, caller: TenantOrOperator, tenant: str | None = None
     ) -> dict[str, Any]:
         result = await orchestrator.plan(caller, await read_files(request), tenant=tenant, sfc=sfc)
         return result.to_dict()
 
     @app.get("/v1/services")
-    async def services(caller: Caller) -> dict[str, Any]:
+    async def services(caller: TenantOrOperator) -> dict[str, Any]:
         return {"services": orchestrator.services(caller)}
 
     @app.get("/v1/services/{sfc}")
-    async def status(sfc: str, caller: Caller, history: bool = True) -> dict[str, Any]:
+    async def status(sfc: str, caller: TenantOrOperator, history: bool = True) -> dict[str, Any]:
         return orchestrator.status(caller, sfc, history=history)
 
     @app.delete("/v1/services/{sfc}", status_code=202)
-    async def delete(sfc: str, caller: Caller) -> dict[str, Any]:
+    async def delete(sfc: str, caller: TenantOrOperator) -> dict[str, Any]:
         return {"sfc": sfc, "removing": orchestrator.delete(caller, sfc)}
 
     @app.get("/v1/endpoints/{sfe}/logs")
-    async def logs(sfe: str, caller: Caller, tail: int = 100) -> dict[str, Any]:
+    async def logs(sfe: str, caller: TenantOrOperator, tail: int = 100) -> dict[str, Any]:
         return {"sfe": sfe, "lines": await orchestrator.logs(caller, sfe, max(1, min(tail, 10000)))}
 
-    return app
+    return require_declared(app)

@@ -15,7 +15,13 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any, ClassVar
 
-from flame.common.auth import Principal, Role, validate_tenant_id
+from flame.common.auth import (
+    Principal,
+    Role,
+    can_access_service,
+    require_operator,
+    validate_tenant_id,
+)
 from flame.common.diagnostics import Diagnostic, Position, ValidationFailed
 from flame.common.errors import UserError
 from flame.orchestrator.alerts import AlertSink
@@ -68,6 +74,7 @@ class Orchestrator:
                     f"tenant '{principal.tenant}' cannot act for tenant '{tenant}'; leave 'tenant' out"
                 )
             return principal.tenant
+        require_operator(principal)  # a router (or any other role) acts for no tenant
         if tenant is None:
             raise UserError(
                 "the operator must say which tenant a service belongs to: add ?tenant=NAME "
@@ -101,7 +108,7 @@ class Orchestrator:
         deployed = self.sfemc.service(sfc)
         endpoints = self.sfemc.endpoints(sfc)
         owner = deployed.tenant if deployed else (endpoints[0].tenant if endpoints else None)
-        if owner is None or (principal.role is Role.TENANT and principal.tenant != owner):
+        if owner is None or not can_access_service(principal, owner):
             whose = f" of tenant '{principal.tenant}'" if principal.role is Role.TENANT else ""
             raise ServiceNotFound(f"no service function chain '{sfc}'{whose}", sfc=sfc)
         return owner, endpoints
@@ -143,7 +150,7 @@ class Orchestrator:
     def services(self, principal: Principal) -> list[dict[str, Any]]:
         out = []
         for service in self.sfemc.services():
-            if principal.role is Role.TENANT and service.tenant != principal.tenant:
+            if not can_access_service(principal, service.tenant):
                 continue
             out.append(
                 self._summary(service.sfc, service.tenant, self.sfemc.endpoints(service.sfc))
@@ -192,6 +199,6 @@ class Orchestrator:
 
     async def logs(self, principal: Principal, sfe: str, tail: int = 100) -> list[str]:
         record = self.sfemc.store.endpoint(sfe)
-        if record is None or (principal.role is Role.TENANT and record.tenant != principal.tenant):
+        if record is None or not can_access_service(principal, record.tenant):
             raise ServiceNotFound(f"no endpoint '{sfe}'", sfe=sfe)
         return await self.sfemc.logs(sfe, tail)

@@ -18,8 +18,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from flame.common.auth import require_operator
-from flame.common.http_api import Caller
+from flame.common.access import OperatorOnly
 from flame.sfemc.control import Sfemc
 from flame.sfemc.events import AlertEvent
 
@@ -49,17 +48,15 @@ def sfemc_router(sfemc: Sfemc) -> APIRouter:
     router = APIRouter()
 
     @router.post("/v1/sfemc/events")
-    async def alert_event(body: AlertBody, caller: Caller) -> dict[str, Any]:
+    async def alert_event(body: AlertBody, caller: OperatorOnly) -> dict[str, Any]:
         """A CLMC alert notification (SFEMC-3): matched to state-change policies (SFEMC-4)."""
-        require_operator(caller)
         event = AlertEvent(
             body.id, body.alert, body.sfc, body.sfci, body.level, _seconds(body.time)
         )
         return sfemc.handle_alert(event).to_dict()
 
     @router.get("/v1/sfemc/endpoints")
-    async def endpoints(caller: Caller, sfc: str | None = None) -> dict[str, Any]:
-        require_operator(caller)
+    async def endpoints(caller: OperatorOnly, sfc: str | None = None) -> dict[str, Any]:
         return {"endpoints": [e.to_dict() for e in sfemc.endpoints(sfc)]}
 
     return router

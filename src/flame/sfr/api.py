@@ -2,9 +2,12 @@
 
 `create_app(service, tokens)` builds it; `flame serve pce` runs it under uvicorn. Every route
 under `/v1` needs `Authorization: Bearer <token>` (checked by a middleware before anything else,
-so an anonymous request learns nothing, not even whether its body was valid): operators may do
-everything; tenants may read the topology and manage the registrations, policies and routes of
-the names delegated to them (SFR-10, SFR-11, SFEMC-7). `GET /health` is open.
+so an anonymous request learns nothing, not even whether its body was valid): each route declares
+who may call it (`flame.common.access`): operators may do everything; tenants may read the
+topology, their registrations and delegations, and manage the policies and read the routes of
+the names delegated to them (SFR-10, SFR-11); routers read forwarding tables and nothing else.
+Only the operator registers endpoints (the SFEMC does, SFEMC-7): a tenant could otherwise point
+its FQDN at any host:port, the platform's own services included. `GET /health` is open.
 
 Errors are always JSON, `{"error": <code>, "message": <text>, ...context}`, from
 `FlameError.as_dict()`: 400 bad request, 401 (with `WWW-Authenticate`), 403, 404, 409, 422 for
@@ -32,9 +35,16 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from flame import __version__
-from flame.common.auth import TokenStore, require_operator
+from flame.common.access import (
+    PUBLIC,
+    OperatorOnly,
+    RouterOrOperator,
+    TenantOrOperator,
+    require_declared,
+)
+from flame.common.auth import TokenStore
 from flame.common.errors import UserError
-from flame.common.http_api import BearerAuth, Caller, install_errors
+from flame.common.http_api import BearerAuth, install_errors
 from flame.sfr.models import Endpoint, Metric, RoutingPolicy
 from flame.sfr.registry import normalise_fqdn
 from flame.sfr.service import MAX_WAIT_S, ChangeResult, PceService, PublishedTable
@@ -151,7 +161,7 @@ def create_app(service: PceService, tokens: TokenStore) -> FastAPI:
     app.add_middleware(BearerAuth, tokens=tokens)
     install_errors(app, "the PCE")
 
-    @app.get("/health")
+    @app.get("/health", dependencies=[PUBLIC])
     async def health() -> dict[str, Any]:
         """Liveness and role (active or standby); no token needed."""
         return service.status()
@@ -159,22 +169,19 @@ def create_app(service: PceService, tokens: TokenStore) -> FastAPI:
     # -- topology (SFR-7, SFR-13) ------------------------------------------------------------
 
     @app.get("/v1/topology")
-    async def get_topology(caller: Caller) -> dict[str, Any]:
+    async def get_topology(caller: TenantOrOperator) -> dict[str, Any]:
         return _topology_dict(service.topology())
 
     @app.post("/v1/topology/links/{a}/{b}/down")
-    async def link_down(a: str, b: str, caller: Caller) -> dict[str, Any]:
-        require_operator(caller)
+    async def link_down(a: str, b: str, caller: OperatorOnly) -> dict[str, Any]:
         return service.set_link_state(a, b, up=False).to_dict()
 
     @app.post("/v1/topology/links/{a}/{b}/up")
-    async def link_up(a: str, b: str, caller: Caller) -> dict[str, Any]:
-        require_operator(caller)
+    async def link_up(a: str, b: str, caller: OperatorOnly) -> dict[str, Any]:
         return service.set_link_state(a, b, up=True).to_dict()
 
     @app.put("/v1/topology/links/{a}/{b}")
-    async def update_link(a: str, b: str, body: LinkPatch, caller: Caller) -> dict[str, Any]:
-        require_operator(caller)
+    async def update_link(a: str, b: str, body: LinkPatch, caller: OperatorOnly) -> dict[str, Any]:
         result = service.update_link(
             a,
             b,
@@ -185,28 +192,26 @@ def create_app(service: PceService, tokens: TokenStore) -> FastAPI:
         return result.to_dict()
 
     @app.post("/v1/topology/nodes", status_code=201)
-    async def add_node(body: NodeBody, caller: Caller) -> dict[str, Any]:
-        require_operator(caller)
+    async def add_node(body: NodeBody, caller: OperatorOnly) -> dict[str, Any]:
         node, links = _node_from(body, service.topology())
         result: ChangeResult = service.add_node(node, links)
         return {"node": encode_node(node), **result.to_dict()}
 
     @app.delete("/v1/topology/nodes/{node_id}")
-    async def remove_node(node_id: str, caller: Caller) -> dict[str, Any]:
-        require_operator(caller)
+    async def remove_node(node_id: str, caller: OperatorOnly) -> dict[str, Any]:
         return {"node": node_id, **service.remove_node(node_id).to_dict()}
 
     # -- registrations and delegations (SFR-10, SFR-11, SFEMC-7) -----------------------------
 
     @app.get("/v1/registrations")
-    async def list_registrations(caller: Caller) -> dict[str, Any]:
+    async def list_registrations(caller: TenantOrOperator) -> dict[str, Any]:
         return {
             "registry_version": service.registry_version,
             "registrations": [r.to_dict() for r in service.registrations(caller)],
         }
 
     @app.post("/v1/registrations")
-    async def register(body: EndpointBody, caller: Caller) -> JSONResponse:
+    async def register(body: EndpointBody, caller: OperatorOnly) -> JSONResponse:
         change = service.register(caller, Endpoint(**body.model_dump()))
         assert change.after is not None
         return JSONResponse(
@@ -219,41 +224,41 @@ def create_app(service: PceService, tokens: TokenStore) -> FastAPI:
         )
 
     @app.delete("/v1/registrations/{sfe}")
-    async def withdraw(sfe: str, caller: Caller) -> dict[str, Any]:
+    async def withdraw(sfe: str, caller: OperatorOnly) -> dict[str, Any]:
         change = service.withdraw(caller, sfe)
         assert change.before is not None
         return {"withdrawn": change.before.to_dict(), "registry_version": service.registry_version}
 
     @app.get("/v1/delegations")
-    async def list_delegations(caller: Caller) -> dict[str, Any]:
+    async def list_delegations(caller: TenantOrOperator) -> dict[str, Any]:
         return {"delegations": [d.to_dict() for d in service.delegations(caller)]}
 
     @app.put("/v1/delegations/{name}")
-    async def delegate(name: str, body: DelegationBody, caller: Caller) -> dict[str, Any]:
+    async def delegate(name: str, body: DelegationBody, caller: OperatorOnly) -> dict[str, Any]:
         return service.delegate(caller, name, body.tenant).to_dict()
 
     @app.delete("/v1/delegations/{name}")
-    async def undelegate(name: str, caller: Caller) -> dict[str, Any]:
+    async def undelegate(name: str, caller: OperatorOnly) -> dict[str, Any]:
         return service.undelegate(caller, name).to_dict()
 
     # -- policies (SFR-5, SFR-6) ---------------------------------------------------------------
 
     @app.get("/v1/policies")
-    async def list_policies(caller: Caller) -> dict[str, Any]:
+    async def list_policies(caller: TenantOrOperator) -> dict[str, Any]:
         return {"policies": [p.to_dict() for p in service.policies(caller)]}
 
     @app.get("/v1/policies/{fqdn}")
-    async def get_policy(fqdn: str, caller: Caller) -> dict[str, Any]:
+    async def get_policy(fqdn: str, caller: TenantOrOperator) -> dict[str, Any]:
         return service.policy(caller, fqdn).to_dict()
 
     @app.put("/v1/policies/{fqdn}")
-    async def put_policy(fqdn: str, body: PolicyBody, caller: Caller) -> dict[str, Any]:
+    async def put_policy(fqdn: str, body: PolicyBody, caller: TenantOrOperator) -> dict[str, Any]:
         policy = RoutingPolicy.from_dict({**body.model_dump(), "fqdn": fqdn})
         versions = service.set_policy(caller, policy)
         return {"policy": service.policy(caller, fqdn).to_dict(), "versions": dict(versions)}
 
     @app.delete("/v1/policies/{fqdn}")
-    async def delete_policy(fqdn: str, caller: Caller) -> dict[str, Any]:
+    async def delete_policy(fqdn: str, caller: TenantOrOperator) -> dict[str, Any]:
         versions = service.delete_policy(caller, fqdn)
         return {"deleted": fqdn, "versions": dict(versions)}
 
@@ -262,7 +267,7 @@ def create_app(service: PceService, tokens: TokenStore) -> FastAPI:
     @app.get("/v1/tables/{sr}")
     async def get_table(
         sr: str,
-        caller: Caller,
+        caller: RouterOrOperator,
         since: Annotated[int, Query(ge=0, description="the version the SR has")] = 0,
         wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="seconds to hold")] = 0.0,
     ) -> Response:
@@ -278,13 +283,13 @@ def create_app(service: PceService, tokens: TokenStore) -> FastAPI:
     @app.get("/v1/routes/{fqdn}")
     async def get_routes(
         fqdn: str,
-        caller: Caller,
+        caller: TenantOrOperator,
         from_node: Annotated[str | None, Query(alias="from", description="an SR or UE")] = None,
     ) -> dict[str, Any]:
         tables = service.routes(caller, fqdn, from_node)
         return {"fqdn": normalise_fqdn(fqdn), "tables": [t.to_dict() for t in tables]}
 
-    return app
+    return require_declared(app)
 
 
 def _table_headers(service: PceService, table: PublishedTable) -> dict[str, str]:
