@@ -1,7 +1,7 @@
 """One authorization policy for every FLAME HTTP API: each route declares who may call it.
 
-A route takes its caller as one of the gate types below (``caller: OperatorOnly``) or, when it
-needs no token, lists ``dependencies=[PUBLIC]``. The gate is a FastAPI dependency that checks
+A route takes its caller as one of the gate types below (``caller: OperatorOnly``), or as
+``Annotated[Principal, Depends(Gate(roles, scope))]`` for another rule, or, when it needs no token, lists ``dependencies=[PUBLIC]``. The gate is a FastAPI dependency that checks
 the caller's role before the handler runs; what the caller may touch inside that role (its own
 tenant's services, FQDNs delegated to it, its own databases) is checked by the handler, and the
 gate's ``scope`` names that rule so the route table documents it.
@@ -30,11 +30,11 @@ __all__ = [
     "PRINCIPAL_KEY",
     "PUBLIC",
     "AccessRule",
+    "AnyRole",
     "Gate",
     "OperatorOnly",
     "RouterOrOperator",
     "TenantOrOperator",
-    "gate",
     "require_declared",
     "route_rules",
     "set_principal",
@@ -94,11 +94,6 @@ class Gate:
         return f"Gate({sorted(r.value for r in self.rule.roles)}, {self.rule.scope!r})"
 
 
-def gate(*roles: Role, scope: str) -> Any:
-    """A caller type for a rule the aliases below do not cover: ``caller: gate(...)``."""
-    return Annotated[Principal, Depends(Gate(roles, scope))]
-
-
 OperatorOnly = Annotated[Principal, Depends(Gate({Role.OPERATOR}, "anything"))]
 """Platform staff only."""
 
@@ -111,6 +106,12 @@ RouterOrOperator = Annotated[
     Principal, Depends(Gate({Role.OPERATOR, Role.ROUTER}, "a router: its own table only"))
 ]
 """A service router on its own data (the handler checks which), or the operator."""
+
+AnyRole = Annotated[
+    Principal,
+    Depends(Gate({Role.OPERATOR, Role.TENANT, Role.ROUTER}, "any token: about itself only")),
+]
+"""Any valid token; the route answers only about the caller itself."""
 
 PUBLIC = Depends(Gate((), "public: no token, no data"))
 """For ``dependencies=[PUBLIC]``: health and liveness routes that reveal nothing."""
@@ -146,6 +147,7 @@ def require_declared(app: FastAPI) -> FastAPI:
     if missing:
         raise RuntimeError(
             "routes without an access rule (take the caller as OperatorOnly, TenantOrOperator, "
-            "RouterOrOperator or gate(...), or add dependencies=[PUBLIC]): " + ", ".join(missing)
+            "RouterOrOperator, AnyRole or a Gate, or add dependencies=[PUBLIC]): "
+            + ", ".join(missing)
         )
     return app

@@ -6,6 +6,7 @@
     GET    /v1/services/{sfc}         per-endpoint state and history
     DELETE /v1/services/{sfc}         undeploy
     GET    /v1/endpoints/{sfe}/logs   an endpoint's output
+    GET    /v1/whoami                 the caller's name, role and tenant
     POST   /v1/sfemc/events           CLMC alert events (SFEMC-3/4)
 
 Bodies: JSON `{"template": "<yaml>", "name": "service.yaml", "files": {"alerts.yaml": "..."}}`
@@ -26,7 +27,7 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
 from flame import __version__
-from flame.common.access import PUBLIC, TenantOrOperator, require_declared
+from flame.common.access import PUBLIC, AnyRole, TenantOrOperator, require_declared
 from flame.common.auth import TokenStore
 from flame.common.errors import UserError
 from flame.common.http_api import BearerAuth, install_errors
@@ -34,6 +35,7 @@ from flame.orchestrator.service import Orchestrator
 from flame.sfemc.api import sfemc_router
 
 __all__ = ["create_app", "read_files"]
+
 
 _MAX_BYTES = 4 * 1024 * 1024
 
@@ -127,6 +129,11 @@ def create_app(
     @app.get("/health", dependencies=[PUBLIC])
     async def health() -> dict[str, Any]:
         return {"status": "ok", "version": __version__, "queue": len(sfemc.reconciler.queue)}
+
+    @app.get("/v1/whoami")
+    async def whoami(caller: AnyRole) -> dict[str, Any]:
+        """Who the token belongs to (the dashboard checks a token with it)."""
+        return {"name": caller.name, "role": caller.role.value, "tenant": caller.tenant}
 
     @app.post("/v1/services", status_code=202)
     async def submit(
