@@ -127,18 +127,42 @@ def _gates(dependant: Dependant) -> Iterator[Gate]:
 def route_rules(app: FastAPI) -> dict[tuple[str, str], AccessRule | None]:
     """(method, path) -> the route's rule, or None for a route that declares none."""
     rules: dict[tuple[str, str], AccessRule | None] = {}
-    for route in app.routes:
+    _collect(app.routes, "", (), rules)
+    return rules
+
+
+def _collect(
+    routes: Iterable[Any],
+    prefix: str,
+    inherited: tuple[AccessRule, ...],
+    rules: dict[tuple[str, str], AccessRule | None],
+) -> None:
+    for route in routes:
         if isinstance(route, APIRoute):
-            found = [g.rule for g in _gates(route.dependant)]
+            found = [*inherited, *(g.rule for g in _gates(route.dependant))]
             # Two gates on one route would allow only what both allow; keep it to one.
             rule = found[0] if len(found) == 1 else None
             for method in sorted(route.methods or ()):
-                rules[(method, route.path_format)] = rule
+                rules[(method, prefix + route.path_format)] = rule
         elif isinstance(route, Route):  # mounted sub-apps are checked as apps of their own
             public = AccessRule(frozenset(), "public: API documentation")
             for method in sorted(route.methods or ("GET",)):
-                rules[(method, route.path)] = public if route.path in _DOC_PATHS else None
-    return rules
+                path = prefix + route.path
+                rules[(method, path)] = public if path in _DOC_PATHS else None
+        elif hasattr(route, "original_router") and hasattr(route, "include_context"):
+            # FastAPI >= 0.16x keeps an included APIRouter as one lazy entry.
+            context = route.include_context
+            gates = tuple(
+                d.dependency.rule
+                for d in getattr(context, "dependencies", ())
+                if isinstance(getattr(d, "dependency", None), Gate)
+            )
+            _collect(
+                route.original_router.routes,
+                prefix + getattr(context, "prefix", ""),
+                (*inherited, *gates),
+                rules,
+            )
 
 
 def require_declared(app: FastAPI) -> FastAPI:

@@ -1,0 +1,137 @@
+"""Issue 11: the PCE's authorization matrix, every route × every kind of caller.
+
+Mutating operator routes are called with a body or name that fails after the gate (422 / 404),
+so the matrix proves who passes each gate without changing the PCE between cells; tenant
+scoping (B on A's FQDN) is exercised on real data: x.example is delegated to tenant A (acme)
+and served by an endpoint the operator registered for it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from flame.common.auth import Role
+from sfr.test_api import LINE, Env, register, running, x_endpoint
+
+from .matrix import CALLERS, PUBLIC_ROW, assert_covers, headers, row
+from .matrix import DOC_ROWS as DOCS
+
+pytestmark = pytest.mark.asyncio
+
+# (method, route path) -> (the concrete path, a JSON body or None, the expected row)
+CASES: dict[tuple[str, str], tuple[str, Any, dict[str, int]]] = {
+    ("GET", "/health"): ("/health", None, PUBLIC_ROW),
+    ("GET", "/v1/topology"): ("/v1/topology", None, row(a=200)),
+    ("POST", "/v1/topology/links/{a}/{b}/down"): (
+        "/v1/topology/links/zz/yy/down",
+        None,
+        row(a=403, operator=404),
+    ),
+    ("POST", "/v1/topology/links/{a}/{b}/up"): (
+        "/v1/topology/links/zz/yy/up",
+        None,
+        row(a=403, operator=404),
+    ),
+    ("PUT", "/v1/topology/links/{a}/{b}"): (
+        "/v1/topology/links/zz/yy",
+        {"latency_ms": -1},
+        row(a=403, operator=422),
+    ),
+    ("POST", "/v1/topology/nodes"): ("/v1/topology/nodes", {}, row(a=403, operator=422)),
+    ("DELETE", "/v1/topology/nodes/{node_id}"): (
+        "/v1/topology/nodes/zz",
+        None,
+        row(a=403, operator=404),
+    ),
+    ("GET", "/v1/registrations"): ("/v1/registrations", None, row(a=200)),
+    # Only the SFEMC (operator) registers endpoint addresses: finding 5.
+    ("POST", "/v1/registrations"): ("/v1/registrations", {}, row(a=403, operator=422)),
+    ("DELETE", "/v1/registrations/{sfe}"): (
+        "/v1/registrations/x-d",
+        None,
+        row(a=403, operator=200),
+    ),
+    ("GET", "/v1/delegations"): ("/v1/delegations", None, row(a=200)),
+    ("PUT", "/v1/delegations/{name}"): ("/v1/delegations/y.example", {}, row(a=403, operator=422)),
+    ("DELETE", "/v1/delegations/{name}"): (
+        "/v1/delegations/y.example",
+        None,
+        row(a=403, operator=404),
+    ),
+    ("GET", "/v1/policies"): ("/v1/policies", None, row(a=200)),
+    ("GET", "/v1/policies/{fqdn}"): ("/v1/policies/x.example", None, row(a=404, b=403)),
+    ("PUT", "/v1/policies/{fqdn}"): (
+        "/v1/policies/x.example",
+        {"prefer_clusters": ["no-such-cluster"]},
+        row(a=400, b=403),
+    ),
+    ("DELETE", "/v1/policies/{fqdn}"): ("/v1/policies/x.example", None, row(a=404, b=403)),
+    # A router reads forwarding tables and nothing else.
+    ("GET", "/v1/tables/{sr}"): ("/v1/tables/sr-a", None, row(a=403, router=200, operator=200)),
+    ("GET", "/v1/routes/{fqdn}"): ("/v1/routes/x.example", None, row(a=200, b=403)),
+    **{key: (key[1], None, expected) for key, expected in DOCS.items()},
+}
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Env:
+    from flame.common.auth import TokenStore
+
+    topology_path = tmp_path / "line.yaml"
+    topology_path.write_text(LINE, encoding="utf-8")
+    tokens = TokenStore(tmp_path / "state" / "tokens.json")
+    return Env(
+        tmp=tmp_path,
+        topology_path=topology_path,
+        db=tmp_path / "pce.sqlite3",
+        tokens=tokens,
+        operator=tokens.issue("ops", Role.OPERATOR),
+        acme=tokens.issue("acme-bot", Role.TENANT, "acme"),
+        globex=tokens.issue("globex-bot", Role.TENANT, "globex"),
+    )
+
+
+async def test_every_pce_route_answers_each_caller_as_its_rule_says(env: Env) -> None:
+    router = env.tokens.issue("sr-a", Role.ROUTER)
+    tokens = {
+        "tenant_a": env.acme,
+        "tenant_b": env.globex,
+        "router": router,
+        "operator": env.operator,
+    }
+    async with running(env) as pce:
+        assert_covers(pce_app(pce), {key: case[2] for key, case in CASES.items()})
+        ops = headers("operator", tokens)
+        await pce.http.put("/v1/delegations/x.example", json={"tenant": "acme"}, headers=ops)
+        got: dict[tuple[str, str], dict[str, int]] = {}
+        for key, (path, body, _) in CASES.items():
+            got[key] = {}
+            for caller in CALLERS:
+                if key in (("DELETE", "/v1/registrations/{sfe}"), ("GET", "/v1/routes/{fqdn}")):
+                    assert (await register(pce, x_endpoint(tenant="acme"))).status_code in (
+                        200,
+                        201,
+                    )
+                response = await send(pce.http, key[0], path, body, headers(caller, tokens))
+                got[key][caller] = response.status_code
+                if response.status_code >= 400 and not key[1].startswith("/docs"):
+                    assert response.json()["error"], response.text  # JSON errors, always
+        assert got == {key: case[2] for key, case in CASES.items()}
+
+
+def pce_app(pce: Any) -> Any:
+    transport = pce.http._transport
+    assert isinstance(transport, httpx.ASGITransport)
+    return transport.app
+
+
+async def send(
+    http: httpx.AsyncClient, method: str, path: str, body: Any, head: dict[str, str]
+) -> httpx.Response:
+    if body is None:
+        return await http.request(method, path, headers=head)
+    return await http.request(method, path, json=body, headers=head)
