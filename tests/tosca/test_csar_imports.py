@@ -393,3 +393,23 @@ def test_corrupt_archive_and_non_utf8_member(tmp_path: Path) -> None:
         archive.writestr("service.yaml", "description: caf\xe9".encode("latin-1"))
     error = only(validate([csar]), "E102")
     assert "UTF-8" in error.message
+
+
+def test_a_zip_bomb_member_is_refused_without_inflating_it(tmp_path: Path) -> None:
+    """Issue 14 item 8: a 1 MB CSAR member inflating to 1 GiB was read whole into memory."""
+    import resource
+
+    csar = tmp_path / "bomb.csar"
+    with zipfile.ZipFile(csar, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+        z.writestr("TOSCA-Metadata/TOSCA.meta", "Entry-Definitions: service.yaml\n")
+        with z.open("service.yaml", "w", force_zip64=True) as member:
+            block = b"#" * (1 << 20)
+            for _ in range(1024):  # 1 GiB of comment, about 1 MB compressed
+                member.write(block)
+    assert csar.stat().st_size < 4 << 20
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result = validate([csar])
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    error = only(result, "E102")
+    assert "service.yaml' inflates to more than 16 MiB" in error.message
+    assert grown_kib < 200 << 10  # far below the 1 GiB it would take to inflate it

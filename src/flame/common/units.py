@@ -7,6 +7,7 @@ constraints compare `512 MB` with `1 GB` correctly.
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import re
 
 SIZE_UNITS = {
@@ -106,7 +107,13 @@ def parse_scalar(value: object, scalar_type: str) -> float:
             f"unknown unit '{unit}' for {scalar_type}",
             f"use one of {', '.join(units)}",
         )
-    return float(number) * units[canonical]
+    result = float(number) * units[canonical]
+    if not math.isfinite(result):
+        raise ScalarError(
+            f"'{value}' is out of range for {scalar_type}",
+            f"give a finite amount, e.g. '2 {list(units)[min(3, len(units) - 1)]}'",
+        )
+    return result
 
 
 def is_version(value: object) -> bool:

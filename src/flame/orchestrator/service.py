@@ -12,8 +12,11 @@ Exceptions (all `UserError`, so HTTP 4xx and CLI exit 1)::
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection, Mapping
 from typing import Any, ClassVar
+
+import anyio
 
 from flame.common.auth import (
     Principal,
@@ -23,7 +26,7 @@ from flame.common.auth import (
     validate_tenant_id,
 )
 from flame.common.diagnostics import Diagnostic, Position, ValidationFailed
-from flame.common.errors import UserError
+from flame.common.errors import FlameError, UserError
 from flame.orchestrator.alerts import AlertSink
 from flame.orchestrator.plan import Plan, make_plan
 from flame.sfemc.control import Sfemc
@@ -55,6 +58,17 @@ class PlanRejected(UserError):
         self.plan = plan
 
 
+class ValidationBusy(FlameError):
+    """Too many templates are waiting for validation; the client should retry shortly."""
+
+    code: ClassVar[str] = "busy"
+    http_status: ClassVar[int] = 503
+
+
+# Templates are validated one at a time off the event loop; this many may wait their turn.
+MAX_WAITING_VALIDATIONS = 8
+
+
 class Orchestrator:
     def __init__(
         self, sfemc: Sfemc, alerts: AlertSink, *, runtimes: Collection[str] | None = None
@@ -62,6 +76,8 @@ class Orchestrator:
         self.sfemc = sfemc
         self.alerts = alerts
         self.runtimes = runtimes
+        self._validating = asyncio.Semaphore(1)
+        self._waiting = 0
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -81,6 +97,21 @@ class Orchestrator:
                 "(flame deploy --tenant NAME)"
             )
         return validate_tenant_id(tenant)
+
+    async def validated(self, files: Mapping[str, str]) -> ServiceModel:
+        """`model_of` in a worker thread, one template at a time: a large template (seconds of
+        pure-Python work) must not stall the API's event loop, its health check and the SFEMC's
+        webhook; a flood of them is refused with 503 rather than queued without bound."""
+        if self._waiting >= MAX_WAITING_VALIDATIONS:
+            raise ValidationBusy(
+                f"{self._waiting} templates are waiting for validation; retry in a few seconds"
+            )
+        self._waiting += 1
+        try:
+            async with self._validating:
+                return await anyio.to_thread.run_sync(self.model_of, files)
+        finally:
+            self._waiting -= 1
 
     def model_of(self, files: Mapping[str, str]) -> ServiceModel:
         if not files:
@@ -124,7 +155,7 @@ class Orchestrator:
         sfc: str | None = None,
     ) -> Plan:
         owner = self.tenant_of(principal, tenant)
-        model = self.model_of(files)
+        model = await self.validated(files)
         if sfc is not None and model.sfc != sfc:
             raise UserError(
                 f"the template declares chain '{model.sfc}' but the request is for '{sfc}'; "
@@ -137,7 +168,7 @@ class Orchestrator:
         self, principal: Principal, files: Mapping[str, str], *, tenant: str | None = None
     ) -> tuple[Plan, list[str]]:
         owner = self.tenant_of(principal, tenant)
-        model = self.model_of(files)
+        model = await self.validated(files)
         plan = await make_plan(self.sfemc, owner, model)
         if not plan.ok:
             raise PlanRejected(plan)

@@ -66,13 +66,38 @@ class Document:
     imports: list[Document] = field(default_factory=list)
 
 
+# A CSAR holds templates, a few kB each: a member inflating past this is a zip bomb, not a
+# service, and is refused before it fills memory (the header's sizes are not trusted).
+MAX_MEMBER_BYTES = 16 << 20
+MAX_ARCHIVE_BYTES = 64 << 20
+
+
+class ArchiveTooLarge(Exception):
+    pass
+
+
 class _Archive:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.zip = zipfile.ZipFile(path)
+        self._inflated = 0
 
     def read(self, inner: str) -> str:
-        return self.zip.read(inner).decode("utf-8")
+        return self.read_bytes(inner).decode("utf-8")
+
+    def read_bytes(self, inner: str) -> bytes:
+        """The member's bytes, read in bounded steps: ArchiveTooLarge past the limits."""
+        limit = min(MAX_MEMBER_BYTES, MAX_ARCHIVE_BYTES - self._inflated)
+        with self.zip.open(inner) as member:
+            data = member.read(limit + 1)
+        if len(data) > limit:
+            raise ArchiveTooLarge(
+                f"member '{inner}' inflates to more than {limit >> 20} MiB "
+                f"(limits: {MAX_MEMBER_BYTES >> 20} MiB a member, {MAX_ARCHIVE_BYTES >> 20} MiB "
+                "an archive)"
+            )
+        self._inflated += len(data)
+        return data
 
     def exists(self, inner: str) -> bool:
         try:
@@ -144,7 +169,15 @@ class Loader:
             return None
         entry: str | None = None
         if archive.exists("TOSCA-Metadata/TOSCA.meta"):
-            meta = archive.read("TOSCA-Metadata/TOSCA.meta")
+            try:
+                meta = archive.read("TOSCA-Metadata/TOSCA.meta")
+            except (ArchiveTooLarge, UnicodeDecodeError, zipfile.BadZipFile, OSError) as exc:
+                self.sink.error(
+                    codes.CSAR_INVALID,
+                    f"cannot read TOSCA-Metadata/TOSCA.meta: {exc}",
+                    Position(str(path)),
+                )
+                return None
             for number, line in enumerate(meta.splitlines(), start=1):
                 key, _, value = line.partition(":")
                 if key.strip() in ("Entry-Definitions", "Entry-Definition"):
@@ -179,7 +212,7 @@ class Loader:
     def _read(self, origin: _Origin, where: Position) -> str | None:
         try:
             if origin.archive is not None and origin.inner is not None:
-                data = origin.archive.zip.read(origin.inner)
+                data = origin.archive.read_bytes(origin.inner)
             else:
                 data = origin.path.read_bytes()
             return data.decode("utf-8")
@@ -194,7 +227,7 @@ class Loader:
                 Position(self._display(origin), before.count(b"\n") + 1, column),
                 hint="save the file as UTF-8",
             )
-        except (OSError, KeyError) as exc:
+        except (OSError, KeyError, ArchiveTooLarge, zipfile.BadZipFile) as exc:
             self.sink.error(
                 codes.FILE_UNREADABLE, f"cannot read {self._display(origin)}: {exc}", where
             )
