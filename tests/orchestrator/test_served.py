@@ -88,7 +88,7 @@ def test_cli_deploy_status_logs_undeploy(served: ServedPlatform) -> None:
     finally:
         bad.unlink()
     assert r.returncode == 1
-    assert "bad.yaml:15:" in r.stderr
+    assert f"{bad}:15:" in r.stderr  # the path as given, not only its basename
     assert "error(s)" in r.stderr
 
     r = flame(served, "deploy", template, "--plan")
@@ -99,6 +99,13 @@ def test_cli_deploy_status_logs_undeploy(served: ServedPlatform) -> None:
     r = flame(served, "deploy", template)
     assert r.returncode == 0, r.stderr
     assert "echo: 3/3 endpoints at their desired state" in r.stderr  # the progress display
+
+    # A plan with blockers exits 1 (it exited 0 while listing them): the operator plans the
+    # chain for another tenant, whose name 'echo' is taken.
+    r = flame(served, "deploy", template, "--plan", "--tenant", "other", token=served.operator)
+    assert r.returncode == 1
+    assert "is taken" in r.stderr
+    assert "1 blocker" in r.stderr
 
     r = flame(served, "--json", "status", "echo")
     assert r.returncode == 0

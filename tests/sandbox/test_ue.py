@@ -15,7 +15,9 @@ from flame.sandbox.ue import LoadSpec, Second, percentile, run_load
 
 
 @contextlib.asynccontextmanager
-async def server(status: int = 200, delay: float = 0.0) -> AsyncIterator[tuple[int, list[str]]]:
+async def server(
+    status: int = 200, delay: float = 0.0, body: bytes = b"ok", ctype: str = "text/plain"
+) -> AsyncIterator[tuple[int, list[str]]]:
     seen: list[str] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -29,7 +31,11 @@ async def server(status: int = 200, delay: float = 0.0) -> AsyncIterator[tuple[i
                 seen.append(f"{host} {lines[0].split()[1]}")
                 if delay:
                     await asyncio.sleep(delay)
-                writer.write(f"HTTP/1.1 {status} X\r\nContent-Length: 2\r\n\r\nok".encode())
+                writer.write(
+                    f"HTTP/1.1 {status} X\r\nContent-Type: {ctype}\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -75,6 +81,18 @@ async def test_server_errors_and_refused_connections_count_as_failures() -> None
     report = await run_load(LoadSpec(f"http://127.0.0.1:{port}", "x", 20, 0.5))
     assert report.failed == 10
     assert "ConnectError" in report.errors
+
+
+@pytest.mark.asyncio
+async def test_client_errors_count_as_failures_with_the_routers_reason() -> None:
+    """Issue 14 item 9: a 404 counted as success, and an unknown FQDN showed only as '502'."""
+    async with server(status=404) as (port, _):
+        report = await run_load(LoadSpec(f"http://127.0.0.1:{port}", "x", 20, 0.5))
+    assert report.errors == {"HTTP 404": 10}
+    unknown = b'{"error": "unknown_fqdn", "message": "no route", "fqdn": "x"}'
+    async with server(status=502, body=unknown, ctype="application/json") as (port, _):
+        report = await run_load(LoadSpec(f"http://127.0.0.1:{port}", "x", 20, 0.5))
+    assert report.errors == {"HTTP 502 unknown_fqdn": 10}
 
 
 @pytest.mark.asyncio

@@ -52,14 +52,14 @@ def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLAME_CONFIG", str(config))
     monkeypatch.setenv("FLAME_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    for var in ("FLAME_DEBUG", "FLAME_TOKEN", "FLAME_API_URL", "FLAME_LOG_LEVEL"):
+    for var in ("FLAME_DEBUG", "FLAME_TOKEN", "FLAME_API_URL", "FLAME_PCE_URL", "FLAME_LOG_LEVEL"):
         monkeypatch.delenv(var, raising=False)
 
 
 @pytest.fixture
 def at(server: Server, monkeypatch: pytest.MonkeyPatch) -> Server:
     """Point the CLI at the live PCE with the operator's token (via the environment)."""
-    monkeypatch.setenv("FLAME_API_URL", server.url)
+    monkeypatch.setenv("FLAME_PCE_URL", server.url)
     monkeypatch.setenv("FLAME_TOKEN", server.operator)
     return server
 
@@ -225,6 +225,42 @@ def test_tenants_cannot_take_links_down(
     code, _, err = run(capsys, "topology", "link-down", "sr-a", "sr-b")
     assert code == 1
     assert "requires the operator role" in err
+
+
+def test_delegate_list_and_undelegate(
+    capsys: pytest.CaptureFixture[str], at: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 14 item 9: delegating an FQDN had no CLI, only a raw PCE call."""
+    code, out, err = run(capsys, "delegate", "cli.example", "--tenant", "acme")
+    assert code == 0, err
+    assert "cli.example" in out
+    assert "acme" in out
+    code, out, _ = run(capsys, "--json", "delegations")
+    assert {"name": "cli.example", "tenant": "acme"} in json.loads(out)
+    monkeypatch.setenv("FLAME_TOKEN", at.tenant)
+    code, out, _ = run(capsys, "delegations")  # a tenant sees its own
+    assert "cli.example\tacme" in out
+    code, _, err = run(capsys, "delegate", "mine.example", "--tenant", "acme")
+    assert code == 1
+    assert "requires the operator role" in err
+    monkeypatch.setenv("FLAME_TOKEN", at.operator)
+    code, out, _ = run(capsys, "undelegate", "cli.example")
+    assert code == 0
+    code, out, _ = run(capsys, "--json", "delegations")
+    assert "cli.example" not in out
+
+
+def test_without_a_pce_url_the_cli_says_so_instead_of_calling_the_orchestrator(
+    capsys: pytest.CaptureFixture[str], server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 18 item 5: pce_url fell back to api_url and sent PCE calls to the orchestrator."""
+    monkeypatch.setenv("FLAME_API_URL", server.url)  # even where a PCE answers at api_url
+    monkeypatch.setenv("FLAME_TOKEN", server.operator)
+    code, _, err = run(capsys, "routes", "x.example")
+    assert code == 1
+    assert "no PCE URL" in err
+    assert "--pce" in err
+    assert "pce_url" in err
 
 
 def test_no_token_is_a_clear_401(

@@ -53,7 +53,7 @@ def serve_dashboard(
     setup_logging(config.log_level, config.log_format)
     app = create_dashboard_app(
         DashboardConfig(
-            pce_url=pce_url or config.pce_url or config.api_url,
+            pce_url=pce_url or config.pce_url,
             clmc_url=clmc_url or config.clmc_url,
             orchestrator_url=orchestrator_url or config.api_url,
             clmc_db=clmc_db,

@@ -114,7 +114,8 @@ def _files(paths: tuple[Path, ...]) -> dict[str, Any]:
     texts: dict[str, str] = {}
     for path in paths:
         try:
-            texts[path.name] = path.read_text(encoding="utf-8")
+            # Named as given, so the orchestrator's diagnostics point at the file the user typed.
+            texts[str(path)] = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise UserError(f"cannot read {path}: {exc.strerror}") from None
         except UnicodeDecodeError:
@@ -206,6 +207,13 @@ def deploy_cmd(
             sfc = model.sfc if model is not None else "-"
             plan = client.call("POST", f"/v1/services/{sfc}/plan", json=body, params=params)
             _show_plan(state, plan)
+            if plan["errors"]:
+                count = len(plan["errors"])
+                raise UserError(
+                    f"the plan has {count} blocker{'s' if count > 1 else ''}: deploying it would "
+                    "change nothing",
+                    sfc=plan["sfc"],
+                )
             return
         result = client.call("POST", "/v1/services", json=body, params=params)
         plan = result["plan"]
@@ -425,6 +433,13 @@ def _delegations(pairs: tuple[str, ...]) -> dict[str, str]:
     type=click.IntRange(1024, 65000),
     help="First port of the SFE port ranges.",
 )
+@click.option(
+    "--allow-unconfined-sfes",
+    is_flag=True,
+    envvar="FLAME_ALLOW_UNCONFINED_SFES",
+    help="Where SFEs cannot be sandboxed (no bubblewrap), run tenant code unconfined as this "
+    "user instead of refusing it.",
+)
 @click.pass_obj
 def serve_orchestrator(
     state: _CliState,
@@ -442,6 +457,7 @@ def serve_orchestrator(
     drain_s: float,
     resync_s: float,
     port_base: int,
+    allow_unconfined_sfes: bool,
 ) -> None:
     """Run the orchestrator API and the SFEMC (reconciler, process VIM, policy webhook) in one process.
 
@@ -484,6 +500,7 @@ def serve_orchestrator(
         resync_s=resync_s,
         port_base=port_base,
         sr_urls=_pairs(sr_pairs, "--sr", "SR=URL"),
+        allow_unconfined_sfes=allow_unconfined_sfes,
     )
     alerts: AlertSink = InProcessAlertSink()
     closers = [runtime.close]

@@ -7,7 +7,7 @@
     flame serve pce --topology FILE          run the PCE (active, or standby on a shared --db)
     flame serve sr --id SR --pce URL         run a service router's data plane
 
-The PCE commands talk to `--pce URL` (default: `pce_url`, else `api_url`, from the config) with the config's
+The PCE commands talk to `--pce URL` (default: `pce_url` from the config) with the config's
 token. They raise; `flame.cli.main.main` is the one place that prints errors and picks the exit
 code. Heavy imports (FastAPI, uvicorn, numpy) happen inside the commands that need them, so
 `flame --help` stays fast.
@@ -25,6 +25,7 @@ import click
 from flame.cli._serve import run_server
 from flame.common.auth import TokenStore
 from flame.common.config import Config
+from flame.common.errors import UserError
 from flame.common.logging import setup_logging
 from flame.sfr.store import Store, encode_link, encode_node
 from flame.topology.loader import load_topology
@@ -52,6 +53,8 @@ def install(cli: click.Group, topology: click.Group) -> None:
     for command in (topology_show, link_down, link_up):
         topology.add_command(command)
     cli.add_command(routes_cmd)
+    for command in (delegate_cmd, undelegate_cmd, delegations_cmd):
+        cli.add_command(command)
     serve = cli.commands.get("serve")
     if not isinstance(serve, click.Group):
         serve = serve_group
@@ -67,14 +70,25 @@ def _emit(data: Any) -> None:
 def _client(state: _CliState, pce: str | None) -> PceClient:
     from flame.sfr.client import PceClient  # noqa: PLC0415 - lazy, heavy
 
-    config = state.config()
-    return PceClient(pce or config.pce_url or config.api_url, config.token)
+    return PceClient(_pce_url(state, pce), state.config().token)
+
+
+def _pce_url(state: _CliState, flag: str | None) -> str:
+    """The PCE's URL: --pce, else pce_url from the config; never the orchestrator's api_url,
+    which would send PCE calls to the wrong service."""
+    url = flag or state.config().pce_url
+    if not url:
+        raise UserError(
+            "no PCE URL: pass --pce URL, or set pce_url in the config file "
+            "(~/.config/flame/config.toml) or $FLAME_PCE_URL; 'flame up' writes it for you"
+        )
+    return url
 
 
 _pce_option = click.option(
     "--pce",
     metavar="URL",
-    help="PCE API URL (default: pce_url from the config or $FLAME_PCE_URL, else api_url).",
+    help="PCE API URL (default: pce_url from the config or $FLAME_PCE_URL).",
 )
 
 
@@ -113,7 +127,7 @@ def _bandwidth(bps: float | None) -> str:
 def topology_show(state: _CliState, file: Path | None, pce: str | None) -> None:
     """Show nodes and links: of a topology FILE, or as the PCE has them now (SFR-7).
 
-    Without FILE, asks the PCE (--pce URL or api_url from the config), so run-time changes
+    Without FILE, asks the PCE (--pce URL or pce_url from the config), so run-time changes
     such as links taken down show.
     """
     if file is not None and pce is not None:
@@ -213,6 +227,49 @@ link_up = _link_command(up=True)
 
 
 # -- routes --------------------------------------------------------------------------------------
+
+
+@click.command("delegate")
+@click.argument("fqdn")
+@click.option("--tenant", required=True, help="The tenant (media service provider) to own it.")
+@_pce_option
+@click.pass_obj
+def delegate_cmd(state: _CliState, fqdn: str, tenant: str, pce: str | None) -> None:
+    """Delegate FQDN (and its subdomains) to a tenant, so its services may use it (operator)."""
+    with _client(state, pce) as client:
+        delegation = client.delegate(fqdn, tenant)
+    if state.json:
+        _emit({"name": delegation.name, "tenant": delegation.tenant})
+    else:
+        click.echo(f"{delegation.name} (and *.{delegation.name}) -> tenant {delegation.tenant}")
+
+
+@click.command("undelegate")
+@click.argument("fqdn")
+@_pce_option
+@click.pass_obj
+def undelegate_cmd(state: _CliState, fqdn: str, pce: str | None) -> None:
+    """Take FQDN back from its tenant (operator)."""
+    with _client(state, pce) as client:
+        delegation = client.undelegate(fqdn)
+    if state.json:
+        _emit({"name": delegation.name, "tenant": delegation.tenant})
+    else:
+        click.echo(f"{delegation.name} no longer delegated to {delegation.tenant}")
+
+
+@click.command("delegations")
+@_pce_option
+@click.pass_obj
+def delegations_cmd(state: _CliState, pce: str | None) -> None:
+    """FQDNs and the tenants they are delegated to (a tenant sees its own)."""
+    with _client(state, pce) as client:
+        found = client.delegations()
+    if state.json:
+        _emit([{"name": d.name, "tenant": d.tenant} for d in found])
+        return
+    for d in found:
+        click.echo(f"{d.name}\t{d.tenant}")
 
 
 @click.command("routes")
@@ -347,7 +404,7 @@ def serve_pce(
     multiple=True,
     metavar="URL",
     help="PCE to take forwarding tables from; repeat for standbys, tried in order "
-    "(default: pce_url, else api_url, from the config).",
+    "(default: pce_url from the config).",
 )
 @click.option(
     "--table-file",
@@ -419,7 +476,7 @@ def serve_sr(
         host=host,
         port=port,
         workers=workers,
-        pce_urls=pce_urls or (config.pce_url or config.api_url,),
+        pce_urls=pce_urls or (_pce_url(state, None),),
         token=config.token,
         clmc_url=clmc_url or config.clmc_url,
         clmc_token=config.token,

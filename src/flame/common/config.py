@@ -81,7 +81,7 @@ class Config:
     log_level: str = "INFO"
     log_format: str = "text"
     api_url: str = DEFAULT_API_URL  # the orchestrator: deploy, status, undeploy, logs
-    pce_url: str | None = None  # the PCE (topology, routes); None: api_url
+    pce_url: str | None = None  # the PCE (topology, routes, delegations)
     clmc_url: str | None = None  # the CLMC (monitoring)
     token: str | None = None
 

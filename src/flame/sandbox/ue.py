@@ -153,6 +153,19 @@ async def run_load(
     return report
 
 
+def _http_error(response: httpx.Response) -> str:
+    """'HTTP 502 unknown_fqdn': the status, with the SR's (or endpoint's) error code if any."""
+    reason = ""
+    if response.headers.get("content-type", "").startswith("application/json"):
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and isinstance(body.get("error"), str):
+            reason = " " + body["error"][:60]
+    return f"HTTP {response.status_code}{reason}"
+
+
 def _flush_second(report: LoadReport, t: int, on_second: Reporter | None) -> None:
     stats = report.seconds.get(t)
     if stats is not None and on_second is not None:
@@ -168,8 +181,8 @@ async def _one(
         response = await client.get(path, headers={"Host": spec.fqdn})
         await response.aread()
         report.statuses[response.status_code] += 1
-        if response.status_code >= 500:
-            error = f"HTTP {response.status_code}"
+        if response.status_code >= 400:  # a 404 is no success for a user either
+            error = _http_error(response)
     except httpx.HTTPError as exc:
         error = type(exc).__name__
     t1 = time.perf_counter()

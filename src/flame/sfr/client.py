@@ -107,7 +107,7 @@ def _error(response: httpx.Response, url: str) -> UserError:
 def _unreachable(url: str, exc: httpx.HTTPError) -> PceUnavailable:
     return PceUnavailable(
         f"cannot reach the PCE at {url} ({type(exc).__name__}: {exc or 'no detail'}). "
-        "Is it running ('flame serve pce --topology FILE')? Point --pce or api_url at it.",
+        "Is it running ('flame serve pce --topology FILE')? Point --pce or pce_url at it.",
         url=url,
     )
 
@@ -177,6 +177,14 @@ def _delegate(name: str, tenant: str) -> _Call[Delegation]:
         f"/v1/delegations/{_seg(name)}",
         lambda r: Delegation(**r.json()),
         {"tenant": tenant},
+    )
+
+
+def _delegations() -> _Call[list[Delegation]]:
+    return _Call(
+        "GET",
+        "/v1/delegations",
+        lambda r: [Delegation(**d) for d in r.json()["delegations"]],
     )
 
 
@@ -329,6 +337,9 @@ class PceClient(_Base):
 
     def undelegate(self, name: str) -> Delegation:
         return self._send(_undelegate(name))
+
+    def delegations(self) -> list[Delegation]:
+        return self._send(_delegations())
 
     def policy(self, fqdn: str) -> RoutingPolicy:
         return self._send(_policy(fqdn))
