@@ -58,6 +58,7 @@ class Running:
     component: Component
     process: subprocess.Popen[bytes]
     log_path: Path
+    started_at: float = field(default_factory=time.monotonic)
 
 
 class Supervisor:
@@ -86,6 +87,11 @@ class Supervisor:
                 "use it, or stop it first with 'flame down'"
             ) from None
         self._lock = lock
+        # A previous supervisor killed outright left its components running (each in its own
+        # session): they hold the ports and the old tokens, so stop them before starting anew.
+        left = stop_leftovers(self.run_dir)
+        if left:
+            log.warning("stopped %s left running by a previous flame up", ", ".join(left))
 
     def release(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -151,6 +157,7 @@ class Supervisor:
                 {
                     "name": r.component.name,
                     "pid": r.process.pid,
+                    "start": process_start(r.process.pid),
                     "url": r.component.url,
                     "log": str(r.log_path),
                 }
@@ -211,11 +218,7 @@ def stop_instance(run_dir: Path, timeout_s: float = 30.0) -> bool:
     if not instance_running(run_dir):
         if instance is None:
             return False
-        # The supervisor died without cleaning up: stop what it recorded.
-        for component in instance.get("components", []):
-            _signal_group(int(component["pid"]), signal.SIGKILL)
-        with contextlib.suppress(FileNotFoundError):
-            (run_dir / "up.json").unlink()
+        stop_leftovers(run_dir)  # the supervisor died without cleaning up
         return True
     pid = int(instance["pid"]) if instance else None
     if pid is None:
@@ -235,6 +238,44 @@ def stop_instance(run_dir: Path, timeout_s: float = 30.0) -> bool:
     while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     return True
+
+
+def stop_leftovers(run_dir: Path, timeout_s: float = 10.0) -> list[str]:
+    """Kill the components a dead supervisor recorded in up.json (each process group whose
+    leader is still the process recorded: same pid *and* start time, so a recycled pid is never
+    hit), wait until they are gone and remove up.json. Returns their names."""
+    instance = read_instance(run_dir)
+    if instance is None:
+        return []
+    stopped: list[tuple[str, int]] = []
+    for component in instance.get("components", []):
+        try:
+            pid, start = int(component["pid"]), component.get("start")
+        except (KeyError, TypeError, ValueError):
+            continue
+        if not pid_alive(pid) or (start is not None and process_start(pid) != start):
+            continue
+        _signal_group(pid, signal.SIGKILL)
+        stopped.append((str(component.get("name", pid)), pid))
+    deadline = time.monotonic() + timeout_s
+    for _, pid in stopped:
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    with contextlib.suppress(FileNotFoundError):
+        (run_dir / "up.json").unlink()
+    return [name for name, _ in stopped]
+
+
+def process_start(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (None if it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    try:
+        return int(stat.rpartition(")")[2].split()[19])
+    except (IndexError, ValueError):
+        return None
 
 
 def pid_alive(pid: int) -> bool:

@@ -337,13 +337,20 @@ def _deploy_demo(the_plan: Plan, state_dir: Path, tokens: dict[str, str]) -> dic
     }
 
 
+FIRST_RESTART_DELAY_S = 0.5
+MAX_RESTART_DELAY_S = 30.0
+STABLE_RUN_S = 60.0  # a component up this long starts again from the first delay
+
+
 def _watch(supervisor: Supervisor, stopping: Callable[[], bool]) -> None:
     """Restart a component that exits on its own, with back-off; return when asked to stop."""
     backoff: dict[str, float] = {}
     while not stopping():
         for running in supervisor.exited():
             name = running.component.name
-            delay = backoff.get(name, 0.5)
+            if time.monotonic() - running.started_at >= STABLE_RUN_S:
+                backoff.pop(name, None)  # it had recovered: this is a new failure, not a loop
+            delay = backoff.get(name, FIRST_RESTART_DELAY_S)
             log.warning(
                 "%s exited with status %s; restarting in %gs (log: %s)",
                 name,
@@ -358,7 +365,7 @@ def _watch(supervisor: Supervisor, stopping: Callable[[], bool]) -> None:
             restarted: Running = supervisor.start(running.component)
             with contextlib.suppress(Exception):
                 supervisor.wait_ready(restarted, stopping)
-            backoff[name] = min(delay * 2, 30.0)
+            backoff[name] = min(delay * 2, MAX_RESTART_DELAY_S)
         time.sleep(0.2)
 
 
