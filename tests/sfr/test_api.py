@@ -893,3 +893,34 @@ def long_poll_during(
     assert answer.status_code == 200, answer.text
     assert time.monotonic() - started < 5  # woken by the change, not by the 20 s wait
     return answer
+
+
+@pytest.mark.slow
+def test_a_stopping_pce_answers_its_long_polls_at_once_and_logs_no_error(env: Env) -> None:
+    """Issue 14 item 7: every `flame down` made the PCE log ERROR with two tracebacks, its
+    long polls cancelled by uvicorn's graceful-shutdown timeout."""
+    state_dir = env.tokens.path.parent
+    with live_pce(state_dir, env.topology_path, env.db, "alpha") as pce:
+        pce.wait_role("active")
+        with PceClient(pce.url, env.operator, timeout=5) as client:
+            version = client.table("sr-e").table
+        assert version is not None
+        with ThreadPoolExecutor(1) as pool:
+            poll = pool.submit(
+                httpx.get,
+                f"{pce.url}/v1/tables/sr-e",
+                params={"since": version.version, "wait": 30},
+                headers=bearer(env.operator),
+                timeout=40,
+            )
+            time.sleep(0.5)  # the poll is held
+            stopping = time.monotonic()
+            pce.process.terminate()
+            answer = poll.result(timeout=20)
+        assert answer.status_code == 304
+        assert time.monotonic() - stopping < 1.5  # not the 2 s graceful-shutdown timeout
+        assert pce.process.wait(10) in (0, -15)  # uvicorn re-raises SIGTERM once done
+    text = pce.log.read_text()
+    assert "stopped and released the lease" in text
+    assert " ERROR " not in text
+    assert "Traceback" not in text

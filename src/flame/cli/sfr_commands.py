@@ -384,7 +384,7 @@ def serve_pce(
             f"database {store.path}, lease {lease_ttl:g}s)",
             err=True,
         )
-        run_server(app, host, port, "the PCE")
+        run_server(app, host, port, "the PCE", on_shutdown=service.drain)
     finally:
         store.close()
 

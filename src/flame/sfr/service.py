@@ -341,6 +341,7 @@ class PceService:
         self._versions: dict[str, tuple[int, str]] = {}  # every SR ever seen: (version, digest)
         self._generation = ""
         self._waiters: dict[str, asyncio.Event] = {}
+        self._draining = False  # shutting down: long polls answer at once
         self._task: asyncio.Task[None] | None = None
         self._kick = asyncio.Event()
 
@@ -464,6 +465,12 @@ class PceService:
         self._state = None
         self._wake_all()
         self._kick.set()
+
+    def drain(self) -> None:
+        """The server is shutting down: answer every long poll now (304, the SR asks again,
+        maybe another PCE) instead of holding it until the shutdown cancels it."""
+        self._draining = True
+        self._wake_all()
 
     def _wake_all(self) -> None:
         waiters, self._waiters = self._waiters, {}
@@ -928,7 +935,7 @@ class PceService:
             if table.table.version > since:
                 return table
             remaining = deadline - loop.time()
-            if remaining <= 0:
+            if remaining <= 0 or self._draining:
                 return None
             event = self._waiters.setdefault(sr, asyncio.Event())
             try:
