@@ -6,6 +6,7 @@ Level-triggered, idempotent, resumes transient states, classifies failures, clea
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,6 +192,45 @@ async def test_temporary_registrar_error_keeps_state_and_retries(tmp_path: Path)
         await r.settle()
         assert r.path() == ["placing", "placed", "booting", "booted", "connecting", "connected"]
         assert "failed" not in r.path()
+    finally:
+        await r.reconciler.stop()
+
+
+class OutageRegistrar(InProcessRegistrar):
+    """A PCE that is away until `down` is cleared; its health probe says so."""
+
+    def __init__(self) -> None:
+        super().__init__({"acme.example": "acme"})
+        self.down = True
+
+    async def register(self, endpoint: Endpoint) -> None:
+        if self.down:
+            raise RegistrarUnavailable("PCE down")
+        await super().register(endpoint)
+
+    async def available(self) -> bool:
+        return not self.down
+
+
+@pytest.mark.asyncio
+async def test_endpoints_waiting_for_the_pce_connect_as_soon_as_it_is_back(tmp_path: Path) -> None:
+    """Issue 14 item 5: after a PCE restart a pending switch took effect 6.4 s late, the
+    retry loop having backed off; it is woken by a probe of the PCE now."""
+    r = make_rig(tmp_path, base=0.05, max=30.0)
+    r.registrar = OutageRegistrar()
+    r.reconciler.registrar = r.registrar
+    await r.reconciler.start()
+    try:
+        r.store.upsert_endpoint(spec(fqdn="web.acme.example"), "connected", 0.0)
+        r.reconciler.enqueue(SFE)
+        await asyncio.sleep(3.3)  # attempts at 0, .05, .15, .35, .75, 1.55, 3.15: next at 6.35
+        assert r.reconciler.queue.failures(SFE) >= 6
+        assert r.store.endpoint(SFE).state == "connecting"  # type: ignore[union-attr]
+        back = time.monotonic()
+        r.registrar.down = False
+        await r.settle()
+        assert r.store.endpoint(SFE).state == "connected"  # type: ignore[union-attr]
+        assert time.monotonic() - back < 1.0
     finally:
         await r.reconciler.stop()
 

@@ -87,6 +87,10 @@ class Reconciler:
         # Placements run one at a time per VIM: each unpacks and hashes an image (disk and CPU
         # bound) and allocates ports, which concurrent placements have been seen to race on.
         self._place_locks: dict[int, asyncio.Lock] = {}
+        # Endpoints whose last attempt found the PCE unreachable: retried as soon as a probe
+        # finds it back, not when their (growing) back-off happens to end.
+        self._parked: set[str] = set()
+        self._probe: asyncio.Task[None] | None = None
 
     # -- running ------------------------------------------------------------------------------
 
@@ -118,6 +122,8 @@ class Reconciler:
                 raise
             except Exception as exc:
                 delay = self.queue.backoff(sfe)
+                if isinstance(exc, RegistrarUnavailable):
+                    self._park(sfe)
                 level = logging.WARNING if isinstance(exc, FlameError) else logging.ERROR
                 log.log(
                     level,
@@ -132,6 +138,29 @@ class Reconciler:
                 self.queue.forget(sfe)
             finally:
                 self.queue.done(sfe)
+
+    def _park(self, sfe: str) -> None:
+        self._parked.add(sfe)
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.create_task(self._probe_registrar(), name="sfemc-pce-probe")
+            self._tasks.append(self._probe)
+
+    async def _probe_registrar(self, every_s: float = 0.2) -> None:
+        """Probe the registrar every `every_s` while endpoints wait for it; wake them all once
+        it answers (after a PCE restart the pending switches apply at once)."""
+        while self._parked:
+            await asyncio.sleep(every_s)
+            try:
+                back = await self.registrar.available()
+            except Exception:  # a probe that fails is a PCE still away
+                back = False
+            if back:
+                parked, self._parked = self._parked, set()
+                log.info("PCE reachable again: retrying %d endpoint(s) now", len(parked))
+                for sfe in sorted(parked):
+                    self.queue.retry_now(sfe)
+        if self._probe in self._tasks:
+            self._tasks.remove(self._probe)
 
     async def _resync_loop(self) -> None:
         while True:

@@ -89,6 +89,10 @@ class Registrar(Protocol):
         """The tenant the FQDN is delegated to, if any (the orchestrator's plan checks it)."""
         ...
 
+    async def available(self) -> bool:
+        """A cheap probe: would a call go through now? (Wakes work parked while it was not.)"""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -117,6 +121,9 @@ class InProcessRegistrar:
 
     async def owner(self, fqdn: str) -> str | None:
         return owner_of(fqdn, self.delegations)
+
+    async def available(self) -> bool:
+        return True
 
     async def close(self) -> None:
         return None
@@ -188,6 +195,16 @@ class HttpRegistrar:
 
     async def owner(self, fqdn: str) -> str | None:
         return owner_of(fqdn, await self._current_delegations())
+
+    async def available(self) -> bool:
+        for url in self._urls:
+            try:
+                response = await self._http.get(url.rstrip("/") + "/health", timeout=1.0)
+            except httpx.HTTPError:
+                continue
+            if response.status_code == 200 and response.json().get("role") == "active":
+                return True
+        return False
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -50,6 +50,13 @@ class WorkQueue:
         self._timers[key] = loop.call_later(delay_s, self._fire, key)
         self._idle.clear()
 
+    def retry_now(self, key: str) -> None:
+        """Run `key` now rather than when its back-off ends (what it waited for is back)."""
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        self.add(key)
+
     def _fire(self, key: str) -> None:
         self._timers.pop(key, None)
         self.add(key)
