@@ -106,6 +106,7 @@ class ServedPlatform:
                 "1",
                 "--port-base",
                 str(self.port_base),
+                "--no-clmc",
             ],
             self.api_url + "/health",
         )

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from flame.sfemc.registrar import HttpRegistrar, RegistrationRefused
 from flame.sfr.client import PceClient
 from flame.sfr.models import Endpoint
 
-from .served import FLAME, ServedPlatform, served_platform, sfe_processes
+from .served import FLAME, TOPOLOGY, ServedPlatform, served_platform, sfe_processes
 
 DATA = Path(__file__).parent / "data"
 
@@ -137,3 +138,25 @@ def test_cli_deploy_status_logs_undeploy(served: ServedPlatform) -> None:
     r = flame(served, "status", "echo")
     assert r.returncode == 1
     assert "no service function chain 'echo' of tenant 'acme'" in r.stderr
+
+
+def test_serve_orchestrator_without_a_clmc_says_so(tmp_path: Path) -> None:
+    """Issue 18 item 5: without --clmc the orchestrator kept alert rules in a test double, so
+    a service's policies silently never fired."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("FLAME_")},
+        "FLAME_CONFIG": str(tmp_path / "config.toml"),
+        "FLAME_STATE_DIR": str(tmp_path / "state"),
+    }
+    (tmp_path / "config.toml").touch()
+    r = subprocess.run(
+        [*FLAME, "serve", "orchestrator", "--topology", str(TOPOLOGY)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 1
+    assert "--clmc URL" in r.stderr
+    assert "--no-clmc" in r.stderr

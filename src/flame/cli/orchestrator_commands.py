@@ -388,7 +388,12 @@ def _delegations(pairs: tuple[str, ...]) -> dict[str, str]:
     "clmc_url",
     metavar="URL",
     help="Hand alert rules to this CLMC's API and send it configuration events "
-    "(default: clmc_url from the config, else kept in-process).",
+    "(default: clmc_url from the config).",
+)
+@click.option(
+    "--no-clmc",
+    is_flag=True,
+    help="Run without a CLMC: alert rules are accepted but never evaluated, so no policy fires.",
 )
 @click.option(
     "--nats",
@@ -451,6 +456,7 @@ def serve_orchestrator(
     pce_urls: tuple[str, ...],
     pce_token: str | None,
     clmc_url: str | None,
+    no_clmc: bool,
     sr_pairs: tuple[str, ...],
     nats_url: str | None,
     delegate_pairs: tuple[str, ...],
@@ -478,6 +484,15 @@ def serve_orchestrator(
     # The config file is where a distributed platform names its components (docs/deploy.md).
     pce_urls = pce_urls or ((config.pce_url,) if config.pce_url else ())
     clmc_url = clmc_url or config.clmc_url
+    if not clmc_url and not no_clmc:
+        # Alert rules would be kept in memory and never evaluated: the service's policies
+        # would silently never fire.
+        raise UserError(
+            "no CLMC to hand alert rules to: pass --clmc URL (or set clmc_url in the config), "
+            "or --no-clmc to run without monitoring (policies then never fire)"
+        )
+    if not clmc_url:
+        click.echo("warning: --no-clmc: alert rules are not evaluated", err=True)
     topology = load_topology(topology_path)
     tokens = TokenStore(config.state_dir / "tokens.json")
     if not tokens.list():
