@@ -72,6 +72,13 @@ def _run_dir(config: Config) -> Path:
     help="SRs forward straight to endpoints behind other SRs (default: through that SR).",
 )
 @click.option("--no-demo", is_flag=True, help="Do not deploy the demo media service.")
+@click.option(
+    "--allow-unconfined-sfes",
+    is_flag=True,
+    envvar="FLAME_ALLOW_UNCONFINED_SFES",
+    help="Where SFEs cannot be sandboxed (no bubblewrap), run them unconfined instead of "
+    "refusing them.",
+)
 @click.option("--_child", "child", is_flag=True, hidden=True)
 @click.pass_obj
 def up_cmd(
@@ -87,6 +94,7 @@ def up_cmd(
     no_latency: bool,
     no_egress_hop: bool,
     no_demo: bool,
+    allow_unconfined_sfes: bool,
     child: bool,
 ) -> None:
     """Run FLAME-in-a-box: PCE, service routers (and the rest of the platform) as processes.
@@ -117,6 +125,7 @@ def up_cmd(
         free_ports=free_ports,
         emulate_latency=not no_latency,
         egress_hop=not no_egress_hop,
+        allow_unconfined_sfes=allow_unconfined_sfes,
     )
     if detach:
         _detach(state, run_dir, options)
@@ -168,6 +177,8 @@ def _detach(state: _CliState, run_dir: Path, options: Any) -> None:
         argv.append("--no-latency")
     if not options.egress_hop:
         argv.append("--no-egress-hop")
+    if options.allow_unconfined_sfes:
+        argv.append("--allow-unconfined-sfes")
     started = time.monotonic()
     with (run_dir / "up.log").open("ab") as out:
         process = subprocess.Popen(

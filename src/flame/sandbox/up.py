@@ -56,6 +56,8 @@ class UpOptions:
     # FLIPS' egress hop: an SR reaches an endpoint behind another SR through that SR. Needs
     # one address per SR, all SRs on one port (the topology's addresses, `sr_port`).
     egress_hop: bool = True
+    # Run SFEs unconfined where they cannot be sandboxed (no bubblewrap) instead of refusing.
+    allow_unconfined_sfes: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +195,7 @@ def plan(options: UpOptions, env: dict[str, str], router_token: str) -> Plan:
             str(random.randrange(21000, 50000, 1000) if options.free_ports else 20000),
         ),
         *(arg for sr, url in sr_urls.items() for arg in ("--sr", f"{sr}={url}")),
+        *(("--allow-unconfined-sfes",) if options.allow_unconfined_sfes else ()),
         ready_timeout_s=60.0,
     )
     dashboard = component(

@@ -67,8 +67,12 @@ def build_runtime(
     resync_s: float = 30.0,
     port_base: int = 20000,
     sr_urls: Mapping[str, str] | None = None,
+    allow_unconfined_sfes: bool = False,
 ) -> Runtime:
-    """`sr_urls` (SR id -> URL) tells each SFE its cluster's SR (FLAME_SR_URL)."""
+    """`sr_urls` (SR id -> URL) tells each SFE its cluster's SR (FLAME_SR_URL).
+
+    SFEs run sandboxed (bubblewrap); where this host cannot, they are refused unless
+    `allow_unconfined_sfes` lets them run as this process's user (docs/sfemc.md)."""
     ranges = port_ranges(topology, port_base)
     images = ImageRepository(images_dir)
     by_cluster = {
@@ -76,7 +80,13 @@ def build_runtime(
         for cluster, node in topology.clusters.items()
         if node.sr is not None and node.sr in (sr_urls or {})
     }
-    vim = ProcessVim(state_dir / "vim", ranges, images, sr_urls=by_cluster)
+    vim = ProcessVim(
+        state_dir / "vim",
+        ranges,
+        images,
+        sr_urls=by_cluster,
+        allow_unconfined=allow_unconfined_sfes,
+    )
     vims: dict[str, VimDriver] = dict.fromkeys(ranges, vim)
     registrar: Registrar
     if pce_urls:

@@ -284,12 +284,29 @@ async def test_stop_kills_the_whole_group_and_escalates(
 
     await wait_for(child_pid, what="the grandchild")
     line = next(x for x in await vim.logs("i1.stubborn.c1") if x.startswith("child "))
-    grandchild = int(line.split()[1])
+    grandchild = _host_pid(int(line.split()[1]), status.pid or 0)
     t0 = time.monotonic()
     await vim.stop("i1.stubborn.c1")
     assert time.monotonic() - t0 >= 0.3  # waited the grace period, then SIGKILL
     assert start_time(status.pid or 0) is None or not ProcId(status.pid or 0, -2).alive()
     await wait_for(lambda: _gone(grandchild), timeout=3, what="the grandchild to die")
+
+
+def _host_pid(pid: int, pgid: int) -> int:
+    """The host pid of the member of group `pgid` that sees itself as `pid` (a sandboxed SFE has
+    its own PID namespace, so the pids it prints are not the host's)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        nspid = next(x for x in status.splitlines() if x.startswith("NSpid:")).split()
+        if int(nspid[-1]) == pid and int(stat[stat.rindex(")") + 2 :].split()[2]) == pgid:
+            return int(nspid[1])
+    raise AssertionError(f"no process {pid} in group {pgid}")
 
 
 async def _gone(pid: int) -> bool:

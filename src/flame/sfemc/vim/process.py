@@ -9,6 +9,10 @@ recycled pid is never taken for an SFE) and restarts those that should run but d
 
 SFE processes outlive the controller on purpose (`close()` leaves them running); `stop()` and
 `remove()` end them: SIGTERM to the whole process group, SIGKILL after the grace period.
+
+Tenant code runs confined (`flame.sfemc.vim.sandbox`): bubblewrap namespaces, the image
+read-only, a private ``home/`` as HOME, its tenant's own uid. Where the host cannot sandbox, SFEs
+are refused unless the operator explicitly allowed unconfined ones (``allow_unconfined``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import dataclasses
 import json
 import logging
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -27,9 +32,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -56,6 +61,13 @@ from flame.sfemc.vim.base import (
     VimState,
     VimStatus,
 )
+from flame.sfemc.vim.sandbox import (
+    DEFAULT_UIDS,
+    HOME_DIR,
+    Sandbox,
+    UidsExhausted,
+    bwrap_argv,
+)
 
 __all__ = ["DEFAULT_ROOT", "ProcessVim", "placed_images"]
 
@@ -68,6 +80,7 @@ _SFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 _INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYENV_ROOT", "PYENV_VERSION")
 _POLL_S = 0.02  # health polling while booting: boot-to-healthy time is a product target
 _STABLE_S = 10.0  # a process up this long resets the crash back-off
+SandboxMode = Literal["auto", "required", "off"]
 
 
 @dataclasses.dataclass(eq=False)
@@ -116,7 +129,23 @@ class ProcessVim:
         cgroup_root: Path | bool | None = True,
         python: str | None = sys.executable,
         sr_urls: Mapping[str, str] | None = None,
+        sandbox: SandboxMode = "auto",
+        allow_unconfined: bool = False,
+        bwrap: str = "bwrap",
+        sandbox_uids: range = DEFAULT_UIDS,
+        sandbox_ro_paths: Sequence[Path] = (),
     ) -> None:
+        """`sandbox`: "auto" confines SFEs when the host can and otherwise refuses them, unless
+        `allow_unconfined`; "required" always refuses unconfined SFEs; "off" never confines
+        (it needs `allow_unconfined`). `bwrap`: the bubblewrap program; `sandbox_uids`: the
+        per-tenant uids (root only); `sandbox_ro_paths`: more host paths SFEs may read."""
+        if sandbox not in ("auto", "required", "off"):
+            raise ValueError(f"sandbox must be 'auto', 'required' or 'off', not {sandbox!r}")
+        if sandbox == "off" and not allow_unconfined:
+            raise ValueError(
+                "sandbox='off' runs tenant code unconfined, as the platform's own user: "
+                "pass allow_unconfined=True to say that this is meant"
+            )
         self.root = root_dir
         # cluster -> its service router's URL, given to SFEs as FLAME_SR_URL: an SF calls
         # another SF by FQDN (Host header) through its own cluster's SR, as FLIPS intends.
@@ -137,6 +166,21 @@ class ProcessVim:
         # True: detect a usable cgroup v2; a Path: use it; None/False: rlimits only.
         found = find_cgroup2() if cgroup_root is True else cgroup_root or None
         self.cgroups = CgroupLimiter(found) if isinstance(found, Path) else None
+        self.sandbox_mode: SandboxMode = sandbox
+        self.allow_unconfined = allow_unconfined
+        self.sandbox = (
+            None
+            if sandbox == "off"
+            else Sandbox(
+                root_dir,
+                bwrap=bwrap,
+                uids=sandbox_uids,
+                python=python,
+                extra_ro_paths=tuple(sandbox_ro_paths),
+                protected=_protected(root_dir),
+            )
+        )
+        self._warned_unconfined = False
         self._sfes: dict[str, _Sfe] = {}
         self._locks: dict[str, asyncio.Lock] = {}  # one per SFE, also before it is placed
         # SFEs being placed right now: their ports are taken before their state.json exists,
@@ -183,6 +227,7 @@ class ProcessVim:
                     self._placing.discard(spec.sfe)
 
     def _place_sync(self, spec: EndpointSpec, lock: asyncio.Lock) -> VimStatus:
+        self._confinement(spec.sfe)  # refuse now what could not run (checks the host once)
         try:
             digest = self.repository.resolve(spec.image)
             path = self.sfes_dir / spec.sfe
@@ -191,6 +236,7 @@ class ProcessVim:
             tmp.mkdir()
             # Integrity is checked here, on every placement: unpack hashes what it extracts.
             manifest = self.repository.unpack(digest, tmp / "app")
+            _readable_by_all(tmp / "app")  # the SFE's own uid reads it (read-only)
         except ImageError as exc:
             shutil.rmtree(self.sfes_dir / f".{spec.sfe}.placing", ignore_errors=True)
             raise VimError(spec.sfe, exc.message, permanent=True) from exc
@@ -374,10 +420,39 @@ class ProcessVim:
 
     # -- processes -----------------------------------------------------------------------
 
+    def _confinement(self, sfe: str) -> Sandbox | None:
+        """The sandbox for `sfe`; None: run it unconfined (only if the operator allowed it)."""
+        if self.sandbox is not None:
+            problem = self.sandbox.problem()
+            if problem is None:
+                return self.sandbox
+            if self.sandbox_mode == "required" or not self.allow_unconfined:
+                raise VimError(sfe, _refusal(problem, self.sandbox_mode), permanent=True)
+            if not self._warned_unconfined:
+                self._warned_unconfined = True
+                log.warning(
+                    "SFEs run UNCONFINED, as this controller's user (allowed by the operator): %s",
+                    problem,
+                )
+        return None
+
     def _spawn(self, rec: _Sfe) -> None:
+        try:
+            sandbox = self._confinement(rec.name)
+        except VimError as exc:
+            self._set(rec, desired="placed", reason=exc.reason)
+            raise
         spec, manifest = rec.spec(), rec.manifest()
         ports: dict[str, int] = rec.doc["ports"]
+        home = rec.path / "home"  # the SFE's private directory
         env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
+        if sandbox is not None:
+            env.pop("PYENV_ROOT", None)  # the host's pyenv is not in the sandbox
+            env.pop("PYENV_VERSION", None)
+            env["PATH"] = sandbox.search_path(env.get("PATH"))
+            env["HOME"] = HOME_DIR
+        else:
+            env["HOME"] = str(home)  # never the platform's own (its config and tokens)
         env.update(manifest.environment)
         env.update(spec.environment)
         env.update(
@@ -417,6 +492,19 @@ class ProcessVim:
         if self.python and argv[0] in ("python", "python3"):
             argv[0] = self.python
         try:
+            if sandbox is not None:
+                uid, gid = sandbox.identity(spec.tenant)
+                sandbox.prepare_home(home, uid, gid)
+                sandbox.write_etc(rec.path / "etc", uid, gid)
+                sandbox.resolve(argv[0], rec.path / "app", env.get("PATH", ""))
+                layout = sandbox.layout(
+                    rec.path / "app", home, rec.path / "etc", uid, gid, limits.disk_bytes
+                )
+                argv = bwrap_argv(layout, argv)
+                confined = sandbox.describe(uid, gid)
+            else:
+                home.mkdir(mode=0o700, exist_ok=True)
+                confined = "unconfined (allowed by the operator)"
             rec.child = spawn(
                 argv,
                 cwd=rec.path / "app",
@@ -426,6 +514,9 @@ class ProcessVim:
                 rlimits=rlimits,
                 cgroup_procs=cgroup_procs,
             )
+        except UidsExhausted as exc:
+            self._set(rec, desired="placed", reason=str(exc))
+            raise VimError(rec.name, str(exc), permanent=True) from exc
         except (FileNotFoundError, PermissionError, subprocess.SubprocessError) as exc:
             self._set(
                 rec, desired="placed", reason=f"cannot start {manifest.entrypoint[0]!r}: {exc}"
@@ -439,8 +530,8 @@ class ProcessVim:
         rec.proc = proc or ProcId(rec.child.pid, start_time(rec.child.pid) or -1)
         rec.started_at = time.monotonic()
         rec.healthy = False
-        self._set(rec, limits=described)
-        log.info("started %s: pid %d, %s", rec.name, rec.child.pid, described)
+        self._set(rec, limits=described, sandbox=confined)
+        log.info("started %s: pid %d, %s, %s", rec.name, rec.child.pid, confined, described)
 
     async def _terminate(self, rec: _Sfe) -> None:
         """SIGTERM to the group, SIGKILL after the grace period; reap our own child."""
@@ -580,6 +671,46 @@ def placed_images(root: Path) -> dict[str, builtins.list[str]]:
             continue
         used.setdefault(digest, []).append(state.parent.name)
     return used
+
+
+def _refusal(problem: str, mode: SandboxMode) -> str:
+    if mode == "required":
+        return (
+            f"cannot sandbox tenant code on this host: {problem}; this VIM requires the sandbox "
+            "(sandbox='required'). Install bubblewrap 0.8 or later (Debian/Ubuntu: apt-get "
+            "install bubblewrap); run the orchestrator as root to give each tenant its own uid"
+        )
+    return (
+        f"refusing to run tenant code unconfined: {problem}. Install bubblewrap (Debian/Ubuntu: "
+        "apt-get install bubblewrap) so that SFEs run sandboxed, or pass "
+        "--allow-unconfined-sfes to 'flame serve orchestrator' or 'flame up' to run them as the "
+        "platform's own user, able to read its configuration, tokens and state"
+    )
+
+
+def _protected(root: Path) -> tuple[Path, ...]:
+    """What an SFE must never see: the VIM's root and the platform user's home and config."""
+    paths = [root.absolute(), root.absolute().parent]
+    with contextlib.suppress(RuntimeError, KeyError):
+        paths.append(Path.home())
+    with contextlib.suppress(KeyError):
+        paths.append(Path(pwd.getpwuid(os.geteuid()).pw_dir))
+    if os.environ.get("XDG_CONFIG_HOME"):
+        paths.append(Path(os.environ["XDG_CONFIG_HOME"]))
+    return tuple(paths)
+
+
+def _readable_by_all(app: Path) -> None:
+    """Modes an unprivileged uid can read (the image is mounted read-only, so none writable):
+    directories 0755, files 0644 or 0755, whatever umask the controller runs with."""
+    app.chmod(0o755)
+    for top, dirs, files in os.walk(app):
+        for name in dirs + files:
+            entry = Path(top, name)
+            if entry.is_symlink():
+                continue
+            executable = entry.is_dir() or entry.stat().st_mode & 0o100
+            entry.chmod(0o755 if executable else 0o644)
 
 
 def _group_running(pgid: int, rec: _Sfe) -> bool:
