@@ -69,7 +69,7 @@ def test_alerts_and_state_changes(model):
     assert dict(slow.tags) == {"fqdn": "vod.flame.example", "sr": "sr-ue-1"}
     assert slow.notify_sfemc
     quiet = model.alert("quiet_at_bristol")
-    assert quiet.webhooks == ("http://127.0.0.1:9999/hooks/vod",)
+    assert quiet.webhooks == ("https://hooks.vod-provider.example/flame/vod",)
     by_trigger = {p.trigger: p for p in model.state_change_policies}
     assert by_trigger["slow_at_bristol"].alert == "slow_at_bristol"
     change = by_trigger["slow_at_bristol"].changes[0]
