@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from flame.orchestrator.alerts import AlertRulesRefused
 from flame.tosca.model import AlertRule, ServiceModel
 
 __all__ = ["HttpAlertSink"]
@@ -24,6 +25,16 @@ def _rule_dicts(rules: tuple[AlertRule, ...]) -> list[dict[str, Any]]:
     model = ServiceModel("", "", "", (), (), (), (), rules)
     dicts: list[dict[str, Any]] = model.to_dict()["alert_rules"]
     return dicts
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:300]
+    if isinstance(body, dict):
+        return str(body.get("error") or body.get("message") or body)[:500]
+    return str(body)[:300]
 
 
 class HttpAlertSink:
@@ -61,10 +72,10 @@ class HttpAlertSink:
     def _submit(self, sfc: str, op: tuple[str, Any]) -> None:
         with self._lock:
             self._pending[sfc] = op
-        if not self._send(sfc, op):
+        if not self._send(sfc, op, caller_waits=True):
             self._wake.set()
 
-    def _send(self, sfc: str, op: tuple[str, Any]) -> bool:
+    def _send(self, sfc: str, op: tuple[str, Any], *, caller_waits: bool = False) -> bool:
         kind, arg = op
         try:
             if kind == "put":
@@ -79,17 +90,23 @@ class HttpAlertSink:
         except httpx.HTTPError as exc:
             log.warning("CLMC unreachable for the alert rules of %s (%s); will retry", sfc, exc)
             return False
+        with self._lock:
+            if self._pending.get(sfc) is op:
+                del self._pending[sfc]
         if not ok:
-            # A 4xx is our bug or a token problem: retrying the same body will not fix it.
+            # A 4xx is the template's problem (a webhook the CLMC may not call), our bug or a
+            # token problem: retrying the same body will not fix it. The deploying user is told.
+            message = _error_text(response)
+            if caller_waits and response.status_code == 400:
+                raise AlertRulesRefused(
+                    f"the CLMC refused the alert rules of '{sfc}': {message}", sfc=sfc
+                )
             log.error(
                 "CLMC refused the alert rules of %s: HTTP %d %s",
                 sfc,
                 response.status_code,
-                response.text[:300],
+                message,
             )
-        with self._lock:
-            if self._pending.get(sfc) is op:
-                del self._pending[sfc]
         return True
 
     def pending(self) -> list[str]:

@@ -172,10 +172,13 @@ class Orchestrator:
         plan = await make_plan(self.sfemc, owner, model)
         if not plan.ok:
             raise PlanRejected(plan)
+        # ORCH-8: alerts to the CLMC first, so that rules it refuses (a webhook its outbound
+        # policy forbids) fail the deployment before anything changes. Off the event loop: the
+        # CLMC checks the webhooks' addresses, which may take a DNS lookup.
+        await anyio.to_thread.run_sync(
+            self.alerts.set_rules, model.sfc, owner, model.alert_rules, model.sfci
+        )
         changed = self.sfemc.apply(owner, model, files)  # ORCH-9: endpoint states and policies
-        self.alerts.set_rules(
-            model.sfc, owner, model.alert_rules, model.sfci
-        )  # ORCH-8: alerts to the CLMC
         return plan, changed
 
     def services(self, principal: Principal) -> list[dict[str, Any]]:
