@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -123,6 +125,26 @@ def test_cli_deploy_status_logs_undeploy(served: ServedPlatform) -> None:
     r = flame(served, "status")
     assert r.returncode == 0
     assert r.stdout.startswith("echo: 3/3")
+
+    # Issue 14 item 7: a crash the VIM restarted the SFE after shows in the API and the CLI.
+    assert {e["restarts"] for e in status["endpoints"]} == {0}
+    victim = next(
+        pid for pid, sfe in sfe_processes(served.tmp).items() if sfe == "echo-1.api.edge-a"
+    )
+    os.killpg(os.getpgid(victim), signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:
+        r = flame(served, "--json", "status", "echo")
+        api = next(e for e in json.loads(r.stdout)["endpoints"] if e["sfe"] == "echo-1.api.edge-a")
+        if api["restarts"]:
+            break
+        assert time.monotonic() < deadline, api
+        time.sleep(0.2)
+    assert api["restarts"] == 1
+    assert "exited with status -9" in api["last_crash"]
+    r = flame(served, "status", "echo")
+    assert "1 restart(s) after crashes" in r.stdout
+    assert "restarted 1x" in r.stdout
 
     r = flame(served, "logs", "echo-1.web.edge-a")
     assert r.returncode == 0

@@ -400,3 +400,29 @@ async def test_temporary_vim_errors_retry_in_place_then_fail(tmp_path: Path) -> 
         assert failed.reason == "ports exhausted on c1"
     finally:
         await r.reconciler.stop()
+
+
+@pytest.mark.asyncio
+async def test_an_endpoint_retrying_a_boot_says_why(tmp_path: Path) -> None:
+    """Issue 14 item 7: an endpoint whose health check never passed stayed `booting` with
+    `"reason": null` while the reconciler retried."""
+    r = make_rig(tmp_path, base=0.5, max=1.0)
+    r.vim.fail("boot", SFE, "not healthy after 30s (GET /health failed)", permanent=False)
+    await r.reconciler.start()
+    try:
+        r.store.upsert_endpoint(spec(fqdn="web.acme.example"), "booted", 0.0)
+        r.reconciler.enqueue(SFE)
+        for _ in range(100):
+            record = r.store.endpoint(SFE)
+            assert record is not None
+            if record.reason:
+                break
+            await asyncio.sleep(0.01)
+        assert record.state.value == "booting"
+        assert record.reason == "not healthy after 30s (GET /health failed) (attempt 1 of 5)"
+        await r.settle()
+        record = r.store.endpoint(SFE)
+        assert record is not None
+        assert (record.state.value, record.reason) == ("booted", None)  # cleared once it boots
+    finally:
+        await r.reconciler.stop()

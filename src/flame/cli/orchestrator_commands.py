@@ -131,8 +131,11 @@ def _progress(status: dict[str, Any]) -> str:
     )
     states = Counter(e["state"] for e in eps)
     detail = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+    restarts = sum(e.get("restarts") or 0 for e in eps)
+    crashed = f"; {restarts} restart(s) after crashes" if restarts else ""
     return (
-        f"{status['sfc']}: {done}/{len(eps)} endpoints at their desired state ({detail or 'none'})"
+        f"{status['sfc']}: {done}/{len(eps)} endpoints at their desired state "
+        f"({detail or 'none'}{crashed})"
     )
 
 
@@ -164,9 +167,14 @@ def _wait(
                 sfc=sfc,
             )
         if time.monotonic() > deadline:
+            why = "".join(
+                f"\n  {e['sfe']} {e['state']}: {e['reason']}"
+                for e in status["endpoints"]
+                if e.get("reason")
+            )
             raise UserError(
                 f"{sfc}: not settled after {timeout:g}s ({line}); it goes on in the background, "
-                f"check with 'flame status {sfc}'",
+                f"check with 'flame status {sfc}' and 'flame logs SFE'{why}",
                 sfc=sfc,
             )
         time.sleep(0.2)
@@ -265,7 +273,9 @@ def status_cmd(state: _CliState, sfc: str | None, api: str | None) -> None:
         click.echo(_progress(status))
         for e in status["endpoints"]:
             reason = f"  ({e['reason']})" if e.get("reason") else ""
-            click.echo(f"  {e['sfe']:<40} {e['state']:<13} desired {e['desired']}{reason}")
+            restarts = e.get("restarts") or 0
+            crashes = f"  [restarted {restarts}x: {e.get('last_crash')}]" if restarts else ""
+            click.echo(f"  {e['sfe']:<40} {e['state']:<13} desired {e['desired']}{reason}{crashes}")
         _print_alerts(state, sfc)
 
 

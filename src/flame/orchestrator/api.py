@@ -157,7 +157,7 @@ def create_app(
 
     @app.get("/v1/services/{sfc}")
     async def status(sfc: str, caller: TenantOrOperator, history: bool = True) -> dict[str, Any]:
-        return orchestrator.status(caller, sfc, history=history)
+        return await orchestrator.status(caller, sfc, history=history)
 
     @app.delete("/v1/services/{sfc}", status_code=202)
     async def delete(sfc: str, caller: TenantOrOperator) -> dict[str, Any]:

@@ -191,9 +191,17 @@ class Orchestrator:
             )
         return out
 
-    def status(self, principal: Principal, sfc: str, *, history: bool = True) -> dict[str, Any]:
+    async def status(
+        self, principal: Principal, sfc: str, *, history: bool = True
+    ) -> dict[str, Any]:
         owner, endpoints = self._visible(principal, sfc)
         summary = self._summary(sfc, owner, endpoints)
+        # What the VIM knows and the store does not: crashes it restarted the process after.
+        runtime = await self.sfemc.runtime([e.sfe for e in endpoints])
+        for ep in summary["endpoints"]:
+            vim = runtime.get(ep["sfe"])
+            ep["restarts"] = vim.restarts if vim is not None else None
+            ep["last_crash"] = vim.reason if vim is not None and vim.restarts else None
         if history:
             by_sfe: dict[str, list[dict[str, Any]]] = {}
             for t in self.sfemc.history(sfc=sfc):

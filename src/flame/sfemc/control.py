@@ -12,6 +12,7 @@ changed takes the new one.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,7 +26,14 @@ from flame.sfemc.reconciler import Reconciler
 from flame.sfemc.registrar import Registrar
 from flame.sfemc.store import ABSENT, EndpointRecord, ServiceRecord, SfemcStore, Transition
 from flame.sfemc.triggers import PolicyTriggers, sfe_id
-from flame.sfemc.vim.base import EndpointSpec, HealthSpec, PortSpec, VimDriver
+from flame.sfemc.vim.base import (
+    EndpointSpec,
+    HealthSpec,
+    PortSpec,
+    VimDriver,
+    VimError,
+    VimStatus,
+)
 from flame.topology.geo import Area
 from flame.topology.model import Topology
 from flame.tosca.model import EndpointState, ServiceFunction, ServiceModel
@@ -286,6 +294,23 @@ class Sfemc:
         self.store.delete_service(sfc)
         self.store.clear_policy_clocks(sfc)
         return gone
+
+    async def runtime(self, sfes: list[str], timeout_s: float = 2.0) -> dict[str, VimStatus]:
+        """What the VIMs say of these endpoints now (restarts, last crash); an endpoint whose
+        VIM does not answer in time is left out rather than holding up a status request."""
+
+        async def one(sfe: str) -> tuple[str, VimStatus | None]:
+            record = self.store.endpoint(sfe)
+            vim = self.vims.get(record.cluster) if record is not None else None
+            if vim is None:
+                return sfe, None
+            try:
+                return sfe, await asyncio.wait_for(vim.status(sfe), timeout_s)
+            except (TimeoutError, VimError, OSError):
+                return sfe, None
+
+        found = await asyncio.gather(*(one(sfe) for sfe in sfes))
+        return {sfe: status for sfe, status in found if status is not None}
 
     async def logs(self, sfe: str, tail: int = 100) -> list[str]:
         record = self.store.endpoint(sfe)

@@ -259,6 +259,10 @@ class Reconciler:
             # A VIM error not marked permanent is retried in place a few times first.
             temporary = isinstance(exc, VimError) and not getattr(exc, "permanent", True)
             if temporary and self.queue.failures(record.sfe) < self.temporary_attempts - 1:
+                attempt = self.queue.failures(record.sfe) + 1
+                self.store.set_reason(
+                    record.sfe, f"{reason} (attempt {attempt} of {self.temporary_attempts})"
+                )
                 raise
             if state is not S.UNPLACED and state is not S.FAILED:
                 self.lifecycle.transition(record.sfe, state, S.FAILED, reason)

@@ -277,6 +277,11 @@ class SfemcStore:
             cur.execute("UPDATE sfemc_endpoints SET desired = ? WHERE sfe = ?", (desired, sfe))
             return cur.rowcount > 0
 
+    def set_reason(self, sfe: str, reason: str | None) -> None:
+        """Why the endpoint is not where it should be yet (a retried error), without a
+        transition: shown by the API while the reconciler keeps trying."""
+        self._rows("UPDATE sfemc_endpoints SET reason = ? WHERE sfe = ?", (reason, sfe))
+
     def set_placed_spec(self, sfe: str, spec_hash: str | None) -> None:
         self._rows("UPDATE sfemc_endpoints SET placed_spec = ? WHERE sfe = ?", (spec_hash, sfe))
 
