@@ -1,6 +1,7 @@
 """CLMC commands (CLMC-8, 9, 16).
 
-    flame serve clmc [--data DIR] [--port 8086]   the InfluxDB-compatible monitoring service
+    flame serve clmc [--data DIR] [--port 8086] [--pce URL]   the InfluxDB-compatible monitoring
+                                                              service
 
 Heavy imports (DuckDB, Arrow, FastAPI, uvicorn) happen inside the command, so `flame --help`
 stays fast. Errors are raised; `flame.cli.main.main` prints them and picks the exit code.
@@ -64,6 +65,56 @@ def install(cli: click.Group) -> None:
     help="Also publish alert events on this NATS server (subjects flame.alerts.<tenant>.<sfc>).",
 )
 @click.option(
+    "--webhook-scheme",
+    "webhook_schemes",
+    multiple=True,
+    type=click.Choice(["http", "https"]),
+    envvar="FLAME_CLMC_WEBHOOK_SCHEMES",
+    help="Schemes tenants' alert webhooks may use (repeatable; default: http and https).",
+)
+@click.option(
+    "--webhook-reach",
+    type=click.Choice(["private", "public", "listed"]),
+    default="private",
+    show_default=True,
+    envvar="FLAME_CLMC_WEBHOOK_REACH",
+    help="Where webhooks may go: public and private networks, public addresses only, or only "
+    "--webhook-allow destinations. Loopback, link-local, metadata addresses and the platform's "
+    "hosts are refused unless allowed; the platform's own endpoints always.",
+)
+@click.option(
+    "--webhook-allow",
+    multiple=True,
+    metavar="DEST",
+    envvar="FLAME_CLMC_WEBHOOK_ALLOW",
+    help="Allow webhooks to DEST even if refused by default: an address, CIDR or host name "
+    "(*.example.org), optionally :port (repeatable).",
+)
+@click.option(
+    "--webhook-deny",
+    multiple=True,
+    metavar="DEST",
+    envvar="FLAME_CLMC_WEBHOOK_DENY",
+    help="Always refuse webhooks to DEST (repeatable; same forms as --webhook-allow).",
+)
+@click.option(
+    "--platform-url",
+    "platform_urls",
+    multiple=True,
+    metavar="URL",
+    help="Another of the platform's own endpoints (an SR, the dashboard), never a webhook; "
+    "this CLMC, the SFEMC URL and the config's api_url, pce_url and clmc_url always count.",
+)
+@click.option(
+    "--pce",
+    "pce_urls",
+    metavar="URL",
+    multiple=True,
+    help="Read the FQDN delegations from this PCE every second (GET /v1/delegations, with the "
+    "config's token), so tenants can query the platform database 'flame' for their own names. "
+    "Repeat for standby PCEs. Without it tenants see nothing of 'flame'.",
+)
+@click.option(
     "--retention-interval",
     default=60.0,
     show_default=True,
@@ -80,12 +131,20 @@ def serve_clmc(
     retention_interval: float,
     sfemc_url: str | None,
     nats_url: str | None,
+    webhook_schemes: tuple[str, ...],
+    webhook_reach: str,
+    webhook_allow: tuple[str, ...],
+    webhook_deny: tuple[str, ...],
+    platform_urls: tuple[str, ...],
+    pce_urls: tuple[str, ...],
 ) -> None:
     """Run the CLMC's InfluxDB 1.x compatible API: /ping, /write, /api/v2/write, /query."""
 
     from flame.clmc.alerts.notify import Notifier  # noqa: PLC0415 - lazy, heavy
+    from flame.clmc.alerts.outbound import OutboundPolicy  # noqa: PLC0415 - lazy, heavy
     from flame.clmc.alerts.service import AlertService  # noqa: PLC0415 - lazy, heavy
     from flame.clmc.service import ClmcService  # noqa: PLC0415 - lazy, heavy
+    from flame.clmc.tenancy import HttpDelegations  # noqa: PLC0415 - lazy, heavy
 
     config = state.config()
     setup_logging(config.log_level, config.log_format)
@@ -97,12 +156,36 @@ def serve_clmc(
             err=True,
         )
     directory = data_dir or config.state_dir / "clmc"
+    sfemc = sfemc_url or config.api_url.rstrip("/") + "/v1/sfemc/events"
+    listen = f"[{host}]" if ":" in host else host
+    own = [f"http://{listen}:{port}", sfemc, config.api_url, config.pce_url, config.clmc_url]
+    outbound = OutboundPolicy.build(
+        schemes=webhook_schemes or ("http", "https"),
+        reach=webhook_reach,
+        allow=webhook_allow,
+        deny=webhook_deny,
+        platform_urls=[u for u in (*own, *platform_urls) if u],
+    )
+    click.echo(f"alert webhooks: {outbound.describe()}", err=True)
     alerts = AlertService(
         directory / "alert-rules.json",
-        Notifier(sfemc_url or config.api_url.rstrip("/") + "/v1/sfemc/events", token=config.token),
+        Notifier(sfemc, token=config.token, outbound=outbound),
         nats_url=nats_url,
     )
     directory.mkdir(parents=True, exist_ok=True)
-    service = ClmcService(directory, tokens, retention_interval_s=retention_interval, alerts=alerts)
+    if no_auth:
+        click.echo(
+            "warning: --no-auth: the CLMC takes every request as the operator's; never on a "
+            "shared network",
+            err=True,
+        )
+    delegations = HttpDelegations(pce_urls, config.token) if pce_urls else None
+    service = ClmcService(
+        directory,
+        tokens,
+        retention_interval_s=retention_interval,
+        alerts=alerts,
+        delegations=delegations,
+    )
     click.echo(f"CLMC on http://{host}:{port} (data in {directory})", err=True)
     run_server(service.app, host, port, "the CLMC")

@@ -32,7 +32,10 @@ def install(cli: click.Group) -> None:
     "--clmc", "clmc_url", metavar="URL", help="The CLMC (default: the config's clmc_url)."
 )
 @click.option(
-    "--orchestrator", "orchestrator_url", metavar="URL", help="Default: the config's api_url."
+    "--orchestrator",
+    "orchestrator_url",
+    metavar="URL",
+    help="Checks every request's token (GET /v1/whoami); default: the config's api_url.",
 )
 @click.option("--clmc-db", default="flame", show_default=True)
 @click.pass_obj
@@ -45,7 +48,8 @@ def serve_dashboard(
     orchestrator_url: str | None,
     clmc_db: str,
 ) -> None:
-    """Serve the dashboard. It holds no token: the browser's token is passed to each API."""
+    """Serve the dashboard. It holds no token: the browser's token, checked with the
+    orchestrator on every request, is passed to each API."""
 
     from flame.clmc.dashboard.app import DashboardConfig, create_dashboard_app  # noqa: PLC0415
 

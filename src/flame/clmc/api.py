@@ -6,51 +6,80 @@ Telegraf, the `influx` CLI, client libraries and Grafana talk to it unchanged. S
 write errors. Intentional differences: an unknown retention policy is 404, not 500; unsigned
 integers (`1u`) are accepted; `/api/v2/write` exists (InfluxDB 1.8+).
 
-Security: with a `TokenStore`, every route but `/ping` needs a FLAME token, given the InfluxDB
-ways (`?u=NAME&p=TOKEN`, Basic auth with the token as password) or as `Authorization: Token X`
-or `Bearer X`. Operators may do anything. A tenant owns the databases named after its tenant id:
-`<tenant>` itself or `<tenant>_<anything>` (tenant ids cannot contain `_`, so the owner of a name
-is never ambiguous); it may write, query, create and drop only those, and SHOW DATABASES lists
-only those. Without a `TokenStore` (tests, a laptop) the API is open.
+Security (issue 11): with a `TokenStore`, every route but `/ping` and `/health` needs a FLAME
+token, given the InfluxDB ways (`?u=NAME&p=TOKEN`, Basic auth with the token as password) or as
+`Authorization: Token X` or `Bearer X`; it is checked on every request (a revoked token fails
+on the next one). Each route declares who may call it (`flame.common.access` gates; the app
+refuses to build with an undeclared route):
+
+* the operator may do anything;
+* a tenant owns the databases named after its tenant id, `<tenant>` itself or
+  `<tenant>_<anything>` (tenant ids cannot contain `_`, so the owner of a name is never
+  ambiguous): it writes, queries, creates and drops only those, reads the platform database
+  `flame` narrowed to the rows of the FQDNs delegated to it (`flame.clmc.tenancy`), and
+  SHOW DATABASES lists its own databases and `flame`;
+* a router (an SR) writes measurements to `flame` and does nothing else.
+
+Queries, plain and chunked, are authorized as a whole before any statement runs
+(`influxql.scope.authorize`); refusals are InfluxDB-shaped, `{"error": ...}` with 401 or 403.
+Without a `TokenStore` (tests, a laptop, `flame serve clmc --no-auth`) the API is open: every
+caller acts as the operator, and the app logs a warning saying so.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 import json
 import logging
-import time
+import re
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.datastructures import Headers, QueryParams
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from flame.clmc import influxql
 from flame.clmc.errors import DatabaseNotFound, Overloaded, RetentionPolicyNotFound
+from flame.clmc.influxql.scope import Access, authorize
 from flame.clmc.ingest import Ingest
+from flame.clmc.tenancy import PLATFORM_DATABASE, Delegations, access_for
+from flame.common.access import (
+    PRINCIPAL_KEY,
+    PUBLIC,
+    Gate,
+    TenantOrOperator,
+    require_declared,
+    set_principal,
+)
 from flame.common.auth import Principal, Role, TokenStore
 from flame.common.errors import AuthenticationError, FlameError, UserError
 
-__all__ = ["INFLUX_VERSION", "create_app", "run_query"]
+if TYPE_CHECKING:
+    from flame.clmc.alerts.service import AlertService
+
+__all__ = [
+    "INFLUX_VERSION",
+    "OPEN_PRINCIPAL",
+    "PLATFORM_DATABASE",
+    "InfluxAuth",
+    "create_app",
+    "install_influx_errors",
+    "may_write",
+    "run_query",
+]
 
 log = logging.getLogger("flame.clmc.api")
 
 INFLUX_VERSION = "1.6.7-flame"
 _HEADERS = {"X-Influxdb-Version": INFLUX_VERSION, "X-Influxdb-Build": "FLAME"}
 _V2_PRECISION = {"ns": "n", "us": "u", "ms": "ms", "s": "s"}
-
-
-class _Denied(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+_COUNT = re.compile(r"[0-9]{1,18}")
 
 
 def _error(status: int, message: str, **extra: object) -> JSONResponse:
@@ -63,24 +92,31 @@ def _error(status: int, message: str, **extra: object) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
-PLATFORM_DATABASE = "flame"  # where the service routers report (docs/clmc-information-model.md)
+# Who a caller is when authentication is off (`--no-auth`, tests): the API is open.
+OPEN_PRINCIPAL = Principal(name="anonymous", role=Role.OPERATOR)
+
+_AUTH_FAILURE = "flame.clmc.auth_failure"  # (status, InfluxDB's message) left by InfluxAuth
+
+Writer = Annotated[
+    Principal,
+    Depends(
+        Gate(
+            {Role.OPERATOR, Role.TENANT, Role.ROUTER},
+            "a tenant: its own databases; a router: the platform database `flame` only",
+        )
+    ),
+]
+"""/write and /api/v2/write: which database is checked inside (`may_write`)."""
 
 
-def owns(principal: Principal | None, database: str) -> bool:
-    """Whether `principal` may use `database` (None = auth disabled)."""
-    if principal is None or principal.role is Role.OPERATOR:
+def may_write(principal: Principal, database: str) -> bool:
+    """Whether `principal` may write points to `database`."""
+    if principal.role is Role.OPERATOR:
         return True
     if principal.role is Role.ROUTER:
-        return False  # routers only write, and only to the platform database (may_write)
-    tenant = principal.tenant or ""
-    return database == tenant or database.startswith(tenant + "_")
-
-
-def may_write(principal: Principal | None, database: str) -> bool:
-    """Reading rights, plus a service router's measurements to the platform database."""
-    if principal is not None and principal.role is Role.ROUTER:
-        return database == PLATFORM_DATABASE
-    return owns(principal, database)
+        return database == PLATFORM_DATABASE  # the SRs report there, and only there
+    access = access_for(principal, None)
+    return access is not None and access.may_change(database)
 
 
 def run_query(
@@ -89,96 +125,65 @@ def run_query(
     db: str | None,
     epoch: str | None,
     params: dict[str, object],
-    principal: Principal | None = None,
+    access: Access | None = None,
 ) -> dict[str, object]:
-    """Run InfluxQL for `/query` (the InfluxQL engine does the work; we add tenant rules)."""
+    """Run InfluxQL for `/query` with the caller's rights (None: the operator's); raises
+    ParseError (400) and `Unauthorized` (403) before running anything."""
     statements = influxql.parse(text, params)
-    if principal is not None and principal.role is Role.TENANT:
-        for name in _databases_named(statements, db):
-            if not owns(principal, name):
-                raise _Denied(
-                    403, f'"{principal.name}" user is not authorized to use database "{name}"'
-                )
     if any(type(s).__name__.startswith(("Drop", "Delete")) for s in statements):
         # Settle writes already acknowledged first, and let ingest re-read field types after.
         ingest.wait_applied()
-        body = influxql.execute(ingest.store, text, db, epoch, params)
+        body = influxql.execute(ingest.store, text, db, epoch, params, access=access)
         ingest.forget_types()
     else:
-        body = influxql.execute(ingest.store, text, db, epoch, params)
-    if principal is not None and principal.role is Role.TENANT:
-        _filter_databases(body, principal)
+        body = influxql.execute(ingest.store, text, db, epoch, params, access=access)
     return body
 
 
-def _databases_named(statements: Sequence[object], db: str | None) -> set[str]:
-    names: set[str] = set()
-    for stmt in statements:
-        found = set(_walk_databases(stmt))
-        if not found and not type(stmt).__name__.startswith("ShowDatabases"):
-            if db is None:
-                continue
-            found.add(db)
-        names |= found
-    return names
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-def _walk_databases(node: object) -> Iterator[str]:
-    if dataclasses.is_dataclass(node) and not isinstance(node, type):
-        for f in dataclasses.fields(node):
-            value = getattr(node, f.name)
-            if isinstance(value, str) and (
-                f.name == "database"
-                or (f.name == "name" and type(node).__name__ in _NAMES_A_DATABASE)
-            ):
-                yield value
-            else:
-                yield from _walk_databases(value)
-    elif isinstance(node, list | tuple):
-        for item in node:
-            yield from _walk_databases(item)
+class InfluxAuth:
+    """Authentication the InfluxDB ways, on every request, before routing.
 
+    A valid token puts its principal in the scope (`set_principal`) for the routes' gates; no
+    token or a bad one leaves none, and the gate of any route but a public one answers 401 with
+    InfluxDB's text. Tokens are checked against the store each time (no cache): a revoked or
+    expired token fails on the next request. Without a store every caller is `OPEN_PRINCIPAL`.
+    """
 
-_NAMES_A_DATABASE = ("CreateDatabase", "DropDatabase")
-
-
-def _filter_databases(body: dict[str, object], principal: Principal) -> None:
-    for result in body.get("results", []) or []:  # type: ignore[attr-defined]
-        for series in result.get("series", []) or []:
-            if series.get("name") == "databases":
-                series["values"] = [v for v in series.get("values", []) if owns(principal, v[0])]
-
-
-class _Auth:
-    """Token checks with a short cache (the token file is read at most every few seconds)."""
-
-    def __init__(self, tokens: TokenStore | None, ttl_s: float = 5.0) -> None:
+    def __init__(self, app: ASGIApp, tokens: TokenStore | None) -> None:
+        self.app = app
         self.tokens = tokens
-        self._ttl = ttl_s
-        self._cache: dict[str, tuple[float, Principal]] = {}
 
-    def principal(self, request: Request) -> Principal | None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            self.authenticate(scope)
+        await self.app(scope, receive, send)
+
+    def authenticate(self, scope: Scope) -> None:
         if self.tokens is None:
-            return None
-        token = _credentials(request)
+            set_principal(scope, OPEN_PRINCIPAL)
+            return
+        token = _credentials(Headers(scope=scope), QueryParams(scope.get("query_string", b"")))
         if token is None:
-            raise _Denied(401, "unable to parse authentication credentials")
-        now = time.monotonic()
-        hit = self._cache.get(token)
-        if hit is not None and hit[0] > now:
-            return hit[1]
+            scope[_AUTH_FAILURE] = (401, "unable to parse authentication credentials")
+            return
         try:
-            principal = self.tokens.authenticate(token)
+            set_principal(scope, self.tokens.authenticate(token))
         except AuthenticationError:
-            raise _Denied(401, "authorization failed") from None
-        if len(self._cache) > 1000:
-            self._cache.clear()
-        self._cache[token] = (now + self._ttl, principal)
-        return principal
+            scope[_AUTH_FAILURE] = (401, "authorization failed")
+        except FlameError as exc:  # an unusable token store: our fault, not the caller's
+            log.error("cannot check a token: %s", exc.message)
+            scope[_AUTH_FAILURE] = (500, "cannot check credentials; see the CLMC log")
 
 
-def _credentials(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
+def _credentials(headers: Headers, query: QueryParams) -> str | None:
+    header = headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() in ("token", "bearer") and value.strip():
         return value.strip()
@@ -188,7 +193,25 @@ def _credentials(request: Request) -> str | None:
         except (binascii.Error, UnicodeDecodeError):
             return None
         return decoded.partition(":")[2] or None
-    return request.query_params.get("p") or None
+    return query.get("p") or None
+
+
+def install_influx_errors(app: FastAPI, *, failure_key: str = _AUTH_FAILURE) -> None:
+    """Gate refusals and other FLAME errors as InfluxDB answers them: `{"error": ...}`; a
+    refused authentication with what the middleware left under `failure_key`."""
+
+    async def flame_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, FlameError)
+        if isinstance(exc, AuthenticationError) and PRINCIPAL_KEY not in request.scope:
+            status, message = request.scope.get(
+                failure_key, (401, "unable to parse authentication credentials")
+            )
+            return _error(status, message)
+        if exc.http_status >= 500:
+            log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
+        return _error(exc.http_status, exc.message)
+
+    app.add_exception_handler(FlameError, flame_error)
 
 
 async def _read_body(request: Request, limit: int) -> bytes | JSONResponse:
@@ -233,9 +256,14 @@ def create_app(
     max_body_bytes: int = 25_000_000,
     max_inflight_writes: int = 64,
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
+    delegations: Delegations | None = None,
+    alerts: AlertService | None = None,
 ) -> FastAPI:
     """The InfluxDB-compatible app over a started `Ingest`, or a function giving the one that
-    `lifespan` starts (the app never starts or stops an ingest itself)."""
+    `lifespan` starts (the app never starts or stops an ingest itself).
+
+    `delegations` tell which FQDNs are each tenant's (none: tenants see no row of `flame`);
+    `alerts` adds the alerting routes (`/v1/alerts...`)."""
     current: Callable[[], Ingest] = (lambda: ingest) if isinstance(ingest, Ingest) else ingest
     app = FastAPI(
         title="FLAME CLMC",
@@ -244,7 +272,13 @@ def create_app(
         redoc_url=None,
         lifespan=lifespan,
     )
-    auth = _Auth(tokens)
+    if tokens is None:
+        log.warning(
+            "the CLMC API runs WITHOUT authentication: every caller may read, write and drop "
+            "every database (--no-auth; never on a shared network)"
+        )
+    app.add_middleware(InfluxAuth, tokens=tokens)
+    install_influx_errors(app)
     inflight = 0
 
     @app.exception_handler(Exception)
@@ -252,28 +286,48 @@ def create_app(
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return _error(500, f"internal error: {type(exc).__name__}; see the CLMC log")
 
-    @app.api_route("/ping", methods=["GET", "HEAD"], include_in_schema=False)
+    @app.exception_handler(StarletteHTTPException)
+    async def _framework(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # 404, 405, ...: InfluxDB-shaped like every other answer (`{"error": ...}`)
+        text = "404 page not found" if exc.status_code == 404 else str(exc.detail)
+        response = _error(exc.status_code, text)
+        response.headers.update(exc.headers or {})
+        return response
+
+    @app.api_route("/ping", methods=["GET", "HEAD"], include_in_schema=False, dependencies=[PUBLIC])
     async def ping(request: Request) -> Response:
         if request.query_params.get("verbose", "").lower() in ("true", "1"):
             return JSONResponse({"version": INFLUX_VERSION}, headers=_HEADERS)
         return Response(status_code=204, headers=_HEADERS)
 
+    @app.get("/health", dependencies=[PUBLIC])
+    async def health() -> dict[str, Any]:
+        """Liveness, whether tokens are checked, and the state of the delegations."""
+        return {
+            "status": "ok",
+            "version": INFLUX_VERSION,
+            "auth": "open" if tokens is None else "tokens",
+            "delegations": (
+                {"source": None, "state": "none"} if delegations is None else delegations.health()
+            ),
+        }
+
     async def write(
-        request: Request, db: str | None, rp: str | None, precision: str | None
+        request: Request,
+        caller: Principal,
+        db: str | None,
+        rp: str | None,
+        precision: str | None,
     ) -> Response:
         nonlocal inflight
+        if not db:
+            return _error(400, "database is required")
+        if not may_write(caller, db):
+            return _error(
+                403, f'"{caller.name}" user is not authorized to write to database "{db}"'
+            )
         try:
-            principal = auth.principal(request)
-            if not db:
-                return _error(400, "database is required")
-            if not may_write(principal, db):
-                assert principal is not None
-                raise _Denied(
-                    403, f'"{principal.name}" user is not authorized to write to database "{db}"'
-                )
             current().check_target(db, rp)
-        except _Denied as exc:
-            return _error(exc.status, exc.message)
         except (DatabaseNotFound, RetentionPolicyNotFound) as exc:
             return _error(404, exc.message)
         if inflight >= max_inflight_writes:
@@ -301,30 +355,27 @@ def create_app(
         return _error(400, message, line=outcome.error_line())
 
     @app.post("/write", include_in_schema=False)
-    async def write_v1(request: Request) -> Response:
+    async def write_v1(request: Request, caller: Writer) -> Response:
         q = request.query_params
-        return await write(request, q.get("db"), q.get("rp"), q.get("precision"))
+        return await write(request, caller, q.get("db"), q.get("rp"), q.get("precision"))
 
     @app.post("/api/v2/write", include_in_schema=False)
-    async def write_v2(request: Request) -> Response:
+    async def write_v2(request: Request, caller: Writer) -> Response:
         q = request.query_params
         bucket = q.get("bucket") or ""
         db, _, rp = bucket.partition("/")
         precision = q.get("precision") or "ns"
         if precision not in _V2_PRECISION:
             return _error(400, f'invalid precision "{precision}": use ns, us, ms or s')
-        return await write(request, db or None, rp or None, _V2_PRECISION[precision])
+        return await write(request, caller, db or None, rp or None, _V2_PRECISION[precision])
 
     @app.api_route("/query", methods=["GET", "POST"], include_in_schema=False)
-    async def query(request: Request) -> Response:
+    async def query(request: Request, caller: TenantOrOperator) -> Response:
         params: dict[str, str] = dict(request.query_params)
         if request.method == "POST" and "form" in request.headers.get("content-type", ""):
             form = await request.form()
             params.update({k: v for k, v in form.items() if isinstance(v, str)})
-        try:
-            principal = auth.principal(request)
-        except _Denied as exc:
-            return _error(exc.status, exc.message)
+        access = access_for(caller, delegations)
         text = params.get("q")
         if not text:
             return _error(400, 'missing required parameter "q"')
@@ -337,28 +388,35 @@ def create_app(
         db = params.get("db") or None
         epoch = params.get("epoch") or None
         pretty = params.get("pretty") == "true"
+        try:
+            # The whole request, before anything waits or runs, chunked or not (the engine
+            # checks the same again with the same function).
+            authorize(influxql.parse(text, bind), db, access)
+        except UserError as exc:  # 400 for bad text, 403 (Unauthorized) for a refusal
+            return _error(exc.http_status, exc.message)
         await anyio.to_thread.run_sync(current().wait_applied)
         if params.get("chunked") == "true":
-            size = int(params.get("chunk_size") or influxql.DEFAULT_CHUNK_SIZE)
+            # As InfluxDB: a chunk_size that is no positive integer means the default
+            raw_size = params.get("chunk_size") or ""
+            size = int(raw_size) if _COUNT.fullmatch(raw_size) else 0
+            size = size if size > 0 else influxql.DEFAULT_CHUNK_SIZE
             try:
                 chunks = await anyio.to_thread.run_sync(
                     lambda: influxql.execute_chunked(
-                        current().store, text, db, epoch, bind, chunk_size=size
+                        current().store, text, db, epoch, bind, chunk_size=size, access=access
                     )
                 )
             except UserError as exc:
-                return _error(400, exc.message)
+                return _error(exc.http_status, exc.message)
             return StreamingResponse(
                 _stream(chunks), media_type="application/json", headers=_HEADERS
             )
         try:
             body = await anyio.to_thread.run_sync(
-                run_query, current(), text, db, epoch, bind, principal
+                run_query, current(), text, db, epoch, bind, access
             )
-        except _Denied as exc:
-            return _error(exc.status, exc.message)
         except UserError as exc:
-            return _error(400, exc.message)
+            return _error(exc.http_status, exc.message)
         except FlameError as exc:
             return _error(500, exc.message)
         _go_numbers(body)
@@ -367,7 +425,11 @@ def create_app(
         )
         return Response(content + "\n", media_type="application/json", headers=_HEADERS)
 
-    return app
+    if alerts is not None:
+        from flame.clmc.alerts.api import install_alert_routes  # noqa: PLC0415 - optional
+
+        install_alert_routes(app, alerts, delegations=delegations)
+    return require_declared(app)
 
 
 def _go_numbers(body: dict[str, object]) -> None:

@@ -3,6 +3,10 @@ together by the app's lifespan (so `uvicorn` and tests drive it the same way).
 
 Layout of `directory`: `clmc.duckdb` (the store) and `wal/` (the write-ahead log). A background
 task enforces retention policies every `retention_interval_s`.
+
+`delegations` (the FQDNs of each tenant, `flame.clmc.tenancy`; polled from the PCE by
+`HttpDelegations`, started and stopped with the app) narrow what tenants read of the platform
+database `flame`, in queries and, when tokens are checked, in their alert rules.
 """
 
 from __future__ import annotations
@@ -15,14 +19,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 
-from flame.clmc.alerts.api import install_alert_routes
 from flame.clmc.alerts.service import AlertService
-from flame.clmc.api import PLATFORM_DATABASE, _Auth, create_app
+from flame.clmc.api import create_app
+from flame.clmc.influxql.scope import RowScope
 from flame.clmc.ingest import Ingest
 from flame.clmc.store.duckdb_store import DuckDBStore
-from flame.common.auth import Principal, TokenStore
+from flame.clmc.tenancy import PLATFORM_DATABASE, Delegations
+from flame.common.auth import TokenStore
 
 __all__ = ["ClmcService"]
 
@@ -40,23 +45,36 @@ class ClmcService:
         max_body_bytes: int = 25_000_000,
         max_backlog_bytes: int = 512 << 20,
         alerts: AlertService | None = None,
+        delegations: Delegations | None = None,
     ) -> None:
         self.directory = directory
         self.alerts = alerts
+        self.delegations = delegations
         self._interval = retention_interval_s
         self._fsync = fsync
         self._max_backlog = max_backlog_bytes
         self.ingest: Ingest | None = None
+        if tokens is not None and delegations is None:
+            log.warning(
+                "no delegations (flame serve clmc --pce URL): tenants see no rows of %s and "
+                "their alert rules on it see no data",
+                PLATFORM_DATABASE,
+            )
+        if alerts is not None and tokens is not None:
+            alerts.engine.scopes = self._scope_of
+            alerts.engine.shared = PLATFORM_DATABASE
         self.app = create_app(
-            self._current, tokens, max_body_bytes=max_body_bytes, lifespan=self._lifespan
+            self._current,
+            tokens,
+            max_body_bytes=max_body_bytes,
+            lifespan=self._lifespan,
+            delegations=delegations,
+            alerts=alerts,
         )
-        if alerts is not None:
-            auth = _Auth(tokens)
 
-            def authenticate(request: Request) -> Principal | None:
-                return auth.principal(request)
-
-            install_alert_routes(self.app, alerts, authenticate)
+    def _scope_of(self, tenant: str) -> RowScope | None:
+        known = None if self.delegations is None else self.delegations.current()
+        return None if known is None else known.scope_of(tenant)
 
     def _current(self) -> Ingest:
         if self.ingest is None:
@@ -76,6 +94,9 @@ class ClmcService:
         replayed = await anyio.to_thread.run_sync(ingest.start)
         log.info("CLMC store open in %s (%d WAL records replayed)", self.directory, replayed)
         self.ingest = ingest
+        start = getattr(self.delegations, "start", None)
+        if start is not None:
+            await start()
         if self.alerts is not None:
             ingest.observers.append(self.alerts.observe)
             self.alerts.start()
@@ -85,6 +106,9 @@ class ClmcService:
         finally:
             if self.alerts is not None:
                 await self.alerts.stop()
+            stop = getattr(self.delegations, "stop", None)
+            if stop is not None:
+                await stop()
             retention.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await retention

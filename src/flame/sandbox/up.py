@@ -19,7 +19,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -144,6 +144,8 @@ def plan(options: UpOptions, env: dict[str, str], router_token: str) -> Plan:
             clmc_url,
             "/ping",
             *("clmc", "--data", str(options.run_dir / "clmc"), "--sfemc", sfemc_events),
+            # the FQDN delegations, so the demo tenant can query its own rows of `flame`
+            *("--pce", pce_url),
         ),
     ]
     routers: list[Component] = []
@@ -181,6 +183,10 @@ def plan(options: UpOptions, env: dict[str, str], router_token: str) -> Plan:
                 env={**env, "FLAME_TOKEN": router_token},  # least privilege: tables and metrics
             )
         )
+    # The CLMC never sends alert webhooks to the platform's own endpoints (its outbound policy).
+    clmc = control[1]
+    own = (pce_url, orchestrator_url, dashboard_url, *sr_urls.values())
+    control[1] = replace(clmc, argv=[*clmc.argv, *(a for u in own for a in ("--platform-url", u))])
     orchestrator = component(
         "orchestrator",
         orchestrator_url,

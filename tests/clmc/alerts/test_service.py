@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 
 from flame.clmc.alerts.api import install_alert_routes
 from flame.clmc.alerts.notify import Notifier
+from flame.clmc.alerts.outbound import OutboundPolicy
 from flame.clmc.alerts.service import AlertService
 from flame.common.auth import Principal, Role, TokenStore, parse_bearer
 
@@ -111,8 +112,12 @@ async def test_rules_over_http_fire_to_the_sfemc_and_webhooks(tmp_path: Path) ->
     env = Env(tmp_path)
     receiver, third_party = Receiver([]), Receiver([])
     sfemc_url, hook = await receiver.start(), await third_party.start()
+    # The third party listens on loopback, which the outbound policy refuses unless allowed.
+    loopback = OutboundPolicy.build(allow=["127.0.0.1"])
     service = AlertService(
-        tmp_path / "rules.json", Notifier(sfemc_url, token=env.operator), sliding=False
+        tmp_path / "rules.json",
+        Notifier(sfemc_url, token=env.operator, outbound=loopback),
+        sliding=False,
     )
     app = app_for(service, env.tokens)
     async with httpx.AsyncClient(
@@ -183,7 +188,9 @@ async def test_deliveries_retry_server_errors_but_not_refusals(tmp_path: Path) -
     flaky = Receiver([503, 503, 200])
     refusing = Receiver([422])
     flaky_url, refusing_url = await flaky.start(), await refusing.start()
-    notifier = Notifier(sfemc_url=flaky_url, token="secret")
+    notifier = Notifier(
+        sfemc_url=flaky_url, token="secret", outbound=OutboundPolicy.build(allow=["127.0.0.1"])
+    )
     service = AlertService(None, notifier, sliding=False)
     service.put("acme", "vod", "vod-1", [{**RULE, "webhooks": [refusing_url]}])
     window = service.engine.clock() // S * S

@@ -6,8 +6,12 @@
     GET    /v1/alerts/events?limit=N the latest level changes (KPI events, CLMC-21)
     GET    /v1/alerts/stream         the same, live, as server-sent events
 
-Tenants see and change only their own chains' rules; the operator (and the orchestrator, which
-holds an operator token) any tenant's.
+Every route is for tenants and the operator (`TenantOrOperator`; a router gets 403). Tenants see
+and change only their own chains' rules; the operator (and the orchestrator, which holds an
+operator token) any tenant's. A rule reads only what its tenant may query, whoever sets it
+(the orchestrator sets rules a tenant wrote in its template): the tenant's own databases, or the
+platform database `flame`, where the engine gives it only the tenant's rows (see
+`flame.clmc.tenancy`). Errors are `{"error": ...}` as on the CLMC's InfluxDB routes.
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from flame.clmc.alerts.engine import DEFAULT_DATABASE
 from flame.clmc.alerts.service import AlertService
+from flame.clmc.tenancy import Delegations, access_of_tenant
+from flame.common.access import TenantOrOperator
 from flame.common.auth import Principal, Role
 
 __all__ = ["install_alert_routes"]
 
-# Raises an exception with `status` and `message` (401) when the request has no valid token;
-# returns None when authentication is off.
+# For an app without the CLMC's authentication: returns the caller (None when authentication is
+# off) or raises an exception with `status` and `message`, or an AuthenticationError.
 Authenticate = Callable[[Request], Principal | None]
 
 
@@ -35,18 +41,21 @@ def _json_error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def install_alert_routes(app: FastAPI, alerts: AlertService, authenticate: Authenticate) -> None:
-    def who(request: Request) -> Principal | JSONResponse | None:
-        try:
-            return authenticate(request)
-        except Exception as exc:
-            status = getattr(exc, "status", None)
-            if isinstance(status, int):
-                return _json_error(status, getattr(exc, "message", str(exc)))
-            raise
+def install_alert_routes(
+    app: FastAPI,
+    alerts: AlertService,
+    authenticate: Authenticate | None = None,
+    *,
+    delegations: Delegations | None = None,
+) -> None:
+    """Add the alerting routes to `app`, which authenticates its callers (the CLMC app does,
+    `flame.clmc.api.InfluxAuth`); or give `authenticate` to have this add the authentication
+    and the JSON errors to an app of its own."""
+    if authenticate is not None:
+        _install_authentication(app, authenticate)
 
-    def tenant_for(principal: Principal | None, asked: object) -> str | JSONResponse:
-        if principal is None or principal.role is Role.OPERATOR:
+    def tenant_for(principal: Principal, asked: object) -> str | JSONResponse:
+        if principal.role is Role.OPERATOR:
             if not isinstance(asked, str) or not asked:
                 return _json_error(400, "'tenant' is required: the tenant owning the chain")
             return asked
@@ -55,10 +64,7 @@ def install_alert_routes(app: FastAPI, alerts: AlertService, authenticate: Authe
         return str(principal.tenant)
 
     @app.put("/v1/alerts/{sfc}/{sfci}")
-    async def put_rules(sfc: str, sfci: str, request: Request) -> Any:
-        principal = who(request)
-        if isinstance(principal, JSONResponse):
-            return principal
+    async def put_rules(sfc: str, sfci: str, request: Request, caller: TenantOrOperator) -> Any:
         try:
             body = await request.json()
         except ValueError as exc:
@@ -67,12 +73,20 @@ def install_alert_routes(app: FastAPI, alerts: AlertService, authenticate: Authe
             return _json_error(
                 400, 'send {"tenant": ..., "rules": [...]} (rules as in the service model)'
             )
-        tenant = tenant_for(principal, body.get("tenant"))
+        tenant = tenant_for(caller, body.get("tenant"))
         if isinstance(tenant, JSONResponse):
             return tenant
         database = body.get("database", DEFAULT_DATABASE)
         if not isinstance(database, str) or not database:
             return _json_error(400, "'database' must be a database name")
+        # The rule's tenant, not the caller: the operator's token sets tenants' rules too.
+        if not access_of_tenant(caller.name, tenant, delegations).may_read(database):
+            return _json_error(
+                403,
+                f"alert rules of tenant {tenant!r} may not read database {database!r}: a rule "
+                f"reads only what its tenant may query (its own databases, or "
+                f"{DEFAULT_DATABASE!r} narrowed to its names)",
+            )
         try:
             names = alerts.put(tenant, sfc, sfci, body["rules"], database)
         except (KeyError, ValueError, TypeError) as exc:
@@ -80,28 +94,22 @@ def install_alert_routes(app: FastAPI, alerts: AlertService, authenticate: Authe
         return {"tenant": tenant, "sfc": sfc, "sfci": sfci, "rules": names}
 
     @app.delete("/v1/alerts/{sfc}/{sfci}")
-    async def delete_rules(sfc: str, sfci: str, request: Request) -> Any:
-        principal = who(request)
-        if isinstance(principal, JSONResponse):
-            return principal
+    async def delete_rules(sfc: str, sfci: str, caller: TenantOrOperator) -> Any:
         tenants = (
             {k.tenant for k, _, _ in alerts.engine.rules() if (k.sfc, k.sfci) == (sfc, sfci)}
-            if principal is None or principal.role is Role.OPERATOR
-            else {str(principal.tenant)}
+            if caller.role is Role.OPERATOR
+            else {str(caller.tenant)}
         )
         removed = sum(alerts.delete(t, sfc, sfci) for t in tenants)
         if not removed:
             return _json_error(404, f"no alert rules for {sfc}/{sfci}")
         return {"removed": removed}
 
-    def visible(principal: Principal | None, tenant: str) -> bool:
-        return principal is None or principal.role is Role.OPERATOR or principal.tenant == tenant
+    def visible(principal: Principal, tenant: str) -> bool:
+        return principal.role is Role.OPERATOR or principal.tenant == tenant
 
     @app.get("/v1/alerts")
-    async def list_rules(request: Request) -> Any:
-        principal = who(request)
-        if isinstance(principal, JSONResponse):
-            return principal
+    async def list_rules(caller: TenantOrOperator) -> Any:
         return [
             {
                 "tenant": key.tenant,
@@ -119,15 +127,12 @@ def install_alert_routes(app: FastAPI, alerts: AlertService, authenticate: Authe
                 "tags": dict(rule.tags),
             }
             for key, rule, level in alerts.engine.rules()
-            if visible(principal, key.tenant)
+            if visible(caller, key.tenant)
         ]
 
     @app.get("/v1/alerts/stream")
-    async def stream(request: Request, keepalive_s: float = 15.0) -> Any:
-        principal = who(request)
-        if isinstance(principal, JSONResponse):
-            return principal
-        tenant = None if principal is None or principal.role is Role.OPERATOR else principal.tenant
+    async def stream(caller: TenantOrOperator, keepalive_s: float = 15.0) -> Any:
+        tenant = None if caller.role is Role.OPERATOR else caller.tenant
 
         async def events() -> AsyncIterator[bytes]:
             with alerts.listen() as queue:
@@ -147,9 +152,37 @@ def install_alert_routes(app: FastAPI, alerts: AlertService, authenticate: Authe
         )
 
     @app.get("/v1/alerts/events")
-    async def events(request: Request, limit: int = 100) -> Any:
-        principal = who(request)
-        if isinstance(principal, JSONResponse):
-            return principal
-        tenant = None if principal is None or principal.role is Role.OPERATOR else principal.tenant
+    async def events(caller: TenantOrOperator, limit: int = 100) -> Any:
+        tenant = None if caller.role is Role.OPERATOR else caller.tenant
         return [e.to_dict() for e in alerts.recent(tenant, max(1, min(limit, 1000)))]
+
+
+def _install_authentication(app: FastAPI, authenticate: Authenticate) -> None:
+    """An app of its own: `authenticate` in a middleware, gate refusals as JSON errors."""
+    from flame.clmc.api import OPEN_PRINCIPAL, install_influx_errors  # noqa: PLC0415
+    from flame.common.access import set_principal  # noqa: PLC0415
+    from flame.common.errors import FlameError  # noqa: PLC0415
+
+    failure_key = "flame.clmc.alerts.auth_failure"
+
+    class Authentication:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                try:
+                    principal = authenticate(Request(scope))
+                except Exception as exc:  # the caller's authenticate says what a failure is
+                    status = getattr(exc, "status", None)
+                    if not isinstance(status, int):
+                        if not isinstance(exc, FlameError):
+                            raise
+                        status = exc.http_status
+                    scope[failure_key] = (status, getattr(exc, "message", str(exc)))
+                else:
+                    set_principal(scope, OPEN_PRINCIPAL if principal is None else principal)
+            await self.inner(scope, receive, send)
+
+    app.add_middleware(Authentication)
+    install_influx_errors(app, failure_key=failure_key)

@@ -6,6 +6,13 @@ open window of every rule on that measurement (a filter and a few numpy reductio
 closes windows by wall clock (with `lateness_s` for stragglers), evaluates them and returns the
 events: only level changes (ok -> critical fires, critical -> ok recovers), so a handler sees
 one event per incident, not one per window.
+
+Rules read only what their tenant may query (issue 11). With `scopes` set (the CLMC sets it when
+it checks tokens), a rule on the platform database `flame` folds only the points its tenant may
+read there (`RowScope`: its FQDNs, its tenant tag); while its tenant's rows are unknown (the
+delegations not read yet, or stale) the rule sees nothing and gives no verdict, and once they
+are known again it starts afresh, as a new rule does, so that the gap never reads as silence to
+a deadman rule.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.compute as pc  # type: ignore[import-untyped]
 
 from flame.clmc.alerts.window import Window, needs_values
+from flame.clmc.influxql.scope import FQDN_TAG, TENANT_TAG, RowScope
+from flame.clmc.store.base import KIND_KEY, TAG
 from flame.tosca.model import AlertRule, EventType
 
 __all__ = ["AlertEngine", "AlertEvent", "Level", "RuleKey"]
@@ -154,6 +163,16 @@ class _RuleState:
     # Sliding rules keep the recent points (time, value chunks) instead of tumbling windows.
     recent: list[tuple[Any, Any]] = field(default_factory=list)
     last_end_ns: int = 0
+    blind: bool = False  # its tenant's rows are unknown: no data, no verdict
+
+    def restart(self, now: int) -> None:
+        """Judge again from `now` on, as a rule registered now (after being blind)."""
+        self.windows.clear()
+        self.recent.clear()
+        self.next_index = now // self.granularity_ns
+        self.registered_ns = now
+        self.last_end_ns = 0
+        self.previous_aggregate = None
 
     def window(self, index: int) -> Window:
         found = self.windows.get(index)
@@ -166,6 +185,33 @@ class _RuleState:
 
 
 Clock = Callable[[], int]
+Scopes = Callable[[str], RowScope | None]  # tenant -> its rows of the platform database
+
+
+def _tag(batch: pa.Table, key: str) -> pa.ChunkedArray | None:
+    """The tag column `key` of an ingested batch (not a field of the same name)."""
+    for i, f in enumerate(batch.schema):
+        if f.name == key and (f.metadata or {}).get(KIND_KEY, TAG) == TAG:
+            return batch.column(i)
+    return None
+
+
+def visible_rows(batch: pa.Table, scope: RowScope) -> pa.ChunkedArray | pa.Array | bool:
+    """Which rows of a platform-database batch `scope` may read (the query compiler's rule:
+    FQDN in its zones, tenant tag its own, nothing of a batch with neither tag)."""
+    fqdns, tenants = _tag(batch, FQDN_TAG), _tag(batch, TENANT_TAG)
+    if fqdns is None and tenants is None:
+        return False
+    mask: Any = True
+    if fqdns is not None:
+        seen = [v for v in pc.unique(fqdns).to_pylist() if v is not None and scope.sees_fqdn(v)]
+        if not seen:
+            return False
+        mask = pc.is_in(fqdns, value_set=pa.array(seen, fqdns.type))
+    if tenants is not None:
+        mine = pc.fill_null(pc.equal(tenants, scope.tenant), False)
+        mask = mine if mask is True else pc.and_(mask, mine)
+    return mask
 
 
 class AlertEngine:
@@ -179,6 +225,10 @@ class AlertEngine:
         self.lateness_ns = int(lateness_s * 1e9)
         self.clock = clock
         self.sliding = sliding
+        # Set by the CLMC when it checks tokens: the rows of `shared` each tenant may read.
+        # None: rules read every row (the open mode, and the engine on its own).
+        self.scopes: Scopes | None = None
+        self.shared = DEFAULT_DATABASE
         self._states: dict[RuleKey, _RuleState] = {}
         self._by_measurement: dict[tuple[str, str], list[_RuleState]] = {}
         self.evaluations = 0
@@ -247,11 +297,27 @@ class AlertEngine:
         if not states or batch.num_rows == 0:
             return
         names = set(batch.column_names)
+        scoped = self.scopes is not None and database == self.shared
+        masks: dict[str, Any] = {}  # tenant -> its visible rows of this batch
         for state in states:
             rule = state.rule
             if rule.field not in names or "time" not in names:
                 continue
             mask: pa.Array | None = None
+            if scoped:
+                tenant = state.key.tenant
+                if tenant not in masks:
+                    assert self.scopes is not None
+                    scope = self.scopes(tenant)
+                    masks[tenant] = None if scope is None else visible_rows(batch, scope)
+                visible = masks[tenant]
+                if visible is None:
+                    state.blind = True
+                    continue
+                if visible is False:
+                    continue
+                if visible is not True:
+                    mask = visible
             for tag, value in rule.tags:
                 if tag not in names:
                     mask = None
@@ -306,6 +372,14 @@ class AlertEngine:
         now = self.clock() if now_ns is None else now_ns
         events: list[AlertEvent] = []
         for state in list(self._states.values()):
+            if self.scopes is not None and state.database == self.shared:
+                if self.scopes(state.key.tenant) is None:
+                    state.blind = True
+                    continue
+                if state.blind:
+                    state.blind = False
+                    state.restart(now)
+                    continue
             if state.sliding:
                 event = self._slide(state, now)
                 if event is not None:

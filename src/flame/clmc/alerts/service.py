@@ -1,5 +1,9 @@
 """The CLMC's alerting service: the engine, its clock, event delivery, recent events, and the
-rules persisted so that a restarted CLMC keeps evaluating what the orchestrator handed it."""
+rules persisted so that a restarted CLMC keeps evaluating what the orchestrator handed it.
+
+A rule whose webhook the operator's outbound policy refuses (`flame.clmc.alerts.outbound`) is
+not stored: `put` raises `WebhookRefused`, a `ValueError` naming the rule and the URL, which
+the route answers with 400."""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import pyarrow as pa  # type: ignore[import-untyped]
 
 from flame.clmc.alerts.engine import DEFAULT_DATABASE, AlertEngine, AlertEvent, rules_from_dicts
 from flame.clmc.alerts.notify import Notifier
+from flame.clmc.alerts.outbound import WebhookRefused
 from flame.common.nats_events import NatsEvents, subject
 
 __all__ = ["AlertService"]
@@ -65,8 +70,23 @@ class AlertService:
         sfci: str,
         rules: list[dict[str, Any]],
         database: str = DEFAULT_DATABASE,
+        *,
+        check_webhooks: bool = True,
     ) -> list[str]:
-        parsed = rules_from_dicts(rules)  # raises KeyError/ValueError on a malformed rule
+        """Replace the rules of one chain instance. Raises KeyError/ValueError on a malformed
+        rule and `WebhookRefused` (a ValueError) on a webhook the outbound policy refuses."""
+        parsed = rules_from_dicts(rules)
+        policy = self.notifier.outbound
+        for rule in parsed:
+            for url in rule.webhooks:
+                try:
+                    policy.check(url, resolve=check_webhooks)
+                except WebhookRefused as exc:
+                    if check_webhooks:
+                        raise WebhookRefused(f"alert rule {rule.name!r}: {exc.message}") from None
+                    # Stored before the policy changed: kept (its other handlers still get
+                    # events) but this webhook is refused at every delivery.
+                    log.warning("stored alert rule %s of %s/%s: %s", rule.name, sfc, sfci, exc)
         with self._lock:
             keys = self.engine.set_rules(tenant, sfc, sfci, parsed, database=database)
         self._specs[(tenant, sfc, sfci)] = {"rules": rules, "database": database}
@@ -96,7 +116,14 @@ class AlertService:
             return
         for item in json.loads(self.rules_path.read_text(encoding="utf-8")):
             try:
-                self.put(item["tenant"], item["sfc"], item["sfci"], item["rules"], item["database"])
+                self.put(
+                    item["tenant"],
+                    item["sfc"],
+                    item["sfci"],
+                    item["rules"],
+                    item["database"],
+                    check_webhooks=False,  # no DNS at start-up; delivery checks each time
+                )
             except (KeyError, ValueError) as exc:
                 log.error(
                     "ignoring stored alert rules %s/%s: %s", item.get("sfc"), item.get("sfci"), exc

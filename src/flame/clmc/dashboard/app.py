@@ -4,6 +4,14 @@ The dashboard holds no privilege of its own: the browser sends its token (taken 
 fragment `#token=...`, which never reaches a server log), and each upstream call carries it.
 Upstreams are queried concurrently; one that is down leaves its part empty and is named in
 `errors`, so the page keeps working with what it has.
+
+Every `/api` request is authenticated before anything else: the token is checked with the
+orchestrator's `GET /v1/whoami` on every request (no cache, so a revoked or expired token stops
+working at once), and the caller it names is what the routes' access gates see (page and
+static files: public; `/api/*`: a tenant or the operator). A bad token is a 401 with no content;
+when the orchestrator cannot say, a 503. What a tenant sees is what the upstreams give its token:
+its own services, alerts and events, and the rows of the platform database `flame` for its own
+FQDNs (where the CLMC refuses that, the KPI chart says so and the rest of the page still works).
 """
 
 from __future__ import annotations
@@ -11,14 +19,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.datastructures import Headers
+
+from flame.common.access import PUBLIC, TenantOrOperator, require_declared, set_principal
+from flame.common.auth import Principal, Role, parse_bearer
+from flame.common.errors import AuthenticationError, FlameError
+from flame.common.http_api import error_response, install_errors
 
 __all__ = ["DashboardConfig", "create_dashboard_app"]
 
@@ -44,11 +58,93 @@ class DashboardConfig:
     timeout_s: float = 2.0
 
 
+class TokenCheckUnavailable(FlameError):
+    """The orchestrator, which knows the tokens, could not be asked (503, retry)."""
+
+    code: ClassVar[str] = "token_check_unavailable"
+    http_status: ClassVar[int] = 503
+
+
 def _asset(name: str) -> bytes:
     return (resources.files("flame.clmc.dashboard") / "static" / name).read_bytes()
 
 
-def create_dashboard_app(config: DashboardConfig) -> FastAPI:
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Verify = Callable[[str], Awaitable[Principal]]
+
+
+class WhoamiAuth:
+    """Authenticate every `/api` request with the orchestrator before routing."""
+
+    def __init__(self, app: ASGIApp, verify: Verify) -> None:
+        self.app = app
+        self.verify = verify
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not (path == "/api" or path.startswith("/api/")):
+            await self.app(scope, receive, send)
+            return
+        try:
+            header = Headers(scope=scope).get("authorization")
+            if not header:
+                raise AuthenticationError(
+                    "missing Authorization header; open the dashboard URL that 'flame up' "
+                    "printed (it carries #token=...), or paste a token"
+                )
+            set_principal(scope, await self.verify(parse_bearer(header)))
+        except FlameError as exc:
+            await error_response(exc)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+async def whoami(http: httpx.AsyncClient, orchestrator_url: str | None, token: str) -> Principal:
+    """Who `token` belongs to, as the orchestrator says now (401 if no one)."""
+    if orchestrator_url is None:
+        raise TokenCheckUnavailable("no orchestrator configured: the dashboard cannot check tokens")
+    try:
+        response = await http.get(
+            orchestrator_url.rstrip("/") + "/v1/whoami",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    except httpx.HTTPError as exc:
+        raise TokenCheckUnavailable(
+            f"cannot check the token: the orchestrator is unreachable ({type(exc).__name__})"
+        ) from None
+    if 400 <= response.status_code < 500:
+        raise AuthenticationError(_upstream_message(response) or "the token was not accepted")
+    if response.status_code != 200:
+        raise TokenCheckUnavailable(
+            f"cannot check the token: the orchestrator answered HTTP {response.status_code}"
+        )
+    try:
+        body = response.json()
+        return Principal(str(body["name"]), Role(body["role"]), body.get("tenant"))
+    except (ValueError, KeyError, TypeError, FlameError):
+        raise TokenCheckUnavailable(
+            "cannot check the token: the orchestrator's answer is not a principal"
+        ) from None
+
+
+def _upstream_message(response: httpx.Response) -> str:
+    try:
+        detail = response.json()
+    except ValueError:
+        return response.text[:200]
+    if isinstance(detail, dict):
+        return str(detail.get("message") or detail.get("error") or "")
+    return str(detail)[:200]
+
+
+def create_dashboard_app(
+    config: DashboardConfig, *, transport: httpx.AsyncBaseTransport | None = None
+) -> FastAPI:
+    """`transport` (tests) replaces the network for every upstream call."""
     client: dict[str, httpx.AsyncClient] = {}
 
     @contextlib.asynccontextmanager
@@ -57,18 +153,32 @@ def create_dashboard_app(config: DashboardConfig) -> FastAPI:
         if "c" in client:
             await client["c"].aclose()
 
-    app = FastAPI(title="FLAME dashboard", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app = FastAPI(
+        title="FLAME dashboard", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
+    )
 
     def http() -> httpx.AsyncClient:
         if "c" not in client:
-            client["c"] = httpx.AsyncClient(timeout=config.timeout_s, trust_env=False)
+            client["c"] = httpx.AsyncClient(
+                timeout=config.timeout_s, trust_env=False, transport=transport
+            )
         return client["c"]
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def verify(token: str) -> Principal:
+        return await whoami(http(), config.orchestrator_url, token)
+
+    app.add_middleware(WhoamiAuth, verify=verify)
+    install_errors(app, "the dashboard")
+
+    def bearer(request: Request) -> str:
+        # WhoamiAuth has parsed and checked it; passed on unchanged to each upstream.
+        return "Bearer " + parse_bearer(request.headers.get("authorization"))
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False, dependencies=[PUBLIC])
     async def index() -> Response:
         return HTMLResponse(_asset("index.html"))
 
-    @app.get("/static/{name}", include_in_schema=False)
+    @app.get("/static/{name}", include_in_schema=False, dependencies=[PUBLIC])
     async def static(name: str) -> Response:
         suffix = name[name.rfind(".") :] if "." in name else ""
         if "/" in name or suffix not in _STATIC_TYPES:
@@ -79,18 +189,17 @@ def create_dashboard_app(config: DashboardConfig) -> FastAPI:
             return JSONResponse({"error": f"no such file {name!r}"}, status_code=404)
 
     @app.get("/api/query")
-    async def query(request: Request, q: str = "", db: str = "") -> Response:
+    async def query(
+        request: Request, caller: TenantOrOperator, q: str = "", db: str = ""
+    ) -> Response:
         """Any InfluxQL, run by the CLMC as the caller (CLMC-17); its answer as it is."""
-        auth = request.headers.get("authorization")
-        if not auth or config.clmc_url is None:
-            status = 401 if not auth else 503
-            message = "missing Authorization header" if not auth else "no CLMC configured"
-            return JSONResponse({"error": message}, status_code=status)
+        if config.clmc_url is None:
+            return JSONResponse({"error": "no CLMC configured"}, status_code=503)
         try:
             response = await http().get(
                 config.clmc_url.rstrip("/") + "/query",
                 params={"q": q, "db": db, "epoch": "ms"},
-                headers={"Authorization": auth},
+                headers={"Authorization": bearer(request)},
             )
         except httpx.HTTPError as exc:
             return JSONResponse(
@@ -101,19 +210,12 @@ def create_dashboard_app(config: DashboardConfig) -> FastAPI:
         )
 
     @app.get("/api/snapshot")
-    async def snapshot(request: Request) -> Response:
-        auth = request.headers.get("authorization")
-        if not auth:
-            return JSONResponse(
-                {
-                    "error": "missing Authorization header; open the dashboard URL that 'flame up' "
-                    "printed (it carries #token=...)"
-                },
-                status_code=401,
-            )
-        return JSONResponse(await gather(http(), config, auth))
+    async def snapshot(request: Request, caller: TenantOrOperator) -> Response:
+        body = await gather(http(), config, bearer(request))
+        body["whoami"] = {"name": caller.name, "role": caller.role.value, "tenant": caller.tenant}
+        return JSONResponse(body)
 
-    return app
+    return require_declared(app)
 
 
 async def gather(http: httpx.AsyncClient, config: DashboardConfig, auth: str) -> dict[str, Any]:
@@ -129,14 +231,7 @@ async def gather(http: httpx.AsyncClient, config: DashboardConfig, auth: str) ->
             errors[name] = f"{base} unreachable: {type(exc).__name__}"
             return None
         if response.status_code >= 400:
-            try:
-                detail = response.json()
-            except ValueError:
-                detail = response.text[:200]
-            message = (
-                detail.get("error") or detail.get("message") if isinstance(detail, dict) else detail
-            )
-            errors[name] = f"HTTP {response.status_code}: {message}"
+            errors[name] = f"HTTP {response.status_code}: {_upstream_message(response)}"
             return None
         return response.json()
 

@@ -1,4 +1,8 @@
-"""Run InfluxQL text and shape InfluxDB 1.x result bodies (whole or chunked)."""
+"""Run InfluxQL text and shape InfluxDB 1.x result bodies (whole or chunked).
+
+Both entry points take the caller's `access` (None: the operator) and check the whole request
+with `scope.authorize` before running any of it; the compiler then reads the shared database
+through the caller's row scope (`Context.scoped`)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from flame.clmc.influxql.dialect import DUCKDB, Dialect
 from flame.clmc.influxql.errors import StatementError
 from flame.clmc.influxql.meta import run_meta
 from flame.clmc.influxql.parser import parse
+from flame.clmc.influxql.scope import Access, authorize
 from flame.clmc.influxql.select import run_select, select_rows
 from flame.clmc.influxql.timefmt import EPOCH_UNITS
 from flame.clmc.store.base import Store
@@ -22,10 +27,16 @@ Result = dict[str, object]
 
 
 def _context(
-    store: Store, db: str | None, epoch: str | None, now_ns: int | None, dialect: Dialect
+    store: Store,
+    db: str | None,
+    epoch: str | None,
+    now_ns: int | None,
+    dialect: Dialect,
+    access: Access | None,
 ) -> Context:
     unit = epoch if epoch in EPOCH_UNITS else None  # InfluxDB ignores an unknown epoch
-    return Context(store, db or None, time.time_ns() if now_ns is None else now_ns, unit, dialect)
+    now = time.time_ns() if now_ns is None else now_ns
+    return Context(store, db or None, now, unit, dialect, access)
 
 
 def _run(ctx: Context, sid: int, stmt: A.Statement) -> Result:
@@ -50,10 +61,13 @@ def execute(
     *,
     now_ns: int | None = None,
     dialect: Dialect = DUCKDB,
+    access: Access | None = None,
 ) -> dict[str, object]:
-    """The JSON body InfluxDB 1.x answers `/query` with; raises ParseError (HTTP 400)."""
+    """The JSON body InfluxDB 1.x answers `/query` with; raises ParseError (HTTP 400) and
+    `scope.Unauthorized` (HTTP 403) before running anything."""
     statements = parse(text, params or {})
-    ctx = _context(store, db, epoch, now_ns, dialect)
+    authorize(statements, db or None, access)
+    ctx = _context(store, db, epoch, now_ns, dialect, access)
     return {"results": [_run(ctx, i, stmt) for i, stmt in enumerate(statements)]}
 
 
@@ -67,11 +81,14 @@ def execute_chunked(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     now_ns: int | None = None,
     dialect: Dialect = DUCKDB,
+    access: Access | None = None,
 ) -> Iterator[dict[str, object]]:
     """`chunked=true`: successive bodies of at most `chunk_size` rows, flagged `partial` as
-    InfluxDB does. Parses before returning, so a ParseError is raised before any body is sent."""
+    InfluxDB does. Parses and authorizes before returning, so a ParseError or `Unauthorized`
+    is raised before any body is sent."""
     statements = parse(text, params or {})
-    ctx = _context(store, db, epoch, now_ns, dialect)
+    authorize(statements, db or None, access)
+    ctx = _context(store, db, epoch, now_ns, dialect, access)
     size = chunk_size if chunk_size > 0 else DEFAULT_CHUNK_SIZE
     return _chunks(ctx, statements, size)
 

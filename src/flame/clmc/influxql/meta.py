@@ -32,7 +32,7 @@ def _all_schemas(
             for name in ctx.store.measurements(db, rp.name):
                 schema = ctx.store.schema(db, rp.name, name)
                 if schema is not None:
-                    found.append(schema)
+                    found.append(ctx.scoped(schema))
     out: dict[str, list[MeasurementSchema]] = {}
     for s in found:
         out.setdefault(s.measurement, []).append(s)
@@ -131,13 +131,28 @@ def show_tag_values(ctx: Context, s: A.ShowTagValues) -> list[Series]:
     return out
 
 
+def _fields_present(ctx: Context, schema: MeasurementSchema) -> list[str]:
+    """The fields some (visible) row of `schema` has a value of."""
+    keys = list(schema.field_types)
+    if not keys:
+        return []
+    counts = ", ".join(f"count({schema.field_column(k)}) AS f{i}" for i, k in enumerate(keys))
+    got = ctx.query(f"SELECT {counts} FROM {schema.table}", []).to_pylist()[0]
+    return [k for i, k in enumerate(keys) if got[f"f{i}"]]
+
+
 def show_field_keys(ctx: Context, s: A.ShowFieldKeys) -> list[Series]:
     db = ctx.require_database(s.database)
     out: list[Series] = []
     for name, schemas in _all_schemas(ctx, db, s.sources).items():
         fields: dict[str, str] = {}
         for sc in schemas:
-            if _exists(ctx, sc, None):
+            if ctx.row_scoped(db):
+                # only the fields of the rows this caller sees: a measurement's schema is
+                # shared by every tenant's rows
+                for k in _fields_present(ctx, sc):
+                    fields.setdefault(k, sc.field_types[k].value)
+            elif _exists(ctx, sc, None):
                 for k, t in sc.field_types.items():
                     fields.setdefault(k, t.value)
         values = _page([[k, fields[k]] for k in sorted(fields)], s.limit, s.offset)
@@ -209,7 +224,7 @@ def _refs(expr: A.Expr | None) -> set[str]:
 
 
 def _delete(ctx: Context, s: A.Delete) -> None:
-    db = ctx.require_database(None)
+    db = ctx.require_database(None, change=True)
     trange, rest = split_time(s.condition, ctx.now_ns)
     targets: list[str | None] = []
     for src in s.sources:
@@ -250,11 +265,19 @@ def _delete(ctx: Context, s: A.Delete) -> None:
         ctx.store.delete(db, m, trange.lo, end, tags or None)
 
 
+def _require_change(ctx: Context, database: str) -> None:
+    if ctx.access is not None and not ctx.access.may_change(database):
+        raise StatementError(f"not authorized to use database {database}")
+
+
 def run_meta(ctx: Context, stmt: A.Statement) -> list[Series]:
     store = ctx.store
     match stmt:
         case A.ShowDatabases():
-            names: list[list[object]] = [[d] for d in ctx.databases()]
+            access = ctx.access
+            names: list[list[object]] = [
+                [d] for d in ctx.databases() if access is None or access.may_read(d)
+            ]
             series: Series = {"name": "databases", "columns": ["name"]}
             if names:
                 series["values"] = names
@@ -272,6 +295,7 @@ def run_meta(ctx: Context, stmt: A.Statement) -> list[Series]:
         case A.ShowRetentionPolicies():
             return show_retention_policies(ctx, stmt)
         case A.CreateDatabase(name, duration, rp_name):
+            _require_change(ctx, name)
             store.create_database(name)
             if duration is not None or rp_name is not None:
                 store.create_retention_policy(
@@ -280,18 +304,19 @@ def run_meta(ctx: Context, stmt: A.Statement) -> list[Series]:
             ctx.forget_catalog()
             return []
         case A.DropDatabase(name):
+            _require_change(ctx, name)
             if name in ctx.databases():
                 store.drop_database(name)
             ctx.forget_catalog()
             return []
         case A.CreateRetentionPolicy(name, db, duration, _, _, default):
-            ctx.require_database(db)
+            ctx.require_database(db, change=True)
             if 0 < duration < 3_600_000_000_000:
                 raise StatementError("retention policy duration must be at least 1h0m0s")
             store.create_retention_policy(db, RetentionPolicy(name, duration, default))
             return []
         case A.DropMeasurement(name):
-            db = ctx.require_database(None)
+            db = ctx.require_database(None, change=True)
             if name in store.measurements(db):
                 store.delete(db, name)
             return []

@@ -48,6 +48,9 @@ def select_rows(ctx: Context, stmt: A.SelectStatement) -> list[Rows]:
     if stmt.tz is not None and stmt.tz.upper() not in ("UTC", "ETC/UTC"):
         raise StatementError(f"tz('{stmt.tz}') is not supported: only UTC")
     schemas = ctx.resolve_sources(stmt.sources, check_rp=True)
+    if _wildcards(stmt):
+        # under a row scope, `*` and regexes expand to the keys of the rows the caller sees
+        schemas = [n for n in map(ctx.narrowed, schemas) if n is not None]
     trange, cond = split_time(stmt.condition, ctx.now_ns)
     every, offset = 0, 0
     dim_tags: list[str] = []
@@ -544,6 +547,23 @@ class _Query:
             out.append(Rows(head, data.slice(start, end - start), self.ctx.epoch))
             start = end
         return out
+
+
+def _wildcards(stmt: A.SelectStatement) -> bool:
+    """Whether the statement's columns or groups depend on the keys its measurements have."""
+
+    def wild(expr: A.Expr) -> bool:
+        if isinstance(expr, A.Wildcard | A.RegexLiteral):
+            return True
+        if isinstance(expr, A.BinaryExpr):
+            return wild(expr.lhs) or wild(expr.rhs)
+        if isinstance(expr, A.Call):
+            return any(wild(a) for a in expr.args)
+        return False
+
+    return any(wild(f.expr) for f in stmt.fields) or any(
+        isinstance(d, A.Wildcard | A.RegexLiteral) for d in stmt.dimensions
+    )
 
 
 def _refs(expr: A.Expr) -> list[A.VarRef]:

@@ -158,6 +158,10 @@ function drawKpi(snap) {
     svg.appendChild(el("line", { x1: x(t), y1: T, x2: x(t), y2: H - B, stroke: ev.level === "critical" ? "#f85149" : "#3fb950",
       "stroke-width": 1, "data-event": ev.id }));
   }
+  if (!series.length && snap.errors.kpi) {  // e.g. the CLMC refuses this token the platform database
+    svg.appendChild(el("text", { x: L + 8, y: T + 20, fill: "#8a96a3", "font-size": 12, "data-testid": "kpi-unavailable" },
+      `KPIs unavailable: ${snap.errors.kpi}`));
+  }
   series.forEach((s, i) => {
     const color = COLORS[i % COLORS.length];
     const pts = s.points.filter(([t]) => t >= t0).map(([t, v]) => `${x(t).toFixed(1)},${y(v).toFixed(1)}`).join(" ");
@@ -217,14 +221,37 @@ function drawTables(snap) {
 
 // -- loop -----------------------------------------------------------------------------------------
 
+function who(me) {
+  if (!me) return "";
+  return me.role === "tenant" ? `tenant ${me.tenant} (${me.name})` : `${me.role} (${me.name})`;
+}
+
+// Nothing of a previous answer stays on the page once the token stops working.
+function forget() {
+  for (const id of ["topology", "kpi", "legend", "timeline", "qchart", "qresult", "db"]) clear(document.getElementById(id));
+  const measurements = document.getElementById("measurement");
+  while (measurements.options.length > 1) measurements.remove(1);
+  for (const body of document.querySelectorAll("#alerts tbody, #services tbody")) clear(body);
+  document.getElementById("whoami").textContent = "";
+  document.getElementById("updated").textContent = "not signed in";
+}
+
 async function tick() {
   const tok = token();
   if (!tok) { document.getElementById("login").hidden = false; return; }
   try {
     const r = await fetch("api/snapshot", { headers: { Authorization: "Bearer " + tok } });
-    const snap = await r.json();
-    if (!r.ok) throw new Error(snap.error || r.status);
+    const snap = await r.json().catch(() => ({}));
+    if (!r.ok) {
+      forget();
+      if (r.status === 401) {  // unknown, revoked or expired: ask for another token
+        sessionStorage.removeItem("flame-token");
+        document.getElementById("login").hidden = false;
+      }
+      throw new Error(snap.message || snap.error || `HTTP ${r.status}`);
+    }
     drawTopology(snap); drawKpi(snap); drawTables(snap);
+    document.getElementById("whoami").textContent = who(snap.whoami);
     document.getElementById("updated").textContent = "updated " + hhmmss(snap.time);
     const errs = Object.entries(snap.errors);
     document.getElementById("errors").textContent = errs.map(([k, v]) => `${k}: ${v}`).join("; ");
@@ -267,7 +294,7 @@ async function runQuery() {
   clear(out); clear(svg);
   const body = await influx(document.getElementById("q").value, document.getElementById("db").value);
   const result = (body.results || [])[0] || {};
-  const error = body.error || result.error;
+  const error = body.message || body.error || result.error;
   if (error) { out.textContent = "error: " + error; out.className = "level-critical"; return; }
   out.className = "";
   const series = result.series || [];
@@ -308,7 +335,9 @@ document.getElementById("login").addEventListener("submit", ev => {
   ev.preventDefault();
   sessionStorage.setItem("flame-token", document.getElementById("token").value.trim());
   document.getElementById("login").hidden = true;
+  document.getElementById("errors").textContent = "";
   tick();
+  loadDatabases().then(runQuery).catch(e => { document.getElementById("errors").textContent = "query: " + e.message; });
 });
 tick();
 setInterval(tick, 1000);
