@@ -116,9 +116,9 @@ def test_pce_and_sr_processes_route_switch_and_survive_the_pce(tmp_path: Path) -
             PceClient(pce.url, operator) as client,
             live_sr(state, "sr-a", pce.url, operator) as sr,
         ):
-            # Unknown FQDN: 502 naming it.
+            # Unknown FQDN: 404 naming it.
             unknown = httpx.get(sr + "/", headers={"Host": "nobody.example"}, timeout=5)
-            assert unknown.status_code == 502
+            assert unknown.status_code == 404
             assert "nobody.example" in unknown.text
 
             # An endpoint at c-d (sr-a -> sr-d: 7 ms) becomes reachable by FQDN.

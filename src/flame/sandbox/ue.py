@@ -154,7 +154,7 @@ async def run_load(
 
 
 def _http_error(response: httpx.Response) -> str:
-    """'HTTP 502 unknown_fqdn': the status, with the SR's (or endpoint's) error code if any."""
+    """'HTTP 404 unknown_fqdn': the status, with the SR's (or endpoint's) error code if any."""
     reason = ""
     if response.headers.get("content-type", "").startswith("application/json"):
         try:

@@ -14,7 +14,18 @@ from flame.sfr.router.balancer import FqdnRoutes
 from flame.sfr.router.body import RequestBody
 from flame.sfr.router.coalesce import JoinWindow, coalesce_key, may_join
 from flame.sfr.router.config import Limits, RouterConfig, Timeouts
-from flame.sfr.router.errors import BadRequest, LoopDetected, MethodNotAllowed, NoEndpoint
+from flame.sfr.router.errors import (
+    BadRequest,
+    LoopDetected,
+    MethodNotAllowed,
+    NoEndpoint,
+    UnknownFqdn,
+    UpstreamBusy,
+    UpstreamConnectError,
+    UpstreamProtocolError,
+    UpstreamReset,
+    UpstreamTimeout,
+)
 from flame.sfr.router.flow import FlowControl
 from flame.sfr.router.forward import may_retry
 from flame.sfr.router.headers import connection_tokens, fqdn_from_host
@@ -264,6 +275,31 @@ def test_error_response_body_and_retry_after() -> None:
     assert b'"fqdn":"vod.example"' in body
 
 
+@pytest.mark.parametrize(
+    ("error", "status", "retry_after", "not_forwarded"),
+    [
+        (UnknownFqdn("no such FQDN", fqdn="x.example"), 404, None, b"route"),
+        (NoEndpoint("none", fqdn="x.example", retry_after=2), 503, b"2", b"route"),
+        (UpstreamConnectError("refused", sfe="e", endpoint="h:1"), 503, b"1", b"unreachable"),
+        (UpstreamBusy("busy", sfe="e", endpoint="h:1"), 503, b"1", None),
+        (UpstreamReset("cut", sfe="e", endpoint="h:1"), 502, None, None),
+        (UpstreamProtocolError("garbage", sfe="e", endpoint="h:1"), 502, None, None),
+        (UpstreamTimeout("slow", sfe="e", endpoint="h:1"), 504, None, None),
+    ],
+)
+def test_router_answers_statuses(error, status, retry_after, not_forwarded) -> None:
+    """Issue 14: 404 for an unknown FQDN, 503 + Retry-After when no endpoint can take the
+    request (none, all ejected, none reachable), 502 only for a bad upstream answer."""
+    head_part, _, _ = error_response(error, keep_alive=True).partition(b"\r\n\r\n")
+    parsed = ResponseHead(0, b"")
+    for line in head_part.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b": ")
+        parsed.add(name, value)
+    assert head_part.startswith(b"HTTP/1.1 %d " % status)
+    assert dict(parsed.headers).get(b"Retry-After") == retry_after
+    assert parsed.not_forwarded == not_forwarded
+
+
 # -- endpoint choice (SFR-1, SFR-4) ---------------------------------------------------------------------
 
 
@@ -281,7 +317,7 @@ def picks(r: FqdnRoutes, n: int, skip=lambda sfe: False) -> list[str]:
 
 
 def test_best_cost_tier_only_while_it_is_usable() -> None:
-    r = routes(("far", 9.0, 1), ("near1", 2.0, 1), ("near2", 2.0 + 1e-12, 1))
+    r = routes(("near1", 2.0, 1), ("near2", 2.0 + 1e-12, 1), ("far", 9.0, 1))
     assert set(picks(r, 10)) == {"near1", "near2"}
     assert r.best() == {"near1", "near2"}
     assert set(picks(r, 5, skip=lambda s: s.startswith("near"))) == {"far"}
@@ -303,9 +339,28 @@ def test_weights_skip_ejected_and_zero_weights() -> None:
     assert set(picks(r, 3, skip=lambda s: s in ("a", "b"))) == {"z"}
 
 
-def test_duplicate_endpoints_keep_their_best_route() -> None:
-    r = routes(("a", 5.0, 1), ("a", 1.0, 1), ("b", 3.0, 1))
-    assert [t.cost for t in r.tiers] == [1.0, 3.0]
+def test_duplicate_endpoints_keep_their_first_route() -> None:
+    r = routes(("a", 1.0, 1), ("a", 0.5, 1), ("b", 3.0, 1))
+    assert [(t.cost, [e.sfe for e in t.endpoints]) for t in r.tiers] == [(1.0, ["a"]), (3.0, ["b"])]
+
+
+def test_tiers_follow_the_pce_order_never_the_cost_alone() -> None:
+    """Issue 14 (SFR-6): under a policy the PCE ranks a preferred, farther cluster first; the SR
+    keeps that order: consecutive equal costs share a tier, a later cheaper route never jumps
+    ahead, and it serves only when the ones before it cannot."""
+    r = routes(("london", 13.0, 1), ("bath", 6.0, 1), ("bath-2", 6.0, 1), ("bristol", 0.0, 1))
+    assert [[e.sfe for e in t.endpoints] for t in r.tiers] == [
+        ["london"],
+        ["bath", "bath-2"],
+        ["bristol"],
+    ]
+    assert set(picks(r, 10)) == {"london"}
+    assert r.best() == {"london"}
+    assert set(picks(r, 10, skip=lambda s: s == "london")) == {"bath", "bath-2"}
+    assert picks(r, 2, skip=lambda s: s != "bristol") == ["bristol"] * 2
+    # Equal costs apart in the order are separate tiers.
+    r = routes(("a", 1.0, 1), ("b", 2.0, 1), ("c", 1.0, 1))
+    assert [[e.sfe for e in t.endpoints] for t in r.tiers] == [["a"], ["b"], ["c"]]
 
 
 def test_local_endpoints_and_egress_hops() -> None:

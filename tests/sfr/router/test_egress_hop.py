@@ -281,14 +281,14 @@ async def test_x_flame_endpoint_naming_a_local_endpoint_is_honoured_and_not_forw
 # -- failures --------------------------------------------------------------------------------
 
 
-async def test_unreachable_egress_sr_fails_over_like_a_connect_error(
-    upstreams, make_router
-) -> None:
-    """SFR-1: nothing listens at the egress SR: even a POST goes to the next endpoint at once,
-    and the endpoint behind the dead SR (alive itself) is ejected."""
+async def test_unreachable_egress_sr_is_bypassed_not_the_endpoint(upstreams, make_router) -> None:
+    """Issue 14: nothing listens at the egress SR: the hop is down, not the endpoint behind it
+    (alive itself). Even a POST (nothing was sent) goes straight to that endpoint at once, and
+    so do the next requests while the hop's back-off lasts; no endpoint is ejected."""
     far = await upstreams("e-far")
     local = await upstreams("e-local")
     dead = free_socket()  # bound, never listening: connections are refused
+    hop = f"{LOOPBACK}:{dead.getsockname()[1]}"
     try:
         a = await make_router(
             far_then_local(far, local),
@@ -301,41 +301,61 @@ async def test_unreachable_egress_sr_fails_over_like_a_connect_error(
             async with asyncio.timeout(5):
                 await c.send(request_bytes("POST", "/upload", body=b"payload"))
                 resp = await c.response()
+                after = [await c.get(f"/next/{i}") for i in range(3)]
         finally:
             await c.close()
     finally:
         dead.close()
     assert resp.status == 200
-    assert resp.json()["upstream"] == "e-local"
-    assert local.requests[0].body == b"payload"
-    assert far.requests == []
-    assert "e-far" in a.stats()["ejected"]
+    assert resp.json()["upstream"] == "e-far"
+    assert resp.header("via") == f"1.1 {A}"  # straight there: through one SR only
+    assert far.requests[0].body == b"payload"
+    assert [r.json()["upstream"] for r in after] == ["e-far"] * 3
+    assert local.requests == []
+    status = a.stats()
+    assert status["ejected"] == {}
+    assert 0.5 < status["egress_hops"]["bypassed"][hop] <= 1.0
+    assert (status["egress_hops"]["failures"], status["egress_hops"]["fallbacks"]) == (1, 1)
 
 
-async def test_egress_sr_going_down_fails_over_without_a_hang(upstreams, make_router) -> None:
-    """SFR-1: the egress SR stops (its pooled connection closes): the next request fails over."""
+async def test_egress_sr_going_down_is_bypassed_then_used_again(upstreams, make_router) -> None:
+    """Issue 14: the egress SR stops (its pooled connection closes): the next requests go
+    straight to the endpoint behind it, which is not ejected; once the egress SR is back, the
+    first request after the hop's back-off goes through it again."""
     far = await upstreams("e-far")
     local = await upstreams("e-local")
     b = await egress_sr(make_router, far.endpoint())
+    port = b.port
     a = await make_router(
         far_then_local(far, local),
         sr_id=A,
         egress_hop=True,
-        egress_port=b.port,
+        egress_port=port,
     )
     c = await Client.connect(a.port)
     try:
-        assert (await c.get("/before")).json()["upstream"] == "e-far"
+        assert (await c.get("/before")).header("via") == f"1.1 {B}, 1.1 {A}"
         await b.shutdown(grace=0.1)
         async with asyncio.timeout(5):
             for i in range(3):
                 resp = await c.get(f"/after/{i}")
                 assert resp.status == 200
-                assert resp.json()["upstream"] == "e-local"
+                assert resp.json()["upstream"] == "e-far"
+                assert resp.header("via") == f"1.1 {A}"
+        assert a.stats()["ejected"] == {}
+        assert local.requests == []
+        # SR B is back on its port; after the hop's 1 s back-off requests go through it again.
+        b2 = await egress_sr(
+            make_router, far.endpoint(), sock=bind_socket(LOOPBACK, port, reuse_port=False)
+        )
+        await asyncio.sleep(1.05)
+        resp = await c.get("/back")
+        assert resp.header("via") == f"1.1 {B}, 1.1 {A}"
+        assert requests_of(b2, "e-far") == 1
+        assert a.stats()["egress_hops"]["bypassed"] == {}
     finally:
         await c.close()
-    assert len(far.requests) == 1
-    assert "e-far" in a.stats()["ejected"]
+    assert len(far.requests) == 5
 
 
 async def test_egress_endpoint_failure_reaches_the_ingress_which_retries_elsewhere(

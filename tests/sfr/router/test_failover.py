@@ -67,13 +67,16 @@ async def test_failed_probe_doubles_the_ejection(upstreams, make_router) -> None
     await c.close()
 
 
-async def test_all_endpoints_down_is_a_502_then_a_503_with_retry_after(make_router) -> None:
+async def test_all_endpoints_down_is_a_503_with_retry_after(make_router) -> None:
+    """Issue 14: no endpoint up is a 503 with Retry-After, not a 502, from the first request
+    (both endpoints refused the connection) to the next (both ejected)."""
     r = await make_router(
         table(1, {"vod.example": [(endpoint("x", 1), 1.0), (endpoint("y", 2), 1.0)]})
     )
     c = await Client.connect(r.port)
     first = await c.get("/")
-    assert first.status == 502
+    assert first.status == 503
+    assert first.header("retry-after") == "1"  # when the first ejection ends
     assert first.json()["error"] == "upstream_unreachable"
     second = await c.get("/")
     assert second.status == 503

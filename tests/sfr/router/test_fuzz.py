@@ -28,7 +28,7 @@ from flame.sfr.router import Router, RouterConfig, StaticTableSource, Timeouts
 
 from .helpers import SR, Upstream, table
 
-ALLOWED = {200, 400, 405, 413, 431, 502, 503, 508}
+ALLOWED = {200, 400, 404, 405, 413, 431, 502, 503, 508}
 STATUS = re.compile(rb"^HTTP/1\.1 (\d{3}) [^\r\n]*\r\n")
 _PROFILE = os.environ.get("HYPOTHESIS_PROFILE")
 

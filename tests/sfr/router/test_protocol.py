@@ -63,11 +63,13 @@ async def test_routes_by_host_and_reuses_upstream_connections(upstreams, make_ro
     await c.close()
 
 
-async def test_unknown_fqdn_is_a_502_naming_it(upstreams, make_router) -> None:
+async def test_unknown_fqdn_is_a_404_naming_it(upstreams, make_router) -> None:
+    """Issue 14: an FQDN the SR has no route for is a 404 saying so (it was a 502)."""
     _, r = await routed(upstreams, make_router, "a")
     c = await Client.connect(r.port)
     resp = await c.get("/", host="nowhere.example")
-    assert resp.status == 502
+    assert resp.status == 404
+    assert resp.header("x-flame-not-forwarded") == "route"
     body = resp.json()
     assert body["error"] == "unknown_fqdn"
     assert body["fqdn"] == "nowhere.example"
@@ -83,6 +85,7 @@ async def test_known_fqdn_without_endpoint_is_a_503_with_retry_after(make_router
     resp = await c.get("/", host="empty.example")
     assert resp.status == 503
     assert resp.header("retry-after") == "5"
+    assert resp.header("x-flame-not-forwarded") == "route"
     assert resp.json()["error"] == "no_endpoint"
     assert resp.json()["fqdn"] == "empty.example"
     await c.close()
@@ -373,7 +376,7 @@ async def test_pipelined_requests_are_answered_in_order(upstreams, make_router) 
         + request_bytes("GET", "/fast2", "fast.example")
     )
     bodies = [(await c.response()) for _ in range(5)]
-    assert [b.status for b in bodies] == [200, 200, 200, 502, 200]
+    assert [b.status for b in bodies] == [200, 200, 200, 404, 200]
     assert [b.body for b in bodies[:3]] == [b"/slow", b"/fast-post", b"/fast"]
     assert fast.requests[0].body == b"12345"
     await c.close()
@@ -677,7 +680,7 @@ async def test_a_long_pipeline_of_immediate_answers_does_not_recurse(
         )
     )
     statuses = [(await c.response()).status for _ in range(n)]
-    assert statuses == [404 if i % 2 == 0 else 502 for i in range(n)]
+    assert statuses == [404] * n  # the status endpoint's unknown path, an unknown FQDN
     assert (await c.get("/", host="a.example")).status == 200
     await c.close()
 

@@ -15,14 +15,15 @@ Modules, one concern each::
     cycle        RequestCycle: one request, from its head to its last response byte
     writer       ResponseWriter: client-side framing, keep-alive, byte counts
     body         RequestBody: the client's body buffered, streamed, kept for a retry
-    forward      Forwarding: endpoint choice per attempt, retry once, ejection (callbacks)
+    forward      Forwarding: endpoint choice per attempt, retry once, ejection, egress hop
+                 health and fall-back (callbacks)
     upstream     UpstreamConnection: one keep-alive connection to an endpoint
     pool         UpstreamPool: bounded pools per endpoint address, draining, time-outs
     multicast    SharedFetch / Coalescer: one fetch streamed to many clients
     inflight     InflightTable: which worker fetches what (shared memory across workers)
     relay        Relay / Siblings: joining another worker's fetch over a private socket
     coalesce     which requests may share a fetch (pure)
-    balancer     best cost tier + smooth weighted round robin (pure)
+    balancer     the PCE's order in cost tiers + smooth weighted round robin (pure)
     outlier      OutlierDetector: ejection back-off (pure)
     table        RoutingState: the table in use, switches, withdrawn endpoints (pure)
     request      request head analysis and the head sent upstream (pure)
@@ -37,11 +38,12 @@ Modules, one concern each::
     context      RouterContext: what the connections of one worker share
     config       RouterConfig, Limits, Timeouts
     errors       the exception tree (each error is an HTTP answer)
-    _tasks       TaskSet: the only place tasks are started (named, referenced, logged)
+    _tasks       TaskSet: the only place tasks are started (named, referenced, logged);
+                 long-lived ones supervised (restarted with a back-off, shown in status)
 
 The request path runs on callbacks from the transports (no task or future per request);
 tasks are used only for new upstream connections and background work (table source,
-CLMC reporter, time-out sweeper).
+CLMC reporter, time-out sweeper; supervised).
 """
 
 from __future__ import annotations

@@ -1,7 +1,11 @@
-"""Endpoint choice for one FQDN (SFR-1, SFR-4): best cost tier first, weights within a tier.
+"""Endpoint choice for one FQDN (SFR-1, SFR-4, SFR-6): the PCE's order, weights within a tier.
 
-Routes whose cost equals the best within `COST_EPSILON` form the first tier; the next distinct
-cost the second, and so on. Within a tier, endpoints share requests in proportion to their
+The PCE ranks an FQDN's routes best first: by path cost, or under a routing policy by
+preference class first (preferred clusters and locations, then the others, then avoided ones),
+then cost (pce.py). The SR keeps that order: consecutive routes whose costs are equal within
+`COST_EPSILON` form one tier, and tiers serve in the PCE's order, so a later route never jumps
+ahead, even a cheaper one (a preferred cluster is used although an unpreferred one is nearer).
+Without a policy the PCE's order is by cost, so this is the cheapest tier first. Within a tier, endpoints share requests in proportion to their
 weights by smooth weighted round robin (nginx's algorithm: the sequence for weights 5,1,1 is
 a a b a c a a, never a burst of five a's). Endpoints the caller says to skip (ejected by
 outlier detection, or already tried for this request) are left out of the round; when a whole
@@ -9,7 +13,8 @@ tier is skipped the next tier serves. Pure: no clock, no I/O.
 
 For the egress hop (forward.py) `FqdnRoutes` also knows which endpoints are local to this SR
 (their route's egress SR is this SR: an `X-Flame-Endpoint` may name only those) and, for the
-others, the address of their egress SR (`EgressHop`, built on first use).
+others, the address of their egress SR (`EgressHop`, built on first use). The endpoint's own
+address stays known, so a request can go direct when its egress SR is down.
 """
 
 from __future__ import annotations
@@ -29,10 +34,12 @@ EGRESS_HEADER: Final = b"X-Flame-Endpoint: "  # names the endpoint to the egress
 class EgressHop:
     """How an ingress SR reaches one endpoint through its egress SR."""
 
-    __slots__ = ("egress_sr", "header", "target")
+    __slots__ = ("egress_sr", "header", "key", "target")
 
     def __init__(self, endpoint: Endpoint, egress_sr: str, address: str, port: int) -> None:
         self.egress_sr = egress_sr
+        # The egress SR's address as its hop health is kept (forward.py): one per SR address.
+        self.key = f"{address}:{port}"
         # What the pool connects to (pooled by address: every endpoint behind that SR shares
         # the connections); its sfe names both in connect errors.
         self.target = Endpoint(
@@ -106,14 +113,14 @@ class FqdnRoutes:
         # sfe -> (egress SR, its address) of the endpoints behind another SR with an address
         self.egress: dict[str, tuple[str, str]] = {}
         self._hops: dict[str, EgressHop] = {}
-        ranked = sorted(routes, key=lambda r: r.cost)  # stable: the PCE's order breaks ties
+        # The PCE's order, as it is (never re-sorted by cost): see the module notes.
         tiers: list[Tier] = []
         seen: set[str] = set()
         group: list[Endpoint] = []
         group_cost = 0.0
-        for route in ranked:
+        for route in routes:
             if route.endpoint.sfe in seen:
-                continue  # an endpoint listed twice keeps its best route only
+                continue  # an endpoint listed twice keeps its first (the PCE's best) route
             seen.add(route.endpoint.sfe)
             self.latency_ms[route.endpoint.sfe] = route.latency_ms
             if route.egress_sr == sr_id:

@@ -7,16 +7,25 @@ given (`to_dict` / `from_dict` carry them across the process boundary as JSON-ab
 from __future__ import annotations
 
 import math
+import resource
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from flame.common.errors import ConfigError
 
-__all__ = ["Limits", "RouterConfig", "Timeouts"]
+__all__ = ["Limits", "RouterConfig", "Timeouts", "client_connection_cap"]
 
 KIB = 1024
 MIB = 1024 * KIB
+
+# File descriptors a worker keeps for itself besides client and upstream connections: its
+# listening and sibling sockets, the PCE long-poll and CLMC clients, the table file, the
+# event loop's own, logging. The automatic client connection cap leaves them free.
+FD_RESERVE = 128
+AUTO_CAP_MAX = 32768  # the automatic cap never goes above this many clients per worker
+# Limits that may be 0 (meaning: automatic, or no limit).
+_ZERO_MEANS_AUTO = frozenset({"max_client_connections", "max_connections_per_ip"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,15 +40,37 @@ class Limits:
     upstream_max_idle: int = 256  # idle keep-alive connections kept per endpoint and worker
     coalesce_max_bytes: int = 64 * MIB  # a shared response stops taking joiners above this
     coalesce_backlog_bytes: int = 4 * MIB  # then the slowest joiner may lag this much
+    # Client connections open at once per worker; more are answered 503 and closed at once.
+    # 0: derived from the file descriptor limit (`client_connection_cap`).
+    max_client_connections: int = 0
+    max_connections_per_ip: int = 0  # per client address and worker; 0: no such limit
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            low = 0 if f.name in _ZERO_MEANS_AUTO else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                kind = "a non-negative" if low == 0 else "a positive"
                 raise ConfigError(
-                    f"router limit {f.name} must be a positive integer, got {value!r}",
+                    f"router limit {f.name} must be {kind} integer, got {value!r}",
                     key=f"limits.{f.name}",
                 )
+
+
+def client_connection_cap(limits: Limits) -> int:
+    """The most client connections one worker keeps open at once.
+
+    Configured, or else half of what the process's file descriptor limit leaves after
+    `FD_RESERVE`: each client connection may hold one upstream connection besides its own
+    (and idle pooled ones stay from busier moments), so clients alone never exhaust the
+    descriptors the table source, the CLMC reporter and new upstream connections need.
+    """
+    if limits.max_client_connections:
+        return limits.max_client_connections
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return AUTO_CAP_MAX
+    return max(16, min(AUTO_CAP_MAX, (soft - FD_RESERVE) // 2))
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,8 +6,9 @@ Built by `Router` (router.py); protocols and cycles only read it.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flame.sfr.router._tasks import TaskSet
 from flame.sfr.router.config import RouterConfig
@@ -44,3 +45,12 @@ class RouterContext:
     local_hosts: frozenset[str] = frozenset()  # Host values answered by the status endpoint
     closing: bool = False  # graceful shutdown in progress: no new keep-alive
     outbox: Outbox | None = None  # writes held to the end of the loop iteration (flow.py)
+    # Client connections: at most `max_connections` open (0: no cap) and `max_per_ip` per
+    # client address (0: no such limit); those beyond are answered 503, closed and counted.
+    max_connections: int = 0
+    max_per_ip: int = 0
+    per_ip: dict[bytes, int] = field(default_factory=dict)  # open connections per address
+    refused: int = 0
+    refused_reported: int = 0  # ... of which the log has told
+    refused_log_at: float = 0.0  # loop time of the last such log line
+    source_status: Callable[[], dict[str, Any]] | None = None  # the table source's, if it tells

@@ -12,10 +12,11 @@
         │   ├── HeadersTooLarge        431 request line + headers above `Limits.max_head_bytes`
         │   └── LoopDetected           508 the request already went through this SR (`Via`)
         ├── RouteError                 nowhere to send the request
-        │   ├── UnknownFqdn            502 the FQDN is not in the forwarding table
+        │   ├── UnknownFqdn            404 the FQDN is not in the forwarding table
         │   └── NoEndpoint             503 known FQDN, no usable endpoint (`Retry-After`)
         └── UpstreamError              the chosen endpoint failed (`sfe`, `endpoint` say which)
-            ├── UpstreamConnectError   502 connection refused, unreachable, connect time-out
+            ├── UpstreamConnectError   503 connection refused, unreachable, connect time-out
+            │                              (`Retry-After`: no endpoint could be reached)
             ├── UpstreamBusy           503 this worker's connection limit towards it is reached
             ├── UpstreamTimeout        504 no response head, or no body progress, in time
             ├── UpstreamReset          502 closed before the response was complete
@@ -25,6 +26,13 @@
 ``{"error": "unknown_fqdn", "message": "...", "fqdn": "vod.example"}``.
 `UpstreamError.before_response` is True when no byte of a response had arrived, the condition
 for retrying on the next endpoint (together with an idempotent method).
+
+Statuses: 404 for an FQDN the SR has no route for at all, like a gateway with no route for a
+host (Envoy, Traefik): the client asked for something that is not here, and retrying will not
+help; the body's `error` (`unknown_fqdn`) tells it from an endpoint's own 404. 503 with
+`Retry-After` when the FQDN is known but no endpoint can take the request now (none connected,
+all ejected, or none reachable): try again later. 502 only for a bad answer from an endpoint
+(reset after the request was sent, unparsable), 504 for a silent one.
 """
 
 from __future__ import annotations
@@ -107,7 +115,7 @@ class RouteError(RouterError):
 
 class UnknownFqdn(RouteError):
     code: ClassVar[str] = "unknown_fqdn"
-    http_status: ClassVar[int] = 502
+    http_status: ClassVar[int] = 404
 
 
 class NoEndpoint(RouteError):
@@ -135,12 +143,17 @@ class UpstreamError(RouterError):
 
 
 class UpstreamConnectError(UpstreamError):
+    """Nothing reached the endpoint: a 503 to try again later (`retry_after` seconds)."""
+
     code: ClassVar[str] = "upstream_unreachable"
+    http_status: ClassVar[int] = 503
+    retry_after: int = 1  # set by the forwarding from the ejections it knows of
 
 
 class UpstreamBusy(UpstreamError):
     code: ClassVar[str] = "upstream_busy"
     http_status: ClassVar[int] = 503
+    retry_after: int = 1
 
 
 class UpstreamTimeout(UpstreamError):

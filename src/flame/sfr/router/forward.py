@@ -22,12 +22,28 @@ client's loss but no ejection (the endpoint answered, and nothing can be retried
 The egress hop (FLIPS; `RoutingState.egress_port` set, config `egress_hop`): an attempt on an
 endpoint whose route leads to another SR with a known address connects to that egress SR
 instead (pooled by its address, like any endpoint) and adds `X-Flame-Endpoint: <sfe>` to the
-head. Everything else is as for a direct attempt, and a failed hop counts against the endpoint. An
-egress SR that cannot connect to the endpoint answers 502 with `X-Flame-Not-Forwarded`; the
-ingress SR then retries as after its own connect error, for any method.
-The egress SR sends a request naming one of its local endpoints (the route's egress SR is this
-SR) to that endpoint without choosing again, and without a retry elsewhere or emulated latency
-(the ingress SR does both); any other `X-Flame-Endpoint` is ignored: routed as usual.
+head. The egress SR sends a request naming one of its local endpoints (the route's egress SR is
+this SR) to that endpoint without choosing again, and without a retry elsewhere or emulated
+latency (the ingress SR does both); any other `X-Flame-Endpoint` is ignored: routed as usual.
+
+A hop failure is not an endpoint failure. The ingress SR keeps the health of each egress SR
+address apart from its endpoints' (`Forwarder.hops`, an `OutlierDetector` of its own): a
+connect error or a reset before the response head from the egress SR, or the egress SR's own
+answer that it has no route for the request (`X-Flame-Not-Forwarded: route`: no table yet, an
+unknown FQDN), marks the HOP down for a back-off (1 s doubling to 10 s, reset by an answer),
+and never ejects the endpoint. The same attempt then goes straight to the endpoint (its own
+address is in the table), in the same loop turn, without counting as the retry: for any method
+when nothing was sent (connect error, no route), for idempotent methods after a reset, as the
+retry rule says. While the hop is down, every attempt on an endpoint behind that egress SR goes
+direct; the first one after the back-off probes the hop again. A stale pooled connection to
+the egress SR is retried on a fresh one first, as for an endpoint. An egress SR that cannot
+connect to the endpoint answers 503 with `X-Flame-Not-Forwarded: unreachable`: that is the
+endpoint's failure, and the ingress SR retries as after its own connect error, for any method.
+A time-out waiting for the egress SR stays the endpoint's failure (the egress SR times out
+the endpoint on the same clock, so a slow endpoint and a hung egress SR look alike).
+
+When the last attempt failed to connect (nothing reached any endpoint), the answer is 503
+with `Retry-After` (when an ejected endpoint comes back), not 502: see errors.py.
 """
 
 from __future__ import annotations
@@ -37,7 +53,7 @@ import logging
 from typing import Final
 
 from flame.sfr.models import Endpoint
-from flame.sfr.router.balancer import FqdnRoutes
+from flame.sfr.router.balancer import EgressHop, FqdnRoutes
 from flame.sfr.router.body import RequestBody
 from flame.sfr.router.config import Timeouts
 from flame.sfr.router.errors import (
@@ -45,6 +61,7 @@ from flame.sfr.router.errors import (
     RouterError,
     UnknownFqdn,
     UpstreamBusy,
+    UpstreamConnectError,
     UpstreamError,
     UpstreamReset,
 )
@@ -53,7 +70,7 @@ from flame.sfr.router.metrics import RouterMetrics
 from flame.sfr.router.outlier import OutlierDetector
 from flame.sfr.router.pool import UpstreamPool
 from flame.sfr.router.request import RequestHead
-from flame.sfr.router.response import NOT_FORWARDED, ResponseHead
+from flame.sfr.router.response import NO_ROUTE, ResponseHead
 from flame.sfr.router.table import RoutingState
 from flame.sfr.router.upstream import UpstreamConnection
 
@@ -62,6 +79,8 @@ __all__ = ["Forwarder", "Forwarding", "may_retry"]
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS: Final = 2  # the first endpoint and one retry
+HOP_BACKOFF: Final = 1.0  # a failed egress hop is bypassed this long, doubling ...
+HOP_BACKOFF_MAX: Final = 10.0  # ... up to this, while it keeps failing
 
 
 def may_retry(
@@ -91,12 +110,17 @@ class Forwarder:
         timeouts: Timeouts,
         *,
         emulate_latency: bool = False,
+        hops: OutlierDetector | None = None,
     ) -> None:
         self.routing = routing
         self.pool = pool
         self.outliers = outliers
         self.metrics = metrics
         self.timeouts = timeouts
+        # Egress SR addresses ("host:port") whose hop failed: bypassed (direct) for a back-off.
+        self.hops = hops if hops is not None else OutlierDetector(HOP_BACKOFF, HOP_BACKOFF_MAX)
+        self.hop_failures = 0  # attempts through an egress SR that failed there
+        self.hop_fallbacks = 0  # ... and went straight to the endpoint instead
         # FLAME-in-a-box: every hop is loopback, so the topology's path latency is added as a
         # round trip before each attempt (request and response each cross the path once).
         self.emulate_latency = emulate_latency
@@ -133,6 +157,26 @@ class Forwarder:
             retry_after=self.outliers.retry_after(sfes, self.timeouts.retry_after),
         )
 
+    def retry_after(self, routes: FqdnRoutes) -> int:
+        """`Retry-After` seconds for a request none of whose endpoints could take it now."""
+        return self.outliers.retry_after(
+            [e.sfe for e in routes.endpoints()], self.timeouts.retry_after
+        )
+
+    def hop_failure(self, hop: EgressHop, reason: str) -> None:
+        """The egress SR at `hop` failed a request: bypass it for a back-off (not the endpoint)."""
+        self.hop_failures += 1
+        backoff = self.hops.failure(hop.key)
+        if backoff is not None:
+            log.warning(
+                "egress SR %s (%s) failed: %s; requests for its endpoints go straight to them "
+                "for %gs",
+                hop.egress_sr,
+                hop.key,
+                reason,
+                backoff,
+            )
+
     def record_failure(self, fqdn: str, endpoint: Endpoint, reason: str, *, eject: bool) -> None:
         self.metrics.upstream_error(fqdn, endpoint)
         if not eject:
@@ -155,9 +199,11 @@ class Forwarding(ExchangeOwner):
     """One request on its way to an endpoint (the `ExchangeOwner` of its connection)."""
 
     __slots__ = (
+        "_again",
         "_attempts",
         "_connecting",
         "_delay",
+        "_direct",
         "_fresh",
         "_pinned",
         "_stale_retried",
@@ -170,6 +216,7 @@ class Forwarding(ExchangeOwner):
         "endpoint",
         "fw",
         "head",
+        "hop",
         "req",
         "routes",
         "send",
@@ -193,13 +240,17 @@ class Forwarding(ExchangeOwner):
         self.routes: FqdnRoutes | None = None
         self.endpoint: Endpoint | None = None
         self.target: Endpoint | None = None  # what the attempt connects to: endpoint or egress SR
+        self.hop: EgressHop | None = None  # the egress hop of the attempt; None: direct
         self.send = head  # the head the attempt sends (with X-Flame-Endpoint on an egress hop)
         self.conn: UpstreamConnection | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._delay: asyncio.TimerHandle | None = None
         self._tried: set[str] | None = None  # made on a second attempt: most have one
         self._attempts = 0
-        self._fresh = False
+        # One-shot flags for the next attempt (read and cleared by `_attempt_now`):
+        self._again = False  # the same endpoint once more: not a new attempt
+        self._fresh = False  # ... on a new connection (the pooled one was stale)
+        self._direct = False  # ... straight to the endpoint (its egress hop just failed)
         self._stale_retried = False
         self._pinned = False  # this SR is the egress SR of the endpoint an ingress SR chose
         self.committed = False
@@ -249,22 +300,26 @@ class Forwarding(ExchangeOwner):
         fw = self.fw
         self.endpoint = target = endpoint
         self.send = self.head
+        self.hop = None
+        direct, self._direct = self._direct, False
         egress_port = fw.routing.egress_port
-        if egress_port and self.routes is not None:
+        if egress_port and not direct and self.routes is not None:
             hop = self.routes.hop(endpoint, egress_port)
-            if hop is not None:
+            if hop is not None and not fw.hops.is_ejected(hop.key):
+                self.hop = hop
                 target = hop.target
                 self.send = self.head[:-2] + hop.header + b"\r\n"  # before the blank line
         self.target = target
-        if self._fresh:
-            conn = None
+        fresh, self._fresh = self._fresh, False
+        if self._again:
+            self._again = False
         else:
             self._attempts += 1
             if self._tried is None:
                 self._tried = {endpoint.sfe}
             else:
                 self._tried.add(endpoint.sfe)
-            conn = fw.pool.take_idle(target)
+        conn = None if fresh else fw.pool.take_idle(target)
         fw.metrics.fetch(self.req.fqdn, endpoint)
         if conn is None:
             self._connecting = fw.pool.connect(target, self._connected)
@@ -286,11 +341,14 @@ class Forwarding(ExchangeOwner):
             self.fw.metrics.upstream_error(self.req.fqdn, self.endpoint)
             self._fail(error)
             return
+        if self.hop is not None:
+            # The egress SR does not answer: its failure, not the endpoint's.
+            self._hop_failed(error, sent=False)
+            return
         self._retry_or_fail(error, sent=False)
 
     def _begin(self, conn: UpstreamConnection) -> None:
         assert self.target is not None
-        self._fresh = False
         self.conn = conn
         conn.begin(
             self,
@@ -301,6 +359,26 @@ class Forwarding(ExchangeOwner):
             chunked_body=self.req.chunked,
             timeout=self.fw.timeouts.upstream_response,
         )
+
+    def _hop_failed(self, error: UpstreamError, *, sent: bool) -> None:
+        """The attempt's egress SR failed: bypass it, and send the request to the endpoint
+        directly if the retry rule allows (not counted as the retry), else fail."""
+        hop = self.hop
+        assert hop is not None
+        self.fw.hop_failure(hop, str(error))
+        if not self._fall_back(sent=sent):
+            self._fail(error)
+
+    def _fall_back(self, *, sent: bool) -> bool:
+        """The same endpoint again, straight (its egress hop failed), if the rule allows."""
+        endpoint = self.endpoint
+        assert endpoint is not None
+        if not may_retry(self.req, self.body, 0, sent=sent):
+            return False
+        self.fw.hop_fallbacks += 1
+        self._again = self._direct = True
+        self._attempt_now(endpoint)
+        return True
 
     def _retry_or_fail(self, error: UpstreamError, *, sent: bool) -> None:
         """After a failed attempt: the next endpoint if the rule allows, else the error."""
@@ -320,6 +398,9 @@ class Forwarding(ExchangeOwner):
                 )
                 self._attempt(nxt)
                 return
+        if isinstance(error, UpstreamConnectError):
+            # Nothing reached any endpoint: a 503 saying when to try again.
+            error.retry_after = self.fw.retry_after(routes)
         self._fail(error)
 
     # -- ExchangeOwner -------------------------------------------------------------------------------
@@ -330,10 +411,23 @@ class Forwarding(ExchangeOwner):
         assert endpoint is not None
         assert routes is not None
         fw = self.fw
+        hop = self.hop
+        if hop is not None:
+            if head.not_forwarded == NO_ROUTE and head.status >= 400:
+                # The egress SR has no route for it (no table yet, say): the hop's failure.
+                fw.hop_failure(hop, f"answered {head.status} without a route")
+                if may_retry(self.req, self.body, 0, sent=False):
+                    self.conn = None
+                    fw.pool.discard(conn)
+                    self._fall_back(sent=False)
+                    return
+                # (else its answer goes back to the client, as any other)
+            else:
+                fw.hops.success(hop.key)
         if head.status >= 500:
             # An egress SR that could not connect to the endpoint says so: the request reached
             # no endpoint, so any method may go to the next one (as after our own connect error).
-            sent = self.target is endpoint or NOT_FORWARDED not in head.lnames
+            sent = hop is None or head.not_forwarded is None
             if not self._pinned and may_retry(self.req, self.body, self._attempts, sent=sent):
                 nxt = routes.choose(self._skip)
                 if nxt is not None:
@@ -377,10 +471,14 @@ class Forwarding(ExchangeOwner):
             and isinstance(error, UpstreamReset)
         )
         if stale and not self._stale_retried and may_retry(self.req, self.body, 0):
-            # The endpoint had closed the idle connection: not its failure.
+            # The endpoint (or egress SR) had closed the idle connection: not its failure.
             assert self.endpoint is not None
-            self._stale_retried = self._fresh = True
+            self._stale_retried = self._fresh = self._again = True
             self._attempt(self.endpoint)
+            return
+        if self.hop is not None and isinstance(error, UpstreamReset):
+            # The egress SR closed the connection before answering (it died, say).
+            self._hop_failed(error, sent=True)
             return
         self._retry_or_fail(error, sent=True)
 

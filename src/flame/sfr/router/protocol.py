@@ -7,8 +7,15 @@ parser or our checks refuse becomes a `RequestRejected` in the pipeline, answere
 with its 4xx, after which the connection closes; a malformed request never raises out of
 `data_received`.
 
+Connections beyond the worker's cap (`RouterContext.max_connections`, derived from the file
+descriptor limit: config.py) or beyond the per-address limit are answered 503 with
+`Retry-After` and closed at once, before anything is read, and counted (status endpoint; a
+warning at most every 10 s): a burst of idle connections cannot take the descriptors the
+table source and upstream connections need.
+
 Time-outs: a new or kept-alive connection with no request for `keepalive` seconds (`header`
-for a brand-new one) is closed; a request whose head has not fully arrived `header` seconds
+for a brand-new one, like nginx's `client_header_timeout`: a connection that never sends a
+request, half-open or idle, is closed after it) is closed; a request whose head has not fully arrived `header` seconds
 after its first byte gets a 408 (the deadline is fixed at the first byte, so dripping bytes
 does not extend it). Both are deadlines the worker's sweeper checks, not timers per request.
 
@@ -23,7 +30,7 @@ import asyncio
 import logging
 from collections import deque
 from time import monotonic
-from typing import cast
+from typing import Final, cast
 
 import httptools
 
@@ -44,6 +51,18 @@ from flame.sfr.router.response import error_response
 __all__ = ["RouterProtocol"]
 
 log = logging.getLogger(__name__)
+
+# The answer to a connection beyond the cap, written as it is accepted (nothing is read).
+_REFUSED_BODY: Final = (
+    b'{"error":"too_many_connections","message":"the SR is at its client connection limit; '
+    b'retry later"}\n'
+)
+_REFUSED: Final = (
+    b"HTTP/1.1 503 Service Unavailable\r\nServer: flame-sr\r\nRetry-After: 1\r\n"
+    b"Content-Type: application/json\r\nCache-Control: no-store\r\nConnection: close\r\n"
+    b"Content-Length: %d\r\n\r\n" % len(_REFUSED_BODY) + _REFUSED_BODY
+)
+REFUSED_LOG_INTERVAL: Final = 10.0  # seconds between warnings about refused connections
 
 
 class RouterProtocol(asyncio.Protocol):
@@ -67,6 +86,7 @@ class RouterProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
         self.client_ip = b"unknown"
+        self._ip_counted = False  # counted in ctx.per_ip (to give back when it closes)
         self.lost = False
         self.requests = 0
         # The request head being parsed.
@@ -99,13 +119,49 @@ class RouterProtocol(asyncio.Protocol):
         self.flow = FlowControl(t, self.ctx.outbox)
         t.set_write_buffer_limits(high=self.ctx.config.limits.write_high_water)
         peer = t.get_extra_info("peername")
+        ctx = self.ctx
         if isinstance(peer, tuple) and peer and not self.internal:
-            self.client_ip = str(peer[0]).encode("ascii", "replace")
-        self.ctx.connections.add(self)
-        if self.ctx.closing:
+            self.client_ip = ip = str(peer[0]).encode("ascii", "replace")
+            if ctx.max_connections and len(ctx.connections) >= ctx.max_connections:
+                self._refuse(t, "the worker's client connection cap")
+                return
+            if ctx.max_per_ip:
+                open_now = ctx.per_ip.get(ip, 0)
+                if open_now >= ctx.max_per_ip:
+                    self._refuse(t, "the per-address connection limit")
+                    return
+                ctx.per_ip[ip] = open_now + 1
+                self._ip_counted = True
+        ctx.connections.add(self)
+        if ctx.closing:
             t.close()
             return
         self._idle_deadline = self._loop.time() + self._header_timeout
+
+    def _refuse(self, t: asyncio.Transport, limit: str) -> None:
+        """A connection beyond a limit: a 503 and closed, before anything is read."""
+        self.lost = True
+        self._rejected = True
+        t.pause_reading()
+        t.write(_REFUSED)
+        t.close()
+        ctx = self.ctx
+        ctx.refused += 1
+        now = self._loop.time()
+        if now - ctx.refused_log_at >= REFUSED_LOG_INTERVAL:
+            ctx.refused_log_at = now
+            log.warning(
+                "SR %s worker %d: refused %d client connection(s) at %s (%d open, cap %d, "
+                "%d per address); see /.flame/status",
+                self._sr_id,
+                ctx.worker,
+                ctx.refused - ctx.refused_reported,
+                limit,
+                len(ctx.connections),
+                ctx.max_connections,
+                ctx.max_per_ip,
+            )
+            ctx.refused_reported = ctx.refused
 
     def data_received(self, data: bytes) -> None:
         if self._rejected:
@@ -163,7 +219,15 @@ class RouterProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        self.ctx.connections.discard(self)
+        ctx = self.ctx
+        ctx.connections.discard(self)
+        if self._ip_counted:
+            self._ip_counted = False
+            left = ctx.per_ip.get(self.client_ip, 1) - 1
+            if left > 0:
+                ctx.per_ip[self.client_ip] = left
+            else:
+                ctx.per_ip.pop(self.client_ip, None)
         self._cancel_timers()
         active, self._active = self._active, None
         self._pipeline.clear()

@@ -12,7 +12,13 @@ import http
 import json
 from typing import Final
 
-from flame.sfr.router.errors import NoEndpoint, RouterError, UpstreamConnectError
+from flame.sfr.router.errors import (
+    NoEndpoint,
+    RouteError,
+    RouterError,
+    UpstreamBusy,
+    UpstreamConnectError,
+)
 from flame.sfr.router.headers import (
     HOP_BY_HOP,
     connection_tokens,
@@ -24,6 +30,8 @@ from flame.sfr.router.headers import (
 __all__ = [
     "CONTINUE_100",
     "NOT_FORWARDED",
+    "NO_ROUTE",
+    "UNREACHABLE",
     "Framing",
     "ResponseHead",
     "choose_framing",
@@ -33,10 +41,15 @@ __all__ = [
 ]
 
 CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
-# On the router's own 502 when it could not connect to the endpoint: the request reached no
-# endpoint, so an ingress SR that sent it over the egress hop may send even a POST elsewhere
-# (forward.py). Never passed on from an endpoint's response.
+# On the router's own answers that no endpoint saw: the request reached no endpoint, so an
+# ingress SR that sent it over the egress hop may send even a POST elsewhere (forward.py).
+# `unreachable`: this SR could not connect to the endpoint (the endpoint's failure); `route`:
+# this SR has no route for it (unknown FQDN, no endpoint: the egress hop's failure, since the
+# ingress SR's table has one). Never passed on from an endpoint's response.
 NOT_FORWARDED: Final = b"x-flame-not-forwarded"
+NOT_FORWARDED_LINE: Final = b"X-Flame-Not-Forwarded"
+UNREACHABLE: Final = b"unreachable"
+NO_ROUTE: Final = b"route"
 # Response fields the router does not pass on as they are: hop-by-hop ones, the length (the
 # router writes its own framing) and Via (merged with ours).
 _RESPONSE_CONSUMED: Final = HOP_BY_HOP | {b"content-length", b"via", NOT_FORWARDED}
@@ -78,6 +91,7 @@ class ResponseHead:
         "headers",
         "length_value",
         "lnames",
+        "not_forwarded",
         "reason",
         "status",
         "transfer_coding",
@@ -103,6 +117,8 @@ class ResponseHead:
         self.lnames: list[bytes] = []  # lower-case name of each header
         self.length_value: bytes | None = None  # the first Content-Length value, as received
         self.transfer_coding: bytes | None = None  # the first Transfer-Encoding value
+        # X-Flame-Not-Forwarded (lower case): an SR's own answer that reached no endpoint.
+        self.not_forwarded: bytes | None = None
         self.via = True  # add our Via (not when a sibling worker of this SR already did)
         self._lines: list[bytes] = []  # end-to-end header lines, rendered for the client
         self._vias: list[bytes] | None = None
@@ -134,6 +150,8 @@ class ResponseHead:
                     self._vias = [value]
                 else:
                     self._vias.append(value)
+            elif lname == NOT_FORWARDED:
+                self.not_forwarded = value.strip().lower()
             elif (
                 lname == b"connection"
                 and value.lower() not in _PLAIN_OPTIONS
@@ -286,9 +304,13 @@ def error_response(
     """The router's answer for a failed request: status and JSON body from the error."""
     extra: tuple[tuple[bytes, bytes], ...] = ()
     if isinstance(error, NoEndpoint):
-        extra = ((b"Retry-After", b"%d" % error.retry_after),)
+        extra = ((b"Retry-After", b"%d" % error.retry_after), (NOT_FORWARDED_LINE, NO_ROUTE))
+    elif isinstance(error, RouteError):
+        extra = ((NOT_FORWARDED_LINE, NO_ROUTE),)
     elif isinstance(error, UpstreamConnectError):
-        extra = ((b"X-Flame-Not-Forwarded", b"1"),)
+        extra = ((b"Retry-After", b"%d" % error.retry_after), (NOT_FORWARDED_LINE, UNREACHABLE))
+    elif isinstance(error, UpstreamBusy):
+        extra = ((b"Retry-After", b"%d" % error.retry_after),)
     return local_response(
         error.http_status,
         error.as_dict(),

@@ -23,10 +23,10 @@ import httpx
 from flame.sfr.models import ForwardingTable
 from flame.sfr.router._tasks import TaskSet
 from flame.sfr.router.coalesce import JoinWindow
-from flame.sfr.router.config import RouterConfig
+from flame.sfr.router.config import RouterConfig, client_connection_cap
 from flame.sfr.router.context import RouterContext
 from flame.sfr.router.flow import Outbox
-from flame.sfr.router.forward import Forwarder
+from flame.sfr.router.forward import HOP_BACKOFF, HOP_BACKOFF_MAX, Forwarder
 from flame.sfr.router.metrics import RouterMetrics
 from flame.sfr.router.multicast import Coalescer
 from flame.sfr.router.outlier import OutlierDetector
@@ -78,6 +78,7 @@ class Router:
         self._clmc_transport = clmc_transport
         self.routing = RoutingState(config.sr_id)
         self.outliers = OutlierDetector()
+        self.hops = OutlierDetector(HOP_BACKOFF, HOP_BACKOFF_MAX)  # egress SR addresses
         self.metrics = RouterMetrics(config.sr_id, worker)
         self.tasks = TaskSet(f"SR {config.sr_id} worker {worker}")
         self.reporter: ClmcReporter | None = None
@@ -113,6 +114,7 @@ class Router:
             self.metrics,
             timeouts,
             emulate_latency=config.emulate_latency,
+            hops=self.hops,
         )
         coalescer = None
         if config.coalescing:
@@ -140,6 +142,9 @@ class Router:
             sr=via_entry(config.sr_id),
             local_hosts=frozenset({config.sr_id.lower(), "_flame"}),
             outbox=outbox,
+            max_connections=client_connection_cap(limits),
+            max_per_ip=limits.max_connections_per_ip,
+            source_status=getattr(self.source, "describe", None),
         )
         if sock is not None:
             self._server = await loop.create_server(
@@ -162,8 +167,9 @@ class Router:
                 path=self.siblings.socket,
                 backlog=config.backlog,
             )
-        self.tasks.spawn(self._sweep(), name="sr-sweeper")
-        self.tasks.spawn(self.source.run(self._apply), name="sr-table-source")
+        # Long-lived: supervised (restarted with a back-off if they fail; status.py shows them).
+        self.tasks.supervise(self._sweep, name="sr-sweeper")
+        self.tasks.supervise(lambda: self.source.run(self._apply), name="sr-table-source")
         if config.clmc_url:
             self.reporter = ClmcReporter(
                 self.metrics,
@@ -173,13 +179,16 @@ class Router:
                 token=config.clmc_token,
                 transport=self._clmc_transport,
             )
-            self.tasks.spawn(self.reporter.run(), name="sr-clmc-reporter")
+            # Measurements are not routing: a failing reporter does not make the SR unhealthy.
+            self.tasks.supervise(self.reporter.run, name="sr-clmc-reporter", essential=False)
         log.info(
-            "SR %s worker %d listening on %s:%d (table version %s)%s",
+            "SR %s worker %d listening on %s:%d (table version %s; at most %d client "
+            "connections)%s",
             config.sr_id,
             self.worker,
             *self.address,
             self.routing.version,
+            ctx.max_connections,
             f"; egress hop to port {self.routing.egress_port}" if self.routing.egress_port else "",
         )
 
@@ -269,6 +278,7 @@ class Router:
             if (r := self.routing.lookup(fqdn))
             for e in r.endpoints()
         )
+        self.hops.forget(f"{host}:{port}" for host, port in change.addresses)
         drained = 0
         if self._ctx is not None:
             drained = self._ctx.pool.drain(change.removed, change.addresses)

@@ -10,7 +10,9 @@ the port while the workers start (so port 0 gives all of them the same free port
 readiness, forwards SIGTERM/SIGINT to them and waits. A worker stops in stages on either
 signal (router.py's `shutdown`). Without SO_REUSEPORT the router runs one worker in-process.
 If a worker dies unexpectedly the others are stopped and `serve` raises: restarting is the
-supervisor's job (systemd, Kubernetes), which sees the failure.
+supervisor's job (systemd, Kubernetes), which sees the failure. At start the soft limit on
+open files is raised to the hard one (as nginx's `worker_rlimit_nofile`, or Go's runtime, do):
+each worker's client connection cap is derived from it (config.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import gc
 import logging
 import multiprocessing
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -36,7 +39,7 @@ from flame.sfr.router.native import native_status
 from flame.sfr.router.relay import Siblings
 from flame.sfr.router.router import Router
 
-__all__ = ["bind_socket", "reuse_port_supported", "run_worker", "serve"]
+__all__ = ["bind_socket", "raise_fd_limit", "reuse_port_supported", "run_worker", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,21 @@ def reuse_port_supported() -> bool:
     except OSError:
         return False
     return True
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit; the soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.info("cannot raise the open files limit from %d to %d: %s", soft, target, exc)
+        return soft
+    log.info("open files limit raised from %d to %d", soft, target)
+    return target
 
 
 def bind_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
@@ -78,6 +96,7 @@ def serve(config: RouterConfig, *, on_ready: Ready | None = None) -> None:
     """
     native = native_status()
     (log.warning if native.stale else log.info)("SR %s: %s", config.sr_id, native.describe())
+    raise_fd_limit()
     workers = config.workers or os.cpu_count() or 1
     if workers > 1 and not reuse_port_supported():
         log.warning("SO_REUSEPORT is not available here; running 1 worker instead of %d", workers)

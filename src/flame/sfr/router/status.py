@@ -2,9 +2,15 @@
 
 Requests whose Host is the SR id or `_flame` are answered here instead of being routed:
 
-    GET /.flame/health   200 {"status": "ok", ...}, 503 while the SR has no table yet
+    GET /.flame/health   200 {"status": "ok", ...}; 503 while the SR has no table yet
+                         ("no_table") or while an essential background task (table source,
+                         time-out sweeper) is failing ("failing", naming it); a failing
+                         non-essential one (the CLMC reporter) is 200 "degraded"
     GET /.flame/status   table version, per-FQDN and per-endpoint counters (this worker),
-                         ejected endpoints, pools, multicast, CLMC batches
+                         ejected endpoints, egress SRs bypassed, pools, client connections
+                         (open, cap, refused), multicast, CLMC batches, background tasks
+                         (state, restarts, last error), the table source (PCE
+                         followed, polls, failed polls)
     GET /.flame/table    the forwarding table in use (as the PCE sent it)
 
 Each worker answers for itself (`worker` and `pid` say which).
@@ -38,12 +44,21 @@ def status_answer(ctx: RouterContext, req: RequestHead) -> tuple[int, bytes]:
         )
     elif path == b"/.flame/health":
         version = ctx.routing.version
-        status = 200 if version is not None else 503
-        body = {
-            "status": "ok" if version is not None else "no_table",
-            "sr": ctx.config.sr_id,
-            "table_version": version,
-        }
+        failing = ctx.tasks.failing()
+        essential = ctx.tasks.failing(essential_only=True)
+        if version is None:
+            status, state = 503, "no_table"
+        elif essential:
+            status, state = 503, "failing"
+        elif failing:
+            status, state = 200, "degraded"
+        else:
+            status, state = 200, "ok"
+        body = {"status": state, "sr": ctx.config.sr_id, "table_version": version}
+        if failing:
+            body["failing_tasks"] = {
+                name: ctx.tasks.supervised[name].describe() for name in failing
+            }
     elif path == b"/.flame/status":
         status, body = 200, status_document(ctx)
     elif path == b"/.flame/table":
@@ -94,7 +109,17 @@ def status_document(ctx: RouterContext) -> dict[str, Any]:
         "routes": routes,
         "ejected": ctx.outliers.ejected(),
         "ejections": ctx.outliers.ejections,
+        "egress_hops": {
+            "bypassed": ctx.forwarder.hops.ejected(),  # "address:port" -> seconds left
+            "failures": ctx.forwarder.hop_failures,
+            "fallbacks": ctx.forwarder.hop_fallbacks,
+        },
         "connections": len(ctx.connections),
+        "connection_limit": ctx.max_connections,
+        "connections_per_ip_limit": ctx.max_per_ip,
+        "connections_refused": ctx.refused,
+        "tasks": ctx.tasks.states(),
+        "table_source": ctx.source_status() if ctx.source_status is not None else None,
         "upstream_pools": ctx.pool.stats(),
         "upstream_connects": ctx.pool.connects,
         "multicast": {

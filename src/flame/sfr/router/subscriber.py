@@ -82,6 +82,10 @@ class StaticTableSource:
         self._table = table
         return self._apply(table, force) if self._apply is not None else False
 
+    def describe(self) -> dict[str, Any]:
+        """For the status endpoint."""
+        return {"kind": "static"}
+
 
 class TableSubscriber:
     """Long-polls the PCE(s) for this SR's forwarding table."""
@@ -230,6 +234,17 @@ class TableSubscriber:
                     exc,
                 )
         return True
+
+    def describe(self) -> dict[str, Any]:
+        """For the status endpoint: which PCE is followed, polls and failed polls so far."""
+        return {
+            "kind": "pce",
+            "active_url": self.active_url,
+            "version": self.version,
+            "polls": self.polls,
+            "failures": self.failures,
+            "applied": self.applied,
+        }
 
     def _switch_url(self, url: str) -> None:
         if url != self.active_url:
