@@ -90,10 +90,11 @@ def deploy_b(summary: dict[str, Any], operator: str, token: str) -> None:
 
 
 def write_kpis(summary: dict[str, Any], operator: str) -> None:
-    """The last 30 s of response times at sr-ue-1 for both FQDNs, as the SRs report them."""
+    """The last 30 s of KPIs at sr-ue-1 for both FQDNs, as the SRs report them."""
     now = time.time_ns() // 1_000_000_000 * 1_000_000_000
     lines = [
-        f"sr_fqdn,sr=sr-ue-1,fqdn={fqdn},worker=9 requests=5i,response_time={rt} {now - s * 10**9}"
+        f"sr_fqdn,sr=sr-ue-1,fqdn={fqdn},worker=9 requests=5i,response_time={rt},"
+        f"path_latency={rt} {now - s * 10**9}"
         for fqdn, rt in ((DEMO_FQDN, 12.5), (B_FQDN, 31.0))
         for s in range(30)
     ]

@@ -299,7 +299,9 @@ def _print_alerts(state: _CliState, sfc: str) -> None:
     for r in mine:
         what = f"{r['measurement']}.{r['field']}"
         rule = (
-            f"fewer than {r['threshold']:g} points of {what} in {r['granularity_s']:g}s"
+            f"sum({what}) below {r['threshold']:g} in {r['granularity_s']:g}s"
+            if r.get("event_type") == "deadman" and r.get("aggregation") == "sum"
+            else f"fewer than {r['threshold']:g} points of {what} in {r['granularity_s']:g}s"
             if r.get("event_type") == "deadman"
             else f"{r['aggregation']}({what}) {r.get('comparison')} {r['threshold']:g} "
             f"over {r['granularity_s']:g}s"

@@ -143,6 +143,33 @@ def test_deadman_fires_on_silence_and_recovers_on_data(clock: Clock) -> None:
     assert back.level == Level.OK
 
 
+def test_a_sum_deadman_counts_requests_not_reports(clock: Clock) -> None:
+    """Issue 14 item 4: after a release an SR reported one idle interval (requests=0, a
+    switch), the deadman counted one point and flapped CRITICAL, OK, CRITICAL."""
+    engine = AlertEngine(lateness_s=0.5, clock=clock)
+    quiet = rule(
+        name="quiet",
+        event_type=EventType.DEADMAN,
+        field="response_time",  # the batch's one field; stands for `requests` here
+        threshold=1.0,
+        aggregation="sum",
+        comparison=None,
+    )
+    engine.set_rules("acme", "vod", "vod-1", [quiet])
+    engine.observe("flame", "sr_fqdn", batch([T0], [3.0]))  # three requests
+    assert engine.tick(T0 + 2 * S + S // 2) == []
+    engine.observe("flame", "sr_fqdn", batch([T0 + 2 * S], [0.0]))  # a report of no request
+    (silent,) = engine.tick(T0 + 4 * S + S // 2)
+    assert silent.level == Level.CRITICAL
+    assert silent.value == 0.0
+    assert "sum(sr_fqdn.response_time, fqdn=vod.example) over 2s is 0" in silent.message
+    engine.observe("flame", "sr_fqdn", batch([T0 + 4 * S], [0.0]))  # still nobody
+    assert engine.tick(T0 + 6 * S + S // 2) == []  # no flap back to OK
+    engine.observe("flame", "sr_fqdn", batch([T0 + 6 * S], [2.0]))
+    (back,) = engine.tick(T0 + 8 * S + S // 2)
+    assert back.level == Level.OK
+
+
 def test_relative_compares_with_the_previous_window(clock: Clock) -> None:
     engine = AlertEngine(lateness_s=0.5, clock=clock)
     engine.set_rules(

@@ -79,8 +79,12 @@ async def test_measurements_reach_the_clmc_as_line_protocol(upstreams, make_rout
     _, fqdn_fields = by_measurement[("sr_fqdn", "vod.example", None)]
     assert fqdn_fields["requests"] == "5i"
     assert fqdn_fields["switches"] == "0i"
+    # Issue 14 item 4: the route's latency from the table (here 1 ms), whatever the load.
+    assert float(fqdn_fields["path_latency"]) == 1.0
+    assert fqdn_fields["path_count"] == "5i"
     _, unknown = by_measurement[("sr_fqdn", "_unknown", None)]
     assert (unknown["requests"], unknown["errors"]) == ("1i", "0i")  # a 404: not a 5xx
+    assert "path_latency" not in unknown  # served by no endpoint: no path
     # The sink has the batch before the reporter has read its 204 and counted it as sent.
     async with asyncio.timeout(5):
         while r.stats()["clmc"]["batches_sent"] < 1:

@@ -422,9 +422,14 @@ class AlertEngine:
         rule = state.rule
         self.evaluations += 1
         if rule.event_type is EventType.DEADMAN:
-            value: float | None = float(window.count)
+            # Silence is fewer than `threshold` points, or with `aggregation_method: sum` a sum
+            # of the field below it (requests, not reports: an SR's report of an idle interval
+            # with requests=0 is no sign of life).
+            value: float | None = (
+                window.aggregate("sum") or 0.0 if rule.aggregation == "sum" else float(window.count)
+            )
             threshold = rule.threshold if rule.threshold is not None else 1.0
-            firing = window.count < threshold
+            firing = value is not None and value < threshold
         else:
             aggregate = window.aggregate(rule.aggregation)
             if rule.event_type is EventType.RELATIVE:
@@ -466,7 +471,9 @@ class AlertEngine:
         tags = dict(rule.tags)
         where = "".join(f", {k}={v}" for k, v in sorted(tags.items()))
         shown = "no value" if value is None or math.isnan(value) else f"{value:.6g}"
-        if rule.event_type is EventType.DEADMAN:
+        if rule.event_type is EventType.DEADMAN and rule.aggregation == "sum":
+            what = f"sum({rule.measurement}.{rule.field}{where}) over {rule.granularity_s:g}s is {shown}"
+        elif rule.event_type is EventType.DEADMAN:
             what = f"{shown} points of {rule.measurement}.{rule.field}{where} in {rule.granularity_s:g}s"
         else:
             verb = "changed by" if rule.event_type is EventType.RELATIVE else "is"

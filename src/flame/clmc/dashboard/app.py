@@ -39,7 +39,8 @@ __all__ = ["DashboardConfig", "create_dashboard_app"]
 _STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 
 KPI_QUERY = (
-    'SELECT mean("response_time") AS "response_time", sum("requests") AS "requests" '
+    'SELECT mean("response_time") AS "response_time", mean("path_latency") AS "path_latency", '
+    'sum("requests") AS "requests" '
     'FROM "sr_fqdn" WHERE time > now() - {window}s GROUP BY time(1s), "sr", "fqdn" fill(none)'
 )
 SERVED_QUERY = (

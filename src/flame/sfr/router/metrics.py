@@ -8,7 +8,9 @@ protocol and folds it into the running totals shown by the status endpoint:
 
 Fields (all for the interval): requests (answered to clients), errors (answered 5xx or cut),
 rt_sum_ms / rt_count / rt_max_ms (head received to last byte sent) and response_time
-(their mean in ms, when rt_count > 0), bytes_in (request
+(their mean in ms, when rt_count > 0), path_latency (the mean one-way network latency, in ms,
+from this SR to the endpoints that served the interval's requests, from the forwarding table:
+the user's distance to the content, which no amount of load or coalescing changes), bytes_in (request
 bodies), bytes_out (responses to clients), coalesced (requests served by another request's
 upstream fetch), fetches (upstream attempts), ejections, and per FQDN switches (table
 changes that moved its best endpoints). The `worker` tag keeps the points of the processes of
@@ -31,6 +33,7 @@ UNKNOWN_FQDN: Final = "_unknown"
 
 _INT_FIELDS: Final = (
     "requests",
+    "path_count",
     "errors",
     "rt_count",
     "bytes_in",
@@ -52,6 +55,8 @@ class Counters:
         "ejections",
         "errors",
         "fetches",
+        "path_count",
+        "path_sum_ms",
         "requests",
         "rt_count",
         "rt_max_ms",
@@ -71,6 +76,8 @@ class Counters:
         self.fetches = 0
         self.ejections = 0
         self.switches = 0
+        self.path_sum_ms = 0.0
+        self.path_count = 0
 
     def active(self) -> bool:
         return bool(self.requests or self.fetches or self.errors or self.ejections or self.switches)
@@ -80,6 +87,7 @@ class Counters:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.rt_sum_ms += other.rt_sum_ms
         self.rt_max_ms = max(self.rt_max_ms, other.rt_max_ms)
+        self.path_sum_ms += other.path_sum_ms
 
     def fields(self, *, switches: bool) -> dict[str, int | float]:
         result: dict[str, int | float] = {
@@ -90,6 +98,8 @@ class Counters:
         if self.rt_count:
             # The interval's mean, so that an alert rule is a plain mean(response_time).
             result["response_time"] = round(self.rt_sum_ms / self.rt_count, 3)
+        if self.path_count:
+            result["path_latency"] = round(self.path_sum_ms / self.path_count, 3)
         return result
 
 
@@ -103,6 +113,8 @@ class RouterMetrics:
         self._endpoints: dict[tuple[str, str], tuple[Endpoint, Counters]] = {}
         self._fqdn_totals: dict[str, Counters] = {}
         self._endpoint_totals: dict[tuple[str, str], tuple[Endpoint, Counters]] = {}
+        # (fqdn, sfe) -> one-way path latency of the route, from the current table
+        self._path_ms: dict[tuple[str, str], float] = {}
         self.batches_sent = 0
         self.batches_dropped = 0
         self.points_dropped = 0
@@ -121,6 +133,10 @@ class RouterMetrics:
             entry = self._endpoints[(fqdn, endpoint.sfe)] = (endpoint, Counters())
         return entry[1]
 
+    def set_paths(self, path_ms: dict[tuple[str, str], float]) -> None:
+        """The path latency of each (FQDN, endpoint) route of the table now in use."""
+        self._path_ms = path_ms
+
     def request_done(
         self,
         fqdn: str,
@@ -137,6 +153,10 @@ class RouterMetrics:
         c = self._fqdns.get(fqdn) or self.fqdn(fqdn)
         _count(c, error, rt_ms, bytes_in, bytes_out, coalesced)
         if endpoint is not None:
+            path = self._path_ms.get((fqdn, endpoint.sfe))
+            if path is not None:
+                c.path_sum_ms += path
+                c.path_count += 1
             entry = self._endpoints.get((fqdn, endpoint.sfe))
             c = entry[1] if entry is not None else self.endpoint(fqdn, endpoint)
             _count(c, error, rt_ms, bytes_in, bytes_out, coalesced)

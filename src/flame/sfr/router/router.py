@@ -272,6 +272,14 @@ class Router:
             return False
         self.table_changes += 1
         self.metrics.switch(change.switched)
+        self.metrics.set_paths(
+            {
+                (fqdn, sfe): latency
+                for fqdn in self.routing.fqdns()
+                if (r := self.routing.lookup(fqdn))
+                for sfe, latency in r.latency_ms.items()
+            }
+        )
         self.outliers.forget(
             e.sfe
             for fqdn in self.routing.fqdns()

@@ -127,13 +127,19 @@ function drawKpi(snap) {
   const svg = document.getElementById("kpi"), legend = document.getElementById("legend");
   clear(svg); clear(legend);
   const W = 600, H = 260, L = 44, B = 22, T = 8;
+  // The KPI the policies judge: the field of the first threshold rule on sr_fqdn (the demo's
+  // path_latency), else the response time.
+  const rules = snap.alerts.filter(a => a.measurement === "sr_fqdn" && a.threshold !== null
+    && a.event_type === "threshold");
+  const field = rules.length ? rules[0].field : "response_time";
+  const title = document.getElementById("kpi-field");
+  if (title) title.textContent = `${field} (ms, 1 s means)`;
   const series = snap.kpi.map(s => {
-    const ti = s.columns.indexOf("time"), vi = s.columns.indexOf("response_time");
+    const ti = s.columns.indexOf("time"), vi = s.columns.indexOf(field);
     return { name: `${s.tags.fqdn || "?"} @ ${s.tags.sr || "?"}`, tags: s.tags,
-      points: s.values.filter(v => v[vi] !== null).map(v => [v[ti] / 1000, v[vi]]) };
+      points: vi < 0 ? [] : s.values.filter(v => v[vi] !== null).map(v => [v[ti] / 1000, v[vi]]) };
   }).filter(s => s.points.length && !String(s.tags.fqdn || "").startsWith("_"));  // _unknown, _flame
-  const thresholds = snap.alerts.filter(a => a.measurement === "sr_fqdn" && a.field === "response_time"
-    && a.threshold !== null && a.event_type === "threshold");
+  const thresholds = rules.filter(a => a.field === field);
   const now = snap.time, t0 = now - 120;
   let ymax = 5;
   for (const s of series) for (const [, v] of s.points) ymax = Math.max(ymax, v);
@@ -185,7 +191,9 @@ function drawTables(snap) {
   const alerts = document.querySelector("#alerts tbody");
   clear(alerts);
   for (const a of snap.alerts) {
-    const rule = a.event_type === "deadman"
+    const rule = a.event_type === "deadman" && a.aggregation === "sum"
+      ? `sum(${a.measurement}.${a.field}) below ${a.threshold} in ${a.granularity_s}s`
+      : a.event_type === "deadman"
       ? `fewer than ${a.threshold} points of ${a.measurement}.${a.field} in ${a.granularity_s}s`
       : `${a.aggregation}(${a.measurement}.${a.field})${a.event_type === "relative" ? " change %" : ""} ${a.comparison} ${a.threshold} over ${a.granularity_s}s`;
     alerts.appendChild(row([a.name, `${a.sfc}/${a.sfci}`, rule, a.level],
