@@ -15,18 +15,25 @@ import json
 import os
 import pwd
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
+import uvicorn
+from fastapi import FastAPI
 
+from flame.common.access import PUBLIC, OperatorOnly, require_declared
+from flame.common.auth import Role, TokenStore
+from flame.common.http_api import BearerAuth, install_errors
 from flame.sfemc.images import ImageRepository, build_image
 from flame.sfemc.vim.base import VimError, VimState
 from flame.sfemc.vim.process import ProcessVim
@@ -134,9 +141,11 @@ class Platform:
         self.tokens = self.state / "tokens.json"
         self.store = self.state / "sfemc.sqlite3"
         self.vim_root = self.state / "vim"
+        self.stoppers: list[Callable[[], object]] = []
+        # A real token store and the operator's real token in its config, as `flame up` leaves.
+        self.operator_token = TokenStore(self.tokens).issue("flame-up-operator", Role.OPERATOR)
         for path, text in (
-            (self.config, 'token = "flm_OPERATOR_SECRET"\n'),
-            (self.tokens, '{"flame-up-operator": "sha256:SECRET"}\n'),
+            (self.config, f'token = "{self.operator_token}"\n'),
             (self.store, "SQLite format 3\0 endpoints of every tenant\n"),
         ):
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,10 +155,12 @@ class Platform:
 
 
 @pytest.fixture
-def platform(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Platform:
+def platform(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Platform]:
     found = Platform(tmp_path)
     monkeypatch.setenv("HOME", str(found.home))  # the controller's HOME, as in production
-    return found
+    yield found
+    for stop in found.stoppers:
+        stop()
 
 
 @pytest_asyncio.fixture
@@ -173,12 +184,42 @@ async def sandboxed(
     await vim.close()
 
 
+def operator_api(platform: Platform) -> str:
+    """A real control API on loopback (bearer tokens from the platform's store, an operator-only
+    route and a public one), served until the test ends, as the orchestrator and PCE are."""
+    app = FastAPI()
+    app.add_middleware(BearerAuth, tokens=TokenStore(platform.tokens))
+    install_errors(app, "the test API")
+
+    @app.get("/health", dependencies=[PUBLIC])
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/operator-only")
+    async def secret(caller: OperatorOnly) -> dict[str, str]:
+        return {"by": caller.name}
+
+    require_declared(app)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="operator-api", daemon=True)
+    thread.start()
+    platform.stoppers.append(lambda: (setattr(server, "should_exit", True), thread.join(10)))
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "the test API did not start"
+        time.sleep(0.02)
+    return f"http://127.0.0.1:{port}"
+
+
 def helper_process() -> subprocess.Popen[bytes]:
     return subprocess.Popen(["sleep", "60"], start_new_session=True)
 
 
 ATTACKER = r"""
-import http.server, json, os, signal, sys
+import http.server, json, os, re, signal, sys, urllib.error, urllib.request
 
 report = {}
 
@@ -220,10 +261,38 @@ attacks["see the platform in /proc"] = platform_in_proc
 attacks["signal 0 to the platform"] = lambda: os.kill(platform, 0)
 attacks["SIGTERM to a platform process"] = lambda: os.kill(int(os.environ["HELPER_PID"]), 15)
 attacks["write into its own image"] = lambda: write("injected.txt")
+
+def call_operator_api():
+    # Any token it can find: in its environment, in any file it could read.
+    pattern = re.compile(r"flm_[A-Za-z0-9_-]{43}")
+    found = set()
+    for value in os.environ.values():
+        found |= set(pattern.findall(value))
+    for path in json.loads(os.environ["STEAL"]).values():
+        try:
+            with open(path, errors="replace") as f:
+                found |= set(pattern.findall(f.read()))
+        except OSError:
+            pass
+    url = os.environ["OPERATOR_API"] + "/v1/operator-only"
+    statuses = []
+    for token in sorted(found) or [None]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as r:
+                return r.status
+        except urllib.error.HTTPError as exc:
+            statuses.append(exc.code)
+    raise PermissionError(f"HTTP {statuses} with {len(found)} token(s) found")
+
+attacks["call an operator API with what it found"] = call_operator_api
 controls = {
     "write its private dir": lambda: write(os.path.join(os.environ["HOME"], "mine.txt")),
     "write /tmp": lambda: write("/tmp/mine.txt"),
     "read its image": lambda: read("server.py"),
+    "reach the platform's API": lambda: urllib.request.urlopen(
+        os.environ["OPERATOR_API"] + "/health", timeout=5
+    ).status,
 }
 for kind, actions in (("attacks", attacks), ("controls", controls)):
     report[kind] = {}
@@ -259,10 +328,11 @@ http.server.HTTPServer(
 
 
 async def run_attacker(
-    vim: ProcessVim, digest: str, sfe: str, targets: dict[str, dict[str, str]]
+    vim: ProcessVim, digest: str, sfe: str, targets: dict[str, dict[str, str]], api: str
 ) -> tuple[dict[str, Any], subprocess.Popen[bytes]]:
     helper = helper_process()
     env = {
+        "OPERATOR_API": api,
         "STEAL": json.dumps(targets["steal"]),
         "SNOOP": json.dumps(targets["snoop"]),
         "PLATFORM_PID": str(os.getpid()),
@@ -311,7 +381,8 @@ async def test_an_sfe_cannot_reach_the_platform_or_other_sfes(
             "/sys": "/sys",
         },
     }
-    report, helper = await run_attacker(vim, attacker, "i1.attacker.c1", targets)
+    api = operator_api(platform)
+    report, helper = await run_attacker(vim, attacker, "i1.attacker.c1", targets, api)
     try:
         status = await vim.status("i1.attacker.c1")
         assert status.pid is not None
@@ -330,13 +401,15 @@ async def test_an_sfe_cannot_reach_the_platform_or_other_sfes(
         "signal 0 to the platform",
         "SIGTERM to a platform process",
         "write into its own image",
+        "call an operator API with what it found",
     }
     assert set(attacks) == expected
     succeeded = {k: v for k, v in attacks.items() if v["ok"]}
     assert not succeeded, f"attacks that worked from inside the sandbox: {succeeded}"
     failed_controls = {k: v for k, v in report["controls"].items() if not v["ok"]}
     assert not failed_controls, failed_controls
-    assert len(report["controls"]) == 3
+    assert len(report["controls"]) == 4
+    assert "0 token(s) found" in attacks["call an operator API with what it found"]["error"]
 
     # It ran as its tenant's own uid, with a private HOME, as a small PID namespace's member.
     uid = json.loads((vim.root / "uids.json").read_text())["acme"]
@@ -370,7 +443,7 @@ async def test_an_sfe_cannot_reach_the_platform_or_other_sfes(
         allow_unconfined=True,
     )
     try:
-        loose, helper = await run_attacker(unconfined, attacker, "i1.loose.c1", targets)
+        loose, helper = await run_attacker(unconfined, attacker, "i1.loose.c1", targets, api)
         helper.wait(timeout=5)  # killed by the unconfined SFE
         failed = {k: v for k, v in loose["attacks"].items() if not v["ok"]}
         assert set(loose["attacks"]) == expected
