@@ -77,6 +77,7 @@ def test_the_alerts_name_what_the_service_router_reports() -> None:
         host="127.0.0.1",
         port=1,
     )
+    metrics.set_paths({("vod.flame.example", "cache-bristol"): 15.0})  # from the table
     metrics.request_done(
         "vod.flame.example", endpoint, status=200, complete=True, rt_ms=45.0,
         bytes_in=0, bytes_out=10, coalesced=False,
