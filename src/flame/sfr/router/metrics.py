@@ -33,7 +33,6 @@ UNKNOWN_FQDN: Final = "_unknown"
 
 _INT_FIELDS: Final = (
     "requests",
-    "path_count",
     "errors",
     "rt_count",
     "bytes_in",
@@ -88,6 +87,7 @@ class Counters:
         self.rt_sum_ms += other.rt_sum_ms
         self.rt_max_ms = max(self.rt_max_ms, other.rt_max_ms)
         self.path_sum_ms += other.path_sum_ms
+        self.path_count += other.path_count
 
     def fields(self, *, switches: bool) -> dict[str, int | float]:
         result: dict[str, int | float] = {
@@ -98,8 +98,9 @@ class Counters:
         if self.rt_count:
             # The interval's mean, so that an alert rule is a plain mean(response_time).
             result["response_time"] = round(self.rt_sum_ms / self.rt_count, 3)
-        if self.path_count:
+        if self.path_count:  # only per FQDN, and only for requests an endpoint served
             result["path_latency"] = round(self.path_sum_ms / self.path_count, 3)
+            result["path_count"] = self.path_count
         return result
 
 
