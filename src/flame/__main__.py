@@ -2,4 +2,6 @@ import sys
 
 from flame.cli.main import main
 
-sys.exit(main())
+# Guarded: worker processes (forkserver/spawn) import the main module again.
+if __name__ == "__main__":
+    sys.exit(main())

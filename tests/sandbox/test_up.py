@@ -155,8 +155,11 @@ def test_up_detached_route_a_ue_and_down(env: dict[str, str], tmp_path: Path) ->
         assert report["requests"] == 40
         assert report["failed"] == 0
         assert report["statuses"] == {"200": 40}
-        # sr-ue-1 -> metro is 13 ms each way on the sandpit: emulated, so >= 26 ms per request.
-        assert report["latency_ms"]["p50"] >= 26
+        # sr-ue-1 -> metro is 13 ms each way on the sandpit, emulated: >= 26 ms for a request
+        # the SR fetches. Not for every request: at 40/s identical GETs overlap and coalesce,
+        # joining a fetch already under way (issue 18: a p50 of 23.2 ms failed this on a
+        # quiet machine). The first request has nothing to join.
+        assert report["latency_ms"]["max"] >= 26
 
         # The dashboard: its page, and a snapshot made with the caller's token.
         dashboard = summary["dashboard_url"]
@@ -167,7 +170,8 @@ def test_up_detached_route_a_ue_and_down(env: dict[str, str], tmp_path: Path) ->
         assert {n["id"] for n in snap["topology"]["nodes"]} >= {"sr-ue-1", "metro-london"}
         assert [r["sfe"] for r in snap["registrations"]] == ["hello-1"]
         bad = httpx.get(dashboard + "/api/snapshot", headers={"Authorization": "Bearer nope"})
-        assert bad.json()["errors"]["topology"].startswith("HTTP 401")
+        assert bad.status_code == 401  # checked at the orchestrator before anything is fetched
+        assert "topology" not in bad.json()
 
     down = flame(env, "down")
     assert down.returncode == 0

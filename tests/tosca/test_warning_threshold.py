@@ -18,18 +18,18 @@ def validate(text: str) -> ValidationResult:
 
 def test_warning_threshold_reaches_the_alert_rule() -> None:
     text = demo_template().replace(
-        "threshold: 20\n", "threshold: 20\n              warning_threshold: 15\n"
+        "threshold: 10\n", "threshold: 10\n              warning_threshold: 8\n"
     )
     result = validate(text)
     assert result.model is not None, [str(d) for d in result.diagnostics]
     rule = result.model.alert("vod_slow_at_bristol")
-    assert (rule.threshold, rule.warning_threshold) == (20.0, 15.0)
+    assert (rule.threshold, rule.warning_threshold) == (10.0, 8.0)
     assert result.model.alert("vod_quiet_at_bristol").warning_threshold is None
 
 
 def test_warning_threshold_must_be_a_number_and_not_on_deadman() -> None:
     bad = demo_template().replace(
-        "threshold: 20\n", "threshold: 20\n              warning_threshold: high\n"
+        "threshold: 10\n", "threshold: 10\n              warning_threshold: high\n"
     )
     result = validate(bad)
     assert result.model is None

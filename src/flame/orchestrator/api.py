@@ -111,6 +111,7 @@ def create_app(
         try:
             yield
         finally:
+            orchestrator.close()
             if manage_sfemc:
                 await sfemc.stop()
             if on_close is not None:

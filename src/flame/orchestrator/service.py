@@ -13,8 +13,12 @@ Exceptions (all `UserError`, so HTTP 4xx and CLI exit 1)::
 from __future__ import annotations
 
 import asyncio
+import logging
+import multiprocessing
 from collections.abc import Collection, Mapping
-from typing import Any, ClassVar
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, ClassVar, Literal
 
 import anyio
 
@@ -31,8 +35,11 @@ from flame.orchestrator.alerts import AlertSink
 from flame.orchestrator.plan import Plan, make_plan
 from flame.sfemc.control import Sfemc
 from flame.sfemc.store import EndpointRecord
+from flame.topology.model import Topology
 from flame.tosca import validate_texts
 from flame.tosca.model import ServiceModel
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Orchestrator", "PlanRejected", "ServiceNotFound"]
 
@@ -67,6 +74,49 @@ class ValidationBusy(FlameError):
 
 # Templates are validated one at a time off the event loop; this many may wait their turn.
 MAX_WAITING_VALIDATIONS = 8
+# Templates larger than this are validated in a separate process (the GIL would otherwise
+# let the YAML parser starve the event loop for seconds); smaller ones in a thread.
+PROCESS_ABOVE_CHARS = 256 * 1024
+
+# What a validation sends back: the model, a user error's message, or the diagnostics.
+_Outcome = (
+    tuple[Literal["model"], ServiceModel]
+    | tuple[Literal["user"], str]
+    | tuple[Literal["diagnostics"], list[Diagnostic]]
+)
+
+
+def _validate(
+    files: dict[str, str], topology: Topology, runtimes: frozenset[str] | None
+) -> _Outcome:
+    """Validate in this process or a worker process; only plain data crosses back."""
+    if not files:
+        return ("user", "no template given: send {'template': '<yaml>'} or a multipart file")
+    kwargs: dict[str, Any] = {"topology": topology}
+    if runtimes is not None:
+        kwargs["runtimes"] = runtimes
+    result = validate_texts(files, **kwargs)
+    if result.model is not None:
+        return ("model", result.model)
+    diagnostics = list(result.diagnostics)
+    if result.ok:
+        diagnostics.append(
+            Diagnostic(
+                "E001",
+                "not a FLAME service: no eu.ict-flame.nodes.ServiceFunction and no servicefunctionchain",
+                Position(next(iter(files)), 1, 1),
+                hint="see docs/tosca.md for the FLAME profile",
+            )
+        )
+    return ("diagnostics", diagnostics)
+
+
+def _model_or_raise(outcome: _Outcome) -> ServiceModel:
+    if outcome[0] == "model":
+        return outcome[1]
+    if outcome[0] == "user":
+        raise UserError(outcome[1])
+    raise ValidationFailed(outcome[1])
 
 
 class Orchestrator:
@@ -78,6 +128,7 @@ class Orchestrator:
         self.runtimes = runtimes
         self._validating = asyncio.Semaphore(1)
         self._waiting = 0
+        self._pool: ProcessPoolExecutor | None = None
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -99,9 +150,10 @@ class Orchestrator:
         return validate_tenant_id(tenant)
 
     async def validated(self, files: Mapping[str, str]) -> ServiceModel:
-        """`model_of` in a worker thread, one template at a time: a large template (seconds of
-        pure-Python work) must not stall the API's event loop, its health check and the SFEMC's
-        webhook; a flood of them is refused with 503 rather than queued without bound."""
+        """The template's model, validated off the event loop one template at a time: a large
+        template (seconds of work, much of it in the YAML parser, which holds the GIL) must not
+        stall the API's event loop, its health check and the SFEMC's webhook, so it goes to a
+        separate process; a small one to a thread. A flood is refused with 503, not queued."""
         if self._waiting >= MAX_WAITING_VALIDATIONS:
             raise ValidationBusy(
                 f"{self._waiting} templates are waiting for validation; retry in a few seconds"
@@ -109,30 +161,37 @@ class Orchestrator:
         self._waiting += 1
         try:
             async with self._validating:
-                return await anyio.to_thread.run_sync(self.model_of, files)
+                if sum(len(text) for text in files.values()) <= PROCESS_ABOVE_CHARS:
+                    return await anyio.to_thread.run_sync(self.model_of, files)
+                if self._pool is None:
+                    context = multiprocessing.get_context("forkserver")
+                    self._pool = ProcessPoolExecutor(max_workers=1, mp_context=context)
+                loop = asyncio.get_running_loop()
+                try:
+                    outcome = await loop.run_in_executor(
+                        self._pool, _validate, dict(files), self.sfemc.topology, self._runtimes()
+                    )
+                except BrokenProcessPool:
+                    # The worker could not start or died (e.g. out of memory): validate here,
+                    # slower for the loop but correct, and try a fresh worker next time.
+                    log.warning("the validation process failed; validating in a thread")
+                    self.close()
+                    return await anyio.to_thread.run_sync(self.model_of, files)
+                return _model_or_raise(outcome)
         finally:
             self._waiting -= 1
 
+    def close(self) -> None:
+        """Stop the validation process, if one was started."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def _runtimes(self) -> frozenset[str] | None:
+        return None if self.runtimes is None else frozenset(self.runtimes)
+
     def model_of(self, files: Mapping[str, str]) -> ServiceModel:
-        if not files:
-            raise UserError("no template given: send {'template': '<yaml>'} or a multipart file")
-        kwargs: dict[str, Any] = {"topology": self.sfemc.topology}
-        if self.runtimes is not None:
-            kwargs["runtimes"] = frozenset(self.runtimes)
-        result = validate_texts(dict(files), **kwargs)
-        if result.model is None:
-            diagnostics = list(result.diagnostics)
-            if result.ok:
-                diagnostics.append(
-                    Diagnostic(
-                        "E001",
-                        "not a FLAME service: no eu.ict-flame.nodes.ServiceFunction and no servicefunctionchain",
-                        Position(next(iter(files)), 1, 1),
-                        hint="see docs/tosca.md for the FLAME profile",
-                    )
-                )
-            raise ValidationFailed(diagnostics)
-        return result.model
+        return _model_or_raise(_validate(dict(files), self.sfemc.topology, self._runtimes()))
 
     def _visible(self, principal: Principal, sfc: str) -> tuple[str, list[EndpointRecord]]:
         """The chain's tenant and endpoints; ServiceNotFound if unknown or not the caller's."""
