@@ -12,8 +12,11 @@ import pytest
 
 from flame.media.hls import StreamSpec, ensure_stream
 from flame.media.origin import Origin
+from sfemc.pg import postgres_server, postgres_url  # the content SF on PostgreSQL
 
 from .helpers import ServerThread, running
+
+__all__ = ["postgres_server", "postgres_url"]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,82 @@
+"""The CMS page in headless Chromium: a tenant signs in, uploads a real generated clip with the
+tus.io JavaScript client (throttled so that it can be paused mid-way), pauses, sees the
+server hold part of it, resumes, sees the analysis (codec, resolution, VMAF against its source)
+and publishes the asset, which then serves without a token."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .cdp import Chrome, chromium
+from .contentkit import KEY_A, content_server, create, make_clip, patch, sha256
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / ".artifacts"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        chromium() is None, reason="chromium is not installed (apt-get install chromium)"
+    ),
+]
+
+
+def test_upload_pause_resume_analyse_and_publish_from_the_browser(tmp_path: Path) -> None:
+    source = make_clip(tmp_path / "source.mp4", size="1280x720", seconds=4, crf=16)
+    rendition = make_clip(tmp_path / "rendition.mp4", size="640x360", source=source, crf=14)
+    size = rendition.stat().st_size
+    env = {"MEDIA_ANALYSIS": "on", "MEDIA_RULE": '{"min_height": 360, "min_vmaf": 40}'}
+    with content_server(tmp_path, **env) as sf, sf.client() as http:
+        data = source.read_bytes()
+        loc = create(http, len(data), filename="source.mp4", synopsis="the master")
+        source_id = patch(http, loc, 0, data).headers["flame-asset"]
+        browser = Chrome(tmp_path / "profile")
+        try:
+            browser.navigate(sf.url + "/")
+            browser.type("#token", KEY_A)
+            browser.click("#signin-button")
+            browser.wait("document.body.dataset.signedIn === 'yes'")
+            browser.wait("document.body.dataset.assets === '1'")
+            browser.set_files("#file", rendition)
+            browser.type("#synopsis", "a 360p rendition")
+            browser.type("#tags", "rendition, test")
+            browser.eval(f"document.querySelector('#reference').value = '{source_id}'")
+            browser.throttle_upload(max(64_000, size / 4))  # about 4 s for the whole file
+            browser.click("#upload")
+            browser.wait("document.querySelector('#progress').value >= 25", 30)
+            browser.click("#pause")
+            browser.wait("document.body.dataset.upload === 'paused'")
+            upload_url = browser.eval("state.upload.url")
+            assert upload_url
+            head = http.head(upload_url, headers={"Tus-Resumable": "1.0.0"})
+            held = int(head.headers["upload-offset"])
+            assert 0 < held < size, (held, size)  # interrupted: part of it is on the server
+            assert http.get("/v1/assets").json()["total"] == 1
+            browser.throttle_upload(-1)
+            browser.click("#resume")
+            browser.wait("document.body.dataset.upload === 'done'", 60)
+            asset_id = browser.eval("document.body.dataset.assetId")
+            assert asset_id == upload_url.rsplit("/", 1)[1]
+            browser.wait("document.body.dataset.assetStatus === 'accepted'", 120)
+            shown = browser.eval(
+                "Object.fromEntries([...document.querySelectorAll('dd')].map(d => [d.dataset.key, d.textContent]))"
+            )
+            assert shown["video codec"] == "h264"
+            assert shown["resolution"] == "640x360"
+            assert 40 < float(shown["VMAF"]) <= 100
+            assert shown["reference"] == source_id
+            assert shown["verdict"] == "accepted"
+            browser.click("#publish")
+            browser.wait("!document.querySelector('#public-link').hidden")
+            browser.wait("document.querySelectorAll('#assets tbody tr').length === 2")
+            browser.screenshot(ARTIFACTS / "media-cms.png")
+        finally:
+            browser.close()
+        asset = http.get(f"/v1/assets/{asset_id}").json()
+        assert asset["published"] is True
+        assert asset["tags"] == ["rendition", "test"]
+        assert asset["sha256"] == sha256(rendition.read_bytes())
+        with httpx.Client(base_url=sf.url, trust_env=False) as anon:
+            assert anon.get(f"/p/{asset_id}").content == rendition.read_bytes()
