@@ -65,6 +65,8 @@ bench: $(NATIVE)
 	$(BIN)/python bench/closed_loop.py $(BENCH_ARGS)
 	$(BIN)/python bench/clmc_vs_influxdb.py $(BENCH_ARGS)
 	$(BIN)/python bench/media_ingest.py $(BENCH_ARGS)
+	$(BIN)/python bench/sr_failover.py $(BENCH_ARGS)
+	$(BIN)/python bench/sr_tls_vs_nginx.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build

@@ -279,7 +279,7 @@ def test_broken_topology_shows_its_diagnostics(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     text = SANDPIT.read_text(encoding="utf-8").replace("flame_topology: 1\n", "flame_topology: 2\n")
-    text = text.replace("address: 127.0.1.2", "address: 192.0.2.7")
+    text = text.replace("address: 127.0.1.2", "address: 192.0.2.300")
     topo = write(tmp_path / "topo.yaml", text)
     code, out, err = run(capsys, "validate", "--topology", str(topo), str(EXAMPLE))
     assert code == 1

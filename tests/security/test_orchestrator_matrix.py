@@ -43,6 +43,14 @@ CASES: dict[tuple[str, str], tuple[str, Any, dict[str, int]]] = {
         row(a=403, operator=200),
     ),
     ("GET", "/v1/sfemc/endpoints"): ("/v1/sfemc/endpoints", None, row(a=403, operator=200)),
+    # The image repository, for cluster agents (issue 13): operator only. This platform has no
+    # repository, so the operator passes the gate and finds nothing (404).
+    ("GET", "/v1/images"): ("/v1/images", None, row(a=403, operator=404)),
+    ("GET", "/v1/images/{digest}"): (
+        "/v1/images/sha256:" + "0" * 64,
+        None,
+        row(a=403, operator=404),
+    ),
     **{key: (key[1], None, expected) for key, expected in DOC_ROWS.items()},
 }
 

@@ -4,6 +4,10 @@ Mutating operator routes are called with a body or name that fails after the gat
 so the matrix proves who passes each gate without changing the PCE between cells; tenant
 scoping (B on A's FQDN) is exercised on real data: x.example is delegated to tenant A (acme)
 and served by an endpoint the operator registered for it.
+
+Issue 15: the content certificate routes. A tenant reads, uploads, changes, deletes and
+renews certificates of its own FQDNs only (x.example has acme's own certificate; B gets 403
+everywhere on it); only routers (and the operator) read an SR's bundle, which holds keys.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ import httpx
 import pytest
 
 from flame.common.auth import Role
-from sfr.test_api import LINE, Env, register, running, x_endpoint
+from sfr.test_api import LINE, Env, register, x_endpoint
+from sfr.test_certs import own_chain
+from sfr.test_certs import running as running_with_certs
 
 from .matrix import CALLERS, PUBLIC_ROW, assert_covers, headers, row
 from .matrix import DOC_ROWS as DOCS
@@ -73,6 +79,28 @@ CASES: dict[tuple[str, str], tuple[str, Any, dict[str, int]]] = {
     # A router reads forwarding tables and nothing else.
     ("GET", "/v1/tables/{sr}"): ("/v1/tables/sr-a", None, row(a=403, router=200, operator=200)),
     ("GET", "/v1/routes/{fqdn}"): ("/v1/routes/x.example", None, row(a=200, b=403)),
+    # Content certificates (issue 15).
+    ("GET", "/v1/certs"): ("/v1/certs", None, row(a=200)),
+    ("GET", "/v1/certs/ca"): ("/v1/certs/ca", None, row(a=200, router=200)),
+    # The bundle holds private keys: routers and the operator only.
+    ("GET", "/v1/certs/sr/{sr}"): ("/v1/certs/sr/sr-a", None, row(a=403, router=200, operator=200)),
+    ("GET", "/v1/certs/{fqdn}"): ("/v1/certs/x.example", None, row(a=200, b=403)),
+    ("PUT", "/v1/certs/{fqdn}"): (
+        "/v1/certs/x.example",
+        {"chain": "not a certificate", "key": "not a key"},
+        row(a=400, b=403),
+    ),
+    ("PATCH", "/v1/certs/{fqdn}"): (
+        "/v1/certs/x.example",
+        {"redirect_http": False},
+        row(a=200, b=403),
+    ),
+    ("DELETE", "/v1/certs/{fqdn}"): ("/v1/certs/cdn.x.example", None, row(a=404, b=403)),
+    ("POST", "/v1/certs/{fqdn}/renew"): (
+        "/v1/certs/cdn.x.example/renew",
+        None,
+        row(a=404, b=403),
+    ),
     **{key: (key[1], None, expected) for key, expected in DOCS.items()},
 }
 
@@ -103,10 +131,17 @@ async def test_every_pce_route_answers_each_caller_as_its_rule_says(env: Env) ->
         "router": router,
         "operator": env.operator,
     }
-    async with running(env) as pce:
+    async with running_with_certs(env) as pce:
         assert_covers(pce_app(pce), {key: case[2] for key, case in CASES.items()})
         ops = headers("operator", tokens)
         await pce.http.put("/v1/delegations/x.example", json={"tenant": "acme"}, headers=ops)
+        chain, key = own_chain(["x.example"])
+        uploaded = await pce.http.put(
+            "/v1/certs/x.example",
+            json={"chain": chain, "key": key},
+            headers=headers("tenant_a", tokens),
+        )
+        assert uploaded.status_code == 200, uploaded.text
         got: dict[tuple[str, str], dict[str, int]] = {}
         for key, (path, body, _) in CASES.items():
             got[key] = {}
@@ -118,6 +153,8 @@ async def test_every_pce_route_answers_each_caller_as_its_rule_says(env: Env) ->
                     )
                 response = await send(pce.http, key[0], path, body, headers(caller, tokens))
                 got[key][caller] = response.status_code
+                if caller != "router" and key[1] != "/v1/certs/sr/{sr}":
+                    assert "PRIVATE KEY" not in response.text, (key, caller)  # never a key
                 if response.status_code >= 400 and not key[1].startswith("/docs"):
                     assert response.json()["error"], response.text  # JSON errors, always
         assert got == {key: case[2] for key, case in CASES.items()}

@@ -332,7 +332,7 @@ def test_static_registration_errors_are_located(tmp_path: Path) -> None:
         "registrations:\n",
         "registrations:\n"
         "  - {fqdn: a.example, cluster: edge-9, host: 127.0.0.1, port: 80}\n"
-        "  - {fqdn: a.example, cluster: edge-1, host: 10.0.0.1, port: 80}\n"
+        "  - {fqdn: a.example, cluster: edge-1, host: 10.0.0, port: 80}\n"
         "  - {fqdn: a.example, cluster: edge-1, host: 127.0.0.1, port: 70000}\n"
         "  - {fqdn: a.example, cluster: edge-1, host: 127.0.0.1, port: 80, sfe: www-2}\n"
         "  - {fqdn: Bad_Name, cluster: edge-1, host: 127.0.0.1, port: 80}\n"
@@ -342,7 +342,7 @@ def test_static_registration_errors_are_located(tmp_path: Path) -> None:
     found = errors(tmp_path, text)
     assert [(code, line) for code, line, _ in found] == [
         ("T103", 9),  # unknown cluster edge-9
-        ("T104", 10),  # host not loopback
+        ("T104", 10),  # host not an IP address
         ("T104", 11),  # port out of range
         ("T104", 13),  # bad fqdn
         ("E202", 14),  # missing fqdn

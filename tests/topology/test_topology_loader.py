@@ -323,14 +323,23 @@ def test_bad_bandwidth(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "address", ["192.0.2.1", "'2001:db8::1'", "localhost", "127.0.0.256", "10.0.0.1"]
+    ("address", "why"),
+    [
+        ("localhost", "must be an IP address"),
+        ("127.0.0.256", "must be an IP address"),
+        ("10.0.0", "must be an IP address"),
+        ("0.0.0.0", "one host's address"),
+        ("'::'", "one host's address"),
+        ("224.0.0.1", "one host's address"),
+        ("255.255.255.255", "one host's address"),
+    ],
 )
-def test_non_loopback_address(tmp_path: Path, address: str) -> None:
+def test_bad_address(tmp_path: Path, address: str, why: str) -> None:
     text = edit("address: 127.0.1.1", f"address: {address}")
     error = the_error(tmp_path, text)
     assert error.code == "T104"
     assert at(error) == where(text, address)
-    assert "loopback" in error.message
+    assert why in error.message
 
 
 def test_bad_vim(tmp_path: Path) -> None:
@@ -429,7 +438,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_every_error_is_reported_at_once(tmp_path: Path) -> None:
-    text = edit("address: 127.0.1.1", "address: 192.0.2.1")
+    text = edit("address: 127.0.1.1", "address: 192.0.2.300")
     text = edit("[sr-a, sw-1]", "[sr-a, sw-9]", text)
     text = edit("    sr: sr-a\n", "    sr: sr-a\n    vim: xen\n", text)
     errors = failures(tmp_path, text)

@@ -14,7 +14,7 @@ from typing import Protocol
 
 import click
 
-from flame.cli._serve import run_server
+from flame.cli._serve import run_server, tls_files, tls_options
 from flame.common.auth import TokenStore
 from flame.common.config import Config
 from flame.common.logging import setup_logging
@@ -121,6 +121,7 @@ def install(cli: click.Group) -> None:
     type=click.FloatRange(min=1),
     help="Seconds between retention-policy enforcement runs.",
 )
+@tls_options
 @click.pass_obj
 def serve_clmc(
     state: _CliState,
@@ -137,6 +138,8 @@ def serve_clmc(
     webhook_deny: tuple[str, ...],
     platform_urls: tuple[str, ...],
     pce_urls: tuple[str, ...],
+    tls_cert: Path | None,
+    tls_key: Path | None,
 ) -> None:
     """Run the CLMC's InfluxDB 1.x compatible API: /ping, /write, /api/v2/write, /query."""
 
@@ -188,4 +191,10 @@ def serve_clmc(
         delegations=delegations,
     )
     click.echo(f"CLMC on http://{host}:{port} (data in {directory})", err=True)
-    run_server(service.app, host, port, "the CLMC")
+    run_server(
+        service.app,
+        host,
+        port,
+        "the CLMC",
+        tls=tls_files(tls_cert, tls_key),
+    )

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 import click
 
-from flame.cli._serve import run_server
+from flame.cli._serve import run_server, tls_files, tls_options
 from flame.common.config import Config
 from flame.common.logging import setup_logging
 
@@ -38,6 +39,7 @@ def install(cli: click.Group) -> None:
     help="Checks every request's token (GET /v1/whoami); default: the config's api_url.",
 )
 @click.option("--clmc-db", default="flame", show_default=True)
+@tls_options
 @click.pass_obj
 def serve_dashboard(
     state: _CliState,
@@ -47,6 +49,8 @@ def serve_dashboard(
     clmc_url: str | None,
     orchestrator_url: str | None,
     clmc_db: str,
+    tls_cert: Path | None,
+    tls_key: Path | None,
 ) -> None:
     """Serve the dashboard. It holds no token: the browser's token, checked with the
     orchestrator on every request, is passed to each API."""
@@ -63,5 +67,6 @@ def serve_dashboard(
             clmc_db=clmc_db,
         )
     )
-    click.echo(f"dashboard on http://{host}:{port}/", err=True)
-    run_server(app, host, port, "the dashboard")
+    tls = tls_files(tls_cert, tls_key)
+    click.echo(f"dashboard on {'https' if tls else 'http'}://{host}:{port}/", err=True)
+    run_server(app, host, port, "the dashboard", tls=tls)

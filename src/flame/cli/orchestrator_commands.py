@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 import click
 import httpx
 
-from flame.cli._serve import run_server
+from flame.cli._serve import run_server, tls_files, tls_options
 from flame.common.config import Config
 from flame.common.diagnostics import Diagnostic, Position, Severity, ValidationFailed
 from flame.common.errors import UserError
+from flame.common.tls import client_verify, require_private_url
 
 if TYPE_CHECKING:
     from flame.orchestrator.alerts import AlertSink
@@ -59,8 +60,11 @@ class _Api:
     def __init__(self, state: _CliState, url: str | None) -> None:
         config = state.config()
         self.url = (url or config.api_url).rstrip("/")
+        require_private_url(self.url, config.token, what="the orchestrator")  # issue 15
         headers = {"Authorization": f"Bearer {config.token}"} if config.token else {}
-        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=30)
+        self.http = httpx.Client(
+            base_url=self.url, headers=headers, timeout=30, verify=client_verify(config.ca_file)
+        )
 
     def __enter__(self) -> _Api:
         return self
@@ -286,8 +290,11 @@ def _print_alerts(state: _CliState, sfc: str) -> None:
         return
     headers = {"Authorization": f"Bearer {config.token}"} if config.token else {}
     base = config.clmc_url.rstrip("/")
+    require_private_url(base, config.token, what="the CLMC")  # issue 15
     try:
-        with httpx.Client(timeout=5.0, headers=headers, trust_env=False) as http:
+        with httpx.Client(
+            timeout=5.0, headers=headers, trust_env=False, verify=client_verify(config.ca_file)
+        ) as http:
             rules = http.get(base + "/v1/alerts").json()
             events = http.get(base + "/v1/alerts/events", params={"limit": "200"}).json()
     except (httpx.HTTPError, ValueError) as exc:
@@ -355,6 +362,20 @@ def _pairs(pairs: tuple[str, ...], option: str, shape: str) -> dict[str, str]:
             raise UserError(f"{option} expects {shape}, got {pair!r}")
         out[key] = value
     return out
+
+
+def _kubeconfigs(pairs: tuple[str, ...]) -> dict[str | None, Path]:
+    found: dict[str | None, Path] = {}
+    for pair in pairs:
+        cluster, sep, path = pair.partition("=")
+        key: str | None = cluster if sep else None
+        value = Path(path if sep else cluster).expanduser()
+        if sep and (not cluster or not path):
+            raise UserError(f"--kubeconfig expects [CLUSTER=]PATH, got {pair!r}")
+        if key in found:
+            raise UserError(f"--kubeconfig names {'cluster ' + key if key else 'a default'} twice")
+        found[key] = value
+    return found
 
 
 def _delegations(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -457,6 +478,29 @@ def _delegations(pairs: tuple[str, ...]) -> dict[str, str]:
     help="Where SFEs cannot be sandboxed (no bubblewrap), run tenant code unconfined as this "
     "user instead of refusing it.",
 )
+@click.option(
+    "--vim",
+    "vim_pairs",
+    multiple=True,
+    metavar="CLUSTER=URL",
+    help="The VIM agent ('flame serve vim --cluster CLUSTER') running a process cluster on "
+    "its own host; repeat per cluster. Other process clusters run on this host.",
+)
+@click.option(
+    "--vim-token",
+    envvar="FLAME_VIM_TOKEN",
+    help="Operator token the VIM agents accept (default: the config's token).",
+)
+@click.option(
+    "--kubeconfig",
+    "kubeconfig_pairs",
+    multiple=True,
+    metavar="[CLUSTER=]PATH",
+    help="Kubernetes credentials of a 'vim: kubernetes' cluster (its kubeconfig's current "
+    "context); without CLUSTER=, for every Kubernetes cluster not named. Default: "
+    "KUBECONFIG, ~/.kube/config or the in-cluster service account.",
+)
+@tls_options
 @click.pass_obj
 def serve_orchestrator(
     state: _CliState,
@@ -476,8 +520,17 @@ def serve_orchestrator(
     resync_s: float,
     port_base: int,
     allow_unconfined_sfes: bool,
+    vim_pairs: tuple[str, ...],
+    vim_token: str | None,
+    kubeconfig_pairs: tuple[str, ...],
+    tls_cert: Path | None,
+    tls_key: Path | None,
 ) -> None:
-    """Run the orchestrator API and the SFEMC (reconciler, process VIM, policy webhook) in one process.
+    """Run the orchestrator API and the SFEMC (reconciler, VIMs, policy webhook) in one process.
+
+    Each cluster's SFEs run where its topology entry says: process clusters on this host, or
+    on their own host through a VIM agent (--vim CLUSTER=URL); Kubernetes clusters through
+    their API server (--kubeconfig CLUSTER=PATH). See docs/deploy.md.
 
     SFE processes outlive this process on purpose: a restarted orchestrator adopts them.
     """
@@ -493,6 +546,7 @@ def serve_orchestrator(
 
     config = state.config()
     setup_logging(config.log_level, config.log_format)
+    tls = tls_files(tls_cert, tls_key)
     # The config file is where a distributed platform names its components (docs/deploy.md).
     pce_urls = pce_urls or ((config.pce_url,) if config.pce_url else ())
     clmc_url = clmc_url or config.clmc_url
@@ -528,7 +582,13 @@ def serve_orchestrator(
         port_base=port_base,
         sr_urls=_pairs(sr_pairs, "--sr", "SR=URL"),
         allow_unconfined_sfes=allow_unconfined_sfes,
+        vim_agents=_pairs(vim_pairs, "--vim", "CLUSTER=URL"),
+        vim_token=vim_token or config.token,
+        verify=client_verify(config.ca_file),
+        kubeconfigs=_kubeconfigs(kubeconfig_pairs),
     )
+    for reason in runtime.unserved.values():
+        click.echo(f"warning: {reason}", err=True)
     alerts: AlertSink = InProcessAlertSink()
     closers = [runtime.close]
     if clmc_url:
@@ -569,9 +629,10 @@ def serve_orchestrator(
 
     app = create_app(Orchestrator(runtime.sfemc, alerts), tokens, on_close=close, on_start=start)
     click.echo(
-        f"orchestrator + SFEMC on http://{host}:{port} (topology '{topology.name}', "
+        f"orchestrator + SFEMC on {'https' if tls else 'http'}://{host}:{port} "
+        f"(topology '{topology.name}', "
         f"store {runtime.sfemc.store.dialect}, registrar "
         f"{'PCE ' + ','.join(pce_urls) if pce_urls else 'in-process'})",
         err=True,
     )
-    run_server(app, host, port, "the orchestrator")
+    run_server(app, host, port, "the orchestrator", tls=tls)

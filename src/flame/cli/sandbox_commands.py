@@ -235,6 +235,11 @@ def _print_summary(
                 f"  try: flame ue run --sr {first} --fqdn {demo['fqdn']} --path /hls/master.m3u8 "
                 "--rps 20 --duration 30"
             )
+    if instance.get("ca_file"):
+        click.echo(
+            f"HTTPS at every SR ({', '.join(sorted(instance.get('sr_tls_urls', {}).values()))}); "
+            f"trust the platform CA: {instance['ca_file']} (e.g. curl --cacert)"
+        )
     click.echo(f"State and logs: {run_dir}")
 
 

@@ -4,6 +4,7 @@
     flame images [list]                                  what the repository holds
     flame images rm REF [--force]                        delete (refused while endpoints use it)
     flame images verify [REF...]                         re-hash stored images
+    flame serve vim --cluster NAME --topology FILE       a cluster's VIM agent on its own host
 
 The repository is ``<state_dir>/images`` (``state_dir`` from the config or $FLAME_STATE_DIR).
 Commands raise; `flame.cli.main.main` prints errors and picks the exit code.
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 
 import click
 
+from flame.cli._serve import run_server, tls_files, tls_options
 from flame.common.config import Config
 from flame.common.errors import UserError
 from flame.sfemc.images import ImageInfo, ImageRepository, build_image, digest_of
@@ -34,6 +36,11 @@ class _CliState(Protocol):
 def install(cli: click.Group) -> None:
     cli.add_command(package_cmd)
     cli.add_command(images_group)
+    serve = cli.commands.get("serve")
+    if not isinstance(serve, click.Group):
+        serve = click.Group("serve", help="Run a FLAME component as a service.")
+        cli.add_command(serve)
+    serve.add_command(serve_vim)
 
 
 def _repository(state: _CliState) -> ImageRepository:
@@ -230,3 +237,122 @@ def images_verify(state: _CliState, refs: tuple[str, ...]) -> None:
         click.echo(f"{len(digests) - len(bad)} of {len(digests)} image(s) intact")
     if bad:
         raise SystemExit(1)
+
+
+@click.command("vim")
+@click.option(
+    "--cluster",
+    "clusters",
+    multiple=True,
+    required=True,
+    metavar="NAME",
+    help="A process cluster of the topology whose SFEs run on this host (repeatable).",
+)
+@click.option(
+    "--topology",
+    "topology_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Topology file (the cluster's address and port range come from it).",
+)
+@click.option(
+    "--host",
+    help="Address the agent's API listens on (default: the first cluster's address, else "
+    "127.0.0.1).",
+)
+@click.option("--port", default=7090, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--images",
+    "images_url",
+    metavar="URL",
+    help="Pull SF images from this orchestrator's repository (default: api_url from the config).",
+)
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The agent's SFEs and image cache (default: <state_dir>/vim-agent).",
+)
+@click.option(
+    "--port-base",
+    default=20000,
+    show_default=True,
+    type=click.IntRange(1024, 65000),
+    help="First port of the SFE port ranges (the orchestrator's --port-base).",
+)
+@click.option(
+    "--sr",
+    "sr_pairs",
+    multiple=True,
+    metavar="SR=URL",
+    help="Where a service router listens; SFEs of its clusters get it as FLAME_SR_URL.",
+)
+@click.option(
+    "--allow-unconfined-sfes",
+    is_flag=True,
+    envvar="FLAME_ALLOW_UNCONFINED_SFES",
+    help="Where SFEs cannot be sandboxed (no bubblewrap), run tenant code unconfined as this "
+    "user instead of refusing it.",
+)
+@tls_options
+@click.pass_obj
+def serve_vim(
+    state: _CliState,
+    clusters: tuple[str, ...],
+    topology_path: Path,
+    host: str | None,
+    port: int,
+    images_url: str | None,
+    root: Path | None,
+    port_base: int,
+    sr_pairs: tuple[str, ...],
+    allow_unconfined_sfes: bool,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+) -> None:
+    """Run a cluster's VIM agent: the process VIM (sandboxed SFEs) on this host, for the SFEMC.
+
+    The orchestrator names it with --vim CLUSTER=URL. Every call needs an operator token of
+    this host's token store (<state_dir>/tokens.json). SFEs outlive the agent on purpose: a
+    restarted agent adopts them.
+    """
+    from flame.common.auth import TokenStore  # noqa: PLC0415
+    from flame.common.logging import setup_logging  # noqa: PLC0415
+    from flame.common.tls import client_verify, require_private_url  # noqa: PLC0415
+    from flame.sfemc.agent import ImageSource, build_agent_vim, create_agent_app  # noqa: PLC0415
+    from flame.topology.loader import load_topology  # noqa: PLC0415
+
+    config = state.config()
+    setup_logging(config.log_level, config.log_format)
+    tls = tls_files(tls_cert, tls_key)
+    topology = load_topology(topology_path)
+    root = root or config.state_dir / "vim-agent"
+    vim = build_agent_vim(
+        topology,
+        list(clusters),
+        root,
+        port_base=port_base,
+        sr_urls=_pairs(sr_pairs, "--sr"),
+        allow_unconfined=allow_unconfined_sfes,
+    )
+    tokens = TokenStore(config.state_dir / "tokens.json")
+    if not tokens.list():
+        click.echo(
+            f"warning: no API tokens in {tokens.path}; every request will get 401. Copy the "
+            "token store from the control host, or issue one with 'flame token issue NAME "
+            "--operator' and give it to the orchestrator (--vim-token).",
+            err=True,
+        )
+    source = images_url or config.api_url
+    images = ImageSource(vim.repository, source, config.token, verify=client_verify(config.ca_file))
+    # Refused now, not at the first placement: the token would go to the repository in clear.
+    require_private_url(source, config.token, what="the image repository (--images)")
+    app = create_agent_app(vim, tokens, images=images)
+    listen = host or vim.hosts.get(clusters[0], vim.host)
+    click.echo(
+        f"VIM agent for {', '.join(clusters)} on {'https' if tls else 'http'}://{listen}:{port} "
+        "(SFEs on "
+        + ", ".join(f"{c} {vim.hosts[c]}" for c in clusters)
+        + f"; images from {source}; state {root})",
+        err=True,
+    )
+    run_server(app, listen, port, "the VIM agent", tls=tls)

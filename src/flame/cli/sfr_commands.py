@@ -6,6 +6,9 @@
     flame routes FQDN [--from SR]            ranked routes with path and cost, per SR
     flame serve pce --topology FILE          run the PCE (active, or standby on a shared --db)
     flame serve sr --id SR --pce URL         run a service router's data plane
+                   [--tls-port N]            ... with TLS (certificates from the PCE, SFR-19)
+    flame cert put FQDN --cert F --key F     upload an FQDN's certificate (SFR-22)
+    flame cert list | show | delete | renew | redirect | ca | issue-server
 
 The PCE commands talk to `--pce URL` (default: `pce_url` from the config) with the config's
 token. They raise; `flame.cli.main.main` is the one place that prints errors and picks the exit
@@ -22,12 +25,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import click
 
-from flame.cli._serve import run_server
+from flame.cli._serve import run_server, tls_files, tls_options
 from flame.common.auth import TokenStore
 from flame.common.config import Config
 from flame.common.errors import UserError
 from flame.common.logging import setup_logging
-from flame.sfr.store import Store, encode_link, encode_node
+from flame.sfr.store import PgStore, encode_link, encode_node, open_pce_store
 from flame.topology.loader import load_topology
 
 if TYPE_CHECKING:
@@ -53,6 +56,7 @@ def install(cli: click.Group, topology: click.Group) -> None:
     for command in (topology_show, link_down, link_up):
         topology.add_command(command)
     cli.add_command(routes_cmd)
+    cli.add_command(cert_group)
     for command in (delegate_cmd, undelegate_cmd, delegations_cmd):
         cli.add_command(command)
     serve = cli.commands.get("serve")
@@ -68,9 +72,11 @@ def _emit(data: Any) -> None:
 
 
 def _client(state: _CliState, pce: str | None) -> PceClient:
+    from flame.common.tls import client_verify  # noqa: PLC0415
     from flame.sfr.client import PceClient  # noqa: PLC0415 - lazy, heavy
 
-    return PceClient(_pce_url(state, pce), state.config().token)
+    config = state.config()
+    return PceClient(_pce_url(state, pce), config.token, verify=client_verify(config.ca_file))
 
 
 def _pce_url(state: _CliState, flag: str | None) -> str:
@@ -333,8 +339,9 @@ def serve_group() -> None:
 @click.option(
     "--db",
     "db_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="SQLite state file, shared with standby PCEs (default: <state_dir>/pce.sqlite3).",
+    metavar="FILE|URL",
+    help="SQLite state file, shared with standby PCEs on this host, or postgresql://... shared "
+    "with PCEs on other hosts (default: <state_dir>/pce.sqlite3).",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=7070, show_default=True, type=click.IntRange(0, 65535))
@@ -346,20 +353,40 @@ def serve_group() -> None:
     help="Seconds a standby waits after the active PCE stops renewing (SFR-20).",
 )
 @click.option("--name", help="This PCE's name in the lease (default: a random one).")
+@click.option(
+    "--no-certs",
+    is_flag=True,
+    help="Manage no content certificates (SFR-22/23): SRs then serve TLS from files only.",
+)
+@click.option(
+    "--cert-days",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0.0001),
+    help="Lifetime of the certificates the platform CA issues to FQDNs (renewed with a third "
+    "of it left).",
+)
+@tls_options
 @click.pass_obj
 def serve_pce(
     state: _CliState,
     topology_path: Path,
-    db_path: Path | None,
+    db_path: str | None,
     host: str,
     port: int,
     lease_ttl: float,
     name: str | None,
+    no_certs: bool,
+    cert_days: float,
+    tls_cert: Path | None,
+    tls_key: Path | None,
 ) -> None:
     """Run the path computation element and FQDN registry API (SFR-4..20).
 
     Start a second one with the same --db (and another --port) as a standby: it takes over when
-    the active one stops renewing its lease.
+    the active one stops renewing its lease. Content certificates are kept beside the database
+    (<db>.certs.sqlite3), their keys sealed with <state_dir>/certs.key; the platform CA is in
+    <state_dir>/ca (docs/tls.md).
     """
 
     from flame.sfr.api import create_app  # noqa: PLC0415 - lazy, heavy
@@ -375,17 +402,36 @@ def serve_pce(
             "Issue one with 'flame token issue NAME --operator'.",
             err=True,
         )
-    store = Store(db_path or config.state_dir / "pce.sqlite3", name, lease_ttl=lease_ttl)
+    tls = tls_files(tls_cert, tls_key)
+    store = open_pce_store(db_path or config.state_dir / "pce.sqlite3", name, lease_ttl=lease_ttl)
+    certs = None
     try:
-        service = PceService(topology, store)
+        if not no_certs:
+            from flame.sfr.certs import open_cert_manager  # noqa: PLC0415 - cryptography
+
+            certs = open_cert_manager(
+                config.state_dir,
+                db=(
+                    config.state_dir / "pce.certs.sqlite3"
+                    if isinstance(store, PgStore)
+                    else store.path.with_suffix(".certs.sqlite3")
+                ),
+                lifetime_days=cert_days,
+            )
+        service = PceService(topology, store, certs=certs)
         app = create_app(service, tokens)
+        scheme = "https" if tls else "http"
         click.echo(
-            f"PCE '{store.holder}' on http://{host}:{port} (topology '{topology.name}', "
-            f"database {store.path}, lease {lease_ttl:g}s)",
+            f"PCE '{store.holder}' on {scheme}://{host}:{port} (topology '{topology.name}', "
+            f"database {store.path}, lease {lease_ttl:g}s"
+            + (f"; platform CA {certs.ca.cert_path}" if certs else "; no certificates")
+            + ")",
             err=True,
         )
-        run_server(app, host, port, "the PCE", on_shutdown=service.drain)
+        run_server(app, host, port, "the PCE", on_shutdown=service.drain, tls=tls)
     finally:
+        if certs is not None:
+            certs.store.close()
         store.close()
 
 
@@ -442,6 +488,39 @@ def serve_pce(
     type=click.IntRange(1, 65535),
     help="Port the egress SRs listen on (default: this SR's port; every SR on its own address).",
 )
+@click.option(
+    "--tls-port",
+    type=click.IntRange(0, 65535),
+    help="Also listen with TLS on this port (SFR-19): each FQDN's certificate chosen by SNI, "
+    "from the PCE (uploaded or platform-issued) and/or --tls-cert files.",
+)
+@click.option(
+    "--tls-cert",
+    "tls_cert_files",
+    multiple=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="A certificate chain to serve (PEM; its names from the certificate); repeat, with "
+    "one --tls-key each, in the same order.",
+)
+@click.option(
+    "--tls-key",
+    "tls_key_files",
+    multiple=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The private key of each --tls-cert.",
+)
+@click.option(
+    "--tls-redirect",
+    multiple=True,
+    metavar="FQDN",
+    help="Redirect plain HTTP for this FQDN of a --tls-cert to https (the PCE's certificates "
+    "carry their own setting: 'flame cert redirect').",
+)
+@click.option(
+    "--no-pce-certs",
+    is_flag=True,
+    help="Serve TLS from --tls-cert files only, without asking the PCE for certificates.",
+)
 @click.pass_obj
 def serve_sr(
     state: _CliState,
@@ -458,6 +537,11 @@ def serve_sr(
     emulate_latency: bool,
     egress_hop: bool,
     egress_port: int | None,
+    tls_port: int | None,
+    tls_cert_files: tuple[Path, ...],
+    tls_key_files: tuple[Path, ...],
+    tls_redirect: tuple[str, ...],
+    no_pce_certs: bool,
 ) -> None:
     """Run a service router's data plane (SFR-1, SFR-14).
 
@@ -465,18 +549,27 @@ def serve_sr(
     PCE computes for this SR, and keeps forwarding on its last table while no PCE answers. The
     config's token authenticates it to the PCE and the CLMC.
     """
+    from flame.common.tls import require_private_url  # noqa: PLC0415
     from flame.sfr.router.config import RouterConfig  # noqa: PLC0415 - lazy, heavy
     from flame.sfr.router.server import serve  # noqa: PLC0415 - lazy, heavy
 
     config = state.config()
     setup_logging(config.log_level, config.log_format)
     config.state_dir.mkdir(parents=True, exist_ok=True)
+    if len(tls_cert_files) != len(tls_key_files):
+        raise UserError("give one --tls-key for each --tls-cert, in the same order")
+    if (tls_cert_files or tls_redirect) and tls_port is None:
+        raise UserError("--tls-cert and --tls-redirect need --tls-port")
+    pce_list = pce_urls or (_pce_url(state, None),)
+    for url in (*pce_list, clmc_url or config.clmc_url):
+        if url:
+            require_private_url(url, config.token, what="the control plane")
     router_config = RouterConfig(
         sr_id=sr_id,
         host=host,
         port=port,
         workers=workers,
-        pce_urls=pce_urls or (_pce_url(state, None),),
+        pce_urls=pce_list,
         token=config.token,
         clmc_url=clmc_url or config.clmc_url,
         clmc_token=config.token,
@@ -487,9 +580,241 @@ def serve_sr(
         emulate_latency=emulate_latency,
         egress_hop=egress_hop,
         egress_port=egress_port,
+        tls_port=tls_port,
+        tls_certs=tuple(
+            (str(c), str(k)) for c, k in zip(tls_cert_files, tls_key_files, strict=True)
+        ),
+        tls_redirect=tls_redirect,
+        tls_from_pce=not no_pce_certs,
+        ca_file=str(config.ca_file) if config.ca_file else None,
     )
 
     def ready(bound_host: str, bound_port: int) -> None:
         click.echo(f"SR '{sr_id}' routing on http://{bound_host}:{bound_port}", err=True)
 
-    serve(router_config, on_ready=ready)
+    def tls_ready(bound_host: str, bound_port: int) -> None:
+        click.echo(f"SR '{sr_id}' routing on https://{bound_host}:{bound_port}", err=True)
+
+    serve(router_config, on_ready=ready, on_tls_ready=tls_ready)
+
+
+# -- content certificates (SFR-22, SFR-23) -------------------------------------------------------
+
+
+@click.group("cert")
+def cert_group() -> None:
+    """Content certificates of FQDNs, served by the SRs over TLS (SFR-22, SFR-23).
+
+    A tenant uploads its own chain and key for an FQDN delegated to it; every other routed,
+    delegated FQDN gets one from the platform CA, renewed before it expires. The key is never
+    shown again.
+    """
+
+
+def _read_pem(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read the {what} {path}: {exc}") from None
+
+
+def _print_cert(doc: dict[str, Any]) -> None:
+    click.echo(
+        f"{doc['fqdn']}: {doc['source']} certificate for {', '.join(doc['names'])}; valid "
+        f"{doc['not_before']} to {doc['not_after']}; issuer {doc['issuer']}; sha256 "
+        f"{doc['fingerprint_sha256']}; plain HTTP "
+        + ("redirected to https" if doc.get("redirect_http") else "served")
+    )
+
+
+@cert_group.command("put")
+@click.argument("fqdn")
+@click.option(
+    "--cert",
+    "cert_file",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Certificate chain (PEM): the FQDN's certificate first, then its intermediates.",
+)
+@click.option(
+    "--key",
+    "key_file",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Its private key (PEM, unencrypted); stored encrypted, never shown again.",
+)
+@click.option(
+    "--redirect/--no-redirect",
+    default=None,
+    help="Redirect plain HTTP for the FQDN to https at every SR (default: leave as it is).",
+)
+@_pce_option
+@click.pass_obj
+def cert_put(
+    state: _CliState,
+    fqdn: str,
+    cert_file: Path,
+    key_file: Path,
+    redirect: bool | None,
+    pce: str | None,
+) -> None:
+    """Upload FQDN's certificate chain and key (an FQDN delegated to you; SFR-22).
+
+    The PCE checks that the chain covers FQDN, the key matches and it has not expired; every
+    SR that routes FQDN serves it to new connections within a second.
+    """
+    chain = _read_pem(cert_file, "certificate chain")
+    key = _read_pem(key_file, "private key")
+    with _client(state, pce) as client:
+        doc = client.put_cert(fqdn, chain, key, redirect)
+    if state.json:
+        _emit(doc)
+    else:
+        _print_cert(doc)
+
+
+@cert_group.command("list")
+@_pce_option
+@click.pass_obj
+def cert_list(state: _CliState, pce: str | None) -> None:
+    """Certificates of the FQDNs you manage (an operator: all)."""
+    with _client(state, pce) as client:
+        docs = client.certs()
+    if state.json:
+        _emit(docs)
+        return
+    if not docs:
+        click.echo("no certificates")
+        return
+    rows = [("FQDN", "SOURCE", "NAMES", "NOT AFTER", "REDIRECT", "SHA256")]
+    for d in docs:
+        rows.append(
+            (
+                d["fqdn"],
+                d["source"],
+                ",".join(d["names"]),
+                d["not_after"],
+                "yes" if d["redirect_http"] else "no",
+                d["fingerprint_sha256"][:16],
+            )
+        )
+    for line in _columns(rows):
+        click.echo(line)
+
+
+@cert_group.command("show")
+@click.argument("fqdn")
+@click.option("--pem", is_flag=True, help="Print the certificate chain (PEM) only.")
+@_pce_option
+@click.pass_obj
+def cert_show(state: _CliState, fqdn: str, pem: bool, pce: str | None) -> None:
+    """FQDN's certificate: metadata, or its chain with --pem (never the key)."""
+    with _client(state, pce) as client:
+        doc = client.cert(fqdn)
+    if pem:
+        click.echo(doc["chain"], nl=False)
+    elif state.json:
+        _emit(doc)
+    else:
+        _print_cert(doc)
+
+
+@cert_group.command("delete")
+@click.argument("fqdn")
+@_pce_option
+@click.pass_obj
+def cert_delete(state: _CliState, fqdn: str, pce: str | None) -> None:
+    """Remove FQDN's uploaded certificate (the platform issues one again if it applies)."""
+    with _client(state, pce) as client:
+        doc = client.delete_cert(fqdn)
+    if state.json:
+        _emit(doc)
+    else:
+        click.echo(f"deleted the uploaded certificate of {fqdn}")
+
+
+@cert_group.command("renew")
+@click.argument("fqdn")
+@_pce_option
+@click.pass_obj
+def cert_renew(state: _CliState, fqdn: str, pce: str | None) -> None:
+    """Have the platform CA issue FQDN's certificate again now (SFR-23)."""
+    with _client(state, pce) as client:
+        doc = client.renew_cert(fqdn)
+    if state.json:
+        _emit(doc)
+    else:
+        _print_cert(doc)
+
+
+@cert_group.command("redirect")
+@click.argument("fqdn")
+@click.option("--on/--off", default=True, show_default=True)
+@_pce_option
+@click.pass_obj
+def cert_redirect(state: _CliState, fqdn: str, on: bool, pce: str | None) -> None:
+    """Redirect plain HTTP for FQDN to https at every SR (308), or stop (--off)."""
+    with _client(state, pce) as client:
+        doc = client.set_cert_options(fqdn, redirect_http=on)
+    if state.json:
+        _emit(doc)
+    else:
+        click.echo(f"{fqdn}: plain HTTP " + ("redirected to https" if on else "served"))
+
+
+@cert_group.command("ca")
+@click.option(
+    "--local", is_flag=True, help="Read the CA from this host's state directory, not the PCE."
+)
+@_pce_option
+@click.pass_obj
+def cert_ca(state: _CliState, local: bool, pce: str | None) -> None:
+    """Print the platform CA certificate (PEM): what clients trust."""
+    if local:
+        path = state.config().state_dir / "ca" / "ca.crt"
+        click.echo(_read_pem(path, "CA certificate"), nl=False)
+        return
+    with _client(state, pce) as client:
+        click.echo(client.ca_certificate(), nl=False)
+
+
+@cert_group.command("issue-server")
+@click.argument("names", nargs=-1, required=True)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory for server.crt and server.key (0600).",
+)
+@click.option("--days", default=365.0, show_default=True, type=click.FloatRange(min=0.001))
+@click.pass_obj
+def cert_issue_server(state: _CliState, names: tuple[str, ...], out_dir: Path, days: float) -> None:
+    """Issue a server certificate from this host's platform CA (operator, on the PCE's host)
+    for the control plane's `--tls-cert/--tls-key`: NAMES are DNS names or IP addresses."""
+    import ipaddress  # noqa: PLC0415
+
+    from flame.common._files import atomic_write_private  # noqa: PLC0415
+    from flame.common.pki import PlatformCA  # noqa: PLC0415 - cryptography
+
+    dns: list[str] = []
+    ips: list[str] = []
+    for name in names:
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            dns.append(name)
+        else:
+            ips.append(name)
+    ca = PlatformCA.open(state.config().state_dir / "ca")
+    issued = ca.issue(dns, ip_addresses=ips, days=days)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "server.crt").write_text(issued.chain_pem, encoding="ascii")
+    atomic_write_private(out_dir / "server.key", issued.key_pem.encode())
+    if state.json:
+        _emit({"cert": str(out_dir / "server.crt"), "key": str(out_dir / "server.key")})
+    else:
+        click.echo(
+            f"{out_dir / 'server.crt'} and {out_dir / 'server.key'} for {', '.join(names)}; "
+            f"clients trust {ca.cert_path}"
+        )

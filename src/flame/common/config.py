@@ -7,6 +7,7 @@ The file is flat TOML with string values only::
     log_format = "json"
     api_url = "https://orchestrator.example:7080"
     token = "flm_..."
+    ca_file = "~/flame-state/ca/ca.crt"   # trust this CA for https:// URLs (the platform's)
 
 It is ``$XDG_CONFIG_HOME/flame/config.toml`` (``~/.config/flame/config.toml``)
 unless ``FLAME_CONFIG`` or the ``path`` argument names another one. Each key can
@@ -53,6 +54,7 @@ ENV_VARS: Mapping[str, str] = {
     "pce_url": "FLAME_PCE_URL",
     "clmc_url": "FLAME_CLMC_URL",
     "token": "FLAME_TOKEN",
+    "ca_file": "FLAME_CA_FILE",
 }
 _KEYS = tuple(ENV_VARS)
 
@@ -84,6 +86,7 @@ class Config:
     pce_url: str | None = None  # the PCE (topology, routes, delegations)
     clmc_url: str | None = None  # the CLMC (monitoring)
     token: str | None = None
+    ca_file: Path | None = None  # CA certificate clients verify https:// servers with (issue 15)
 
     def __repr__(self) -> str:
         # Configs end up in logs and tracebacks; the token must not.
@@ -91,7 +94,8 @@ class Config:
         return (
             f"Config(state_dir={self.state_dir!r}, log_level={self.log_level!r}, "
             f"log_format={self.log_format!r}, api_url={self.api_url!r}, "
-            f"pce_url={self.pce_url!r}, clmc_url={self.clmc_url!r}, token={token!r})"
+            f"pce_url={self.pce_url!r}, clmc_url={self.clmc_url!r}, token={token!r}, "
+            f"ca_file={self.ca_file!r})"
         )
 
 
@@ -103,6 +107,7 @@ class _Settings(TypedDict, total=False):
     pce_url: str
     clmc_url: str
     token: str | None
+    ca_file: Path
 
 
 @dataclass(frozen=True)
@@ -288,6 +293,10 @@ def _apply(settings: _Settings, key: str, raw: object, origin: _Origin) -> None:
         if not raw.strip():
             raise origin.error("must not be empty")
         settings["state_dir"] = _expand_path(raw, origin.base_dir, origin.home)
+    elif key == "ca_file":
+        if not raw.strip():
+            raise origin.error("must not be empty")
+        settings["ca_file"] = _expand_path(raw, origin.base_dir, origin.home)
     elif key == "log_level":
         level = raw.strip().upper()
         if level not in LOG_LEVELS:

@@ -47,8 +47,16 @@ _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)
 }
 
 
+# A PEM private key (issue 15: content certificate keys), whole or cut short.
+_PEM_KEY_RE = re.compile(
+    r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)", re.DOTALL
+)
+
+
 def redact_text(text: str) -> str:
-    """Replace anything that looks like a FLAME token."""
+    """Replace anything that looks like a FLAME token or a PEM private key."""
+    if "PRIVATE KEY-----" in text:
+        text = _PEM_KEY_RE.sub(REDACTED, text)
     return _TOKEN_RE.sub(REDACTED, text)
 
 

@@ -19,7 +19,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,7 @@ class Plan:
     sr_urls: dict[str, str]
     clmc_url: str
     orchestrator_url: str
+    sr_tls_urls: dict[str, str] = field(default_factory=dict)  # HTTPS on every SR (issue 15)
 
 
 def resolve_topology(name_or_path: str) -> Path:
@@ -161,11 +162,20 @@ def plan(options: UpOptions, env: dict[str, str], router_token: str) -> Plan:
     shared_port = (
         _free_port_on_all(sr_hosts) if egress_hop and options.free_ports else options.sr_port
     )
+    # Every SR also serves HTTPS (issue 15): certificates from the PCE, the platform CA's.
+    tls_default = options.sr_port + 363  # 8080 -> 8443
+    shared_tls_port = (
+        _free_port_on_all(sr_hosts) if egress_hop and options.free_ports else tls_default
+    )
+    sr_tls_urls: dict[str, str] = {}
     for node, host in zip(sr_nodes, sr_hosts, strict=True):
         url = f"http://{host}:{shared_port if egress_hop else port(options.sr_port, host)}"
         sr_urls[node.id] = url
+        tls_port = shared_tls_port if egress_hop else port(tls_default, host)
+        sr_tls_urls[node.id] = f"https://{host}:{tls_port}"
         args = [
             *("sr", "--id", node.id, "--workers", "1", "--pce", pce_url),
+            *("--tls-port", str(tls_port)),
             *("--clmc", clmc_url, "--metrics-interval", "1"),
             *("--table-file", str(options.run_dir / f"sr-{node.id}.table.json")),
         ]
@@ -185,7 +195,7 @@ def plan(options: UpOptions, env: dict[str, str], router_token: str) -> Plan:
         )
     # The CLMC never sends alert webhooks to the platform's own endpoints (its outbound policy).
     clmc = control[1]
-    own = (pce_url, orchestrator_url, dashboard_url, *sr_urls.values())
+    own = (pce_url, orchestrator_url, dashboard_url, *sr_urls.values(), *sr_tls_urls.values())
     control[1] = replace(clmc, argv=[*clmc.argv, *(a for u in own for a in ("--platform-url", u))])
     orchestrator = component(
         "orchestrator",
@@ -219,6 +229,7 @@ def plan(options: UpOptions, env: dict[str, str], router_token: str) -> Plan:
         sr_urls,
         clmc_url,
         orchestrator_url,
+        sr_tls_urls,
     )
 
 
@@ -278,6 +289,9 @@ def run(
                 "clmc_url": the_plan.clmc_url,
                 "orchestrator_url": the_plan.orchestrator_url,
                 "sr_urls": the_plan.sr_urls,
+                "sr_tls_urls": the_plan.sr_tls_urls,
+                # The platform CA the PCE made: what browsers and curl trust for the SRs' https.
+                "ca_file": str(state_dir / "ca" / "ca.crt"),
             }
             # Stages start together and are waited for together; a stage needs the one before
             # (SRs take their tables from the PCE), so start-up takes the slowest of each stage.

@@ -16,9 +16,9 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
-from flame.common.errors import UserError
+from flame.common.errors import FlameError, UserError
 from flame.sfemc.events import ALERT_TOPIC, AlertEvent, DecisionEvent, EventBus
 from flame.sfemc.lifecycle import Lifecycle, LifecycleState
 from flame.sfemc.placement import Demand, PlacementFailed, PlacementRequest, Placer
@@ -33,12 +33,27 @@ from flame.sfemc.vim.base import (
     VimDriver,
     VimError,
     VimStatus,
+    VimUnreachable,
 )
 from flame.topology.geo import Area
 from flame.topology.model import Topology
 from flame.tosca.model import EndpointState, ServiceFunction, ServiceModel
 
-__all__ = ["DesiredEndpoint", "ImageResolver", "Sfemc", "desired_endpoints", "spec_for"]
+__all__ = [
+    "DesiredEndpoint",
+    "ImageResolver",
+    "Sfemc",
+    "VimUnavailable",
+    "desired_endpoints",
+    "spec_for",
+]
+
+
+class VimUnavailable(FlameError):
+    """The VIM of an endpoint's cluster cannot be asked now (its agent is away): retry later."""
+
+    code: ClassVar[str] = "vim_unavailable"
+    http_status: ClassVar[int] = 503
 
 
 class ImageResolver(Protocol):
@@ -319,7 +334,10 @@ class Sfemc:
         vim = self.vims.get(record.cluster)
         if vim is None:
             return []
-        return await vim.logs(sfe, tail)
+        try:
+            return await vim.logs(sfe, tail)
+        except VimUnreachable as exc:  # a cluster agent away: say so (503), not a crash (500)
+            raise VimUnavailable(exc.reason, sfe=sfe, cluster=record.cluster) from None
 
     # -- policy triggers (SFEMC-3/4) ------------------------------------------------------------
 

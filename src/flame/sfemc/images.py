@@ -32,6 +32,7 @@ import os
 import re
 import shlex
 import shutil
+import ssl
 import stat
 import tarfile
 import tempfile
@@ -843,25 +844,55 @@ class ImageRepository:
 
         return Starlette(routes=[Route("/v1/images", listing), Route("/v1/images/{digest}", blob)])
 
-    def pull(self, base_url: str, digest: str, *, timeout_s: float = 60.0) -> ImageInfo:
-        """Fetch an image from another repository's `app()`; the digest is checked on arrival."""
+    def pull(
+        self,
+        base_url: str,
+        digest: str,
+        *,
+        token: str | None = None,
+        timeout_s: float = 60.0,
+        verify: ssl.SSLContext | bool = True,
+    ) -> ImageInfo:
+        """Fetch an image from another repository's `app()` (or the orchestrator's
+        `GET /v1/images/<digest>`, with an operator `token`) unless this one holds it already:
+        a local cache. The digest is checked on arrival (`put`), so a corrupted or substituted
+        archive is refused (IntegrityError) and never stored. A token goes only over HTTPS
+        (`verify`: httpx's) or loopback (`flame.common.tls.require_private_url`)."""
         import httpx  # noqa: PLC0415 - only when pulling
 
+        from flame.common.tls import require_private_url  # noqa: PLC0415
+
         check_digest(digest)
+        require_private_url(base_url, token, what="the image repository")
         if (known := self._info_or_none(digest)) is not None:
-            return known
+            try:
+                self.read(digest)  # a cached archive that rotted is fetched again
+                return known
+            except IntegrityError:
+                pass
         url = f"{base_url.rstrip('/')}/v1/images/{digest}"
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         try:
-            response = httpx.get(url, timeout=timeout_s, trust_env=False)
+            response = httpx.get(
+                url, timeout=timeout_s, trust_env=False, headers=headers, verify=verify
+            )
         except httpx.HTTPError as exc:
             raise ImageError(
-                f"cannot fetch {url}: {exc}", hint="is the repository served?"
+                f"cannot fetch {url}: {exc}", hint="is the repository served?", url=url
             ) from exc
         if response.status_code != 200:
             kind = {404: ImageNotFound, 409: IntegrityError}.get(response.status_code, ImageError)
             raise kind(
-                f"{url} answered {response.status_code}: {response.text[:200]}", digest=digest
+                f"{url} answered {response.status_code}: {response.text[:200]}",
+                digest=digest,
+                url=url,
+                status=response.status_code,
             )
+        hexd = digest.removeprefix("sha256:")
+        if self._info_or_none(digest) is not None:  # the rotten copy: replaced, not kept
+            with self._locked():
+                (self._blobs / hexd).unlink(missing_ok=True)
+                (self._meta / f"{hexd}.json").unlink(missing_ok=True)
         return self.put(response.content, digest=digest)
 
 

@@ -11,6 +11,10 @@ Failures are classified (kopf style):
 
 * temporary (`RegistrarUnavailable`, connection errors, a `VimError` not marked permanent): the
   state stays, retried with back-off (a VIM error only `temporary_attempts` times);
+* unreachable (`VimUnreachable`: a cluster agent down, restarting or cut off): the state stays
+  and nothing is concluded, however long it lasts; the endpoint is asked about again as soon as
+  a probe finds the VIM back (and every few seconds meanwhile). An agent that comes back
+  reports what it runs, so nothing is placed twice and nothing running is withdrawn;
 * permanent (`VimError(permanent=True)`, `RegistrationRefused`, a cluster without a VIM): the
   endpoint moves to `failed` with the reason, then back-off, then `failed -> removing ->
   unplaced` and a new try.
@@ -32,7 +36,7 @@ from flame.common.errors import FlameError
 from flame.sfemc.lifecycle import Lifecycle, LifecycleState, StaleState, rank
 from flame.sfemc.registrar import Registrar, RegistrarUnavailable, RegistrationRefused
 from flame.sfemc.store import ABSENT, EndpointRecord, SfemcStore, encode_spec
-from flame.sfemc.vim.base import VimDriver, VimError, VimState, VimStatus
+from flame.sfemc.vim.base import VimDriver, VimError, VimState, VimStatus, VimUnreachable
 from flame.sfemc.workqueue import WorkQueue
 from flame.sfr.models import Endpoint
 
@@ -71,9 +75,11 @@ class Reconciler:
         base_delay_s: float = 0.05,
         max_delay_s: float = 30.0,
         temporary_attempts: int = 5,
+        unreachable_retry_s: float = 5.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
+        self.unreachable_retry_s = unreachable_retry_s
         self.temporary_attempts = temporary_attempts
         self.lifecycle = lifecycle
         self.vims = vims
@@ -91,6 +97,9 @@ class Reconciler:
         # finds it back, not when their (growing) back-off happens to end.
         self._parked: set[str] = set()
         self._probe: asyncio.Task[None] | None = None
+        # Endpoints waiting for an unreachable VIM (by VIM), and the probe of each such VIM.
+        self._vim_parked: dict[int, set[str]] = {}
+        self._vim_probes: dict[int, asyncio.Task[None]] = {}
 
     # -- running ------------------------------------------------------------------------------
 
@@ -120,6 +129,16 @@ class Reconciler:
                 await self.reconcile(sfe)
             except asyncio.CancelledError:
                 raise
+            except VimUnreachable as exc:
+                # Not a failure of the endpoint: no back-off grows, no attempt is counted.
+                self.queue.add_after(sfe, self.unreachable_retry_s)
+                self._park_for_vim(sfe)
+                log.warning(
+                    "endpoint %s: %s; its state stays %s until the VIM answers",
+                    sfe,
+                    exc.reason,
+                    getattr(self.store.endpoint(sfe), "state", "unknown"),
+                )
             except Exception as exc:
                 delay = self.queue.backoff(sfe)
                 if isinstance(exc, RegistrarUnavailable):
@@ -162,6 +181,39 @@ class Reconciler:
         if self._probe in self._tasks:
             self._tasks.remove(self._probe)
 
+    def _park_for_vim(self, sfe: str) -> None:
+        record = self.store.endpoint(sfe)
+        vim = self.vims.get(record.cluster) if record is not None else None
+        if vim is None:
+            return
+        key = id(vim)
+        self._vim_parked.setdefault(key, set()).add(sfe)
+        probe = self._vim_probes.get(key)
+        if probe is None or probe.done():
+            self._vim_probes[key] = task = asyncio.create_task(
+                self._probe_vim(key, vim), name=f"sfemc-vim-probe-{key}"
+            )
+            self._tasks.append(task)
+
+    async def _probe_vim(self, key: int, vim: VimDriver, every_s: float = 0.2) -> None:
+        """While endpoints wait for `vim`, probe it every `every_s`; retry them all at once
+        when it answers (an agent restarted: its SFEs are asked about straight away)."""
+        available = getattr(vim, "available", None)
+        while self._vim_parked.get(key):
+            await asyncio.sleep(every_s)
+            try:
+                back = bool(await available()) if available is not None else True
+            except Exception:
+                back = False
+            if back:
+                parked = self._vim_parked.pop(key, set())
+                log.info("a VIM is reachable again: asking about %d endpoint(s) now", len(parked))
+                for sfe in sorted(parked):
+                    self.queue.retry_now(sfe)
+        task = self._vim_probes.pop(key, None)
+        if task is not None and task in self._tasks:
+            self._tasks.remove(task)
+
     async def _resync_loop(self) -> None:
         while True:
             await asyncio.sleep(self.resync_s)
@@ -176,7 +228,14 @@ class Reconciler:
         """Remove orphans, withdraw stale registrations, re-queue every endpoint."""
         records = {r.sfe: r for r in self.store.endpoints()}
         for vim in {id(v): v for v in self.vims.values()}.values():
-            for status in await vim.list():
+            try:
+                found = await vim.list()
+            except VimError as exc:
+                # An agent away: its orphans are checked at the next resync; everything else
+                # (other VIMs, registrations, re-queueing) goes on.
+                log.warning("resync: %s VIM not listed (%s); next resync retries", vim.kind, exc)
+                continue
+            for status in found:
                 if status.state is not VimState.ABSENT and self._orphan(status.sfe, startup):
                     log.warning(
                         "removing orphan %s from %s VIM (no placed record)", status.sfe, vim.kind
@@ -254,6 +313,11 @@ class Reconciler:
             return True
         except StaleState:
             return True  # someone else moved it; look again
+        except VimUnreachable as exc:
+            # Nothing is known: the state stays (a connected endpoint stays registered; the
+            # SRs eject it themselves if it really stopped answering).
+            self.store.set_reason(record.sfe, exc.reason)
+            raise
         except (VimError, PermanentError, RegistrationRefused) as exc:
             reason = exc.reason if isinstance(exc, VimError) else exc.message
             # A VIM error not marked permanent is retried in place a few times first.
@@ -294,6 +358,10 @@ class Reconciler:
                 reason,
             )
             return True
+        if record.reason is not None:
+            # Stable, wanted and confirmed by the VIM: a reason left by a VIM that could not be
+            # asked (or a retried error) no longer holds.
+            self.store.set_reason(record.sfe, None)
         return False
 
     async def _finish(self, record: EndpointRecord) -> None:

@@ -15,6 +15,7 @@ anything is registered. Errors::
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Mapping
 from typing import ClassVar, Protocol
@@ -22,6 +23,7 @@ from typing import ClassVar, Protocol
 import httpx
 
 from flame.common.errors import PermissionDenied, UserError
+from flame.common.tls import require_private_url
 from flame.sfr.client import AsyncPceClient, PceUnavailable
 from flame.sfr.models import Endpoint
 
@@ -139,12 +141,25 @@ class HttpRegistrar:
         *,
         timeout: float = 5.0,
         delegation_ttl_s: float = 2.0,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
-        self._client = AsyncPceClient(urls, token, timeout=timeout)
+        """`verify`: httpx's, e.g. `flame.common.tls.client_verify(config.ca_file)` for PCEs
+        serving HTTPS with platform certificates. The token never goes to another host in
+        clear: an `http://` PCE URL must be loopback (`ClearTextToken` otherwise)."""
         self._urls = [urls] if isinstance(urls, str) else list(urls)
+        for url in self._urls:
+            require_private_url(url, token, what="the PCE")
+        self._client = AsyncPceClient(
+            urls,
+            token,
+            timeout=timeout,
+            transport=None if verify is True else httpx.AsyncHTTPTransport(verify=verify),
+        )
         self._token = token
         self._http = httpx.AsyncClient(
-            timeout=timeout, headers={"Authorization": f"Bearer {token}"} if token else {}
+            timeout=timeout,
+            headers={"Authorization": f"Bearer {token}"} if token else {},
+            verify=verify,
         )
         self._ttl = delegation_ttl_s
         self._delegations: dict[str, str] = {}

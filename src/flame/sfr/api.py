@@ -19,6 +19,12 @@ table as soon as its version exceeds V, or 304 after S seconds (at most 60). Res
 `X-Flame-Table-Version` and `X-Flame-Pce-Generation`; the generation changes only if the PCE
 database is replaced, the one case where versions restart.
 
+Content certificates (SFR-22, SFR-23): a tenant uploads a chain and key for an FQDN delegated
+to it (`PUT /v1/certs/{fqdn}`), reads back the chain and metadata (never the key), sets the
+plain-HTTP redirect, deletes its upload or renews the platform's certificate. Each SR
+long-polls `GET /v1/certs/sr/{sr}?since=V&wait=S` with its router token for the certificates
+*and keys* of the FQDNs its table routes (`X-Flame-Cert-Version`, `X-Flame-Cert-Generation`).
+
 All handlers are `async`: the service's state lives on the event loop's thread.
 """
 
@@ -37,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from flame import __version__
 from flame.common.access import (
     PUBLIC,
+    AnyRole,
     OperatorOnly,
     RouterOrOperator,
     TenantOrOperator,
@@ -123,6 +130,16 @@ class AreaBody(_Body):
     radius_km: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     polygon: list[PointBody] = Field(default_factory=list)
     location: str | None = None
+
+
+class CertBody(_Body):
+    chain: str = Field(min_length=1, max_length=64 * 1024, description="PEM, leaf first")
+    key: str = Field(min_length=1, max_length=16 * 1024, repr=False, description="PEM")
+    redirect_http: bool | None = None
+
+
+class CertOptionsBody(_Body):
+    redirect_http: bool
 
 
 class PolicyBody(_Body):
@@ -288,6 +305,64 @@ def create_app(service: PceService, tokens: TokenStore) -> FastAPI:
     ) -> dict[str, Any]:
         tables = service.routes(caller, fqdn, from_node)
         return {"fqdn": normalise_fqdn(fqdn), "tables": [t.to_dict() for t in tables]}
+
+    # -- content certificates (SFR-22, SFR-23) ------------------------------------------------
+
+    @app.get("/v1/certs")
+    async def list_certs(caller: TenantOrOperator) -> dict[str, Any]:
+        """Certificates of the FQDNs the caller manages: metadata only."""
+        return {"certificates": service.certs(caller)}
+
+    @app.get("/v1/certs/ca")
+    async def get_ca(caller: AnyRole) -> dict[str, Any]:
+        """The platform CA's certificate (what clients trust for platform-issued ones)."""
+        return {"ca": service.ca_certificate()}
+
+    @app.get("/v1/certs/sr/{sr}")
+    async def get_sr_certs(
+        sr: str,
+        caller: RouterOrOperator,
+        since: Annotated[int, Query(ge=0, description="the version the SR has")] = 0,
+        wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="seconds to hold")] = 0.0,
+    ) -> Response:
+        """The SR's certificates and keys if newer than `since`, else 304 after `wait` s."""
+        bundle, current, generation = await service.wait_certs(caller, sr, since, wait)
+        headers = {
+            "X-Flame-Cert-Version": str(current.version),
+            "X-Flame-Cert-Generation": generation,
+            "Cache-Control": "no-store",
+        }
+        if bundle is None:
+            return Response(status_code=304, headers=headers)
+        headers["X-Flame-Cert-Version"] = str(bundle.version)
+        return Response(service.cert_body(bundle), media_type="application/json", headers=headers)
+
+    @app.get("/v1/certs/{fqdn}")
+    async def get_cert(fqdn: str, caller: TenantOrOperator) -> dict[str, Any]:
+        """An FQDN's certificate chain and metadata; never its key."""
+        return service.cert(caller, fqdn)
+
+    @app.put("/v1/certs/{fqdn}")
+    async def put_cert(fqdn: str, body: CertBody, caller: TenantOrOperator) -> dict[str, Any]:
+        """Upload a chain and key for an FQDN delegated to the caller (SFR-22)."""
+        return service.put_cert(caller, fqdn, body.chain, body.key, body.redirect_http)
+
+    @app.patch("/v1/certs/{fqdn}")
+    async def patch_cert(
+        fqdn: str, body: CertOptionsBody, caller: TenantOrOperator
+    ) -> dict[str, Any]:
+        """Redirect plain HTTP to https for the FQDN at every SR (or stop)."""
+        return service.set_cert_options(caller, fqdn, redirect_http=body.redirect_http)
+
+    @app.delete("/v1/certs/{fqdn}")
+    async def delete_cert(fqdn: str, caller: TenantOrOperator) -> dict[str, Any]:
+        """Remove an uploaded certificate (the platform's comes back if it applies)."""
+        return {"deleted": service.delete_cert(caller, fqdn)}
+
+    @app.post("/v1/certs/{fqdn}/renew")
+    async def renew_cert(fqdn: str, caller: TenantOrOperator) -> dict[str, Any]:
+        """Issue the FQDN's platform certificate again now (SFR-23)."""
+        return service.renew_cert(caller, fqdn)
 
     return require_declared(app)
 

@@ -22,6 +22,7 @@ them (never on message text)::
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
@@ -30,6 +31,7 @@ from urllib.parse import quote
 import httpx
 
 from flame.common.errors import AuthenticationError, PermissionDenied, UserError
+from flame.common.tls import require_private_url
 from flame.sfr.models import Endpoint, ForwardingTable, RoutingPolicy
 from flame.sfr.registry import Conflict, Delegation, NotFound, Registration
 
@@ -242,6 +244,13 @@ def _health() -> _Call[dict[str, Any]]:
     return _Call("GET", "/health", _json)
 
 
+def _cert_call(
+    method: str, fqdn: str = "", suffix: str = "", body: Any = None
+) -> _Call[dict[str, Any]]:
+    path = "/v1/certs" + (f"/{_seg(fqdn)}" if fqdn else "") + suffix
+    return _Call(method, path, _json, body)
+
+
 # -- the clients ----------------------------------------------------------------------------------
 
 
@@ -263,7 +272,10 @@ class _Base:
 
 
 class PceClient(_Base):
-    """Blocking client; use as a context manager or call `close()`."""
+    """Blocking client (the CLI's); use as a context manager or call `close()`.
+
+    It refuses to send a token over plain HTTP to anything but loopback (`ClearTextToken`);
+    `verify` is httpx's (`flame.common.tls.client_verify(config.ca_file)`)."""
 
     def __init__(
         self,
@@ -272,9 +284,14 @@ class PceClient(_Base):
         *,
         timeout: float = 10.0,
         transport: httpx.BaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         super().__init__(urls, token, timeout)
-        self._http = httpx.Client(headers=self._headers, timeout=timeout, transport=transport)
+        for url in self.urls:
+            require_private_url(url, token, what="the PCE")
+        self._http = httpx.Client(
+            headers=self._headers, timeout=timeout, transport=transport, verify=verify
+        )
 
     def __enter__(self) -> PceClient:
         return self
@@ -357,6 +374,32 @@ class PceClient(_Base):
     def routes(self, fqdn: str, from_node: str | None = None) -> list[ForwardingTable]:
         """Ranked routes for `fqdn` per SR (or from one SR or UE), as one-FQDN tables."""
         return self._send(_routes(fqdn, from_node))
+
+    # Content certificates (SFR-22, SFR-23): documents as the API returns them.
+
+    def certs(self) -> list[dict[str, Any]]:
+        return list(self._send(_cert_call("GET"))["certificates"])
+
+    def cert(self, fqdn: str) -> dict[str, Any]:
+        return self._send(_cert_call("GET", fqdn))
+
+    def put_cert(
+        self, fqdn: str, chain: str, key: str, redirect_http: bool | None = None
+    ) -> dict[str, Any]:
+        body = {"chain": chain, "key": key, "redirect_http": redirect_http}
+        return self._send(_cert_call("PUT", fqdn, body=body))
+
+    def set_cert_options(self, fqdn: str, *, redirect_http: bool) -> dict[str, Any]:
+        return self._send(_cert_call("PATCH", fqdn, body={"redirect_http": redirect_http}))
+
+    def delete_cert(self, fqdn: str) -> dict[str, Any]:
+        return self._send(_cert_call("DELETE", fqdn))
+
+    def renew_cert(self, fqdn: str) -> dict[str, Any]:
+        return self._send(_cert_call("POST", fqdn, "/renew"))
+
+    def ca_certificate(self) -> str:
+        return str(self._send(_cert_call("GET", "ca"))["ca"])
 
 
 class AsyncPceClient(_Base):

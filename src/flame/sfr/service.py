@@ -24,6 +24,13 @@ and the `Store`, and keeps one `ForwardingTable` per service router:
 Everything except the lease task runs on the event loop's thread: the API's handlers are
 `async`, and the operations here are synchronous and short, so they never interleave.
 
+* **Content certificates (SFR-22, SFR-23).** With a `CertManager` (`flame.sfr.certs`), the
+  service keeps each routed FQDN's certificate (uploaded, or issued by the platform CA) and
+  a versioned bundle per SR of the certificates of the FQDNs its table routes, brought in
+  line after every table change, delegation change and, for renewals, lease tick; SRs
+  long-poll it (`wait_certs`) like their tables. A certificate failure is logged and never
+  stops routing.
+
 Exceptions raised (all carry structured context; see `registry` and `store` for the tree)::
 
     UserError            400  a malformed change, endpoint, policy or name
@@ -44,11 +51,12 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from flame.common.auth import Principal, require_router
 from flame.common.errors import UserError
 from flame.common.yamlshape import did_you_mean
+from flame.sfr.certs import CertBundle, CertManager, CertRecord
 from flame.sfr.models import (
     AddNode,
     Endpoint,
@@ -83,7 +91,14 @@ from flame.sfr.store import (
 from flame.topology.model import Link, Node, NodeKind, Topology
 from flame.topology.model import LinkState as LinkUpDown
 
-__all__ = ["ChangeResult", "PathEngine", "PceRole", "PceService", "PublishedTable"]
+__all__ = [
+    "CertsDisabled",
+    "ChangeResult",
+    "PathEngine",
+    "PceRole",
+    "PceService",
+    "PublishedTable",
+]
 
 log = logging.getLogger("flame.sfr.service")
 
@@ -106,6 +121,13 @@ class PathEngine(Protocol):
     ) -> Mapping[str, Mapping[str, tuple[Route, ...]]]: ...
 
     def check_policy(self, policy: RoutingPolicy) -> None: ...
+
+
+class CertsDisabled(UserError):
+    """The PCE runs without a certificate store (a test or an embedding without state)."""
+
+    code: ClassVar[str] = "certificates_disabled"
+    http_status: ClassVar[int] = 501
 
 
 class PceRole(enum.StrEnum):
@@ -331,8 +353,11 @@ class PceService:
         *,
         engine_factory: Callable[[Topology], PathEngine] = PathComputer,
         renew_every: float | None = None,
+        certs: CertManager | None = None,
     ) -> None:
         self._file_topology = topology
+        self._certs = certs
+        self._routed: dict[str, frozenset[str]] = {}  # SR -> FQDNs of its table (certificates)
         self._store = store
         self._engine_factory = engine_factory
         self._renew_every = renew_every if renew_every is not None else store.lease_ttl / 3
@@ -416,6 +441,8 @@ class PceService:
                 )
             return
         if outcome is LeaseOutcome.RENEWED and self._state is not None:
+            if self._certs is not None and self._certs.due():
+                self._sync_certs(force=True)  # renewals
             return
         # Taking over, or recovering after a failed write: rebuild from the database.
         if self._role is PceRole.ACTIVE:
@@ -446,6 +473,13 @@ class PceService:
         self._versions = loaded.versions
         self._state = loaded.state
         self._role = PceRole.ACTIVE
+        if self._certs is not None:
+            try:
+                await asyncio.to_thread(self._certs.load)  # a standby's copy may be stale
+            except Exception:
+                log.exception("PCE %s: cannot read the certificate store", self.holder)
+            self._routed = {}
+            self._sync_certs(force=True)
         self._wake_all()
         log.info(
             "PCE %s is active: %d SR table(s) (%d with new versions), %d registration(s), "
@@ -476,6 +510,8 @@ class PceService:
         waiters, self._waiters = self._waiters, {}
         for event in waiters.values():
             event.set()
+        if self._certs is not None:
+            self._certs.wake_all()
 
     # -- building the state ---------------------------------------------------------------------
 
@@ -612,6 +648,25 @@ class PceService:
             event = self._waiters.pop(sr, None)
             if event is not None:
                 event.set()
+        if self._certs is not None and updates:
+            self._sync_certs()
+
+    def _sync_certs(self, *, force: bool = False) -> None:
+        """Certificates and bundles after tables or delegations changed (`force`: the FQDN
+        sets may be the same, ownership or expiry not). Failures are logged, never raised:
+        a certificate problem must not stop routing."""
+        certs, state = self._certs, self._state
+        if certs is None or state is None:
+            return
+        routed = {sr: frozenset(t.table.routes) for sr, t in state.tables.items()}
+        if not force and routed == self._routed:
+            return
+        try:
+            certs.sync(routed, state.registry.owner_of)
+        except Exception:
+            log.exception("PCE %s: certificates could not be brought up to date", self.holder)
+            return
+        self._routed = routed
 
     def _active(self) -> _State:
         state = self._state
@@ -848,6 +903,7 @@ class PceService:
                     w.set_registry_version(state.registry.version)
 
                 self._commit(state, persist, {})
+            self._sync_certs(force=True)
         return delegation
 
     def undelegate(self, principal: Principal, name: str) -> Delegation:
@@ -860,6 +916,7 @@ class PceService:
                 w.set_registry_version(state.registry.version)
 
             self._commit(state, persist, {})
+        self._sync_certs(force=True)  # its certificates leave every SR
         return delegation
 
     # -- policies (SFR-5, SFR-6) ----------------------------------------------------------------
@@ -984,6 +1041,101 @@ class PceService:
             )
         return found
 
+    # -- content certificates (SFR-22, SFR-23) --------------------------------------------------
+
+    def _cert_manager(self) -> CertManager:
+        if self._certs is None:
+            raise CertsDisabled(
+                "this PCE manages no certificates (start it with a state directory: "
+                "'flame serve pce' does)"
+            )
+        return self._certs
+
+    def _cert_fqdn(self, principal: Principal, fqdn: str, action: str) -> tuple[_State, str]:
+        state = self._active()
+        fqdn = normalise_fqdn(fqdn)
+        state.registry.require_fqdn(principal, fqdn, action)
+        return state, fqdn
+
+    def certs(self, principal: Principal) -> list[dict[str, Any]]:
+        """Metadata of the certificates of the FQDNs `principal` manages (no chain, no key)."""
+        certs = self._cert_manager()
+        state = self._active()
+        return [
+            r.public(redirect_http=certs.redirects.get(f, False), with_chain=False)
+            for f, r in sorted(certs.records.items())
+            if state.registry.may_manage(principal, f)
+        ]
+
+    def cert(self, principal: Principal, fqdn: str) -> dict[str, Any]:
+        """One FQDN's certificate chain and metadata (never its key)."""
+        certs = self._cert_manager()
+        _, fqdn = self._cert_fqdn(principal, fqdn, "read the certificate of")
+        return certs.get(fqdn).public(redirect_http=certs.redirects.get(fqdn, False))
+
+    def put_cert(
+        self,
+        principal: Principal,
+        fqdn: str,
+        chain_pem: str,
+        key_pem: str,
+        redirect_http: bool | None = None,
+    ) -> dict[str, Any]:
+        """Upload an FQDN's chain and key (SFR-22); it replaces the platform's certificate."""
+        certs = self._cert_manager()
+        state, fqdn = self._cert_fqdn(principal, fqdn, "upload a certificate for")
+        record = certs.put_manual(fqdn, state.registry.owner_of(fqdn), chain_pem, key_pem)
+        if redirect_http is not None:
+            certs.set_redirect(fqdn, redirect_http)
+        self._sync_certs(force=True)
+        return record.public(redirect_http=certs.redirects.get(fqdn, False))
+
+    def set_cert_options(
+        self, principal: Principal, fqdn: str, *, redirect_http: bool
+    ) -> dict[str, Any]:
+        """Redirect plain HTTP for `fqdn` to https at the SRs (or stop)."""
+        certs = self._cert_manager()
+        _, fqdn = self._cert_fqdn(principal, fqdn, "change the TLS options of")
+        certs.set_redirect(fqdn, redirect_http)
+        self._sync_certs(force=True)
+        return {"fqdn": fqdn, "redirect_http": redirect_http}
+
+    def delete_cert(self, principal: Principal, fqdn: str) -> dict[str, Any]:
+        """Remove an uploaded certificate; the platform issues one again if the FQDN is
+        delegated and routed."""
+        certs = self._cert_manager()
+        _, fqdn = self._cert_fqdn(principal, fqdn, "delete the certificate of")
+        record = certs.delete_manual(fqdn)
+        self._sync_certs(force=True)
+        return record.public(redirect_http=certs.redirects.get(fqdn, False), with_chain=False)
+
+    def renew_cert(self, principal: Principal, fqdn: str) -> dict[str, Any]:
+        """Issue an FQDN's platform certificate again now (SFR-23)."""
+        certs = self._cert_manager()
+        state, fqdn = self._cert_fqdn(principal, fqdn, "renew the certificate of")
+        record: CertRecord = certs.renew(fqdn, state.registry.owner_of(fqdn))
+        self._sync_certs(force=True)
+        return record.public(redirect_http=certs.redirects.get(fqdn, False))
+
+    def ca_certificate(self) -> str:
+        return self._cert_manager().ca_pem()
+
+    async def wait_certs(
+        self, principal: Principal, sr: str, since: int, timeout: float
+    ) -> tuple[CertBundle | None, CertBundle, str]:
+        """(the SR's bundle once newer than `since` or None after `timeout`, the current one,
+        the store's generation)."""
+        require_router(principal)
+        certs = self._cert_manager()
+        self._table(self._active(), sr)  # 404 for an unknown SR
+        bundle = await certs.wait(
+            sr, since, min(max(timeout, 0.0), MAX_WAIT_S), lambda: self._draining
+        )
+        return bundle, certs.bundle(sr), certs.generation
+
+    def cert_body(self, bundle: CertBundle) -> bytes:
+        return self._cert_manager().body(bundle)
+
     def status(self) -> dict[str, Any]:
         state = self._state
         return {
@@ -993,6 +1145,7 @@ class PceService:
             "generation": self._generation or None,
             "service_routers": len(state.tables) if state else None,
             "registry_version": state.registry.version if state else None,
+            "certificates": self._certs.status() if self._certs is not None else None,
         }
 
 

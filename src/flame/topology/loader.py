@@ -9,6 +9,11 @@ switches: {sw-1: {}}
 user_equipment: {ue-1: {sr: sr-ue}}
 links: [{between: [sr-ue, sw-1], latency: 2 ms, bandwidth: 1 Gbps}]
 registrations: [{fqdn: www.example.org, cluster: edge-1, host: 127.0.0.1, port: 8080}]
+
+Addresses (an SR's `address`, a cluster's `address`, a registration's `host`) are IP addresses a
+node listens on and others connect to: loopback ones (127.0.0.0/8, ::1) when FLAME runs on one
+machine, the hosts' routable ones when it spans several. The unspecified (0.0.0.0, ::), multicast
+and broadcast addresses are refused: nothing can connect to them.
 """
 
 from __future__ import annotations
@@ -66,7 +71,15 @@ _TOP_KEYS = {
 }
 _NODE_KEYS = {
     NodeKind.SERVICE_ROUTER: {"location", "address", "description"},
-    NodeKind.CLUSTER: {"location", "sr", "capacity", "reserved", "vim", "description"},
+    NodeKind.CLUSTER: {
+        "location",
+        "sr",
+        "address",
+        "capacity",
+        "reserved",
+        "vim",
+        "description",
+    },
     NodeKind.SWITCH: {"location", "description"},
     NodeKind.USER_EQUIPMENT: {"location", "sr", "description"},
 }
@@ -91,6 +104,24 @@ def fqdn_problem(fqdn: str) -> str | None:
     for label in labels:
         if not _FQDN_LABEL.match(label):
             return f"has an invalid label '{label}' (lowercase letters, digits and '-', max 63)"
+    return None
+
+
+def address_problem(address: object) -> str | None:
+    """What is wrong with `address` as a node's address (None if nothing), worded to follow
+    "address". Any IPv4 or IPv6 address a host can listen on and be connected to."""
+    try:
+        ip = ipaddress.ip_address(str(address))
+    except ValueError:
+        return (
+            f"must be an IP address, got {address!r} (host names are not resolved: write "
+            "the address, e.g. 127.0.1.1 on one machine or the host's own, e.g. 10.0.0.2)"
+        )
+    if ip.is_unspecified or ip.is_multicast or str(ip) == "255.255.255.255":
+        return (
+            f"must be one host's address, got {address!r} (not the unspecified, a multicast "
+            "or the broadcast address)"
+        )
     return None
 
 
@@ -269,18 +300,14 @@ def parse_topology(text: str, name: str, sink: DiagnosticSink) -> Topology | Non
             elif loc is not None:
                 location = r.point(loc, m.at("location"), f"location of {what}")
             address = m.get("address")
-            if address is not None:
-                try:
-                    ip = ipaddress.ip_address(str(address))
-                    if not ip.is_loopback:
-                        raise ValueError("not loopback")
-                except ValueError:
-                    sink.error(
-                        BAD_VALUE,
-                        f"{what}: address must be a loopback IP address (127.0.0.0/8 or ::1), got {address!r}",
-                        m.at("address"),
-                        value=address,
-                    )
+            if address is not None and (problem := address_problem(address)) is not None:
+                sink.error(
+                    BAD_VALUE,
+                    f"{what}: address {problem}",
+                    m.at("address"),
+                    value=str(address),
+                )
+                address = None
             capacity = reserved = None
             vim = None
             if kind is NodeKind.CLUSTER:
@@ -531,18 +558,9 @@ def _registrations(
                     or f"clusters: {', '.join(clusters) or 'none'}",
                 )
                 ok = False
-        if "host" in m:
-            try:
-                if not ipaddress.ip_address(str(host)).is_loopback:
-                    raise ValueError("not loopback")
-            except ValueError:
-                sink.error(
-                    BAD_VALUE,
-                    f"{what}: host must be a loopback IP address (127.0.0.0/8 or ::1), got {host!r}",
-                    m.at("host"),
-                    value=str(host),
-                )
-                ok = False
+        if "host" in m and (problem := address_problem(host)) is not None:
+            sink.error(BAD_VALUE, f"{what}: host {problem}", m.at("host"), value=str(host))
+            ok = False
         if "port" in m and (
             isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535
         ):

@@ -41,7 +41,9 @@ class Node:
     location: GeoPoint | None = None
     location_name: str | None = None
     sr: str | None = None  # clusters and user equipment attach to a service router
-    address: str | None = None  # service routers: the loopback address they listen on
+    # Service routers: the address they listen on; clusters: the address of the host their
+    # SFEs listen on and are registered with. Loopback on one machine; None: 127.0.0.1.
+    address: str | None = None
     capacity: Resources | None = None  # clusters only
     reserved: Resources | None = None
     vim: Vim | None = None

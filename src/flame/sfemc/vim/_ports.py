@@ -28,10 +28,18 @@ class PortsExhausted(Exception):
 class PortAllocator:
     """``{cluster: {port: "sfe/name"}}`` in one JSON file, changed under an exclusive lock."""
 
-    def __init__(self, path: Path, ranges: Mapping[str, range], host: str) -> None:
+    def __init__(
+        self,
+        path: Path,
+        ranges: Mapping[str, range],
+        host: str,
+        hosts: Mapping[str, str] | None = None,
+    ) -> None:
+        """`host`: where SFEs listen; `hosts`: another address for some clusters."""
         self.path = path
         self.ranges = dict(ranges)
         self.host = host
+        self.hosts = dict(hosts or {})
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, dict[str, str]]]:
@@ -69,7 +77,8 @@ class PortAllocator:
             }
             wanted = [n for n in names if n not in mine]
             used = {int(p) for p in held}
-            free = (p for p in span if p not in used and _bindable(self.host, p))
+            host = self.hosts.get(cluster, self.host)
+            free = (p for p in span if p not in used and _bindable(host, p))
             for name in wanted:
                 got = next(free, None)
                 if got is None:
@@ -93,7 +102,8 @@ class PortAllocator:
 
 def _bindable(host: str, port: int) -> bool:
     # Something outside FLAME may already listen there; skip such ports rather than fail later.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is free
         try:
             s.bind((host, port))

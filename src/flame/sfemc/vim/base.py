@@ -91,6 +91,15 @@ class VimError(Exception):
         self.logs = tuple(logs)
 
 
+class VimUnreachable(VimError):
+    """The VIM could not be asked at all (a cluster agent down, restarting or cut off): nothing
+    is known about the SFE, so nothing may be concluded either. The reconciler keeps the
+    endpoint's state and asks again (never `failed`, never a second SFE: level-triggered)."""
+
+    def __init__(self, sfe: str, reason: str) -> None:
+        super().__init__(sfe, reason, permanent=False)
+
+
 class VimDriver(Protocol):
     kind: str  # "process" | "kubernetes"
 

@@ -123,6 +123,7 @@ class ProcessVim:
         repository: ImageRepository,
         *,
         host: str = "127.0.0.1",
+        hosts: Mapping[str, str] | None = None,
         grace_s: float = 5.0,
         boot_timeout_s: float = 30.0,
         backoff_s: tuple[float, float] = (0.2, 30.0),
@@ -138,7 +139,9 @@ class ProcessVim:
         """`sandbox`: "auto" confines SFEs when the host can and otherwise refuses them, unless
         `allow_unconfined`; "required" always refuses unconfined SFEs; "off" never confines
         (it needs `allow_unconfined`). `bwrap`: the bubblewrap program; `sandbox_uids`: the
-        per-tenant uids (root only); `sandbox_ro_paths`: more host paths SFEs may read."""
+        per-tenant uids (root only); `sandbox_ro_paths`: more host paths SFEs may read.
+        `host`: the address SFEs listen on and are registered with; `hosts`: another one for
+        some clusters (cluster -> address: the cluster host's address in the topology)."""
         if sandbox not in ("auto", "required", "off"):
             raise ValueError(f"sandbox must be 'auto', 'required' or 'off', not {sandbox!r}")
         if sandbox == "off" and not allow_unconfined:
@@ -153,6 +156,7 @@ class ProcessVim:
         self.sfes_dir = root_dir / "sfes"
         self.repository = repository
         self.host = host
+        self.hosts = dict(hosts or {})
         self.grace_s = grace_s
         self.boot_timeout_s = boot_timeout_s
         self.backoff_s = backoff_s
@@ -162,7 +166,7 @@ class ProcessVim:
         ranges = {
             c: r if isinstance(r, range) else range(r[0], r[1] + 1) for c, r in clusters.items()
         }
-        self.ports = PortAllocator(root_dir / "ports.json", ranges, host)
+        self.ports = PortAllocator(root_dir / "ports.json", ranges, host, self.hosts)
         # True: detect a usable cgroup v2; a Path: use it; None/False: rlimits only.
         found = find_cgroup2() if cgroup_root is True else cgroup_root or None
         self.cgroups = CgroupLimiter(found) if isinstance(found, Path) else None
@@ -388,6 +392,10 @@ class ProcessVim:
         self._sfes[sfe] = rec
         return rec
 
+    def _host(self, rec: _Sfe) -> str:
+        """The address `rec` listens on: its cluster host's."""
+        return self.hosts.get(str(rec.doc["spec"]["cluster"]), self.host)
+
     def _require(self, sfe: str) -> _Sfe:
         rec = self._load(sfe)
         if rec is None:
@@ -410,7 +418,7 @@ class ProcessVim:
         return VimStatus(
             sfe=rec.name,
             state=state,
-            host=self.host if alive else None,
+            host=self._host(rec) if alive else None,
             ports=dict(rec.doc["ports"]),
             pid=rec.proc.pid if alive and rec.proc else None,
             restarts=int(rec.doc.get("restarts", 0)),
@@ -464,7 +472,7 @@ class ProcessVim:
                 "FLAME_TENANT": spec.tenant,
                 "FLAME_CLUSTER": spec.cluster,
                 "FLAME_FQDN": spec.fqdn,
-                "FLAME_HOST": self.host,
+                "FLAME_HOST": self._host(rec),
                 "FLAME_IMAGE": rec.doc["digest"],
             }
         )
@@ -568,7 +576,7 @@ class ProcessVim:
             return rec.alive()
         if health is None:  # no HTTP check declared: the port accepting connections will do
             try:
-                _, writer = await asyncio.open_connection(self.host, port)
+                _, writer = await asyncio.open_connection(self._host(rec), port)
             except OSError:
                 return False
             writer.close()
@@ -577,7 +585,8 @@ class ProcessVim:
             self._http = httpx.AsyncClient(trust_env=False)
         try:
             response = await self._http.get(
-                f"http://{self.host}:{port}{health.path}", timeout=health.timeout_s
+                f"http://{_url_host(self._host(rec))}:{port}{health.path}",
+                timeout=health.timeout_s,
             )
         except httpx.HTTPError:
             return False
@@ -671,6 +680,10 @@ def placed_images(root: Path) -> dict[str, builtins.list[str]]:
             continue
         used.setdefault(digest, []).append(state.parent.name)
     return used
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _refusal(problem: str, mode: SandboxMode) -> str:

@@ -31,7 +31,13 @@ def coalesce_key(req: RequestHead) -> CoalesceKey | None:
     """The identity of a shareable request, or None if it must be fetched on its own."""
     if req.method != b"GET" or req.credentials or req.has_body:
         return None
-    return (req.fqdn, req.target, req.accept, req.accept_encoding, req.range)
+    target = req.target
+    proto = req.forwarded_proto
+    if proto is not None:
+        # An answer over https (X-Forwarded-Proto set by the TLS listener) may differ from
+        # the plain one (an endpoint redirecting to https): never shared between the two.
+        target = proto + b"|" + target
+    return (req.fqdn, target, req.accept, req.accept_encoding, req.range)
 
 
 def may_join(

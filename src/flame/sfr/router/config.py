@@ -124,6 +124,17 @@ class RouterConfig:
     egress_hop: bool = False
     egress_port: int | None = None  # None: the port this SR listens on (every SR on its address)
     backlog: int = 2048  # listen backlog per worker
+    # TLS (SFR-19, issue 15): a second listener on `tls_port` (0: a free one) when set; the
+    # plain one on `port` stays. Certificates per FQDN from the PCE (`tls_from_pce`, with the
+    # router token) and/or files (`tls_certs`: (chain, key) paths); `tls_redirect`: FQDNs of
+    # `tls_certs` whose plain HTTP requests are redirected to https (the PCE's carry their own).
+    tls_port: int | None = None
+    tls_certs: tuple[tuple[str, str], ...] = ()
+    tls_redirect: tuple[str, ...] = ()
+    tls_from_pce: bool = True
+    # 80 random bytes (hex) every worker uses as TLS session ticket keys; set by `serve`.
+    tls_ticket_key: str | None = field(default=None, repr=False)
+    ca_file: str | None = None  # CA to verify the PCE and CLMC with over https (None: system's)
     limits: Limits = field(default_factory=Limits)
     timeouts: Timeouts = field(default_factory=Timeouts)
 
@@ -137,6 +148,20 @@ class RouterConfig:
             )
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be 0..65535, got {self.port!r}", key="port")
+        if self.tls_port is not None and (
+            not isinstance(self.tls_port, int)
+            or isinstance(self.tls_port, bool)
+            or not 0 <= self.tls_port <= 65535
+        ):
+            raise ConfigError(
+                f"tls_port must be 0..65535 (or None for no TLS listener), got {self.tls_port!r}",
+                key="tls_port",
+            )
+        if self.tls_port is None and self.tls_certs:
+            raise ConfigError(
+                "TLS certificates given but no TLS listener: set tls_port (--tls-port)",
+                key="tls_port",
+            )
         if self.egress_port is not None and (
             not isinstance(self.egress_port, int)
             or isinstance(self.egress_port, bool)
@@ -168,6 +193,8 @@ class RouterConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["pce_urls"] = list(self.pce_urls)
+        data["tls_certs"] = [list(pair) for pair in self.tls_certs]
+        data["tls_redirect"] = list(self.tls_redirect)
         return data
 
     @classmethod
@@ -180,6 +207,10 @@ class RouterConfig:
             )
         values = dict(data)
         values["pce_urls"] = tuple(values.get("pce_urls") or ())
+        values["tls_certs"] = tuple(
+            (str(pair[0]), str(pair[1])) for pair in values.get("tls_certs") or ()
+        )
+        values["tls_redirect"] = tuple(values.get("tls_redirect") or ())
         for name, kind in (("limits", Limits), ("timeouts", Timeouts)):
             given = dict(values.get(name) or {})
             allowed = {f.name for f in fields(kind)}

@@ -54,3 +54,8 @@ class RouterContext:
     refused_reported: int = 0  # ... of which the log has told
     refused_log_at: float = 0.0  # loop time of the last such log line
     source_status: Callable[[], dict[str, Any]] | None = None  # the table source's, if it tells
+    # TLS (tls.py): FQDNs whose plain-HTTP requests are redirected to https on `tls_port`
+    # (replaced whole when the certificates change), and the TLS status for /.flame/status.
+    redirect_https: frozenset[str] = frozenset()
+    tls_port: int = 0
+    tls_status: Callable[[], dict[str, Any]] | None = None

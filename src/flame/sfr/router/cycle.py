@@ -24,7 +24,7 @@ from flame.sfr.router.metrics import UNKNOWN_FQDN
 from flame.sfr.router.multicast import SharedFetch
 from flame.sfr.router.relay import Relay, render_relay_head
 from flame.sfr.router.request import RequestHead, render_upstream_head
-from flame.sfr.router.response import ResponseHead
+from flame.sfr.router.response import ResponseHead, redirect_response
 from flame.sfr.router.status import status_answer
 from flame.sfr.router.writer import ResponseWriter
 
@@ -121,6 +121,14 @@ class RequestCycle(ResponseSink):
             self.writer.local(status, data)
             self._finish()
             return
+        conn = self.conn
+        if (
+            ctx.redirect_https
+            and not (conn.tls or conn.internal)
+            and req.fqdn in ctx.redirect_https
+        ):
+            self._redirect()
+            return
         if ctx.routing.lookup(req.fqdn) is None:
             self.response_failed(ctx.forwarder.unknown(req.fqdn))
             return
@@ -152,6 +160,26 @@ class RequestCycle(ResponseSink):
                 self.fetch, self.joined = coalescer.join(key, req, head, self)
                 return
         self.forwarding = ctx.forwarder.forward(req, head, self.body, self)
+
+    def _redirect(self) -> None:
+        """Plain HTTP for an FQDN that asks for https: 308 to the same URL on the TLS port."""
+        req = self.req
+        port = self.conn.ctx.tls_port
+        location = b"https://" + req.fqdn.encode("ascii", "replace")
+        if port and port != 443:
+            location += b":%d" % port
+        location += req.target if req.target.startswith(b"/") else b"/"
+        writer = self.writer
+        writer.local(
+            308,
+            redirect_response(
+                location,
+                keep_alive=writer.keep_alive,
+                http11=req.http11,
+                head_request=req.method == b"HEAD",
+            ),
+        )
+        self._finish()
 
     def _relay_failed(self) -> None:
         """The sibling could not take the request: fetch it here."""

@@ -70,10 +70,11 @@ class RouterProtocol(asyncio.Protocol):
 
     flow: FlowControl  # set in connection_made (declared, not None, for the compiled class)
 
-    def __init__(self, ctx: RouterContext, *, internal: bool = False) -> None:
+    def __init__(self, ctx: RouterContext, *, internal: bool = False, tls: bool = False) -> None:
         self.ctx = ctx
         # On a sibling worker's private socket: requests relayed by another worker of this SR.
         self.internal = internal
+        self.tls = tls  # on the TLS listener (tls.py): the handshake is done by now
         self._loop = ctx.loop
         config = ctx.config
         limits = config.limits
@@ -279,6 +280,8 @@ class RouterProtocol(asyncio.Protocol):
             keep_alive=parser.should_keep_alive(),
             sr_id=self._sr_id,
         )
+        if self.tls:
+            req.forwarded_proto = b"https"  # the client reached us over TLS, whatever it says
         if req.content_length is not None and req.content_length > self._max_body:
             raise PayloadTooLarge(
                 f"the request body of {req.content_length} bytes is above the limit of "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 
 import httpx
@@ -36,6 +37,7 @@ class ClmcReporter:
         token: str | None = None,
         timeout: float | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.metrics = metrics
         self.write_url = url.rstrip("/") + "/write"
@@ -47,7 +49,7 @@ class ClmcReporter:
         # A batch must be settled before the next one is due.
         self._timeout = timeout if timeout is not None else min(5.0, max(0.5, interval * 0.8))
         self._client = httpx.AsyncClient(
-            transport=transport, trust_env=False, timeout=self._timeout
+            transport=transport, trust_env=False, timeout=self._timeout, verify=verify
         )
         self._failing = False
 

@@ -298,6 +298,25 @@ def local_response(
     return b"".join(parts)
 
 
+def redirect_response(
+    location: bytes, *, keep_alive: bool, http11: bool = True, head_request: bool = False
+) -> bytes:
+    """308 to `location` (the https URL of a plain-HTTP request for an FQDN that asks for it):
+    308 keeps the method and body, unlike 301."""
+    return local_response(
+        308,
+        {
+            "error": "https_required",
+            "message": "this FQDN is served over https",
+            "location": location.decode("latin-1"),
+        },
+        keep_alive=keep_alive,
+        http11=http11,
+        head_request=head_request,
+        extra=((b"Location", location),),
+    )
+
+
 def error_response(
     error: RouterError, *, keep_alive: bool, http11: bool = True, head_request: bool = False
 ) -> bytes:

@@ -1,7 +1,7 @@
 """One worker of a service router: listener, table, pools, multicast, metrics, shutdown.
 
     router = Router(RouterConfig(sr_id="sr-1", port=0), source=StaticTableSource(table))
-    await router.start()             # listening on router.port
+    await router.start()             # listening on router.port (and router.tls_port)
     router.set_table(newer_table)    # the next request on every connection follows it
     await router.shutdown()          # staged: stop accepting, finish requests, close
 
@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from flame.common.tls import client_verify
 from flame.sfr.models import ForwardingTable
 from flame.sfr.router._tasks import TaskSet
 from flame.sfr.router.coalesce import JoinWindow
@@ -38,6 +39,7 @@ from flame.sfr.router.request import via_entry
 from flame.sfr.router.status import status_document
 from flame.sfr.router.subscriber import StaticTableSource, TableSource, TableSubscriber
 from flame.sfr.router.table import RoutingState
+from flame.sfr.router.tls import CertSubscriber, Site, StaticCerts, TlsSites
 
 __all__ = ["Router", "default_source"]
 
@@ -53,6 +55,7 @@ def default_source(config: RouterConfig) -> TableSource:
             token=config.token,
             wait=config.poll_wait,
             table_file=config.table_file,
+            verify=client_verify(config.ca_file),
         )
     if config.table_file:
         return StaticTableSource.from_file(config.table_file)
@@ -85,6 +88,21 @@ class Router:
         self._ctx: RouterContext | None = None
         self._server: asyncio.Server | None = None
         self._internal: asyncio.Server | None = None  # the private socket for sibling workers
+        self._tls_server: asyncio.Server | None = None
+        # TLS (SFR-19): the SNI map, fed by files and/or the PCE (tls.py).
+        self.tls: TlsSites | None = None
+        self.cert_source: CertSubscriber | None = None
+        self._static_sites: list[Site] = []
+        self._pce_sites: list[Site] = []
+        if config.tls_port is not None:
+            key = bytes.fromhex(config.tls_ticket_key) if config.tls_ticket_key else None
+            self.tls = TlsSites(ticket_key=key)
+            self.tls.on_change.append(self._tls_changed)
+            if config.tls_certs:
+                self._static_sites = StaticCerts(
+                    config.tls_certs, redirect=config.tls_redirect
+                ).sites
+                self._merge_sites()
         self.table_changes = 0
         initial = self.source.initial()
         if initial is not None:
@@ -92,8 +110,11 @@ class Router:
 
     # -- life cycle ---------------------------------------------------------------------------
 
-    async def start(self, sock: socket.socket | None = None) -> None:
-        """Start listening (on `sock` if given, else config.host:port) and the background tasks."""
+    async def start(
+        self, sock: socket.socket | None = None, tls_sock: socket.socket | None = None
+    ) -> None:
+        """Start listening (on `sock` if given, else config.host:port; TLS on `tls_sock`, else
+        config.host:tls_port, when TLS is on) and the background tasks."""
         loop = asyncio.get_running_loop()
         config = self.config
         limits, timeouts = config.limits, config.timeouts
@@ -154,6 +175,38 @@ class Router:
             self._server = await loop.create_server(
                 lambda: RouterProtocol(ctx), config.host, config.port, backlog=config.backlog
             )
+        if self.tls is not None:
+            # The handshake must end within the header time-out (a client that opens a TLS
+            # connection and sends nothing holds a descriptor no longer than a plain one).
+            tls_args: dict[str, Any] = {
+                "ssl": self.tls.context,
+                "backlog": config.backlog,
+                "ssl_handshake_timeout": timeouts.header,
+            }
+            if tls_sock is not None:
+                self._tls_server = await loop.create_server(
+                    lambda: RouterProtocol(ctx, tls=True), sock=tls_sock, **tls_args
+                )
+            else:
+                self._tls_server = await loop.create_server(
+                    lambda: RouterProtocol(ctx, tls=True),
+                    config.host,
+                    config.tls_port,
+                    **tls_args,
+                )
+            ctx.tls_port = self.tls_port or 0
+            ctx.tls_status = self._tls_status
+            self._tls_changed(self.tls)
+            if config.tls_from_pce and config.pce_urls:
+                self.cert_source = CertSubscriber(
+                    config.sr_id,
+                    config.pce_urls,
+                    self._apply_pce_sites,
+                    token=config.token,
+                    wait=config.poll_wait,
+                    verify=client_verify(config.ca_file),
+                )
+                self.tasks.supervise(self.cert_source.run, name="sr-cert-source")
         if config.egress_hop:
             # FLIPS' egress hop; by default every SR listens on the same port (its own address).
             self.routing.egress_port = (
@@ -178,6 +231,7 @@ class Router:
                 db=config.clmc_db,
                 token=config.clmc_token,
                 transport=self._clmc_transport,
+                verify=client_verify(config.ca_file),
             )
             # Measurements are not routing: a failing reporter does not make the SR unhealthy.
             self.tasks.supervise(self.reporter.run, name="sr-clmc-reporter", essential=False)
@@ -191,6 +245,15 @@ class Router:
             ctx.max_connections,
             f"; egress hop to port {self.routing.egress_port}" if self.routing.egress_port else "",
         )
+        if self._tls_server is not None:
+            log.info(
+                "SR %s worker %d: TLS on %s:%d (%s)",
+                config.sr_id,
+                self.worker,
+                config.host,
+                self.tls_port,
+                "certificates from the PCE" if self.cert_source else "certificates from files",
+            )
 
     @property
     def address(self) -> tuple[str, int]:
@@ -202,6 +265,38 @@ class Router:
     def port(self) -> int:
         return self.address[1]
 
+    @property
+    def tls_port(self) -> int | None:
+        """The TLS listener's port, None without one."""
+        if self._tls_server is None:
+            return None
+        return int(self._tls_server.sockets[0].getsockname()[1])
+
+    # -- TLS ------------------------------------------------------------------------------------
+
+    def _apply_pce_sites(self, sites: list[Site]) -> None:
+        self._pce_sites = sites
+        self._merge_sites()
+
+    def _merge_sites(self) -> None:
+        """Files and the PCE together; the PCE's certificate for an FQDN wins."""
+        assert self.tls is not None
+        from_pce = {s.fqdn for s in self._pce_sites}
+        self.tls.update(
+            [*self._pce_sites, *(s for s in self._static_sites if s.fqdn not in from_pce)]
+        )
+
+    def _tls_changed(self, sites: TlsSites) -> None:
+        if self._ctx is not None:
+            self._ctx.redirect_https = sites.redirects
+
+    def _tls_status(self) -> dict[str, Any]:
+        assert self.tls is not None
+        doc = self.tls.describe()
+        doc["port"] = self.tls_port
+        doc["source"] = self.cert_source.describe() if self.cert_source is not None else None
+        return doc
+
     async def shutdown(self, grace: float | None = None) -> None:
         """Stop in stages: accept nothing, let requests finish (up to `grace`), close."""
         ctx = self._ctx
@@ -212,6 +307,8 @@ class Router:
         # 1. No new connections.
         if self._server is not None:
             self._server.close()
+        if self._tls_server is not None:
+            self._tls_server.close()
         if self._internal is not None:
             self._internal.close()
         # 2. Idle connections close now, busy ones after their response.
@@ -242,6 +339,8 @@ class Router:
         ctx.pool.close()
         if self._server is not None:
             await self._server.wait_closed()
+        if self._tls_server is not None:
+            await self._tls_server.wait_closed()
         if self._internal is not None:
             await self._internal.wait_closed()
             assert self.siblings is not None

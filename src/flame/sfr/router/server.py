@@ -13,16 +13,22 @@ If a worker dies unexpectedly the others are stopped and `serve` raises: restart
 supervisor's job (systemd, Kubernetes), which sees the failure. At start the soft limit on
 open files is raised to the hard one (as nginx's `worker_rlimit_nofile`, or Go's runtime, do):
 each worker's client connection cap is derived from it (config.py).
+
+With `tls_port` set, every worker also listens there with TLS (tls.py), on a port shared the
+same way; the parent makes the TLS session ticket keys all workers use, so a session resumes
+on whichever worker the kernel hands the connection to.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import multiprocessing
 import os
 import resource
+import secrets
 import shutil
 import signal
 import socket
@@ -38,6 +44,7 @@ from flame.sfr.router.inflight import InflightTable
 from flame.sfr.router.native import native_status
 from flame.sfr.router.relay import Siblings
 from flame.sfr.router.router import Router
+from flame.sfr.router.tls import TICKET_KEY_BYTES
 
 __all__ = ["bind_socket", "raise_fd_limit", "reuse_port_supported", "run_worker", "serve"]
 
@@ -88,11 +95,13 @@ def bind_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def serve(config: RouterConfig, *, on_ready: Ready | None = None) -> None:
+def serve(
+    config: RouterConfig, *, on_ready: Ready | None = None, on_tls_ready: Ready | None = None
+) -> None:
     """Run the SR until SIGTERM/SIGINT; returns after a graceful stop.
 
-    `on_ready(host, port)` is called once every worker listens. Raises `RouterError` if a
-    worker fails.
+    `on_ready(host, port)` is called once every worker listens, then `on_tls_ready(host,
+    tls_port)` when TLS is on. Raises `RouterError` if a worker fails.
     """
     native = native_status()
     (log.warning if native.stale else log.info)("SR %s: %s", config.sr_id, native.describe())
@@ -101,33 +110,48 @@ def serve(config: RouterConfig, *, on_ready: Ready | None = None) -> None:
     if workers > 1 and not reuse_port_supported():
         log.warning("SO_REUSEPORT is not available here; running 1 worker instead of %d", workers)
         workers = 1
+    if config.tls_port is not None and config.tls_ticket_key is None:
+        config = dataclasses.replace(
+            config, tls_ticket_key=secrets.token_bytes(TICKET_KEY_BYTES).hex()
+        )
     if workers == 1:
         sock = bind_socket(config.host, config.port, reuse_port=False)
-        run_worker(config, 0, sock, on_ready=on_ready)
+        tls_sock = None
+        if config.tls_port is not None:
+            try:
+                tls_sock = bind_socket(config.host, config.tls_port, reuse_port=False)
+            except BaseException:
+                sock.close()
+                raise
+        run_worker(config, 0, sock, tls_sock, on_ready=on_ready, on_tls_ready=on_tls_ready)
         return
-    _serve_processes(config, workers, on_ready)
+    _serve_processes(config, workers, on_ready, on_tls_ready)
 
 
 def run_worker(
     config: RouterConfig,
     index: int,
     sock: socket.socket | None = None,
+    tls_sock: socket.socket | None = None,
     *,
     on_ready: Ready | None = None,
+    on_tls_ready: Ready | None = None,
     siblings: Siblings | None = None,
 ) -> None:
     """Run one worker in this process until SIGTERM/SIGINT."""
     import uvloop  # noqa: PLC0415 - only workers need it, the parent does not
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_worker_main(config, index, sock, on_ready, siblings))
+        runner.run(_worker_main(config, index, sock, tls_sock, on_ready, on_tls_ready, siblings))
 
 
 async def _worker_main(
     config: RouterConfig,
     index: int,
     sock: socket.socket | None,
+    tls_sock: socket.socket | None,
     on_ready: Ready | None,
+    on_tls_ready: Ready | None,
     siblings: Siblings | None,
 ) -> None:
     loop = asyncio.get_running_loop()
@@ -135,13 +159,15 @@ async def _worker_main(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     router = Router(config, worker=index, siblings=siblings)
-    await router.start(sock)
+    await router.start(sock, tls_sock)
     # What exists now (code, configuration, tables) lives as long as the worker: keep it out
     # of the collector's generations, so collections triggered by requests scan only them.
     gc.collect()
     gc.freeze()
     if on_ready is not None:
         on_ready(*router.address)
+    if on_tls_ready is not None and router.tls_port is not None:
+        on_tls_ready(router.address[0], router.tls_port)
     await stop.wait()
     log.info(
         "SR %s worker %d: stopping (grace %gs)", config.sr_id, index, config.timeouts.shutdown_grace
@@ -154,6 +180,7 @@ def _worker_process(
     index: int,
     host: str,
     port: int,
+    tls_port: int | None,
     ready: Connection,
     inflight: InflightTable | None,
     sockets: tuple[str, ...],
@@ -165,8 +192,9 @@ def _worker_process(
     config = RouterConfig.from_dict(config_data)
     try:
         sock = bind_socket(host, port, reuse_port=True)
+        tls_sock = None if tls_port is None else bind_socket(host, tls_port, reuse_port=True)
     except OSError as exc:
-        ready.send(("error", f"worker {index} cannot bind {host}:{port}: {exc}"))
+        ready.send(("error", f"worker {index} cannot bind {host}:{port}/{tls_port}: {exc}"))
         ready.close()
         sys.exit(1)
 
@@ -177,14 +205,25 @@ def _worker_process(
     siblings = None
     if inflight is not None:
         siblings = Siblings(inflight, index, sockets, ttl=config.timeouts.coalesce_window)
-    run_worker(config, index, sock, on_ready=report, siblings=siblings)
+    run_worker(config, index, sock, tls_sock, on_ready=report, siblings=siblings)
 
 
-def _serve_processes(config: RouterConfig, workers: int, on_ready: Ready | None) -> None:
+def _serve_processes(
+    config: RouterConfig, workers: int, on_ready: Ready | None, on_tls_ready: Ready | None
+) -> None:
     # Holding a bound SO_REUSEPORT socket reserves the port (and fixes port 0 to one number)
     # for the workers; it never listens, so the kernel gives it no connections.
     holder = bind_socket(config.host, config.port, reuse_port=True)
     port = holder.getsockname()[1]
+    tls_holder: socket.socket | None = None
+    tls_port: int | None = None
+    if config.tls_port is not None:
+        try:
+            tls_holder = bind_socket(config.host, config.tls_port, reuse_port=True)
+        except BaseException:
+            holder.close()
+            raise
+        tls_port = tls_holder.getsockname()[1]
     # Multicast across workers (inflight.py, relay.py): a shared claim table and a private
     # socket per worker, in a directory only this SR uses.
     runtime = tempfile.mkdtemp(prefix="flame-sr-")
@@ -209,7 +248,16 @@ def _serve_processes(config: RouterConfig, workers: int, on_ready: Ready | None)
             parent_end, child_end = ctx.Pipe(duplex=False)
             p = ctx.Process(
                 target=_worker_process,
-                args=(config_data, index, config.host, port, child_end, inflight, sockets),
+                args=(
+                    config_data,
+                    index,
+                    config.host,
+                    port,
+                    tls_port,
+                    child_end,
+                    inflight,
+                    sockets,
+                ),
                 name=f"flame-sr-{config.sr_id}-{index}",
             )
             p.start()
@@ -218,9 +266,20 @@ def _serve_processes(config: RouterConfig, workers: int, on_ready: Ready | None)
             pipes.append(parent_end)
         _await_ready(procs, pipes, config.timeouts.upstream_connect + 30.0)
         holder.close()
-        log.info("SR %s: %d workers listening on %s:%d", config.sr_id, workers, config.host, port)
+        if tls_holder is not None:
+            tls_holder.close()
+        log.info(
+            "SR %s: %d workers listening on %s:%d%s",
+            config.sr_id,
+            workers,
+            config.host,
+            port,
+            f" (TLS on {tls_port})" if tls_port is not None else "",
+        )
         if on_ready is not None:
             on_ready(config.host, port)
+        if on_tls_ready is not None and tls_port is not None:
+            on_tls_ready(config.host, tls_port)
         failed = _supervise(procs, lambda: stopping)
     except BaseException:
         forward(signal.SIGTERM, None)
@@ -231,6 +290,8 @@ def _serve_processes(config: RouterConfig, workers: int, on_ready: Ready | None)
         raise
     finally:
         holder.close()
+        if tls_holder is not None:
+            tls_holder.close()
         shutil.rmtree(runtime, ignore_errors=True)
         for pipe in pipes:
             pipe.close()

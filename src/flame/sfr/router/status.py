@@ -120,6 +120,8 @@ def status_document(ctx: RouterContext) -> dict[str, Any]:
         "connections_refused": ctx.refused,
         "tasks": ctx.tasks.states(),
         "table_source": ctx.source_status() if ctx.source_status is not None else None,
+        # Names, fingerprints and expiry of the certificates served; never a key.
+        "tls": ctx.tls_status() if ctx.tls_status is not None else None,
         "upstream_pools": ctx.pool.stats(),
         "upstream_connects": ctx.pool.connects,
         "multicast": {

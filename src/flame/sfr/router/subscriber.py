@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import ssl
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -102,9 +103,11 @@ class TableSubscriber:
         backoff_max: float = 10.0,
         connect_timeout: float = 3.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         if not urls:
             raise ValueError("TableSubscriber needs at least one PCE URL")
+        self._verify = verify  # the platform CA for a PCE on https (another host)
         self.sr_id = sr_id
         self.urls = tuple(u.rstrip("/") for u in urls)
         self.wait = wait
@@ -141,7 +144,11 @@ class TableSubscriber:
     async def run(self, apply: ApplyTable) -> None:
         timeout = httpx.Timeout(self.wait + 10.0, connect=self._connect_timeout)
         async with httpx.AsyncClient(
-            transport=self._transport, trust_env=False, timeout=timeout, headers=self._headers
+            transport=self._transport,
+            trust_env=False,
+            timeout=timeout,
+            headers=self._headers,
+            verify=self._verify,
         ) as client:
             delay = self.backoff_initial
             while True:
