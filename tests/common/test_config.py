@@ -188,7 +188,10 @@ def test_unknown_key_gets_did_you_mean_hint_and_line(tmp_path):
     msg = str(info.value)
     assert msg.startswith(f"{path}:2: key 'log_levl': unknown key")
     assert "did you mean 'log_level'?" in msg
-    assert "Valid keys: api_url, ca_file, clmc_url, log_format, log_level, pce_url, state_dir, token." in msg
+    assert (
+        "Valid keys: api_url, ca_file, clmc_url, log_format, log_level, pce_url, state_dir, token."
+        in msg
+    )
     assert info.value.as_dict()["key"] == "log_levl"
 
 
