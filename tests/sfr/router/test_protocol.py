@@ -105,6 +105,26 @@ async def test_status_endpoint(upstreams, make_router) -> None:
     await c.close()
 
 
+async def test_status_and_table_need_the_routers_token_health_does_not(
+    upstreams, make_router
+) -> None:
+    """Issue 11: the data port faces the public; the status and the table name every tenant's
+    endpoints, so an SR with a token answers them only to a caller that has it."""
+    token = "flm_" + "r" * 43
+    _, r = await routed(upstreams, make_router, "a", token=token)
+    c = await Client.connect(r.port)
+    for path in ("/.flame/status", "/.flame/table"):
+        for headers in (None, {"Authorization": "Bearer flm_" + "x" * 43}):
+            denied = await c.get(path, host="_flame", headers=headers)
+            assert denied.status == 401
+            assert denied.json()["error"] == "unauthorized"
+            assert "a.example" not in denied.body.decode()
+        allowed = await c.get(path, host="_flame", headers={"Authorization": f"Bearer {token}"})
+        assert allowed.status == 200
+    assert (await c.get("/.flame/health", host="_flame")).status == 200  # load balancers
+    await c.close()
+
+
 # -- headers ---------------------------------------------------------------------------------------
 
 

@@ -13,11 +13,15 @@ Requests whose Host is the SR id or `_flame` are answered here instead of being 
                          followed, polls, failed polls)
     GET /.flame/table    the forwarding table in use (as the PCE sent it)
 
+The data port faces the public: health is open (load balancers probe it), but the status and
+the table name every tenant's endpoints, so when the SR has a token (its router token, the
+same it reads its table with) they need `Authorization: Bearer <that token>`; 401 otherwise.
 Each worker answers for itself (`worker` and `pid` say which).
 """
 
 from __future__ import annotations
 
+import hmac
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +32,21 @@ if TYPE_CHECKING:
     from flame.sfr.router.context import RouterContext
 
 __all__ = ["status_answer", "status_document"]
+
+
+def _authorized(ctx: RouterContext, req: RequestHead) -> bool:
+    expected = ctx.config.token
+    if not expected:
+        return True  # an SR without a token (tests, a laptop) has nothing to compare with
+    for line in req.lines:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"authorization":
+            scheme, _, token = value.strip().partition(b" ")
+            if scheme.lower() == b"bearer" and hmac.compare_digest(
+                token.strip(), expected.encode("ascii", "replace")
+            ):
+                return True
+    return False
 
 
 def status_answer(ctx: RouterContext, req: RequestHead) -> tuple[int, bytes]:
@@ -59,6 +78,15 @@ def status_answer(ctx: RouterContext, req: RequestHead) -> tuple[int, bytes]:
             body["failing_tasks"] = {
                 name: ctx.tasks.supervised[name].describe() for name in failing
             }
+    elif path in (b"/.flame/status", b"/.flame/table") and not _authorized(ctx, req):
+        status, body = (
+            401,
+            {
+                "error": "unauthorized",
+                "message": "the SR's status and table need its router token: "
+                "send 'Authorization: Bearer <token>'",
+            },
+        )
     elif path == b"/.flame/status":
         status, body = 200, status_document(ctx)
     elif path == b"/.flame/table":
