@@ -27,6 +27,7 @@ def test_config_events_carry_durations_and_place() -> None:
         1_800_000_000.5,
         12.5,
         "alert vod_slow fired",
+        tenant="acme",
     )
     total, mean = times.add(event.sfe, "booted", 12.5)
     total, mean = times.add(event.sfe, "booted", 7.5)
@@ -45,6 +46,7 @@ def test_config_events_carry_durations_and_place() -> None:
     assert (row["booted_s"], row["booted_sum"], row["booted_mst"]) == (12.5, 20.0, 10.0)
     assert (row["latitude"], row["longitude"]) == (51.448, -2.603)
     assert row["reason"] == "alert vod_slow fired"
+    assert row["tenant"] == "acme"  # the CLMC shows a tenant its own rows of `flame` by it
     # No place known: no geolocation fields, and nothing else changes.
     (bare,) = rows(config_line(event, 12.5, 12.5))
     assert "latitude" not in bare
@@ -60,8 +62,10 @@ def test_decision_events_escape_what_they_quote() -> None:
         'said "no"\nthen',
         1.0,
         ("a: connected", "b: booted"),
+        tenant="acme",
     )
     (row,) = rows(decision_line(event))
+    assert row["tenant"] == "acme"
     assert row["alert"] == 'slow, "really"'
     assert row["decision"] == "ignored"
     assert row["reason"] == 'said "no" then'

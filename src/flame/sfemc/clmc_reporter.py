@@ -58,6 +58,7 @@ def config_line(
         "sfe": event.sfe,
         "cluster": event.cluster,
         "location": (place.location if place else None) or "",
+        "tenant": event.tenant or "",
     }
     prev = event.from_state
     fields: dict[str, FieldValue] = {
@@ -76,7 +77,12 @@ def config_line(
 
 
 def decision_line(event: DecisionEvent) -> str:
-    tags = {"sfc": event.sfc, "alert": event.alert, "decision": event.decision}
+    tags = {
+        "sfc": event.sfc,
+        "alert": event.alert,
+        "decision": event.decision,
+        "tenant": event.tenant or "",
+    }
     fields: dict[str, FieldValue] = {
         "event_id": event.event_id,
         "reason": event.reason,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 __all__ = [
@@ -55,6 +55,9 @@ class ConfigEvent:
     time: float  # seconds since the epoch
     duration_s: float  # time spent in `from_state`
     reason: str | None = None
+    # The owner, so the CLMC shows a tenant its own points (issue 11). Not part of the event's
+    # identity: the transition history does not keep it.
+    tenant: str | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,6 +89,7 @@ class DecisionEvent:
     reason: str
     time: float
     changes: tuple[str, ...] = ()  # "<sfe>: <state>"
+    tenant: str | None = field(default=None, compare=False)  # the chain's owner, if known
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -313,12 +313,13 @@ class SfemcStore:
     ) -> ConfigEvent:
         with self._tx() as cur:
             rows = cur.execute(
-                "SELECT cluster, sfc, sfci, sf, state, since FROM sfemc_endpoints WHERE sfe = ?",
+                "SELECT cluster, sfc, sfci, sf, state, since, tenant FROM sfemc_endpoints "
+                "WHERE sfe = ?",
                 (sfe,),
             )
             if not rows:
                 raise StaleState(f"endpoint '{sfe}' does not exist", sfe=sfe)
-            cluster, sfc, sfci, sf, state, since = rows[0]
+            cluster, sfc, sfci, sf, state, since, tenant = rows[0]
             if state != src.value:
                 raise StaleState(
                     f"endpoint '{sfe}' is {state}, not {src}; someone moved it first", sfe=sfe
@@ -338,6 +339,7 @@ class SfemcStore:
                 time=now,
                 duration_s=max(0.0, now - float(since)),
                 reason=reason,
+                tenant=tenant,
             )
             cur.execute(
                 """INSERT INTO sfemc_transitions

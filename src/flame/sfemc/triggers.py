@@ -115,10 +115,10 @@ class PolicyTriggers:
                 f"no state-change policy of '{event.sfc}' is triggered by alert '{event.alert}'; "
                 f"alerts with policies: {', '.join(known) or 'none'}",
             )
-        return self._apply(event, service.sfci, matches)
+        return self._apply(event, service.sfci, matches, service.tenant)
 
     def _apply(
-        self, event: AlertEvent, sfci: str, matches: Sequence[PolicyChange]
+        self, event: AlertEvent, sfci: str, matches: Sequence[PolicyChange], tenant: str
     ) -> DecisionEvent:
         applied: list[str] = []
         stale: list[str] = []
@@ -141,7 +141,9 @@ class PolicyTriggers:
             self._store.record_alert(
                 event.id, event.sfc, event.alert, event.time, "ignored", reason, now
             )
-            return DecisionEvent(event.id, event.sfc, event.alert, "ignored", reason, now)
+            return DecisionEvent(
+                event.id, event.sfc, event.alert, "ignored", reason, now, tenant=tenant
+            )
         names = ", ".join(sorted({f"{p.policy}/{p.trigger}" for p in matches}))
         reason = f"policy {names} fired by alert '{event.alert}' ({event.level})"
         if stale:
@@ -151,5 +153,12 @@ class PolicyTriggers:
         ):
             reason += " (a concurrent duplicate was recorded first)"
         return DecisionEvent(
-            event.id, event.sfc, event.alert, "applied", reason, now, tuple(applied)
+            event.id,
+            event.sfc,
+            event.alert,
+            "applied",
+            reason,
+            now,
+            tuple(applied),
+            tenant=tenant,
         )
