@@ -1,17 +1,28 @@
 """The CLMC (`flame serve clmc`) vs InfluxDB 1.6 (Debian's influxd) in one run: ingest
-throughput, then a dashboard query over what was ingested.
+throughput on one measurement and on a Telegraf-shaped mix, a dashboard query, and query
+latency under a write storm.
 
-Both get the same generated line-protocol batches (5000 points each, CLMC information-model
-measurements with 6 tags and 5 fields, distinct timestamps) from 2 client threads with
+Ingest. Both get the same generated line-protocol bodies from the same client threads with
 keep-alive HTTP, into a fresh database per round, rounds alternating A B A B. Both fsync every
-acknowledged write (InfluxDB: wal-fsync-delay 0s; CLMC: WAL group commit) and both run as one
-server process on loopback. A round counts points acknowledged with 204 per wall-clock second, the clock stopping when a
-count query sees all of them (so our asynchronous apply is inside the figure); both sides are
-warmed up with a few batches first.
+acknowledged write (InfluxDB: wal-fsync-delay 0s; CLMC: WAL group commit) and run as one server
+process on loopback. A round counts points acknowledged with 204 per wall-clock second, the
+clock stopping when a count query sees all of them (so our asynchronous apply is inside the
+figure; we ask with `read_your_writes=true`, which InfluxDB ignores); both are warmed up first.
 
-Query: over the last round's points (1M by default, one every millisecond across ~17 min), the
-dashboard query `SELECT mean(response_time), percentile(response_time, 95) ... GROUP BY
-time(10s), sfe` (100 windows x 64 endpoints), alternating A B, median of 5 per side.
+- single: 5,000-point bodies of one measurement (`service_request`: 6 tags, 5 fields);
+- mix: Telegraf-shaped bodies, one collection interval of `--hosts` agents each (cpu per core
+  and total, mem, swap, system, kernel, processes, disk per mount, diskio per device, net per
+  interface, netstat, plus per-host application measurements: nginx, procstat per process,
+  docker_container_{cpu,mem,net} per container, ...), `--mix-measurements` measurements per
+  body (about 40 by default, 200 with `--wide-mix`), every point its own series, one string
+  field here and there as Telegraf sends them.
+
+Dashboard query: over the last single round's points, `SELECT mean(response_time),
+percentile(response_time, 95) ... GROUP BY time(10s), sfe`, A B alternating, median of 5.
+
+Write storm: for `--storm-seconds` each side takes the mix from the client threads at full
+speed while one more client asks a dashboard query on the newest data (`mean(usage_user)` per
+host over the last minute, GROUP BY time(10s)) every 0.2 s; p50/p99/max of those queries.
 
     .venv/bin/python bench/clmc_vs_influxdb.py [--quick] [--batches N] [--rounds R]
 
@@ -31,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -60,24 +72,195 @@ def make_batches(n: int, seed: int = 7) -> list[bytes]:
     return out
 
 
-def run_load(url: str, db: str, batches: list[bytes]) -> tuple[float, int, int]:
-    """Points/s acknowledged, acknowledged points, failed requests."""
-    work = list(batches)
+# -- the Telegraf-shaped mix ----------------------------------------------------------------------
+
+# (measurement, tag sets per host, fields: name -> kind f(loat) / i(nt) / s(tring))
+_F = "f"
+_I = "i"
+
+
+def _fields(names: str, kind: str) -> dict[str, str]:
+    return dict.fromkeys(names.split(), kind)
+
+
+_TELEGRAF: list[tuple[str, list[dict[str, str]], dict[str, str]]] = [
+    (
+        "cpu",
+        [{"cpu": f"cpu{c}"} for c in range(4)] + [{"cpu": "cpu-total"}],
+        _fields(
+            "usage_user usage_system usage_idle usage_iowait usage_irq usage_softirq usage_steal "
+            "usage_guest usage_guest_nice usage_nice",
+            _F,
+        ),
+    ),
+    (
+        "mem",
+        [{}],
+        _fields("total available used free cached buffered active inactive", _I)
+        | _fields("used_percent available_percent", _F),
+    ),
+    ("swap", [{}], _fields("total used free in out", _I) | _fields("used_percent", _F)),
+    (
+        "system",
+        [{}],
+        _fields("load1 load5 load15", _F) | _fields("n_cpus n_users uptime", _I),
+    ),
+    ("kernel", [{}], _fields("boot_time context_switches interrupts processes_forked", _I)),
+    (
+        "processes",
+        [{}],
+        _fields("blocked running sleeping stopped total zombies dead paging total_threads", _I),
+    ),
+    (
+        "disk",
+        [
+            {"path": p, "device": d, "fstype": "ext4", "mode": "rw"}
+            for p, d in (("/", "sda1"), ("/var", "sda2"), ("/data", "sdb1"))
+        ],
+        _fields("total free used inodes_total inodes_free inodes_used", _I)
+        | _fields("used_percent", _F),
+    ),
+    (
+        "diskio",
+        [{"name": d} for d in ("sda", "sdb")],
+        _fields(
+            "reads writes read_bytes write_bytes read_time write_time io_time "
+            "weighted_io_time iops_in_progress",
+            _I,
+        ),
+    ),
+    (
+        "net",
+        [{"interface": i} for i in ("eth0", "eth1")],
+        _fields(
+            "bytes_sent bytes_recv packets_sent packets_recv err_in err_out drop_in drop_out", _I
+        ),
+    ),
+    (
+        "netstat",
+        [{}],
+        _fields(
+            "tcp_established tcp_syn_sent tcp_syn_recv tcp_fin_wait1 tcp_fin_wait2 tcp_time_wait "
+            "tcp_close tcp_close_wait tcp_last_ack tcp_listen tcp_closing tcp_none udp_socket",
+            _I,
+        ),
+    ),
+    (
+        "nginx",
+        [{"port": "80", "server": "localhost"}],
+        _fields("accepts active handled reading requests waiting writing", _I),
+    ),
+    (
+        "procstat",
+        [
+            {"process_name": p, "pid_finder": "pgrep"}
+            for p in ("nginx", "flame", "sshd", "telegraf", "dockerd", "containerd")
+        ],
+        _fields("cpu_usage memory_rss memory_vms num_threads read_bytes write_bytes", _F)
+        | {"cmdline": "s"},
+    ),
+    (
+        "docker_container_cpu",
+        [{"container_name": f"c{c}", "cpu": "cpu-total", "engine_host": "d"} for c in range(8)],
+        _fields("usage_percent usage_total usage_system throttling_periods", _F),
+    ),
+    (
+        "docker_container_mem",
+        [{"container_name": f"c{c}", "engine_host": "d"} for c in range(8)],
+        _fields("usage usage_percent limit max_usage rss cache", _F),
+    ),
+    (
+        "docker_container_net",
+        [{"container_name": f"c{c}", "network": "eth0", "engine_host": "d"} for c in range(8)],
+        _fields("rx_bytes tx_bytes rx_packets tx_packets rx_errors tx_errors", _I),
+    ),
+    (
+        "docker_container_status",
+        [{"container_name": f"c{c}", "engine_host": "d"} for c in range(8)],
+        _fields("exitcode pid restart_count", _I) | {"container_id": "s"},
+    ),
+]
+
+
+def _app_measurements(n: int) -> list[tuple[str, list[dict[str, str]], dict[str, str]]]:
+    """Application measurements to reach `n` in all (custom inputs, exporters, ...)."""
+    rnd = random.Random(3)
+    out = []
+    for i in range(n):
+        series = [{"instance": f"i{k}", "job": f"app{i % 7}"} for k in range(rnd.randint(1, 6))]
+        out.append(
+            (f"app_{i}", series, _fields(" ".join(f"m{j}" for j in range(rnd.randint(3, 15))), _F))
+        )
+    return out
+
+
+def mix_spec(measurements: int) -> list[tuple[str, list[dict[str, str]], dict[str, str]]]:
+    base = _TELEGRAF[:measurements]
+    return base + _app_measurements(max(0, measurements - len(base)))
+
+
+def make_mix(
+    bodies: int, hosts: int, measurements: int, t0: int | None = None, seed: int = 5
+) -> list[bytes]:
+    """`bodies` collection intervals (10 s apart) of `hosts` agents, one body each."""
+    rnd = random.Random(seed)
+    spec = mix_spec(measurements)
+    t0 = 1_700_000_000_000_000_000 if t0 is None else t0
+    out = []
+    for b in range(bodies):
+        ts = t0 + b * 10_000_000_000
+        lines = []
+        for h in range(hosts):
+            host = f"host{h:03d}"
+            for name, series, fields in spec:
+                for tags in series:
+                    key = ",".join(
+                        [name, f"host={host}"] + [f"{k}={v}" for k, v in sorted(tags.items())]
+                    )
+                    values = ",".join(
+                        f"{f}={rnd.uniform(0, 100):.2f}"
+                        if kind == _F
+                        else f"{f}={rnd.randrange(10**9)}i"
+                        if kind == _I
+                        else f'{f}="{name}-{h}"'
+                        for f, kind in fields.items()
+                    )
+                    lines.append(f"{key} {values} {ts + h}")
+        out.append("\n".join(lines).encode())
+    return out
+
+
+# -- running ------------------------------------------------------------------------------------
+
+
+def run_load(
+    url: str, db: str, bodies: list[bytes], count_q: str, counted_of: Callable[[bytes], int]
+) -> tuple[float, int, int, list[float]]:
+    """Points/s acknowledged (the clock stopping when they are all queryable: `count_q` must
+    count `counted_of(body)` points of each acknowledged body), acknowledged points, failed
+    requests, write latencies."""
+    work = list(bodies)
     lock = threading.Lock()
     ok = [0]
+    expect = [0]
     failed = [0]
+    latencies: list[float] = []
 
     def client() -> None:
-        with httpx.Client(base_url=url, timeout=60) as c:
+        with httpx.Client(base_url=url, timeout=120) as c:
             while True:
                 with lock:
                     if not work:
                         return
                     body = work.pop()
+                t0 = time.perf_counter()
                 r = c.post("/write", params={"db": db}, content=body)
+                took = time.perf_counter() - t0
                 with lock:
+                    latencies.append(took)
                     if r.status_code == 204:
-                        ok[0] += BATCH
+                        ok[0] += body.count(b"\n") + 1
+                        expect[0] += counted_of(body)
                     else:
                         failed[0] += 1
 
@@ -87,18 +270,34 @@ def run_load(url: str, db: str, batches: list[bytes]) -> tuple[float, int, int]:
         t.start()
     for t in threads:
         t.join()
-    # Count what is queryable: the clock stops when every acknowledged point can be read back.
-    r = httpx.get(
-        url + "/query",
-        params={"db": db, "q": "SELECT count(response_time) FROM service_request"},
-        timeout=120,
-    )
+    counted = 0
+    for _ in range(600):  # until every acknowledged point can be read back
+        r = httpx.get(
+            url + "/query",
+            params={"db": db, "q": count_q, "read_your_writes": "true"},
+            timeout=120,
+        )
+        series = r.json()["results"][0].get("series", [])
+        counted = series[0]["values"][0][1] if series else 0
+        if counted >= expect[0]:
+            break
+        time.sleep(0.05)
     elapsed = time.perf_counter() - start
-    series = r.json()["results"][0].get("series", [])
-    counted = series[0]["values"][0][1] if series else 0
-    if counted != ok[0]:
-        raise RuntimeError(f"{url}: {ok[0]} points acknowledged but {counted} queryable")
-    return ok[0] / elapsed, ok[0], failed[0]
+    if counted != expect[0]:
+        raise RuntimeError(f"{url}: {expect[0]} points acknowledged but {counted} queryable")
+    return ok[0] / elapsed, ok[0], failed[0], latencies
+
+
+SINGLE_COUNT = "SELECT count(response_time) FROM service_request"
+MIX_COUNT = "SELECT count(usage_user) FROM cpu"
+
+
+def _all_lines(body: bytes) -> int:
+    return body.count(b"\n") + 1
+
+
+def _cpu_lines(body: bytes) -> int:
+    return body.count(b"\ncpu,") + body.startswith(b"cpu,")
 
 
 class Clmc:
@@ -179,80 +378,207 @@ def time_dashboard_query(peer_url: str, ours_url: str, db: str, batches_n: int) 
     return {k: round(statistics.median(v), 4) for k, v in samples.items()}
 
 
+def write_storm(
+    url: str, db: str, seconds: float, hosts: int, measurements: int
+) -> dict[str, float]:
+    """Write the mix at full speed for `seconds` while querying the newest data every 0.2 s."""
+    stop = threading.Event()
+    acked = [0]
+    failed = [0]
+    lock = threading.Lock()
+    now = time.time_ns()
+    bodies = make_mix(int(seconds * 2) + 40, hosts, measurements, t0=now - 60_000_000_000)
+    work = list(reversed(bodies))
+
+    def writer() -> None:
+        with httpx.Client(base_url=url, timeout=120) as c:
+            while not stop.is_set():
+                with lock:
+                    if not work:
+                        return
+                    body = work.pop()
+                r = c.post("/write", params={"db": db}, content=body)
+                with lock:
+                    if r.status_code == 204:
+                        acked[0] += body.count(b"\n") + 1
+                    else:
+                        failed[0] += 1
+                        if r.status_code in (429, 503):  # back-pressure: as a client would
+                            time.sleep(float(r.headers.get("Retry-After", "1")))
+
+    q = (
+        'SELECT mean("usage_user") FROM "cpu" WHERE time > now() - 5m AND "cpu" = \'cpu-total\' '
+        'GROUP BY time(10s), "host"'
+    )
+    latencies: list[float] = []
+    errors = [0]
+
+    def querier() -> None:
+        with httpx.Client(base_url=url, timeout=120) as c:
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                r = c.get("/query", params={"db": db, "q": q})
+                latencies.append(time.perf_counter() - t0)
+                if r.status_code != 200 or "error" in r.json()["results"][0]:
+                    errors[0] += 1
+                time.sleep(0.2)
+
+    threads = [threading.Thread(target=writer) for _ in range(THREADS)]
+    threads.append(threading.Thread(target=querier))
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    stop.wait(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    lat = sorted(latencies)
+
+    def pct(p: float) -> float:
+        return lat[min(len(lat) - 1, int(p * len(lat)))] if lat else float("nan")
+
+    return {
+        "acked_points_per_s": round(acked[0] / elapsed),
+        "refused_writes": failed[0],
+        "queries": len(lat),
+        "query_errors": errors[0],
+        "query_p50_s": round(pct(0.5), 4),
+        "query_p99_s": round(pct(0.99), 4),
+        "query_max_s": round(lat[-1], 4) if lat else float("nan"),
+    }
+
+
+def _alternate(
+    rounds: int,
+    sides: list[tuple[str, str]],
+    run: Callable[[str, str], tuple[float, int, int, list[float]]],
+    label: str,
+) -> dict[str, list[float]]:
+    rates: dict[str, list[float]] = {name: [] for name, _ in sides}
+    for r in range(rounds):
+        for name, url in sides:
+            db = f"{label}{r}"
+            httpx.post(url + "/query", params={"q": f"CREATE DATABASE {db}"}, timeout=30)
+            rate, points, failed, lat = run(url, db)
+            rates[name].append(rate)
+            p50 = statistics.median(lat) if lat else float("nan")
+            print(
+                f"{label} round {r + 1}: {name:9s} {rate:12,.0f} points/s ({points} points, "
+                f"{failed} failed, write p50 {p50 * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms)",
+                flush=True,
+            )
+    return rates
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="smoke run, under a minute")
-    ap.add_argument("--batches", type=int, help="batches of 5000 points per round and side")
+    ap.add_argument("--quick", action="store_true", help="smoke run, a minute or two")
+    ap.add_argument("--batches", type=int, help="single: batches of 5000 points per round")
     ap.add_argument("--rounds", type=int, help="alternating rounds (A B) per side")
+    ap.add_argument("--hosts", type=int, default=128, help="mix: agents per body (~20k points)")
+    ap.add_argument("--mix-measurements", type=int, default=40, help="mix: measurements per body")
+    ap.add_argument("--mix-bodies", type=int, help="mix: bodies per round")
+    ap.add_argument("--wide-mix", action="store_true", help="also the 200-measurement mix")
+    ap.add_argument("--storm-seconds", type=float, help="write storm duration per side")
     args = ap.parse_args()
     batches_n = args.batches or (16 if args.quick else 200)
     rounds = args.rounds or (1 if args.quick else 3)
+    mix_bodies = args.mix_bodies or (6 if args.quick else 30)
+    storm_s = args.storm_seconds if args.storm_seconds is not None else (10 if args.quick else 60)
     if shutil.which("influxd") is None:
         print("influxd not found: apt-get install -y influxdb", file=sys.stderr)
         return 2
-    print(f"generating {batches_n} batches of {BATCH} points ...", flush=True)
+    print(f"generating {batches_n} batches of {BATCH} points and the mix ...", flush=True)
     batches = make_batches(batches_n)
+    mixes = {args.mix_measurements: make_mix(mix_bodies, args.hosts, args.mix_measurements)}
+    if args.wide_mix:  # the issue's case: 200 measurements in a ~20,000-point body
+        mixes[200] = make_mix(max(3, mix_bodies // 3), max(1, args.hosts * 27 // 128), 200)
+    for m, bodies in mixes.items():
+        points = sum(b.count(b"\n") + 1 for b in bodies) // len(bodies)
+        print(f"mix of {m} measurements: {len(bodies)} bodies of {points} points", flush=True)
     print(
-        f"config: {THREADS} client threads, keep-alive, {BATCH} points/request, fresh db per round; "
-        "both fsync before acknowledging; loopback",
+        f"config: {THREADS} client threads, keep-alive, fresh db per round; both fsync before "
+        "acknowledging; loopback",
         flush=True,
     )
-    ours_rates: list[float] = []
-    peer_rates: list[float] = []
-    failures = {"ours": 0, "peer": 0}
+    figures: dict[str, object] = {"bench": "clmc_vs_influxdb", "rounds": rounds}
     with InfluxDB() as influx:
         clmc = Clmc()
+        sides = [("influxdb", influx.url), ("clmc", clmc.url)]
         try:
             for url in (influx.url, clmc.url):  # warm both up (first-use paths, caches)
                 httpx.post(url + "/query", params={"q": "CREATE DATABASE warmup"}, timeout=30)
-                run_load(url, "warmup", batches[:4])
-            for r in range(rounds):
-                db = f"bench{r}"
-                for name, url, rates in (
-                    ("influxdb", influx.url, peer_rates),
-                    ("clmc", clmc.url, ours_rates),
-                ):
-                    httpx.post(url + "/query", params={"q": f"CREATE DATABASE {db}"}, timeout=30)
-                    rate, points, failed = run_load(url, db, batches)
-                    failures["ours" if name == "clmc" else "peer"] += failed
-                    rates.append(rate)
-                    print(
-                        f"round {r + 1}: {name:9s} {rate:12,.0f} points/s ({points} points, {failed} failed)",
-                        flush=True,
-                    )
-            query_times = time_dashboard_query(
-                influx.url, clmc.url, f"bench{rounds - 1}", batches_n
+                run_load(url, "warmup", batches[:4], SINGLE_COUNT, _all_lines)
+                run_load(url, "warmup", next(iter(mixes.values()))[:2], MIX_COUNT, _cpu_lines)
+            single = _alternate(
+                rounds,
+                sides,
+                lambda url, db: run_load(url, db, batches, SINGLE_COUNT, _all_lines),
+                "single",
             )
+            mix_rates = {}
+            for m, bodies in mixes.items():
+                mix_rates[m] = _alternate(
+                    rounds,
+                    sides,
+                    lambda url, db, bodies=bodies: run_load(url, db, bodies, MIX_COUNT, _cpu_lines),
+                    f"mix{m}_",
+                )
+            query_times = time_dashboard_query(
+                influx.url, clmc.url, f"single{rounds - 1}", batches_n
+            )
+            storms = {}
+            for name, url in sides:
+                httpx.post(url + "/query", params={"q": "CREATE DATABASE storm"}, timeout=30)
+                storms[name] = write_storm(url, "storm", storm_s, args.hosts, args.mix_measurements)
+                print(f"write storm ({storm_s:.0f} s): {name:9s} {storms[name]}", flush=True)
         finally:
             clmc.stop()
-    ours = statistics.median(ours_rates)
-    peer = statistics.median(peer_rates)
+
+    def ratio(rates: dict[str, list[float]]) -> tuple[float, float, float]:
+        ours, peer = statistics.median(rates["clmc"]), statistics.median(rates["influxdb"])
+        return ours, peer, ours / peer
+
+    ours, peer, r = ratio(single)
     print(
-        f"median: clmc {ours:,.0f} points/s, influxdb {peer:,.0f} points/s, ratio {ours / peer:.2f}"
+        f"single measurement: clmc {ours:,.0f} points/s, influxdb {peer:,.0f}, ratio {r:.2f} (target >= 1.5)"
     )
+    figures |= {
+        "ours_points_per_s": round(ours),
+        "peer_points_per_s": round(peer),
+        "ratio": round(r, 3),
+    }
+    for m, rates in mix_rates.items():
+        ours, peer, r = ratio(rates)
+        print(
+            f"mix of {m} measurements: clmc {ours:,.0f} points/s, influxdb {peer:,.0f}, ratio {r:.2f} (target >= 1.0)"
+        )
+        figures |= {
+            f"mix{m}_ours_points_per_s": round(ours),
+            f"mix{m}_peer_points_per_s": round(peer),
+            f"mix{m}_ratio": round(r, 3),
+        }
     print(
         f"dashboard query: clmc {query_times['ours']:.3f} s, influxdb {query_times['peer']:.3f} s, "
-        f"ratio {query_times['ours'] / query_times['peer']:.2f} (target <= 0.5)"
+        f"ratio {query_times['ours'] / query_times['peer']:.2f}"
     )
+    figures |= {
+        "ours_query_s": query_times["ours"],
+        "peer_query_s": query_times["peer"],
+        "query_ratio": round(query_times["ours"] / query_times["peer"], 3),
+        "storm_seconds": storm_s,
+        "ours_storm": storms["clmc"],
+        "peer_storm": storms["influxdb"],
+        "batches": batches_n,
+        "batch_points": BATCH,
+        "client_threads": THREADS,
+    }
     print(
-        json.dumps(
-            {
-                "bench": "clmc_vs_influxdb",
-                "ours_points_per_s": round(ours),
-                "peer_points_per_s": round(peer),
-                "ratio": round(ours / peer, 3),
-                "rounds": rounds,
-                "batches": batches_n,
-                "batch_points": BATCH,
-                "client_threads": THREADS,
-                "ours_query_s": query_times["ours"],
-                "peer_query_s": query_times["peer"],
-                "query_ratio": round(query_times["ours"] / query_times["peer"], 3),
-                "ours_failed_requests": failures["ours"],
-                "peer_failed_requests": failures["peer"],
-            }
-        )
+        f"query under a write storm: clmc p99 {storms['clmc']['query_p99_s']:.3f} s (target < 1), "
+        f"influxdb p99 {storms['influxdb']['query_p99_s']:.3f} s"
     )
+    print(json.dumps(figures))
     return 0
 
 

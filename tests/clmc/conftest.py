@@ -63,6 +63,7 @@ class ServerThread:
     def __init__(self, directory: Path, max_body_bytes: int = 25_000_000) -> None:
         import uvicorn
 
+        from flame.clmc.httpserver import influx_http_protocol
         from flame.clmc.influxd import free_port
         from flame.clmc.service import ClmcService
 
@@ -76,6 +77,7 @@ class ServerThread:
                 port=self.port,
                 log_config=None,
                 access_log=False,
+                http=influx_http_protocol(),  # as `flame serve clmc`
             )
         )
         self.thread = threading.Thread(target=self.server.run, name="clmc-test-server", daemon=True)

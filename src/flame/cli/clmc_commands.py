@@ -191,10 +191,13 @@ def serve_clmc(
         delegations=delegations,
     )
     click.echo(f"CLMC on http://{host}:{port} (data in {directory})", err=True)
+    from flame.clmc.httpserver import influx_http_protocol  # noqa: PLC0415 - lazy, heavy
+
     run_server(
         service.app,
         host,
         port,
         "the CLMC",
         tls=tls_files(tls_cert, tls_key),
+        http=influx_http_protocol(),  # requests uvicorn refuses, answered InfluxDB-shaped
     )

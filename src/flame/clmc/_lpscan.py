@@ -9,11 +9,13 @@ as UTF-8 with replacement, which is also how InfluxDB's JSON shows invalid bytes
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass
 
+from flame.clmc.limits import MAX_KEY_BYTES
 from flame.clmc.store.base import FieldType
 
-__all__ = ["MAX_NS", "MIN_NS", "Point", "ScanError", "ends_quoted", "scan_line", "split_lines"]
+__all__ = ["MAX_NS", "MIN_NS", "Point", "ScanError", "line_end", "scan_line", "split_lines"]
 
 MIN_NS = -(2**63) + 2
 MAX_NS = 2**63 - 2
@@ -37,45 +39,54 @@ class Point:
 
 
 def split_lines(body: str) -> list[str]:
-    """Split on newlines, except inside a quoted field value (as InfluxDB's scanLine does)."""
-    raw = body.split("\n")
-    if '"' not in body:
-        return raw
+    """Split a body into InfluxDB's lines (`scanLine`): see `line_end`."""
+    data = body.encode("utf-8")
     out: list[str] = []
-    pending: str | None = None
-    for part in raw:
-        cur = part if pending is None else pending + "\n" + part
-        if '"' in cur and ends_quoted(cur):
-            pending = cur
-            continue
-        pending = None
-        out.append(cur)
-    if pending is not None:
-        out.append(pending)
+    i = 0
+    while i < len(data):
+        j = line_end(data, i)
+        out.append(data[i:j].decode("utf-8"))
+        i = j + 1
+    if data.endswith(b"\n") or not data:
+        out.append("")
     return out
 
 
-def ends_quoted(s: str) -> bool:
-    """Whether a quoted field value is still open at the end of `s`."""
+_LINE_SPECIAL = re.compile(rb'[\\ =,"\n]')
+
+
+def line_end(body: bytes, i: int) -> int:
+    """Where the line starting at `i` ends (the index of its newline, or `len(body)`).
+
+    As InfluxDB's `scanLine`: a backslash takes the next byte with it (a newline too) unless it
+    is among the last two bytes of the body, and once past the first blank, a double quote
+    after more `=` than `,` opens or closes a string in which newlines do not end the line.
+    """
+    n = len(body)
     quoted = fields = False
     equals = commas = 0
-    i, n = 0, len(s)
-    while i < n:
-        c = s[i]
-        if c == "\\" and i + 2 < n + 1:  # InfluxDB looks past the line for the escaped char
-            i += 2
+    search = _LINE_SPECIAL.search
+    while True:
+        m = search(body, i)
+        if m is None:
+            return n
+        i = m.start()
+        c = body[i]
+        if c == 0x5C:  # backslash
+            i += 2 if i + 2 < n else 1
             continue
-        if c == " ":
+        if c == 0x20:
             fields = True
         if fields:
-            if not quoted and c == "=":
+            if not quoted and c == 0x3D:
                 equals += 1
-            elif not quoted and c == ",":
+            elif not quoted and c == 0x2C:
                 commas += 1
-            elif c == '"' and equals > commas:
+            elif c == 0x22 and equals > commas:
                 quoted = not quoted
+        if c == 0x0A and not quoted:
+            return i
         i += 1
-    return quoted
 
 
 def _unescape_measurement(s: str) -> str:
@@ -113,10 +124,17 @@ def _skip_ws(s: str, i: int) -> int:
     return i
 
 
+def _utf8_len(s: str) -> int:
+    return len(s) if s.isascii() else len(s.encode("utf-8", "surrogatepass"))
+
+
 def scan_line(line: str, multiplier: int) -> Point:
     """Parse one non-blank, non-comment line (leading whitespace already removed)."""
     i, measurement, tags = _scan_key(line)
-    i, fields = _scan_fields(line, i)
+    key_len = _utf8_len(line[:i]) if i * 4 > MAX_KEY_BYTES else i
+    if key_len > MAX_KEY_BYTES:
+        raise ScanError(f"max key length exceeded: {key_len} > {MAX_KEY_BYTES}")
+    i, fields = _scan_fields(line, i, key_len)
     if not fields:
         raise ScanError("missing fields")
     ts, i = _scan_time(line, i)
@@ -147,8 +165,8 @@ def _scan_key(s: str) -> tuple[int, str, tuple[tuple[str, str], ...]]:
     has_tags = False
     while True:
         i += 1
-        if i >= n:
-            return i, _unescape_measurement(s), ()
+        if i >= n:  # the key runs to the end of the line
+            raise ScanError("missing fields")
         if s[i - 1] == "\\":
             continue
         if s[i] == ",":
@@ -201,7 +219,9 @@ def _scan_key(s: str) -> tuple[int, str, tuple[tuple[str, str], ...]]:
     return i, measurement, tuple(tags)
 
 
-def _scan_fields(s: str, i: int) -> tuple[int, tuple[tuple[str, FieldType, FieldValue], ...]]:
+def _scan_fields(
+    s: str, i: int, key_len: int = 0
+) -> tuple[int, tuple[tuple[str, FieldType, FieldValue], ...]]:
     n = len(s)
     i = _skip_ws(s, i)
     start = i
@@ -240,11 +260,38 @@ def _scan_fields(s: str, i: int) -> tuple[int, tuple[tuple[str, FieldType, Field
         i += 1
     if quoted:
         raise ScanError("unbalanced quotes")
-    if equals == 0 and start == i:
-        return i, ()
     if equals == 0 or commas != equals - 1:
         raise ScanError("invalid field format")
-    return i, _parse_fields(s[start:i])
+    block = s[start:i]
+    if key_len + 4 + _utf8_len(block) > MAX_KEY_BYTES:
+        _check_field_keys(block, key_len)
+    return i, _parse_fields(block)
+
+
+def _check_field_keys(block: str, key_len: int) -> None:
+    """InfluxDB's `walkFields` check: the series key, `#!~#` and each field key (as written)
+    in at most 64 KiB; the first field over it names the size."""
+    i, n = 0, len(block)
+    while i < n:
+        j = i
+        while j < n and not (block[j] == "=" and (j == 0 or block[j - 1] != "\\")):
+            j += 1
+        size = key_len + 4 + _utf8_len(block[i:j])
+        if size > MAX_KEY_BYTES:
+            raise ScanError(f"max key length exceeded: {size} > {MAX_KEY_BYTES}")
+        k = j + 1
+        quoted = False
+        while k < n:
+            c = block[k]
+            if c == "\\" and k + 1 < n and block[k + 1] in '"\\':
+                k += 2
+                continue
+            if c == '"':
+                quoted = not quoted
+            elif c == "," and not quoted:
+                break
+            k += 1
+        i = k + 1
 
 
 def _scan_number(s: str, i: int) -> int:
@@ -362,38 +409,98 @@ def _scan_time(s: str, i: int) -> tuple[str, int]:
 
 
 def _parse_fields(block: str) -> tuple[tuple[str, FieldType, FieldValue], ...]:
-    """Split a validated field block into typed (key, type, value); the last duplicate wins."""
+    """Split a validated field block into typed (key, type, value); the last duplicate wins.
+
+    As InfluxDB reads a stored point (`FieldIterator.Next`, `scanTo`, `scanFieldValue`), which
+    is not quite how `scanFields` validated it: keys end at an `=` not preceded by a backslash,
+    values at a `,` outside double quotes, a value's type is told by its first byte, and a
+    string is the value less its first and last byte. Where the two readings disagree (odd
+    quoting InfluxDB accepts) the result is InfluxDB's; a value it could not convert either is
+    a `ScanError`, never another exception.
+    """
     out: dict[str, tuple[FieldType, FieldValue]] = {}
     i, n = 0, len(block)
     while i < n:
-        k0 = i
-        while not (block[i] == "=" and block[i - 1 : i] != "\\"):
-            i += 2 if block[i] == "\\" else 1
-        key = _unescape_tag(block[k0:i])
-        i += 1
-        if block[i] == '"':
-            j = i + 1
-            while block[j] != '"':
-                j += 2 if block[j] == "\\" else 1
-            out[key] = (FieldType.STRING, _unescape_string(block[i + 1 : j]))
-            i = j + 1
-            while i < n and block[i] != ",":  # InfluxDB ignores text after the closing quote
-                i += 1
-        else:
-            j = block.find(",", i)
-            j = n if j < 0 else j
-            out[key] = _typed(block[i:j])
-            i = j
-        i += 1
+        k0 = j = i
+        while j < n and not (block[j] == "=" and (j == 0 or block[j - 1] != "\\")):
+            j += 1
+        if j > n - 2:
+            raise ScanError(f"invalid value: field-key={block[k0:j]}")
+        key = _unescape_key(block[k0:j])
+        v0 = k = j + 1
+        quoted = False
+        while k < n:
+            c = block[k]
+            if c == "\\" and k + 1 < n and block[k + 1] in '"\\':
+                k += 2
+                continue
+            if c == '"':
+                quoted = not quoted
+            elif c == "," and not quoted:
+                break
+            k += 1
+        i = k + 1
+        if key:  # InfluxDB skips a field with an empty key
+            out[key] = _typed(block[v0:k])
     return tuple((k, t, v) for k, (t, v) in out.items())
 
 
+def _unescape_key(s: str) -> str:
+    """A field key as InfluxDB unescapes it (`escape.AppendUnescaped`: `\\,` `\\"` `\\ ` `\\=`)."""
+    if "\\" not in s:
+        return s
+    out: list[str] = []
+    i, n = 0, len(s)
+    while i < n:
+        if s[i] == "\\" and i + 1 < n and s[i + 1] in '," =':
+            out.append(s[i + 1])
+            i += 2
+            continue
+        out.append(s[i])
+        i += 1
+    return "".join(out)
+
+
 def _typed(text: str) -> tuple[FieldType, FieldValue]:
-    last = text[-1]
-    if last == "i":
-        return FieldType.INTEGER, int(text[:-1])
-    if last == "u":
-        return FieldType.UNSIGNED, int(text[:-1])
-    if text[0] in "tfTF":
-        return FieldType.BOOLEAN, _BOOL_CHARS.get(text, _BOOL_WORDS.get(text, False))
-    return FieldType.FLOAT, float(text)
+    if not text:
+        raise ScanError("missing field value")
+    c = text[0]
+    if c == '"':
+        if len(text) < 2:
+            raise ScanError("unbalanced quotes")
+        return FieldType.STRING, _unescape_string(text[1:-1])
+    if c in "0123456789-.nNiIu":
+        last = text[-1]
+        try:
+            if last == "i":
+                if not _INT_TEXT.fullmatch(text, 0, len(text) - 1):
+                    raise ValueError(text)
+                value = int(text[:-1])
+                if not -(2**63) <= value <= _INT_MAX:
+                    raise ValueError(text)
+                return FieldType.INTEGER, value
+            if last == "u":
+                if not _INT_TEXT.fullmatch(text, 0, len(text) - 1) or text[0] in "+-":
+                    raise ValueError(text)
+                value = int(text[:-1])
+                if not 0 <= value <= _UINT_MAX:
+                    raise ValueError(text)
+                return FieldType.UNSIGNED, value
+            if not _FLOAT_TEXT.fullmatch(text):
+                raise ValueError(text)
+            f = float(text)
+        except ValueError:
+            raise ScanError("invalid number") from None
+        if f in (float("inf"), float("-inf")):
+            raise ScanError("invalid float")
+        return FieldType.FLOAT, f
+    if len(text) == 1 and c in _BOOL_CHARS:
+        return FieldType.BOOLEAN, _BOOL_CHARS[c]
+    if text in _BOOL_WORDS:
+        return FieldType.BOOLEAN, _BOOL_WORDS[text]
+    raise ScanError("invalid boolean")
+
+
+_INT_TEXT = re.compile(r"[-+]?[0-9]+")
+# Go's strconv.ParseFloat without the forms scanNumber already refuses (inf, nan, hex, '_').
+_FLOAT_TEXT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")

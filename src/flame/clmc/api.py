@@ -310,6 +310,8 @@ def create_app(
             "delegations": (
                 {"source": None, "state": "none"} if delegations is None else delegations.health()
             ),
+            # backlog, apply lag, rows the store refused and set aside (issue 12)
+            "ingest": _ingest_health(current),
         }
 
     async def write(
@@ -394,7 +396,10 @@ def create_app(
             authorize(influxql.parse(text, bind), db, access)
         except UserError as exc:  # 400 for bad text, 403 (Unauthorized) for a refusal
             return _error(exc.http_status, exc.message)
-        await anyio.to_thread.run_sync(current().wait_applied)
+        # Queries do not wait for a write backlog; `read_your_writes=true` waits for every
+        # write acknowledged so far (Ingest.before_query, docs/clmc-query.md)
+        ryw = params.get("read_your_writes", "").lower() in ("true", "1")
+        await anyio.to_thread.run_sync(current().before_query, ryw)
         if params.get("chunked") == "true":
             # As InfluxDB: a chunk_size that is no positive integer means the default
             raw_size = params.get("chunk_size") or ""
@@ -430,6 +435,14 @@ def create_app(
 
         install_alert_routes(app, alerts, delegations=delegations)
     return require_declared(app)
+
+
+def _ingest_health(current: Callable[[], Ingest]) -> dict[str, object]:
+    try:
+        stats = current().stats()
+    except RuntimeError:  # not started yet
+        return {"state": "starting"}
+    return {k: v for k, v in stats.items() if k != "quarantine_dir"}
 
 
 def _go_numbers(body: dict[str, object]) -> None:

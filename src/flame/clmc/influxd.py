@@ -33,7 +33,10 @@ def free_port() -> int:
 class InfluxDB:
     """A throw-away influxd in a temporary directory; use as a context manager."""
 
-    def __init__(self, max_body_size: int = 25_000_000) -> None:
+    def __init__(
+        self, max_body_size: int = 25_000_000, data_options: dict[str, int] | None = None
+    ) -> None:
+        """`data_options` go to the `[data]` section (e.g. `max-values-per-tag`)."""
         binary = influxd_binary()
         if binary is None:
             raise FileNotFoundError("influxd not found: apt-get install -y influxdb")
@@ -43,6 +46,7 @@ class InfluxDB:
         self.url = f"http://127.0.0.1:{self.port}"
         rpc = free_port()
         d = self._tmp
+        extra = "".join(f"  {k} = {v}\n" for k, v in (data_options or {}).items())
         (d / "influxdb.conf").write_text(
             f"""reporting-disabled = true
 bind-address = "127.0.0.1:{rpc}"
@@ -54,7 +58,7 @@ bind-address = "127.0.0.1:{rpc}"
   wal-dir = "{d}/wal"
   wal-fsync-delay = "0s"
   query-log-enabled = false
-[monitor]
+{extra}[monitor]
   store-enabled = false
 [http]
   bind-address = "127.0.0.1:{self.port}"

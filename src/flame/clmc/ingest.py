@@ -1,15 +1,35 @@
-"""Write path (CLMC-8, 9): parse, check types, log durably, acknowledge, apply in big batches.
+"""Write path (CLMC-8, 9): parse, check, log durably, acknowledge, apply in big batches.
 
-    request thread:  parse body -> drop type conflicts (types reserved under a lock, so two
-                     racing writes cannot both introduce a field with different types)
+    request thread:  parse body -> per measurement: retention, limits, field types (reserved
+                     under a lock, so two racing writes cannot both introduce a field with
+                     different types), series and tag values (`Store.admit`)
                      -> WAL commit (group fsync) -> answer
     applier thread:  queue of durable records -> merge per table -> store.append_many(rows,
-                     meta = WAL position) in one transaction
+                     meta = WAL position) in one transaction (the store applies last write wins)
 
 Acknowledged means durable: the answer goes out only after the record is fsynced. A restart
-replays the WAL from the position the store last recorded. A backlog over `max_backlog_bytes`
-refuses new writes with `Overloaded` (503 + Retry-After) rather than queueing without bound.
-Queries call `wait_applied()` first, so a client reads its own acknowledged writes.
+replays the WAL from the position the store last recorded.
+
+What is refused is answered as InfluxDB does, `partial write: <reason> dropped=N` with the rest
+stored: points beyond the retention policy, field-type conflicts, and the limits of `Limits`.
+
+Back-pressure, before latency explodes: a write is refused with `Overloaded` (503 +
+Retry-After) when the apply backlog is over `max_backlog_bytes` or would take more than
+`max_lag_s` to apply at the measured apply rate, and when more than `parse_slots` bodies are
+being parsed and none frees up within `slot_wait_s`.
+
+Queries do not wait for the backlog (`before_query`): a query sees what is applied, so under a
+write storm it may miss writes acknowledged in the last moments (at most `max_lag_s` worth;
+about one apply cycle, under a second, in steady state). While writes arrive slowly (under
+`storm_rate` points/s) and little is pending (at most `settle_rows`), a query waits for it, up
+to `settle_s`, so a quiet client reads its own writes. `read_your_writes=True` always waits (up
+to 10 s) for every write acknowledged before the query.
+
+Nothing acknowledged is lost silently: a record or table the store refuses to apply (an error,
+DuckDB's memory limit, a table over the limits written by an older version) is set aside in
+`<wal>/quarantine/` (Arrow IPC files with an index, `index.jsonl`), logged and counted
+(`stats()["quarantined"]`); a record that kills the process while it is replayed (twice in a
+row) is quarantined at the next start instead of applied, so a restart can never crash-loop.
 """
 
 from __future__ import annotations
@@ -17,6 +37,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
+import os
 import queue
 import struct
 import threading
@@ -29,16 +51,18 @@ import numpy as np
 import pyarrow as pa  # type: ignore[import-untyped]
 
 from flame.clmc.errors import DatabaseNotFound, Overloaded, RetentionPolicyNotFound
-from flame.clmc.lineproto import Dropped, MeasurementBatch, parse
-from flame.clmc.store.base import FIELD, KIND_KEY, FieldType, Store
+from flame.clmc.limits import Limits, over
+from flame.clmc.lineproto import Dropped, MeasurementBatch, ParseResult, parse
+from flame.clmc.store.base import FIELD, KIND_KEY, SID, SID_COLUMN, TAG, FieldType, Store
 from flame.clmc.wal import Position, WriteAheadLog, format_position, parse_position
 
-__all__ = ["Ingest", "WriteOutcome"]
+__all__ = ["Ingest", "WriteOutcome", "decode_items", "encode_items"]
 
 log = logging.getLogger("flame.clmc.ingest")
 
 _META_KEY = "flame.wal.applied"
 _U32 = struct.Struct("<I")
+_RETENTION = "points beyond retention policy"
 
 Item = tuple[str, str, str, pa.Table]  # database, rp, measurement, rows
 
@@ -50,11 +74,16 @@ class WriteOutcome:
     points: int = 0
     parse_errors: list[str] = field(default_factory=list)
     first_error_line: int | None = None
-    dropped: list[Dropped] = field(default_factory=list)
+    dropped: list[Dropped] = field(default_factory=list)  # refused by the store's rules
+    beyond_retention: list[int] = field(default_factory=list)  # lines older than the policy
 
     def error(self) -> str | None:
+        # As InfluxDB: a shard's refusal (type conflict, limit) first, then the retention
+        # policy's, then the lines that did not parse.
         if self.dropped:
             return f"partial write: {self.dropped[0].message} dropped={len(self.dropped)}"
+        if self.beyond_retention:
+            return f"partial write: {_RETENTION} dropped={len(self.beyond_retention)}"
         if not self.parse_errors:
             return None
         joined = "\n".join(self.parse_errors)
@@ -63,14 +92,9 @@ class WriteOutcome:
     def error_line(self) -> int | None:
         if self.dropped:
             return self.dropped[0].line
+        if self.beyond_retention:
+            return self.beyond_retention[0]
         return self.first_error_line
-
-
-def _field_index(table: pa.Table, key: str) -> int:
-    for i, f in enumerate(table.schema):
-        if f.name == key and (f.metadata or {}).get(KIND_KEY) == FIELD:
-            return i
-    raise KeyError(key)
 
 
 def encode_items(items: Sequence[Item]) -> bytes:
@@ -100,6 +124,18 @@ def decode_items(payload: bytes) -> list[Item]:
     return items
 
 
+def _kind(f: pa.Field) -> bytes | None:
+    return (f.metadata or {}).get(KIND_KEY)
+
+
+@dataclass
+class _Known:
+    """What ingest knows of one measurement: stored and reserved field types and tag keys."""
+
+    types: dict[str, FieldType]
+    tags: set[str]
+
+
 class Ingest:
     """The write path over one store; `start()` replays the WAL, `stop()` drains and closes."""
 
@@ -109,41 +145,95 @@ class Ingest:
         wal_dir: Path,
         *,
         max_backlog_bytes: int = 512 << 20,
-        batch_rows: int = 500_000,
+        batch_rows: int = 1_000_000,
         linger_s: float = 0.05,
         fsync: bool = True,
+        limits: Limits | None = None,
+        max_lag_s: float = 10.0,
+        parse_slots: int | None = None,
+        slot_wait_s: float = 5.0,
+        settle_rows: int = 50_000,
+        settle_s: float = 1.0,
+        storm_rate: float = 20_000.0,
     ) -> None:
         self.store = store
+        self.limits = limits if limits is not None else Limits.from_env()
         self._max_backlog = max_backlog_bytes
+        self._max_lag_s = max_lag_s
         self._batch_rows = batch_rows
         self._linger_s = linger_s
+        self._settle_rows = settle_rows
+        self._settle_s = settle_s
+        self._storm_rate = storm_rate
+        self._window_start = time.monotonic()
+        self._window_rows = 0
+        self._last_rate = 0.0
+        self._slots = threading.BoundedSemaphore(parse_slots or max(2, os.cpu_count() or 2))
+        self._slot_wait_s = slot_wait_s
         self._queue: queue.Queue[tuple[Position, list[Item], int] | None] = queue.Queue()
         self._types_lock = threading.Lock()
-        self._types: dict[tuple[str, str, str], dict[str, FieldType]] = {}
+        self._known: dict[tuple[str, str, str], _Known] = {}
         self._state = threading.Condition()
         self._backlog = 0
+        self._backlog_rows = 0
+        self._rate = 200_000.0  # rows/s applied, smoothed; a guess until measured
         self._durable: Position = (0, 0)
         self._applied: Position = (0, 0)
-        self._sizes: dict[Position, int] = {}
         self._thread: threading.Thread | None = None
         self.apply_errors = 0
+        self.quarantined = 0
         # Called with (database, measurement, rows) for every batch applied to the store, on
         # the applier thread: the alert engine folds data in as it lands (CLMC-19..22).
         self.observers: list[Callable[[str, str, pa.Table], None]] = []
         self._running = threading.Event()  # cleared while applying is paused
         self._running.set()
         self._abandon = False
+        self.wal_dir = wal_dir
+        self.quarantine_dir = wal_dir / "quarantine"
         self._wal = WriteAheadLog(wal_dir, self._on_durable, fsync=fsync)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> int:
-        """Replay what the store has not applied yet, then start applying; returns records replayed."""
+        """Replay what the store has not applied yet, then start applying; returns records replayed.
+
+        Each record is applied on its own; one the store refuses is quarantined, and one that
+        killed the process twice while being applied (`replaying.json` names it) is quarantined
+        without being applied again."""
         after = parse_position(self.store.get_meta(_META_KEY))
+        marker = self.wal_dir / "replaying.json"
+        suspect: tuple[Position, int] | None = None
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            data = json.loads(marker.read_text())
+            suspect = ((int(data["position"][0]), int(data["position"][1])), int(data["attempts"]))
         replayed = 0
         for pos, payload in self._wal.replay(after):
-            self._apply([(pos, decode_items(payload), 0)])
+            attempts = suspect[1] if suspect is not None and suspect[0] == pos else 0
+            try:
+                items = decode_items(payload)
+            except Exception as exc:
+                log.error(
+                    "write-ahead-log record %s does not decode: %s", format_position(pos), exc
+                )
+                self._quarantine_raw(pos, payload, f"undecodable: {exc}")
+                self.store.append_many([], {_META_KEY: format_position(pos)})
+                continue
+            if attempts >= 2:
+                log.error(
+                    "write-ahead-log record %s was being applied when the CLMC died, %d times: "
+                    "quarantined, not applied again",
+                    format_position(pos),
+                    attempts,
+                )
+                for item in items:
+                    self._quarantine(pos, item, "the process died applying it (twice)")
+                self.store.append_many([], {_META_KEY: format_position(pos)})
+                continue
+            _write_marker(marker, pos, attempts + 1)
+            self._apply([(pos, items, 0)])
             replayed += 1
+        with contextlib.suppress(FileNotFoundError):
+            marker.unlink()
         self._wal.move_past(after)
         with self._state:
             self._applied = self._durable = max(after, self._wal.position)
@@ -178,6 +268,20 @@ class Ingest:
             return rp
         return next((p.name for p in policies if p.default), "autogen")
 
+    def _admission_check(self) -> None:
+        with self._state:
+            if self._backlog > self._max_backlog:
+                raise Overloaded(
+                    f"ingest backlog of {self._backlog >> 20} MiB is over its bound; retry shortly"
+                )
+            lag = self._backlog_rows / max(self._rate, 1.0)
+            if lag > self._max_lag_s:
+                raise Overloaded(
+                    f"ingest backlog of {self._backlog_rows} points would take {lag:.0f}s to "
+                    "apply; retry shortly",
+                    retry_after_s=max(1, math.ceil(lag - self._max_lag_s)),
+                )
+
     def write(
         self,
         database: str,
@@ -186,86 +290,197 @@ class Ingest:
         precision: str | None = "n",
         now_ns: int | None = None,
     ) -> WriteOutcome:
-        """Parse and durably log one write body (blocking: run it in a worker thread)."""
+        """Parse, check and durably log one write body (blocking: run it in a worker thread)."""
         target_rp = self.check_target(database, rp)
-        with self._state:
-            if self._backlog > self._max_backlog:
-                raise Overloaded(
-                    f"ingest backlog of {self._backlog >> 20} MiB is over its bound; retry shortly"
-                )
-        result = parse(body, precision, now_ns, lambda m: self._known(database, target_rp, m))
-        outcome = WriteOutcome(parse_errors=[e.influx_message for e in result.errors])
-        if result.errors:
-            outcome.first_error_line = result.errors[0].line_no
+        self._admission_check()
+        if not self._slots.acquire(timeout=self._slot_wait_s):
+            raise Overloaded("too many writes being parsed; retry shortly")
+        try:
+            if now_ns is None:
+                now_ns = time.time_ns()
+            result = parse(
+                body,
+                precision,
+                now_ns,
+                lambda m: self._types(database, target_rp, m),
+                max_fields=self.limits.max_fields_per_point,
+                max_tags=self.limits.max_tags_per_point,
+                cutoff=self._cutoff(database, target_rp, now_ns),
+            )
+            return self._log(database, target_rp, result.batches, result, now_ns)
+        finally:
+            self._slots.release()
+
+    def _log(
+        self,
+        database: str,
+        rp: str,
+        batches: list[MeasurementBatch],
+        result: ParseResult,
+        now_ns: int,
+    ) -> WriteOutcome:
+        errors = result.errors
+        outcome = WriteOutcome(parse_errors=[e.influx_message for e in errors])
+        if errors:
+            outcome.first_error_line = errors[0].line_no
+        dropped: list[Dropped] = list(result.dropped)
+        outcome.beyond_retention.extend(result.beyond_retention)
         items: list[Item] = []
-        with self._types_lock:
-            for batch in result.batches:
-                kept = self._check_types(database, target_rp, batch, outcome.dropped)
-                if kept.table.num_rows:
-                    items.append((database, target_rp, batch.measurement, kept.table))
-        outcome.dropped = sorted([*result.dropped, *outcome.dropped], key=lambda d: d.line)
+        for batch in batches:
+            kept = self._admit(database, rp, batch, dropped)
+            if kept is not None and kept.table.num_rows:
+                items.append((database, rp, batch.measurement, kept.table))
+        outcome.dropped = sorted(dropped, key=lambda d: d.line)
+        outcome.beyond_retention.sort()
         outcome.points = sum(t.num_rows for *_, t in items)
         if items:
             payload = encode_items(items)
+            rows = outcome.points
             with self._state:
                 self._backlog += len(payload)
+                self._backlog_rows += rows
+                self._window_rows += rows
             try:
                 self._wal.commit(payload, items)
             except BaseException:
                 with self._state:
                     self._backlog -= len(payload)
+                    self._backlog_rows -= rows
                 raise
         return outcome
+
+    def _cutoff(self, db: str, rp: str, now_ns: int) -> int | None:
+        """Points before this time are beyond the retention policy (None: kept forever)."""
+        for p in self.store.retention_policies(db):
+            if p.name == rp and p.duration_ns > 0:
+                return now_ns - p.duration_ns
+        return None
 
     def forget_types(self) -> None:
         """Drop the field types cached from the store (after DROP/DELETE changed the schema)."""
         with self._types_lock:
-            self._types.clear()
+            self._known.clear()
 
-    def _known(self, db: str, rp: str, measurement: str) -> dict[str, FieldType]:
+    def _types(self, db: str, rp: str, measurement: str) -> dict[str, FieldType]:
         with self._types_lock:
-            return dict(self._types_for(db, rp, measurement))
+            return dict(self._known_for(db, rp, measurement).types)
 
-    def _types_for(self, db: str, rp: str, measurement: str) -> dict[str, FieldType]:
+    def _known_for(self, db: str, rp: str, measurement: str) -> _Known:
         key = (db, rp, measurement)
-        known = self._types.get(key)
+        known = self._known.get(key)
         if known is None:
             schema = self.store.schema(db, rp, measurement)
-            known = dict(schema.field_types) if schema is not None else {}
-            self._types[key] = known
+            if schema is None:
+                known = _Known({}, set())
+            else:
+                known = _Known(dict(schema.field_types), set(schema.tag_keys))
+            self._known[key] = known
         return known
 
-    def _check_types(
-        self, db: str, rp: str, batch: MeasurementBatch, dropped: list[Dropped]
-    ) -> MeasurementBatch:
-        """Drop rows whose field types clash with the stored (or just reserved) ones."""
-        known = self._types_for(db, rp, batch.measurement)
-        drop = np.zeros(batch.table.num_rows, dtype=bool)
-        clashing: set[str] = set()
-        for k, t in batch.field_types().items():
-            existing = known.get(k)
-            if existing is None or existing == t:
-                continue
-            clashing.add(k)
-            col = batch.table.column(_field_index(batch.table, k))
-            hit = col.is_valid().to_numpy(zero_copy_only=False) & ~drop
-            message = (
-                f'field type conflict: input field "{k}" on measurement '
-                f'"{batch.measurement}" is type {t}, already exists as type {existing}'
-            )
-            dropped.extend(Dropped(int(line), message) for line in batch.lines[hit])
-            drop |= hit
-        if clashing:
-            batch = batch.without_rows(drop)
-            # What is left of a clashing column is all null: remove it, it must not add a type.
-            keep = [
-                i
-                for i, f in enumerate(batch.table.schema)
-                if not (f.name in clashing and (f.metadata or {}).get(KIND_KEY) == FIELD)
-            ]
-            batch = MeasurementBatch(batch.measurement, batch.table.select(keep), batch.lines)
-        for k, t in batch.field_types().items():
-            known.setdefault(k, t)
+    def _admit(
+        self,
+        db: str,
+        rp: str,
+        batch: MeasurementBatch,
+        dropped: list[Dropped],
+    ) -> MeasurementBatch | None:
+        """The batch less what InfluxDB's rules and our limits refuse (appended to
+        `dropped`); reserves the field types, tag keys and series of what stays. (`parse`
+        already dropped the points beyond the retention policy, first, as InfluxDB does.)"""
+        m = batch.measurement
+        table = batch.table
+        n = table.num_rows
+        drop = np.zeros(n, dtype=bool)
+        tag_idx = [i for i, f in enumerate(table.schema) if _kind(f) == TAG]
+        field_idx = [i for i, f in enumerate(table.schema) if _kind(f) == FIELD]
+        limits = self.limits
+        for idx, limit, what in (
+            (field_idx, limits.max_fields_per_point, "fields"),
+            (tag_idx, limits.max_tags_per_point, "tags"),
+        ):
+            if over(limit, len(idx)):
+                count = _present(table, idx)
+                hit = (count > limit) & ~drop
+                if hit.any():
+                    first = int(count[np.flatnonzero(hit)[0]])
+                    _refuse(
+                        dropped,
+                        batch.lines[hit],
+                        f'max-{what}-per-point limit exceeded ({first}/{limit}): measurement="{m}"',
+                    )
+                    drop |= hit
+        remove: set[int] = set()
+        with self._types_lock:
+            known = self._known_for(db, rp, m)
+            for i in field_idx:
+                f = table.schema.field(i)
+                t = _field_type(f.type)
+                existing = known.types.get(f.name)
+                if existing is None or existing == t:
+                    continue
+                hit = table.column(i).is_valid().to_numpy(zero_copy_only=False) & ~drop
+                _refuse(
+                    dropped,
+                    batch.lines[hit],
+                    f'field type conflict: input field "{f.name}" on measurement "{m}" is type '
+                    f"{t}, already exists as type {existing}",
+                )
+                drop |= hit
+                remove.add(i)  # what is left of it is null: it must not add a type
+            for idx, have, limit, what, label in (
+                (
+                    field_idx,
+                    known.types,
+                    limits.max_fields_per_measurement,
+                    "fields-per-measurement",
+                    "field",
+                ),
+                (
+                    tag_idx,
+                    known.tags,
+                    limits.max_tag_keys_per_measurement,
+                    "tag-keys-per-measurement",
+                    "tag",
+                ),
+            ):
+                fresh = [
+                    i for i in idx if i not in remove and table.schema.field(i).name not in have
+                ]
+                room = max(0, limit - len(have)) if limit > 0 else len(fresh)
+                for i in fresh[room:]:
+                    name = table.schema.field(i).name
+                    hit = table.column(i).is_valid().to_numpy(zero_copy_only=False) & ~drop
+                    _refuse(
+                        dropped,
+                        batch.lines[hit],
+                        f"max-{what} limit exceeded ({len(have) + len(fresh)}/{limit}): "
+                        f'measurement="{m}" {label}="{name}"',
+                    )
+                    drop |= hit
+                    remove.add(i)
+            if drop.all():
+                return None
+            if drop.any() or remove:
+                batch = _without(batch, drop, remove)
+                table = batch.table
+            # reserve what stays (a column all null after the drops adds nothing)
+            for f, col in zip(table.schema, table.columns, strict=True):
+                kind = _kind(f)
+                if kind is None or col.null_count == len(col):
+                    continue
+                if kind == FIELD:
+                    known.types.setdefault(f.name, _field_type(f.type))
+                else:
+                    known.tags.add(f.name)
+        admission = self.store.admit(db, rp, m, table, limits)
+        if admission.sids is not None:  # spares the applier hashing the tags again
+            sids = pa.array(admission.sids, pa.uint64())
+            table = table.append_column(_SID_FIELD, sids)
+            batch = MeasurementBatch(m, table, batch.lines)
+        if admission.refused:
+            for mask, reason in admission.refused:
+                _refuse(dropped, batch.lines[mask], reason)
+            batch = _without(batch, ~admission.keep, set())
         return batch
 
     def _on_durable(self, pos: Position, payload: bytes, items: object) -> None:
@@ -296,6 +511,8 @@ class Ingest:
             rows = sum(t.num_rows for *_, t in first[1])
             # Under load (the last apply was moments ago), wait a little for more records:
             # fewer, bigger transactions. Idle, apply at once: a lone write is readable sooner.
+            # Everything queued goes in (up to batch_rows): the busier, the bigger the batch, so
+            # the cost per table and per transaction shrinks as the load grows.
             linger_end = time.monotonic() + (self._linger_s if time.monotonic() < busy_until else 0)
             stop = False
             while rows < self._batch_rows:
@@ -315,6 +532,7 @@ class Ingest:
                 return
 
     def _apply(self, records: list[tuple[Position, list[Item], int]]) -> None:
+        started = time.monotonic()
         last = records[-1][0]
         merged: dict[tuple[str, str, str], list[pa.Table]] = {}
         for _, items, _ in records:
@@ -331,6 +549,7 @@ class Ingest:
                 items_out.append((db, rp, m, table))
             except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError):
                 items_out.extend((db, rp, m, t) for t in tables)
+        items_out = [i for i in items_out if self._applicable(last, i)]
         meta = {_META_KEY: format_position(last)}
         try:
             self.store.append_many(items_out, meta)
@@ -339,26 +558,110 @@ class Ingest:
             for item in items_out:
                 try:
                     self.store.append_many([item], meta)
-                except Exception:
+                except Exception as exc:
                     self.apply_errors += 1
-                    log.exception(
-                        "could not apply %d rows to %s/%s/%s; they stay in the write-ahead log",
-                        item[3].num_rows,
-                        *item[:3],
-                    )
+                    self._quarantine(last, item, f"{type(exc).__name__}: {exc}")
             self.store.append_many([], meta)
-        for db, _rp, m, table in items_out:
+        for db, _rp, m, applied in items_out:
+            sid = applied.schema.get_field_index(SID_COLUMN)
+            rows_seen = applied.remove_column(sid) if sid >= 0 and self.observers else applied
             for observe in self.observers:
                 try:
-                    observe(db, m, table)
+                    observe(db, m, rows_seen)
                 except Exception:
                     log.exception("an observer of %s/%s failed; the data is stored", db, m)
+        rows = sum(t.num_rows for _, items, _ in records for *_, t in items)
+        elapsed = time.monotonic() - started
         with self._state:
             self._applied = last
             self._backlog -= sum(size for *_, size in records)
+            self._backlog_rows = max(0, self._backlog_rows - rows)
+            if rows >= 1000 and elapsed > 0:
+                self._rate = 0.7 * self._rate + 0.3 * (rows / elapsed)
             self._state.notify_all()
         if last[0] > 1:
             self._wal.drop_applied(last)
+
+    def _applicable(self, pos: Position, item: Item) -> bool:
+        """False (and quarantined) for a table no write could have passed today's limits with
+        (a record from an older version: replaying it could exhaust memory)."""
+        _, _, _, table = item
+        kinds = [_kind(f) for f in table.schema]
+        fields, tags = kinds.count(FIELD), kinds.count(TAG)
+        limits = self.limits
+        if over(limits.max_fields_per_measurement, fields) or over(
+            limits.max_tag_keys_per_measurement, tags
+        ):
+            self._quarantine(
+                pos, item, f"over the limits ({fields} fields, {tags} tags in one batch)"
+            )
+            return False
+        return True
+
+    # -- quarantine -----------------------------------------------------------------------------
+
+    def _quarantine(self, pos: Position, item: Item, reason: str) -> None:
+        """Keep rows the store refused in `quarantine/` (never dropped silently), log, count."""
+        db, rp, m, table = item
+        self.quarantined += 1
+        try:
+            self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+            name = f"{pos[0]:08d}-{pos[1]:012d}-{time.time_ns()}.arrows"
+            schema = table.schema.with_metadata(
+                {**(table.schema.metadata or {}), b"flame.quarantine": reason.encode()}
+            )
+            with (
+                pa.OSFile(str(self.quarantine_dir / name), "wb") as sink,
+                pa.ipc.new_stream(sink, schema) as writer,
+            ):
+                writer.write_table(table.replace_schema_metadata(schema.metadata))
+            entry = {
+                "file": name,
+                "position": format_position(pos),
+                "database": db,
+                "rp": rp,
+                "measurement": m,
+                "rows": table.num_rows,
+                "reason": reason,
+                "time": time.time(),
+            }
+            with open(self.quarantine_dir / "index.jsonl", "a", encoding="utf-8") as index:
+                index.write(json.dumps(entry) + "\n")
+            log.error(
+                "%d rows of %s/%s/%s refused by the store (%s): kept in %s",
+                table.num_rows,
+                db,
+                rp,
+                m,
+                reason,
+                self.quarantine_dir / name,
+            )
+        except Exception:
+            log.exception(
+                "could not keep %d refused rows of %s/%s/%s in the quarantine directory; they "
+                "are still in the write-ahead log at %s",
+                table.num_rows,
+                db,
+                rp,
+                m,
+                format_position(pos),
+            )
+
+    def _quarantine_raw(self, pos: Position, payload: bytes, reason: str) -> None:
+        self.quarantined += 1
+        try:
+            self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+            name = f"{pos[0]:08d}-{pos[1]:012d}-{time.time_ns()}.record"
+            (self.quarantine_dir / name).write_bytes(payload)
+            with open(self.quarantine_dir / "index.jsonl", "a", encoding="utf-8") as index:
+                index.write(
+                    json.dumps({"file": name, "position": format_position(pos), "reason": reason})
+                    + "\n"
+                )
+        except Exception:
+            log.exception("could not keep an undecodable record in the quarantine directory")
+
+    # -- reading --------------------------------------------------------------------------------
 
     def wait_applied(self, timeout_s: float = 10.0) -> bool:
         """Block until every write acknowledged so far is applied to the store."""
@@ -372,6 +675,88 @@ class Ingest:
                 self._state.wait(left)
         return True
 
+    def before_query(self, read_your_writes: bool = False) -> None:
+        """What a query waits for: everything acknowledged (up to 10 s) with
+        `read_your_writes`; else, while writes arrive slowly (under `storm_rate` points/s),
+        a small backlog (`settle_rows`, up to `settle_s`): a quiet client reads its own
+        writes, and a query under a write storm runs at once on what is applied."""
+        if read_your_writes:
+            self.wait_applied(10.0)
+            return
+        with self._state:
+            quiet = self._recent_rate() < self._storm_rate
+            small = self._backlog_rows <= self._settle_rows
+        if quiet and small:
+            self.wait_applied(self._settle_s)
+
+    def _recent_rate(self) -> float:
+        """Points acknowledged per second, lately (call with `_state` held)."""
+        elapsed = time.monotonic() - self._window_start
+        if elapsed > 2.0:  # a stale window: what came since it began, then start anew
+            rate = self._window_rows / elapsed
+            self._window_start, self._window_rows = time.monotonic(), 0
+            self._last_rate = rate
+            return rate
+        return max(self._last_rate, self._window_rows / max(elapsed, 0.5))
+
     @property
     def backlog_bytes(self) -> int:
         return self._backlog
+
+    def stats(self) -> dict[str, object]:
+        """For /health and the logs: backlog, apply rate and lag, refusals set aside."""
+        with self._state:
+            rows, size, rate = self._backlog_rows, self._backlog, self._rate
+        return {
+            "backlog_points": rows,
+            "backlog_bytes": size,
+            "apply_points_per_s": round(rate),
+            "apply_lag_s": round(rows / max(rate, 1.0), 3),
+            "quarantined": self.quarantined,
+            "quarantine_dir": str(self.quarantine_dir),
+            "apply_errors": self.apply_errors,
+        }
+
+
+def _write_marker(path: Path, pos: Position, attempts: int) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"position": list(pos), "attempts": attempts}))
+    os.replace(tmp, path)
+
+
+def _refuse(dropped: list[Dropped], lines: np.ndarray, message: str) -> None:
+    dropped.extend(Dropped(int(line), message) for line in lines)
+
+
+def _present(table: pa.Table, idx: list[int]) -> np.ndarray:
+    """Per row, how many of the columns `idx` hold a value."""
+    count = np.zeros(table.num_rows, dtype=np.int64)
+    for i in idx:
+        count += table.column(i).is_valid().to_numpy(zero_copy_only=False)
+    return count
+
+
+def _without(batch: MeasurementBatch, drop: np.ndarray, columns: set[int]) -> MeasurementBatch:
+    table = batch.table
+    if columns:
+        table = table.select([i for i in range(table.num_columns) if i not in columns])
+    lines = batch.lines
+    if drop.any():
+        table = table.filter(pa.array(~drop))
+        lines = lines[~drop]
+    return MeasurementBatch(batch.measurement, table, lines)
+
+
+_SID_FIELD = pa.field(SID_COLUMN, pa.uint64(), metadata={KIND_KEY: SID})
+
+_TYPES = {
+    pa.float64(): FieldType.FLOAT,
+    pa.int64(): FieldType.INTEGER,
+    pa.uint64(): FieldType.UNSIGNED,
+    pa.string(): FieldType.STRING,
+    pa.bool_(): FieldType.BOOLEAN,
+}
+
+
+def _field_type(dtype: pa.DataType) -> FieldType:
+    return _TYPES[dtype]

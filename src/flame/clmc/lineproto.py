@@ -22,6 +22,8 @@ are accepted, as 1.8 does.
 
 from __future__ import annotations
 
+import logging
+import re
 import time as _time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -31,8 +33,9 @@ import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.compute as pc  # type: ignore[import-untyped]
 
 from flame.clmc._lpfast import ARROW_TYPES, Chunk, Tokens, fast_path
-from flame.clmc._lpscan import Point, ScanError, ends_quoted, scan_line
+from flame.clmc._lpscan import Point, ScanError, line_end, scan_line
 from flame.clmc.errors import LineProtocolError
+from flame.clmc.limits import MAX_KEY_BYTES
 from flame.clmc.store.base import FIELD, KIND_KEY, TAG, FieldType
 
 __all__ = [
@@ -43,8 +46,11 @@ __all__ = [
     "precision_multiplier",
 ]
 
+log = logging.getLogger("flame.clmc.lineproto")
+
 _MULTIPLIERS = {"u": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60 * 10**9, "h": 3600 * 10**9}
-_BAD_BYTES = b'\\"\t\0\r'
+_BAD_BYTES = b"\\\t\0\r"
+_KEY_END = re.compile(r"(?<!\\) ")  # where InfluxDB's scanKey stops
 
 
 def precision_multiplier(precision: str | None) -> int:
@@ -84,6 +90,7 @@ class ParseResult:
     batches: list[MeasurementBatch] = field(default_factory=list)
     errors: list[LineProtocolError] = field(default_factory=list)
     dropped: list[Dropped] = field(default_factory=list)
+    beyond_retention: list[int] = field(default_factory=list)  # lines before `cutoff`
 
     @property
     def points(self) -> int:
@@ -111,12 +118,55 @@ def parse(
     precision: str | None = "n",
     now_ns: int | None = None,
     known: Callable[[str], Mapping[str, FieldType]] | None = None,
+    *,
+    max_fields: int = 0,
+    max_tags: int = 0,
+    cutoff: int | None = None,
 ) -> ParseResult:
     """Parse a whole write body. Never raises for bad input: errors are in the result.
 
     `known(measurement)` gives the field types already stored: they win over the types a body
     introduces, as in InfluxDB (without it, the first appearance in the body wins).
+
+    A point with more than `max_fields` fields or `max_tags` tags (0: no limit) is dropped
+    (`Limits`), before any of its columns is built. A point older than `cutoff` (the retention
+    policy's) is dropped before anything else is checked, as InfluxDB does, and listed in
+    `beyond_retention`.
+
+    Should the vectorised path ever fail on a body (a bug), the body is parsed again line by
+    line by the reference scanner; should that fail too, every line is refused. Either way the
+    failure is logged and the caller gets a result, never an exception.
     """
+    rules = _Rules(max_fields, max_tags, cutoff)
+    try:
+        return _parse(body, precision, now_ns, known, rules, fast=True)
+    except Exception:
+        log.exception("the line-protocol fast path failed on a body; parsing it line by line")
+    try:
+        return _parse(body, precision, now_ns, known, rules, fast=False)
+    except Exception:
+        log.exception("the line-protocol parser failed on a body; refusing all of its lines")
+    return _refuse_all(body)
+
+
+def _refuse_all(body: bytes) -> ParseResult:
+    result = ParseResult()
+    text = body.decode("utf-8", "replace")
+    for i, line in enumerate(text.split("\n")):
+        if line.strip(" \t") and not line.lstrip(" \t").startswith("#"):
+            result.errors.append(LineProtocolError(i + 1, line, "invalid line"))
+    return result
+
+
+def _parse(
+    body: bytes,
+    precision: str | None,
+    now_ns: int | None,
+    known: Callable[[str], Mapping[str, FieldType]] | None,
+    rules: _Rules,
+    *,
+    fast: bool,
+) -> ParseResult:
     mult = precision_multiplier(precision)
     try:
         body.decode("utf-8")
@@ -128,17 +178,22 @@ def parse(
     starts, ends = _line_bounds(body)
     slow = _slow_candidates(body, starts, ends)
     if b'"' in body:
-        slow, skip = _join_quoted(body, starts, ends, slow)
+        slow |= _odd_quotes(body, starts, ends)
+    if b'"' in body or b"\\" in body:
+        slow, skip = _join_lines(body, starts, ends, slow)
     else:
         skip = np.zeros(len(starts), dtype=bool)
-    fast = np.flatnonzero(~slow & ~skip & (ends > starts))
+    if not fast:
+        slow = ~skip & (ends > starts)
+    plain = np.flatnonzero(~slow & ~skip & (ends > starts))
     rest: list[int] = []
-    if len(fast):
-        rest = fast_path(Tokens(body, starts, ends), fast, mult, chunks)
+    if len(plain):
+        rest = fast_path(Tokens(body, starts, ends), plain, mult, chunks, rules.width)
     slow_idx = sorted([*np.flatnonzero(slow).tolist(), *rest])
     if slow_idx:
-        _slow_path(body, starts, ends, slow_idx, mult, chunks, result, known)
-    result.batches = _assemble(chunks, mult, now_ns, result, known)
+        _slow_path(body, starts, ends, slow_idx, mult, chunks, result, known, rules)
+    result.batches = _assemble(chunks, mult, now_ns, result, known, rules.cutoff)
+    result.beyond_retention.sort()
     result.errors.sort(key=lambda e: e.line_no)
     result.dropped.sort(key=lambda d: d.line)
     return result
@@ -169,24 +224,56 @@ def _slow_candidates(body: bytes, starts: np.ndarray, ends: np.ndarray) -> np.nd
     return slow
 
 
-def _join_quoted(
+def _odd_quotes(body: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Lines whose double quotes are anything but plain string values (`k="..."`: the quote
+    after an equals sign, the closing one before a comma, a blank or the end of the line, no
+    blank, comma or equals sign between): those take the slow path, and only they can join
+    the next line (`_join_lines`)."""
+    raw = np.frombuffer(body, dtype=np.uint8)
+    q = np.flatnonzero(raw == ord('"'))
+    line = np.searchsorted(starts, q, side="right") - 1
+    k = np.arange(len(q)) - np.searchsorted(q, starts[line])  # index of the quote in its line
+    opening = k % 2 == 0
+    before = np.where(q > starts[line], raw[np.maximum(q - 1, 0)], 0)
+    after_pos = q + 1
+    at_end = after_pos >= ends[line]
+    after = raw[np.minimum(after_pos, len(raw) - 1)]
+    closes = at_end | (after == ord(",")) | (after == ord(" "))
+    good = np.where(opening, before == ord("="), closes)
+    odd = np.zeros(len(starts), dtype=bool)
+    odd[line[~good]] = True
+    odd |= np.bincount(line, minlength=len(starts)) % 2 == 1
+    # nothing that delimits between an opening quote and the next one
+    delims = np.flatnonzero((raw == 32) | (raw == 44) | (raw == 61) | (raw == 92))
+    pairs = np.flatnonzero(opening[:-1] & (line[1:] == line[:-1])) if len(q) > 1 else q[:0]
+    inside = np.searchsorted(delims, q[pairs + 1]) - np.searchsorted(delims, q[pairs])
+    odd[line[pairs[inside > 0]]] = True
+    return odd
+
+
+def _join_lines(
     body: bytes, starts: np.ndarray, ends: np.ndarray, slow: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A quoted string value may hold newlines: glue such lines to their continuation."""
+    """Glue lines as InfluxDB does: a newline inside a quoted string value, or right after a
+    backslash, does not end a line (`_lpscan.line_end`). Only lines with a quote or a
+    backslash (all slow) can start such a join."""
     skip = np.zeros(len(starts), dtype=bool)
-    i, n = 0, len(starts)
-    while i < n:
-        if slow[i] and b'"' in body[starts[i] : ends[i]]:
-            j = i
-            text = body[starts[i] : ends[i]].decode()
-            while j + 1 < n and ends_quoted(text):
-                j += 1
-                skip[j] = True
-                text = body[starts[i] : ends[j]].decode()
-            ends[i] = ends[j]
-            i = j + 1
-        else:
-            i += 1
+    n = len(starts)
+    cand = np.flatnonzero(slow)
+    k = 0
+    while k < len(cand):
+        i = int(cand[k])
+        k += 1
+        if skip[i]:
+            continue
+        end = line_end(body, int(starts[i]))
+        if end > ends[i]:
+            j = int(np.searchsorted(starts, end, side="right")) - 1
+            j = min(j, n - 1)
+            skip[i + 1 : j + 1] = True
+            # InfluxDB strips one newline off the end of a block (an escaped one, or the
+            # body's last byte when a quote is still open)
+            ends[i] = end - 1 if body[end - 1 : end] == b"\n" else end
     return slow & ~skip, skip
 
 
@@ -202,6 +289,7 @@ def _slow_path(
     chunks: list[Chunk],
     result: ParseResult,
     known: Callable[[str], Mapping[str, FieldType]] | None,
+    rules: _Rules,
 ) -> None:
     points: list[tuple[int, Point]] = []
     for i in idx:
@@ -212,24 +300,43 @@ def _slow_path(
         line = raw[j:]
         if not line or line[0] == "#":
             continue
+        if len(line) > MAX_KEY_BYTES:  # a key over 64 KiB is refused without scanning it
+            blank = _KEY_END.search(line)
+            if blank is not None and "\\" not in line[: blank.start()]:
+                key_len = len(line[: blank.start()].encode())
+                if key_len > MAX_KEY_BYTES:
+                    reason = f"max key length exceeded: {key_len} > {MAX_KEY_BYTES}"
+                    result.errors.append(LineProtocolError(i + 1, line, reason))
+                    continue
         try:
             points.append((i + 1, scan_line(line, mult)))
         except ScanError as exc:
             result.errors.append(LineProtocolError(i + 1, line, str(exc)))
+        except Exception:  # a bug of ours: refuse the line, keep the rest of the body
+            log.exception("the line-protocol scanner failed on line %d", i + 1)
+            result.errors.append(LineProtocolError(i + 1, line, "invalid line"))
     by_measurement: dict[str, list[tuple[int, Point]]] = {}
     for line_no, p in points:
         by_measurement.setdefault(p.measurement, []).append((line_no, p))
     for m, pts in by_measurement.items():
-        chunk = _points_chunk(m, pts, result, dict(known(m)) if known else {})
+        chunk = _points_chunk(m, pts, result, dict(known(m)) if known else {}, rules)
         if chunk is not None:
             chunks.append(chunk)
 
 
 def _points_chunk(
-    m: str, pts: list[tuple[int, Point]], result: ParseResult, types: dict[str, FieldType]
+    m: str,
+    pts: list[tuple[int, Point]],
+    result: ParseResult,
+    types: dict[str, FieldType],
+    rules: _Rules | None = None,
 ) -> Chunk | None:
+    rules = rules or _Rules()
     rows: list[tuple[int, Point, dict[str, object]]] = []
     for line_no, p in pts:
+        if rules.cutoff is not None and p.time is not None and p.time < rules.cutoff:
+            result.beyond_retention.append(line_no)
+            continue
         if any(k == "time" for k, _ in p.tags):
             result.dropped.append(
                 Dropped(
@@ -245,6 +352,10 @@ def _points_chunk(
                     f'invalid field name: input field "time" on measurement "{m}" is invalid',
                 )
             )
+            continue
+        refused = _too_wide(m, len(fields), len(p.tags), rules.width)
+        if refused is not None:
+            result.dropped.append(Dropped(line_no, refused))
             continue
         conflict = next(((k, t) for k, t, _ in fields if types.get(k, t) != t), None)
         if conflict is not None:
@@ -271,6 +382,29 @@ def _points_chunk(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Rules:
+    """What a write's points must respect beyond the syntax (see `parse`)."""
+
+    max_fields: int = 0
+    max_tags: int = 0
+    cutoff: int | None = None
+
+    @property
+    def width(self) -> tuple[int, int]:
+        return (self.max_fields, self.max_tags)
+
+
+def _too_wide(m: str, fields: int, tags: int, width: tuple[int, int]) -> str | None:
+    """Why a point is over the per-point limits (`Limits`), or None."""
+    max_fields, max_tags = width
+    if max_fields and fields > max_fields:
+        return f'max-fields-per-point limit exceeded ({fields}/{max_fields}): measurement="{m}"'
+    if max_tags and tags > max_tags:
+        return f'max-tags-per-point limit exceeded ({tags}/{max_tags}): measurement="{m}"'
+    return None
+
+
 def _conflict_text(m: str, k: str, got: FieldType, existing: FieldType) -> str:
     return (
         f'field type conflict: input field "{k}" on measurement "{m}" is type {got}, '
@@ -291,6 +425,7 @@ def _assemble(
     now_ns: int | None,
     result: ParseResult,
     known: Callable[[str], Mapping[str, FieldType]] | None,
+    cutoff: int | None = None,
 ) -> list[MeasurementBatch]:
     if now_ns is None:
         now_ns = _time.time_ns()
@@ -305,6 +440,12 @@ def _assemble(
         for chunk in group:
             c = chunk
             drop = np.zeros(len(c.lines), dtype=bool)
+            if cutoff is not None and c.time.null_count < len(c.time):
+                # beyond the retention policy: dropped before anything else, as InfluxDB does
+                old = _np(pc.fill_null(pc.less(c.time, cutoff), False))
+                if old.any():
+                    result.beyond_retention.extend(int(x) for x in c.lines[old])
+                    drop |= old
             for k, (t, arr) in c.fields.items():
                 existing = types.get(k)
                 if existing is not None and existing != t:
@@ -330,24 +471,44 @@ def _assemble(
 def _batch(
     m: str, chunks: list[Chunk], types: dict[str, FieldType], server_time: int
 ) -> MeasurementBatch:
-    tag_keys = sorted({k for c in chunks for k in c.tags})
-    field_keys = sorted(types)
-    time = pa.concat_arrays([c.time for c in chunks])
+    tag_keys = tuple(sorted({k for c in chunks for k in c.tags}))
+    field_keys = tuple(sorted(types))
+    time = chunks[0].time if len(chunks) == 1 else pa.concat_arrays([c.time for c in chunks])
     if time.null_count:
         time = pc.fill_null(time, server_time)
     arrays = [time]
-    schema = [pa.field("time", pa.int64(), nullable=False)]
     for k in tag_keys:
         arrays.append(_concat([c.tags.get(k) for c in chunks], chunks, pa.string()))
-        schema.append(pa.field(k, pa.string(), metadata={KIND_KEY: TAG}))
     for k in field_keys:
         dtype = ARROW_TYPES[types[k]]
         cols = [c.fields[k][1] if k in c.fields else None for c in chunks]
         arrays.append(_concat(cols, chunks, dtype))
-        schema.append(pa.field(k, dtype, metadata={KIND_KEY: FIELD}))
+    schema = _schema(tag_keys, tuple((k, types[k]) for k in field_keys))
+    table = pa.Table.from_arrays(arrays, schema=schema)
+    if len(chunks) == 1:
+        return MeasurementBatch(m, table, chunks[0].lines)
+    # rows in body order, so that of two writes of one point in a body the last one wins
     lines = np.concatenate([c.lines for c in chunks])
-    table = pa.Table.from_arrays(arrays, schema=pa.schema(schema))
-    return MeasurementBatch(m, table, lines)
+    order = np.argsort(lines, kind="stable")
+    return MeasurementBatch(m, table.take(pa.array(order)), lines[order])
+
+
+_SCHEMAS: dict[tuple[tuple[str, ...], tuple[tuple[str, FieldType], ...]], pa.Schema] = {}
+
+
+def _schema(tags: tuple[str, ...], fields: tuple[tuple[str, FieldType], ...]) -> pa.Schema:
+    """A batch's schema (cached: agents send the same few shapes again and again)."""
+    key = (tags, fields)
+    schema = _SCHEMAS.get(key)
+    if schema is None:
+        if len(_SCHEMAS) > 10_000:
+            _SCHEMAS.clear()
+        schema = _SCHEMAS[key] = pa.schema(
+            [pa.field("time", pa.int64(), nullable=False)]
+            + [pa.field(k, pa.string(), metadata={KIND_KEY: TAG}) for k in tags]
+            + [pa.field(k, ARROW_TYPES[t], metadata={KIND_KEY: FIELD}) for k, t in fields]
+        )
+    return schema
 
 
 def _concat(cols: list[pa.Array | None], chunks: list[Chunk], dtype: pa.DataType) -> pa.Array:

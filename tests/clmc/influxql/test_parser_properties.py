@@ -12,13 +12,22 @@ from hypothesis import strategies as st
 from flame.clmc.influxql import ParseError, parse, render
 from flame.clmc.influxql import ast as A
 from flame.clmc.influxql.lexer import KEYWORDS
+from flame.clmc.influxql.parser import regex_problem
 
 _IDENT = re.compile(r"[a-z_][a-z0-9_]*\Z")
 
 names = st.text(min_size=1, max_size=8).filter(lambda s: "\x00" not in s)
 call_names = st.from_regex(_IDENT, fullmatch=True).filter(lambda s: s.upper() not in KEYWORDS)
 param_names = st.from_regex(re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,6}\Z"), fullmatch=True)
-patterns = st.text(max_size=8).filter(lambda s: "\n" not in s and not s.endswith("\\"))
+# Regexes the parser accepts wherever a regex may stand (it refuses what cannot compile)
+patterns = st.text(max_size=8).filter(
+    lambda s: (
+        "\n" not in s
+        and not s.endswith("\\")
+        and regex_problem(s) is None
+        and regex_problem(s, python=False) is None
+    )
+)
 durations = st.integers(min_value=1, max_value=10**15)
 
 literals = st.one_of(

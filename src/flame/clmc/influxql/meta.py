@@ -318,7 +318,7 @@ def run_meta(ctx: Context, stmt: A.Statement) -> list[Series]:
         case A.DropMeasurement(name):
             db = ctx.require_database(None, change=True)
             if name in store.measurements(db):
-                store.delete(db, name)
+                store.drop_measurement(db, name)  # rows and field types, as InfluxDB
             return []
         case A.Delete():
             _delete(ctx, stmt)

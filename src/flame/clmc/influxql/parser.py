@@ -3,6 +3,8 @@ InfluxDB's (`found X, expected Y at line 1, char 15`)."""
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
@@ -21,6 +23,14 @@ _EXPR_START = "identifier, string, number, bool"
 _TYPE_HINTS = frozenset({"float", "integer", "unsigned", "string", "boolean", "field", "tag"})
 _OPS = {op.value: op for op in A.Op if op not in (A.Op.AND, A.Op.OR)} | {"<>": A.Op.NEQ}
 MAX_DEPTH = 100  # nesting limit so hostile input cannot exhaust the stack
+# Depth limit of an expression tree, whatever makes it deep: chains of arithmetic or
+# comparisons are left-deep (a 20,000-term sum would be 20,000 levels for every recursive pass
+# over the tree), and the renderer writes every level in parentheses, so this is also what
+# keeps `parse(render(tree))` possible. AND and OR chains are built balanced: thousands of OR
+# terms stay a few levels deep.
+MAX_TREE_DEPTH = MAX_DEPTH
+_INT64_MAX = 2**63 - 1
+_UINT64_MAX = 2**64 - 1
 
 
 def parse(text: str, params: Mapping[str, object] | None = None) -> list[A.Statement]:
@@ -107,9 +117,10 @@ class _Parser:
             return tok.value
         raise self.fail(tok, "integer")
 
-    def duration(self) -> int:
+    def duration(self, *, placed: bool = True) -> int:
         tok = self.next()
         if tok.kind is T.DURATION and isinstance(tok.value, int):
+            self._check_duration(tok, placed=placed)
             return tok.value
         if tok.kind is T.KEYWORD and tok.text == "INF":
             return 0
@@ -117,16 +128,33 @@ class _Parser:
             raise self._unplaced(tok, "invalid duration", "duration")  # `1x`: InfluxDB's wording
         raise self.fail(tok, "duration")
 
+    def _check_duration(self, tok: Token, *, placed: bool) -> None:
+        """InfluxDB refuses a duration over int64 nanoseconds (about 292 years)."""
+        if isinstance(tok.value, int) and tok.value > _INT64_MAX:
+            detail = f"overflowed duration {tok.text}: choose a smaller duration or INF"
+            if placed:
+                raise self.sc.error(tok.pos, detail, tok.text, "duration")
+            raise self._unplaced(tok, detail, "duration")
+
     def _unplaced(self, tok: Token, detail: str, expected: str) -> ParseError:
         """An error InfluxDB words without a position (ours keeps it in the context)."""
         line, char = self.sc.location(tok.pos)
         return ParseError(detail, line=line, char=char, found=tok.describe(), expected=expected,
                           show_position=False)  # fmt: skip
 
-    def regex(self) -> str | None:
+    def regex(self, *, python: bool = True) -> str | None:
+        """A `/.../` regex here, or None. InfluxDB refuses a regex that does not compile; so do
+        we: with Python's `re` where Python runs it (`python`: FROM, GROUP BY, SHOW ...), else
+        (WHERE, run by the store's RE2) by RE2's rules as far as `re` can tell them."""
         tok = self.sc.scan_regex(self.pos)
         if tok is None:
             return None
+        problem = regex_problem(tok.text, python=python)
+        if problem is not None:
+            # InfluxDB places it one char before the opening slash, like a string
+            raise self.sc.error(
+                max(tok.pos - 1, 0), f"error parsing regexp: {problem}", tok.describe(), "regex"
+            )
         self.pos = tok.end
         return tok.text
 
@@ -279,13 +307,14 @@ class _Parser:
             raise self.fail(tok, _EXPR_START)
         if tok.text.lower() == "time" and self.is_op("("):
             self.next()
-            interval = self.duration()
+            interval = self.duration(placed=False)
             offset = 0
             if self.accept_op(","):
                 neg = self.accept_op("-")
                 if self.peek().kind is T.IDENT and self.peek().text.lower() == "now":
                     raise self.fail(self.peek(), "duration")
-                offset = -self.duration() if neg else self.duration()
+                offset = self.duration(placed=False)
+                offset = -offset if neg else offset
             self.expect_op(")")
             return A.GroupByTime(interval, offset)
         return A.VarRef(tok.text, self.type_hint())
@@ -318,8 +347,9 @@ class _Parser:
         return fill
 
     def limit_offset(self, lim_kw: str, off_kw: str) -> tuple[int, int]:
-        limit = self.int_value() if self.accept_kw(lim_kw) else 0
-        offset = self.int_value() if self.accept_kw(off_kw) else 0
+        # As InfluxDB (ParseInt's result despite its error): a huge count means "all".
+        limit = min(self.int_value(), _INT64_MAX) if self.accept_kw(lim_kw) else 0
+        offset = min(self.int_value(), _INT64_MAX) if self.accept_kw(off_kw) else 0
         return limit, offset
 
     def on_database(self) -> str | None:
@@ -468,22 +498,31 @@ class _Parser:
     # --- expressions ------------------------------------------------------------------------
 
     def expr(self, min_prec: int = 1) -> A.Expr:
-        return self._nested(lambda: self._expr(min_prec))
+        start = self.sc.skip_space(self.pos) if self.depth == 0 else -1
+        expr = self._nested(lambda: self._expr(min_prec))
+        if start >= 0 and tree_depth(expr) > MAX_TREE_DEPTH:
+            raise self.sc.error(
+                start, f"expression too complex: more than {MAX_TREE_DEPTH} levels", "", ""
+            )
+        return expr
+
+    def _op(self) -> A.Op | None:
+        tok = self.peek()
+        if tok.kind is T.KEYWORD and tok.text in ("AND", "OR"):
+            return A.Op(tok.text)
+        if tok.kind is T.OP:
+            return _OPS.get(tok.text)
+        return None
 
     def _expr(self, min_prec: int) -> A.Expr:
         lhs = self.unary()
         while True:
-            tok = self.peek()
-            op: A.Op | None = None
-            if tok.kind is T.KEYWORD and tok.text in ("AND", "OR"):
-                op = A.Op(tok.text)
-            elif tok.kind is T.OP:
-                op = _OPS.get(tok.text)
+            op = self._op()
             if op is None or A.PRECEDENCE[op] < min_prec:
                 return lhs
             self.next()
             if op in (A.Op.EQREGEX, A.Op.NEQREGEX):
-                rx = self.regex()
+                rx = self.regex(python=False)
                 if rx is not None:
                     lhs = A.BinaryExpr(op, lhs, A.RegexLiteral(rx))
                     continue
@@ -492,6 +531,15 @@ class _Parser:
                     raise self.fail(tok, "regex")
                 self.next()
                 lhs = A.BinaryExpr(op, lhs, self.bind(tok, regex=True))
+                continue
+            if op in (A.Op.AND, A.Op.OR):
+                # A run of one logical operator is associative: build it balanced (depth
+                # log2 n), not left-deep, so a WHERE of thousands of ORs stays shallow.
+                terms = [lhs, self.expr(A.PRECEDENCE[op] + 1)]
+                while self._op() is op:
+                    self.next()
+                    terms.append(self.expr(A.PRECEDENCE[op] + 1))
+                lhs = _balanced(op, terms)
                 continue
             rhs = self.expr(A.PRECEDENCE[op] + 1)
             lhs = A.BinaryExpr(op, lhs, rhs)
@@ -508,12 +556,17 @@ class _Parser:
                 nxt = self.peek()
                 if nxt.kind is T.INTEGER and isinstance(nxt.value, int):
                     self.next()
+                    if nxt.value > _INT64_MAX + 1:
+                        raise self._unplaced(
+                            nxt, f"constant -{nxt.text} underflows int64", "integer"
+                        )
                     return A.IntegerLiteral(-nxt.value)
                 if nxt.kind is T.NUMBER and isinstance(nxt.value, float):
                     self.next()
                     return A.NumberLiteral(-nxt.value)
                 if nxt.kind is T.DURATION and isinstance(nxt.value, int):
                     self.next()
+                    self._check_duration(nxt, placed=False)
                     return A.DurationLiteral(-nxt.value)
                 operand = self._nested(self.unary)
                 return A.BinaryExpr(A.Op.MUL, A.IntegerLiteral(-1), operand)
@@ -533,10 +586,13 @@ class _Parser:
         if kind is T.STRING:
             return A.StringLiteral(tok.text)
         if kind is T.INTEGER and isinstance(tok.value, int):
+            if tok.value > _UINT64_MAX:
+                raise self.sc.error(tok.pos, "unable to parse integer", tok.text, "integer")
             return A.IntegerLiteral(tok.value)
         if kind is T.NUMBER and isinstance(tok.value, float):
             return A.NumberLiteral(tok.value)
         if kind is T.DURATION and isinstance(tok.value, int):
+            self._check_duration(tok, placed=False)
             return A.DurationLiteral(tok.value)
         if kind is T.PARAM:
             return self.bind(tok)
@@ -596,3 +652,70 @@ class _Parser:
             if not self.accept_op(","):
                 raise self.fail(self.peek(), ")")
         return A.Call(name, tuple(args))
+
+
+def _balanced(op: A.Op, terms: list[A.Expr]) -> A.Expr:
+    if len(terms) == 1:
+        return terms[0]
+    mid = len(terms) // 2
+    return A.BinaryExpr(op, _balanced(op, terms[:mid]), _balanced(op, terms[mid:]))
+
+
+def tree_depth(expr: A.Expr) -> int:
+    """Levels of an expression tree, counted without recursion (the tree may be deep)."""
+    deepest = 0
+    stack: list[tuple[A.Expr, int]] = [(expr, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(node, A.BinaryExpr):
+            stack.append((node.lhs, depth + 1))
+            stack.append((node.rhs, depth + 1))
+        elif isinstance(node, A.Call):
+            stack.extend((arg, depth + 1) for arg in node.args)
+    return deepest
+
+
+# Go's regexp (RE2) syntax Python's `re` lacks, rewritten before a check with `re` ...
+_GO_ONLY = re.compile(r"\\[pP](?:\{[^}]*\}|[A-Za-z])|\\Q.*?(?:\\E|$)|\\z|\\C", re.DOTALL)
+# ... and what `re` accepts but RE2 refuses: look-around, atomic groups, back-references,
+# possessive quantifiers; and repeat counts over 1000.
+_PERL_ONLY = re.compile(r"\(\?(?:<?[=!]|>|P=|#)|\\[1-9]|[*+?}]\+")
+_REPEAT = re.compile(r"\{(\d*)(?:,(\d*))?\}")
+
+
+def regex_problem(pattern: str, *, python: bool = True) -> str | None:
+    """Why `pattern` is no valid regex (None if it is). Either way what RE2 (InfluxDB's Go
+    regexp) refuses is refused, as far as Python can tell it; then it must compile with Python's
+    `re` as written when Python runs it (`python`), or after rewriting RE2-only syntax when the
+    store's RE2 does (whose own errors the store reports)."""
+    plain = _strip_escaped_backslashes(pattern)
+    if _PERL_ONLY.search(plain):
+        return f"invalid or unsupported Perl syntax: `{pattern}`"
+    for m in _REPEAT.finditer(plain):
+        if any(g and int(g) > 1000 for g in m.groups()):
+            return f"invalid repeat count: `{m.group(0)}`"
+    text = pattern if python else _GO_ONLY.sub(_go_to_python, pattern)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # FutureWarning for `[[`: valid in RE2
+            re.compile(text)
+    except re.error as exc:
+        return str(exc.msg) if exc.msg else str(exc)
+    except (RecursionError, OverflowError, MemoryError, ValueError) as exc:
+        return f"regexp too complex ({type(exc).__name__})"
+    return None
+
+
+def _strip_escaped_backslashes(pattern: str) -> str:
+    return pattern.replace("\\\\", "")
+
+
+def _go_to_python(m: re.Match[str]) -> str:
+    text = m.group(0)
+    if text.startswith("\\Q"):
+        body = text[2:]
+        return re.escape(body[:-2] if body.endswith("\\E") else body)
+    if text == "\\z":
+        return "\\Z"
+    return "."

@@ -10,13 +10,17 @@ import threading
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa  # type: ignore[import-untyped]
+import pyarrow.compute as pc  # type: ignore[import-untyped]
 
 from flame.clmc.errors import DatabaseNotFound, FieldTypeConflict, RetentionPolicyNotFound
 from flame.clmc.store.base import (
     DEFAULT_RP,
     FIELD,
     KIND_KEY,
+    SID,
+    SID_COLUMN,
     TAG,
     FieldType,
     MeasurementSchema,
@@ -24,7 +28,17 @@ from flame.clmc.store.base import (
     table_name,
 )
 
-__all__ = ["BatchColumn", "Catalog", "CatalogReads", "TableInfo", "classify", "field_type_of"]
+__all__ = [
+    "BatchColumn",
+    "Catalog",
+    "CatalogReads",
+    "TableInfo",
+    "classify",
+    "field_type_of",
+    "given_sids",
+    "physical_schema",
+    "widen",
+]
 
 
 def field_type_of(dtype: pa.DataType) -> FieldType:
@@ -56,6 +70,8 @@ def classify(batch: pa.Table, tag_keys: Collection[str] | None) -> list[BatchCol
         if f.name == "time":
             continue
         kind = (f.metadata or {}).get(KIND_KEY)
+        if kind == SID:
+            continue
         if tag_keys is not None:
             is_tag = f.name in tag_keys and kind != FIELD
         elif kind is not None:
@@ -138,6 +154,46 @@ def _q(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
+_ARROW = {
+    FieldType.FLOAT: pa.float64(),
+    FieldType.INTEGER: pa.int64(),
+    FieldType.UNSIGNED: pa.uint64(),
+    FieldType.STRING: pa.string(),
+    FieldType.BOOLEAN: pa.bool_(),
+}
+
+
+def given_sids(batch: pa.Table) -> np.ndarray | None:
+    """The series ids ingest attached to a batch (`SID_COLUMN`), if complete."""
+    i = batch.schema.get_field_index(SID_COLUMN)
+    if i < 0:
+        return None
+    col = batch.column(i)
+    if col.null_count:  # merged with a batch without them
+        return None
+    return np.asarray(col.to_numpy())
+
+
+def physical_schema(info: TableInfo) -> pa.Schema:
+    """The Arrow schema of a table's rows: time, tags, fields, by physical column name."""
+    return pa.schema(
+        [pa.field("time", pa.int64())]
+        + [pa.field(p, pa.string()) for p in info.tags.values()]
+        + [pa.field(p, _ARROW[t]) for p, t in info.fields.values()]
+    )
+
+
+def widen(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with every column of `schema`, in its order and types (absent ones null)."""
+    n = table.num_rows
+    have = set(table.column_names)
+    arrays = [
+        pc.cast(table.column(f.name), f.type) if f.name in have else pa.nulls(n, f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
 class Catalog:
     """Schemas by (db, rp, measurement); the store keeps it in step with its own tables."""
 
@@ -178,11 +234,32 @@ class Catalog:
 
 class CatalogReads:
     """The catalog reads both SQL stores answer alike, from their in-memory caches: the
-    retention policies by database (`_policies`) and the table schemas (`_catalog`)."""
+    retention policies by database (`_policies`) and the table schemas.
+
+    Readers never take the store's lock (an apply holds it for as long as it runs, and a
+    query must not wait for it): they read `_published`, the schemas as last committed,
+    which the store replaces (`_publish`) after each change is committed. So a query never
+    names a column its snapshot of the database does not have yet."""
 
     _lock: threading.RLock
     _policies: dict[str, list[RetentionPolicy]]
     _catalog: Catalog
+    _published: dict[tuple[str, str, str], MeasurementSchema]
+
+    def _publish(self, keys: Iterable[tuple[str, str, str]] | None = None) -> None:
+        """Make the catalog's current state of `keys` (all if None) what readers see; call
+        with the store's lock held, once the change is committed."""
+        published = dict(getattr(self, "_published", {}))
+        if keys is None:
+            published = {}
+            keys = list(self._catalog.tables)
+        for key in keys:
+            info = self._catalog.get(*key)
+            if info is None:
+                published.pop(key, None)
+            else:
+                published[key] = info.schema()
+        self._published = published  # one reference swap: readers see old or new, whole
 
     def databases(self) -> list[str]:
         return sorted(self._policies)
@@ -200,14 +277,11 @@ class CatalogReads:
         return DEFAULT_RP
 
     def measurements(self, database: str, rp: str | None = None) -> list[str]:
-        with self._lock:
-            names = {k[2] for k in self._catalog.tables if k[0] == database and rp in (None, k[1])}
-        return sorted(names)
+        published = self._published
+        return sorted({k[2] for k in published if k[0] == database and rp in (None, k[1])})
 
     def schema(self, database: str, rp: str, measurement: str) -> MeasurementSchema | None:
-        with self._lock:
-            info = self._catalog.get(database, rp, measurement)
-            return None if info is None else info.schema()
+        return self._published.get((database, rp, measurement))
 
     def _require_db(self, database: str) -> None:
         if database not in self._policies:

@@ -7,8 +7,13 @@ Layout (the contract between ingest, which writes, and InfluxQL, which compiles 
   (`FIELD_SQL_TYPES`); the physical column of a key is given by `MeasurementSchema.columns`
   (a key that is both a tag and a field gets a distinct column for the field, as InfluxDB
   reports `key_1`);
-- new keys add columns (ALTER TABLE ADD COLUMN); a field's type is fixed by its first write
-  (a conflicting write is a field-type conflict, answered as InfluxDB does).
+- a table is created with every column of its first batch in one statement; later new keys add
+  columns (ALTER TABLE ADD COLUMN), at most `Limits.max_fields_per_measurement` fields and
+  `max_tag_keys_per_measurement` tags in all, so no point's width can make the store's cost
+  explode; a field's type is fixed by its first write (a conflicting write is a field-type
+  conflict, answered as InfluxDB does) until DROP MEASUREMENT forgets it;
+- one row per series and time: a write of a stored point replaces it, field by field, as
+  InfluxDB does (last write wins; retries are idempotent).
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     import pyarrow as pa  # type: ignore[import-untyped]
+
+    from flame.clmc.limits import Limits
+    from flame.clmc.store._series import Admission
 
 
 class FieldType(enum.StrEnum):
@@ -44,6 +52,10 @@ DEFAULT_RP = "autogen"
 KIND_KEY = b"flame.kind"
 TAG = b"tag"
 FIELD = b"field"
+# A batch column ingest may add: each row's series id (`_series.series_ids`), computed when the
+# write was admitted, so applying it need not hash its tags again. Never stored.
+SID = b"sid"
+SID_COLUMN = "\x1fsid"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +133,17 @@ class Store(Protocol):
         ...
 
     def get_meta(self, key: str) -> str | None: ...
+
+    def admit(
+        self, database: str, rp: str, measurement: str, batch: pa.Table, limits: Limits
+    ) -> Admission:
+        """Check a batch's new series and tag values against `limits` and reserve those
+        admitted (ingest calls it before logging a write)."""
+        ...
+
+    def drop_measurement(self, database: str, measurement: str) -> None:
+        """Drop a measurement from every retention policy: rows and field types."""
+        ...
 
     def query(self, sql: str, params: Sequence[object] = ()) -> pa.Table: ...
 

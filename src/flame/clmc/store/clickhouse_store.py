@@ -7,7 +7,13 @@ pastes as is. The catalog lives in `_flame_*` tables beside them.
 
 Differences from DuckDB a caller may notice: ClickHouse has no multi-statement transactions,
 so `append_many` writes the rows, then the meta keys (a crash in between makes WAL replay apply
-those rows again: at-least-once); `query` binds `?` parameters as SQL literals on our side.
+those rows again; last-write-wins makes that replay harmless); `query` binds `?` parameters as
+SQL literals on our side.
+
+Last write wins as in the DuckDB store, at write time rather than with ReplacingMergeTree (whose
+merges replace whole rows, at an unknown time, unless every query says FINAL): rows the series
+index cannot rule out are looked up, their stored versions read, deleted (lightweight DELETE)
+and written back merged field by field. Queries never see two versions of a point.
 """
 
 from __future__ import annotations
@@ -18,9 +24,20 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa  # type: ignore[import-untyped]
 
-from flame.clmc.store._catalog import Catalog, CatalogReads, TableInfo, classify
+from flame.clmc.limits import Limits
+from flame.clmc.store._catalog import (
+    Catalog,
+    CatalogReads,
+    TableInfo,
+    classify,
+    given_sids,
+    physical_schema,
+    widen,
+)
+from flame.clmc.store._series import MAX_COLUMN, Admission, Key, SeriesIndex, merge_last
 from flame.clmc.store.base import (
     DEFAULT_RP,
     ConfigVersion,
@@ -126,6 +143,9 @@ class ClickHouseStore(CatalogReads):
             )
         self._policies: dict[str, list[RetentionPolicy]] = {}
         self._load_policies()
+        self._published = {}
+        self._publish()
+        self.series = SeriesIndex(self._series_rows, self._tables_of)
 
     def _exec(self, sql: str) -> None:
         self._session.query(sql)
@@ -170,8 +190,26 @@ class ClickHouseStore(CatalogReads):
             self._exec(f"DELETE FROM _flame_databases WHERE name = {literal(name)}")
             for meta in ("_flame_rps", "_flame_columns"):
                 self._exec(f"DELETE FROM {meta} WHERE db = {literal(name)}")
+            gone = [k for k in self._catalog.tables if k[0] == name]
             self._catalog.drop(name)
+            self._publish(gone)
             self._load_policies()
+            self.series.forget(name)
+
+    def drop_measurement(self, database: str, measurement: str) -> None:
+        """Drop the measurement from every retention policy, data and field types alike."""
+        with self._lock:
+            self.retention_policies(database)
+            for k, info in list(self._catalog.tables.items()):
+                if k[0] == database and k[2] == measurement:
+                    self._exec(f"DROP TABLE IF EXISTS {info.table}")
+                    self._catalog.drop(database, k[1], measurement)
+                    self._publish([k])
+            self._exec(
+                f"DELETE FROM _flame_columns WHERE db = {literal(database)} "
+                f"AND measurement = {literal(measurement)}"
+            )
+            self.series.forget(database)
 
     def create_retention_policy(self, database: str, policy: RetentionPolicy) -> None:
         """Create or alter `policy`; making it the default clears the old default."""
@@ -229,13 +267,19 @@ class ClickHouseStore(CatalogReads):
         info = existing or TableInfo(db, rp, m)
         new, names = info.plan(cols)  # raises FieldTypeConflict before any change
         table = table_name(db, rp, m)
-        if existing is None:
+        if existing is None:  # every column at once, whatever the width of the first batch
+            defs = ["time Int64"] + [
+                f"{_q(phys)} {'Nullable(String)' if is_tag else CLICKHOUSE_TYPES[ftype]}"  # type: ignore[index]
+                for _, phys, is_tag, ftype in new
+            ]
             self._exec(
-                f"CREATE TABLE IF NOT EXISTS {table} (time Int64) ENGINE = MergeTree ORDER BY time"
+                f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(defs)}) "
+                "ENGINE = MergeTree ORDER BY time"
             )
         for key, phys, is_tag, ftype in new:
-            sql_type = "Nullable(String)" if is_tag else CLICKHOUSE_TYPES[ftype]  # type: ignore[index]
-            self._exec(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {_q(phys)} {sql_type}")
+            if existing is not None:
+                sql_type = "Nullable(String)" if is_tag else CLICKHOUSE_TYPES[ftype]  # type: ignore[index]
+                self._exec(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {_q(phys)} {sql_type}")
             self._exec(
                 "INSERT INTO _flame_columns VALUES ("
                 + ", ".join(
@@ -245,16 +289,81 @@ class ClickHouseStore(CatalogReads):
                 + ")"
             )
             self._catalog.add_column(db, rp, m, key, phys, is_tag, ftype)
+        if new:
+            self._publish([(db, rp, m)])
         time_idx = batch.schema.get_field_index("time")
         arrays = [batch.column(time_idx)] + [batch.column(c.index) for c in cols]
+        physical = pa.Table.from_arrays(arrays, names=["time", *names])
+        tkey: Key = (db, rp, m)
+        tags = [(c.key, batch.column(c.index)) for c in cols if c.is_tag]
+        overlap = self.series.overlaps(tkey, physical, tags, given_sids(batch))
+        if overlap.maybe.any():
+            stored_info = self._catalog.get(db, rp, m)
+            assert stored_info is not None
+            physical = self._merge_stored(stored_info, physical, overlap.maybe)
         # chdb's Python() table function finds `_flame_rows` among this frame's locals.
-        _flame_rows = pa.Table.from_arrays(arrays, names=[f"c{i}" for i in range(len(arrays))])
-        targets = ", ".join(_q(n) for n in ["time", *names])
-        sources = ", ".join(f"c{i}" for i in range(len(arrays)))
+        _flame_rows = physical.rename_columns([f"c{i}" for i in range(physical.num_columns)])
+        targets = ", ".join(_q(n) for n in physical.column_names)
+        sources = ", ".join(f"c{i}" for i in range(physical.num_columns))
         self._session.query(
             f"INSERT INTO {table} ({targets}) SELECT {sources} FROM Python(_flame_rows)"
         )
         del _flame_rows
+        self.series.applied(tkey, overlap)
+
+    def _merge_stored(self, info: TableInfo, physical: pa.Table, maybe: np.ndarray) -> pa.Table:
+        """`physical` with the rows flagged `maybe` merged, last write winning field by field,
+        with each other and with the stored rows of the same series and time (which go)."""
+        schema = physical_schema(info)
+        cand = widen(physical.filter(pa.array(maybe)), schema)
+        tag_cols = list(info.tags.values())
+        times = sorted(set(cand.column("time").to_pylist()))
+        where = f"time IN ({', '.join(str(int(t)) for t in times)})"
+        stored = self._table(f"SELECT * FROM {info.table} WHERE {where}")
+        if stored.num_rows:
+            stored = widen(stored, schema)
+            keys = ["time", *tag_cols]
+            wanted = {
+                tuple(r) for r in zip(*(cand.column(k).to_pylist() for k in keys), strict=True)
+            }
+            have = list(zip(*(stored.column(k).to_pylist() for k in keys), strict=True))
+            hit = np.array([r in wanted for r in have], dtype=bool)
+            stored = stored.filter(pa.array(hit))
+            for row in {r for r, h in zip(have, hit, strict=True) if h}:
+                conds = [f"time = {int(row[0])}"] + [
+                    f"{_q(c)} IS NULL" if v is None else f"{_q(c)} = {literal(v)}"
+                    for c, v in zip(tag_cols, row[1:], strict=True)
+                ]
+                self._exec(f"DELETE FROM {info.table} WHERE {' AND '.join(conds)}")
+        rest = widen(physical.filter(pa.array(~maybe)), schema)
+        parts = [stored, cand] if stored.num_rows else [cand]
+        merged = merge_last(pa.concat_tables(parts), ["time", *tag_cols])
+        return pa.concat_tables([rest, merged.select(schema.names).cast(schema)])
+
+    def admit(
+        self, database: str, rp: str, measurement: str, batch: pa.Table, limits: Limits
+    ) -> Admission:
+        """Check a batch's new series and tag values against `limits` (see `SeriesIndex`)."""
+        tags = [(c.key, batch.column(c.index)) for c in classify(batch, None) if c.is_tag]
+        return self.series.admit((database, rp, measurement), batch, tags, limits)
+
+    def _tables_of(self, db: str) -> list[Key]:
+        return [k for k in list(self._published) if k[0] == db]
+
+    def _series_rows(self, key: Key) -> pa.Table | None:
+        info = self._catalog.get(*key)
+        if info is None:
+            return None
+        tags = dict(info.tags)
+        alias = _q(MAX_COLUMN)
+        if tags:
+            cols = ", ".join(f"{_q(p)} AS {_q(k)}" for k, p in tags.items())
+            group = ", ".join(_q(p) for p in tags.values())
+            sql = f"SELECT {cols}, max(time) AS {alias} FROM {info.table} GROUP BY {group}"
+        else:
+            sql = f"SELECT max(time) AS {alias} FROM {info.table} HAVING count() > 0"
+        with self._lock:
+            return self._table(sql)
 
     def query(self, sql: str, params: Sequence[object] = ()) -> pa.Table:
         with self._lock:
@@ -281,6 +390,8 @@ class ClickHouseStore(CatalogReads):
                 if n:
                     self._exec(f"DELETE FROM {info.table} WHERE {where}")
                     total += int(n)
+            if total:
+                self.series.forget(database)
         return total
 
     def enforce_retention(self, now_ns: int) -> int:

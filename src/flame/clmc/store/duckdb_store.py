@@ -4,18 +4,41 @@ Writes go through one connection under a lock (DuckDB allows one writer per proc
 queries run on per-thread cursors so they read a consistent snapshot while ingest appends.
 The catalog (databases, retention policies, columns, meta, configuration versions) lives in
 `_flame_*` tables inside the same database file, so one file is the whole state.
+
+DuckDB's memory is capped (`memory_limit`, default 2 GB or `FLAME_CLMC_MEMORY_LIMIT`): a query
+or an apply that needs more spills to disk where DuckDB can, and fails with an error (a
+statement error, or a quarantined WAL record) where it cannot, instead of growing the process.
+
+Last write wins (as InfluxDB): a row with the series and time of a stored row replaces it,
+field by field (fields the new row lacks keep their stored values); so do two such rows in one
+batch, the later one winning. Only rows the series index (`_series`) cannot rule out are
+looked up: one not after its series' newest stored time, or twice in the batch.
 """
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa  # type: ignore[import-untyped]
 
-from flame.clmc.store._catalog import Catalog, CatalogReads, TableInfo, classify
+from flame.clmc.limits import Limits
+from flame.clmc.store._catalog import (
+    BatchColumn,
+    Catalog,
+    CatalogReads,
+    TableInfo,
+    classify,
+    given_sids,
+    physical_schema,
+    widen,
+)
+from flame.clmc.store._series import Admission, Key, SeriesIndex, merge_last
 from flame.clmc.store.base import (
     DEFAULT_RP,
     FIELD_SQL_TYPES,
@@ -25,7 +48,10 @@ from flame.clmc.store.base import (
     table_name,
 )
 
-__all__ = ["DuckDBStore"]
+__all__ = ["DEFAULT_MEMORY_LIMIT", "DuckDBStore"]
+
+DEFAULT_MEMORY_LIMIT = "2GB"
+_REINDEX_AFTER_RETENTION_S = 3600.0  # series expired by retention stop counting within this
 
 _BOOTSTRAP = [
     "CREATE TABLE IF NOT EXISTS _flame_databases (name VARCHAR PRIMARY KEY)",
@@ -46,21 +72,33 @@ def _q(identifier: str) -> str:
 class DuckDBStore(CatalogReads):
     """`Store` on one DuckDB database; `path=None` keeps everything in memory (tests)."""
 
-    def __init__(self, path: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path | None = None, *, memory_limit: str | None = None) -> None:
         self._con = duckdb.connect(":memory:" if path is None else str(path))
         # Checkpoint less often than DuckDB's 16MB default: under sustained ingest each
         # checkpoint rewrites blocks, and our own WAL already makes every write durable.
         self._con.execute("SET checkpoint_threshold = '256MB'")
+        self.memory_limit = (
+            memory_limit or os.environ.get("FLAME_CLMC_MEMORY_LIMIT") or DEFAULT_MEMORY_LIMIT
+        )
+        self._con.execute("SET memory_limit = ?", [self.memory_limit])
         self._lock = threading.RLock()
         self._local = threading.local()
         self._cursors: list[duckdb.DuckDBPyConnection] = []
+        # Queries' cursors come from this connection, never used to write, under their own
+        # lock: a query thread never waits for an apply holding `_lock`.
+        self._reader = self._con.cursor()
+        self._reader_lock = threading.Lock()
+        self._published = {}
         self._catalog = Catalog()
         for stmt in _BOOTSTRAP:
             self._con.execute(stmt)
         self._load_catalog()
+        self._publish()
         # Databases and their policies, cached: ingest asks on every write.
         self._policies: dict[str, list[RetentionPolicy]] = {}
         self._load_policies()
+        self.series = SeriesIndex(self._series_rows, self._tables_of)
+        self._reindexed: dict[str, float] = {}
 
     def _load_policies(self) -> None:
         policies: dict[str, list[RetentionPolicy]] = {
@@ -114,8 +152,36 @@ class DuckDBStore(CatalogReads):
             except BaseException:
                 self._con.execute("ROLLBACK")
                 raise
+            gone = [k for k in self._catalog.tables if k[0] == name]
             self._catalog.drop(name)
+            self._publish(gone)
             self._load_policies()
+            self.series.forget(name)
+
+    def drop_measurement(self, database: str, measurement: str) -> None:
+        """Drop the measurement from every retention policy, data and schema alike: its field
+        types are forgotten (a field may come back with another type), as InfluxDB does."""
+        with self._lock:
+            self._require_db(database)
+            tables = [
+                t for k, t in self._catalog.tables.items() if k[::2] == (database, measurement)
+            ]
+            self._con.execute("BEGIN")
+            try:
+                for info in tables:
+                    self._con.execute(f"DROP TABLE IF EXISTS {info.table}")
+                self._con.execute(
+                    "DELETE FROM _flame_columns WHERE db = ? AND measurement = ?",
+                    [database, measurement],
+                )
+                self._con.execute("COMMIT")
+            except BaseException:
+                self._con.execute("ROLLBACK")
+                raise
+            for info in tables:
+                self._catalog.drop(database, info.rp, measurement)
+            self._publish([(database, info.rp, measurement) for info in tables])
+            self.series.forget(database)
 
     def create_retention_policy(self, database: str, policy: RetentionPolicy) -> None:
         """Create or alter `policy`; making it the default clears the old default."""
@@ -186,6 +252,8 @@ class DuckDBStore(CatalogReads):
             for db, rp, m in {(a[0], a[1], a[2]) for a in added}:
                 self._reload_table(db, rp, m)
             raise
+        if added:  # new tables and columns, committed: now queries may name them
+            self._publish({(a[0], a[1], a[2]) for a in added})
 
     def _reload_table(self, db: str, rp: str, m: str) -> None:
         rows = self._con.execute(
@@ -214,12 +282,18 @@ class DuckDBStore(CatalogReads):
         exists = self._catalog.get(db, rp, m) is not None or any(
             a[:3] == (db, rp, m) for a in added_so_far
         )
-        if not exists:
-            self._con.execute(f"CREATE TABLE {table} (time BIGINT NOT NULL)")
         added = []
+        if not exists:
+            # every column at once: one statement, whatever the width of the first batch
+            defs = ["time BIGINT NOT NULL"] + [
+                f"{_q(phys)} {'VARCHAR' if is_tag else FIELD_SQL_TYPES[ftype]}"  # type: ignore[index]
+                for _, phys, is_tag, ftype in new
+            ]
+            self._con.execute(f"CREATE TABLE {table} ({', '.join(defs)})")
         for key, phys, is_tag, ftype in new:
-            sql_type = "VARCHAR" if is_tag else FIELD_SQL_TYPES[ftype]  # type: ignore[index]
-            self._con.execute(f"ALTER TABLE {table} ADD COLUMN {_q(phys)} {sql_type}")
+            if exists:
+                sql_type = "VARCHAR" if is_tag else FIELD_SQL_TYPES[ftype]  # type: ignore[index]
+                self._con.execute(f"ALTER TABLE {table} ADD COLUMN {_q(phys)} {sql_type}")
             self._con.execute(
                 "INSERT INTO _flame_columns VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [db, rp, m, key, phys, is_tag, None if ftype is None else str(ftype)],
@@ -229,18 +303,84 @@ class DuckDBStore(CatalogReads):
         time_idx = batch.schema.get_field_index("time")
         arrays = [batch.column(time_idx)] + [batch.column(c.index) for c in cols]
         physical = pa.Table.from_arrays(arrays, names=["time", *names])
-        self._con.register("_flame_batch", physical)
-        try:
-            self._con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _flame_batch")
-        finally:
-            self._con.unregister("_flame_batch")
+        tkey: Key = (db, rp, m)
+        overlap = self.series.overlaps(tkey, physical, _tag_arrays(batch, cols), given_sids(batch))
+        if overlap.maybe.any():
+            physical = self._merge_stored(
+                self._catalog.get(db, rp, m), table, physical, overlap.maybe
+            )
+        # DuckDB finds `_flame_batch` among this frame's locals (a replacement scan): cheaper
+        # than registering a view per table, which a batch of 200 measurements would feel
+        _flame_batch = physical
+        self._con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _flame_batch")
+        del _flame_batch
+        self.series.applied(tkey, overlap)
         return added
+
+    def _merge_stored(
+        self, info: TableInfo | None, table: str, physical: pa.Table, maybe: np.ndarray
+    ) -> pa.Table:
+        """`physical` with the rows flagged `maybe` merged, last write winning field by field,
+        with each other and with the stored rows of the same series and time (which go)."""
+        assert info is not None
+        schema = physical_schema(info)
+        cand = widen(physical.filter(pa.array(maybe)), schema)
+        tag_cols = [phys for phys in info.tags.values()]
+        cond = " AND ".join(
+            ["t.time = c.time"] + [f"t.{_q(p)} IS NOT DISTINCT FROM c.{_q(p)}" for p in tag_cols]
+        )
+        times = cand.column("time")
+        lo, hi = pa.compute.min(times).as_py(), pa.compute.max(times).as_py()
+        self._con.register("_flame_cand", cand.select(["time", *tag_cols]))
+        try:
+            where = f"t.time BETWEEN {int(lo)} AND {int(hi)}"
+            stored = self._con.sql(
+                f"SELECT t.* FROM {table} t WHERE {where} AND EXISTS "
+                f"(SELECT 1 FROM _flame_cand c WHERE {cond})"
+            ).to_arrow_table()
+            if stored.num_rows:
+                self._con.execute(
+                    f"DELETE FROM {table} t USING _flame_cand c WHERE {where} AND {cond}"
+                )
+        finally:
+            self._con.unregister("_flame_cand")
+        rest = widen(physical.filter(pa.array(~maybe)), schema)
+        parts = [widen(stored, schema), cand] if stored.num_rows else [cand]
+        merged = merge_last(pa.concat_tables(parts), ["time", *tag_cols])
+        return pa.concat_tables([rest, merged.select(schema.names).cast(schema)])
+
+    def admit(
+        self, database: str, rp: str, measurement: str, batch: pa.Table, limits: Limits
+    ) -> Admission:
+        """Check a batch's new series and tag values against `limits` (see `SeriesIndex`)."""
+        cols = classify(batch, None)
+        return self.series.admit(
+            (database, rp, measurement), batch, _tag_arrays(batch, cols), limits
+        )
+
+    def _tables_of(self, db: str) -> list[Key]:
+        return [k for k in list(self._published) if k[0] == db]
+
+    def _series_rows(self, key: Key) -> pa.Table | None:
+        """The table's distinct tag sets (columns named by tag key) with `max(time)`."""
+        schema = self._published.get(key)
+        if schema is None:
+            return None
+        if schema.tag_keys:
+            cols = ", ".join(f"{schema.tag_column(k)} AS {_q(k)}" for k in schema.tag_keys)
+            sql = f'SELECT {cols}, max(time) AS "\x1fmax" FROM {schema.table} GROUP BY ALL'
+        else:
+            sql = f'SELECT max(time) AS "\x1fmax" FROM {schema.table} HAVING count(*) > 0'
+        try:
+            return self.query(sql)
+        except duckdb.CatalogException:  # dropped meanwhile
+            return None
 
     def query(self, sql: str, params: Sequence[object] = ()) -> pa.Table:
         cur: duckdb.DuckDBPyConnection | None = getattr(self._local, "cursor", None)
         if cur is None:
-            with self._lock:
-                cur = self._con.cursor()
+            with self._reader_lock:
+                cur = self._reader.cursor()
                 self._cursors.append(cur)
             self._local.cursor = cur
         return cur.sql(sql, params=list(params) if params else None).to_arrow_table()
@@ -292,6 +432,8 @@ class DuckDBStore(CatalogReads):
                 )
                 row = self._con.execute(sql, params).fetchone()
                 total += int(row[0]) if row else 0
+            if total:
+                self.series.forget(database)
         return total
 
     def enforce_retention(self, now_ns: int) -> int:
@@ -307,7 +449,14 @@ class DuckDBStore(CatalogReads):
                         row = self._con.execute(
                             f"DELETE FROM {info.table} WHERE time < ?", [now_ns - int(duration)]
                         ).fetchone()
-                        total += int(row[0]) if row else 0
+                        gone = int(row[0]) if row else 0
+                        total += gone
+                        if gone and time.monotonic() - self._reindexed.get(db, 0) > (
+                            _REINDEX_AFTER_RETENTION_S
+                        ):
+                            # series whose last points expired stop counting towards limits
+                            self._reindexed[db] = time.monotonic()
+                            self.series.forget(db)
         return total
 
     # -- meta and configuration data ----------------------------------------------------------
@@ -350,3 +499,7 @@ class DuckDBStore(CatalogReads):
                 cur.close()
             self._cursors.clear()
             self._con.close()
+
+
+def _tag_arrays(batch: pa.Table, cols: Sequence[BatchColumn]) -> list[tuple[str, pa.Array]]:
+    return [(c.key, batch.column(c.index)) for c in cols if c.is_tag]
