@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
+import time
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -32,8 +34,8 @@ class FakePce:
         self.polls: list[UpRequest] = []
         self.up = Upstream("pce", self._handle)
 
-    async def start(self) -> FakePce:
-        await self.up.start()
+    async def start(self, port: int = 0) -> FakePce:
+        await self.up.start(port)
         return self
 
     @property
@@ -174,6 +176,29 @@ async def test_no_pce_keeps_the_last_table_and_backs_off() -> None:
     assert applied.tables == []
     assert 4 <= sub.polls <= 30
     assert sub.failures >= sub.polls - 1  # (the last poll may have been cancelled)
+
+
+async def test_a_pce_that_comes_back_is_found_within_a_second() -> None:
+    """Issue 14 item 5: the SR's retries backed off to 10 s, so after a PCE restart switches
+    decided meanwhile reached users seconds late. Polls stay at most a second apart."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    applied = Applied()
+    sub = TableSubscriber(SR, [f"http://127.0.0.1:{port}"], token=TOKEN, wait=5.0)
+    task = await run(sub, applied)
+    pce = FakePce()
+    try:
+        await asyncio.sleep(4.0)  # away long enough for a doubling back-off to reach 4-8 s
+        assert applied.tables == []
+        pce.publish(simple(3))
+        await pce.start(port)
+        back = time.monotonic()
+        await applied.until(3)
+        assert time.monotonic() - back < 1.5
+    finally:
+        await stop(task)
+        await pce.close()
 
 
 async def test_wrong_token_is_not_an_answer() -> None:
