@@ -47,6 +47,8 @@ def test_dashboard_shows_topology_and_endpoints(env: dict[str, str], tmp_path: P
             "vod-demo.cache.metro-london": "connected",
             "vod-demo.cache.edge-bristol": "booted",
         }
+        # Each endpoint's restarts after crashes, from the VIM (issue 14 item 7): none yet.
+        assert re.findall(r'<tr data-restarts="([^"]+)"', dom) == ["0", "0", "0"]
         assert "vod_slow_at_bristol" in dom  # the alert rules, as the CLMC has them
         assert "vod_quiet_at_bristol" in dom
         # The query panel: the CLMC's databases, and the default query's answer drawn.

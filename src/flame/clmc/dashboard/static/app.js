@@ -208,8 +208,14 @@ function drawTables(snap) {
   const services = document.querySelector("#services tbody");
   clear(services);
   for (const svc of snap.services) for (const ep of svc.endpoints || []) {
-    services.appendChild(row([svc.sfc, svc.tenant || "", ep.sfe, ep.cluster, ep.state, ep.desired, String(served[ep.sfe] || 0)],
-      ["", "", "", "", `state-${ep.state}`, "", ""]));
+    // Restarts after crashes (the VIM's count) and the last crash, which no state shows.
+    const restarts = ep.restarts === null || ep.restarts === undefined ? "?" : String(ep.restarts);
+    const tr = row([svc.sfc, svc.tenant || "", ep.sfe, ep.cluster, ep.state, ep.desired, restarts,
+      String(served[ep.sfe] || 0)], ["", "", "", "", `state-${ep.state}`, "", ep.restarts ? "crashed" : "", ""]);
+    tr.dataset.restarts = restarts;
+    if (ep.last_crash) tr.cells[6].title = ep.last_crash;
+    if (ep.reason) tr.cells[4].title = ep.reason;
+    services.appendChild(tr);
   }
   const items = [];
   for (const ev of snap.events) items.push({ t: ev.time_ns / 1e9, cls: `level-${ev.level}`, text: ev.message });
