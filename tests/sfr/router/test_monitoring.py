@@ -8,6 +8,7 @@ connections or never answers costs dropped batches (counted), not slower request
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 from urllib.parse import parse_qs, urlsplit
 
@@ -111,10 +112,17 @@ async def test_a_dead_or_silent_clmc_drops_batches_without_slowing_requests(
             c = await Client.connect(r.port)
             slowest = 0.0
             deadline = loop.time() + 1.0
-            while loop.time() < deadline or r.stats()["clmc"]["batches_dropped"] < 1:
-                start = loop.time()
-                assert (await c.get("/")).status == 200
-                slowest = max(slowest, loop.time() - start)
+            # A full collection of the heap earlier tests grew pauses this process for 0.3 s
+            # and more in the whole suite (seen in CI); it is not the reporter's doing.
+            gc.collect()
+            gc.disable()
+            try:
+                while loop.time() < deadline or r.stats()["clmc"]["batches_dropped"] < 1:
+                    start = loop.time()
+                    assert (await c.get("/")).status == 200
+                    slowest = max(slowest, loop.time() - start)
+            finally:
+                gc.enable()
             await c.close()
             clmc = r.stats()["clmc"]
             assert clmc["batches_dropped"] >= 1
