@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from starlette.requests import ClientDisconnect
+
 from flame.media.content.catalog import Catalog
 from flame.media.content.errors import BadRequest, ChecksumMismatch, RequestTimeout, TooLarge
 from flame.media.content.storage import BlobStore
@@ -103,6 +105,11 @@ async def guarded_body(
             chunk = await asyncio.wait_for(it.__anext__(), limits.body_idle_s)
         except StopAsyncIteration:
             return
+        except ClientDisconnect:  # the bytes before it are kept; a 4xx, not a logged 500
+            raise BadRequest(
+                f"the client went away during {what}; resume from the offset the server reports",
+                code="client_disconnected",
+            ) from None
         except TimeoutError:
             raise RequestTimeout(
                 f"no byte of {what} for {limits.body_idle_s:g} s; resume from the offset "
