@@ -3,6 +3,7 @@
 flame up [--topology sandbucket|sandpit|FILE] [-d]   run the whole platform on this machine
 flame down                                          stop a background instance
 flame ue run --sr SR --fqdn F --rps N --duration S  user-equipment load through an SR
+flame ue sr-url SR                                  an SR's URL, for curl or a browser
 """
 
 from __future__ import annotations
@@ -64,7 +65,12 @@ def _run_dir(config: Config) -> Path:
     type=click.IntRange(1, 65535),
     help="Port every SR listens on, each on its own loopback address.",
 )
-@click.option("--free-ports", is_flag=True, help="Pick free ports instead of the defaults.")
+@click.option(
+    "--free-ports",
+    is_flag=True,
+    envvar="FLAME_FREE_PORTS",
+    help="Pick free ports instead of the defaults (tests, a second instance on one machine).",
+)
 @click.option("--no-latency", is_flag=True, help="Do not emulate the topology's link latencies.")
 @click.option(
     "--no-egress-hop",
@@ -324,6 +330,14 @@ def ue_run(
         click.echo("statuses: " + ", ".join(f"{k}: {v}" for k, v in data["statuses"].items()))
     if report.failed:
         raise UserError(f"{report.failed} of {report.requests} requests failed")
+
+
+@ue_group.command("sr-url")
+@click.argument("sr")
+@click.pass_obj
+def ue_sr_url(state: _CliState, sr: str) -> None:
+    """Print the URL of SR in the running FLAME-in-a-box (for curl, a browser or a player)."""
+    click.echo(_sr_url(state.config(), sr))
 
 
 def _sr_url(config: Config, sr: str) -> str:

@@ -86,7 +86,12 @@ def _ports(values: tuple[str, ...]) -> list[dict[str, Any]]:
 @click.command("package")
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--name", help="Image name (default: the manifest's, else the directory's name).")
-@click.option("--tag", "tags", multiple=True, help="Tag to give the image (repeatable).")
+@click.option(
+    "--tag",
+    "tags",
+    multiple=True,
+    help="Tag to give the image (repeatable; default: the manifest's version).",
+)
 @click.option(
     "-o",
     "--output",
@@ -118,6 +123,7 @@ def package_cmd(
     """Build an SF image from DIRECTORY (with its flame-sf.yaml) and print its digest.
 
     The same directory always gives the same digest. Flags override the manifest's keys.
+    Without --tag the image is tagged with the manifest's version.
     """
     overrides: dict[str, Any] = {}
     if entrypoint is not None:
@@ -136,6 +142,8 @@ def package_cmd(
         directory, name=name, overrides=overrides, compression="gzip" if use_gzip else None
     )
     digest = digest_of(blob)
+    if not tags and manifest.version:  # `image: NAME:VERSION` in a template finds it as packaged
+        tags = (manifest.version,)
     if output is not None:
         output.write_bytes(blob)
         where = str(output)
