@@ -156,7 +156,7 @@ def scan_line(line: str, multiplier: int) -> Point:
     return Point(measurement, tags, fields, time)
 
 
-def _scan_key(s: str) -> tuple[int, str, tuple[tuple[str, str], ...]]:
+def _scan_key(s: str) -> tuple[int, str, tuple[tuple[str, str], ...]]:  # noqa: C901 (issue 18: split it)
     n = len(s)
     i = 0
     if i >= n or s[i] == ",":
@@ -294,7 +294,7 @@ def _check_field_keys(block: str, key_len: int) -> None:
         i = k + 1
 
 
-def _scan_number(s: str, i: int) -> int:
+def _scan_number(s: str, i: int) -> int:  # noqa: C901 (issue 18: split it)
     n = len(s)
     start = i
     is_int = is_uint = decimal = scientific = False

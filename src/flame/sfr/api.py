@@ -158,7 +158,7 @@ class PolicyBody(_Body):
 # -- the app ---------------------------------------------------------------------------------------
 
 
-def create_app(service: PceService, tokens: TokenStore) -> FastAPI:
+def create_app(service: PceService, tokens: TokenStore) -> FastAPI:  # noqa: C901 (issue 18: split it)
     """The PCE API around `service`; the app's lifespan starts and stops the service."""
 
     @contextlib.asynccontextmanager

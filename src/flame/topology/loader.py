@@ -226,7 +226,7 @@ def load_topology(path: str | Path) -> Topology:
     return topology
 
 
-def parse_topology(text: str, name: str, sink: DiagnosticSink) -> Topology | None:
+def parse_topology(text: str, name: str, sink: DiagnosticSink) -> Topology | None:  # noqa: C901 (issue 18: split it)
     root = load_yaml(text, name, sink)
     if not isinstance(root, YMap):
         if root is not None or not sink.has_errors():

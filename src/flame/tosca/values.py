@@ -168,7 +168,7 @@ class ValueChecker:
         self._check_constraints(value, value, dtype.constraints, dtype.name, pos, what)
         return value
 
-    def _check_primitive(
+    def _check_primitive(  # noqa: C901 (issue 18: split it)
         self, value: Any, type_name: str, schema: Schema | None, pos: Position, what: str
     ) -> Any:
         if type_name == "any":

@@ -41,7 +41,7 @@ def _json_error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def install_alert_routes(
+def install_alert_routes(  # noqa: C901 (issue 18: split it)
     app: FastAPI,
     alerts: AlertService,
     authenticate: Authenticate | None = None,

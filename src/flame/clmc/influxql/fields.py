@@ -90,7 +90,7 @@ def _dedupe(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def plan_fields(
+def plan_fields(  # noqa: C901 (issue 18: split it)
     fields: Sequence[A.Field], schemas: Sequence[MeasurementSchema], group_tags: Sequence[str]
 ) -> SelectList:
     field_types: dict[str, FieldType] = {}

@@ -132,7 +132,7 @@ def _select(s: A.SelectStatement) -> str:
     return out
 
 
-def render(stmt: A.Statement) -> str:
+def render(stmt: A.Statement) -> str:  # noqa: C901 (issue 18: split it)
     match stmt:
         case A.SelectStatement():
             return _select(stmt)

@@ -157,7 +157,7 @@ def via_entry(sr_id: str) -> bytes:
     return sr_id.encode("ascii", "replace")
 
 
-def analyze_request(
+def analyze_request(  # noqa: C901 (issue 18: split it)
     method: bytes,
     url: bytes,
     version: str,
