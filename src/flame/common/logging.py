@@ -30,6 +30,7 @@ __all__ = [
     "JsonFormatter",
     "RedactingFilter",
     "TextFormatter",
+    "logging_spec",
     "redact_text",
     "setup_logging",
 ]
@@ -160,6 +161,15 @@ class _FlameHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Marks the handler setup_logging owns, so it can be replaced, not duplicated."""
 
 
+_installed: tuple[str, str] = ("INFO", "text")
+
+
+def logging_spec() -> tuple[str, str]:
+    """The (level, format) setup_logging last installed: a spawned child process (an SR worker)
+    passes it to its own setup_logging, so it logs like its parent, redaction included."""
+    return _installed
+
+
 def setup_logging(level: str, fmt: str, stream: IO[str] | None = None) -> None:
     """Send log records to ``stream`` (default stderr) in ``fmt`` ("text"/"json").
 
@@ -173,6 +183,8 @@ def setup_logging(level: str, fmt: str, stream: IO[str] | None = None) -> None:
     if fmt not in LOG_FORMATS:
         raise ValueError(f"invalid log format {fmt!r}; expected one of {', '.join(LOG_FORMATS)}")
     level_no = logging.getLevelNamesMapping()[level_name]
+    global _installed  # noqa: PLW0603 - one process-wide logging setup, by design
+    _installed = (level_name, fmt)
 
     handler = _FlameHandler(sys.stderr if stream is None else stream)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())

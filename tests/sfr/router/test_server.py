@@ -86,3 +86,49 @@ async def test_two_workers_share_the_port_and_stop_gracefully(upstreams, tmp_pat
             proc.kill()
             with contextlib.suppress(Exception):
                 await proc.wait()
+
+
+JSON_RUNNER = """
+import json, sys
+from flame.common.logging import setup_logging
+from flame.sfr.router import RouterConfig, serve
+setup_logging("INFO", "json")
+config = RouterConfig.from_dict(json.loads(sys.argv[1]))
+serve(config, on_ready=lambda host, port: print("READY", port, flush=True))
+"""
+
+
+@pytest.mark.skipif(not reuse_port_supported(), reason="SO_REUSEPORT is not available")
+async def test_workers_log_as_their_parent_was_set_up(upstreams, tmp_path: Path) -> None:
+    """Issue 18 item 5: `FLAME_LOG_FORMAT=json` (or the level, or redaction) reaches the SR's
+    spawned worker processes, which used to call logging.basicConfig and log plain text."""
+    up = await upstreams("a", slow_when_asked)
+    table_file = tmp_path / "table.json"
+    save_table_file(table_file, table(1, {"vod.example": [(up.endpoint(), 1.0)]}))
+    config = RouterConfig(sr_id=SR, port=0, workers=2, table_file=str(table_file))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        JSON_RUNNER,
+        json.dumps(config.to_dict()),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert line.startswith(b"READY "), line
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(proc.communicate(), 15)  # both pipes to EOF
+        err = stderr.decode()
+        assert proc.returncode == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            with contextlib.suppress(Exception):
+                await proc.wait()
+    records = [json.loads(x) for x in err.splitlines() if x.strip()]  # every line is JSON
+    stopping = [r for r in records if "stopping" in r["msg"] and "worker" in r["msg"]]
+    assert {r["msg"].split("worker ")[1].split(":")[0] for r in stopping} == {"0", "1"}
+    assert all(r["logger"].startswith("flame.sfr.router") for r in stopping)

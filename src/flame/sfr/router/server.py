@@ -38,6 +38,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from flame.common.logging import logging_spec, setup_logging
 from flame.sfr.router.config import RouterConfig
 from flame.sfr.router.errors import RouterError
 from flame.sfr.router.inflight import InflightTable
@@ -184,11 +185,10 @@ def _worker_process(
     ready: Connection,
     inflight: InflightTable | None,
     sockets: tuple[str, ...],
+    log_spec: tuple[str, str],
 ) -> None:
     """Entry point of a worker process (spawned, so it starts clean)."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
-    )
+    setup_logging(*log_spec)  # the parent's level and format (json, redaction) too
     config = RouterConfig.from_dict(config_data)
     try:
         sock = bind_socket(host, port, reuse_port=True)
@@ -257,6 +257,7 @@ def _serve_processes(
                     child_end,
                     inflight,
                     sockets,
+                    logging_spec(),
                 ),
                 name=f"flame-sr-{config.sr_id}-{index}",
             )
