@@ -130,7 +130,7 @@ def test_validate_with_the_sandpit_topology(capsys: pytest.CaptureFixture[str]) 
 
 def test_validate_invalid_template(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     text = EXAMPLE_TEXT.replace("edge-bath: {cache: placed}", "edge-bath: {cache: plcaed}")
-    text = text.replace("image: hls-origin:1.0", "image: hls-origin:1.0\n        imagee: x")
+    text = text.replace("image: vod-origin:1.0", "image: vod-origin:1.0\n        imagee: x")
     bad = write(tmp_path / "bad.yaml", text)
     code, out, err = run(capsys, "validate", str(bad))
     assert code == 1

@@ -297,8 +297,8 @@ async def test_alert_event_connects_the_surrogate_fast(
 async def test_unknown_image_and_unreachable_cluster_refused_before_any_change(
     tmp_path: Path, fake_vim: FakeVim, registrar: InProcessRegistrar
 ) -> None:
-    repo = ImageRepository(tmp_path / "images")  # holds hls-origin only
-    repo.put(build_image(ROOT / "examples" / "sf" / "echo", name="hls-origin")[0], tags=["1.0"])
+    repo = ImageRepository(tmp_path / "images")  # holds vod-origin only
+    repo.put(build_image(ROOT / "examples" / "sf" / "echo", name="vod-origin")[0], tags=["1.0"])
     vims = {"metro-london": fake_vim, "edge-bristol": fake_vim}  # no VIM for edge-bath
     async with running_platform(tmp_path, vims, registrar, images=repo) as p:
         r = await deploy(p)

@@ -95,7 +95,7 @@ def test_load_service_raises_with_every_error(tmp_path):
     broken = (
         VOD.read_text()
         .replace("cache: booted", "cache: bootd")
-        .replace("image: hls-origin:1.0", "image: 7")
+        .replace("image: vod-origin:1.0", "image: 7")
     )
     path = tmp_path / "broken.yaml"
     path.write_text(broken)
