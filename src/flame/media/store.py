@@ -6,6 +6,11 @@ written there (body + JSON metadata, each by temp file + rename, so a crash neve
 torn object), objects evicted from RAM stay on disk and come back on their next hit, and a
 restarted cache starts warm. Expiry is wall-clock time so that it survives a restart.
 Negative answers (404) live in RAM only: they are short-lived by design.
+
+Objects are indexed across both tiers by their base key (path and query: every variant a
+``Vary`` response made, at most `max_variants` per base, the least recently stored going
+first) and by tag (``Surrogate-Key``/``Cache-Tag``), so that purges by path, by prefix and by
+tag find every copy, in RAM or on disk.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CachedObject", "ObjectStore"]
+__all__ = ["CachedObject", "ObjectStore", "variant_key"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,15 @@ class CachedObject:
     last_modified: float | None
     stored_at: float  # time.time()
     expires_at: float  # time.time(); fresh while now < expires_at
+    base: str = ""  # path?query; `key` adds the values of the Vary headers ("" = key)
+    vary: tuple[str, ...] = ()  # request header names the origin said it varies on
+    tags: tuple[str, ...] = ()  # Surrogate-Key / Cache-Tag
+    swr: float = 0.0  # stale-while-revalidate window (s after expires_at)
+    sie: float = 0.0  # stale-if-error window (s after expires_at)
+
+    def __post_init__(self) -> None:
+        if not self.base:
+            self.base = self.key
 
     @property
     def size(self) -> int:
@@ -56,6 +70,11 @@ class CachedObject:
             "stored_at": self.stored_at,
             "expires_at": self.expires_at,
             "length": len(self.body),
+            "base": self.base,
+            "vary": list(self.vary),
+            "tags": list(self.tags),
+            "swr": self.swr,
+            "sie": self.sie,
         }
 
 
@@ -100,18 +119,32 @@ class ObjectStore:
         disk_dir: Path | None = None,
         disk_max_bytes: int | None = None,
         max_object_bytes: int | None = None,
+        max_variants: int = 8,
     ) -> None:
         # By default one object may take a quarter of RAM: a huge file must not flush the rest.
         self.max_object_bytes = max_bytes // 4 if max_object_bytes is None else max_object_bytes
+        self.max_variants = max_variants
         self.mem: dict[str, CachedObject] = {}
         self.mem_lru = _Lru(max_bytes)
         self.disk_dir = disk_dir
         self.disk_lru = _Lru(disk_max_bytes if disk_max_bytes is not None else 4 * max_bytes)
+        # Indexes over both tiers: base key -> its variant keys (oldest first) and vary names;
+        # tag -> keys; key -> (base, tags) to undo both.
+        self.bases: dict[str, dict[str, None]] = {}
+        self.vary: dict[str, tuple[str, ...]] = {}
+        self.tagged: dict[str, set[str]] = {}
+        self.indexed: dict[str, tuple[str, tuple[str, ...]]] = {}
         self.evictions = 0
+        self.disk_evictions = 0
         self.disk_reads = 0
         if disk_dir is not None:
             disk_dir.mkdir(parents=True, exist_ok=True)
             self._scan()
+
+    def variant_key(self, base: str, headers: dict[str, str]) -> str:
+        """The key of the variant of `base` that a request with `headers` selects."""
+        names = self.vary.get(base)
+        return variant_key(base, names, headers) if names else base
 
     def get(self, key: str) -> CachedObject | None:
         obj = self.mem.get(key)
@@ -123,6 +156,7 @@ class ObjectStore:
         obj = self._read(key)
         if obj is None:
             self.disk_lru.remove(key)
+            self._forget_if_gone(key)
             return None
         self.disk_reads += 1
         self.disk_lru.touch(key)
@@ -133,6 +167,9 @@ class ObjectStore:
         """Store `obj`; False when it is too big to cache."""
         if obj.size > self.max_object_bytes:
             return False
+        if obj.base in self.bases and self.vary.get(obj.base, ()) != obj.vary:
+            self.purge(obj.base)  # the origin changed what it varies on: old variants are void
+        self._index(obj)
         self._remember(obj)
         if persist and self.disk_dir is not None and obj.size <= self.disk_lru.max_bytes:
             self._write(obj)
@@ -140,6 +177,11 @@ class ObjectStore:
             for victim in self.disk_lru.victims():
                 self.disk_lru.remove(victim)
                 self._unlink(victim)
+                self.disk_evictions += 1
+                self._forget_if_gone(victim)
+        variants = self.bases.get(obj.base, {})
+        while len(variants) > self.max_variants:
+            self.delete(next(iter(variants)))
         return True
 
     def refresh(self, obj: CachedObject) -> None:
@@ -147,12 +189,28 @@ class ObjectStore:
         if self.disk_dir is not None and obj.key in self.disk_lru.sizes:
             self._write_meta(obj)
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str) -> bool:
+        found = False
         if self.mem.pop(key, None) is not None:
             self.mem_lru.remove(key)
+            found = True
         if key in self.disk_lru.sizes:
             self.disk_lru.remove(key)
             self._unlink(key)
+            found = True
+        self._forget_if_gone(key)
+        return found
+
+    def purge(self, base: str) -> int:
+        """Remove every variant of `base` (a path with its query, if any); returns how many."""
+        return sum(self.delete(k) for k in list(self.bases.get(base, ())))
+
+    def purge_prefix(self, prefix: str) -> int:
+        return sum(self.purge(b) for b in [b for b in self.bases if b.startswith(prefix)])
+
+    def ban(self, tag: str) -> int:
+        """Remove every object the origin tagged `tag`; returns how many."""
+        return sum(self.delete(k) for k in list(self.tagged.get(tag, ())))
 
     def stats(self) -> dict[str, int]:
         return {
@@ -163,7 +221,43 @@ class ObjectStore:
             "disk_bytes": self.disk_lru.bytes,
             "disk_reads": self.disk_reads,
             "evictions": self.evictions,
+            "disk_evictions": self.disk_evictions,
+            "bases": len(self.bases),
+            "tags": len(self.tagged),
         }
+
+    # -- indexes ---------------------------------------------------------------------------------
+
+    def _index(self, obj: CachedObject) -> None:
+        self._unindex(obj.key)
+        self.indexed[obj.key] = (obj.base, obj.tags)
+        self.bases.setdefault(obj.base, {})[obj.key] = None
+        if obj.vary:
+            self.vary[obj.base] = obj.vary
+        for tag in obj.tags:
+            self.tagged.setdefault(tag, set()).add(obj.key)
+
+    def _unindex(self, key: str) -> None:
+        entry = self.indexed.pop(key, None)
+        if entry is None:
+            return
+        base, tags = entry
+        variants = self.bases.get(base)
+        if variants is not None:
+            variants.pop(key, None)
+            if not variants:
+                del self.bases[base]
+                self.vary.pop(base, None)
+        for tag in tags:
+            keys = self.tagged.get(tag)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self.tagged[tag]
+
+    def _forget_if_gone(self, key: str) -> None:
+        if key not in self.mem and key not in self.disk_lru.sizes:
+            self._unindex(key)
 
     # -- RAM -------------------------------------------------------------------------------------
 
@@ -174,6 +268,7 @@ class ObjectStore:
             self.mem_lru.remove(victim)
             del self.mem[victim]
             self.evictions += 1
+            self._forget_if_gone(victim)
 
     # -- disk ------------------------------------------------------------------------------------
 
@@ -215,18 +310,21 @@ class ObjectStore:
     def _scan(self) -> None:
         """Index what a previous run left, oldest access first."""
         assert self.disk_dir is not None
-        found: list[tuple[float, str, int]] = []
+        found: list[tuple[float, str, int, CachedObject]] = []
         for meta_path in self.disk_dir.glob("*.json"):
             try:
                 meta = json.loads(meta_path.read_bytes())
-                found.append((meta_path.stat().st_mtime, str(meta["key"]), int(meta["length"])))
+                stub = _from_meta(meta, b"")  # for the indexes; the body stays on disk
+                found.append((meta_path.stat().st_mtime, stub.key, int(meta["length"]), stub))
             except (OSError, ValueError, KeyError, TypeError):
                 continue
-        for _, key, length in sorted(found):
+        for _, key, length, stub in sorted(found, key=lambda f: f[:3]):
             self.disk_lru.add(key, length + _OVERHEAD)
+            self._index(stub)
         for victim in self.disk_lru.victims():
             self.disk_lru.remove(victim)
             self._unlink(victim)
+            self._unindex(victim)
 
 
 def _from_meta(meta: dict[str, Any], body: bytes) -> CachedObject:
@@ -239,7 +337,18 @@ def _from_meta(meta: dict[str, Any], body: bytes) -> CachedObject:
         last_modified=meta.get("last_modified"),
         stored_at=float(meta["stored_at"]),
         expires_at=float(meta["expires_at"]),
+        base=str(meta.get("base") or meta["key"]),
+        vary=tuple(str(n) for n in meta.get("vary", ())),
+        tags=tuple(str(t) for t in meta.get("tags", ())),
+        swr=float(meta.get("swr", 0.0)),
+        sie=float(meta.get("sie", 0.0)),
     )
+
+
+def variant_key(base: str, names: tuple[str, ...], headers: dict[str, str]) -> str:
+    """`base` plus the request's values of the Vary headers (whitespace normalised)."""
+    parts = [f"{n}:{' '.join(headers.get(n, '').split())}" for n in names]
+    return "\n".join([base, *parts])
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
