@@ -69,6 +69,19 @@ CASES: dict[tuple[str, str], tuple[str, Any, dict[str, int]]] = {
     ("GET", "/v1/alerts"): ("/v1/alerts", None, row(a=200)),
     ("GET", "/v1/alerts/events"): ("/v1/alerts/events", None, row(a=200)),
     ("GET", "/v1/alerts/stream"): ("/v1/alerts/stream?keepalive_s=0.05", None, row(a=200)),
+    # The configuration store (CLMC-3): the orchestrator (operator) records; a tenant reads
+    # only its own chains' records (B: as if there were none), a router nothing.
+    ("PUT", "/v1/config/{kind}/{name}"): (
+        "/v1/config/template/vod",
+        {"version": "v1", "tenant": "acme", "content": {"files": {}}},
+        row(a=403, operator=201),
+    ),
+    ("GET", "/v1/config/{kind}/{name}"): ("/v1/config/template/vod", None, row(a=200, b=404)),
+    ("GET", "/v1/config/{kind}/{name}/history"): (
+        "/v1/config/template/vod/history",
+        None,
+        row(a=200, b=404),
+    ),
 }
 
 

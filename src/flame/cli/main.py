@@ -18,6 +18,7 @@ import click
 
 from flame import __version__
 from flame.cli.clmc_commands import install as install_clmc_commands
+from flame.cli.config_commands import install as install_config_commands
 from flame.cli.dashboard_commands import install as install_dashboard_commands
 from flame.cli.orchestrator_commands import install as install_orchestrator_commands
 from flame.cli.sandbox_commands import install as install_sandbox_commands
@@ -317,6 +318,7 @@ install_orchestrator_commands(cli)
 install_sandbox_commands(cli)
 install_dashboard_commands(cli)
 install_clmc_commands(cli)
+install_config_commands(cli)
 
 
 # -- entry point ---------------------------------------------------------------------------

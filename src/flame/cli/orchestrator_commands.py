@@ -500,6 +500,14 @@ def _delegations(pairs: tuple[str, ...]) -> dict[str, str]:
     "context); without CLUSTER=, for every Kubernetes cluster not named. Default: "
     "KUBECONFIG, ~/.kube/config or the in-cluster service account.",
 )
+@click.option(
+    "--metrics-interval",
+    "metrics_interval_s",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds between SFE and host resource samples sent to the CLMC (0: none).",
+)
 @tls_options
 @click.pass_obj
 def serve_orchestrator(
@@ -523,6 +531,7 @@ def serve_orchestrator(
     vim_pairs: tuple[str, ...],
     vim_token: str | None,
     kubeconfig_pairs: tuple[str, ...],
+    metrics_interval_s: float,
     tls_cert: Path | None,
     tls_key: Path | None,
 ) -> None:
@@ -591,11 +600,27 @@ def serve_orchestrator(
         click.echo(f"warning: {reason}", err=True)
     alerts: AlertSink = InProcessAlertSink()
     closers = [runtime.close]
+    recorder = None
+    if clmc_url:
+        from flame.orchestrator.monitoring import Monitoring  # noqa: PLC0415
+
+        monitoring = Monitoring.start(
+            runtime.vims.values(),
+            topology,
+            topology_path,
+            clmc_url,
+            config.token,
+            config.state_dir,
+            metrics_interval_s=metrics_interval_s,
+            verify=client_verify(config.ca_file),
+        )
+        recorder = monitoring.config
+        closers.append(monitoring.close)
     if clmc_url:
         from flame.orchestrator.clmc_sink import HttpAlertSink  # noqa: PLC0415
         from flame.sfemc.clmc_reporter import ClmcReporter, Place  # noqa: PLC0415
 
-        sink = HttpAlertSink(clmc_url, config.token)
+        sink = HttpAlertSink(clmc_url, config.token, verify=client_verify(config.ca_file))
         places = {
             cluster: Place(
                 node.location.latitude if node.location else None,
@@ -627,7 +652,8 @@ def serve_orchestrator(
         await subscribe_alerts(events, runtime.sfemc.handle_alert)
         closers.insert(0, events.close)
 
-    app = create_app(Orchestrator(runtime.sfemc, alerts), tokens, on_close=close, on_start=start)
+    orchestrator = Orchestrator(runtime.sfemc, alerts, config=recorder)
+    app = create_app(orchestrator, tokens, on_close=close, on_start=start)
     click.echo(
         f"orchestrator + SFEMC on {'https' if tls else 'http'}://{host}:{port} "
         f"(topology '{topology.name}', "

@@ -301,6 +301,21 @@ def images_verify(state: _CliState, refs: tuple[str, ...]) -> None:
     help="Where SFEs cannot be sandboxed (no bubblewrap), run tenant code unconfined as this "
     "user instead of refusing it.",
 )
+@click.option(
+    "--clmc",
+    "clmc_url",
+    metavar="URL",
+    help="Send this host's and its SFEs' resource metrics to this CLMC (default: clmc_url "
+    "from the config; none without one).",
+)
+@click.option(
+    "--metrics-interval",
+    "metrics_interval_s",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds between resource samples (0: none).",
+)
 @tls_options
 @click.pass_obj
 def serve_vim(
@@ -314,6 +329,8 @@ def serve_vim(
     port_base: int,
     sr_pairs: tuple[str, ...],
     allow_unconfined_sfes: bool,
+    clmc_url: str | None,
+    metrics_interval_s: float,
     tls_cert: Path | None,
     tls_key: Path | None,
 ) -> None:
@@ -354,7 +371,24 @@ def serve_vim(
     images = ImageSource(vim.repository, source, config.token, verify=client_verify(config.ca_file))
     # Refused now, not at the first placement: the token would go to the repository in clear.
     require_private_url(source, config.token, what="the image repository (--images)")
-    app = create_agent_app(vim, tokens, images=images)
+    on_close = None
+    clmc_url = clmc_url or config.clmc_url
+    if clmc_url and metrics_interval_s > 0:
+        from flame.sfemc.vim.metrics_reporter import for_process_vim  # noqa: PLC0415
+
+        require_private_url(clmc_url, config.token, what="the CLMC (--clmc)")
+        reporter = for_process_vim(
+            vim,
+            clmc_url,
+            config.token,
+            interval_s=metrics_interval_s,
+            verify=client_verify(config.ca_file),
+        )
+
+        async def on_close() -> None:
+            reporter.close()
+
+    app = create_agent_app(vim, tokens, images=images, on_close=on_close)
     listen = host or vim.hosts.get(clusters[0], vim.host)
     click.echo(
         f"VIM agent for {', '.join(clusters)} on {'https' if tls else 'http'}://{listen}:{port} "

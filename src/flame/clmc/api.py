@@ -1,4 +1,5 @@
-"""The CLMC's InfluxDB 1.x HTTP API (CLMC-8, 16): `/ping`, `/write`, `/api/v2/write`, `/query`.
+"""The CLMC's InfluxDB 1.x HTTP API (CLMC-8, 16): `/ping`, `/write`, `/api/v2/write`, `/query`;
+the configuration store's routes (`/v1/config/...`, CLMC-3: `flame.clmc.config_api`).
 
 Telegraf, the `influx` CLI, client libraries and Grafana talk to it unchanged. Status codes and
 `{"error": ...}` texts are InfluxDB 1.6's (checked against the real server in
@@ -45,6 +46,7 @@ from starlette.datastructures import Headers, QueryParams
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from flame.clmc import influxql
+from flame.clmc.config_api import install_config_routes
 from flame.clmc.errors import DatabaseNotFound, Overloaded, RetentionPolicyNotFound
 from flame.clmc.influxql.scope import Access, authorize
 from flame.clmc.ingest import Ingest
@@ -434,6 +436,8 @@ def create_app(  # noqa: C901 (issue 18: split it)
         from flame.clmc.alerts.api import install_alert_routes  # noqa: PLC0415 - optional
 
         install_alert_routes(app, alerts, delegations=delegations)
+    # The configuration store (CLMC-3): template, policy and topology versions over time
+    install_config_routes(app, lambda: current().store)
     return require_declared(app)
 
 

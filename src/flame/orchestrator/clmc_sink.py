@@ -8,6 +8,7 @@ until the CLMC takes it.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from typing import Any
 
@@ -39,11 +40,19 @@ def _error_text(response: httpx.Response) -> str:
 
 class HttpAlertSink:
     def __init__(
-        self, clmc_url: str, token: str | None, *, retry_s: float = 2.0, timeout_s: float = 3.0
+        self,
+        clmc_url: str,
+        token: str | None,
+        *,
+        retry_s: float = 2.0,
+        timeout_s: float = 3.0,
+        verify: ssl.SSLContext | bool = True,  # the platform CA for an https CLMC
     ) -> None:
         self.base = clmc_url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._client = httpx.Client(timeout=timeout_s, headers=headers, trust_env=False)
+        self._client = httpx.Client(
+            timeout=timeout_s, headers=headers, trust_env=False, verify=verify
+        )
         self._pending: dict[str, tuple[str, Any]] = {}  # sfc -> ("put", body) | ("delete", sfci)
         self._instances: dict[str, str] = {}  # sfc -> the sfci its rules were set for
         self._lock = threading.Lock()

@@ -32,6 +32,7 @@ from flame.common.auth import (
 from flame.common.diagnostics import Diagnostic, Position, ValidationFailed
 from flame.common.errors import FlameError, UserError
 from flame.orchestrator.alerts import AlertSink
+from flame.orchestrator.config_record import ConfigRecorder
 from flame.orchestrator.plan import Plan, make_plan
 from flame.sfemc.control import Sfemc
 from flame.sfemc.store import EndpointRecord
@@ -121,10 +122,17 @@ def _model_or_raise(outcome: _Outcome) -> ServiceModel:
 
 class Orchestrator:
     def __init__(
-        self, sfemc: Sfemc, alerts: AlertSink, *, runtimes: Collection[str] | None = None
+        self,
+        sfemc: Sfemc,
+        alerts: AlertSink,
+        *,
+        runtimes: Collection[str] | None = None,
+        config: ConfigRecorder | None = None,
     ) -> None:
+        """`config` records what is put in force in the CLMC's configuration store (CLMC-3)."""
         self.sfemc = sfemc
         self.alerts = alerts
+        self.config = config
         self.runtimes = runtimes
         self._validating = asyncio.Semaphore(1)
         self._waiting = 0
@@ -238,6 +246,8 @@ class Orchestrator:
             self.alerts.set_rules, model.sfc, owner, model.alert_rules, model.sfci
         )
         changed = self.sfemc.apply(owner, model, files)  # ORCH-9: endpoint states and policies
+        if self.config is not None:  # CLMC-3: in force from now on (spooled on disk, sent soon)
+            await anyio.to_thread.run_sync(self.config.template, model, owner, files)
         return plan, changed
 
     def services(self, principal: Principal) -> list[dict[str, Any]]:
@@ -294,9 +304,12 @@ class Orchestrator:
         }
 
     def delete(self, principal: Principal, sfc: str) -> list[str]:
-        self._visible(principal, sfc)
+        owner, _ = self._visible(principal, sfc)
         self.alerts.remove_rules(sfc)
-        return self.sfemc.remove(sfc)
+        removing = self.sfemc.remove(sfc)
+        if self.config is not None:
+            self.config.deleted(sfc, owner)
+        return removing
 
     async def logs(self, principal: Principal, sfe: str, tail: int = 100) -> list[str]:
         record = self.sfemc.store.endpoint(sfe)
