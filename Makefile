@@ -68,6 +68,7 @@ bench: $(NATIVE)
 	$(BIN)/python bench/sr_failover.py $(BENCH_ARGS)
 	$(BIN)/python bench/sr_tls_vs_nginx.py $(BENCH_ARGS)
 	$(BIN)/python bench/cache_vs_nginx.py $(BENCH_ARGS)
+	$(BIN)/python bench/sr_websocket_vs_nginx.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build

@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from flame import __version__
+from flame.cli.cert_commands import install as install_cert_commands
 from flame.cli.clmc_commands import install as install_clmc_commands
 from flame.cli.config_commands import install as install_config_commands
 from flame.cli.dashboard_commands import install as install_dashboard_commands
@@ -319,6 +320,7 @@ install_sandbox_commands(cli)
 install_dashboard_commands(cli)
 install_clmc_commands(cli)
 install_config_commands(cli)
+install_cert_commands(cli)
 
 
 # -- entry point ---------------------------------------------------------------------------

@@ -7,8 +7,8 @@
     flame serve pce --topology FILE          run the PCE (active, or standby on a shared --db)
     flame serve sr --id SR --pce URL         run a service router's data plane
                    [--tls-port N]            ... with TLS (certificates from the PCE, SFR-19)
-    flame cert put FQDN --cert F --key F     upload an FQDN's certificate (SFR-22)
-    flame cert list | show | delete | renew | redirect | ca | issue-server
+
+(`flame cert ...`, content certificates, is in `flame.cli.cert_commands`.)
 
 The PCE commands talk to `--pce URL` (default: `pce_url` from the config) with the config's
 token. They raise; `flame.cli.main.main` is the one place that prints errors and picks the exit
@@ -56,7 +56,6 @@ def install(cli: click.Group, topology: click.Group) -> None:
     for command in (topology_show, link_down, link_up):
         topology.add_command(command)
     cli.add_command(routes_cmd)
-    cli.add_command(cert_group)
     for command in (delegate_cmd, undelegate_cmd, delegations_cmd):
         cli.add_command(command)
     serve = cli.commands.get("serve")
@@ -366,6 +365,18 @@ def serve_group() -> None:
     help="Lifetime of the certificates the platform CA issues to FQDNs (renewed with a third "
     "of it left).",
 )
+@click.option(
+    "--acme-directory",
+    metavar="URL",
+    help="Obtain automatic certificates from this ACME directory (HTTP-01 answered by the SRs) "
+    "instead of the platform CA (SFR-23, docs/tls.md).",
+)
+@click.option("--acme-email", metavar="ADDRESS", help="Contact address of the ACME account.")
+@click.option(
+    "--acme-ca-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CA certificate(s) to verify the ACME directory's HTTPS (default: the system's).",
+)
 @tls_options
 @click.pass_obj
 def serve_pce(
@@ -378,6 +389,9 @@ def serve_pce(
     name: str | None,
     no_certs: bool,
     cert_days: float,
+    acme_directory: str | None,
+    acme_email: str | None,
+    acme_ca_file: Path | None,
     tls_cert: Path | None,
     tls_key: Path | None,
 ) -> None:
@@ -404,9 +418,12 @@ def serve_pce(
         )
     tls = tls_files(tls_cert, tls_key)
     store = open_pce_store(db_path or config.state_dir / "pce.sqlite3", name, lease_ttl=lease_ttl)
+    if acme_directory and no_certs:
+        raise click.UsageError("--acme-directory needs certificates: drop --no-certs")
     certs = None
     try:
         if not no_certs:
+            from flame.sfr.acme import AcmeConfig  # noqa: PLC0415 - cryptography
             from flame.sfr.certs import open_cert_manager  # noqa: PLC0415 - cryptography
 
             certs = open_cert_manager(
@@ -417,6 +434,11 @@ def serve_pce(
                     else store.path.with_suffix(".certs.sqlite3")
                 ),
                 lifetime_days=cert_days,
+                acme=(
+                    AcmeConfig(acme_directory, email=acme_email, ca_file=acme_ca_file)
+                    if acme_directory
+                    else None
+                ),
             )
         service = PceService(topology, store, certs=certs)
         app = create_app(service, tokens)
@@ -431,6 +453,8 @@ def serve_pce(
         run_server(app, host, port, "the PCE", on_shutdown=service.drain, tls=tls)
     finally:
         if certs is not None:
+            if certs.acme is not None:
+                certs.acme.stop()
             certs.store.close()
         store.close()
 
@@ -596,225 +620,3 @@ def serve_sr(
         click.echo(f"SR '{sr_id}' routing on https://{bound_host}:{bound_port}", err=True)
 
     serve(router_config, on_ready=ready, on_tls_ready=tls_ready)
-
-
-# -- content certificates (SFR-22, SFR-23) -------------------------------------------------------
-
-
-@click.group("cert")
-def cert_group() -> None:
-    """Content certificates of FQDNs, served by the SRs over TLS (SFR-22, SFR-23).
-
-    A tenant uploads its own chain and key for an FQDN delegated to it; every other routed,
-    delegated FQDN gets one from the platform CA, renewed before it expires. The key is never
-    shown again.
-    """
-
-
-def _read_pem(path: Path, what: str) -> str:
-    try:
-        return path.read_text(encoding="ascii")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read the {what} {path}: {exc}") from None
-
-
-def _print_cert(doc: dict[str, Any]) -> None:
-    click.echo(
-        f"{doc['fqdn']}: {doc['source']} certificate for {', '.join(doc['names'])}; valid "
-        f"{doc['not_before']} to {doc['not_after']}; issuer {doc['issuer']}; sha256 "
-        f"{doc['fingerprint_sha256']}; plain HTTP "
-        + ("redirected to https" if doc.get("redirect_http") else "served")
-    )
-
-
-@cert_group.command("put")
-@click.argument("fqdn")
-@click.option(
-    "--cert",
-    "cert_file",
-    required=True,
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="Certificate chain (PEM): the FQDN's certificate first, then its intermediates.",
-)
-@click.option(
-    "--key",
-    "key_file",
-    required=True,
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="Its private key (PEM, unencrypted); stored encrypted, never shown again.",
-)
-@click.option(
-    "--redirect/--no-redirect",
-    default=None,
-    help="Redirect plain HTTP for the FQDN to https at every SR (default: leave as it is).",
-)
-@_pce_option
-@click.pass_obj
-def cert_put(
-    state: _CliState,
-    fqdn: str,
-    cert_file: Path,
-    key_file: Path,
-    redirect: bool | None,
-    pce: str | None,
-) -> None:
-    """Upload FQDN's certificate chain and key (an FQDN delegated to you; SFR-22).
-
-    The PCE checks that the chain covers FQDN, the key matches and it has not expired; every
-    SR that routes FQDN serves it to new connections within a second.
-    """
-    chain = _read_pem(cert_file, "certificate chain")
-    key = _read_pem(key_file, "private key")
-    with _client(state, pce) as client:
-        doc = client.put_cert(fqdn, chain, key, redirect)
-    if state.json:
-        _emit(doc)
-    else:
-        _print_cert(doc)
-
-
-@cert_group.command("list")
-@_pce_option
-@click.pass_obj
-def cert_list(state: _CliState, pce: str | None) -> None:
-    """Certificates of the FQDNs you manage (an operator: all)."""
-    with _client(state, pce) as client:
-        docs = client.certs()
-    if state.json:
-        _emit(docs)
-        return
-    if not docs:
-        click.echo("no certificates")
-        return
-    rows = [("FQDN", "SOURCE", "NAMES", "NOT AFTER", "REDIRECT", "SHA256")]
-    for d in docs:
-        rows.append(
-            (
-                d["fqdn"],
-                d["source"],
-                ",".join(d["names"]),
-                d["not_after"],
-                "yes" if d["redirect_http"] else "no",
-                d["fingerprint_sha256"][:16],
-            )
-        )
-    for line in _columns(rows):
-        click.echo(line)
-
-
-@cert_group.command("show")
-@click.argument("fqdn")
-@click.option("--pem", is_flag=True, help="Print the certificate chain (PEM) only.")
-@_pce_option
-@click.pass_obj
-def cert_show(state: _CliState, fqdn: str, pem: bool, pce: str | None) -> None:
-    """FQDN's certificate: metadata, or its chain with --pem (never the key)."""
-    with _client(state, pce) as client:
-        doc = client.cert(fqdn)
-    if pem:
-        click.echo(doc["chain"], nl=False)
-    elif state.json:
-        _emit(doc)
-    else:
-        _print_cert(doc)
-
-
-@cert_group.command("delete")
-@click.argument("fqdn")
-@_pce_option
-@click.pass_obj
-def cert_delete(state: _CliState, fqdn: str, pce: str | None) -> None:
-    """Remove FQDN's uploaded certificate (the platform issues one again if it applies)."""
-    with _client(state, pce) as client:
-        doc = client.delete_cert(fqdn)
-    if state.json:
-        _emit(doc)
-    else:
-        click.echo(f"deleted the uploaded certificate of {fqdn}")
-
-
-@cert_group.command("renew")
-@click.argument("fqdn")
-@_pce_option
-@click.pass_obj
-def cert_renew(state: _CliState, fqdn: str, pce: str | None) -> None:
-    """Have the platform CA issue FQDN's certificate again now (SFR-23)."""
-    with _client(state, pce) as client:
-        doc = client.renew_cert(fqdn)
-    if state.json:
-        _emit(doc)
-    else:
-        _print_cert(doc)
-
-
-@cert_group.command("redirect")
-@click.argument("fqdn")
-@click.option("--on/--off", default=True, show_default=True)
-@_pce_option
-@click.pass_obj
-def cert_redirect(state: _CliState, fqdn: str, on: bool, pce: str | None) -> None:
-    """Redirect plain HTTP for FQDN to https at every SR (308), or stop (--off)."""
-    with _client(state, pce) as client:
-        doc = client.set_cert_options(fqdn, redirect_http=on)
-    if state.json:
-        _emit(doc)
-    else:
-        click.echo(f"{fqdn}: plain HTTP " + ("redirected to https" if on else "served"))
-
-
-@cert_group.command("ca")
-@click.option(
-    "--local", is_flag=True, help="Read the CA from this host's state directory, not the PCE."
-)
-@_pce_option
-@click.pass_obj
-def cert_ca(state: _CliState, local: bool, pce: str | None) -> None:
-    """Print the platform CA certificate (PEM): what clients trust."""
-    if local:
-        path = state.config().state_dir / "ca" / "ca.crt"
-        click.echo(_read_pem(path, "CA certificate"), nl=False)
-        return
-    with _client(state, pce) as client:
-        click.echo(client.ca_certificate(), nl=False)
-
-
-@cert_group.command("issue-server")
-@click.argument("names", nargs=-1, required=True)
-@click.option(
-    "--out",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Directory for server.crt and server.key (0600).",
-)
-@click.option("--days", default=365.0, show_default=True, type=click.FloatRange(min=0.001))
-@click.pass_obj
-def cert_issue_server(state: _CliState, names: tuple[str, ...], out_dir: Path, days: float) -> None:
-    """Issue a server certificate from this host's platform CA (operator, on the PCE's host)
-    for the control plane's `--tls-cert/--tls-key`: NAMES are DNS names or IP addresses."""
-    import ipaddress  # noqa: PLC0415
-
-    from flame.common._files import atomic_write_private  # noqa: PLC0415
-    from flame.common.pki import PlatformCA  # noqa: PLC0415 - cryptography
-
-    dns: list[str] = []
-    ips: list[str] = []
-    for name in names:
-        try:
-            ipaddress.ip_address(name)
-        except ValueError:
-            dns.append(name)
-        else:
-            ips.append(name)
-    ca = PlatformCA.open(state.config().state_dir / "ca")
-    issued = ca.issue(dns, ip_addresses=ips, days=days)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "server.crt").write_text(issued.chain_pem, encoding="ascii")
-    atomic_write_private(out_dir / "server.key", issued.key_pem.encode())
-    if state.json:
-        _emit({"cert": str(out_dir / "server.crt"), "key": str(out_dir / "server.key")})
-    else:
-        click.echo(
-            f"{out_dir / 'server.crt'} and {out_dir / 'server.key'} for {', '.join(names)}; "
-            f"clients trust {ca.cert_path}"
-        )

@@ -13,6 +13,10 @@ routes, and who owns a name now.
   `lifetime_days`), renewed once less than `renew_fraction` of its life is left (checked on
   every lease tick of the active PCE, and on demand: `renew`). Names no longer routed or no
   longer delegated lose theirs.
+* **ACME (SFR-23).** With an `AcmeIssuer` (`flame.sfr.acme`) the certificates the platform CA
+  would issue are ordered from the operator's ACME directory instead (source `acme`); the
+  challenge answers travel in the same bundles, and a name keeps its current certificate
+  (or has none) until the CA's arrives.
 * **Ownership follows delegations.** A certificate belongs to the tenant owning its FQDN when
   it was stored; when that changes (undelegation, delegation to another tenant) it is
   removed, so it leaves every SR with the next bundle. An SR is only given names the
@@ -35,17 +39,16 @@ import contextlib
 import hashlib
 import json
 import logging
-import sqlite3
-import threading
 import time
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from flame.common.errors import UserError
-from flame.common.pki import ChainInfo, PlatformCA, SecretBox, inspect_chain
+from flame.common.pki import PlatformCA, SecretBox, inspect_chain
+from flame.sfr.acme import AcmeConfig, AcmeIssuer, Issued
+from flame.sfr.certs_store import CertRecord, CertStore
 from flame.sfr.registry import Conflict, NotFound
 
 __all__ = ["CertBundle", "CertManager", "CertRecord", "CertStore", "open_cert_manager"]
@@ -54,81 +57,9 @@ log = logging.getLogger("flame.sfr.certs")
 
 MANUAL = "manual"
 PLATFORM = "platform"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS certs (
-    fqdn TEXT PRIMARY KEY,
-    source TEXT NOT NULL,
-    tenant TEXT,
-    chain TEXT NOT NULL,
-    sealed_key BLOB NOT NULL,
-    info TEXT NOT NULL,
-    updated REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS tls_options (fqdn TEXT PRIMARY KEY, redirect_http INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS cert_versions (
-    sr TEXT PRIMARY KEY, version INTEGER NOT NULL, digest TEXT NOT NULL
-);
-"""
-
-
-def _info_from(data: Mapping[str, Any]) -> ChainInfo:
-    return ChainInfo(
-        names=tuple(data["names"]),
-        not_before=float(data["not_before"]),
-        not_after=float(data["not_after"]),
-        fingerprint=str(data["fingerprint"]),
-        serial=str(data["serial"]),
-        subject=str(data["subject"]),
-        issuer=str(data["issuer"]),
-        certificates=int(data["certificates"]),
-    )
-
-
-def _info_json(info: ChainInfo) -> str:
-    return json.dumps(
-        {
-            "names": list(info.names),
-            "not_before": info.not_before,
-            "not_after": info.not_after,
-            "fingerprint": info.fingerprint,
-            "serial": info.serial,
-            "subject": info.subject,
-            "issuer": info.issuer,
-            "certificates": info.certificates,
-        }
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class CertRecord:
-    """One FQDN's certificate: the chain in clear, the key sealed (never in `repr`)."""
-
-    fqdn: str
-    source: str  # MANUAL or PLATFORM
-    tenant: str | None  # who owned the FQDN when it was stored (None: the operator)
-    chain_pem: str
-    sealed_key: bytes
-    info: ChainInfo
-    updated: float
-
-    def __repr__(self) -> str:
-        return f"CertRecord({self.fqdn!r}, {self.source}, {self.info.fingerprint[:16]})"
-
-    def public(self, *, redirect_http: bool, with_chain: bool = True) -> dict[str, Any]:
-        """What a tenant may read: metadata and the chain, never the key."""
-        doc: dict[str, Any] = {
-            "fqdn": self.fqdn,
-            "source": self.source,
-            "tenant": self.tenant,
-            "redirect_http": redirect_http,
-            **self.info.to_dict(),
-            "updated": self.updated,
-        }
-        if with_chain:
-            doc["chain"] = self.chain_pem
-        return doc
+ACME = "acme"
+AUTOMATIC = (PLATFORM, ACME)
+LIVE_S = 90.0  # an SR that long-polled its bundle this recently is live (ACME delivery)
 
 
 @dataclass(slots=True)
@@ -139,99 +70,8 @@ class CertBundle:
     version: int
     digest: str
     records: tuple[tuple[CertRecord, tuple[str, ...], bool], ...]  # record, names, redirect
+    challenges: tuple[tuple[str, str, str], ...] = ()  # ACME http-01: fqdn, token, answer
     _body: bytes | None = None
-
-
-class CertStore:
-    """The SQLite file holding certificates, TLS options and per-SR bundle versions."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
-        self._db = sqlite3.connect(
-            self.path, timeout=10.0, isolation_level=None, check_same_thread=False
-        )
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            with self._transaction():
-                for statement in filter(str.strip, _SCHEMA.split(";")):
-                    self._db.execute(statement)
-                self._db.execute(
-                    "INSERT OR IGNORE INTO meta VALUES ('generation', ?)", (uuid.uuid4().hex,)
-                )
-        self.path.chmod(0o600)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
-
-    def load(
-        self,
-    ) -> tuple[str, dict[str, CertRecord], dict[str, bool], dict[str, tuple[int, str]]]:
-        with self._lock:
-            db = self._db
-            generation = str(
-                db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0]
-            )
-            records = {
-                fqdn: CertRecord(
-                    fqdn, source, tenant, chain, bytes(sealed), _info_from(json.loads(info)), upd
-                )
-                for fqdn, source, tenant, chain, sealed, info, upd in db.execute(
-                    "SELECT fqdn, source, tenant, chain, sealed_key, info, updated FROM certs"
-                )
-            }
-            options = {
-                fqdn: bool(on)
-                for fqdn, on in db.execute("SELECT fqdn, redirect_http FROM tls_options")
-            }
-            versions = {
-                sr: (int(v), str(d))
-                for sr, v, d in db.execute("SELECT sr, version, digest FROM cert_versions")
-            }
-        return generation, records, options, versions
-
-    def write(
-        self,
-        *,
-        put: Iterable[CertRecord] = (),
-        delete: Iterable[str] = (),
-        options: Mapping[str, bool] | None = None,
-        versions: Mapping[str, tuple[int, str]] | None = None,
-    ) -> None:
-        with self._lock, self._transaction() as db:
-            for fqdn in delete:
-                db.execute("DELETE FROM certs WHERE fqdn = ?", (fqdn,))
-            for r in put:
-                db.execute(
-                    "INSERT OR REPLACE INTO certs VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        r.fqdn,
-                        r.source,
-                        r.tenant,
-                        r.chain_pem,
-                        r.sealed_key,
-                        _info_json(r.info),
-                        r.updated,
-                    ),
-                )
-            for fqdn, on in (options or {}).items():
-                db.execute("INSERT OR REPLACE INTO tls_options VALUES (?, ?)", (fqdn, int(on)))
-            for sr, (version, digest) in (versions or {}).items():
-                db.execute(
-                    "INSERT OR REPLACE INTO cert_versions VALUES (?, ?, ?)", (sr, version, digest)
-                )
 
 
 OwnerOf = Callable[[str], str | None]
@@ -250,6 +90,7 @@ class CertManager:
         renew_fraction: float = 1 / 3,
         automatic: bool = True,
         clock: Callable[[], float] = time.time,
+        acme: AcmeIssuer | None = None,
     ) -> None:
         if not 0 < renew_fraction < 1:
             raise ValueError("renew_fraction must be between 0 and 1")
@@ -268,6 +109,14 @@ class CertManager:
         self._waiters: dict[str, asyncio.Event] = {}
         self.issued = 0
         self.renewed = 0
+        self.acme = acme
+        self._acked: dict[str, int] = {}  # SR -> the bundle version it last said it has
+        self._polled: dict[str, float] = {}  # SR -> (monotonic) when it last asked
+        self._last: tuple[dict[str, frozenset[str]], OwnerOf] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        if acme is not None:
+            acme.notify = self._acme_notify
+            acme.delivered = self.challenge_delivered
         self.load()
 
     def load(self) -> None:
@@ -338,6 +187,9 @@ class CertManager:
     def renew(self, fqdn: str, owner: str | None) -> CertRecord:
         """Issue the platform certificate of `fqdn` again now."""
         record = self.get(fqdn)
+        if self.acme is not None and record.source in AUTOMATIC:
+            self.acme.want(fqdn, owner, force=True)  # the CA's certificate follows
+            return record
         if record.source != PLATFORM:
             raise Conflict(
                 f"'{fqdn}' has an uploaded certificate: upload the renewed one "
@@ -362,6 +214,7 @@ class CertManager:
         Removes certificates whose FQDN changed hands, issues missing and due platform
         certificates, drops platform certificates nobody routes, persists, then publishes."""
         routed_sets = {sr: frozenset(fqdns) for sr, fqdns in routed.items()}
+        self._remember(routed_sets, owner_of)
         everything = frozenset().union(*routed_sets.values()) if routed_sets else frozenset()
         now = self._clock()
         records = dict(self.records)
@@ -370,7 +223,7 @@ class CertManager:
         for fqdn, record in list(records.items()):
             owner = owner_of(fqdn)
             gone = owner != record.tenant
-            unused = record.source == PLATFORM and (fqdn not in everything or owner is None)
+            unused = record.source in AUTOMATIC and (fqdn not in everything or owner is None)
             if gone or unused:
                 del records[fqdn]
                 delete.append(fqdn)
@@ -379,6 +232,8 @@ class CertManager:
                     fqdn,
                     "the FQDN changed hands" if gone else "no SR routes it any more",
                 )
+        if self.acme is not None:
+            put.extend(self._install_acme(records, everything, owner_of))
         if self.automatic:
             for fqdn in sorted(everything):
                 owner = owner_of(fqdn)
@@ -389,7 +244,11 @@ class CertManager:
                     continue
                 if current is None and self._manual_cover(records, fqdn, owner) is not None:
                     continue
-                if current is not None and not self._due(current, now):
+                replacing = self.acme is not None and current is not None and current.source != ACME
+                if current is not None and not self._due(current, now) and not replacing:
+                    continue  # (a platform certificate is replaced once ACME is configured)
+                if self.acme is not None:
+                    self.acme.want(fqdn, owner)  # the current one (if any) stays until then
                     continue
                 new = self._issue(fqdn, owner)
                 records[fqdn] = new
@@ -398,8 +257,10 @@ class CertManager:
                     self.issued += 1
                 else:
                     self.renewed += 1
+        pending = self.acme.challenges() if self.acme is not None else {}
         bundles = {
-            sr: self._bundle(sr, fqdns, records, owner_of) for sr, fqdns in routed_sets.items()
+            sr: self._bundle(sr, fqdns, records, owner_of, pending)
+            for sr, fqdns in routed_sets.items()
         }
         changed: dict[str, tuple[int, str]] = {}
         # A new version is above every version any SR ever had: it only grows, per SR.
@@ -427,9 +288,94 @@ class CertManager:
         return {sr: v for sr, (v, _) in changed.items()}
 
     def due(self) -> bool:
-        """Does some platform certificate need renewing now?"""
+        """Does some automatic certificate need renewing, or an ACME one installing, now?"""
+        if self.acme is not None and self.acme.has_results():
+            return True
         now = self._clock()
-        return any(r.source == PLATFORM and self._due(r, now) for r in self.records.values())
+        return any(r.source in AUTOMATIC and self._due(r, now) for r in self.records.values())
+
+    # -- ACME (flame.sfr.acme) ------------------------------------------------------------------
+
+    def _remember(self, routed: dict[str, frozenset[str]], owner_of: OwnerOf) -> None:
+        """What the next sync the ACME worker triggers works with (the loop's thread only)."""
+        self._last = (routed, owner_of)
+        with contextlib.suppress(RuntimeError):
+            self._loop = asyncio.get_running_loop()
+
+    def _acme_notify(self) -> None:
+        """From the ACME worker: a challenge or a certificate to publish; sync on the loop."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._resync)
+
+    def _resync(self) -> None:
+        if self._last is None:
+            return
+        try:
+            self.sync(*self._last)
+        except Exception:
+            log.exception("certificates could not be brought up to date after an ACME event")
+
+    def challenge_delivered(self, fqdn: str) -> bool:
+        """Has some live SR, and every live SR, whose bundle carries `fqdn`'s challenges
+        fetched that bundle? (Live: it asked for its bundle within `LIVE_S`; a live SR asks
+        again at once when its version grows. One that is down cannot be validated against;
+        with none up yet the issuer waits until its `delivery_timeout`.)"""
+        now = time.monotonic()
+        carried = False
+        for sr, bundle in list(self.bundles.items()):
+            if now - self._polled.get(sr, -LIVE_S) > LIVE_S:
+                continue
+            if any(c[0] == fqdn for c in bundle.challenges):
+                if self._acked.get(sr, 0) < bundle.version:
+                    return False
+                carried = True
+            elif self._last is not None and fqdn in self._last[0].get(sr, frozenset()):
+                return False  # routed there, but the bundle with the challenge is not made yet
+        return carried
+
+    def _install_acme(
+        self, records: dict[str, CertRecord], everything: frozenset[str], owner_of: OwnerOf
+    ) -> list[CertRecord]:
+        assert self.acme is not None
+        put = []
+        for issued in self.acme.take_results():
+            current = records.get(issued.fqdn)
+            if owner_of(issued.fqdn) != issued.owner or issued.fqdn not in everything:
+                log.info("ACME certificate for %s dropped: no longer routed or owned", issued.fqdn)
+                continue
+            if current is not None and current.source == MANUAL:
+                continue  # an upload came meanwhile: the tenant's choice wins
+            record = self._acme_record(issued)
+            if record is None:
+                continue
+            records[issued.fqdn] = record
+            put.append(record)
+            if current is None:
+                self.issued += 1
+            else:
+                self.renewed += 1
+        return put
+
+    def _acme_record(self, issued: Issued) -> CertRecord | None:
+        try:
+            info = inspect_chain(issued.chain_pem, issued.key_pem)
+        except UserError as exc:
+            log.warning("ACME certificate for %s refused: %s", issued.fqdn, exc)
+            return None
+        if not info.covers(issued.fqdn):
+            log.warning("ACME certificate for %s does not name it; refused", issued.fqdn)
+            return None
+        return CertRecord(
+            fqdn=issued.fqdn,
+            source=ACME,
+            tenant=issued.owner,
+            chain_pem=_normalise_pem(issued.chain_pem),
+            sealed_key=self.box.seal(issued.key_pem.encode(), aad=issued.fqdn.encode()),
+            info=info,
+            updated=self._clock(),
+        )
 
     def _due(self, record: CertRecord, now: float) -> bool:
         life = record.info.not_after - record.info.not_before
@@ -470,6 +416,7 @@ class CertManager:
         fqdns: frozenset[str],
         records: Mapping[str, CertRecord],
         owner_of: OwnerOf,
+        pending: Mapping[str, Mapping[str, str]],
     ) -> CertBundle:
         chosen: dict[str, tuple[CertRecord, tuple[str, ...], bool]] = {}
         for fqdn in sorted(fqdns):
@@ -489,7 +436,14 @@ class CertManager:
             f"{r.fqdn}\0{r.info.fingerprint}\0{','.join(names)}\0{int(redirect)}\n"
             for r, names, redirect in items
         )
-        return CertBundle(sr, 0, hashlib.sha256(lines.encode()).hexdigest(), items)
+        challenges = tuple(
+            (fqdn, token, answer)
+            for fqdn in sorted(fqdns & pending.keys())
+            for token, answer in sorted(pending[fqdn].items())
+        )
+        lines += "".join(f"acme\0{f}\0{t}\0{a}\n" for f, t, a in challenges)
+        digest = hashlib.sha256(lines.encode()).hexdigest()
+        return CertBundle(sr, 0, digest, items, challenges)
 
     # -- distribution -------------------------------------------------------------------------
 
@@ -511,10 +465,12 @@ class CertManager:
                         "source": record.source,
                     }
                 )
-            bundle._body = json.dumps(
-                {"sr": bundle.sr, "version": bundle.version, "certs": certs},
-                separators=(",", ":"),
-            ).encode()
+            doc: dict[str, Any] = {"sr": bundle.sr, "version": bundle.version, "certs": certs}
+            if bundle.challenges:
+                doc["acme_challenges"] = [
+                    {"fqdn": f, "token": t, "key_authorization": a} for f, t, a in bundle.challenges
+                ]
+            bundle._body = json.dumps(doc, separators=(",", ":")).encode()
         return bundle._body
 
     def bundle(self, sr: str) -> CertBundle:
@@ -528,6 +484,9 @@ class CertManager:
         self, sr: str, since: int, timeout: float, draining: Callable[[], bool]
     ) -> CertBundle | None:
         """The SR's bundle once its version exceeds `since`; None after `timeout` seconds."""
+        if since > self._acked.get(sr, 0):
+            self._acked[sr] = since  # the SR has that version (ACME waits for it)
+        self._polled[sr] = time.monotonic()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(timeout, 0.0)
         while True:
@@ -552,7 +511,14 @@ class CertManager:
         by_source: dict[str, int] = {}
         for r in self.records.values():
             by_source[r.source] = by_source.get(r.source, 0) + 1
-        return {"certificates": by_source, "issued": self.issued, "renewed": self.renewed}
+        doc: dict[str, Any] = {
+            "certificates": by_source,
+            "issued": self.issued,
+            "renewed": self.renewed,
+        }
+        if self.acme is not None:
+            doc["acme"] = self.acme.summary()
+        return doc
 
 
 def _owns(owner_of: OwnerOf, tenant: str | None, name: str) -> bool:
@@ -573,10 +539,15 @@ def open_cert_manager(
     db: Path | None = None,
     lifetime_days: float = 30.0,
     automatic: bool = True,
+    acme: AcmeConfig | None = None,
 ) -> CertManager:
     """The PCE's certificates under `state_dir`: the platform CA in `ca/`, the sealing key in
-    `certs.key` (0600), the certificates in `certs.sqlite3` (or `db`)."""
+    `certs.key` (0600), the certificates in `certs.sqlite3` (or `db`); with `acme`, automatic
+    certificates come from that directory (account in `acme/`)."""
     ca = PlatformCA.open(state_dir / "ca")
     box = SecretBox.open(state_dir / "certs.key")
     store = CertStore(db or state_dir / "certs.sqlite3")
-    return CertManager(store, box, ca, lifetime_days=lifetime_days, automatic=automatic)
+    issuer = AcmeIssuer(acme, box, state_dir / "acme") if acme is not None else None
+    return CertManager(
+        store, box, ca, lifetime_days=lifetime_days, automatic=automatic, acme=issuer
+    )

@@ -469,15 +469,14 @@ async def test_malformed_requests_are_a_400_and_the_router_lives_on(
 
 
 async def test_connect_is_refused_and_upgrade_is_plain_http(upstreams, make_router) -> None:
+    # (WebSocket upgrades are relayed: test_websocket.py; other upgrades stay plain HTTP.)
     (a,), r = await routed(upstreams, make_router, "a")
     data = await raw_exchange(
         r.port, b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n"
     )
     assert data.startswith(b"HTTP/1.1 405 ")
     c = await Client.connect(r.port)
-    resp = await c.get(
-        "/ws", host="a.example", headers={"Connection": "Upgrade", "Upgrade": "websocket"}
-    )
+    resp = await c.get("/ws", host="a.example", headers={"Connection": "Upgrade", "Upgrade": "h2c"})
     assert resp.status == 200
     assert a.requests[-1].header("upgrade") is None
     assert a.requests[-1].header("connection") is None

@@ -44,6 +44,7 @@ class Limits:
     # 0: derived from the file descriptor limit (`client_connection_cap`).
     max_client_connections: int = 0
     max_connections_per_ip: int = 0  # per client address and worker; 0: no such limit
+    max_websockets: int = 1024  # WebSocket tunnels open at once per worker; more get 503
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -85,6 +86,7 @@ class Timeouts:
     coalesce_window: float = 10.0  # a shared response takes joiners this long after it started
     shutdown_grace: float = 10.0  # in-flight requests may finish this long after SIGTERM
     retry_after: float = 5.0  # `Retry-After` of a 503 when no ejection says better
+    websocket_idle: float = 300.0  # a WebSocket with no byte either way is closed after this
 
     def __post_init__(self) -> None:
         for f in fields(self):

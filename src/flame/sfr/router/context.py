@@ -57,5 +57,17 @@ class RouterContext:
     # TLS (tls.py): FQDNs whose plain-HTTP requests are redirected to https on `tls_port`
     # (replaced whole when the certificates change), and the TLS status for /.flame/status.
     redirect_https: frozenset[str] = frozenset()
+    # WebSocket tunnels (tunnel.py): open ones, the cap per worker (0: none), the idle
+    # time-out, and counters for the status endpoint.
+    tunnels: set[Any] = field(default_factory=set)
+    tunnel_cap: int = 1024
+    tunnel_idle: float = 300.0
+    tunnels_opened: int = 0
+    tunnels_refused: int = 0
+    tunnels_failed: int = 0
+    tunnels_idle_closed: int = 0
+    tunnel_bytes: int = 0
+    # ACME http-01 answers from the PCE's bundles: fqdn -> token -> key authorization.
+    acme_challenges: dict[str, dict[bytes, bytes]] = field(default_factory=dict)
     tls_port: int = 0
     tls_status: Callable[[], dict[str, Any]] | None = None

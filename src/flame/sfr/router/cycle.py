@@ -24,7 +24,7 @@ from flame.sfr.router.metrics import UNKNOWN_FQDN
 from flame.sfr.router.multicast import SharedFetch
 from flame.sfr.router.relay import Relay, render_relay_head
 from flame.sfr.router.request import RequestHead, render_upstream_head
-from flame.sfr.router.response import ResponseHead, redirect_response
+from flame.sfr.router.response import ResponseHead, redirect_response, text_response
 from flame.sfr.router.status import status_answer
 from flame.sfr.router.writer import ResponseWriter
 
@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 __all__ = ["RequestCycle"]
 
 log = logging.getLogger(__name__)
+
+ACME_PREFIX = b"/.well-known/acme-challenge/"
 
 
 class RequestCycle(ResponseSink):
@@ -121,6 +123,8 @@ class RequestCycle(ResponseSink):
             self.writer.local(status, data)
             self._finish()
             return
+        if ctx.acme_challenges and self._acme_answer(ctx.acme_challenges.get(req.fqdn)):
+            return
         conn = self.conn
         if (
             ctx.redirect_https
@@ -160,6 +164,22 @@ class RequestCycle(ResponseSink):
                 self.fetch, self.joined = coalescer.join(key, req, head, self)
                 return
         self.forwarding = ctx.forwarder.forward(req, head, self.body, self)
+
+    def _acme_answer(self, tokens: dict[bytes, bytes] | None) -> bool:
+        """An ACME http-01 validation for a certificate being issued: answered here, on both
+        listeners and before any redirect; any other path goes on as usual."""
+        target = self.req.target
+        if tokens is None or not target.startswith(ACME_PREFIX):
+            return False
+        answer = tokens.get(target[len(ACME_PREFIX) :])
+        if answer is None:
+            return False
+        writer = self.writer
+        writer.local(
+            200, text_response(answer, keep_alive=writer.keep_alive, http11=self.req.http11)
+        )
+        self._finish()
+        return True
 
     def _redirect(self) -> None:
         """Plain HTTP for an FQDN that asks for https: 308 to the same URL on the TLS port."""

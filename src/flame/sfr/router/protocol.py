@@ -45,8 +45,9 @@ from flame.sfr.router.errors import (
     RequestTimeout,
 )
 from flame.sfr.router.flow import PIPELINE, REJECTED, FlowControl
-from flame.sfr.router.request import analyze_request
+from flame.sfr.router.request import RequestHead, analyze_request
 from flame.sfr.router.response import error_response
+from flame.sfr.router.tunnel import Tunnel, is_websocket
 
 __all__ = ["RouterProtocol"]
 
@@ -112,6 +113,7 @@ class RouterProtocol(asyncio.Protocol):
         self._head_deadline = 0.0
         self._advancing = False  # inside _next: a cycle ending meanwhile only asks for more
         self._advance_again = False
+        self._tunnel: Tunnel | None = None  # a WebSocket: bytes go there, not to the parser
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -165,6 +167,9 @@ class RouterProtocol(asyncio.Protocol):
             ctx.refused_reported = ctx.refused
 
     def data_received(self, data: bytes) -> None:
+        if self._tunnel is not None:
+            self._tunnel.client_data(data)
+            return
         if self._rejected:
             return
         self._idle_deadline = 0.0
@@ -206,6 +211,9 @@ class RouterProtocol(asyncio.Protocol):
                 self._head_deadline = self._loop.time() + self._header_timeout
 
     def eof_received(self) -> bool | None:
+        if self._tunnel is not None:
+            self._tunnel.close()
+            return None
         # A client half-close: answer what was asked, then close. A request cut short by it
         # (head or body incomplete) is answered with a 400 in its turn.
         self._eof = True
@@ -230,6 +238,8 @@ class RouterProtocol(asyncio.Protocol):
             else:
                 ctx.per_ip.pop(self.client_ip, None)
         self._cancel_timers()
+        if self._tunnel is not None:
+            self._tunnel.close()
         active, self._active = self._active, None
         self._pipeline.clear()
         if active is not None:
@@ -237,9 +247,15 @@ class RouterProtocol(asyncio.Protocol):
         self.flow.on_writable = None
 
     def pause_writing(self) -> None:
+        if self._tunnel is not None:
+            self._tunnel.client_paused()
+            return
         self.flow.pause_writing()
 
     def resume_writing(self) -> None:
+        if self._tunnel is not None:
+            self._tunnel.client_resumed()
+            return
         self.flow.resume_writing()
 
     # -- httptools callbacks ------------------------------------------------------------------
@@ -282,6 +298,9 @@ class RouterProtocol(asyncio.Protocol):
         )
         if self.tls:
             req.forwarded_proto = b"https"  # the client reached us over TLS, whatever it says
+        if parser.should_upgrade() and self._may_tunnel(req):
+            self._start_tunnel(req)
+            return
         if req.content_length is not None and req.content_length > self._max_body:
             raise PayloadTooLarge(
                 f"the request body of {req.content_length} bytes is above the limit of "
@@ -422,10 +441,33 @@ class RouterProtocol(asyncio.Protocol):
         )
         self._close()
 
+    def _may_tunnel(self, req: RequestHead) -> bool:
+        """A WebSocket alone on its connection, for a routed FQDN (not a redirected one)."""
+        ctx = self.ctx
+        return (
+            is_websocket(self._headers)
+            and self._active is None
+            and not self._pipeline
+            and not req.has_body
+            and not self.internal
+            and req.fqdn not in ctx.local_hosts
+            and (self.tls or req.fqdn not in ctx.redirect_https)
+            and ctx.routing.lookup(req.fqdn) is not None  # else the usual 404 answers it
+        )
+
+    def _start_tunnel(self, req: RequestHead) -> None:
+        self.flow.flush()  # what earlier responses left in the outbox goes first
+        self._cancel_timers()
+        self._tunnel = tunnel = Tunnel(self, req)
+        tunnel.start()
+
     def _upgrade(self, data: bytes, offset: int) -> None:
-        # httptools stops at a request with `Connection: upgrade` (WebSocket, h2c). The router
-        # does not switch protocols; it forwards the request as plain HTTP without the Upgrade
-        # header (request.py drops it), so the endpoint answers it normally.
+        if self._tunnel is not None:
+            self._tunnel.client_data(data[offset:])  # the client's first frames, if any
+            return
+        # httptools stops at a request with `Connection: upgrade`. A WebSocket alone on its
+        # connection became a tunnel (tunnel.py); any other upgrade (h2c...) is forwarded as
+        # plain HTTP without the Upgrade header (request.py drops it), answered normally.
         parsing = self._parsing
         if parsing is not None and parsing.body is not None and not parsing.body.complete:
             self._reject(BadRequest("an Upgrade request with a body is not supported"))
@@ -456,6 +498,9 @@ class RouterProtocol(asyncio.Protocol):
 
     def check_timeouts(self, now: float) -> None:
         """Called by the worker's sweeper: close idle connections, 408 slow request heads."""
+        if self._tunnel is not None:
+            self._tunnel.check(now)
+            return
         if self._idle_deadline and now >= self._idle_deadline:
             self._idle_deadline = 0.0
             if self._active is None and not self._pipeline and not self._in_head:

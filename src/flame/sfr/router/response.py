@@ -298,6 +298,23 @@ def local_response(
     return b"".join(parts)
 
 
+def text_response(payload: bytes, *, keep_alive: bool, http11: bool = True) -> bytes:
+    """200 with `payload` as text (an ACME http-01 key authorization)."""
+    end = (
+        b""
+        if keep_alive and http11
+        else (b"Connection: close\r\n" if not keep_alive else b"Connection: keep-alive\r\n")
+    )
+    return (
+        b"HTTP/1.1 200 OK\r\nServer: " + SERVER + b"\r\nContent-Type: text/plain\r\n"
+        b"Cache-Control: no-store\r\nContent-Length: %d\r\n"
+        % len(payload)
+        + end
+        + b"\r\n"
+        + payload
+    )
+
+
 def redirect_response(
     location: bytes, *, keep_alive: bool, http11: bool = True, head_request: bool = False
 ) -> bytes:

@@ -166,6 +166,8 @@ class Router:
             max_connections=client_connection_cap(limits),
             max_per_ip=limits.max_connections_per_ip,
             source_status=getattr(self.source, "describe", None),
+            tunnel_cap=limits.max_websockets,
+            tunnel_idle=config.timeouts.websocket_idle,
         )
         if sock is not None:
             self._server = await loop.create_server(
@@ -205,6 +207,7 @@ class Router:
                     token=config.token,
                     wait=config.poll_wait,
                     verify=client_verify(config.ca_file),
+                    on_challenges=self._apply_challenges,
                 )
                 self.tasks.supervise(self.cert_source.run, name="sr-cert-source")
         if config.egress_hop:
@@ -277,6 +280,10 @@ class Router:
     def _apply_pce_sites(self, sites: list[Site]) -> None:
         self._pce_sites = sites
         self._merge_sites()
+
+    def _apply_challenges(self, challenges: dict[str, dict[bytes, bytes]]) -> None:
+        if self._ctx is not None:
+            self._ctx.acme_challenges = challenges  # replaced whole, like the redirects
 
     def _merge_sites(self) -> None:
         """Files and the PCE together; the PCE's certificate for an FQDN wins."""

@@ -146,6 +146,16 @@ def status_document(ctx: RouterContext) -> dict[str, Any]:
         "connection_limit": ctx.max_connections,
         "connections_per_ip_limit": ctx.max_per_ip,
         "connections_refused": ctx.refused,
+        "websockets": {
+            "open": len(ctx.tunnels),
+            "limit": ctx.tunnel_cap,
+            "idle_timeout_s": ctx.tunnel_idle,
+            "opened": ctx.tunnels_opened,
+            "refused": ctx.tunnels_refused,
+            "failed": ctx.tunnels_failed,
+            "idle_closed": ctx.tunnels_idle_closed,
+            "bytes": ctx.tunnel_bytes,
+        },
         "tasks": ctx.tasks.states(),
         "table_source": ctx.source_status() if ctx.source_status is not None else None,
         # Names, fingerprints and expiry of the certificates served; never a key.

@@ -195,6 +195,17 @@ def parse_bundle(data: Mapping[str, Any]) -> tuple[int, list[Site]]:
     return version, sites
 
 
+def parse_challenges(data: Mapping[str, Any]) -> dict[str, dict[bytes, bytes]]:
+    """ACME http-01 answers in a bundle: fqdn -> token -> key authorization (ASCII only)."""
+    found: dict[str, dict[bytes, bytes]] = {}
+    for entry in data.get("acme_challenges") or ():
+        fqdn = str(entry["fqdn"]).lower().rstrip(".")
+        token = str(entry["token"]).encode("ascii")
+        answer = str(entry["key_authorization"]).encode("ascii")
+        found.setdefault(fqdn, {})[token] = answer
+    return found
+
+
 class StaticCerts:
     """Certificates from files (`flame serve sr --tls-cert FILE --tls-key FILE`), merged with
     what the PCE sends (a PCE's certificate for the same FQDN wins)."""
@@ -247,9 +258,11 @@ class CertSubscriber:
         backoff_initial: float = 0.5,
         backoff_max: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        on_challenges: Callable[[dict[str, dict[bytes, bytes]]], None] | None = None,
     ) -> None:
         if not urls:
             raise ValueError("CertSubscriber needs at least one PCE URL")
+        self._on_challenges = on_challenges
         self.sr_id = sr_id
         self.urls = tuple(u.rstrip("/") for u in urls)
         self._apply = apply
@@ -315,14 +328,18 @@ class CertSubscriber:
             )
             return False
         try:
-            version, sites = parse_bundle(response.json())
-        except (ValueError, KeyError, TypeError) as exc:
+            data = response.json()
+            version, sites = parse_bundle(data)
+            challenges = parse_challenges(data)
+        except (ValueError, KeyError, TypeError) as exc:  # (UnicodeError is a ValueError)
             self.failures += 1
             log.warning("PCE %s sent certificates that cannot be read (%s)", url, exc)
             return False
         newer_store = bool(generation and self.generation and generation != self.generation)
         if self.version is not None and version <= self.version and not newer_store:
             return True
+        if self._on_challenges is not None:
+            self._on_challenges(challenges)
         self._apply(sites)
         self.version = version
         self.generation = generation or self.generation
