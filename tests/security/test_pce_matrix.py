@@ -42,6 +42,11 @@ CASES: dict[tuple[str, str], tuple[str, Any, dict[str, int]]] = {
         None,
         row(a=403, operator=404),
     ),
+    ("POST", "/v1/topology/links/{a}/{b}/liveness"): (
+        "/v1/topology/links/zz/yy/liveness",
+        {"up": False, "reporter": "zz"},
+        row(a=403, router=404, operator=404),
+    ),
     ("PUT", "/v1/topology/links/{a}/{b}"): (
         "/v1/topology/links/zz/yy",
         {"latency_ms": -1},

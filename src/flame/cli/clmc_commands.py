@@ -9,6 +9,7 @@ stays fast. Errors are raised; `flame.cli.main.main` prints them and picks the e
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Protocol
 
@@ -172,7 +173,7 @@ def serve_clmc(
     click.echo(f"alert webhooks: {outbound.describe()}", err=True)
     alerts = AlertService(
         directory / "alert-rules.json",
-        Notifier(sfemc, token=config.token, outbound=outbound),
+        Notifier(sfemc, token=config.token, outbound=outbound, verify=_verify(config)),
         nats_url=nats_url,
     )
     directory.mkdir(parents=True, exist_ok=True)
@@ -182,7 +183,9 @@ def serve_clmc(
             "shared network",
             err=True,
         )
-    delegations = HttpDelegations(pce_urls, config.token) if pce_urls else None
+    delegations = (
+        HttpDelegations(pce_urls, config.token, verify=_verify(config)) if pce_urls else None
+    )
     service = ClmcService(
         directory,
         tokens,
@@ -201,3 +204,10 @@ def serve_clmc(
         tls=tls_files(tls_cert, tls_key),
         http=influx_http_protocol(),  # requests uvicorn refuses, answered InfluxDB-shaped
     )
+
+
+def _verify(config: Config) -> ssl.SSLContext | bool:
+    """The platform CA (`ca_file`) for https control-plane peers, else the system's."""
+    from flame.common.tls import client_verify  # noqa: PLC0415
+
+    return client_verify(config.ca_file)

@@ -85,6 +85,12 @@ def _run_dir(config: Config) -> Path:
     help="Where SFEs cannot be sandboxed (no bubblewrap), run them unconfined instead of "
     "refusing them.",
 )
+@click.option(
+    "--netns",
+    is_flag=True,
+    help="Root only: each SR, switch, cluster host and UE in its own network namespace, links "
+    "as veth pairs with the topology's delay (docs/netns.md).",
+)
 @click.option("--_child", "child", is_flag=True, hidden=True)
 @click.pass_obj
 def up_cmd(
@@ -101,6 +107,7 @@ def up_cmd(
     no_egress_hop: bool,
     no_demo: bool,
     allow_unconfined_sfes: bool,
+    netns: bool,
     child: bool,
 ) -> None:
     """Run FLAME-in-a-box: PCE, service routers (and the rest of the platform) as processes.
@@ -132,6 +139,7 @@ def up_cmd(
         emulate_latency=not no_latency,
         egress_hop=not no_egress_hop,
         allow_unconfined_sfes=allow_unconfined_sfes,
+        netns=netns,
     )
     if detach:
         _detach(state, run_dir, options)
@@ -145,15 +153,15 @@ def up_cmd(
     started = time.monotonic()
 
     def announce(the_plan: Any, tokens: dict[str, str]) -> None:
-        save_config_values(
-            config_path,
-            {
-                "api_url": the_plan.orchestrator_url,
-                "pce_url": the_plan.pce_url,
-                "clmc_url": the_plan.clmc_url,
-                "token": tokens["flame-up-operator"],
-            },
-        )
+        values = {
+            "api_url": the_plan.orchestrator_url,
+            "pce_url": the_plan.pce_url,
+            "clmc_url": the_plan.clmc_url,
+            "token": tokens["flame-up-operator"],
+        }
+        if the_plan.pce_url.startswith("https://"):  # --netns: trust the platform CA
+            values["ca_file"] = str(config.state_dir / "ca" / "ca.crt")
+        save_config_values(config_path, values)
         if child:  # the detached parent prints the summary; tokens stay out of logs
             click.echo("FLAME-in-a-box ready", err=True)
             return
@@ -185,6 +193,8 @@ def _detach(state: _CliState, run_dir: Path, options: Any) -> None:
         argv.append("--no-egress-hop")
     if options.allow_unconfined_sfes:
         argv.append("--allow-unconfined-sfes")
+    if options.netns:
+        argv.append("--netns")
     started = time.monotonic()
     with (run_dir / "up.log").open("ab") as out:
         process = subprocess.Popen(
@@ -237,8 +247,14 @@ def _print_summary(
         urls = instance.get("sr_urls", {})
         if urls:
             first = sorted(urls)[-1] if "sr-ue-1" not in urls else "sr-ue-1"
+            where = f"--sr {first}"
+            netns = instance.get("netns") or {}
+            ue = next((n for n in netns.get("namespaces", {}) if n.startswith("ue-")), None)
+            if ue is not None:  # --netns: users are in their namespaces, SRs at their addresses
+                where = f"--sr {urls[first]}"
+                click.echo(f"  (as a user: sudo ip netns exec {netns['namespaces'][ue]} ...)")
             click.echo(
-                f"  try: flame ue run --sr {first} --fqdn {demo['fqdn']} --path /hls/master.m3u8 "
+                f"  try: flame ue run {where} --fqdn {demo['fqdn']} --path /hls/master.m3u8 "
                 "--rps 20 --duration 30"
             )
     if instance.get("ca_file"):

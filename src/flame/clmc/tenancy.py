@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
@@ -149,9 +150,11 @@ class HttpDelegations:
         max_stale_s: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Any = time.monotonic,
+        verify: ssl.SSLContext | bool = True,  # the platform CA for an https PCE
     ) -> None:
         if not urls:
             raise ValueError("HttpDelegations needs at least one PCE URL")
+        self._verify = verify
         self.urls = [u.rstrip("/") for u in urls]
         self.period_s = period_s
         self.max_stale_s = max_stale_s
@@ -195,7 +198,11 @@ class HttpDelegations:
     async def start(self) -> None:
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
         self._client = httpx.AsyncClient(
-            headers=headers, timeout=self._timeout_s, transport=self._transport, trust_env=False
+            headers=headers,
+            timeout=self._timeout_s,
+            transport=self._transport,
+            trust_env=False,
+            verify=self._verify,
         )
         self._task = asyncio.get_running_loop().create_task(self._run(), name="clmc-delegations")
 

@@ -7,6 +7,7 @@ would write to, the PCE and orchestrator HTTP APIs), exactly as a provider would
 
 from __future__ import annotations
 
+import ssl
 import time
 from importlib import resources
 from pathlib import Path
@@ -55,9 +56,10 @@ def deploy_demo(
     tenant: str,
     *,
     timeout_s: float = 90.0,
+    verify: ssl.SSLContext | bool = True,  # the platform CA when the URLs are https
 ) -> dict[str, Any]:
     """Deploy (or re-submit, a no-op when unchanged) the demo; returns its status once settled."""
-    with httpx.Client(timeout=30.0, trust_env=False) as http:
+    with httpx.Client(timeout=30.0, trust_env=False, verify=verify) as http:
         delegated = http.put(
             f"{pce_url}/v1/delegations/{DEMO_FQDN}",
             json={"tenant": tenant},

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -51,6 +52,7 @@ class Component:
     ready_line: str | None = None  # or: this text appears in its log
     env: Mapping[str, str] = field(default_factory=dict)
     ready_timeout_s: float = 30.0
+    health_ca_file: str | None = None  # the CA of an https health_url (flame up --netns)
 
 
 @dataclass(slots=True)
@@ -134,7 +136,7 @@ class Supervisor:
                     f"starting; its log {running.log_path} ends with:\n{_tail(running.log_path)}"
                 )
             if component.health_url is not None and _healthy(
-                component.health_url, component.health_host
+                component.health_url, component.health_host, component.health_ca_file
             ):
                 return
             if component.ready_line is not None:
@@ -298,10 +300,13 @@ def _signal_group(pid: int, signum: int) -> None:
         os.killpg(pid, signum)
 
 
-def _healthy(url: str, host: str | None = None) -> bool:
+def _healthy(url: str, host: str | None = None, ca_file: str | None = None) -> bool:
     headers = {"Host": host} if host else {}
+    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
     try:
-        return httpx.get(url, headers=headers, timeout=1.0, trust_env=False).is_success
+        return httpx.get(
+            url, headers=headers, timeout=1.0, trust_env=False, verify=verify
+        ).is_success
     except httpx.HTTPError:
         return False
 

@@ -3,7 +3,8 @@
 Control plane on 127.0.0.1 (PCE and registry first, since SRs take their tables from it); one
 SR process per service router of the topology, each on the loopback address the topology gives
 it (127.0.x.y), so that each looks like its own host and link latencies are emulated on its
-forwarding path.
+forwarding path. With `--netns` (root), `flame.sandbox.netns_up` places the same platform on
+network namespaces instead (docs/netns.md).
 """
 
 from __future__ import annotations
@@ -22,13 +23,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flame.common.auth import Role, TokenStore
 from flame.common.errors import UserError
+from flame.sandbox.netns import available as netns_available
+from flame.sandbox.netns import tag_for as netns_tag
+from flame.sandbox.netns import teardown as netns_teardown
 from flame.sandbox.supervisor import Component, Running, Supervisor, supervised
 from flame.topology.loader import load_topology
 from flame.topology.model import NodeKind, Topology
+
+if TYPE_CHECKING:
+    from flame.sandbox.netns_forward import Forwarders
 
 __all__ = ["NAMED_TOPOLOGIES", "Plan", "UpOptions", "plan", "resolve_topology", "run"]
 
@@ -58,6 +65,8 @@ class UpOptions:
     egress_hop: bool = True
     # Run SFEs unconfined where they cannot be sandboxed (no bubblewrap) instead of refusing.
     allow_unconfined_sfes: bool = False
+    # Each SR, switch, cluster host and UE in its own network namespace (root; docs/netns.md).
+    netns: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +242,73 @@ def plan(options: UpOptions, env: dict[str, str], router_token: str) -> Plan:
     )
 
 
+def _plan_netns(
+    options: UpOptions,
+    state_dir: Path,
+    env: dict[str, str],
+    router_token: str,
+    network: list[Forwarders],
+) -> tuple[Plan, dict[str, Any]]:
+    """Build the namespaces (after removing a crashed run's) and place the platform on them."""
+    from flame.sandbox.netns import build, netem_available  # noqa: PLC0415
+    from flame.sandbox.netns_forward import Forwarders  # noqa: PLC0415
+    from flame.sandbox.netns_up import plan_components  # noqa: PLC0415
+
+    stale = netns_teardown(netns_tag(options.run_dir))
+    if stale:
+        log.warning("removed %d network namespace(s) left by a previous run", len(stale))
+    netem = netem_available(netns_tag(options.run_dir))
+    if not netem:
+        log.warning(
+            "this kernel has no netem: links get their bandwidth (htb) but their delay is "
+            "emulated by the SRs (--emulate-latency), and their loss is not modelled"
+        )
+    forwarders = Forwarders()
+    network.append(forwarders)
+    source = resolve_topology(options.topology)
+    host_ports = (
+        {}
+        if options.free_ports
+        else {
+            "pce": options.pce_port,
+            "clmc": options.clmc_port,
+            "orchestrator": options.orchestrator_port,
+            "dashboard": options.dashboard_port,
+        }
+    )
+    layout = plan_components(
+        source,
+        options.run_dir,
+        state_dir,
+        env,
+        router_token,
+        forwarders,
+        host_ports=host_ports,
+        allow_unconfined_sfes=options.allow_unconfined_sfes,
+        emulate_latency=options.emulate_latency and not netem,
+    )
+    started = time.monotonic()
+    build(layout.net, netem=netem)
+    log.info(
+        "network: %d namespaces, %d links in %.2fs",
+        len(layout.net.namespaces),
+        len(layout.net.links),
+        time.monotonic() - started,
+    )
+    the_plan = Plan(
+        layout.topology_path,
+        load_topology(layout.topology_path),
+        layout.stages,
+        layout.urls["pce"],
+        layout.urls["dashboard"],
+        layout.sr_urls,
+        layout.urls["clmc"],
+        layout.urls["orchestrator"],
+        layout.sr_tls_urls,
+    )
+    return the_plan, layout.extra
+
+
 def issue_tokens(state_dir: Path) -> dict[str, str]:
     """Fresh operator and demo-tenant tokens (stored hashed; the old ones stop working)."""
     tokens = TokenStore(state_dir / "tokens.json")
@@ -270,9 +346,20 @@ def run(
         nonlocal stop
         stop = True
 
+    if options.netns and (problem := netns_available()) is not None:
+        raise UserError(problem)
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    network: list[Forwarders] = []  # flame up --netns: the forwarders, while they run
+
+    def stopped() -> None:
+        halt_sfes(state_dir)
+        if options.netns:
+            for forwarders in network:
+                forwarders.close()
+            netns_teardown(netns_tag(options.run_dir))
+
     try:
-        with supervised(options.run_dir, on_stopped=lambda: halt_sfes(state_dir)) as supervisor:
+        with supervised(options.run_dir, on_stopped=stopped) as supervisor:
             tokens = issue_tokens(state_dir)
             router_token = tokens.pop(ROUTER_TOKEN)
             write_secret(options.run_dir / "tokens.json", tokens)
@@ -281,7 +368,10 @@ def run(
                 "FLAME_TOKEN": tokens[OPERATOR_TOKEN],
                 "PYTHONUNBUFFERED": "1",
             }
-            the_plan = plan(options, env, router_token)
+            if options.netns:
+                the_plan, netns_extra = _plan_netns(options, state_dir, env, router_token, network)
+            else:
+                the_plan, netns_extra = plan(options, env, router_token), {}
             supervisor.extra = {
                 "topology": str(the_plan.topology_path),
                 "pce_url": the_plan.pce_url,
@@ -292,6 +382,7 @@ def run(
                 "sr_tls_urls": the_plan.sr_tls_urls,
                 # The platform CA the PCE made: what browsers and curl trust for the SRs' https.
                 "ca_file": str(state_dir / "ca" / "ca.crt"),
+                **netns_extra,
             }
             # Stages start together and are waited for together; a stage needs the one before
             # (SRs take their tables from the PCE), so start-up takes the slowest of each stage.
@@ -304,7 +395,9 @@ def run(
             if stop:
                 return
             if options.demo:
-                supervisor.extra["demo"] = _deploy_demo(the_plan, state_dir, tokens)
+                supervisor.extra["demo"] = _deploy_demo(
+                    the_plan, state_dir, tokens, netns=options.netns
+                )
             supervisor.write_state(ready=True)
             announce(the_plan, tokens)
             if stop_after_ready:
@@ -321,6 +414,10 @@ def halt_sfes(state_dir: Path) -> list[str]:
     from flame.sfemc.images import ImageRepository  # noqa: PLC0415 - only on the way down
     from flame.sfemc.vim.process import ProcessVim  # noqa: PLC0415
 
+    run_dir = state_dir / "up"
+    if (run_dir / "netns.json").exists() and netns_available() is None:
+        # flame up --netns whose supervisor died: its namespaces (and SFEs in them) go too.
+        netns_teardown(netns_tag(run_dir))
     root = state_dir / "vim"
     if not (root / "sfes").is_dir():
         return []
@@ -341,17 +438,23 @@ def halt_sfes(state_dir: Path) -> list[str]:
     return halted
 
 
-def _deploy_demo(the_plan: Plan, state_dir: Path, tokens: dict[str, str]) -> dict[str, Any]:
+def _deploy_demo(
+    the_plan: Plan, state_dir: Path, tokens: dict[str, str], *, netns: bool = False
+) -> dict[str, Any]:
     """Package, delegate, submit and wait for the demo VoD service (issue 6, item 3)."""
+    import ssl  # noqa: PLC0415
+
     from flame.sandbox.demo import DEMO_FQDN, deploy_demo, package_demo_images  # noqa: PLC0415
 
     package_demo_images(state_dir / "images")
+    ca_file = state_dir / "ca" / "ca.crt"
     status = deploy_demo(
         the_plan.orchestrator_url,
         the_plan.pce_url,
         tokens[OPERATOR_TOKEN],
         tokens[DEMO_TOKEN],
         DEMO_TENANT,
+        verify=ssl.create_default_context(cafile=str(ca_file)) if netns else True,
     )
     return {
         "fqdn": DEMO_FQDN,

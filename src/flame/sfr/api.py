@@ -5,7 +5,10 @@ under `/v1` needs `Authorization: Bearer <token>` (checked by a middleware befor
 so an anonymous request learns nothing, not even whether its body was valid): each route declares
 who may call it (`flame.common.access`): operators may do everything; tenants may read the
 topology, their registrations and delegations, and manage the policies and read the routes of
-the names delegated to them (SFR-10, SFR-11); routers read forwarding tables and nothing else.
+the names delegated to them (SFR-10, SFR-11); routers read forwarding tables and report what
+their link liveness probes see (`POST /v1/topology/links/{a}/{b}/liveness`, issue 13: a link
+so reported down is marked `detected` in `GET /v1/topology`; a probe never undoes an
+operator's link-down), and nothing else.
 Only the operator registers endpoints (the SFEMC does, SFEMC-7): a tenant could otherwise point
 its FQDN at any host:port, the platform's own services included. `GET /health` is open.
 
@@ -88,6 +91,13 @@ class EndpointBody(_Body):
 class LinkPatch(_Body):
     latency_ms: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     cost: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+
+
+class LivenessBody(_Body):
+    """A link's state as its liveness probes see it (flame.sfr.liveness)."""
+
+    up: bool
+    reporter: str = Field(min_length=1, max_length=253)
 
 
 class PointBody(_Body):
@@ -185,17 +195,51 @@ def create_app(service: PceService, tokens: TokenStore) -> FastAPI:  # noqa: C90
 
     # -- topology (SFR-7, SFR-13) ------------------------------------------------------------
 
+    # Links down because their liveness probes said so, not the operator (this PCE's memory
+    # only): `flame up --netns` takes the operator's down links down for real, not these.
+    detected: set[frozenset[str]] = set()
+
     @app.get("/v1/topology")
     async def get_topology(caller: TenantOrOperator) -> dict[str, Any]:
-        return _topology_dict(service.topology())
+        return _topology_dict(service.topology(), detected)
 
     @app.post("/v1/topology/links/{a}/{b}/down")
     async def link_down(a: str, b: str, caller: OperatorOnly) -> dict[str, Any]:
-        return service.set_link_state(a, b, up=False).to_dict()
+        result = service.set_link_state(a, b, up=False)
+        detected.discard(frozenset((a, b)))
+        return result.to_dict()
 
     @app.post("/v1/topology/links/{a}/{b}/up")
     async def link_up(a: str, b: str, caller: OperatorOnly) -> dict[str, Any]:
-        return service.set_link_state(a, b, up=True).to_dict()
+        result = service.set_link_state(a, b, up=True)
+        detected.discard(frozenset((a, b)))
+        return result.to_dict()
+
+    @app.post("/v1/topology/links/{a}/{b}/liveness")
+    async def link_liveness(
+        a: str, b: str, body: LivenessBody, caller: RouterOrOperator
+    ) -> dict[str, Any]:
+        """A liveness probe at one end of the link saw it die or come back (issue 13)."""
+        if body.reporter not in (a, b):
+            raise UserError(
+                f"a link's state is reported by one of its ends ({a}, {b}), not {body.reporter}",
+                link=[a, b],
+            )
+        pair = frozenset((a, b))
+        if body.up and service_link_down(a, b) and pair not in detected:
+            # The operator took it down: probes across it (a link still alive) change nothing.
+            return {"changed": False, "operator_down": True}
+        result = service.set_link_state(a, b, up=body.up)
+        if body.up:
+            detected.discard(pair)
+        elif result.changed:
+            detected.add(pair)
+        return result.to_dict()
+
+    def service_link_down(a: str, b: str) -> bool:
+        return any(
+            {k.a, k.b} == {a, b} and k.state is LinkUpDown.DOWN for k in service.topology().links
+        )
 
     @app.put("/v1/topology/links/{a}/{b}")
     async def update_link(a: str, b: str, body: LinkPatch, caller: OperatorOnly) -> dict[str, Any]:
@@ -375,7 +419,9 @@ def _table_headers(service: PceService, table: PublishedTable) -> dict[str, str]
     }
 
 
-def _topology_dict(topology: Topology) -> dict[str, Any]:
+def _topology_dict(
+    topology: Topology, detected: set[frozenset[str]] | None = None
+) -> dict[str, Any]:
     return {
         "name": topology.name,
         "locations": {
@@ -383,7 +429,10 @@ def _topology_dict(topology: Topology) -> dict[str, Any]:
             for name, p in sorted(topology.locations.items())
         },
         "nodes": [encode_node(n) for n in topology.nodes.values()],
-        "links": [encode_link(k) for k in topology.links],
+        "links": [
+            {**encode_link(k), "detected": frozenset((k.a, k.b)) in (detected or set())}
+            for k in topology.links
+        ],
     }
 
 

@@ -83,7 +83,16 @@ _NODE_KEYS = {
     NodeKind.SWITCH: {"location", "description"},
     NodeKind.USER_EQUIPMENT: {"location", "sr", "description"},
 }
-_LINK_KEYS = {"between", "latency", "bandwidth", "cost", "state", "class", "description"}
+_LINK_KEYS = {
+    "between",
+    "latency",
+    "bandwidth",
+    "loss",
+    "cost",
+    "state",
+    "class",
+    "description",
+}
 _REGISTRATION_KEYS = {"fqdn", "cluster", "host", "port", "sfe", "description"}
 _ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _FQDN_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -479,6 +488,16 @@ def _links(root: YMap, nodes: dict[str, Node], r: _Reader, sink: DiagnosticSink)
                 BAD_VALUE, f"{what}: cost must be a non-negative number", m.at("cost"), value=cost
             )
             ok = False
+        loss_pct = _loss(m.get("loss", 0))
+        if loss_pct is None:
+            sink.error(
+                BAD_VALUE,
+                f"{what}: loss must be a percentage from 0 to 100",
+                m.at("loss"),
+                value=str(m.get("loss")),
+                hint="for example 'loss: 0.1 %' (used by flame up --netns)",
+            )
+            ok = False
         state_name = m.get("state", "up")
         try:
             state = LinkState(state_name)
@@ -498,9 +517,25 @@ def _links(root: YMap, nodes: dict[str, Node], r: _Reader, sink: DiagnosticSink)
                     cost=float(cost) if cost is not None else None,
                     state=state,
                     link_class=str(m["class"]) if "class" in m else None,
+                    loss_pct=loss_pct or 0.0,
                 )
             )
     return links
+
+
+def _loss(raw: object) -> float | None:
+    """A link's packet loss in percent: a number, or a string like '0.5 %' (None: invalid)."""
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, str):
+        raw = raw.strip().removesuffix("%").strip()
+        try:
+            raw = float(raw)
+        except ValueError:
+            return None
+    if not isinstance(raw, int | float) or not math.isfinite(raw) or not 0 <= raw <= 100:
+        return None
+    return float(raw)
 
 
 def _registrations(

@@ -63,6 +63,7 @@ class Link:
     cost: float | None = None
     state: LinkState = LinkState.UP
     link_class: str | None = None
+    loss_pct: float = 0.0  # packet loss, per direction: only `flame up --netns` makes it real
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -34,6 +35,7 @@ class Notifier:
     token: str | None = field(default=None, repr=False)
     timeout_s: float = 3.0
     outbound: OutboundPolicy = field(default_factory=OutboundPolicy)
+    verify: ssl.SSLContext | bool = True  # the platform CA for an https SFEMC
     delivered: int = 0
     failed: int = 0
     refused: int = 0  # webhooks the outbound policy refused at delivery (also in `failed`)
@@ -61,7 +63,9 @@ class Notifier:
     def _client_for(self, url: str) -> httpx.AsyncClient:
         if url == self.sfemc_url:
             if self._client is None:
-                self._client = httpx.AsyncClient(timeout=self.timeout_s, trust_env=False)
+                self._client = httpx.AsyncClient(
+                    timeout=self.timeout_s, trust_env=False, verify=self.verify
+                )
             return self._client
         if self._webhooks is None:
             self._webhooks = httpx.AsyncClient(
