@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,6 @@ import pytest
 import flame.sandbox.up as up_module
 from flame.sandbox.supervisor import (
     Component,
-    Running,
     Supervisor,
     pid_alive,
     process_start,
@@ -94,38 +92,34 @@ def test_a_recycled_pid_is_never_killed(tmp_path: Path) -> None:
 def test_restart_back_off_resets_after_a_stable_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """After 6 crashes the delay stayed at 30-35 s however long the component had run."""
-    starts: dict[str, int] = {}
-    real_start = Supervisor.start
-
-    def counting_start(self: Supervisor, component: Component) -> Running:
-        starts[self.run_dir.name] = starts.get(self.run_dir.name, 0) + 1
-        return real_start(self, component)
-
-    monkeypatch.setattr(Supervisor, "start", counting_start)
+    """After 6 crashes the delay stayed at 30-35 s however long the component had run. The
+    delays the watcher waits are recorded, not timed, so a loaded machine cannot change them."""
     monkeypatch.setattr(up_module, "FIRST_RESTART_DELAY_S", 0.05)
+    real_sleep = up_module._sleep_unless
 
-    def starts_within(seconds: float, name: str) -> int:
+    def delays_of(name: str, restarts: int) -> list[float]:
+        waited: list[float] = []
+
+        def recording_sleep(seconds: float, stopping: Callable[[], bool]) -> None:
+            waited.append(seconds)
+            real_sleep(seconds, stopping)
+
+        monkeypatch.setattr(up_module, "_sleep_unless", recording_sleep)
         supervisor = Supervisor(tmp_path / name)
         supervisor.acquire()
         supervisor.start(
             Component("crasher", (sys.executable, "-c", "import time; time.sleep(0.2)"))
         )
-        stop = threading.Event()
-        timer = threading.Timer(seconds, stop.set)
-        timer.start()
         try:
-            up_module._watch(supervisor, stop.is_set)
+            up_module._watch(supervisor, lambda: len(waited) >= restarts)
         finally:
-            timer.cancel()
             supervisor.stop_all()
             supervisor.release()
-        return starts[name]
+        return waited
 
-    # Runs of 0.2 s count as stable when STABLE_RUN_S is 0.1: each restart waits 0.05 s.
+    # Every run lasts at least 0.2 s, stable when STABLE_RUN_S is 0.1: each restart waits 0.05 s.
     monkeypatch.setattr(up_module, "STABLE_RUN_S", 0.1)
-    steady = starts_within(2.5, "steady")
-    # Never stable: 0.05, 0.1, 0.2, 0.4, 0.8 s ... doubling.
+    assert delays_of("steady", 4) == [0.05] * 4
+    # Never stable: 0.05, 0.1, 0.2, 0.4 s, doubling.
     monkeypatch.setattr(up_module, "STABLE_RUN_S", 1e9)
-    doubling = starts_within(2.5, "doubling")
-    assert steady >= doubling + 2, (steady, doubling)
+    assert delays_of("doubling", 4) == [0.05, 0.1, 0.2, 0.4]
