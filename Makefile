@@ -69,6 +69,11 @@ bench: $(NATIVE)
 	$(BIN)/python bench/sr_tls_vs_nginx.py $(BENCH_ARGS)
 	$(BIN)/python bench/cache_vs_nginx.py $(BENCH_ARGS)
 	$(BIN)/python bench/sr_websocket_vs_nginx.py $(BENCH_ARGS)
+	$(BIN)/python bench/transcode_ladder.py $(BENCH_ARGS)
+	$(BIN)/python bench/packaging.py $(BENCH_ARGS)
+	$(BIN)/python bench/live_latency.py $(BENCH_ARGS)
+	$(BIN)/python bench/lod.py $(BENCH_ARGS)
+	$(BIN)/python bench/netns_link_failure.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build
