@@ -1,0 +1,3 @@
+from flame.media.live.service import main
+
+raise SystemExit(main())
