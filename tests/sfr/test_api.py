@@ -26,7 +26,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-import flame.sfr.service as service_module
+import flame.sfr.service.changes as service_module
 from flame.common.auth import Role, TokenStore
 from flame.common.errors import AuthenticationError, PermissionDenied, UserError
 from flame.sfr.api import create_app

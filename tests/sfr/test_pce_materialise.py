@@ -19,16 +19,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import flame.sfr.pce as pce_module
+import flame.sfr.pce.ranking as ranking_module
 from flame.sfr.models import Endpoint, ForwardingTable, Metric, Route, RoutingPolicy
 from flame.sfr.pce import PathComputer, RouteTable
-from flame.sfr.service import PublishedTable, _routes_repr
+from flame.sfr.service import PublishedTable
+from flame.sfr.service.published import _routes_repr
 from flame.topology.model import NodeKind
 
 from .test_pce_properties import METRICS, SETTINGS, Case, cases
 
-BUILDERS = {"compiled": pce_module._table_routes, "python": pce_module._table_routes_py}
-if BUILDERS["compiled"] is pce_module._table_routes_py:
+BUILDERS = {"compiled": ranking_module._table_routes, "python": ranking_module._table_routes_py}
+if BUILDERS["compiled"] is ranking_module._table_routes_py:
     del BUILDERS["compiled"]  # the kernel is not built: only the Python builder to check
 
 
@@ -69,7 +70,7 @@ def check(
 ) -> None:
     for name, builder in BUILDERS.items():
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(pce_module, "_table_routes", builder)
+            patch.setattr(ranking_module, "_table_routes", builder)
             tables = pce.tables(case.endpoints, policies)
             materialised = {sr: dict(table) for sr, table in tables.items()}
             if collect:

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from scipy.sparse import csr_matrix  # type: ignore[import-untyped]
 from scipy.sparse.csgraph import dijkstra  # type: ignore[import-untyped]
 
-from flame.sfr import pce
 from flame.sfr.graph import NO_NODE
+from flame.sfr.pce import kernel, ranking
 
 try:
     from flame.sfr._sssp import rank_candidates, shortest_path_trees
@@ -154,12 +154,12 @@ def test_pce_trees_equal_scipy_threaded_or_not(
     matrix, sources = case
     with pytest.MonkeyPatch.context() as patch:
         if how == "two threads":  # when the machine has two cores
-            patch.setattr(pce, "SPLIT_WORK", 0)
+            patch.setattr(kernel, "SPLIT_WORK", 0)
         elif how == "one thread":
-            patch.setattr(pce, "_POOL", None)
+            patch.setattr(kernel, "_POOL", None)
         else:
-            patch.setattr(pce, "_KERNEL", None)
-        dist, pred = pce._shortest_path_trees(matrix, sources)
+            patch.setattr(kernel, "_KERNEL", None)
+        dist, pred = kernel._shortest_path_trees(matrix, sources)
     assert dist.shape == pred.shape == (len(sources), matrix.shape[0])
     assert_same_trees(matrix, sources, dist, pred)
 
@@ -284,10 +284,10 @@ def candidate_sets(draw: st.DrawFn) -> dict[str, np.ndarray]:
 @given(case=candidate_sets())
 def test_compiled_ranking_equals_numpy(case: dict[str, np.ndarray]) -> None:
     """SFR-4/5/6: the compiled ranking gives numpy's stable sorts' order of routable candidates."""
-    order, count = pce._order(**case)
+    order, count = ranking._order(**case)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(pce, "_RANKER", None)
-        want_order, want_count = pce._order(**case)
+        patch.setattr(ranking, "_RANKER", None)
+        want_order, want_count = ranking._order(**case)
     assert count.dtype == np.int32
     assert np.array_equal(count, want_count)
     for index in np.ndindex(*count.shape):
@@ -315,8 +315,8 @@ def test_ranking_rejects_shapes_that_do_not_fit() -> None:
 
 def test_status_says_which_dijkstra_runs() -> None:
     """The PCE service logs this line at start."""
-    status = pce.shortest_paths_status()
-    if pce.shortest_paths_compiled():
+    status = kernel.shortest_paths_status()
+    if kernel.shortest_paths_compiled():
         assert "compiled kernel" in status
         assert "older than its source" not in status, "run `make build`"
     else:
@@ -329,4 +329,4 @@ def test_status_says_which_dijkstra_runs() -> None:
     reason="`make unit` sets FLAME_REQUIRE_COMPILED=1 after building the PCE's kernel",
 )
 def test_the_kernel_is_built_under_make() -> None:
-    assert pce.shortest_paths_compiled(), pce.shortest_paths_status()
+    assert kernel.shortest_paths_compiled(), kernel.shortest_paths_status()
