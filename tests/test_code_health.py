@@ -12,7 +12,7 @@ MAX_LINES = 700
 CEILINGS = {  # split these by concern when you next change them (issue 18, item 3)
     "flame/tosca/profile.py": 1229,
     "flame/tosca/templates.py": 1063,
-    "flame/sfemc/vim/process.py": 818,
+    "flame/sfemc/vim/process.py": 802,
     "flame/clmc/ingest.py": 762,
     "flame/clmc/influxql/parser.py": 721,
     "flame/tosca/types.py": 709,

@@ -23,7 +23,7 @@ def chromium() -> str | None:
 
 
 class Chrome:
-    def __init__(self, profile: Path) -> None:
+    def __init__(self, profile: Path, extra_args: tuple[str, ...] = ()) -> None:
         exe = chromium()
         assert exe is not None
         self.port = free_port()
@@ -31,7 +31,7 @@ class Chrome:
             [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
              f"--remote-debugging-port={self.port}", f"--user-data-dir={profile}",
-             "--window-size=1400,1600", "about:blank"],
+             "--window-size=1400,1600", *extra_args, "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         deadline = time.monotonic() + 30

@@ -43,9 +43,12 @@ CASES: dict[tuple[str, str], tuple[str, Any, dict[str, int]]] = {
         row(a=403, operator=200),
     ),
     ("GET", "/v1/sfemc/endpoints"): ("/v1/sfemc/endpoints", None, row(a=403, operator=200)),
-    # The image repository, for cluster agents (issue 13): operator only. This platform has no
-    # repository, so the operator passes the gate and finds nothing (404).
-    ("GET", "/v1/images"): ("/v1/images", None, row(a=403, operator=404)),
+    # The image repository (issue 13): archives for cluster agents, operator only; tenants push,
+    # list and delete their own. This platform has no repository, so whoever passes the gate
+    # finds nothing (404); a push without its digest is refused first (422).
+    ("GET", "/v1/images"): ("/v1/images", None, row(a=404)),
+    ("POST", "/v1/images"): ("/v1/images", None, row(a=422)),
+    ("DELETE", "/v1/images/{digest}"): ("/v1/images/sha256:" + "0" * 64, None, row(a=404)),
     ("GET", "/v1/images/{digest}"): (
         "/v1/images/sha256:" + "0" * 64,
         None,

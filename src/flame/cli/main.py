@@ -21,6 +21,7 @@ from flame.cli.cert_commands import install as install_cert_commands
 from flame.cli.clmc_commands import install as install_clmc_commands
 from flame.cli.config_commands import install as install_config_commands
 from flame.cli.dashboard_commands import install as install_dashboard_commands
+from flame.cli.health_commands import install as install_health_commands
 from flame.cli.orchestrator_commands import install as install_orchestrator_commands
 from flame.cli.sandbox_commands import install as install_sandbox_commands
 from flame.cli.sfemc_commands import install as install_sfemc_commands
@@ -321,6 +322,7 @@ install_dashboard_commands(cli)
 install_clmc_commands(cli)
 install_config_commands(cli)
 install_cert_commands(cli)
+install_health_commands(cli)
 
 
 # -- entry point ---------------------------------------------------------------------------

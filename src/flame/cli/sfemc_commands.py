@@ -1,6 +1,7 @@
 """SF image commands (SFEMC-6).
 
     flame package DIR [--name N] [--tag T] [-o FILE]     build an SF image, print its digest
+    flame push DIR|ARCHIVE [--tag T] [--api URL]         build and upload it with your token
     flame images [list]                                  what the repository holds
     flame images rm REF [--force]                        delete (refused while endpoints use it)
     flame images verify [REF...]                         re-hash stored images
@@ -35,6 +36,7 @@ class _CliState(Protocol):
 
 def install(cli: click.Group) -> None:
     cli.add_command(package_cmd)
+    cli.add_command(push_cmd)
     cli.add_command(images_group)
     serve = cli.commands.get("serve")
     if not isinstance(serve, click.Group):
@@ -167,6 +169,38 @@ def package_cmd(
     click.echo(digest)
     click.echo(
         f"packaged '{manifest.name}' ({_size(len(blob))}) in {seconds * 1000:.0f} ms -> {where}",
+        err=True,
+    )
+
+
+@click.command("push")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("--tag", "tags", multiple=True, help="Tag (repeatable; default: the version).")
+@click.option("--api", metavar="URL", help="Orchestrator URL (default: api_url from the config).")
+@click.pass_obj
+def push_cmd(state: _CliState, source: Path, tags: tuple[str, ...], api: str | None) -> None:
+    """Build an SF image from SOURCE (a directory, or an archive from `flame package -o`) and
+    upload it to the orchestrator with this config's token: a tenant's image is its own.
+
+    The orchestrator checks the digest, the size limit and the tenant's quota.
+    """
+    from flame.common.tls import client_verify  # noqa: PLC0415
+    from flame.sfemc.images.push import load_image, upload  # noqa: PLC0415
+
+    config = state.config()
+    t0 = time.perf_counter()
+    blob = load_image(source)
+    if not tags and (version := ImageRepository.manifest_of(blob).version):
+        tags = (version,)
+    answer = upload(
+        api or config.api_url, config.token, blob, tags=tags, verify=client_verify(config.ca_file)
+    )
+    if state.json:
+        _emit({**answer, "seconds": round(time.perf_counter() - t0, 4)})
+        return
+    click.echo(str(answer.get("digest")))
+    click.echo(
+        f"pushed '{answer.get('name')}' ({_size(len(blob))}) to {api or config.api_url}",
         err=True,
     )
 

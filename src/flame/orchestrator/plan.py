@@ -143,7 +143,7 @@ async def make_plan(sfemc: Sfemc, tenant: str, model: ServiceModel) -> Plan:
             )
         )
     errors.extend(await _fqdn_problems(sfemc, tenant, model))
-    for sf, why in sfemc.image_problems(model):
+    for sf, why in sfemc.image_problems(model, tenant):
         errors.append(
             ConsistencyProblem(
                 "unknown_image",

@@ -59,8 +59,8 @@ class VimUnavailable(FlameError):
 class ImageResolver(Protocol):
     """The image repository as admission sees it (`flame.sfemc.images.ImageRepository`)."""
 
-    def resolve(self, ref: str) -> str:
-        """The digest of `ref` (a digest, name or name:tag); a UserError if unknown."""
+    def resolve(self, ref: str, tenant: str | None = None) -> str:
+        """The digest of `ref` (a digest, name or name:tag) `tenant` may use; else a UserError."""
         ...
 
 
@@ -219,7 +219,9 @@ class Sfemc:
                 holding.add(record.sfe)
         return holding
 
-    def image_problems(self, model: ServiceModel) -> list[tuple[str, str]]:
+    def image_problems(
+        self, model: ServiceModel, tenant: str | None = None
+    ) -> list[tuple[str, str]]:
         """(sf, why) for each process SF whose image the repository does not hold."""
         if self.images is None:
             return []
@@ -228,7 +230,7 @@ class Sfemc:
             if sf.runtime != "process":
                 continue  # container images live in a registry the platform does not own
             try:
-                self.images.resolve(sf.image)
+                self.images.resolve(sf.image, tenant)
             except UserError as exc:
                 problems.append((sf.name, exc.message))
         return problems

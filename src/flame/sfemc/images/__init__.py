@@ -15,11 +15,16 @@ Exceptions (all ``UserError``; the CLI exits 1, an HTTP API answers ``http_statu
     ImageError               a bad directory, flag or archive
     ├── ImageNotFound        no image with that digest or name           404
     ├── IntegrityError       the stored bytes no longer hash to the name  409
-    └── UnsafeArchive        an entry would escape the tree or is special 422
+    ├── UnsafeArchive        an entry would escape the tree or is special 422
+    ├── ImageTooLarge        a pushed image over the size limit           413
+    └── QuotaExceeded        a tenant's images over its quota in bytes    413
+        └── TooManyImages    ... or in number of images                   429
     ValidationFailed         the manifest has errors, each file:line:col  422
 
 Modules: `manifest` (flame-sf.yaml, parsed and normalised), `archive` (build, digest, unpack),
-`repository` (store, tag, verify, serve), `errors`.
+`repository` (store, tag, verify, serve; owners: the operator's images are public, a tenant's
+pushed ones its own), `push` (tenants' uploads: limits, quota), `deps` (an image's wheelhouse),
+`errors`.
 """
 
 from flame.sfemc.images.archive import (

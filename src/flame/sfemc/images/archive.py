@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from flame.sfemc.images.deps import check_wheelhouse
 from flame.sfemc.images.errors import ImageError, UnsafeArchive
 from flame.sfemc.images.manifest import (
     IMAGE_MANIFEST,
@@ -173,6 +174,7 @@ def build_image(
             f"{directory} has no {MANIFEST_FILE} and no entrypoint was given",
             hint=f"write {manifest_path} (see docs/sfemc.md) or pass --entrypoint 'python3 server.py'",
         )
+    check_wheelhouse(directory, manifest)
     return build_archive(directory, manifest, compression), manifest
 
 

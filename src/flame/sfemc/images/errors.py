@@ -28,3 +28,21 @@ class IntegrityError(ImageError):
 class UnsafeArchive(ImageError):
     code: ClassVar[str] = "unsafe_archive"
     http_status: ClassVar[int] = 422
+
+
+class ImageTooLarge(ImageError):
+    """An upload over the per-image size limit."""
+
+    code: ClassVar[str] = "image_too_large"
+    http_status: ClassVar[int] = 413
+
+
+class QuotaExceeded(ImageError):
+    """A tenant's images would pass its quota (bytes: 413; number of images: 429)."""
+
+    code: ClassVar[str] = "quota_exceeded"
+    http_status: ClassVar[int] = 413
+
+
+class TooManyImages(QuotaExceeded):
+    http_status: ClassVar[int] = 429

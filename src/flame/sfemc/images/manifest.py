@@ -39,6 +39,8 @@ class ImageManifest:
     cpus: float | None = None
     memory_bytes: int | None = None
     disk_bytes: int | None = None
+    wheels: str | None = None  # the image's wheelhouse (relative to app/): its own packages
+    container_image: str | None = None  # what the Kubernetes VIM runs instead (registry/x:tag)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -53,6 +55,8 @@ class ImageManifest:
                 "memory_bytes": self.memory_bytes,
                 "disk_bytes": self.disk_bytes,
             },
+            **({"python": {"wheels": self.wheels}} if self.wheels else {}),
+            **({"container_image": self.container_image} if self.container_image else {}),
         }
 
     @classmethod
@@ -69,10 +73,22 @@ class ImageManifest:
             cpus=res.get("cpus"),
             memory_bytes=res.get("memory_bytes"),
             disk_bytes=res.get("disk_bytes"),
+            wheels=(doc.get("python") or {}).get("wheels"),
+            container_image=doc.get("container_image"),
         )
 
 
-_TOP_KEYS = ("name", "version", "entrypoint", "environment", "ports", "health", "resources")
+_TOP_KEYS = (
+    "name",
+    "version",
+    "entrypoint",
+    "environment",
+    "ports",
+    "health",
+    "resources",
+    "python",
+    "container_image",
+)
 
 
 def load_manifest(path: Path, *, default_name: str) -> ImageManifest:
@@ -118,6 +134,8 @@ def parse_manifest(
     ports = _ports(root, at, sink)
     health = _health(root, at, ports, sink)
     cpus, memory, disk = _resources(root, at, sink)
+    wheels = _wheels(root, at, sink)
+    container_image = _container_image(root, at, sink)
     if sink.has_errors():
         return None
     return ImageManifest(
@@ -130,6 +148,8 @@ def parse_manifest(
         cpus=cpus,
         memory_bytes=memory,
         disk_bytes=disk,
+        wheels=wheels,
+        container_image=container_image,
     )
 
 
@@ -322,6 +342,47 @@ def _resources(
     return (None if cpus is None else float(cpus)), sizes[0], sizes[1]
 
 
+def _wheels(root: Mapping[str, Any], at: Any, sink: DiagnosticSink) -> str | None:
+    """`python: {wheels: DIR}`: a directory of the image holding the SF's wheels."""
+    if root.get("python") is None:
+        return None
+    m = as_map(root.get("python"), at("python"), "python", sink)
+    if m is None:
+        return None
+    check_keys(m, ("wheels",), "python", sink)
+    value = m.get("wheels")
+    if value is None:
+        sink.error(MISSING_KEY, "python needs 'wheels' (the wheelhouse directory)", at("python"))
+        return None
+    path = str(value).strip().rstrip("/")
+    if not path or path.startswith("/") or ".." in Path(path).parts:
+        sink.error(
+            E_MANIFEST_VALUE,
+            f"wheels: {value!r} must be a directory inside the SF's directory",
+            _at(m, at("python"))("wheels"),
+            hint="e.g. `wheels: wheelhouse` after `pip wheel -r requirements.txt -w wheelhouse`",
+        )
+        return None
+    return path
+
+
+def _container_image(root: Mapping[str, Any], at: Any, sink: DiagnosticSink) -> str | None:
+    """`container_image: registry/x:tag`: what a Kubernetes cluster runs for this image."""
+    value = root.get("container_image")
+    if value is None:
+        return None
+    text = str(value)
+    if not text or len(text) > 255 or any(c.isspace() for c in text) or text.startswith("sha256:"):
+        sink.error(
+            E_MANIFEST_VALUE,
+            f"container_image: {value!r} is not a container image reference",
+            at("container_image"),
+            hint="e.g. registry.example/team/echo:1.0 (or ...@sha256:<digest>)",
+        )
+        return None
+    return text
+
+
 def default_image_name(text: str) -> str:
     name = re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-._") or "sf"
     return name[:63]
@@ -353,6 +414,10 @@ def manifest_as_input(m: ImageManifest) -> dict[str, Any]:
     }
     if res:
         doc["resources"] = res
+    if m.wheels:
+        doc["python"] = {"wheels": m.wheels}
+    if m.container_image:
+        doc["container_image"] = m.container_image
     return doc
 
 

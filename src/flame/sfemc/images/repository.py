@@ -11,7 +11,7 @@ import json
 import re
 import ssl
 import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,10 +36,19 @@ class ImageInfo:
     created: str  # ISO 8601 UTC, when the repository first stored it
     compression: str
     manifest: ImageManifest
+    # Who may use it: the operator's images (`flame package`, public) serve every tenant; a
+    # tenant's pushed image serves its owners only (the tenants that pushed these bytes).
+    public: bool = True
+    owners: tuple[str, ...] = ()
+
+    def usable_by(self, tenant: str | None) -> bool:
+        return self.public or tenant is None or tenant in self.owners
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "digest": self.digest,
+            "public": self.public,
+            "owners": list(self.owners),
             "name": self.name,
             "tags": list(self.tags),
             "size": self.size,
@@ -82,8 +91,20 @@ class ImageRepository:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    def put(self, blob: bytes, *, digest: str | None = None, tags: Sequence[str] = ()) -> ImageInfo:
-        """Store an archive; `digest`, when given, must match (an upload that was corrupted)."""
+    def put(
+        self,
+        blob: bytes,
+        *,
+        digest: str | None = None,
+        tags: Sequence[str] = (),
+        owner: str | None = None,
+        admit: Callable[[list[ImageInfo], ImageInfo | None], None] | None = None,
+    ) -> ImageInfo:
+        """Store an archive; `digest`, when given, must match (an upload that was corrupted).
+
+        `owner`: the tenant pushing it (None: the operator, whose images every tenant may use).
+        `admit(images, old)` runs under the lock before anything is written, with every stored
+        image and this digest's, and raises to refuse (a tenant's quota)."""
         actual = digest_of(blob)
         if digest is not None and check_digest(digest) != actual:
             raise IntegrityError(
@@ -98,8 +119,12 @@ class ImageRepository:
             self._blobs.mkdir(exist_ok=True)
             self._meta.mkdir(exist_ok=True)
             old = self._info_or_none(actual)
+            if admit is not None:
+                admit(self._all(), old)
             if old is None:
                 atomic_write_private(self._blobs / hexd, blob)
+            public = owner is None or (old is not None and old.public)
+            owners = set(old.owners if old else ()) | ({owner} if owner else set())
             info = ImageInfo(
                 digest=actual,
                 name=manifest.name,
@@ -108,13 +133,17 @@ class ImageRepository:
                 created=old.created if old else _now(),
                 compression=compression,
                 manifest=manifest,
+                public=public,
+                owners=tuple(sorted(owners)),
             )
-            # A tag names one image per name: move it off any older image of that name.
+            # A tag names one image per name and owner: move it off an older image of that
+            # name of the same owner (a tenant never moves another's or the operator's tags).
             for other in self._all():
                 if (
                     other.digest != actual
                     and other.name == info.name
                     and set(other.tags) & set(tags)
+                    and (other.public if owner is None else other.owners == (owner,))
                 ):
                     self._write_meta(
                         other.digest,
@@ -127,7 +156,13 @@ class ImageRepository:
         path = self._meta / f"{digest.removeprefix('sha256:')}.json"
         atomic_write_private(path, json.dumps(doc, indent=1, sort_keys=True).encode())
 
-    def _read_manifest(self, blob: bytes, what: str) -> ImageManifest:
+    @staticmethod
+    def manifest_of(blob: bytes) -> ImageManifest:
+        """The manifest inside an archive (ImageError if it has none)."""
+        return ImageRepository._read_manifest(blob, "the archive")
+
+    @staticmethod
+    def _read_manifest(blob: bytes, what: str) -> ImageManifest:
         raw = decompress(blob, what)
         try:
             with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
@@ -142,9 +177,21 @@ class ImageRepository:
                 hint="build images with `flame package DIR`",
             ) from exc
 
-    def delete(self, digest: str, *, in_use: Sequence[str] = ()) -> ImageInfo:
-        """Remove an image. `in_use` names the SFEs placed from it: deleting is then refused."""
+    def delete(
+        self, digest: str, *, in_use: Sequence[str] = (), tenant: str | None = None
+    ) -> ImageInfo:
+        """Remove an image. `in_use` names the SFEs placed from it: deleting is then refused.
+
+        `tenant`: a tenant removes only its own claim (another owner keeps the image); an
+        image it does not own is not found, the operator's included."""
         info = self.get(digest)
+        if tenant is not None and tenant not in info.owners:
+            raise ImageNotFound(f"no image {digest} of tenant {tenant!r}", digest=digest)
+        if tenant is not None and (info.public or set(info.owners) - {tenant}):
+            with self._locked():
+                kept = sorted(set(info.owners) - {tenant})
+                self._write_meta(info.digest, {**info.as_dict(), "owners": kept})
+            return info
         if in_use:
             raise ImageError(
                 f"image {digest} is used by {len(in_use)} endpoint(s): {', '.join(sorted(in_use))}",
@@ -159,12 +206,27 @@ class ImageRepository:
 
     # reading
 
-    def resolve(self, ref: str) -> str:
-        """A digest, ``name`` (latest stored) or ``name:tag`` -> digest."""
+    def resolve(self, ref: str, tenant: str | None = None) -> str:
+        """A digest, ``name`` (latest stored) or ``name:tag`` -> digest.
+
+        For a `tenant`, only the images it may use (its own, then the operator's: its own
+        shadow the operator's of the same name for it alone); another tenant's image is
+        "not found", as if it did not exist."""
         if ref.startswith("sha256:"):
-            return self.get(check_digest(ref)).digest
+            info = self.get(check_digest(ref))
+            if not info.usable_by(tenant):
+                raise ImageNotFound(_not_usable(ref, tenant), digest=ref)
+            return info.digest
         name, _, tag = ref.partition(":")
-        found = [i for i in self._all() if i.name == name and (not tag or tag in i.tags)]
+        found = [
+            i
+            for i in self._all()
+            if i.name == name and (not tag or tag in i.tags) and i.usable_by(tenant)
+        ]
+        own = [i for i in found if tenant is not None and tenant in i.owners]
+        found = own or found
+        if not found and tenant is not None:
+            raise ImageNotFound(_not_usable(ref, tenant))
         if not found:
             raise ImageNotFound(
                 f"no image named {ref!r} in {self.root}",
@@ -196,6 +258,8 @@ class ImageRepository:
             created=doc["created"],
             compression=doc["compression"],
             manifest=ImageManifest.from_json(doc["manifest"]),
+            public=bool(doc.get("public", True)),  # images stored before tenants could push
+            owners=tuple(doc.get("owners") or ()),
         )
 
     def _all(self) -> list[ImageInfo]:
@@ -318,6 +382,14 @@ class ImageRepository:
                 (self._blobs / hexd).unlink(missing_ok=True)
                 (self._meta / f"{hexd}.json").unlink(missing_ok=True)
         return self.put(response.content, digest=digest)
+
+
+def _not_usable(ref: str, tenant: str | None) -> str:
+    what = ref if ref.startswith("sha256:") else f"named {ref!r}"
+    return (
+        f"no image {what} that tenant {tenant!r} may use (its own pushed images and the "
+        "operator's; `flame images` lists them, `flame push DIR` adds one)"
+    )
 
 
 def _now() -> str:

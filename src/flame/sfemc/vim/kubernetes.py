@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import Namespace, Pod, Service
 
 from flame.common.errors import ConfigError
+from flame.sfemc.images import ImageError, ImageRepository
 from flame.sfemc.vim import _k8s_manifests as m
 from flame.sfemc.vim.base import EndpointSpec, VimError, VimState, VimStatus
 
@@ -47,8 +49,11 @@ class KubernetesVim:
         config: KubeConfig | None = None,
         boot_timeout_s: float = 120.0,
         poll_s: float = 0.5,
+        repository: ImageRepository | None = None,
     ) -> None:
+        """`repository`: FLAME images whose manifest names a `container_image` run as that."""
         self.clusters = tuple(clusters)
+        self.repository = repository
         if client is None:
             try:
                 client = AsyncClient(config=config, field_manager=FIELD_MANAGER)
@@ -73,12 +78,7 @@ class KubernetesVim:
                 f"(it serves: {', '.join(self.clusters) or 'none'})",
                 permanent=True,
             )
-        if spec.image.startswith("sha256:"):
-            raise VimError(
-                spec.sfe,
-                "the Kubernetes VIM runs container images, not FLAME image digests",
-                permanent=True,
-            )
+        spec = await self._container_spec(spec)
         ns = m.namespace_name(spec.cluster)
         await self._ensure_namespace(spec.cluster)
         current = await self._deployment(spec.sfe, ns)
@@ -92,6 +92,27 @@ class KubernetesVim:
             await self._apply(spec.sfe, svc, spec.cluster)
         self._where[spec.sfe] = (ns, m.object_name(spec.sfe))
         return await self.status(spec.sfe)
+
+    async def _container_spec(self, spec: EndpointSpec) -> EndpointSpec:
+        """`spec` with the container image to run: a FLAME image (one the tenant may use) runs
+        as its manifest's `container_image`; anything else is a container reference already."""
+        digest = None
+        if self.repository is not None:
+            with contextlib.suppress(ImageError):  # not one of ours (or not for this tenant)
+                digest = await asyncio.to_thread(self.repository.resolve, spec.image, spec.tenant)
+        if digest is None and not spec.image.startswith("sha256:"):
+            return spec
+        manifest = self.repository.get(digest).manifest if self.repository and digest else None
+        if manifest is None or not manifest.container_image:
+            why = (
+                f"{spec.image!r} names no container_image in its manifest"
+                if manifest is not None
+                else "not FLAME image digests"
+            )
+            raise VimError(
+                spec.sfe, f"the Kubernetes VIM runs container images, {why}", permanent=True
+            )
+        return dataclasses.replace(spec, image=manifest.container_image)
 
     async def boot(self, sfe: str) -> VimStatus:
         ns, name = await self._require(sfe)

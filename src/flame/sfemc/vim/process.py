@@ -24,7 +24,6 @@ import dataclasses
 import json
 import logging
 import os
-import pwd
 import re
 import shutil
 import signal
@@ -61,12 +60,15 @@ from flame.sfemc.vim.base import (
     VimState,
     VimStatus,
 )
+from flame.sfemc.vim.pyenv import PyenvError, ensure_venv, venv_argv
 from flame.sfemc.vim.sandbox import (
     DEFAULT_UIDS,
     HOME_DIR,
     Sandbox,
     UidsExhausted,
     bwrap_argv,
+    protected_paths,
+    refusal,
 )
 
 __all__ = ["DEFAULT_ROOT", "ProcessVim", "placed_images"]
@@ -181,7 +183,7 @@ class ProcessVim:
                 uids=sandbox_uids,
                 python=python,
                 extra_ro_paths=tuple(sandbox_ro_paths),
-                protected=_protected(root_dir),
+                protected=protected_paths(root_dir),
             )
         )
         self._warned_unconfined = False
@@ -233,7 +235,7 @@ class ProcessVim:
     def _place_sync(self, spec: EndpointSpec, lock: asyncio.Lock) -> VimStatus:
         self._confinement(spec.sfe)  # refuse now what could not run (checks the host once)
         try:
-            digest = self.repository.resolve(spec.image)
+            digest = self.repository.resolve(spec.image, spec.tenant)
             path = self.sfes_dir / spec.sfe
             tmp = self.sfes_dir / f".{spec.sfe}.placing"
             shutil.rmtree(tmp, ignore_errors=True)  # from a controller killed mid-place
@@ -241,9 +243,14 @@ class ProcessVim:
             # Integrity is checked here, on every placement: unpack hashes what it extracts.
             manifest = self.repository.unpack(digest, tmp / "app")
             _readable_by_all(tmp / "app")  # the SFE's own uid reads it (read-only)
-        except ImageError as exc:
+            venv = (  # the image's own packages, installed once per digest
+                ensure_venv(self.root, digest, tmp / "app", manifest.wheels, python=self.python)
+                if manifest.wheels
+                else None
+            )
+        except (ImageError, PyenvError) as exc:
             shutil.rmtree(self.sfes_dir / f".{spec.sfe}.placing", ignore_errors=True)
-            raise VimError(spec.sfe, exc.message, permanent=True) from exc
+            raise VimError(spec.sfe, getattr(exc, "message", str(exc)), permanent=True) from exc
         ports = spec.ports or manifest.ports
         # Who is alive: those being placed first, then those on disk. An SFE leaves the
         # placing set only after its directory is in place, so in this order none falls
@@ -266,6 +273,7 @@ class ProcessVim:
             "restarts": 0,
             "reason": None,
             "limits": None,
+            "venv": str(venv) if venv else None,
         }
         atomic_write_private(tmp / "state.json", json.dumps(doc, indent=1).encode())
         if path.exists():
@@ -435,7 +443,7 @@ class ProcessVim:
             if problem is None:
                 return self.sandbox
             if self.sandbox_mode == "required" or not self.allow_unconfined:
-                raise VimError(sfe, _refusal(problem, self.sandbox_mode), permanent=True)
+                raise VimError(sfe, refusal(problem, self.sandbox_mode), permanent=True)
             if not self._warned_unconfined:
                 self._warned_unconfined = True
                 log.warning(
@@ -496,8 +504,11 @@ class ProcessVim:
             except OSError as exc:
                 described += f" (cgroup v2 refused: {exc})"
         (rec.path / "pid.json").unlink(missing_ok=True)
+        venv = Path(rec.doc["venv"]) if rec.doc.get("venv") else None
         argv = list(manifest.entrypoint)
-        if self.python and argv[0] in ("python", "python3"):
+        if venv is not None:  # the image's own environment (flame.sfemc.vim.pyenv)
+            argv = venv_argv(argv, venv, sandboxed=sandbox is not None)
+        elif self.python and argv[0] in ("python", "python3"):
             argv[0] = self.python
         try:
             if sandbox is not None:
@@ -506,7 +517,7 @@ class ProcessVim:
                 sandbox.write_etc(rec.path / "etc", uid, gid)
                 sandbox.resolve(argv[0], rec.path / "app", env.get("PATH", ""))
                 layout = sandbox.layout(
-                    rec.path / "app", home, rec.path / "etc", uid, gid, limits.disk_bytes
+                    rec.path / "app", home, rec.path / "etc", uid, gid, limits.disk_bytes, venv
                 )
                 argv = bwrap_argv(layout, argv)
                 confined = sandbox.describe(uid, gid)
@@ -684,33 +695,6 @@ def placed_images(root: Path) -> dict[str, builtins.list[str]]:
 
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
-
-
-def _refusal(problem: str, mode: SandboxMode) -> str:
-    if mode == "required":
-        return (
-            f"cannot sandbox tenant code on this host: {problem}; this VIM requires the sandbox "
-            "(sandbox='required'). Install bubblewrap 0.8 or later (Debian/Ubuntu: apt-get "
-            "install bubblewrap); run the orchestrator as root to give each tenant its own uid"
-        )
-    return (
-        f"refusing to run tenant code unconfined: {problem}. Install bubblewrap (Debian/Ubuntu: "
-        "apt-get install bubblewrap) so that SFEs run sandboxed, or pass "
-        "--allow-unconfined-sfes to 'flame serve orchestrator' or 'flame up' to run them as the "
-        "platform's own user, able to read its configuration, tokens and state"
-    )
-
-
-def _protected(root: Path) -> tuple[Path, ...]:
-    """What an SFE must never see: the VIM's root and the platform user's home and config."""
-    paths = [root.absolute(), root.absolute().parent]
-    with contextlib.suppress(RuntimeError, KeyError):
-        paths.append(Path.home())
-    with contextlib.suppress(KeyError):
-        paths.append(Path(pwd.getpwuid(os.geteuid()).pw_dir))
-    if os.environ.get("XDG_CONFIG_HOME"):
-        paths.append(Path(os.environ["XDG_CONFIG_HOME"]))
-    return tuple(paths)
 
 
 def _readable_by_all(app: Path) -> None:

@@ -101,7 +101,7 @@ class RemoteVim:
         wire = spec
         if self.repository is not None:
             try:
-                digest = await asyncio.to_thread(self.repository.resolve, spec.image)
+                digest = await asyncio.to_thread(self.repository.resolve, spec.image, spec.tenant)
             except ImageError as exc:
                 raise VimError(spec.sfe, exc.message, permanent=True) from exc
             wire = dataclasses.replace(spec, image=digest)

@@ -59,11 +59,14 @@ __all__ = [
     "UidAllocator",
     "UidsExhausted",
     "bwrap_argv",
+    "protected_paths",
+    "refusal",
     "visible_path",
 ]
 
 APP_DIR = "/app"
 HOME_DIR = "/home/sfe"
+VENV_DIR = "/opt/flame/venv"  # an image's own Python environment (flame.sfemc.vim.pyenv)
 USER_NAME = "sfe"
 DEFAULT_UIDS = range(200_000, 265_536)
 DEFAULT_TMP_BYTES = 256 * 1024 * 1024  # /tmp when the spec gives no disk limit
@@ -122,6 +125,7 @@ class Layout:
     gid: int = 0
     setpriv: str | None = None  # root: switch to uid/gid with it; None: a user namespace
     tmp_bytes: int = DEFAULT_TMP_BYTES
+    venv: Path | None = None  # host directory mounted read-only on VENV_DIR
 
 
 def bwrap_argv(layout: Layout, command: Sequence[str]) -> list[str]:
@@ -142,6 +146,7 @@ def bwrap_argv(layout: Layout, command: Sequence[str]) -> list[str]:
     ro_paths = _outermost(layout.ro_paths)
     destinations = [name for _, name in layout.symlinks] + [str(p) for p in ro_paths]
     destinations += [dest for _, dest in layout.etc_files] + [APP_DIR, HOME_DIR]
+    destinations += [VENV_DIR] if layout.venv is not None else []
     # Parents bwrap would create itself get mode 0700 (root's, unreadable to the SFE's uid).
     made = {"/", "/proc", "/dev", "/tmp", *(name for _, name in layout.symlinks)}
     for parent in _parents(destinations, made, ro_paths):
@@ -153,6 +158,8 @@ def bwrap_argv(layout: Layout, command: Sequence[str]) -> list[str]:
     for source, dest in layout.etc_files:
         argv += ["--ro-bind", str(source), dest]
     argv += ["--ro-bind", str(layout.app), APP_DIR, "--bind", str(layout.home), HOME_DIR]
+    if layout.venv is not None:
+        argv += ["--ro-bind", str(layout.venv), VENV_DIR]
     argv += ["--chdir", APP_DIR]
     if layout.setpriv is not None:
         # bwrap runs privileged (no user namespace) and keeps only what setpriv needs to
@@ -387,7 +394,14 @@ class Sandbox:
         return uid, uid
 
     def layout(
-        self, app: Path, home: Path, etc: Path, uid: int, gid: int, tmp_bytes: int | None = None
+        self,
+        app: Path,
+        home: Path,
+        etc: Path,
+        uid: int,
+        gid: int,
+        tmp_bytes: int | None = None,
+        venv: Path | None = None,
     ) -> Layout:
         if self._tools[0] == "":  # not checked yet (the probe itself calls this after _check)
             problem = self.problem()
@@ -410,6 +424,7 @@ class Sandbox:
             gid=gid,
             setpriv=setpriv,
             tmp_bytes=tmp_bytes or DEFAULT_TMP_BYTES,
+            venv=venv,
         )
 
     def mounted(self) -> list[Path]:
@@ -428,6 +443,8 @@ class Sandbox:
 
     def resolve(self, program: str, app: Path, search_path: str) -> None:
         """Raise FileNotFoundError if `program` cannot be run inside the sandbox."""
+        if program.startswith(VENV_DIR + "/"):
+            return  # the image's venv, made at placement (flame.sfemc.vim.pyenv)
         if "/" in program:
             if program.startswith("/"):
                 if program.startswith(APP_DIR + "/"):
@@ -503,4 +520,32 @@ def _interpreter_paths(python: str) -> tuple[Path, ...]:
     exe = Path(found[0])
     paths = [exe.parent, Path(os.path.realpath(exe)).parent]
     paths += [Path(p) for p in found[1:] if p and os.path.isdir(p)]
+    return tuple(paths)
+
+
+def refusal(problem: str, mode: str) -> str:
+    """Why an SFE is refused when the host cannot sandbox it (`mode`: the VIM's sandbox mode)."""
+    if mode == "required":
+        return (
+            f"cannot sandbox tenant code on this host: {problem}; this VIM requires the sandbox "
+            "(sandbox='required'). Install bubblewrap 0.8 or later (Debian/Ubuntu: apt-get "
+            "install bubblewrap); run the orchestrator as root to give each tenant its own uid"
+        )
+    return (
+        f"refusing to run tenant code unconfined: {problem}. Install bubblewrap (Debian/Ubuntu: "
+        "apt-get install bubblewrap) so that SFEs run sandboxed, or pass "
+        "--allow-unconfined-sfes to 'flame serve orchestrator' or 'flame up' to run them as the "
+        "platform's own user, able to read its configuration, tokens and state"
+    )
+
+
+def protected_paths(root: Path) -> tuple[Path, ...]:
+    """What an SFE must never see: the VIM's root and the platform user's home and config."""
+    paths = [root.absolute(), root.absolute().parent]
+    with contextlib.suppress(RuntimeError, KeyError):
+        paths.append(Path.home())
+    with contextlib.suppress(KeyError):
+        paths.append(Path(pwd.getpwuid(os.geteuid()).pw_dir))
+    if os.environ.get("XDG_CONFIG_HOME"):
+        paths.append(Path(os.environ["XDG_CONFIG_HOME"]))
     return tuple(paths)

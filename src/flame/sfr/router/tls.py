@@ -97,6 +97,9 @@ class TlsSites:
         self.updates = 0
         self.updated_at: float | None = None
         self.unknown_names = 0  # handshakes refused: no certificate for the name (or none sent)
+        # Handshakes given a certificate, per name served (full or resumed: the SNI callback
+        # runs on every ClientHello). Bounded: only names of the current certificates count.
+        self.handshakes: dict[str, int] = {}
         self.on_change: list[Callable[[TlsSites], None]] = []
 
     # -- the handshake ------------------------------------------------------------------------
@@ -110,8 +113,10 @@ class TlsSites:
             if ctx is None:
                 _, _, parent = name.partition(".")
                 ctx = self._wildcard.get(parent)
+                name = f"*.{parent}"
             if ctx is not None:
                 obj.context = ctx
+                self.handshakes[name] = self.handshakes.get(name, 0) + 1
                 return None
         self.unknown_names += 1
         return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
@@ -150,6 +155,8 @@ class TlsSites:
                     exact.setdefault(name, ctx)
         # One assignment each: a handshake sees the old maps or the new ones.
         self._exact, self._wildcard, self._built = exact, wildcard, built
+        served = {*exact, *(f"*.{p}" for p in wildcard)}
+        self.handshakes = {n: c for n, c in self.handshakes.items() if n in served}
         self.sites = kept
         self.redirects = frozenset(s.fqdn for s in kept.values() if s.redirect_http)
         self.updates += 1
@@ -167,6 +174,7 @@ class TlsSites:
             "updates": self.updates,
             "updated_at": self.updated_at,
             "unknown_names": self.unknown_names,
+            "handshakes": dict(sorted(self.handshakes.items())),
         }
 
 
