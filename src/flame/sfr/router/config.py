@@ -40,6 +40,7 @@ class Limits:
     upstream_max_idle: int = 256  # idle keep-alive connections kept per endpoint and worker
     coalesce_max_bytes: int = 64 * MIB  # a shared response stops taking joiners above this
     coalesce_backlog_bytes: int = 4 * MIB  # then the slowest joiner may lag this much
+    coalesce_vary_resources: int = 4096  # resources whose learnt Vary a worker keeps (LRU)
     # Client connections open at once per worker; more are answered 503 and closed at once.
     # 0: derived from the file descriptor limit (`client_connection_cap`).
     max_client_connections: int = 0

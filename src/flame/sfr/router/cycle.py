@@ -142,7 +142,7 @@ class RequestCycle(ResponseSink):
         self._head = head = render_upstream_head(req, client_ip, ctx.sr)
         coalescer = ctx.coalescer
         if coalescer is not None:
-            key = coalesce_key(req)
+            key = coalesce_key(req, coalescer.vary)
             if key is not None:
                 siblings = ctx.siblings
                 if siblings is not None and not self.conn.internal:
@@ -208,11 +208,7 @@ class RequestCycle(ResponseSink):
         self.joined = False
         if ctx.siblings is not None:
             ctx.siblings.fallbacks += 1
-        key = coalesce_key(self.req)
-        if ctx.coalescer is not None and key is not None:
-            self.fetch, self.joined = ctx.coalescer.join(key, self.req, self._head, self)
-        else:
-            self.forwarding = ctx.forwarder.forward(self.req, self._head, self.body, self)
+        self._fetch_again()
 
     def _finish(self) -> None:
         if self.finished:
@@ -329,3 +325,19 @@ class RequestCycle(ResponseSink):
         self.fetch = None
         self.joined = False
         self.forwarding = self.conn.ctx.forwarder.forward(self.req, self._head, self.body, self)
+
+    def regroup(self) -> None:
+        """The shared answer is another variant (Vary): fetch again, with requests like this."""
+        self.fetch = None
+        self.joined = False
+        self._fetch_again()
+
+    def _fetch_again(self) -> None:
+        """Fetch here after a failed relay or a regroup: shared when the request may be."""
+        ctx = self.conn.ctx
+        coalescer = ctx.coalescer
+        key = coalesce_key(self.req, coalescer.vary) if coalescer is not None else None
+        if coalescer is not None and key is not None:
+            self.fetch, self.joined = coalescer.join(key, self.req, self._head, self)
+        else:
+            self.forwarding = ctx.forwarder.forward(self.req, self._head, self.body, self)

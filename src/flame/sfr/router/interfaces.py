@@ -115,3 +115,7 @@ class Waiter(Protocol):
     def refetch(self) -> None:
         """The response is not for sharing: fetch your own."""
         ...
+
+    def regroup(self) -> None:
+        """The response is another variant than yours (Vary): fetch again, shared if may be."""
+        ...

@@ -9,11 +9,17 @@ then the rest, and the upstream is paused only when even the fastest waiter lags
 `backlog_limit` bytes. Once it closes, chunks every waiter has taken are dropped and the
 upstream is paused when the slowest waiter lags more than `backlog_limit` bytes.
 
-A response that is not shareable (private, no-store, Set-Cookie) goes to the first waiter
-only; the others are told to `refetch` on their own. Errors reach every waiter: before the
-head as the error answer, after it as a cut connection.
+The request sent upstream is the leader's. When the response varies (`Vary`) on fields the
+key did not include, the first response decides: waiters whose values of those fields differ
+from the leader's are told to `regroup` (fetch again, sharing with requests like theirs), and
+later joiners must match too; after `Vary: *` only the leader gets it. A response that is not
+shareable (private, no-store, Set-Cookie) goes to the first waiter only; the others are told to
+`refetch` on their own. Errors reach every waiter: before the head as the error answer, after
+it as a cut connection.
 
-`Coalescer` keeps the fetches in flight by `CoalesceKey` and starts one `Forwarding` per fetch.
+`Coalescer` keeps the fetches in flight by `CoalesceKey`, starts one `Forwarding` per fetch and
+learns from each response what the resource varies on (`VaryTable`), re-keying the fetch so
+that later requests with the leader's values join it.
 """
 
 from __future__ import annotations
@@ -24,7 +30,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from flame.sfr.models import Endpoint
-from flame.sfr.router.coalesce import CoalesceKey, JoinWindow, may_join
+from flame.sfr.router.coalesce import (
+    ANY,
+    CoalesceKey,
+    JoinWindow,
+    Names,
+    VaryTable,
+    coalesce_key,
+    may_join,
+    request_fields,
+    response_vary,
+)
 from flame.sfr.router.errors import RouterError
 from flame.sfr.router.interfaces import ResponseSink, SourceControl, Waiter
 from flame.sfr.router.request import RequestHead
@@ -40,10 +56,11 @@ log = logging.getLogger(__name__)
 
 
 class _Slot:
-    __slots__ = ("cursor", "taken", "waiter")
+    __slots__ = ("cursor", "req", "taken", "waiter")
 
-    def __init__(self, waiter: Waiter, cursor: int) -> None:
+    def __init__(self, waiter: Waiter, cursor: int, req: RequestHead | None) -> None:
         self.waiter = waiter
+        self.req = req  # None only for waiters joined without a request (unit tests)
         self.cursor = cursor  # absolute index of the next chunk to deliver
         self.taken = 0  # body bytes delivered
 
@@ -63,6 +80,7 @@ class SharedFetch(ResponseSink):
         on_closed: Callable[[SharedFetch], None] = lambda fetch: None,
         on_abandoned: Callable[[SharedFetch], None] = lambda fetch: None,
         on_head: Callable[[SharedFetch], None] = lambda fetch: None,
+        on_regrouped: Callable[[SharedFetch, int], None] = lambda fetch, n: None,
     ) -> None:
         self.key = key
         self.version = version
@@ -73,6 +91,7 @@ class SharedFetch(ResponseSink):
         self._on_closed = on_closed
         self._on_abandoned = on_abandoned
         self._on_head = on_head
+        self._on_regrouped = on_regrouped
         self.head: ResponseHead | None = None
         self.endpoint: Endpoint | None = None
         self.error: RouterError | None = None
@@ -80,6 +99,10 @@ class SharedFetch(ResponseSink):
         self.exclusive = False  # not shareable: only the first waiter gets it
         self.received = 0
         self.joined = 0  # waiters beyond the first
+        self.leader: Waiter | None = None  # the first waiter: its request is the one sent
+        self.leader_req: RequestHead | None = None
+        self.vary: Names | None = None  # what the response varies on beyond the key
+        self._leader_values: list[bytes | None] | None = None  # the leader's, of `vary`
         self._chunks: list[bytes] = []
         self._base = 0  # absolute index of _chunks[0]
         self._kept = 0  # bytes in _chunks
@@ -105,10 +128,21 @@ class SharedFetch(ResponseSink):
             table_version=table_version,
         )
 
-    def join(self, waiter: Waiter) -> None:
+    def accepts(self, req: RequestHead) -> bool:
+        """Whether `req` wants the variant this fetch brings (always, until the head says)."""
+        names = self.vary
+        if names is None:
+            return True
+        want = self._leader_values
+        return want is not None and request_fields(req, names) == want
+
+    def join(self, waiter: Waiter, req: RequestHead | None = None) -> None:
         if self._slots:
             self.joined += 1
-        slot = self._slots[waiter] = _Slot(waiter, self._base)
+        elif self.leader is None:
+            self.leader = waiter
+            self.leader_req = req
+        slot = self._slots[waiter] = _Slot(waiter, self._base, req)
         if self.head is not None and self.endpoint is not None:
             waiter.deliver_head(self.head, self.endpoint)
             self._pump(slot)
@@ -142,7 +176,13 @@ class SharedFetch(ResponseSink):
     def response_head(self, head: ResponseHead, endpoint: Endpoint) -> None:
         self.head = head
         self.endpoint = endpoint
+        self.vary = vary = response_vary(head)
         self._on_head(self)
+        if vary is not None and self._slots:
+            if vary == ANY:
+                self._leader_only()
+            else:
+                self._split(vary)
         if not head.shareable() and self._slots:
             first, *others = self._slots.values()
             self.exclusive = True
@@ -185,6 +225,48 @@ class SharedFetch(ResponseSink):
         self._chunks = []
         for slot in slots:
             slot.waiter.deliver_error(error)
+
+    # -- Vary ----------------------------------------------------------------------------------
+
+    def _split(self, names: Names) -> None:
+        """Keep the waiters that want the leader's variant; the others fetch again."""
+        leader = self.leader_req
+        want = request_fields(leader, names) if leader is not None else None
+        self._leader_values = want
+        moved = [
+            slot
+            for slot in self._slots.values()
+            if slot.waiter is not self.leader
+            and (want is None or slot.req is None or request_fields(slot.req, names) != want)
+        ]
+        if moved:
+            self._regroup(moved, alone=False)
+
+    def _leader_only(self) -> None:
+        """`Vary: *`: the response is for the request that was sent, nobody else."""
+        moved = [slot for slot in self._slots.values() if slot.waiter is not self.leader]
+        self.exclusive = True
+        self._retain = False
+        self._close()  # no joiners any more
+        if moved:
+            self._regroup(moved, alone=True)
+
+    def _regroup(self, moved: list[_Slot], *, alone: bool) -> None:
+        for slot in moved:
+            del self._slots[slot.waiter]
+        self.joined -= len(moved)
+        self._on_regrouped(self, len(moved))
+        if not self._slots:
+            # The leader has gone and nobody left wants this variant: stop fetching it.
+            self.exclusive = True
+            self._retain = False
+            self._close()
+            self._on_abandoned(self)
+        for slot in moved:
+            if alone or slot.req is None:
+                slot.waiter.refetch()
+            else:
+                slot.waiter.regroup()
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -255,8 +337,10 @@ class Coalescer:
         backlog_limit: int,
         current_version: Callable[[], int | None],
         siblings: Siblings | None = None,
+        vary: VaryTable | None = None,
     ) -> None:
         self.forwarder = forwarder
+        self.vary = vary if vary is not None else VaryTable()
         self.siblings = siblings
         self.window = window
         self.backlog_limit = backlog_limit
@@ -265,6 +349,7 @@ class Coalescer:
         self.inflight: dict[CoalesceKey, SharedFetch] = {}
         self.fetches = 0
         self.coalesced = 0
+        self.regrouped = 0  # joiners sent to fetch again: another variant (Vary) was wanted
 
     def join(
         self, key: CoalesceKey, req: RequestHead, head: bytes, waiter: Waiter
@@ -273,9 +358,9 @@ class Coalescer:
         now = self._loop.time()
         version = self._current_version()
         fetch = self.inflight.get(key)
-        if fetch is not None and fetch.joinable(now, version):
+        if fetch is not None and fetch.joinable(now, version) and fetch.accepts(req):
             self.coalesced += 1
-            fetch.join(waiter)
+            fetch.join(waiter, req)
             return fetch, True
         fetch = SharedFetch(
             key,
@@ -287,10 +372,11 @@ class Coalescer:
             on_closed=self._closed,
             on_abandoned=self._abandoned,
             on_head=self._answered,
+            on_regrouped=self._regrouped,
         )
         self.inflight[key] = fetch
         self.fetches += 1
-        fetch.join(waiter)
+        fetch.join(waiter, req)
         try:
             fetch.forwarding = self.forwarder.forward(req, head, None, fetch)
         except Exception as exc:
@@ -309,7 +395,40 @@ class Coalescer:
     def _answered(self, fetch: SharedFetch) -> None:
         if self.siblings is not None and fetch.head is not None:
             self.siblings.answered(fetch.key, fetch.head)
+        leader = fetch.leader_req
+        if leader is None:
+            return
+        names = fetch.vary
+        if names is None:
+            if leader.fqdn in self.vary.fqdns:
+                self.vary.learn(leader.fqdn, leader.target, None)  # it stopped varying
+            return
+        self.vary.learn(leader.fqdn, leader.target, names)
+        if names != ANY:
+            self._rekey(fetch, leader)
+
+    def _rekey(self, fetch: SharedFetch, leader: RequestHead) -> None:
+        """File the fetch under its leader's key with what was just learnt, so that later
+        requests wanting the same variant join it."""
+        key = coalesce_key(leader, self.vary)
+        if key is None or key == fetch.key:
+            return
+        if self.inflight.get(fetch.key) is fetch:
+            del self.inflight[fetch.key]
+            if self.siblings is not None:
+                self.siblings.release(fetch.key)
+        fetch.key = key
+        if key not in self.inflight:
+            self.inflight[key] = fetch
+
+    def _regrouped(self, fetch: SharedFetch, n: int) -> None:
+        self.coalesced -= n
+        self.regrouped += n
 
     def _abandoned(self, fetch: SharedFetch) -> None:
+        # Later, not now: this may run inside the fetch's own upstream callbacks.
+        self._loop.call_soon(self._cancel, fetch)
+
+    def _cancel(self, fetch: SharedFetch) -> None:
         if fetch.forwarding is not None and not fetch.forwarding.done:
             fetch.forwarding.cancel()

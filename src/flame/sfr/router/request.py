@@ -44,6 +44,7 @@ _SPECIAL: Final = frozenset(
         b"x-forwarded-proto",
         b"authorization",
         b"cookie",
+        b"proxy-authorization",
         b"accept",
         b"accept-encoding",
         b"range",
@@ -55,8 +56,9 @@ _SPECIAL: Final = frozenset(
 _NO_TOKENS: Final[frozenset[bytes]] = frozenset()
 _PLAIN_CONNECTION: Final = frozenset({b"close", b"keep-alive"})
 _LOOKED_AT: Final = frozenset(
-    {b"authorization", b"cookie", b"accept", b"accept-encoding", b"range"}
+    {b"authorization", b"cookie", b"proxy-authorization", b"accept", b"accept-encoding", b"range"}
 )
+_CREDENTIALS: Final = frozenset({b"authorization", b"cookie", b"proxy-authorization"})
 
 
 class RequestHead:
@@ -127,7 +129,8 @@ class RequestHead:
         self.forwarded_for = forwarded_for  # the X-Forwarded-For it arrived with (b"" if none)
         self.forwarded_host = forwarded_host
         self.forwarded_proto = forwarded_proto
-        self.credentials = credentials  # Authorization or Cookie: never shared with others
+        # Authorization, Cookie or Proxy-Authorization: shared only with the same values
+        self.credentials = credentials
         self.accept = accept
         self.accept_encoding = accept_encoding
         self.range = range
@@ -202,7 +205,7 @@ def analyze_request(  # noqa: C901 (issue 18: split it)
         if lname in _LOOKED_AT:
             lines.append(name + b": " + value + b"\r\n")
             names.append(lname)
-            if lname in {b"authorization", b"cookie"}:
+            if lname in _CREDENTIALS:
                 credentials = True
             elif lname == b"accept":
                 accept = value if accept is None else accept + b", " + value
@@ -270,7 +273,7 @@ def analyze_request(  # noqa: C901 (issue 18: split it)
             for line, lname in zip(lines, names, strict=True)
             if not is_hop_by_hop(lname, listed)
         ]
-        credentials = any(n in (b"authorization", b"cookie") and n not in listed for n in names)
+        credentials = any(n in _CREDENTIALS and not is_hop_by_hop(n, listed) for n in names)
 
     return RequestHead(
         method=method,

@@ -23,7 +23,7 @@ import httpx
 from flame.common.tls import client_verify
 from flame.sfr.models import ForwardingTable
 from flame.sfr.router._tasks import TaskSet
-from flame.sfr.router.coalesce import JoinWindow
+from flame.sfr.router.coalesce import JoinWindow, VaryTable
 from flame.sfr.router.config import RouterConfig, client_connection_cap
 from flame.sfr.router.context import RouterContext
 from flame.sfr.router.flow import Outbox
@@ -147,6 +147,7 @@ class Router:
                 backlog_limit=limits.coalesce_backlog_bytes,
                 current_version=lambda: self.routing.version,
                 siblings=self.siblings if config.coalescing else None,
+                vary=VaryTable(limits.coalesce_vary_resources),
             )
         self._ctx = ctx = RouterContext(
             config=config,

@@ -167,6 +167,9 @@ def status_document(ctx: RouterContext) -> dict[str, Any]:
             "in_flight": len(coalescer.inflight) if coalescer else 0,
             "fetches": coalescer.fetches if coalescer else 0,
             "coalesced": coalescer.coalesced if coalescer else 0,
+            # joiners sent to fetch again because the response was another variant (Vary)
+            "regrouped": coalescer.regrouped if coalescer else 0,
+            "vary_learnt": len(coalescer.vary) if coalescer else 0,
             "relayed_to_siblings": ctx.siblings.relayed if ctx.siblings else 0,
             "relay_fallbacks": ctx.siblings.fallbacks if ctx.siblings else 0,
         },
