@@ -1,8 +1,9 @@
 """Benchmark: the content SF (`python -m flame.media.content`) against doing the same by hand.
 
 1. **Upload throughput**: one file through the SF (tus, one streamed PATCH; tus in 8 MiB
-   PATCHes; multipart for a small file) against writing the same bytes straight to the
-   storage (the filesystem the SF stores into: read + write + SHA-256, what the SF must do at
+   PATCHes; multipart for a small file; and tus through a service router in front of the SF, as
+   users upload on the platform: the SR's data plane with a table routing the SF's FQDN to it)
+   against writing the same bytes straight to the storage (the filesystem the SF stores into: read + write + SHA-256, what the SF must do at
    least). With ``--s3`` also through the SF onto an S3 server (moto's, on loopback) against
    boto3's own `upload_file` to the same server.
 2. **Analysis time per minute of video**: a generated 1080p clip (``--quick``: 720p) and a
@@ -54,6 +55,43 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+FQDN = "content.bench.example"
+
+
+class Sr:
+    """A service router (the real data plane, one worker) whose table sends FQDN to the SF."""
+
+    def __init__(self, work: Path, sf_port: int) -> None:
+        from flame.sfr.models import Endpoint, ForwardingTable, Route
+        from flame.sfr.router import RouterConfig
+        from flame.sfr.router.subscriber import save_table_file
+
+        endpoint = Endpoint(sfe="bench.content.c1", fqdn=FQDN, cluster="c1", host="127.0.0.1",
+                            port=sf_port)  # fmt: skip
+        route = Route(endpoint, egress_sr="sr-bench", cost=0.0, latency_ms=0.0, path=("sr-bench",))
+        table_file = work / "sr-table.json"
+        save_table_file(table_file, ForwardingTable(sr="sr-bench", version=1,
+                                                    routes={FQDN: (route,)}))  # fmt: skip
+        self.port = free_port()
+        config = RouterConfig(sr_id="sr-bench", port=self.port, workers=1,
+                              table_file=str(table_file))  # fmt: skip
+        runner = ("import json, sys\nfrom flame.sfr.router import RouterConfig, serve\n"
+                  "serve(RouterConfig.from_dict(json.loads(sys.argv[1])), "
+                  "on_ready=lambda h, p: print('READY', flush=True))")  # fmt: skip
+        self.log = (work / "sr.log").open("wb")
+        self.proc = subprocess.Popen([sys.executable, "-c", runner, json.dumps(config.to_dict())],
+                                     stdout=subprocess.PIPE, stderr=self.log)  # fmt: skip
+        assert self.proc.stdout is not None
+        if not self.proc.stdout.readline().startswith(b"READY"):
+            raise SystemExit(f"the SR did not start; see {self.log.name}")
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(15)
+        self.log.close()
+
+
 class Sf:
     def __init__(self, work: Path, **env: str) -> None:
         self.port = free_port()
@@ -84,6 +122,12 @@ class Sf:
             time.sleep(0.05)
         self.http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {KEY}"},
                                  timeout=600, trust_env=False)  # fmt: skip
+
+    def via(self, sr: Sr) -> None:
+        """Send every request through `sr`, by the SF's FQDN (as a user on the platform)."""
+        self.http.close()
+        self.http = httpx.Client(base_url=sr.url, timeout=600, trust_env=False,
+                                 headers={"Authorization": f"Bearer {KEY}", "Host": FQDN})  # fmt: skip
 
     def stop(self) -> None:
         self.http.close()
@@ -179,6 +223,12 @@ def bench_upload(work: Path, size: int, rounds: int, s3: bool) -> dict[str, Any]
 
         out["sf_multipart_16mib_s"] = best(multipart, rounds)
         out["direct_16mib_s"] = best(lambda: direct_write(small, work / "direct"), rounds)
+        sr = Sr(work, sf.port)
+        try:
+            sf.via(sr)
+            out["sr_tus_one_patch_s"] = best(lambda: tus_upload(sf, payload, None)[0], rounds)
+        finally:
+            sr.stop()
     finally:
         sf.stop()
     out["direct_write_s"] = best(lambda: direct_write(payload, work / "direct"), rounds)
@@ -348,6 +398,9 @@ def main() -> int:
           f"ratio {up['sf_tus_one_patch_s'] / up['direct_write_s']:.2f}x")  # fmt: skip
     print(f"  SF, tus, 8 MiB PATCHes           {rate(up['sf_tus_8mib_patches_s'])}  "
           f"ratio {up['sf_tus_8mib_patches_s'] / up['direct_write_s']:.2f}x")  # fmt: skip
+    print(f"  SR -> SF, tus, one PATCH         {rate(up['sr_tus_one_patch_s'])}  "
+          f"ratio {up['sr_tus_one_patch_s'] / up['direct_write_s']:.2f}x "
+          f"({up['sr_tus_one_patch_s'] / up['sf_tus_one_patch_s']:.2f}x the SF alone)")  # fmt: skip
     print(f"  SF, multipart, 16 MiB            {rate(up['sf_multipart_16mib_s'], 16)}  "
           f"ratio {up['sf_multipart_16mib_s'] / up['direct_16mib_s']:.2f}x (direct 16 MiB {rate(up['direct_16mib_s'], 16)})")  # fmt: skip
     if "s3_sf_tus_s" in up:
@@ -367,6 +420,7 @@ def main() -> int:
         "upload": {k: round(v, 4) if isinstance(v, float) else v for k, v in up.items()},
         "upload_ratio_one_patch": round(up["sf_tus_one_patch_s"] / up["direct_write_s"], 3),
         "upload_ratio_8mib": round(up["sf_tus_8mib_patches_s"] / up["direct_write_s"], 3),
+        "upload_ratio_through_sr": round(up["sr_tus_one_patch_s"] / up["direct_write_s"], 3),
         "analysis": an,
         "analysis_ratio": round(an["sf_analysis_s"] / an["by_hand_s"], 3),
         "elapsed_s": round(time.monotonic() - started, 1),
