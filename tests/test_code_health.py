@@ -13,7 +13,7 @@ CEILINGS = {  # split these by concern when you next change them (issue 18, item
     "flame/tosca/profile.py": 1229,
     "flame/tosca/templates.py": 1063,
     "flame/sfemc/vim/process.py": 802,
-    "flame/clmc/ingest.py": 762,
+    "flame/clmc/ingest.py": 722,
     "flame/clmc/influxql/parser.py": 721,
     "flame/tosca/types.py": 709,
 }

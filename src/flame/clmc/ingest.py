@@ -2,8 +2,8 @@
 
     request thread:  parse body -> per measurement: retention, limits, field types (reserved
                      under a lock, so two racing writes cannot both introduce a field with
-                     different types), series and tag values (`Store.admit`)
-                     -> WAL commit (group fsync) -> answer
+                     different types) -> series and tag values of every measurement in one
+                     pass (`Store.admit_many`) -> WAL commit (group fsync) -> answer
     applier thread:  queue of durable records -> merge per table -> store.append_many(rows,
                      meta = WAL position) in one transaction (the store applies last write wins)
 
@@ -40,10 +40,9 @@ import logging
 import math
 import os
 import queue
-import struct
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,18 +52,34 @@ import pyarrow as pa  # type: ignore[import-untyped]
 from flame.clmc.errors import DatabaseNotFound, Overloaded, RetentionPolicyNotFound
 from flame.clmc.limits import Limits, over
 from flame.clmc.lineproto import Dropped, MeasurementBatch, ParseResult, parse
-from flame.clmc.store.base import FIELD, KIND_KEY, SID, SID_COLUMN, TAG, FieldType, Store
-from flame.clmc.wal import Position, WriteAheadLog, format_position, parse_position
+from flame.clmc.store._series import Admission
+from flame.clmc.store.base import (
+    FIELD,
+    KIND_KEY,
+    SID,
+    SID_COLUMN,
+    TAG,
+    FieldType,
+    Store,
+)
+from flame.clmc.wal import (
+    Item,
+    Position,
+    WriteAheadLog,
+    decode_items,
+    encode_items,
+    format_position,
+    parse_position,
+    quarantine_record,
+    quarantine_table,
+)
 
 __all__ = ["Ingest", "WriteOutcome", "decode_items", "encode_items"]
 
 log = logging.getLogger("flame.clmc.ingest")
 
 _META_KEY = "flame.wal.applied"
-_U32 = struct.Struct("<I")
 _RETENTION = "points beyond retention policy"
-
-Item = tuple[str, str, str, pa.Table]  # database, rp, measurement, rows
 
 
 @dataclass
@@ -97,33 +112,6 @@ class WriteOutcome:
         return self.first_error_line
 
 
-def encode_items(items: Sequence[Item]) -> bytes:
-    out = [_U32.pack(len(items))]
-    for db, rp, m, table in items:
-        head = json.dumps([db, rp, m]).encode()
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, table.schema) as writer:
-            writer.write_table(table)
-        body = sink.getvalue().to_pybytes()
-        out += [_U32.pack(len(head)), head, _U32.pack(len(body)), body]
-    return b"".join(out)
-
-
-def decode_items(payload: bytes) -> list[Item]:
-    (n,) = _U32.unpack_from(payload, 0)
-    off = _U32.size
-    items: list[Item] = []
-    for _ in range(n):
-        (hl,) = _U32.unpack_from(payload, off)
-        db, rp, m = json.loads(payload[off + 4 : off + 4 + hl])
-        off += 4 + hl
-        (bl,) = _U32.unpack_from(payload, off)
-        table = pa.ipc.open_stream(pa.py_buffer(payload[off + 4 : off + 4 + bl])).read_all()
-        off += 4 + bl
-        items.append((db, rp, m, table))
-    return items
-
-
 def _kind(f: pa.Field) -> bytes | None:
     return (f.metadata or {}).get(KIND_KEY)
 
@@ -134,6 +122,13 @@ class _Known:
 
     types: dict[str, FieldType]
     tags: set[str]
+
+    def covers(self, schema: pa.Schema, field_idx: list[int], tag_idx: list[int]) -> bool:
+        """Every field of `schema` known with its type, and every tag key known."""
+        fields = (schema.field(i) for i in field_idx)
+        return all(self.types.get(f.name) is _TYPES[f.type] for f in fields) and all(
+            schema.field(i).name in self.tags for i in tag_idx
+        )
 
 
 class Ingest:
@@ -325,10 +320,17 @@ class Ingest:
             outcome.first_error_line = errors[0].line_no
         dropped: list[Dropped] = list(result.dropped)
         outcome.beyond_retention.extend(result.beyond_retention)
+        checked = [
+            b for b in (self._check(database, rp, b, dropped) for b in batches) if b is not None
+        ]
+        # series and tag values of every measurement in one pass (`Store.admit_many`)
+        admissions = self.store.admit_many(
+            database, rp, [(b.measurement, b.table) for b in checked], self.limits
+        )
         items: list[Item] = []
-        for batch in batches:
-            kept = self._admit(database, rp, batch, dropped)
-            if kept is not None and kept.table.num_rows:
+        for batch, admission in zip(checked, admissions, strict=True):
+            kept = _admitted(batch, admission, dropped)
+            if kept.table.num_rows:
                 items.append((database, rp, batch.measurement, kept.table))
         outcome.dropped = sorted(dropped, key=lambda d: d.line)
         outcome.beyond_retention.sort()
@@ -377,22 +379,24 @@ class Ingest:
             self._known[key] = known
         return known
 
-    def _admit(
+    def _check(
         self,
         db: str,
         rp: str,
         batch: MeasurementBatch,
         dropped: list[Dropped],
     ) -> MeasurementBatch | None:
-        """The batch less what InfluxDB's rules and our limits refuse (appended to
-        `dropped`); reserves the field types, tag keys and series of what stays. (`parse`
-        already dropped the points beyond the retention policy, first, as InfluxDB does.)"""
+        """The batch less what InfluxDB's rules and our per-point and per-measurement limits
+        refuse (appended to `dropped`); reserves the field types and tag keys of what stays.
+        (`parse` already dropped the points beyond the retention policy, first, as InfluxDB
+        does; series and tag values are the store's, `admit_many`.)"""
         m = batch.measurement
         table = batch.table
         n = table.num_rows
         drop = np.zeros(n, dtype=bool)
-        tag_idx = [i for i, f in enumerate(table.schema) if _kind(f) == TAG]
-        field_idx = [i for i, f in enumerate(table.schema) if _kind(f) == FIELD]
+        kinds = [_kind(f) for f in table.schema]
+        tag_idx = [i for i, k in enumerate(kinds) if k == TAG]
+        field_idx = [i for i, k in enumerate(kinds) if k == FIELD]
         limits = self.limits
         for idx, limit, what in (
             (field_idx, limits.max_fields_per_point, "fields"),
@@ -412,6 +416,8 @@ class Ingest:
         remove: set[int] = set()
         with self._types_lock:
             known = self._known_for(db, rp, m)
+            if not drop.any() and known.covers(table.schema, field_idx, tag_idx):
+                return batch  # the usual case: nothing new, nothing to refuse or reserve
             for i in field_idx:
                 f = table.schema.field(i)
                 t = _field_type(f.type)
@@ -472,16 +478,7 @@ class Ingest:
                     known.types.setdefault(f.name, _field_type(f.type))
                 else:
                     known.tags.add(f.name)
-        admission = self.store.admit(db, rp, m, table, limits)
-        if admission.sids is not None:  # spares the applier hashing the tags again
-            sids = pa.array(admission.sids, pa.uint64())
-            table = table.append_column(_SID_FIELD, sids)
-            batch = MeasurementBatch(m, table, batch.lines)
-        if admission.refused:
-            for mask, reason in admission.refused:
-                _refuse(dropped, batch.lines[mask], reason)
-            batch = _without(batch, ~admission.keep, set())
-        return batch
+        return batch if table.num_rows else None
 
     def _on_durable(self, pos: Position, payload: bytes, items: object) -> None:
         decoded: list[Item] = items if isinstance(items, list) else decode_items(payload)
@@ -602,64 +599,12 @@ class Ingest:
 
     def _quarantine(self, pos: Position, item: Item, reason: str) -> None:
         """Keep rows the store refused in `quarantine/` (never dropped silently), log, count."""
-        db, rp, m, table = item
         self.quarantined += 1
-        try:
-            self.quarantine_dir.mkdir(parents=True, exist_ok=True)
-            name = f"{pos[0]:08d}-{pos[1]:012d}-{time.time_ns()}.arrows"
-            schema = table.schema.with_metadata(
-                {**(table.schema.metadata or {}), b"flame.quarantine": reason.encode()}
-            )
-            with (
-                pa.OSFile(str(self.quarantine_dir / name), "wb") as sink,
-                pa.ipc.new_stream(sink, schema) as writer,
-            ):
-                writer.write_table(table.replace_schema_metadata(schema.metadata))
-            entry = {
-                "file": name,
-                "position": format_position(pos),
-                "database": db,
-                "rp": rp,
-                "measurement": m,
-                "rows": table.num_rows,
-                "reason": reason,
-                "time": time.time(),
-            }
-            with open(self.quarantine_dir / "index.jsonl", "a", encoding="utf-8") as index:
-                index.write(json.dumps(entry) + "\n")
-            log.error(
-                "%d rows of %s/%s/%s refused by the store (%s): kept in %s",
-                table.num_rows,
-                db,
-                rp,
-                m,
-                reason,
-                self.quarantine_dir / name,
-            )
-        except Exception:
-            log.exception(
-                "could not keep %d refused rows of %s/%s/%s in the quarantine directory; they "
-                "are still in the write-ahead log at %s",
-                table.num_rows,
-                db,
-                rp,
-                m,
-                format_position(pos),
-            )
+        quarantine_table(self.quarantine_dir, pos, item, reason)
 
     def _quarantine_raw(self, pos: Position, payload: bytes, reason: str) -> None:
         self.quarantined += 1
-        try:
-            self.quarantine_dir.mkdir(parents=True, exist_ok=True)
-            name = f"{pos[0]:08d}-{pos[1]:012d}-{time.time_ns()}.record"
-            (self.quarantine_dir / name).write_bytes(payload)
-            with open(self.quarantine_dir / "index.jsonl", "a", encoding="utf-8") as index:
-                index.write(
-                    json.dumps({"file": name, "position": format_position(pos), "reason": reason})
-                    + "\n"
-                )
-        except Exception:
-            log.exception("could not keep an undecodable record in the quarantine directory")
+        quarantine_record(self.quarantine_dir, pos, payload, reason)
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -726,6 +671,21 @@ def _write_marker(path: Path, pos: Position, attempts: int) -> None:
 
 def _refuse(dropped: list[Dropped], lines: np.ndarray, message: str) -> None:
     dropped.extend(Dropped(int(line), message) for line in lines)
+
+
+def _admitted(
+    batch: MeasurementBatch, admission: Admission, dropped: list[Dropped]
+) -> MeasurementBatch:
+    """The batch less the rows `Store.admit_many` refused, with its series ids (which spare
+    the applier hashing the tags again)."""
+    if admission.sids is not None:
+        table = batch.table.append_column(_SID_FIELD, pa.array(admission.sids, pa.uint64()))
+        batch = MeasurementBatch(batch.measurement, table, batch.lines)
+    if admission.refused:
+        for mask, reason in admission.refused:
+            _refuse(dropped, batch.lines[mask], reason)
+        batch = _without(batch, ~admission.keep, set())
+    return batch
 
 
 def _present(table: pa.Table, idx: list[int]) -> np.ndarray:

@@ -7,22 +7,74 @@ along, so N concurrent requests cost one fsync. A position is `(segment, offset 
 record)`; the store keeps the position of the last applied record in the same transaction as
 the rows, so replay after a crash starts exactly where applying stopped (no loss, no duplicate).
 A torn record at the tail (a crash mid-write, never acknowledged) ends replay and is cut off.
+
+A payload is ingest's items (`encode_items`); what the store refuses to apply is kept aside in
+a quarantine directory (`quarantine_table`, `quarantine_record`).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import struct
 import threading
+import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-__all__ = ["Position", "WriteAheadLog", "format_position", "parse_position"]
+import pyarrow as pa  # type: ignore[import-untyped]
+
+log = logging.getLogger("flame.clmc.ingest")
+
+__all__ = [
+    "Item",
+    "Position",
+    "WriteAheadLog",
+    "decode_items",
+    "encode_items",
+    "format_position",
+    "parse_position",
+    "quarantine_record",
+    "quarantine_table",
+]
 
 Position = tuple[int, int]  # (segment number, byte offset just after a record)
 _HEADER = struct.Struct("<II")
 _SUFFIX = ".wal"
+_U32 = struct.Struct("<I")
+
+Item = tuple[str, str, str, pa.Table]  # database, rp, measurement, rows: a record holds several
+
+
+def encode_items(items: Sequence[Item]) -> bytes:
+    """A record's payload: per item its (database, rp, measurement) as JSON and its rows as an
+    Arrow IPC stream, each length-prefixed."""
+    out = [_U32.pack(len(items))]
+    for db, rp, m, table in items:
+        head = json.dumps([db, rp, m]).encode()
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        body = sink.getvalue().to_pybytes()
+        out += [_U32.pack(len(head)), head, _U32.pack(len(body)), body]
+    return b"".join(out)
+
+
+def decode_items(payload: bytes) -> list[Item]:
+    (n,) = _U32.unpack_from(payload, 0)
+    off = _U32.size
+    items: list[Item] = []
+    for _ in range(n):
+        (hl,) = _U32.unpack_from(payload, off)
+        db, rp, m = json.loads(payload[off + 4 : off + 4 + hl])
+        off += 4 + hl
+        (bl,) = _U32.unpack_from(payload, off)
+        table = pa.ipc.open_stream(pa.py_buffer(payload[off + 4 : off + 4 + bl])).read_all()
+        off += 4 + bl
+        items.append((db, rp, m, table))
+    return items
 
 
 def format_position(pos: Position) -> str:
@@ -182,3 +234,68 @@ class WriteAheadLog:
     def close(self) -> None:
         with self._lock:
             self._file.close()
+
+
+# -- quarantine: what the store refused, kept aside (see `Ingest`) ----------------------------
+
+
+def quarantine_table(directory: Path, pos: Position, item: Item, reason: str) -> None:
+    """Keep rows the store refused in `directory` (an Arrow IPC file, a line in `index.jsonl`)
+    and log it; never raises (they are still in the log then, and that is logged)."""
+    db, rp, m, table = item
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        name = f"{pos[0]:08d}-{pos[1]:012d}-{time.time_ns()}.arrows"
+        schema = table.schema.with_metadata(
+            {**(table.schema.metadata or {}), b"flame.quarantine": reason.encode()}
+        )
+        with (
+            pa.OSFile(str(directory / name), "wb") as sink,
+            pa.ipc.new_stream(sink, schema) as writer,
+        ):
+            writer.write_table(table.replace_schema_metadata(schema.metadata))
+        entry = {
+            "file": name,
+            "position": format_position(pos),
+            "database": db,
+            "rp": rp,
+            "measurement": m,
+            "rows": table.num_rows,
+            "reason": reason,
+            "time": time.time(),
+        }
+        with open(directory / "index.jsonl", "a", encoding="utf-8") as index:
+            index.write(json.dumps(entry) + "\n")
+        log.error(
+            "%d rows of %s/%s/%s refused by the store (%s): kept in %s",
+            table.num_rows,
+            db,
+            rp,
+            m,
+            reason,
+            directory / name,
+        )
+    except Exception:
+        log.exception(
+            "could not keep %d refused rows of %s/%s/%s in the quarantine directory; they "
+            "are still in the write-ahead log at %s",
+            table.num_rows,
+            db,
+            rp,
+            m,
+            format_position(pos),
+        )
+
+
+def quarantine_record(directory: Path, pos: Position, payload: bytes, reason: str) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        name = f"{pos[0]:08d}-{pos[1]:012d}-{time.time_ns()}.record"
+        (directory / name).write_bytes(payload)
+        with open(directory / "index.jsonl", "a", encoding="utf-8") as index:
+            index.write(
+                json.dumps({"file": name, "position": format_position(pos), "reason": reason})
+                + "\n"
+            )
+    except Exception:
+        log.exception("could not keep an undecodable record in the quarantine directory")

@@ -31,8 +31,10 @@ __all__ = [
     "RESERVED",
     "Admission",
     "Overlap",
+    "RowHashes",
     "SeriesIndex",
     "hash_strings",
+    "hash_tags_many",
     "merge_last",
     "series_ids",
     "value_hashes",
@@ -87,7 +89,10 @@ def value_hashes(name: str, column: pa.Array | pa.ChunkedArray) -> _Hashed:
     if indices.null_count:
         index = pc.fill_null(indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
         valid = index >= 0
-        rows = np.where(valid, distinct[np.maximum(index, 0)], np.uint64(0))
+        picked = (
+            distinct[np.maximum(index, 0)] if len(distinct) else np.zeros(len(index), np.uint64)
+        )
+        rows = np.where(valid, picked, np.uint64(0))  # (a column all null has no values)
     else:
         index = indices.to_numpy(zero_copy_only=False).astype(np.int64)
         valid = np.ones(len(index), dtype=bool)
@@ -122,6 +127,41 @@ def _distinct_hashes(name: str, values: pa.Array) -> np.ndarray:
             out[i] = h
             _KNOWN[(name, texts[i])] = h
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class RowHashes:
+    """One tag column of one table, hashed: per row the hash of its (key, value), 0 where null."""
+
+    rows: np.ndarray
+    valid: np.ndarray
+
+
+def hash_tags_many(tag_sets: Sequence[Tags]) -> list[list[RowHashes]]:
+    """The tag columns of several tables hashed as `value_hashes` does, in one pass per tag
+    key over all the tables that have it: a body of 200 measurements that all have a `host`
+    tag costs one dictionary encoding and one hash of its distinct hosts, not 200."""
+    by_name: dict[str, list[tuple[int, int, pa.Array]]] = {}
+    out: list[list[RowHashes]] = []
+    for t, tags in enumerate(tag_sets):
+        for j, (name, col) in enumerate(tags):
+            arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+            if not pa.types.is_string(arr.type):
+                arr = arr.cast(pa.string())
+            by_name.setdefault(name, []).append((t, j, arr))
+        out.append([_NO_ROWS] * len(tags))
+    for name, cols in by_name.items():
+        arrays = [a for *_, a in cols]
+        h = value_hashes(name, arrays[0] if len(arrays) == 1 else pa.concat_arrays(arrays))
+        off = 0
+        for t, j, a in cols:
+            n = len(a)
+            out[t][j] = RowHashes(h.rows[off : off + n], h.valid[off : off + n])
+            off += n
+    return out
+
+
+_NO_ROWS = RowHashes(np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=bool))
 
 
 def _first_seen(values: np.ndarray) -> np.ndarray:
@@ -369,70 +409,122 @@ class SeriesIndex:
 
     # -- writes --------------------------------------------------------------------------------
 
-    def admit(self, key: Key, table: pa.Table, tags: Tags, limits: Limits) -> Admission:
+    def admit_many(
+        self, db: str, rp: str, batches: Sequence[tuple[str, pa.Table, Tags]], limits: Limits
+    ) -> list[Admission]:
+        """`admit` for several tables of one database (one write's measurements), in order;
+        their tags are hashed together (`hash_tags_many`)."""
+        hashed = hash_tags_many([tags for _, _, tags in batches])
+        while True:
+            self._ensure(db)
+            with self._lock:  # taken once for them all (an RLock: `admit` takes it again)
+                if db in self._loaded:  # else forgotten meanwhile: load it, without the lock
+                    return [
+                        self.admit((db, rp, m), table, tags, limits, h)
+                        for (m, table, tags), h in zip(batches, hashed, strict=True)
+                    ]
+
+    def admit(
+        self,
+        key: Key,
+        table: pa.Table,
+        tags: Tags,
+        limits: Limits,
+        hashed: Sequence[RowHashes] | None = None,
+    ) -> Admission:
         """Check the batch's new series and tag values against the limits; reserve those
-        admitted. Rows refused are dropped by the caller with the reason given."""
+        admitted. Rows refused are dropped by the caller with the reason given. (`hashed`:
+        the tag columns already hashed.)"""
         db, _, measurement = key
         n = table.num_rows
         keep = np.ones(n, dtype=bool)
         out = Admission(keep)
         if n == 0:
             return out
-        hashed = [value_hashes(name, col) for name, col in tags]
-        sids = _sum_ids(n, hashed)
+        if hashed is None:
+            hashed = hash_tags_many([tags])[0]
+        sids = np.zeros(n, dtype=np.uint64)
+        for h in hashed:
+            sids += h.rows
         out.sids = sids
         self._ensure(db)
         with self._lock:
             if db not in self._loaded:  # forgotten meanwhile
-                return self.admit(key, table, tags, limits)
+                return self.admit(key, table, tags, limits, hashed)
             entry = self._entry(key)
             new_values: dict[str, np.ndarray] = {}
             for (name, col), h in zip(tags, hashed, strict=True):
-                fresh = ~_isin_sorted(h.distinct, entry.known(name))
-                if not fresh.any():
-                    continue
-                have = len(entry.known(name))
-                limit = limits.max_values_per_tag
-                fresh_vals = h.distinct[fresh]  # new values in the order they first appear
-                room = len(fresh_vals) if limit <= 0 else max(0, limit - have)
-                new_values[name] = fresh_vals[:room]
-                if len(fresh_vals) > room:
-                    refused = np.zeros(len(h.distinct), dtype=bool)
-                    refused[np.flatnonzero(fresh)[room:]] = True
-                    hit = h.valid & refused[np.maximum(h.index, 0)] & keep
-                    if hit.any():
-                        value = col[int(np.flatnonzero(hit)[0])].as_py()
-                        out.refused.append(
-                            (
-                                hit,
-                                f"max-values-per-tag limit exceeded ({have + room}/{limit}): "
-                                f'measurement="{measurement}" tag="{name}" value="{value}"',
-                            )
+                refused = self._new_values(entry, name, h, limits, new_values)
+                hit = refused & keep
+                if hit.any():
+                    have, limit = len(entry.known(name)), limits.max_values_per_tag
+                    value = col[int(np.flatnonzero(hit)[0])].as_py()
+                    out.refused.append(
+                        (
+                            hit,
+                            f"max-values-per-tag limit exceeded ({have + len(new_values[name])}"
+                            f'/{limit}): measurement="{measurement}" tag="{name}" value="{value}"',
                         )
-                        keep &= ~hit
-            hw = entry.hw
-            fresh_sids = [s for s in _first_seen(sids[keep]).tolist() if s not in hw]
-            count = self._count.get(db, 0)
-            room = len(fresh_sids)
-            if limits.max_series_per_database > 0:
-                room = max(0, min(room, limits.max_series_per_database - count))
-            if room < len(fresh_sids):
-                refused_sids = np.array(fresh_sids[room:], dtype=np.uint64)
-                hit = np.isin(sids, refused_sids) & keep
-                out.refused.append(
-                    (
-                        hit,
-                        f"max-series-per-database limit exceeded: "
-                        f"({limits.max_series_per_database})",
                     )
-                )
-                keep &= ~hit
-            for sid in fresh_sids[:room]:
-                entry.hw[sid] = RESERVED
-            self._count[db] = count + room
+                    keep &= ~hit
+            self._admit_series(db, entry, sids, keep, limits, out)
             for name, hashes in new_values.items():
                 entry.add_values(name, hashes)
         return out
+
+    @staticmethod
+    def _new_values(
+        entry: _Table, name: str, h: RowHashes, limits: Limits, new_values: dict[str, np.ndarray]
+    ) -> np.ndarray:
+        """The tag's values not known yet, within the limit, into `new_values[name]` (in order
+        of first appearance); returns the rows whose value is over the limit."""
+        values = h.rows if h.valid.all() else h.rows[h.valid]
+        known = entry.known(name)
+        if len(known) and _isin_sorted(values, known).all():  # the usual case: all known
+            return np.zeros(len(h.rows), dtype=bool)
+        distinct, first = np.unique(values, return_index=True)
+        fresh = ~_isin_sorted(distinct, entry.known(name))
+        if not fresh.any():
+            return np.zeros(len(h.rows), dtype=bool)
+        fresh_vals = distinct[fresh][np.argsort(first[fresh], kind="stable")]
+        have, limit = len(entry.known(name)), limits.max_values_per_tag
+        room = len(fresh_vals) if limit <= 0 else max(0, limit - have)
+        new_values[name] = fresh_vals[:room]
+        if len(fresh_vals) <= room:
+            return np.zeros(len(h.rows), dtype=bool)
+        return np.asarray(h.valid & np.isin(h.rows, fresh_vals[room:]))
+
+    def _admit_series(
+        self,
+        db: str,
+        entry: _Table,
+        sids: np.ndarray,
+        keep: np.ndarray,
+        limits: Limits,
+        out: Admission,
+    ) -> None:
+        """Reserve the batch's new series within the database's limit (call with the lock)."""
+        hw = entry.hw
+        kept = sids if keep.all() else sids[keep]
+        fresh_sids = [s for s in np.unique(kept).tolist() if s not in hw]
+        count = self._count.get(db, 0)
+        room = len(fresh_sids)
+        if limits.max_series_per_database > 0:
+            room = max(0, min(room, limits.max_series_per_database - count))
+        if room < len(fresh_sids):  # the first ones to appear get in
+            fresh_sids = [s for s in _first_seen(kept).tolist() if s not in hw]
+            refused_sids = np.array(fresh_sids[room:], dtype=np.uint64)
+            hit = np.isin(sids, refused_sids) & keep
+            out.refused.append(
+                (
+                    hit,
+                    f"max-series-per-database limit exceeded: ({limits.max_series_per_database})",
+                )
+            )
+            keep &= ~hit
+        for sid in fresh_sids[:room]:
+            hw[sid] = RESERVED
+        self._count[db] = count + room
 
     # -- applying ------------------------------------------------------------------------------
 

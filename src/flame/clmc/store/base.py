@@ -141,6 +141,12 @@ class Store(Protocol):
         admitted (ingest calls it before logging a write)."""
         ...
 
+    def admit_many(
+        self, database: str, rp: str, batches: Sequence[tuple[str, pa.Table]], limits: Limits
+    ) -> list[Admission]:
+        """`admit` for several measurements' batches (one write's), in order, in one pass."""
+        ...
+
     def drop_measurement(self, database: str, measurement: str) -> None:
         """Drop a measurement from every retention policy: rows and field types."""
         ...

@@ -347,6 +347,15 @@ class ClickHouseStore(CatalogReads):
         tags = [(c.key, batch.column(c.index)) for c in classify(batch, None) if c.is_tag]
         return self.series.admit((database, rp, measurement), batch, tags, limits)
 
+    def admit_many(
+        self, database: str, rp: str, batches: Sequence[tuple[str, pa.Table]], limits: Limits
+    ) -> list[Admission]:
+        tagged = [
+            (m, b, [(c.key, b.column(c.index)) for c in classify(b, None) if c.is_tag])
+            for m, b in batches
+        ]
+        return self.series.admit_many(database, rp, tagged, limits)
+
     def _tables_of(self, db: str) -> list[Key]:
         return [k for k in list(self._published) if k[0] == db]
 

@@ -69,6 +69,10 @@ def _q(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
+# `_flame_columns`' columns: db, rp, measurement, key, physical, is_tag, ftype
+_COLUMN_TYPES = [pa.string()] * 5 + [pa.bool_(), pa.string()]
+
+
 class DuckDBStore(CatalogReads):
     """`Store` on one DuckDB database; `path=None` keeps everything in memory (tests)."""
 
@@ -235,12 +239,21 @@ class DuckDBStore(CatalogReads):
                 self._require_rp(db, rp)
                 checked.add((db, rp))
         added: list[tuple[str, str, str, str, str, bool, FieldType | None]] = []
+        created: set[Key] = set()
         self._con.execute("BEGIN")
         try:
             for db, rp, m, batch, tag_keys in items:
                 if batch.num_rows == 0:
                     continue
-                added.extend(self._append_one(db, rp, m, batch, tag_keys, added))
+                added.extend(self._append_one(db, rp, m, batch, tag_keys, created))
+            if added:  # the new columns recorded in one statement, however many tables are new
+                rows = [(*a[:6], None if a[6] is None else str(a[6])) for a in added]
+                _flame_cols = pa.table(
+                    [pa.array([r[i] for r in rows], t) for i, t in enumerate(_COLUMN_TYPES)],
+                    names=[f"c{i}" for i in range(len(_COLUMN_TYPES))],
+                )
+                self._con.execute("INSERT INTO _flame_columns SELECT * FROM _flame_cols")
+                del _flame_cols
             for key, value in (meta or {}).items():
                 self._con.execute("INSERT OR REPLACE INTO _flame_meta VALUES (?, ?)", [key, value])
             self._con.execute("COMMIT")
@@ -273,17 +286,18 @@ class DuckDBStore(CatalogReads):
         m: str,
         batch: pa.Table,
         tag_keys: Collection[str] | None,
-        added_so_far: Sequence[tuple[str, str, str, str, str, bool, FieldType | None]],
+        created: set[Key],
     ) -> list[tuple[str, str, str, str, str, bool, FieldType | None]]:
+        """Append one table's rows; returns the columns it added (the caller records them)."""
         cols = classify(batch, tag_keys)
         info = self._catalog.get(db, rp, m) or TableInfo(db, rp, m)
         new, names = info.plan(cols)
         table = table_name(db, rp, m)
-        exists = self._catalog.get(db, rp, m) is not None or any(
-            a[:3] == (db, rp, m) for a in added_so_far
-        )
+        tkey: Key = (db, rp, m)
+        exists = self._catalog.get(db, rp, m) is not None or tkey in created
         added = []
         if not exists:
+            created.add(tkey)
             # every column at once: one statement, whatever the width of the first batch
             defs = ["time BIGINT NOT NULL"] + [
                 f"{_q(phys)} {'VARCHAR' if is_tag else FIELD_SQL_TYPES[ftype]}"  # type: ignore[index]
@@ -294,16 +308,11 @@ class DuckDBStore(CatalogReads):
             if exists:
                 sql_type = "VARCHAR" if is_tag else FIELD_SQL_TYPES[ftype]  # type: ignore[index]
                 self._con.execute(f"ALTER TABLE {table} ADD COLUMN {_q(phys)} {sql_type}")
-            self._con.execute(
-                "INSERT INTO _flame_columns VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [db, rp, m, key, phys, is_tag, None if ftype is None else str(ftype)],
-            )
             self._catalog.add_column(db, rp, m, key, phys, is_tag, ftype)
             added.append((db, rp, m, key, phys, is_tag, ftype))
         time_idx = batch.schema.get_field_index("time")
         arrays = [batch.column(time_idx)] + [batch.column(c.index) for c in cols]
         physical = pa.Table.from_arrays(arrays, names=["time", *names])
-        tkey: Key = (db, rp, m)
         overlap = self.series.overlaps(tkey, physical, _tag_arrays(batch, cols), given_sids(batch))
         if overlap.maybe.any():
             physical = self._merge_stored(
@@ -356,6 +365,16 @@ class DuckDBStore(CatalogReads):
         cols = classify(batch, None)
         return self.series.admit(
             (database, rp, measurement), batch, _tag_arrays(batch, cols), limits
+        )
+
+    def admit_many(
+        self, database: str, rp: str, batches: Sequence[tuple[str, pa.Table]], limits: Limits
+    ) -> list[Admission]:
+        return self.series.admit_many(
+            database,
+            rp,
+            [(m, b, _tag_arrays(b, classify(b, None))) for m, b in batches],
+            limits,
         )
 
     def _tables_of(self, db: str) -> list[Key]:
