@@ -30,14 +30,11 @@ import json
 import logging
 import os
 import re
-import signal
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import uvicorn
 
 from flame.common.errors import ConfigError
 from flame.common.units import ScalarError, parse_scalar
@@ -51,6 +48,7 @@ from flame.media.content.reporter import ClmcReporter
 from flame.media.content.rules import check_rule
 from flame.media.content.storage import BlobStore, open_store
 from flame.media.content.tus import Uploads
+from flame.media.serving import serve_app
 from flame.media.tasks import TaskSet
 
 __all__ = ["Config", "ContentService", "main"]
@@ -340,40 +338,4 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    app = create_app(service)
-    server = _Server(
-        uvicorn.Config(
-            app,
-            host=args.host,
-            port=port,
-            log_config=None,
-            access_log=False,
-            loop="uvloop",
-            http="httptools",
-            limit_concurrency=512,
-            timeout_keep_alive=30,
-            timeout_graceful_shutdown=5,
-        )
-    )
-    print(f"listening on http://{args.host}:{port}/", flush=True)
-
-    async def serve() -> None:
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, lambda: setattr(server, "should_exit", True))
-        await server.serve()
-
-    import uvloop  # noqa: PLC0415
-
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve())
-    return 0
-
-
-class _Server(uvicorn.Server):
-    """uvicorn re-raises SIGTERM after a graceful shutdown (exit status -15); the SF handles
-    its signals itself and exits 0, like the other media SFs."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
+    return serve_app(create_app(service), args.host, port)

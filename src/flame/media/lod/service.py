@@ -28,15 +28,12 @@ import logging
 import os
 import re
 import shutil
-import signal
 import time
 import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import uvicorn
 
 from flame.common.errors import ConfigError
 from flame.common.units import ScalarError, parse_scalar
@@ -53,6 +50,7 @@ from flame.media.lod.build import BuildError, Level, build_lods
 from flame.media.lod.choose import Policy
 from flame.media.lod.glb import GlbError, inspect_glb
 from flame.media.lod.store import MODEL_NAME, Model, ModelStore
+from flame.media.serving import serve_app
 from flame.media.tasks import TaskSet
 
 __all__ = ["Busy", "Config", "LodService", "check_name", "main"]
@@ -374,31 +372,4 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"error: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 1
-    server = _Server(
-        uvicorn.Config(
-            create_app(service), host=args.host, port=port, log_config=None, access_log=False,
-            loop="uvloop", http="httptools", limit_concurrency=512, timeout_keep_alive=30,
-            timeout_graceful_shutdown=5,
-        )
-    )  # fmt: skip
-    print(f"listening on http://{args.host}:{port}/", flush=True)
-
-    async def serve() -> None:
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, lambda: setattr(server, "should_exit", True))
-        await server.serve()
-
-    import uvloop  # noqa: PLC0415
-
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve())
-    return 0
-
-
-class _Server(uvicorn.Server):
-    """Signals are handled by `main` (exit 0 after a graceful shutdown, like the other SFs)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
+    return serve_app(create_app(service), args.host, port)

@@ -27,18 +27,16 @@ import contextlib
 import logging
 import os
 import re
-import signal
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import uvicorn
 
 from flame.common.errors import ConfigError
 from flame.media.content.auth import Authenticator, parse_api_keys
 from flame.media.content.reporter import ClmcReporter
 from flame.media.content.service import size
+from flame.media.serving import serve_app
 from flame.media.tasks import TaskSet
 from flame.media.transcode.jobs import Settings, Transcoder
 from flame.media.transcode.ladder import JobLimits
@@ -195,38 +193,4 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    server = _Server(
-        uvicorn.Config(
-            create_app(service),
-            host=args.host,
-            port=port,
-            log_config=None,
-            access_log=False,
-            loop="uvloop",
-            http="httptools",
-            limit_concurrency=512,
-            timeout_keep_alive=30,
-            timeout_graceful_shutdown=5,
-        )
-    )
-    print(f"listening on http://{args.host}:{port}/", flush=True)
-
-    async def serve() -> None:
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, lambda: setattr(server, "should_exit", True))
-        await server.serve()
-
-    import uvloop  # noqa: PLC0415
-
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve())
-    return 0
-
-
-class _Server(uvicorn.Server):
-    """The SF handles its signals itself and exits 0 (uvicorn would re-raise SIGTERM)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
+    return serve_app(create_app(service), args.host, port)
