@@ -64,8 +64,8 @@ class ServerThread:
         import uvicorn
 
         from flame.clmc.httpserver import influx_http_protocol
-        from flame.clmc.influxd import free_port
         from flame.clmc.service import ClmcService
+        from flame.common.ports import free_port
 
         self.service = ClmcService(directory, max_body_bytes=max_body_bytes)
         self.port = free_port()

@@ -16,10 +16,10 @@ import uvicorn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flame.clmc.influxd import free_port
 from flame.clmc.service import ClmcService
 from flame.clmc.store.duckdb_store import DuckDBStore
 from flame.common.auth import Role, TokenStore
+from flame.common.ports import free_port
 from flame.orchestrator.config_record import ConfigRecorder, version_of
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flame.clmc.influxd import free_port
+from flame.common.ports import free_port
 
 pytestmark = pytest.mark.slow
 

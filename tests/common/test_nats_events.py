@@ -17,18 +17,13 @@ from typing import Any
 import pytest
 
 from flame.common.nats_events import NatsEvents, subject
+from flame.common.ports import free_port
 
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
 pytestmark = pytest.mark.skipif(
     not Path(NATS_SERVER).exists(),
     reason="Debian's nats-server is not installed (.ci/run installs it)",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Broker:

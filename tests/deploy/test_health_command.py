@@ -4,7 +4,6 @@ on loopback. Over HTTPS with the platform CA: tests/deploy/test_systemd_run.py."
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from flame.cli.main import main
+from flame.common.ports import free_port as _free_port
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -46,12 +46,6 @@ def _serve(port: int) -> ThreadingHTTPServer:
     server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

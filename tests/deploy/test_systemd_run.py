@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -24,6 +23,7 @@ import httpx
 import pytest
 
 from flame.common.auth import Role, TokenStore
+from flame.common.ports import free_port
 
 from ._cli import flame_exe
 from ._units import command, one, parse_env_file, parse_unit, unit_environment, values
@@ -39,12 +39,6 @@ service_routers:
 clusters:
   edge: {sr: sr-edge, location: here, address: 127.0.0.1, capacity: {cpus: 2, memory: 2 GB, disk: 5 GB}}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Host:

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 from websockets.sync.client import connect
 
-from .contentkit import free_port
+from flame.common.ports import free_port
 
 
 def chromium() -> str | None:

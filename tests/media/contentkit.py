@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import uvicorn
 
+from flame.common.ports import free_port
 from flame.media.content.app import create_app
 from flame.media.content.service import Config, ContentService
 from flame.media.hls import ffmpeg_exe
@@ -31,12 +32,6 @@ API_KEYS = (
     f"bot={KEY_A2},"
     f"other@globex=sha256:{hashlib.sha256(KEY_B.encode()).hexdigest()}"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -104,12 +104,6 @@ class ScriptedOrigin:
         return await self.respond(req)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def raw_exchange(port: int, data: bytes, *, timeout: float = 5.0) -> bytes:
     """Send raw bytes, read until the server closes or goes quiet; returns everything read."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:

@@ -13,13 +13,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from flame.common.ports import free_port
 from flame.media.cache import EdgeCache
 from flame.media.messages import Request, Response, error, json_response
 from flame.media.origin import Origin
 from flame.media.store import CachedObject, ObjectStore
 
 from .conftest import Stream
-from .helpers import Proc, ScriptedOrigin, ServerThread, free_port, running
+from .helpers import Proc, ScriptedOrigin, ServerThread, running
 
 SEG = "/hls/360p/seg_001.ts"
 MB = 1024 * 1024

@@ -16,6 +16,7 @@ import httpx
 import pytest
 import uvicorn
 
+from flame.common.ports import free_port
 from flame.media.content.analysis import (
     analyse,
     full_reference,
@@ -31,7 +32,6 @@ from .contentkit import (
     KEY_A,
     content_server,
     create,
-    free_port,
     make_clip,
     patch,
     wait_for,

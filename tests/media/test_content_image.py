@@ -16,12 +16,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from flame.common.ports import free_port
 from flame.sfemc.images import ImageRepository, build_image, load_manifest
 from flame.sfemc.vim.base import EndpointSpec
 from flame.sfemc.vim.process import ProcessVim
 
 from .contentkit import create, make_clip, metadata, patch, tus_headers
-from .helpers import Proc, free_port
+from .helpers import Proc
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = ROOT / "examples" / "sf" / "media-content"

@@ -25,7 +25,7 @@ pytest.importorskip("moto.server")
 def s3_endpoint() -> Iterator[str]:
     from moto.server import ThreadedMotoServer
 
-    from .contentkit import free_port
+    from flame.common.ports import free_port
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -121,7 +121,7 @@ def test_a_missing_bucket_is_a_clear_503_unless_created(s3_endpoint: str, aws_en
 
 
 def test_an_unreachable_s3_is_503_not_a_hang(aws_env: None, tmp_path: Path) -> None:
-    from .contentkit import free_port
+    from flame.common.ports import free_port
 
     async def run() -> None:
         down = S3Store("b", endpoint_url=f"http://127.0.0.1:{free_port()}")

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import httpx
 
+from flame.common.ports import free_port
 from flame.sfemc.images import load_manifest
 from flame.sfr.models import Endpoint
 from flame.sfr.router.metrics import RouterMetrics
 
 from .conftest import Stream
-from .helpers import Proc, free_port
+from .helpers import Proc
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE = ROOT / "examples" / "vod" / "service.yaml"

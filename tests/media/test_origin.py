@@ -10,10 +10,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from flame.common.ports import free_port
 from flame.media.origin import Origin
 
 from .conftest import Stream
-from .helpers import Proc, ServerThread, free_port, raw_exchange, running, split_responses
+from .helpers import Proc, ServerThread, raw_exchange, running, split_responses
 
 SEG = "/hls/360p/seg_001.ts"
 

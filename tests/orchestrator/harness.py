@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ import httpx
 import uvicorn
 
 from flame.common.auth import Role, TokenStore
+from flame.common.ports import free_port
 from flame.orchestrator.alerts import InProcessAlertSink
 from flame.orchestrator.api import create_app
 from flame.orchestrator.service import Orchestrator
@@ -26,12 +26,6 @@ from flame.topology.loader import load_topology
 ROOT = Path(__file__).resolve().parents[2]
 SANDPIT = ROOT / "examples" / "topology" / "sandpit.yaml"
 VOD = ROOT / "examples" / "vod-edge-cache" / "service.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -18,9 +18,10 @@ from pathlib import Path
 import httpx
 
 from flame.common.auth import Role, TokenStore
+from flame.common.ports import free_port
 from flame.sfemc.images import ImageRepository, build_image
 
-from .harness import ROOT, free_port
+from .harness import ROOT
 
 FLAME = [sys.executable, "-m", "flame"]
 TOPOLOGY = Path(__file__).parent / "data" / "two-clusters.yaml"

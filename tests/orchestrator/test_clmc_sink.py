@@ -4,7 +4,6 @@ replaced, removed; kept and retried while the CLMC is down."""
 from __future__ import annotations
 
 import dataclasses
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from flame.clmc.alerts.api import install_alert_routes
 from flame.clmc.alerts.notify import Notifier
 from flame.clmc.alerts.service import AlertService
 from flame.common.auth import Principal, Role, TokenStore, parse_bearer
+from flame.common.ports import free_port
 from flame.orchestrator.clmc_sink import HttpAlertSink
 from flame.tosca.model import AlertRule, Comparison, EventType
 
@@ -35,12 +35,6 @@ RULE = AlertRule(
     tags=(("fqdn", "vod.example"),),
     notify_sfemc=True,
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager

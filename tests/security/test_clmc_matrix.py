@@ -9,7 +9,6 @@ the test fails when the app has a route it does not list.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from flame.clmc.alerts.service import AlertService
 from flame.clmc.service import ClmcService
 from flame.clmc.tenancy import StaticDelegations
 from flame.common.auth import Role, TokenStore
+from flame.common.ports import free_port
 
 from .matrix import CALLERS, PUBLIC_ROW, assert_covers, headers, row
 
@@ -83,12 +83,6 @@ CASES: dict[tuple[str, str], tuple[str, Any, dict[str, int]]] = {
         row(a=200, b=404),
     ),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

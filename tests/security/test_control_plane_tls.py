@@ -20,8 +20,9 @@ import pytest
 
 from flame.common.auth import Role, TokenStore
 from flame.common.errors import UserError
+from flame.common.ports import free_port
 from flame.common.tls import ClearTextToken, require_private_url
-from sfr.test_api import LINE, free_port
+from sfr.test_api import LINE
 
 
 def flame(config: Path, state: Path, *args: str) -> subprocess.CompletedProcess[str]:

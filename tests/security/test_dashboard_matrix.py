@@ -203,7 +203,7 @@ async def test_an_unknown_or_revoked_token_gets_401_and_no_content(
 async def test_without_the_orchestrator_no_token_is_taken(
     platform: Platform, tmp_path: Path
 ) -> None:
-    from orchestrator.harness import free_port
+    from flame.common.ports import free_port
 
     closed = f"http://127.0.0.1:{free_port()}"
     async with dashboard(platform, tmp_path, orchestrator_url=closed) as (http, clmc, _store, _app):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ import httpx
 import pytest
 
 from flame.common.auth import Role, TokenStore
+from flame.common.ports import free_port
 from flame.sfemc.images import ImageRepository, build_image
 
 from .procs import Procs, sfe_leaders, sfe_processes, wait_for
@@ -54,12 +54,6 @@ links:
   - {{between: [sr-a, sr-b], latency: 3 ms}}
 """
 WEB_B = "echo-1.web.edge-b"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 class TwoHosts:

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flame.clmc.influxd import free_port
+from flame.common.ports import free_port
 from flame.sfemc.images import ImageRepository, build_image
 from flame.sfemc.vim.metrics import HostSampler, SfeSampler, _cgroup_cpu, net_dev, tree
 from flame.sfemc.vim.metrics_reporter import MetricsReporter, for_process_vim

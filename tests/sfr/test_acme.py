@@ -33,11 +33,12 @@ from acme import messages
 
 from flame.common.auth import Role, TokenStore
 from flame.common.pki import PlatformCA, SecretBox
+from flame.common.ports import free_port
 from flame.sfr.acme import AcmeConfig, AcmeIssuer
 from flame.sfr.client import PceClient
 from flame.sfr.models import Endpoint
 
-from .test_api import LINE, LivePce, free_port
+from .test_api import LINE, LivePce
 from .test_e2e import named_server
 from .test_tls_e2e import curl
 

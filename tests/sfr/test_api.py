@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ import pytest_asyncio
 import flame.sfr.service.changes as service_module
 from flame.common.auth import Role, TokenStore
 from flame.common.errors import AuthenticationError, PermissionDenied, UserError
+from flame.common.ports import free_port
 from flame.sfr.api import create_app
 from flame.sfr.client import AsyncPceClient, PceClient, PceUnavailable
 from flame.sfr.models import Endpoint, ForwardingTable, LinkLatency, LinkState, RoutingPolicy
@@ -746,12 +746,6 @@ def test_client_reports_an_unreachable_pce_clearly() -> None:
 
 
 # -- real servers: long-poll over the network and failover (SFR-20) ----------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -22,10 +22,11 @@ import httpx
 import pytest
 
 from flame.common.auth import Role, TokenStore
+from flame.common.ports import free_port
 from flame.sfr.client import PceClient
 from flame.sfr.models import Endpoint
 
-from .test_api import LINE, free_port, live_pce
+from .test_api import LINE, live_pce
 
 
 class _Named(http.server.BaseHTTPRequestHandler):

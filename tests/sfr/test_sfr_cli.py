@@ -12,9 +12,10 @@ import pytest
 
 from flame.cli.main import main
 from flame.common.auth import Role, TokenStore
+from flame.common.ports import free_port
 from flame.sfr.client import PceClient
 
-from .test_api import LINE, LivePce, free_port, live_pce, x_endpoint
+from .test_api import LINE, LivePce, live_pce, x_endpoint
 
 REPO = Path(__file__).resolve().parents[2]
 SANDPIT = REPO / "examples" / "topology" / "sandpit.yaml"

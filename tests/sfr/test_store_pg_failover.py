@@ -19,10 +19,11 @@ import httpx
 import pytest
 
 from flame.common.auth import Role
+from flame.common.ports import free_port
 from flame.sfr.client import PceClient
 from sfemc.pg import postgres_server, postgres_url
 
-from .test_api import Env, LivePce, env, free_port, live_pce, x_endpoint
+from .test_api import Env, LivePce, env, live_pce, x_endpoint
 from .test_e2e import named_server, wait_for_body
 
 __all__ = ["env", "postgres_server", "postgres_url"]

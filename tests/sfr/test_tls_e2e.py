@@ -28,10 +28,11 @@ import pytest
 
 from flame.common.auth import Role, TokenStore
 from flame.common.pki import inspect_chain
+from flame.common.ports import free_port
 from flame.sfr.client import PceClient
 from flame.sfr.models import Endpoint
 
-from .test_api import LINE, free_port, live_pce
+from .test_api import LINE, live_pce
 from .test_certs import own_chain
 from .test_e2e import named_server
 

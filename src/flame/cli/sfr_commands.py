@@ -18,6 +18,7 @@ code. Heavy imports (FastAPI, uvicorn, numpy) happen inside the commands that ne
 
 from __future__ import annotations
 
+import errno
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -619,4 +620,13 @@ def serve_sr(
     def tls_ready(bound_host: str, bound_port: int) -> None:
         click.echo(f"SR '{sr_id}' routing on https://{bound_host}:{bound_port}", err=True)
 
-    serve(router_config, on_ready=ready, on_tls_ready=tls_ready)
+    try:
+        serve(router_config, on_ready=ready, on_tls_ready=tls_ready)
+    except OSError as exc:
+        if exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+            raise
+        raise UserError(
+            f"SR '{sr_id}' cannot listen on {host} (port {port}"
+            f"{'' if tls_port is None else f', TLS port {tls_port}'}): "
+            f"{exc.strerror or exc}; stop what holds the port or pass another --port/--tls-port"
+        ) from None

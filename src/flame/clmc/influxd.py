@@ -8,7 +8,6 @@ fsynced before it is acknowledged (`wal-fsync-delay = "0s"`), no self-monitoring
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -17,17 +16,13 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["InfluxDB", "free_port", "influxd_binary"]
+from flame.common.ports import free_port
+
+__all__ = ["InfluxDB", "free_port", "influxd_binary"]  # free_port: for its tests
 
 
 def influxd_binary() -> str | None:
     return shutil.which("influxd")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class InfluxDB:

@@ -16,7 +16,6 @@ import logging
 import os
 import random
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from flame.common.auth import Role, TokenStore
 from flame.common.errors import UserError
+from flame.common.ports import free_port, free_port_on_all
 from flame.sandbox.netns import available as netns_available
 from flame.sandbox.netns import tag_for as netns_tag
 from flame.sandbox.netns import teardown as netns_teardown
@@ -96,33 +96,13 @@ def resolve_topology(name_or_path: str) -> Path:
     return path
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def _free_port_on_all(hosts: list[str]) -> int:
-    """A port free on every one of `hosts` (the SRs' own addresses share one port)."""
-    for _ in range(100):
-        candidate = _free_port(hosts[0])
-        try:
-            for host in hosts[1:]:
-                with socket.socket() as s:
-                    s.bind((host, candidate))
-        except OSError:
-            continue
-        return candidate
-    raise RuntimeError(f"no port is free on all of {', '.join(hosts)}")
-
-
 def plan(options: UpOptions, env: dict[str, str], router_token: str) -> Plan:
     topology_path = resolve_topology(options.topology)
     topology = load_topology(topology_path)
     python = [sys.executable, "-m", "flame"]
 
     def port(default: int, host: str = "127.0.0.1") -> int:
-        return _free_port(host) if options.free_ports else default
+        return free_port(host) if options.free_ports else default
 
     pce_url = f"http://127.0.0.1:{port(options.pce_port)}"
     clmc_url = f"http://127.0.0.1:{port(options.clmc_port)}"
@@ -169,12 +149,12 @@ def plan(options: UpOptions, env: dict[str, str], router_token: str) -> Plan:
     # address per SR. Free ports then means one port free on all of them.
     egress_hop = options.egress_hop and len(set(sr_hosts)) == len(sr_hosts) > 1
     shared_port = (
-        _free_port_on_all(sr_hosts) if egress_hop and options.free_ports else options.sr_port
+        free_port_on_all(sr_hosts) if egress_hop and options.free_ports else options.sr_port
     )
     # Every SR also serves HTTPS (issue 15): certificates from the PCE, the platform CA's.
     tls_default = options.sr_port + 363  # 8080 -> 8443
     shared_tls_port = (
-        _free_port_on_all(sr_hosts) if egress_hop and options.free_ports else tls_default
+        free_port_on_all(sr_hosts) if egress_hop and options.free_ports else tls_default
     )
     sr_tls_urls: dict[str, str] = {}
     for node, host in zip(sr_nodes, sr_hosts, strict=True):
@@ -214,10 +194,11 @@ def plan(options: UpOptions, env: dict[str, str], router_token: str) -> Plan:
         *("--db", str(options.run_dir / "sfemc.sqlite3")),
         *("--pce", pce_url, "--clmc", clmc_url),
         # SFE ports: with --free-ports, a random block, so instances side by side (tests) do
-        # not hand out the same ports (the VIM also skips ports it finds taken).
+        # not hand out the same ports (the VIM also skips ports it finds taken); below the
+        # ephemeral range, where outgoing connections cannot take them first.
         *(
             "--port-base",
-            str(random.randrange(21000, 50000, 1000) if options.free_ports else 20000),
+            str(random.randrange(21000, 32000, 1000) if options.free_ports else 20000),
         ),
         *(arg for sr, url in sr_urls.items() for arg in ("--sr", f"{sr}={url}")),
         *(("--allow-unconfined-sfes",) if options.allow_unconfined_sfes else ()),

@@ -11,10 +11,11 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from common.test_nats_events import NATS_SERVER, Broker, free_port
+from common.test_nats_events import NATS_SERVER, Broker
 from flame.clmc.alerts.notify import Notifier
 from flame.clmc.alerts.service import AlertService
 from flame.common.nats_events import NatsEvents
+from flame.common.ports import free_port
 from flame.sfemc.events import AlertEvent
 from flame.sfemc.nats_alerts import subscribe_alerts
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -20,6 +19,7 @@ from flame.clmc.alerts.api import install_alert_routes
 from flame.clmc.alerts.notify import Notifier
 from flame.clmc.alerts.service import AlertService
 from flame.common.auth import Principal, Role, TokenStore, parse_bearer
+from flame.common.ports import free_port
 
 RULE = {
     "name": "slow",
@@ -33,12 +33,6 @@ RULE = {
     "comparison": "gt",
     "tags": [],
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager

@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 import imageio_ffmpeg
 
-from media.helpers import Proc, free_port
+from flame.common.ports import free_port
+from media.helpers import Proc
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 NEWS_KEY = "news-key-0123456789abcdef"

@@ -17,9 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from flame.common.ports import free_port
 from flame.media.live.config import LiveConfig
 from flame.sfemc.images import load_manifest
-from media.helpers import Proc, free_port
+from media.helpers import Proc
 
 from .livekit import Viewer, camera, stop
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from flame.common.ports import free_port
 from flame.sfemc.images import load_manifest
-from media.helpers import free_port
 
 IMAGE = Path(__file__).resolve().parents[3] / "examples" / "sf" / "gnome-game-api"
 HARBOUR = {"gnome": "g-harbour", "lat": 51.4481, "lon": -2.6031}

@@ -16,7 +16,8 @@ import httpx
 import pytest
 import trimesh
 
-from media.helpers import Proc, free_port
+from flame.common.ports import free_port
+from media.helpers import Proc
 
 from .meshes import claimed_triangles_glb, raw_glb, sphere_glb, two_part_glb
 

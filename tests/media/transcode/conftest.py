@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from media.contentkit import free_port, make_clip, wait_for
+from flame.common.ports import free_port
+from media.contentkit import make_clip, wait_for
 
 
 @pytest.fixture(scope="session")

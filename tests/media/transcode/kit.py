@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import uvicorn
 
+from flame.common.ports import free_port
 from flame.media.transcode.app import create_app
 from flame.media.transcode.service import Config, TranscodeService
-from media.contentkit import free_port
 
 KEY = "transcode-test-key-0123456789abcdef"
 OTHER_KEY = "transcode-other-key-0123456789abcdef"

@@ -18,8 +18,9 @@ import httpx
 import pytest
 import uvicorn
 
+from flame.common.ports import free_port
 from flame.media.hls import ffmpeg_exe
-from media.contentkit import KEY_A, content_server, create, free_port, make_clip, patch, wait_for
+from media.contentkit import KEY_A, content_server, create, make_clip, patch, wait_for
 
 from .kit import OTHER_KEY, Running, transcoder, upload, wait_job
 

@@ -17,12 +17,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from flame.common.ports import free_port
 from flame.media.hls import ffmpeg_exe
 from flame.media.transcode.jobs import ACTIVE
 from flame.sfemc.images import ImageRepository, build_image, load_manifest
 from flame.sfemc.vim.base import EndpointSpec
 from flame.sfemc.vim.process import ProcessVim
-from media.contentkit import free_port, make_clip
+from media.contentkit import make_clip
 from media.helpers import Proc
 
 from .kit import API_KEYS, KEY, wait_job

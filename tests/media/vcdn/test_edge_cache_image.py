@@ -11,13 +11,14 @@ import pytest
 import yaml
 
 from flame.common.errors import ConfigError
+from flame.common.ports import free_port
 from flame.common.units import parse_scalar
 from flame.media.cache import EdgeCache
 from flame.media.store import ObjectStore
 from flame.media.vcdn.service import configure
 from flame.sfemc.images import build_image, load_manifest
 from media.conftest import Stream
-from media.helpers import Proc, free_port
+from media.helpers import Proc
 
 ROOT = Path(__file__).resolve().parents[3]
 IMAGE = ROOT / "examples" / "sf" / "edge-cache"

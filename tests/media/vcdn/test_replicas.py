@@ -15,10 +15,11 @@ import httpx
 import pytest
 import uvicorn
 
+from flame.common.ports import free_port
 from flame.media.origin import Origin
 from flame.media.vcdn.planner import Edge, ReplicaPlanner
 from media.conftest import Stream
-from media.helpers import Proc, ServerThread, free_port, running
+from media.helpers import Proc, ServerThread, running
 
 from .kit import KEY, ReportingCache, wait_for
 

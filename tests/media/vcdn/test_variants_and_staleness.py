@@ -10,11 +10,12 @@ from pathlib import Path
 
 import httpx
 
+from flame.common.ports import free_port
 from flame.media.cache import EdgeCache
 from flame.media.messages import Request, Response, json_response
 from flame.media.store import ObjectStore
 from media.conftest import Stream
-from media.helpers import Proc, ServerThread, free_port, running
+from media.helpers import Proc, ServerThread, running
 
 from .kit import auth, managed_cache, scripted, wait_for
 

@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from flame.common.ports import free_port
 from flame.sfemc.images import ImageRepository, build_image
 from flame.sfemc.vim._proc import ProcId, find_cgroup2, read_pid_file, start_time
 from flame.sfemc.vim.base import PortSpec, VimError, VimState
@@ -26,12 +26,6 @@ from .conftest import PidWatch, make_sf, port_base, spec
 
 pytestmark = pytest.mark.asyncio
 CONTROLLER = Path(__file__).with_name("_controller.py")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def get(url: str) -> httpx.Response:

@@ -188,7 +188,9 @@ async def test_egress_sr_killed_under_load_fails_no_idempotent_request(
     assert any(r[3] == 0 for r in after_kill)
     first_direct = min(r[1] for r in results if r[3] == 0)
     assert first_direct - killed_at < 0.1, first_direct - killed_at
-    assert max(r[1] - r[0] for r in after_kill) < 0.5  # no request waited for a time-out
+    # No request waited for a time-out: the shortest one (upstream connect) is 3 s. A loaded
+    # CI machine has taken 0.53 s to retry one request cut by the kill.
+    assert max(r[1] - r[0] for r in after_kill) < 1.5
     # Through B again once it is back (and its back-off passed).
     assert any(r[3] == 1 for r in results if r[0] > restarted_at + 1.2)
     # The endpoint was never blamed; the hop was.

@@ -15,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 
+from flame.common.ports import free_port
 from flame.media.live.rtmp import PublishSniffer, RtmpRefused
 from flame.media.live.sessions import LiveIngest, Session
 
@@ -30,12 +30,6 @@ _CONNECT_TIMEOUT_S = 5.0
 _READ = 64 * 1024
 _HOLD_MAX_S = 5.0
 _MIN_PENDING = 4  # connections before their publish, each with an ffmpeg of its own
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 class RtmpFront:
@@ -67,7 +61,7 @@ class RtmpFront:
         session: Session | None = None
         upstream: asyncio.StreamWriter | None = None
         try:
-            port = _free_port("127.0.0.1")
+            port = free_port("127.0.0.1")
             session = await ingest.start_session(
                 "rtmp", ["-listen", "1", "-i", f"rtmp://127.0.0.1:{port}/live/feed"]
             )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -60,6 +61,21 @@ def default_source(config: RouterConfig) -> TableSource:
     if config.table_file:
         return StaticTableSource.from_file(config.table_file)
     return StaticTableSource()
+
+
+def _listen(sock: socket.socket, backlog: int) -> None:
+    try:
+        sock.listen(backlog)
+    except OSError as exc:
+        host, port = sock.getsockname()[:2]
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def _check_listening(server: asyncio.AbstractServer, host: str, port: int) -> None:
+    """Raise if a listener closed while starting (uvloop logs a failed listen(), no raise)."""
+    if any(s is None for s in server.sockets):  # type: ignore[attr-defined]
+        server.close()
+        raise OSError(errno.EADDRINUSE, f"cannot listen on {host}:{port}: the address is in use")
 
 
 class Router:
@@ -171,6 +187,9 @@ class Router:
             tunnel_idle=config.timeouts.websocket_idle,
         )
         if sock is not None:
+            # listen() here so that a port taken since bind() raises; uvloop's create_server
+            # only logs a failed listen and returns a server without a socket.
+            _listen(sock, config.backlog)
             self._server = await loop.create_server(
                 lambda: RouterProtocol(ctx), sock=sock, backlog=config.backlog
             )
@@ -178,6 +197,7 @@ class Router:
             self._server = await loop.create_server(
                 lambda: RouterProtocol(ctx), config.host, config.port, backlog=config.backlog
             )
+        _check_listening(self._server, config.host, config.port)
         if self.tls is not None:
             # The handshake must end within the header time-out (a client that opens a TLS
             # connection and sends nothing holds a descriptor no longer than a plain one).
@@ -187,6 +207,7 @@ class Router:
                 "ssl_handshake_timeout": timeouts.header,
             }
             if tls_sock is not None:
+                _listen(tls_sock, config.backlog)
                 self._tls_server = await loop.create_server(
                     lambda: RouterProtocol(ctx, tls=True), sock=tls_sock, **tls_args
                 )
@@ -197,6 +218,7 @@ class Router:
                     config.tls_port,
                     **tls_args,
                 )
+            _check_listening(self._tls_server, config.host, config.tls_port or 0)
             ctx.tls_port = self.tls_port or 0
             ctx.tls_status = self._tls_status
             self._tls_changed(self.tls)
