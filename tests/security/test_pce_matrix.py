@@ -90,6 +90,12 @@ CASES: dict[tuple[str, str], tuple[str, Any, dict[str, int]]] = {
     # The bundle holds private keys: routers and the operator only.
     ("GET", "/v1/certs/sr/{sr}"): ("/v1/certs/sr/sr-a", None, row(a=403, router=200, operator=200)),
     ("GET", "/v1/certs/{fqdn}"): ("/v1/certs/x.example", None, row(a=200, b=403)),
+    # hop-by-hop TLS: endpoint certificates for routers and operators (409: the switch is off)
+    ("POST", "/v1/certs/endpoint"): (
+        "/v1/certs/endpoint",
+        {"host": "127.0.0.1"},
+        row(a=403, router=409, operator=409),
+    ),
     ("PUT", "/v1/certs/{fqdn}"): (
         "/v1/certs/x.example",
         {"chain": "not a certificate", "key": "not a key"},

@@ -776,7 +776,13 @@ class LivePce:
 
 @contextlib.contextmanager
 def live_pce(
-    state_dir: Path, topology: Path, db: Path, name: str, *, lease_ttl: float = 1.0
+    state_dir: Path,
+    topology: Path,
+    db: Path,
+    name: str,
+    *,
+    lease_ttl: float = 1.0,
+    extra: tuple[str, ...] = (),
 ) -> Iterator[LivePce]:
     """`flame serve pce` as a real process on 127.0.0.1; always stopped (killed if need be)."""
     port = free_port()
@@ -807,6 +813,7 @@ def live_pce(
                 str(lease_ttl),
                 "--name",
                 name,
+                *extra,
             ],
             stdout=out,
             stderr=subprocess.STDOUT,

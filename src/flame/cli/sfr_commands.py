@@ -378,6 +378,15 @@ def serve_group() -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="CA certificate(s) to verify the ACME directory's HTTPS (default: the system's).",
 )
+@click.option(
+    "--hop-tls",
+    type=click.Choice(["off", "endpoints", "all"]),
+    default="off",
+    show_default=True,
+    help="Hop-by-hop TLS inside the platform (docs/tls.md): 'endpoints' gives every SR a "
+    "platform identity and reaches endpoints registered with tls over mutual TLS; 'all' also "
+    "sends egress hops between SRs over mutual TLS (to their --hop-tls-port).",
+)
 @tls_options
 @click.pass_obj
 def serve_pce(
@@ -393,6 +402,7 @@ def serve_pce(
     acme_directory: str | None,
     acme_email: str | None,
     acme_ca_file: Path | None,
+    hop_tls: str,
     tls_cert: Path | None,
     tls_key: Path | None,
 ) -> None:
@@ -421,11 +431,14 @@ def serve_pce(
     store = open_pce_store(db_path or config.state_dir / "pce.sqlite3", name, lease_ttl=lease_ttl)
     if acme_directory and no_certs:
         raise click.UsageError("--acme-directory needs certificates: drop --no-certs")
+    if hop_tls != "off" and no_certs:
+        raise click.UsageError("--hop-tls needs the platform CA: drop --no-certs")
     certs = None
     try:
         if not no_certs:
             from flame.sfr.acme import AcmeConfig  # noqa: PLC0415 - cryptography
             from flame.sfr.certs import open_cert_manager  # noqa: PLC0415 - cryptography
+            from flame.sfr.hop_identity import HopTls  # noqa: PLC0415 - cryptography
 
             certs = open_cert_manager(
                 config.state_dir,
@@ -440,6 +453,7 @@ def serve_pce(
                     if acme_directory
                     else None
                 ),
+                hop_tls=HopTls(hop_tls),
             )
         service = PceService(topology, store, certs=certs)
         app = create_app(service, tokens)
@@ -546,6 +560,25 @@ def serve_pce(
     is_flag=True,
     help="Serve TLS from --tls-cert files only, without asking the PCE for certificates.",
 )
+@click.option(
+    "--hop-tls",
+    is_flag=True,
+    help="Take this SR's platform identity from the PCE (its --hop-tls) and reach endpoints "
+    "registered with tls over mutual TLS (docs/tls.md).",
+)
+@click.option(
+    "--hop-tls-port",
+    type=click.IntRange(1, 65535),
+    help="Listen for egress hops over mutual TLS on this port (implies --hop-tls); with the "
+    "PCE's --hop-tls all, egress hops go to this port of the other SRs, over TLS.",
+)
+@click.option(
+    "--hop-tls-files",
+    nargs=3,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    metavar="CHAIN KEY CA",
+    help="A fixed hop-TLS identity from files instead of the PCE's (implies --hop-tls).",
+)
 @click.pass_obj
 def serve_sr(
     state: _CliState,
@@ -567,6 +600,9 @@ def serve_sr(
     tls_key_files: tuple[Path, ...],
     tls_redirect: tuple[str, ...],
     no_pce_certs: bool,
+    hop_tls: bool,
+    hop_tls_port: int | None,
+    hop_tls_files: tuple[Path, Path, Path] | None,
 ) -> None:
     """Run a service router's data plane (SFR-1, SFR-14).
 
@@ -611,6 +647,13 @@ def serve_sr(
         ),
         tls_redirect=tls_redirect,
         tls_from_pce=not no_pce_certs,
+        hop_tls=hop_tls or hop_tls_port is not None or bool(hop_tls_files),
+        hop_tls_port=hop_tls_port,
+        hop_tls_files=(
+            (str(hop_tls_files[0]), str(hop_tls_files[1]), str(hop_tls_files[2]))
+            if hop_tls_files
+            else None
+        ),
         ca_file=str(config.ca_file) if config.ca_file else None,
     )
 

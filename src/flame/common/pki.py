@@ -330,6 +330,7 @@ class PlatformCA:
         days: float = 30.0,
         ip_addresses: Iterable[str] = (),
         client: bool = False,
+        uris: Iterable[str] = (),
     ) -> IssuedCert:
         """A server certificate (ECDSA P-256) for DNS `names` (and IP addresses), and its key."""
         if not names and not ip_addresses:
@@ -339,6 +340,7 @@ class PlatformCA:
         not_after = now + dt.timedelta(days=days)
         sans: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
         sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
+        sans += [x509.UniformResourceIdentifier(u) for u in uris]  # SR identities (docs/tls.md)
         usages = [ExtendedKeyUsageOID.SERVER_AUTH]
         if client:
             usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)

@@ -86,6 +86,12 @@ class EndpointBody(_Body):
     sfc: str | None = None
     tenant: str | None = None
     weight: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    tls: bool = False  # serves TLS with a platform certificate (hop-by-hop TLS)
+
+
+class EndpointCertBody(_Body):
+    host: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:-]+$")
+    days: float | None = Field(default=None, gt=0, le=90, allow_inf_nan=False)
 
 
 class LinkPatch(_Body):
@@ -380,6 +386,13 @@ def create_app(service: PceService, tokens: TokenStore) -> FastAPI:  # noqa: C90
             return Response(status_code=304, headers=headers)
         headers["X-Flame-Cert-Version"] = str(bundle.version)
         return Response(service.cert_body(bundle), media_type="application/json", headers=headers)
+
+    @app.post("/v1/certs/endpoint")
+    async def issue_endpoint_cert(
+        body: EndpointCertBody, caller: RouterOrOperator
+    ) -> dict[str, Any]:
+        """A platform server certificate (and key) for a TLS endpoint's host (hop TLS)."""
+        return service.endpoint_certificate(caller, body.host, body.days)
 
     @app.get("/v1/certs/{fqdn}")
     async def get_cert(fqdn: str, caller: TenantOrOperator) -> dict[str, Any]:

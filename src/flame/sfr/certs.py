@@ -49,6 +49,7 @@ from flame.common.errors import UserError
 from flame.common.pki import PlatformCA, SecretBox, inspect_chain
 from flame.sfr.acme import AcmeConfig, AcmeIssuer, Issued
 from flame.sfr.certs_store import CertRecord, CertStore
+from flame.sfr.hop_identity import HopTls, SrIdentities, SrIdentity
 from flame.sfr.registry import Conflict, NotFound
 
 __all__ = ["CertBundle", "CertManager", "CertRecord", "CertStore", "open_cert_manager"]
@@ -71,6 +72,7 @@ class CertBundle:
     digest: str
     records: tuple[tuple[CertRecord, tuple[str, ...], bool], ...]  # record, names, redirect
     challenges: tuple[tuple[str, str, str], ...] = ()  # ACME http-01: fqdn, token, answer
+    identity: SrIdentity | None = None  # the SR's own certificate (hop TLS, hop_identity.py)
     _body: bytes | None = None
 
 
@@ -91,6 +93,7 @@ class CertManager:
         automatic: bool = True,
         clock: Callable[[], float] = time.time,
         acme: AcmeIssuer | None = None,
+        hop_tls: HopTls = HopTls.OFF,
     ) -> None:
         if not 0 < renew_fraction < 1:
             raise ValueError("renew_fraction must be between 0 and 1")
@@ -110,6 +113,9 @@ class CertManager:
         self.issued = 0
         self.renewed = 0
         self.acme = acme
+        self.identities = SrIdentities(
+            ca, hop_tls, lifetime_days=lifetime_days, renew_fraction=renew_fraction, clock=clock
+        )
         self._acked: dict[str, int] = {}  # SR -> the bundle version it last said it has
         self._polled: dict[str, float] = {}  # SR -> (monotonic) when it last asked
         self._last: tuple[dict[str, frozenset[str]], OwnerOf] | None = None
@@ -207,7 +213,12 @@ class CertManager:
 
     # -- keeping up with routes and delegations -------------------------------------------------
 
-    def sync(self, routed: Mapping[str, Iterable[str]], owner_of: OwnerOf) -> dict[str, int]:
+    def sync(
+        self,
+        routed: Mapping[str, Iterable[str]],
+        owner_of: OwnerOf,
+        addresses: Mapping[str, str | None] | None = None,
+    ) -> dict[str, int]:
         """Bring certificates and bundles in line with the tables (`routed`: SR -> FQDNs its
         table routes) and the delegations (`owner_of`); returns SRs with new bundle versions.
 
@@ -258,10 +269,18 @@ class CertManager:
                 else:
                     self.renewed += 1
         pending = self.acme.challenges() if self.acme is not None else {}
+        self.identities.forget(set(routed_sets))
         bundles = {
             sr: self._bundle(sr, fqdns, records, owner_of, pending)
             for sr, fqdns in routed_sets.items()
         }
+        for sr, bundle in bundles.items():  # hop TLS: the SR's identity rides with its bundle
+            identity = self.identities.current(sr, (addresses or {}).get(sr))
+            if identity is not None:
+                bundle.identity = identity
+                bundle.digest = hashlib.sha256(
+                    f"{bundle.digest}\0{identity.fingerprint}\0{self.identities.mode}".encode()
+                ).hexdigest()
         changed: dict[str, tuple[int, str]] = {}
         # A new version is above every version any SR ever had: it only grows, per SR.
         next_version = max((v for v, _ in self._versions.values()), default=0) + 1
@@ -292,6 +311,8 @@ class CertManager:
         if self.acme is not None and self.acme.has_results():
             return True
         now = self._clock()
+        if self.identities.due():
+            return True
         return any(r.source in AUTOMATIC and self._due(r, now) for r in self.records.values())
 
     # -- ACME (flame.sfr.acme) ------------------------------------------------------------------
@@ -466,6 +487,15 @@ class CertManager:
                     }
                 )
             doc: dict[str, Any] = {"sr": bundle.sr, "version": bundle.version, "certs": certs}
+            if bundle.identity is not None:
+                doc["client"] = {
+                    "chain": bundle.identity.chain_pem,
+                    "key": bundle.identity.key_pem,
+                    "fingerprint_sha256": bundle.identity.fingerprint,
+                    "not_after": bundle.identity.not_after,
+                }
+                doc["trust"] = self.ca.cert_pem
+                doc["hop_tls"] = self.identities.mode.value
             if bundle.challenges:
                 doc["acme_challenges"] = [
                     {"fqdn": f, "token": t, "key_authorization": a} for f, t, a in bundle.challenges
@@ -518,6 +548,8 @@ class CertManager:
         }
         if self.acme is not None:
             doc["acme"] = self.acme.summary()
+        if self.identities.mode is not HopTls.OFF:
+            doc["hop_tls"] = self.identities.status()
         return doc
 
 
@@ -540,6 +572,7 @@ def open_cert_manager(
     lifetime_days: float = 30.0,
     automatic: bool = True,
     acme: AcmeConfig | None = None,
+    hop_tls: HopTls = HopTls.OFF,
 ) -> CertManager:
     """The PCE's certificates under `state_dir`: the platform CA in `ca/`, the sealing key in
     `certs.key` (0600), the certificates in `certs.sqlite3` (or `db`); with `acme`, automatic
@@ -549,5 +582,11 @@ def open_cert_manager(
     store = CertStore(db or state_dir / "certs.sqlite3")
     issuer = AcmeIssuer(acme, box, state_dir / "acme") if acme is not None else None
     return CertManager(
-        store, box, ca, lifetime_days=lifetime_days, automatic=automatic, acme=issuer
+        store,
+        box,
+        ca,
+        lifetime_days=lifetime_days,
+        automatic=automatic,
+        acme=issuer,
+        hop_tls=hop_tls,
     )

@@ -27,9 +27,12 @@ class Endpoint:
     sfc: str | None = None
     tenant: str | None = None
     weight: float = 1.0  # share among equally good endpoints
+    # The endpoint serves TLS with a platform-issued certificate: SRs reach it over mutual
+    # TLS (hop-by-hop TLS, SFR-19; docs/tls.md). Only in the JSON when set.
+    tls: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "sfe": self.sfe,
             "fqdn": self.fqdn,
             "cluster": self.cluster,
@@ -39,6 +42,9 @@ class Endpoint:
             "tenant": self.tenant,
             "weight": self.weight,
         }
+        if self.tls:
+            data["tls"] = True
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Endpoint:
@@ -51,6 +57,7 @@ class Endpoint:
             sfc=data.get("sfc"),
             tenant=data.get("tenant"),
             weight=float(data.get("weight", 1.0)),
+            tls=data.get("tls") is True,
         )
 
 

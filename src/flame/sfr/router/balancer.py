@@ -36,7 +36,9 @@ class EgressHop:
 
     __slots__ = ("egress_sr", "header", "key", "target")
 
-    def __init__(self, endpoint: Endpoint, egress_sr: str, address: str, port: int) -> None:
+    def __init__(
+        self, endpoint: Endpoint, egress_sr: str, address: str, port: int, tls: bool = False
+    ) -> None:
         self.egress_sr = egress_sr
         # The egress SR's address as its hop health is kept (forward.py): one per SR address.
         self.key = f"{address}:{port}"
@@ -51,6 +53,7 @@ class EgressHop:
             sfc=endpoint.sfc,
             tenant=endpoint.tenant,
             weight=endpoint.weight,
+            tls=tls,  # mutual TLS to the egress SR's hop listener (upstream_tls.py)
         )
         # The header line added to the request head for the egress SR.
         self.header = EGRESS_HEADER + endpoint.sfe.encode("ascii") + b"\r\n"
@@ -154,15 +157,16 @@ class FqdnRoutes:
         for tier in self.tiers:
             yield from tier.endpoints
 
-    def hop(self, endpoint: Endpoint, port: int) -> EgressHop | None:
-        """The way to `endpoint` through its egress SR (listening on `port`); None: go direct."""
+    def hop(self, endpoint: Endpoint, port: int, tls: bool = False) -> EgressHop | None:
+        """The way to `endpoint` through its egress SR (listening on `port`, with TLS if
+        `tls`); None: go direct."""
         hop = self._hops.get(endpoint.sfe)
-        if hop is not None and hop.target.port == port:
+        if hop is not None and hop.target.port == port and hop.target.tls == tls:
             return hop
         found = self.egress.get(endpoint.sfe)
         if found is None:
             return None
-        hop = self._hops[endpoint.sfe] = EgressHop(endpoint, found[0], found[1], port)
+        hop = self._hops[endpoint.sfe] = EgressHop(endpoint, found[0], found[1], port, tls)
         return hop
 
 

@@ -137,6 +137,14 @@ class RouterConfig:
     tls_from_pce: bool = True
     # 80 random bytes (hex) every worker uses as TLS session ticket keys; set by `serve`.
     tls_ticket_key: str | None = field(default=None, repr=False)
+    # Hop-by-hop TLS (docs/tls.md): take the SR's platform identity from the PCE's bundle and
+    # reach endpoints registered with `tls` over mutual TLS; `hop_tls_port`: also listen for
+    # egress hops over mutual TLS there (every SR on the same port, like `egress_port`).
+    hop_tls: bool = False
+    hop_tls_port: int | None = None
+    # A fixed identity from files (chain, key, CA) instead of the PCE's bundle (mode
+    # "endpoints"): an SR without a PCE, or a benchmark.
+    hop_tls_files: tuple[str, str, str] | None = None
     ca_file: str | None = None  # CA to verify the PCE and CLMC with over https (None: system's)
     limits: Limits = field(default_factory=Limits)
     timeouts: Timeouts = field(default_factory=Timeouts)
@@ -165,6 +173,21 @@ class RouterConfig:
                 "TLS certificates given but no TLS listener: set tls_port (--tls-port)",
                 key="tls_port",
             )
+        if self.hop_tls_port is not None and (
+            not isinstance(self.hop_tls_port, int)
+            or isinstance(self.hop_tls_port, bool)
+            or not 1 <= self.hop_tls_port <= 65535
+        ):
+            raise ConfigError(
+                f"hop_tls_port must be 1..65535 (or None), got {self.hop_tls_port!r}",
+                key="hop_tls_port",
+            )
+        if self.hop_tls_files is not None and (not self.hop_tls or len(self.hop_tls_files) != 3):
+            raise ConfigError(
+                "hop_tls_files is (chain, key, CA) files and needs hop_tls", key="hop_tls_files"
+            )
+        if self.hop_tls_port is not None and not self.hop_tls:
+            raise ConfigError("hop_tls_port needs hop_tls", key="hop_tls_port")
         if self.egress_port is not None and (
             not isinstance(self.egress_port, int)
             or isinstance(self.egress_port, bool)
@@ -214,6 +237,8 @@ class RouterConfig:
             (str(pair[0]), str(pair[1])) for pair in values.get("tls_certs") or ()
         )
         values["tls_redirect"] = tuple(values.get("tls_redirect") or ())
+        if values.get("hop_tls_files") is not None:
+            values["hop_tls_files"] = tuple(str(f) for f in values["hop_tls_files"])
         for name, kind in (("limits", Limits), ("timeouts", Timeouts)):
             given = dict(values.get(name) or {})
             allowed = {f.name for f in fields(kind)}

@@ -71,3 +71,7 @@ class RouterContext:
     acme_challenges: dict[str, dict[bytes, bytes]] = field(default_factory=dict)
     tls_port: int = 0
     tls_status: Callable[[], dict[str, Any]] | None = None
+    # Hop-by-hop TLS (upstream_tls.py): with egress hops over mutual TLS, `X-Flame-Endpoint`
+    # is honoured only on the hop listener from a peer whose certificate names an SR.
+    pin_needs_sr: bool = False
+    pins_ignored: int = 0  # X-Flame-Endpoint headers dropped for want of an SR certificate

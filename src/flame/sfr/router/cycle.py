@@ -128,7 +128,7 @@ class RequestCycle(ResponseSink):
         conn = self.conn
         if (
             ctx.redirect_https
-            and not (conn.tls or conn.internal)
+            and not (conn.tls or conn.internal or conn.hop)
             and req.fqdn in ctx.redirect_https
         ):
             self._redirect()

@@ -150,6 +150,15 @@ class UpstreamConnectError(UpstreamError):
     retry_after: int = 1  # set by the forwarding from the ejections it knows of
 
 
+class UpstreamTlsError(UpstreamConnectError):
+    """Hop-by-hop TLS to the endpoint failed (its certificate is not the platform's for its
+    address, it refused the SR's identity, or the SR has none yet): nothing was sent, as for
+    a connect error (ejected, retried elsewhere), but a 502: a wrong endpoint, not a busy one."""
+
+    code: ClassVar[str] = "upstream_tls_failed"
+    http_status: ClassVar[int] = 502
+
+
 class UpstreamBusy(UpstreamError):
     code: ClassVar[str] = "upstream_busy"
     http_status: ClassVar[int] = 503

@@ -304,7 +304,7 @@ class Forwarding(ExchangeOwner):
         direct, self._direct = self._direct, False
         egress_port = fw.routing.egress_port
         if egress_port and not direct and self.routes is not None:
-            hop = self.routes.hop(endpoint, egress_port)
+            hop = self.routes.hop(endpoint, egress_port, fw.routing.egress_tls)
             if hop is not None and not fw.hops.is_ejected(hop.key):
                 self.hop = hop
                 target = hop.target

@@ -17,15 +17,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections import deque
 from collections.abc import Callable, Iterable
 
 from flame.sfr.models import Endpoint
 from flame.sfr.router._tasks import TaskSet
-from flame.sfr.router.errors import UpstreamBusy, UpstreamConnectError, UpstreamError
+from flame.sfr.router.errors import (
+    UpstreamBusy,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamTlsError,
+)
 from flame.sfr.router.flow import Outbox
-from flame.sfr.router.table import Address
+from flame.sfr.router.table import TLS_KEY_PREFIX, Address, pool_key
 from flame.sfr.router.upstream import UpstreamConnection
+from flame.sfr.router.upstream_tls import UpstreamTls
 
 __all__ = ["Connected", "UpstreamPool"]
 
@@ -62,13 +69,20 @@ class UpstreamPool:
         self._conns: set[UpstreamConnection] = set()
         self._draining: set[Address] = set()
         self.connects = 0
+        # Hop-by-hop TLS (upstream_tls.py): the SR's client context, for endpoints with `tls`.
+        self.tls: UpstreamTls | None = None
+        self.tls_connects = 0
         self.closed = False
         # Created in the loop; asyncio.get_running_loop() costs a getpid() per call.
         self._loop = asyncio.get_running_loop()
 
     def take_idle(self, endpoint: Endpoint) -> UpstreamConnection | None:
         """A warm idle connection to the endpoint's address, if there is one."""
-        idle = self._idle.get((endpoint.host, endpoint.port))
+        idle = self._idle.get(
+            (TLS_KEY_PREFIX + endpoint.host, endpoint.port)
+            if endpoint.tls
+            else (endpoint.host, endpoint.port)
+        )
         while idle:
             conn = idle.pop()
             if not conn.closed:
@@ -90,7 +104,7 @@ class UpstreamPool:
         connected(conn, None)
 
     async def _open_connection(self, endpoint: Endpoint) -> UpstreamConnection:
-        address = (endpoint.host, endpoint.port)
+        address = pool_key(endpoint)
         while self._open.get(address, 0) >= self.max_connections:
             await self._wait_for_slot(endpoint, address)
             conn = self.take_idle(endpoint)
@@ -110,6 +124,8 @@ class UpstreamPool:
 
         try:
             async with asyncio.timeout(self.connect_timeout):
+                if endpoint.tls:
+                    return await self._open_tls(endpoint, factory)
                 if endpoint.port == 0:
                     # A sibling worker's private Unix socket (relay.py).
                     _, conn = await self._loop.create_unix_connection(factory, endpoint.host)
@@ -119,8 +135,9 @@ class UpstreamPool:
                     )
         except (OSError, TimeoutError) as exc:
             self._abandon(created, address)
-            reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or repr(exc))
-            raise UpstreamConnectError(
+            reason = _reason(exc)
+            error = UpstreamTlsError if isinstance(exc, ssl.SSLError) else UpstreamConnectError
+            raise error(
                 f"cannot connect to {endpoint.sfe} at {endpoint.host}:{endpoint.port}: {reason}",
                 sfe=endpoint.sfe,
                 endpoint=f"{endpoint.host}:{endpoint.port}",
@@ -131,6 +148,42 @@ class UpstreamPool:
             raise
         self.connects += 1
         return conn
+
+    async def _open_tls(
+        self, endpoint: Endpoint, factory: Callable[[], UpstreamConnection]
+    ) -> UpstreamConnection:
+        """A mutual-TLS connection with the SR's current platform identity (connect time only)."""
+        tls = self.tls
+        ctx = tls.client if tls is not None else None
+        if tls is None or ctx is None:
+            raise ssl.SSLError("no platform identity for TLS yet (the PCE runs without --hop-tls?)")
+        generation = tls.generation
+        _, conn = await self._loop.create_connection(
+            factory,
+            endpoint.host,
+            endpoint.port,
+            ssl=ctx,
+            server_hostname=endpoint.host,
+            ssl_handshake_timeout=self.connect_timeout,
+        )
+        self.connects += 1
+        self.tls_connects += 1
+        if tls.generation != generation:
+            conn.close_after = True  # the identity changed during the handshake: drain it
+        return conn
+
+    def drain_tls(self) -> int:
+        """The SR's identity changed: TLS connections made with the previous one close (idle
+        ones now, busy ones after their exchange); returns how many closed now."""
+        closed = 0
+        for address in [a for a in self._idle if a[0].startswith(TLS_KEY_PREFIX)]:
+            for conn in self._idle.pop(address):
+                conn.close()
+                closed += 1
+        for conn in self._conns:
+            if conn.address[0].startswith(TLS_KEY_PREFIX):
+                conn.close_after = True
+        return closed
 
     def release(self, conn: UpstreamConnection) -> None:
         """The exchange is over: keep the connection for the next request, or close it."""
@@ -257,3 +310,13 @@ class UpstreamPool:
         idle = self._idle.get(address)
         if idle is not None and conn in idle:
             idle.remove(conn)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {exc}"
+    if isinstance(exc, OSError):
+        return exc.strerror or repr(exc)
+    return repr(exc)

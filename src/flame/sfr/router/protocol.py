@@ -48,6 +48,7 @@ from flame.sfr.router.flow import PIPELINE, REJECTED, FlowControl
 from flame.sfr.router.request import RequestHead, analyze_request
 from flame.sfr.router.response import error_response
 from flame.sfr.router.tunnel import Tunnel, is_websocket
+from flame.sfr.router.upstream_tls import peer_sr
 
 __all__ = ["RouterProtocol"]
 
@@ -71,8 +72,14 @@ class RouterProtocol(asyncio.Protocol):
 
     flow: FlowControl  # set in connection_made (declared, not None, for the compiled class)
 
-    def __init__(self, ctx: RouterContext, *, internal: bool = False, tls: bool = False) -> None:
+    def __init__(
+        self, ctx: RouterContext, *, internal: bool = False, tls: bool = False, hop: bool = False
+    ) -> None:
         self.ctx = ctx
+        # On the egress-hop listener (mutual TLS, upstream_tls.py): set in connection_made
+        # when the verified peer certificate names an SR.
+        self.hop = hop
+        self.peer_sr = False
         # On a sibling worker's private socket: requests relayed by another worker of this SR.
         self.internal = internal
         self.tls = tls  # on the TLS listener (tls.py): the handshake is done by now
@@ -135,6 +142,8 @@ class RouterProtocol(asyncio.Protocol):
                     return
                 ctx.per_ip[ip] = open_now + 1
                 self._ip_counted = True
+        if self.hop:
+            self.peer_sr = peer_sr(t.get_extra_info("peercert")) is not None
         ctx.connections.add(self)
         if ctx.closing:
             t.close()
@@ -298,6 +307,9 @@ class RouterProtocol(asyncio.Protocol):
         )
         if self.tls:
             req.forwarded_proto = b"https"  # the client reached us over TLS, whatever it says
+        if req.flame_endpoint is not None and self.ctx.pin_needs_sr and not self.peer_sr:
+            req.flame_endpoint = None  # not from an SR that proved it is one (upstream_tls.py)
+            self.ctx.pins_ignored += 1
         if parser.should_upgrade() and self._may_tunnel(req):
             self._start_tunnel(req)
             return

@@ -39,8 +39,9 @@ from flame.sfr.router.reporter import ClmcReporter
 from flame.sfr.router.request import via_entry
 from flame.sfr.router.status import status_document
 from flame.sfr.router.subscriber import StaticTableSource, TableSource, TableSubscriber
-from flame.sfr.router.table import RoutingState
+from flame.sfr.router.table import TLS_KEY_PREFIX, RoutingState
 from flame.sfr.router.tls import CertSubscriber, Site, StaticCerts, TlsSites
+from flame.sfr.router.upstream_tls import HopIdentity, UpstreamTls, identity_from_files
 
 __all__ = ["Router", "default_source"]
 
@@ -110,6 +111,9 @@ class Router:
         self.cert_source: CertSubscriber | None = None
         self._static_sites: list[Site] = []
         self._pce_sites: list[Site] = []
+        self._hop_server: asyncio.Server | None = None
+        # Hop-by-hop TLS (upstream_tls.py): the SR's platform identity, from the PCE's bundle.
+        self.hop_tls: UpstreamTls | None = UpstreamTls() if config.hop_tls else None
         if config.tls_port is not None:
             key = bytes.fromhex(config.tls_ticket_key) if config.tls_ticket_key else None
             self.tls = TlsSites(ticket_key=key)
@@ -119,6 +123,7 @@ class Router:
                     config.tls_certs, redirect=config.tls_redirect
                 ).sites
                 self._merge_sites()
+        self._plain_egress_port = 0
         self.table_changes = 0
         initial = self.source.initial()
         if initial is not None:
@@ -222,20 +227,48 @@ class Router:
             ctx.tls_port = self.tls_port or 0
             ctx.tls_status = self._tls_status
             self._tls_changed(self.tls)
-            if config.tls_from_pce and config.pce_urls:
-                self.cert_source = CertSubscriber(
-                    config.sr_id,
-                    config.pce_urls,
-                    self._apply_pce_sites,
-                    token=config.token,
-                    wait=config.poll_wait,
-                    verify=client_verify(config.ca_file),
-                    on_challenges=self._apply_challenges,
+        if self.hop_tls is not None:
+            pool.tls = self.hop_tls
+            self.hop_tls.on_change.append(self._hop_changed)
+            if config.hop_tls_files is not None:
+                self.hop_tls.apply(identity_from_files(*config.hop_tls_files))
+            if config.hop_tls_port is not None:
+                # Egress hops over mutual TLS: every worker listens (SO_REUSEPORT), the
+                # handshake bounded like the TLS listener's.
+                self._hop_server = await loop.create_server(
+                    lambda: RouterProtocol(ctx, hop=True),
+                    config.host,
+                    config.hop_tls_port,
+                    ssl=self.hop_tls.server,
+                    backlog=config.backlog,
+                    # shared by this SR's workers only (several: SO_REUSEPORT, as server.py)
+                    reuse_port=(config.workers or os.cpu_count() or 1) > 1,
+                    ssl_handshake_timeout=timeouts.header,
                 )
-                self.tasks.supervise(self.cert_source.run, name="sr-cert-source")
+                _check_listening(self._hop_server, config.host, config.hop_tls_port)
+        wants_bundle = self.tls is not None or (
+            self.hop_tls is not None and config.hop_tls_files is None
+        )
+        if config.tls_from_pce and config.pce_urls and wants_bundle:
+            self.cert_source = CertSubscriber(
+                config.sr_id,
+                config.pce_urls,
+                self._apply_pce_sites,
+                token=config.token,
+                wait=config.poll_wait,
+                verify=client_verify(config.ca_file),
+                on_challenges=self._apply_challenges,
+                # (a fixed identity from files is never replaced by the bundle's)
+                on_identity=(
+                    self._apply_identity
+                    if self.hop_tls is not None and config.hop_tls_files is None
+                    else None
+                ),
+            )
+            self.tasks.supervise(self.cert_source.run, name="sr-cert-source")
         if config.egress_hop:
             # FLIPS' egress hop; by default every SR listens on the same port (its own address).
-            self.routing.egress_port = (
+            self.routing.egress_port = self._plain_egress_port = (
                 config.egress_port if config.egress_port is not None else self.port
             )
         if self.siblings is not None:
@@ -304,13 +337,43 @@ class Router:
         self._pce_sites = sites
         self._merge_sites()
 
+    def _apply_identity(self, identity: HopIdentity | None) -> None:
+        assert self.hop_tls is not None
+        self.hop_tls.apply(identity)
+
+    def _hop_changed(self, hop: UpstreamTls) -> None:
+        """A new identity (or mode): drain TLS connections of the old one; egress hops over
+        mutual TLS when the PCE says `all` and this SR has a hop listener (every SR on the
+        same `hop_tls_port`), else as configured."""
+        ctx = self._ctx
+        if ctx is None:
+            return
+        drained = ctx.pool.drain_tls()
+        over_tls = hop.mode == "all" and self.config.hop_tls_port is not None
+        ctx.pin_needs_sr = over_tls
+        if self.config.egress_hop:
+            self.routing.egress_tls = over_tls
+            self.routing.egress_port = (
+                self.config.hop_tls_port or 0 if over_tls else self._plain_egress_port
+            )
+        log.info(
+            "SR %s worker %d: hop TLS generation %d (mode %s); %d idle TLS connections of the "
+            "previous identity closed, busy ones close after their response",
+            self.config.sr_id,
+            self.worker,
+            hop.generation,
+            hop.mode,
+            drained,
+        )
+
     def _apply_challenges(self, challenges: dict[str, dict[bytes, bytes]]) -> None:
         if self._ctx is not None:
             self._ctx.acme_challenges = challenges  # replaced whole, like the redirects
 
     def _merge_sites(self) -> None:
         """Files and the PCE together; the PCE's certificate for an FQDN wins."""
-        assert self.tls is not None
+        if self.tls is None:
+            return  # the bundle is fetched for the hop identity only (no TLS listener)
         from_pce = {s.fqdn for s in self._pce_sites}
         self.tls.update(
             [*self._pce_sites, *(s for s in self._static_sites if s.fqdn not in from_pce)]
@@ -339,6 +402,8 @@ class Router:
             self._server.close()
         if self._tls_server is not None:
             self._tls_server.close()
+        if self._hop_server is not None:
+            self._hop_server.close()
         if self._internal is not None:
             self._internal.close()
         # 2. Idle connections close now, busy ones after their response.
@@ -371,6 +436,8 @@ class Router:
             await self._server.wait_closed()
         if self._tls_server is not None:
             await self._tls_server.wait_closed()
+        if self._hop_server is not None:
+            await self._hop_server.wait_closed()
         if self._internal is not None:
             await self._internal.wait_closed()
             assert self.siblings is not None
@@ -415,7 +482,9 @@ class Router:
             if (r := self.routing.lookup(fqdn))
             for e in r.endpoints()
         )
-        self.hops.forget(f"{host}:{port}" for host, port in change.addresses)
+        self.hops.forget(
+            f"{host.removeprefix(TLS_KEY_PREFIX)}:{port}" for host, port in change.addresses
+        )
         drained = 0
         if self._ctx is not None:
             drained = self._ctx.pool.drain(change.removed, change.addresses)

@@ -160,6 +160,7 @@ def status_document(ctx: RouterContext) -> dict[str, Any]:
         "table_source": ctx.source_status() if ctx.source_status is not None else None,
         # Names, fingerprints and expiry of the certificates served; never a key.
         "tls": ctx.tls_status() if ctx.tls_status is not None else None,
+        "hop_tls": _hop_tls(ctx),
         "upstream_pools": ctx.pool.stats(),
         "upstream_connects": ctx.pool.connects,
         "multicast": {
@@ -174,4 +175,18 @@ def status_document(ctx: RouterContext) -> dict[str, Any]:
             "relay_fallbacks": ctx.siblings.fallbacks if ctx.siblings else 0,
         },
         **ctx.metrics.snapshot(),
+    }
+
+
+def _hop_tls(ctx: RouterContext) -> dict[str, Any] | None:
+    """The SR's platform identity (fingerprint, never the key) and hop-TLS counters."""
+    hop = ctx.pool.tls
+    if hop is None:
+        return None
+    return {
+        **hop.describe(),
+        "connects": ctx.pool.tls_connects,
+        "egress_tls": ctx.routing.egress_tls,
+        "pins_need_sr": ctx.pin_needs_sr,
+        "pins_ignored": ctx.pins_ignored,
     }

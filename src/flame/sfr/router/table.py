@@ -13,15 +13,25 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Final
 
-from flame.sfr.models import ForwardingTable
+from flame.sfr.models import Endpoint, ForwardingTable
 from flame.sfr.router.balancer import FqdnRoutes
 
-__all__ = ["Address", "RoutingState", "TableChange"]
+__all__ = ["TLS_KEY_PREFIX", "Address", "RoutingState", "TableChange", "pool_key"]
 
 log = logging.getLogger(__name__)
 
 Address = tuple[str, int]  # (host, port) of an endpoint: what connections are pooled by
+# A TLS endpoint's connections are pooled under ("tls:" + host, port): a plain and a TLS
+# connection to one address never mix (hop-by-hop TLS, upstream_tls.py).
+TLS_KEY_PREFIX: Final = "tls:"
+
+
+def pool_key(endpoint: Endpoint) -> Address:
+    if endpoint.tls:
+        return (TLS_KEY_PREFIX + endpoint.host, endpoint.port)
+    return (endpoint.host, endpoint.port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +48,7 @@ class TableChange:
 class RoutingState:
     """The table in use by one worker."""
 
-    __slots__ = ("_routes", "egress_port", "sr_id", "table")
+    __slots__ = ("_routes", "egress_port", "egress_tls", "sr_id", "table")
 
     def __init__(self, sr_id: str) -> None:
         self.sr_id = sr_id
@@ -47,6 +57,7 @@ class RoutingState:
         # The egress hop: the port egress SRs listen on; 0: off (always straight to endpoints).
         # Set by the router; the egress SRs' addresses are then pooled (and drained) as well.
         self.egress_port = 0
+        self.egress_tls = False  # egress hops over mutual TLS (to `egress_port`, upstream_tls.py)
 
     @property
     def version(self) -> int | None:
@@ -88,8 +99,8 @@ class RoutingState:
                 if fqdn in old_routes and old_routes[fqdn].best() != r.best()
             )
         )
-        addresses = frozenset(_addresses(routes, self.egress_port))
-        removed = frozenset(_addresses(old_routes, self.egress_port)) - addresses
+        addresses = frozenset(_addresses(routes, self.egress_port, self.egress_tls))
+        removed = frozenset(_addresses(old_routes, self.egress_port, self.egress_tls)) - addresses
         self.table = table
         self._routes = routes
         return TableChange(
@@ -101,10 +112,13 @@ class RoutingState:
         )
 
 
-def _addresses(routes: Mapping[str, FqdnRoutes], egress_port: int) -> set[Address]:
-    found = {(e.host, e.port) for r in routes.values() for e in r.endpoints()}
+def _addresses(routes: Mapping[str, FqdnRoutes], egress_port: int, tls: bool) -> set[Address]:
+    found = {pool_key(e) for r in routes.values() for e in r.endpoints()}
     if egress_port:
+        prefix = TLS_KEY_PREFIX if tls else ""
         found.update(
-            (address, egress_port) for r in routes.values() for _, address in r.egress.values()
+            (prefix + address, egress_port)
+            for r in routes.values()
+            for _, address in r.egress.values()
         )
     return found

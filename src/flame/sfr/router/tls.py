@@ -42,6 +42,7 @@ from typing import Any
 import httpx
 
 from flame.common.tls import load_chain, server_context
+from flame.sfr.router.upstream_tls import HopIdentity, parse_identity
 
 __all__ = [
     "CertSubscriber",
@@ -267,10 +268,12 @@ class CertSubscriber:
         backoff_max: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
         on_challenges: Callable[[dict[str, dict[bytes, bytes]]], None] | None = None,
+        on_identity: Callable[[HopIdentity | None], None] | None = None,
     ) -> None:
         if not urls:
             raise ValueError("CertSubscriber needs at least one PCE URL")
         self._on_challenges = on_challenges
+        self._on_identity = on_identity  # hop TLS: the SR's own identity (upstream_tls.py)
         self.sr_id = sr_id
         self.urls = tuple(u.rstrip("/") for u in urls)
         self._apply = apply
@@ -339,6 +342,7 @@ class CertSubscriber:
             data = response.json()
             version, sites = parse_bundle(data)
             challenges = parse_challenges(data)
+            identity = parse_identity(data)
         except (ValueError, KeyError, TypeError) as exc:  # (UnicodeError is a ValueError)
             self.failures += 1
             log.warning("PCE %s sent certificates that cannot be read (%s)", url, exc)
@@ -348,6 +352,8 @@ class CertSubscriber:
             return True
         if self._on_challenges is not None:
             self._on_challenges(challenges)
+        if self._on_identity is not None:
+            self._on_identity(identity)
         self._apply(sites)
         self.version = version
         self.generation = generation or self.generation

@@ -121,7 +121,7 @@ class Tunnel:
                 return
             egress_port = ctx.routing.egress_port
             if egress_port:
-                hop = routes.hop(endpoint, egress_port)
+                hop = routes.hop(endpoint, egress_port, ctx.routing.egress_tls)
         self.endpoint = endpoint
         head = render_upstream_head(self.req, self.conn.client_ip, ctx.sr)[:-2]
         target = endpoint
@@ -132,15 +132,23 @@ class Tunnel:
         ctx.tunnels_opened += 1
         self.pending.append(head + UPGRADE_LINES)
         self._connecting = ctx.tasks.spawn(
-            self._connect(target.host, target.port), name=f"sr-websocket {endpoint.sfe}"
+            self._connect(target.host, target.port, target.tls),
+            name=f"sr-websocket {endpoint.sfe}",
         )
 
-    async def _connect(self, host: str, port: int) -> None:
+    async def _connect(self, host: str, port: int, tls: bool = False) -> None:
         try:
-            await asyncio.wait_for(
-                self.ctx.loop.create_connection(lambda: _Upstream(self), host, port),
-                self.ctx.config.timeouts.upstream_connect,
-            )
+            if tls:  # hop-by-hop TLS: the SR's platform identity (upstream_tls.py)
+                hop = self.ctx.pool.tls
+                ctx = hop.client if hop is not None else None
+                if ctx is None:
+                    raise OSError(0, "no platform identity for TLS yet")
+                connect = self.ctx.loop.create_connection(
+                    lambda: _Upstream(self), host, port, ssl=ctx, server_hostname=host
+                )
+            else:
+                connect = self.ctx.loop.create_connection(lambda: _Upstream(self), host, port)
+            await asyncio.wait_for(connect, self.ctx.config.timeouts.upstream_connect)
         except (OSError, TimeoutError) as exc:
             if not self.closed:
                 self.ctx.tunnels_failed += 1

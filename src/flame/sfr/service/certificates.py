@@ -89,6 +89,13 @@ class _Certificates(_Core):
         self._sync_certs(force=True)
         return record.public(redirect_http=certs.redirects.get(fqdn, False))
 
+    def endpoint_certificate(
+        self, principal: Principal, host: str, days: float | None
+    ) -> dict[str, Any]:
+        """A server certificate for a TLS endpoint on `host` (hop TLS; router or operator)."""
+        require_router(principal)
+        return self._cert_manager().identities.endpoint_cert(host, days)
+
     def ca_certificate(self) -> str:
         return self._cert_manager().ca_pem()
 

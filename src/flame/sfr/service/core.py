@@ -233,7 +233,10 @@ class _Core:
         if not force and routed == self._routed:
             return
         try:
-            certs.sync(routed, state.registry.owner_of)
+            addresses = {
+                n: state.topology.nodes[n].address for n in routed if n in state.topology.nodes
+            }
+            certs.sync(routed, state.registry.owner_of, addresses)
         except Exception:
             log.exception("PCE %s: certificates could not be brought up to date", self.holder)
             return
