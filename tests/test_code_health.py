@@ -10,12 +10,9 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 MAX_LINES = 700
 CEILINGS = {  # split these by concern when you next change them (issue 18, item 3)
-    "flame/tosca/profile.py": 1229,
-    "flame/tosca/templates.py": 1063,
     "flame/sfemc/vim/process.py": 802,
     "flame/clmc/ingest.py": 722,
     "flame/clmc/influxql/parser.py": 721,
-    "flame/tosca/types.py": 709,
 }
 
 

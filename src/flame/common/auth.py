@@ -43,7 +43,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from flame.common._files import atomic_write_private
+from flame.common.atomicfile import atomic_write_private
 from flame.common.errors import AuthenticationError, FlameError, PermissionDenied, UserError
 
 __all__ = [

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
-from flame.common._files import atomic_write_private
+from flame.common.atomicfile import atomic_write_private
 from flame.common.errors import ConfigError
 
 __all__ = [

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from flame.common._files import atomic_write_private
+from flame.common.atomicfile import atomic_write_private
 from flame.common.errors import FlameError, UserError
 
 __all__ = [

@@ -19,12 +19,13 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from flame.common.atomicfile import atomic_write
 
 __all__ = ["CachedObject", "ObjectStore", "variant_key"]
 
@@ -352,6 +353,7 @@ def variant_key(base: str, names: tuple[str, ...], headers: dict[str, str]) -> s
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    # No fsync: the tier is rebuildable and `_read` drops an object whose body and metadata
+    # disagree, so a power cut costs cache entries, never a wrong answer; syncing every fill
+    # would stall the event loop.
+    atomic_write(path, data, durable=False)

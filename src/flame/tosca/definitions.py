@@ -7,7 +7,8 @@ from typing import Any
 from flame.common.diagnostics import DiagnosticSink, Position
 from flame.common.yamlshape import did_you_mean
 from flame.tosca import codes
-from flame.tosca.types import KIND_LABEL, PRIMITIVES, PropertyDef, Registry, Schema, TypeDef
+from flame.tosca.schemas import PropertyDef, Schema
+from flame.tosca.types import KIND_LABEL, PRIMITIVES, Registry, TypeDef
 from flame.tosca.values import ValueChecker
 
 

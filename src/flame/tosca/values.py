@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from flame.common.diagnostics import DiagnosticSink, Position
@@ -20,7 +21,8 @@ from flame.common.units import (
 from flame.common.yamlshape import did_you_mean, kind_of
 from flame.common.yamlsrc import YMap, YSeq
 from flame.tosca import codes
-from flame.tosca.types import PRIMITIVES, Constraint, PropertyDef, Registry, Schema, TypeDef
+from flame.tosca.schemas import Constraint, PropertyDef, Schema
+from flame.tosca.types import PRIMITIVES, Registry, TypeDef
 
 FUNCTIONS = frozenset(
     {
@@ -46,6 +48,37 @@ def function_call(value: Any) -> tuple[str, Any] | None:
         if name in FUNCTIONS:
             return name, value[name]
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Primitive:
+    """A primitive type checked by one test: what it accepts, and its comparable form."""
+
+    accepts: Callable[[Any], bool]
+    expected: str  # "must be ..." in the diagnostic
+    hint: str | None = None
+    normal: Callable[[Any], Any] = lambda value: value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+_SIMPLE = {
+    "string": _Primitive(lambda v: isinstance(v, str), "a string", 'quote the value, e.g. "1.0"'),
+    "integer": _Primitive(_is_int, "an integer"),
+    "float": _Primitive(_is_number, "a number", normal=float),
+    "boolean": _Primitive(lambda v: isinstance(v, bool), "true or false"),
+    "null": _Primitive(lambda v: v is None, "null"),
+    "timestamp": _Primitive(is_timestamp, "an ISO 8601 timestamp", "e.g. 2026-11-23T19:00:00Z"),
+    # version_key makes versions comparable: 1.10 > 1.9
+    "version": _Primitive(is_version, "a version like 1.2 or 1.2.3", normal=version_key),
+    "range": _Primitive(is_range, "a range [low, high] of integers (high may be UNBOUNDED)"),
+}
 
 
 def _describe(value: Any) -> str:
@@ -168,47 +201,14 @@ class ValueChecker:
         self._check_constraints(value, value, dtype.constraints, dtype.name, pos, what)
         return value
 
-    def _check_primitive(  # noqa: C901 (issue 18: split it)
+    def _check_primitive(
         self, value: Any, type_name: str, schema: Schema | None, pos: Position, what: str
     ) -> Any:
-        if type_name == "any":
-            return value
-        if type_name == "string":
-            if not isinstance(value, str):
-                return self._wrong(value, "a string", pos, what, hint='quote the value, e.g. "1.0"')
-            return value
-        if type_name == "integer":
-            if isinstance(value, bool) or not isinstance(value, int):
-                return self._wrong(value, "an integer", pos, what)
-            return value
-        if type_name == "float":
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                return self._wrong(value, "a number", pos, what)
-            return float(value)
-        if type_name == "boolean":
-            if not isinstance(value, bool):
-                return self._wrong(value, "true or false", pos, what)
-            return value
-        if type_name == "null":
-            if value is not None:
-                return self._wrong(value, "null", pos, what)
-            return value
-        if type_name == "timestamp":
-            if not is_timestamp(value):
-                return self._wrong(
-                    value, "an ISO 8601 timestamp", pos, what, hint="e.g. 2026-11-23T19:00:00Z"
-                )
-            return value
-        if type_name == "version":
-            if not is_version(value):
-                return self._wrong(value, "a version like 1.2 or 1.2.3", pos, what)
-            return version_key(value)  # comparable: 1.10 > 1.9
-        if type_name == "range":
-            if not is_range(value):
-                return self._wrong(
-                    value, "a range [low, high] of integers (high may be UNBOUNDED)", pos, what
-                )
-            return value
+        simple = _SIMPLE.get(type_name)
+        if simple is not None:
+            if not simple.accepts(value):
+                return self._wrong(value, simple.expected, pos, what, hint=simple.hint)
+            return simple.normal(value)
         if type_name in SCALAR_UNITS:
             try:
                 return parse_scalar(value, type_name)
@@ -216,28 +216,34 @@ class ValueChecker:
                 self.sink.error(codes.BAD_SCALAR, f"{what}: {exc}", pos, value=value, hint=exc.hint)
                 return _BAD
         if type_name == "list":
-            if not isinstance(value, list):
-                return self._wrong(value, "a list", pos, what, hint="write one '- item' per line")
-            entry = schema.entry_schema if schema is not None else None
-            if entry is not None:
-                for index, item in enumerate(value):
-                    item_pos = value.at(index) if isinstance(value, YSeq) else pos
-                    self.check(item, entry, item_pos, f"{what}[{index}]")
-            return value
+            return self._check_list(value, schema, pos, what)
         if type_name == "map":
-            if not isinstance(value, dict):
-                return self._wrong(value, "a mapping", pos, what)
-            entry = schema.entry_schema if schema is not None else None
-            key_schema = schema.key_schema if schema is not None else None
-            for key, item in value.items():
-                item_pos = value.at(key) if isinstance(value, YMap) else pos
-                if key_schema is not None:
-                    key_pos = value.key_at(key) if isinstance(value, YMap) else pos
-                    self.check(key, key_schema, key_pos, f"key '{key}' of {what}")
-                if entry is not None:
-                    self.check(item, entry, item_pos, f"entry '{key}' of {what}")
-            return value
-        return value  # pragma: no cover - PRIMITIVES is closed
+            return self._check_map(value, schema, pos, what)
+        return value  # 'any'; PRIMITIVES is closed
+
+    def _check_list(self, value: Any, schema: Schema | None, pos: Position, what: str) -> Any:
+        if not isinstance(value, list):
+            return self._wrong(value, "a list", pos, what, hint="write one '- item' per line")
+        entry = schema.entry_schema if schema is not None else None
+        if entry is not None:
+            for index, item in enumerate(value):
+                item_pos = value.at(index) if isinstance(value, YSeq) else pos
+                self.check(item, entry, item_pos, f"{what}[{index}]")
+        return value
+
+    def _check_map(self, value: Any, schema: Schema | None, pos: Position, what: str) -> Any:
+        if not isinstance(value, dict):
+            return self._wrong(value, "a mapping", pos, what)
+        entry = schema.entry_schema if schema is not None else None
+        key_schema = schema.key_schema if schema is not None else None
+        for key, item in value.items():
+            item_pos = value.at(key) if isinstance(value, YMap) else pos
+            if key_schema is not None:
+                key_pos = value.key_at(key) if isinstance(value, YMap) else pos
+                self.check(key, key_schema, key_pos, f"key '{key}' of {what}")
+            if entry is not None:
+                self.check(item, entry, item_pos, f"entry '{key}' of {what}")
+        return value
 
     # -- constraints ---------------------------------------------------------------------
 

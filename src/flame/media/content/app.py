@@ -4,10 +4,8 @@ on every answer, errors included."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
@@ -20,13 +18,12 @@ from flame import __version__
 from flame.common.access import PUBLIC, require_declared
 from flame.common.auth import Principal
 from flame.common.errors import FlameError
-from flame.common.http_api import install_errors
-from flame.media.content.auth import ContentAuth, TenantOnly
+from flame.media.appkit import media_app
+from flame.media.content.auth import TenantOnly
 from flame.media.content.catalog import Search, new_id
 from flame.media.content.errors import (
     BadRequest,
     Conflict,
-    ContentError,
     NotFound,
     PreconditionFailed,
     TooLarge,
@@ -42,6 +39,7 @@ from flame.media.content.ingest import (
 from flame.media.content.multipart import parse_form
 from flame.media.content.rules import check_rule
 from flame.media.content.service import ContentService
+from flame.media.content.storage import BlobStore
 from flame.media.content.tus import (
     CHECKSUM_ALGORITHMS,
     EXTENSIONS,
@@ -128,43 +126,35 @@ async def _read_json(request: Request, limits: Limits) -> Any:
         raise BadRequest(f"the body is not JSON: {exc}", code="invalid_json") from None
 
 
-def create_app(service: ContentService) -> FastAPI:  # noqa: C901 (issue 18: split it)
-    @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await service.start()
-        try:
-            yield
-        finally:
-            await service.close()
-
-    app = FastAPI(
+def create_app(service: ContentService) -> FastAPI:
+    app = media_app(
+        service,
         title="FLAME content SF",
-        version=__version__,
         description="Ingest (tus, multipart), storage, metadata and quality analysis of media.",
-        lifespan=lifespan,
+        name="the content SF",
+        error_headers=_error_headers,
     )
-    app.add_middleware(ContentAuth, auth=service.auth)
-    install_errors(app, "the content SF")
+    # Registration order is matching order: the public routes first, as ever.
+    _public_routes(app, service)
+    _tus_routes(app, service)
+    _multipart_route(app, service)
+    _asset_routes(app, service)
+    _tenant_routes(app, service)
+    return require_declared(app)
 
-    async def flame_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, FlameError)
-        headers: dict[str, str] = dict(getattr(exc, "headers", {}) or {})
-        if exc.http_status == 401:
-            headers["WWW-Authenticate"] = 'Bearer realm="flame-media"'
-        elif exc.http_status == 503:
-            headers["Retry-After"] = "1"
-        if request.url.path.startswith("/v1/uploads"):
-            headers["Tus-Resumable"] = TUS_VERSION
-        return JSONResponse(exc.as_dict(), status_code=exc.http_status, headers=headers)
 
-    app.add_exception_handler(FlameError, flame_error)
-    app.add_exception_handler(ContentError, flame_error)
-    limits = service.config.limits
-    catalog, uploads, ingest, worker, store = (
-        service.catalog, service.uploads, service.ingest, service.worker, service.store,
-    )  # fmt: skip
+def _error_headers(request: Request, exc: FlameError) -> dict[str, str]:
+    """A busy SF says when to come back; tus routes answer Tus-Resumable even on errors."""
+    headers: dict[str, str] = {}
+    if exc.http_status == 503:
+        headers["Retry-After"] = "1"
+    if request.url.path.startswith("/v1/uploads"):
+        headers["Tus-Resumable"] = TUS_VERSION
+    return headers
 
-    # -- public ------------------------------------------------------------------------------
+
+def _public_routes(app: FastAPI, service: ContentService) -> None:
+    catalog, store = service.catalog, service.store
 
     @app.get("/health", dependencies=[PUBLIC])
     async def health() -> dict[str, Any]:
@@ -184,9 +174,11 @@ def create_app(service: ContentService) -> FastAPI:  # noqa: C901 (issue 18: spl
     async def published(asset_id: str, request: Request) -> Response:
         """A published asset, for the service's viewers (through the SRs): no token."""
         asset = await catalog.get_published(asset_id)
-        return await _serve(request, asset, public=True)
+        return await _serve(request, asset, store, public=True)
 
-    # -- tus ---------------------------------------------------------------------------------
+
+def _tus_routes(app: FastAPI, service: ContentService) -> None:
+    limits, uploads = service.config.limits, service.uploads
 
     @app.options("/v1/uploads")
     async def tus_options(caller: TenantOnly) -> Response:
@@ -261,7 +253,9 @@ def create_app(service: ContentService) -> FastAPI:  # noqa: C901 (issue 18: spl
         await uploads.terminate(_tenant(caller), upload_id)
         return Response(status_code=204, headers={"Tus-Resumable": TUS_VERSION})
 
-    # -- assets ------------------------------------------------------------------------------
+
+def _multipart_route(app: FastAPI, service: ContentService) -> None:
+    limits, catalog, ingest = service.config.limits, service.catalog, service.ingest
 
     @app.post("/v1/assets", status_code=201)
     async def multipart_upload(request: Request, caller: TenantOnly) -> JSONResponse:
@@ -310,6 +304,12 @@ def create_app(service: ContentService) -> FastAPI:  # noqa: C901 (issue 18: spl
         return JSONResponse(
             _asset_view(asset), status_code=201, headers={"Location": f"/v1/assets/{asset_id}"}
         )
+
+
+def _asset_routes(app: FastAPI, service: ContentService) -> None:
+    limits, catalog, worker, store = (
+        service.config.limits, service.catalog, service.worker, service.store,
+    )  # fmt: skip
 
     @app.get("/v1/assets")
     async def search(
@@ -369,7 +369,9 @@ def create_app(service: ContentService) -> FastAPI:  # noqa: C901 (issue 18: spl
 
     @app.api_route("/v1/assets/{asset_id}/content", methods=["GET", "HEAD"])
     async def content(asset_id: str, request: Request, caller: TenantOnly) -> Response:
-        return await _serve(request, await catalog.get(_tenant(caller), asset_id), public=False)
+        return await _serve(
+            request, await catalog.get(_tenant(caller), asset_id), store, public=False
+        )
 
     @app.post("/v1/assets/{asset_id}/analyse", status_code=202)
     async def analyse(asset_id: str, request: Request, caller: TenantOnly) -> dict[str, Any]:
@@ -398,7 +400,11 @@ def create_app(service: ContentService) -> FastAPI:  # noqa: C901 (issue 18: spl
         await catalog.set_published(tenant, asset_id, False)
         return _asset_view(await catalog.get(tenant, asset_id))
 
-    # -- tenant settings, jobs, status -------------------------------------------------------
+
+def _tenant_routes(app: FastAPI, service: ContentService) -> None:
+    limits, catalog, worker, store = (
+        service.config.limits, service.catalog, service.worker, service.store,
+    )  # fmt: skip
 
     @app.get("/v1/schema")
     async def get_schema(caller: TenantOnly) -> dict[str, Any]:
@@ -459,54 +465,54 @@ def create_app(service: ContentService) -> FastAPI:  # noqa: C901 (issue 18: spl
             "uptime_s": round(time.monotonic() - service.started, 3),
         }
 
-    # -- retrieval ---------------------------------------------------------------------------
 
-    async def _serve(request: Request, asset: dict[str, Any], *, public: bool) -> Response:
-        size = int(asset["size"])
-        etag = f'"{asset["sha256"]}"'
-        modified = float(asset["created_at"])
-        name = str(asset["name"])
-        headers = {
-            "ETag": etag,
-            "Last-Modified": formatdate(modified, usegmt=True),
-            "Accept-Ranges": "bytes",
-            "Content-Type": str(asset["content_type"]),
-            "Cache-Control": "public, max-age=3600" if public else "private, no-cache",
-            "Content-Disposition": f"inline; filename*=UTF-8''{quote(name, safe='')}",
-        }
-        inm = request.headers.get("if-none-match")
-        if inm is not None:
-            if etag_matches(inm, etag):
-                return Response(status_code=304, headers=headers)
-        else:
-            since = parse_http_date(request.headers.get("if-modified-since"))
-            if since is not None and int(modified) <= since:
-                return Response(status_code=304, headers=headers)
-        raw = request.headers.get("range") if request.method == "GET" else None
-        if raw is not None:
-            if_range = request.headers.get("if-range")
-            if if_range is not None and if_range.strip() != etag:
-                raw = None
-        selected = parse_range(raw, size)
-        if selected is UNSATISFIABLE or (
-            raw is not None and selected is not None and not isinstance(selected, ByteRange)
-        ):
-            return JSONResponse(
-                {
-                    "error": "range_not_satisfiable",
-                    "message": f"no byte of {raw!r} lies in 0-{size - 1}",
-                },
-                status_code=416,
-                headers={"Content-Range": content_range(UNSATISFIABLE, size)},
-            )
-        status, start, end = 200, 0, size - 1
-        if isinstance(selected, ByteRange):
-            status, start, end = 206, selected.start, selected.end
-            headers["Content-Range"] = content_range(selected, size)
-        headers["Content-Length"] = str(end - start + 1 if size else 0)
-        if request.method == "HEAD" or size == 0:
-            return Response(status_code=status, headers=headers)
-        return StreamingResponse(store.read(str(asset["storage_key"]), start, end),
-                                 status_code=status, headers=headers)  # fmt: skip
-
-    return require_declared(app)
+async def _serve(
+    request: Request, asset: dict[str, Any], store: BlobStore, *, public: bool
+) -> Response:
+    """An asset's bytes with validators and ranges (RFC 9110); `public` for published ones."""
+    size = int(asset["size"])
+    etag = f'"{asset["sha256"]}"'
+    modified = float(asset["created_at"])
+    name = str(asset["name"])
+    headers = {
+        "ETag": etag,
+        "Last-Modified": formatdate(modified, usegmt=True),
+        "Accept-Ranges": "bytes",
+        "Content-Type": str(asset["content_type"]),
+        "Cache-Control": "public, max-age=3600" if public else "private, no-cache",
+        "Content-Disposition": f"inline; filename*=UTF-8''{quote(name, safe='')}",
+    }
+    inm = request.headers.get("if-none-match")
+    if inm is not None:
+        if etag_matches(inm, etag):
+            return Response(status_code=304, headers=headers)
+    else:
+        since = parse_http_date(request.headers.get("if-modified-since"))
+        if since is not None and int(modified) <= since:
+            return Response(status_code=304, headers=headers)
+    raw = request.headers.get("range") if request.method == "GET" else None
+    if raw is not None:
+        if_range = request.headers.get("if-range")
+        if if_range is not None and if_range.strip() != etag:
+            raw = None
+    selected = parse_range(raw, size)
+    if selected is UNSATISFIABLE or (
+        raw is not None and selected is not None and not isinstance(selected, ByteRange)
+    ):
+        return JSONResponse(
+            {
+                "error": "range_not_satisfiable",
+                "message": f"no byte of {raw!r} lies in 0-{size - 1}",
+            },
+            status_code=416,
+            headers={"Content-Range": content_range(UNSATISFIABLE, size)},
+        )
+    status, start, end = 200, 0, size - 1
+    if isinstance(selected, ByteRange):
+        status, start, end = 206, selected.start, selected.end
+        headers["Content-Range"] = content_range(selected, size)
+    headers["Content-Length"] = str(end - start + 1 if size else 0)
+    if request.method == "HEAD" or size == 0:
+        return Response(status_code=status, headers=headers)
+    return StreamingResponse(store.read(str(asset["storage_key"]), start, end),
+                             status_code=status, headers=headers)  # fmt: skip

@@ -16,6 +16,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+from flame.common.atomicfile import atomic_write
 from flame.media.live.config import LiveConfig
 
 __all__ = [
@@ -130,6 +131,4 @@ def close_window(out_dir: Path) -> bool:
 
 
 def _replace(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".closing")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write(path, text)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from flame.common.backoff import backoff_delay
 from flame.media.live.config import LiveConfig
 from flame.media.live.pipeline import close_window, parse_progress, session_argv, srt_url
 from flame.media.tasks import TaskSet
@@ -269,7 +270,7 @@ class LiveIngest:
         owner = self.feeds[name] if bound else self.srt_backoff
         stable = session.live_since is not None and time.time() - session.live_since >= _STABLE_S
         owner.crash_streak = 1 if stable else owner.crash_streak + 1
-        delay = min(_BACKOFF_MAX_S, _BACKOFF_FIRST_S * 2 ** (owner.crash_streak - 1))
+        delay = backoff_delay(owner.crash_streak, _BACKOFF_FIRST_S, _BACKOFF_MAX_S)
         owner.next_allowed = time.monotonic() + delay
         owner.restarts += 1
         log.warning("feed %s: ffmpeg crashed (%s), next start in %.1f s",

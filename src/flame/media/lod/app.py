@@ -7,7 +7,6 @@ that tenant's models. Errors are JSON ``{"error", "message"}``.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import AsyncIterator
 from email.utils import formatdate
@@ -17,15 +16,12 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from flame import __version__
 from flame.common.access import PUBLIC, require_declared
 from flame.common.auth import Principal
-from flame.common.errors import FlameError
-from flame.common.http_api import install_errors
-from flame.media.content.auth import ContentAuth, TenantOnly
+from flame.media.appkit import media_app
+from flame.media.content.auth import TenantOnly
 from flame.media.content.errors import (
     BadRequest,
-    ContentError,
     NotFound,
     TooLarge,
     UnsupportedMediaType,
@@ -165,32 +161,13 @@ async def _body(request: Request, service: LodService) -> bytes:
 
 
 def create_app(service: LodService) -> FastAPI:
-    @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await service.start()
-        try:
-            yield
-        finally:
-            await service.close()
-
-    app = FastAPI(
+    app = media_app(
+        service,
         title="FLAME LOD SF",
-        version=__version__,
         description="3D models (glTF) at levels of detail chosen by client hints (MC-11).",
-        lifespan=lifespan,
+        name="the LOD SF",
+        realm="flame-lod",
     )
-    app.add_middleware(ContentAuth, auth=service.auth)
-    install_errors(app, "the LOD SF")
-
-    async def refused(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, FlameError)
-        headers: dict[str, str] = dict(getattr(exc, "headers", {}) or {})
-        if exc.http_status == 401:
-            headers["WWW-Authenticate"] = 'Bearer realm="flame-lod"'
-        return JSONResponse(exc.as_dict(), status_code=exc.http_status, headers=headers)
-
-    app.add_exception_handler(FlameError, refused)
-    app.add_exception_handler(ContentError, refused)
     store = service.store
 
     def public_model(name: str) -> Model:

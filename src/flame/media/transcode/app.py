@@ -10,7 +10,6 @@ import json
 import os
 import re
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from flame import __version__
 from flame.common.access import PUBLIC, require_declared
 from flame.common.auth import Principal
-from flame.common.errors import FlameError
-from flame.common.http_api import install_errors
-from flame.media.content.auth import ContentAuth, TenantOnly
-from flame.media.content.errors import BadRequest, ContentError, NotFound, TooLarge
+from flame.media.appkit import media_app
+from flame.media.content.auth import TenantOnly
+from flame.media.content.errors import BadRequest, NotFound, TooLarge
 from flame.media.content.ingest import Limits, guarded_body
 from flame.media.transcode.ladder import parse_job
 from flame.media.transcode.output import PLAYERS, player_page, serve_file
@@ -55,32 +53,12 @@ async def _read_json(request: Request, limits: Limits) -> Any:
 
 
 def create_app(service: TranscodeService) -> FastAPI:
-    @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await service.start()
-        try:
-            yield
-        finally:
-            await service.close()
-
-    app = FastAPI(
+    app = media_app(
+        service,
         title="FLAME transcoder SF",
-        version=__version__,
         description="Ladders in H.264/HEVC/AV1 packaged once into CMAF for HLS and DASH.",
-        lifespan=lifespan,
+        name="the transcoder SF",
     )
-    app.add_middleware(ContentAuth, auth=service.auth)
-    install_errors(app, "the transcoder SF")
-
-    async def flame_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, FlameError)
-        headers: dict[str, str] = dict(getattr(exc, "headers", {}) or {})
-        if exc.http_status == 401:
-            headers["WWW-Authenticate"] = 'Bearer realm="flame-media"'
-        return JSONResponse(exc.as_dict(), status_code=exc.http_status, headers=headers)
-
-    app.add_exception_handler(FlameError, flame_error)
-    app.add_exception_handler(ContentError, flame_error)
     transcoder = service.transcoder
     settings = service.config.settings
     body_limits = Limits()

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from flame.common.atomicfile import atomic_write
 from flame.media.content.analysis import Options, full_reference, probe
 from flame.media.content.errors import Conflict, ContentError, NotFound
 from flame.media.content.reporter import ClmcReporter
@@ -495,9 +496,7 @@ class Transcoder:
         path = self.jobs_dir / job.id / "job.json"
         if not path.parent.is_dir():
             return
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(job.view()))
-        tmp.replace(path)
+        atomic_write(path, json.dumps(job.view()))
 
 
 def _int_or(value: str | None, default: int) -> int:

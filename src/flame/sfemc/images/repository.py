@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flame.common._files import atomic_write_private
+from flame.common.atomicfile import atomic_write_private
 from flame.sfemc.images.archive import ZSTD_MAGIC, decompress, digest_of, unpack_archive
 from flame.sfemc.images.errors import ImageError, ImageNotFound, IntegrityError
 from flame.sfemc.images.manifest import IMAGE_MANIFEST, ImageManifest

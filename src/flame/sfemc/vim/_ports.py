@@ -13,7 +13,7 @@ import socket
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from flame.common._files import atomic_write_private
+from flame.common.atomicfile import atomic_write_private
 
 
 class PortsExhausted(Exception):

@@ -37,7 +37,8 @@ from typing import Any, Literal
 
 import httpx
 
-from flame.common._files import atomic_write_private
+from flame.common.atomicfile import atomic_write_private
+from flame.common.backoff import Backoff
 from flame.sfemc.images import ImageError, ImageManifest, ImageRepository
 from flame.sfemc.vim._ports import PortAllocator, PortsExhausted
 from flame.sfemc.vim._proc import (
@@ -643,7 +644,7 @@ class ProcessVim:
 
     async def _supervisor(self, rec: _Sfe) -> None:
         """Keep a `running` SFE running: restart on exit with exponential back-off."""
-        failures = 0
+        backoff = Backoff(*self.backoff_s)
         health, _ = self._health(rec)
         interval = health.interval_s if health else 1.0
         while rec.desired == "running":
@@ -654,14 +655,13 @@ class ProcessVim:
                 continue
             code = _exit_code(rec)
             if time.monotonic() - rec.started_at > _STABLE_S:
-                failures = 0
-            failures += 1
-            delay = min(self.backoff_s[0] * 2 ** (failures - 1), self.backoff_s[1])
+                backoff.reset()
+            delay = backoff.failure()
             why = f"exited with status {code}" if code is not None else "was found not running"
             self._set(
                 rec,
                 restarts=int(rec.doc.get("restarts", 0)) + 1,
-                reason=f"the process {why}; restart {failures} in {delay:g}s",
+                reason=f"the process {why}; restart {backoff.failures} in {delay:g}s",
             )
             rec.healthy = False
             log.warning("%s %s: restarting in %gs", rec.name, why, delay)

@@ -47,7 +47,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flame.common._files import atomic_write_private
+from flame.common.atomicfile import atomic_write_private
 
 __all__ = [
     "APP_DIR",
