@@ -1,4 +1,7 @@
-"""A real orchestrator + SFEMC served by uvicorn on a loopback port, for API and e2e tests."""
+"""A real orchestrator + SFEMC served by uvicorn on a loopback port, for API and e2e tests.
+
+Built by the factory `flame serve orchestrator` uses (`flame.orchestrator.build`), with the
+test's VIMs and registrar in place of the ones the settings would build, and no CLMC."""
 
 from __future__ import annotations
 
@@ -14,14 +17,12 @@ import uvicorn
 from flame.common.auth import Role, TokenStore
 from flame.common.ports import free_port
 from flame.orchestrator.alerts import InProcessAlertSink
-from flame.orchestrator.api import create_app
-from flame.orchestrator.service import Orchestrator
+from flame.orchestrator.build import OrchestratorSettings, build_orchestrator
+from flame.sfemc.build import SfemcParts, SfemcSettings
 from flame.sfemc.control import ImageResolver, Sfemc
 from flame.sfemc.events import InProcessBus
 from flame.sfemc.registrar import Registrar
-from flame.sfemc.store import open_store
 from flame.sfemc.vim.base import VimDriver
-from flame.topology.loader import load_topology
 
 ROOT = Path(__file__).resolve().parents[2]
 SANDPIT = ROOT / "examples" / "topology" / "sandpit.yaml"
@@ -61,20 +62,16 @@ async def running_platform(
     operator = tokens.issue("ops", Role.OPERATOR)
     acme = tokens.issue("acme", Role.TENANT, "acme")
     globex = tokens.issue("globex", Role.TENANT, "globex")
-    bus = InProcessBus()
-    store = open_store(tmp / "sfemc.db")
-    sfemc = Sfemc(
-        store,
-        bus,
-        load_topology(topology),
-        vims,
-        registrar,
-        drain_s=drain_s,
-        resync_s=0,
-        images=images,
+    settings = OrchestratorSettings(
+        topology_path=topology,
+        sfemc=SfemcSettings(state_dir=tmp, db=str(tmp / "sfemc.db"), drain_s=drain_s, resync_s=0),
+        clmc_url=None,
     )
-    alerts = InProcessAlertSink()
-    app = create_app(Orchestrator(sfemc, alerts), tokens)
+    built = build_orchestrator(
+        settings, warn=_no_warning, parts=SfemcParts(vims, registrar, images=images)
+    )
+    assert isinstance(built.alerts, InProcessAlertSink)
+    app = built.app
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
@@ -87,8 +84,19 @@ async def running_platform(
             await task
         await asyncio.sleep(0.01)
     try:
-        yield Platform(f"http://127.0.0.1:{port}", sfemc, alerts, bus, operator, acme, globex)
+        yield Platform(
+            f"http://127.0.0.1:{port}",
+            built.runtime.sfemc,
+            built.alerts,
+            built.bus,
+            operator,
+            acme,
+            globex,
+        )
     finally:
         server.should_exit = True
-        await task
-        store.close()
+        await task  # the app's lifespan closes the SFEMC, its store, VIMs and registrar
+
+
+def _no_warning(message: str) -> None:
+    raise AssertionError(f"the test platform warned: {message}")

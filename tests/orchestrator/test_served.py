@@ -11,8 +11,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
+from flame.common.ports import free_port
 from flame.sfemc.registrar import HttpRegistrar, RegistrationRefused
 from flame.sfr.client import PceClient
 from flame.sfr.models import Endpoint
@@ -182,3 +184,51 @@ def test_serve_orchestrator_without_a_clmc_says_so(tmp_path: Path) -> None:
     assert r.returncode == 1
     assert "--clmc URL" in r.stderr
     assert "--no-clmc" in r.stderr
+
+
+def test_serve_orchestrator_with_no_clmc_and_no_pce_says_what_it_runs(tmp_path: Path) -> None:
+    """Issue 18 items 1 and 5: `flame serve orchestrator` parses its options into the
+    factory's settings; run with --no-clmc and no PCE, it says on start that alert rules are
+    not evaluated and that endpoints are registered in its own process only."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("FLAME_")},
+        "FLAME_CONFIG": str(tmp_path / "config.toml"),
+        "FLAME_STATE_DIR": str(tmp_path / "state"),
+    }
+    (tmp_path / "config.toml").touch()
+    port = free_port()
+    log = tmp_path / "orchestrator.log"
+    with log.open("wb") as out:
+        args = ["serve", "orchestrator", "--topology", str(TOPOLOGY), "--no-clmc"]
+        proc = subprocess.Popen(
+            [*FLAME, *args, "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        deadline = time.monotonic() + 60  # generous: a loaded 2-core machine starts slowly
+        while not _healthy(f"http://127.0.0.1:{port}/health"):
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    text = log.read_text()
+    assert "warning: --no-clmc: alert rules are not evaluated" in text
+    assert "endpoints are registered in this process only" in text
+    assert "warning: no API tokens in" in text
+    assert (
+        f"orchestrator + SFEMC on http://127.0.0.1:{port} (topology 'two-clusters', "
+        "store sqlite, registrar in-process)"
+    ) in text
+    assert proc.returncode in (0, -signal.SIGTERM)  # stopped by the signal, not failed
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False

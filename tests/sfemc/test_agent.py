@@ -31,14 +31,13 @@ from starlette.responses import Response
 
 from flame.common.access import require_declared
 from flame.common.auth import Role, TokenStore
-from flame.common.diagnostics import DiagnosticSink
 from flame.common.http_api import BearerAuth, install_errors
-from flame.sfemc.agent import ImageSource, build_agent_vim, create_agent_app
+from flame.sfemc.agent import ImageSource
 from flame.sfemc.api import sfemc_router
+from flame.sfemc.build import VimAgentSettings, build_vim_agent
 from flame.sfemc.images import ImageRepository, build_image
 from flame.sfemc.vim.base import EndpointSpec, VimError, VimState, VimUnreachable
 from flame.sfemc.vim.remote import RemoteVim
-from flame.topology.loader import parse_topology
 
 pytestmark = pytest.mark.asyncio
 
@@ -54,14 +53,6 @@ clusters:
   edge: {{sr: sr-e, address: {ADDRESS}, capacity: {{cpus: 4, memory: 4 GB, disk: 10 GB}}}}
   other: {{sr: sr-e, capacity: {{cpus: 4, memory: 4 GB, disk: 10 GB}}}}
 """
-
-
-def topology() -> Any:
-    sink = DiagnosticSink()
-    topo = parse_topology(TOPOLOGY, "one-edge.yaml", sink)
-    assert topo is not None, sink.items
-    assert not sink.has_errors(), sink.items
-    return topo
 
 
 @dataclass
@@ -140,19 +131,23 @@ async def agent(
     orchestrator: Served,
     tokens: tuple[TokenStore, str, str],
 ) -> AsyncIterator[Agent]:
-    store, operator, _ = tokens
+    _, operator, _ = tokens
     base = 41000 + (os.getpid() % 300) * 20
-    vim = build_agent_vim(
-        topology(),
-        ["edge"],
-        tmp_path / "agent",
-        port_base=base,
-        grace_s=2.0,
-        boot_timeout_s=15.0,
+    (tmp_path / "one-edge.yaml").write_text(TOPOLOGY)
+    built = build_vim_agent(  # as `flame serve vim` builds it
+        VimAgentSettings(
+            clusters=("edge",),
+            topology_path=tmp_path / "one-edge.yaml",
+            state_dir=tmp_path,  # the `tokens` fixture's store
+            token=operator,
+            images_url=orchestrator.url,
+            root=tmp_path / "agent",
+            port_base=base,
+            process_options={"grace_s": 2.0, "boot_timeout_s": 15.0},
+        ),
+        warn=pytest.fail,
     )
-    app = create_agent_app(
-        vim, store, images=ImageSource(vim.repository, orchestrator.url, operator)
-    )
+    vim, app = built.vim, built.app
     remote = RemoteVim(
         "http://localhost",
         operator,

@@ -21,9 +21,10 @@ from flame.cli.orchestrator_commands import _kubeconfigs
 from flame.common.diagnostics import DiagnosticSink
 from flame.common.errors import ConfigError, UserError
 from flame.common.tls import ClearTextToken
+from flame.sfemc.build import SfemcSettings, build_sfemc
 from flame.sfemc.events import InProcessBus
 from flame.sfemc.images import ImageRepository
-from flame.sfemc.runtime import build_runtime, build_vims
+from flame.sfemc.runtime import build_vims
 from flame.sfemc.vim.base import EndpointSpec, PortSpec, VimState
 from flame.sfemc.vim.kubernetes import KubernetesVim
 from flame.sfemc.vim.process import ProcessVim
@@ -195,13 +196,10 @@ def test_configuration_mistakes_are_refused_with_the_fix(tmp_path: Path) -> None
 
 @pytest.mark.usefixtures("no_default_kubernetes")
 def test_a_deployment_onto_a_cluster_without_credentials_says_why(tmp_path: Path) -> None:
-    runtime = build_runtime(
+    runtime = build_sfemc(
+        SfemcSettings(state_dir=tmp_path, vim_agents={"edge": "https://192.0.2.10:7090"}),
         topology(),
         InProcessBus(),
-        db=str(tmp_path / "sfemc.sqlite3"),
-        state_dir=tmp_path,
-        images_dir=tmp_path / "images",
-        vim_agents={"edge": "https://192.0.2.10:7090"},
     )
     try:
         assert set(runtime.vims) == {"here", "plain", "edge"}

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from flame.sandbox.up import UpOptions, plan, resolve_topology
+from flame.sfemc.build import SfemcSettings, build_sfemc
 from flame.sfemc.events import InProcessBus
-from flame.sfemc.runtime import build_runtime
 from flame.sfemc.vim.process import ProcessVim
 from flame.topology.loader import load_topology
 
@@ -26,13 +26,10 @@ def test_flame_up_passes_the_choice_to_the_orchestrator(tmp_path: Path, allow: b
 
 @pytest.mark.parametrize("allow", [False, True])
 def test_the_orchestrator_builds_its_vim_with_the_choice(tmp_path: Path, allow: bool) -> None:
-    runtime = build_runtime(
+    runtime = build_sfemc(
+        SfemcSettings(state_dir=tmp_path, allow_unconfined_sfes=allow),
         load_topology(resolve_topology("sandbucket")),
         InProcessBus(),
-        db=str(tmp_path / "sfemc.sqlite3"),
-        state_dir=tmp_path,
-        images_dir=tmp_path / "images",
-        allow_unconfined_sfes=allow,
     )
     try:
         vims = {id(v): v for v in runtime.vims.values()}.values()

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from flame.sfemc.build import SfemcParts, SfemcSettings, build_sfemc
 from flame.sfemc.control import Sfemc
 from flame.sfemc.events import ALERT_TOPIC, DECISION_TOPIC, AlertEvent, DecisionEvent, InProcessBus
 from flame.sfemc.registrar import InProcessRegistrar
-from flame.sfemc.store import open_store
 from flame.topology.loader import load_topology
 from flame.tosca import load_service
 
@@ -28,15 +28,15 @@ BRISTOL = "vod-1.cache.edge-bristol"
 async def sfemc(tmp_path: Path) -> AsyncIterator[Sfemc]:
     topology = load_topology(SANDPIT)
     vim = FakeVim()
-    s = Sfemc(
-        open_store(tmp_path / "s.db"),
-        InProcessBus(),
+    s = build_sfemc(  # as `flame serve orchestrator` builds it, over an in-memory VIM
+        SfemcSettings(state_dir=tmp_path, db=str(tmp_path / "s.db"), drain_s=0, resync_s=0),
         topology,
-        dict.fromkeys(topology.clusters, vim),
-        InProcessRegistrar({"vod.flame.example": "acme"}),
-        drain_s=0,
-        resync_s=0,
-    )
+        InProcessBus(),
+        parts=SfemcParts(
+            dict.fromkeys(topology.clusters, vim),
+            InProcessRegistrar({"vod.flame.example": "acme"}),
+        ),
+    ).sfemc
     await s.start()
     s.apply("acme", load_service([VOD], topology=topology), {"service.yaml": VOD.read_text()})
     await s.reconciler.wait_idle(5)

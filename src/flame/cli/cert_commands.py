@@ -13,14 +13,11 @@ from typing import Any
 
 import click
 
-from flame.cli.sfr_commands import _client, _CliState, _columns, _emit, _pce_option
+from flame.cli._state import CliState as _CliState
+from flame.cli.sfr_commands import _client, _columns, _emit, _pce_option
 from flame.common.errors import UserError
 
-__all__ = ["install"]
-
-
-def install(cli: click.Group) -> None:
-    cli.add_command(cert_group)
+__all__ = ["cert_group"]
 
 
 @click.group("cert")

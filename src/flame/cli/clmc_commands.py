@@ -11,31 +11,16 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
-from typing import Protocol
 
 import click
 
 from flame.cli._serve import run_server, tls_files, tls_options
+from flame.cli._state import CliState
 from flame.common.auth import TokenStore
 from flame.common.config import Config
 from flame.common.logging import setup_logging
 
-__all__ = ["install"]
-
-
-class _CliState(Protocol):
-    json: bool
-
-    def config(self) -> Config: ...
-
-
-def install(cli: click.Group) -> None:
-    """Add `flame serve clmc` (creating the `serve` group if no one did yet)."""
-    serve = cli.commands.get("serve")
-    if not isinstance(serve, click.Group):
-        serve = click.Group("serve", help="Run a FLAME component as a service.")
-        cli.add_command(serve)
-    serve.add_command(serve_clmc)
+__all__ = ["serve_clmc"]
 
 
 @click.command("clmc")
@@ -125,7 +110,7 @@ def install(cli: click.Group) -> None:
 @tls_options
 @click.pass_obj
 def serve_clmc(
-    state: _CliState,
+    state: CliState,
     data_dir: Path | None,
     host: str,
     port: int,

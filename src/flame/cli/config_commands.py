@@ -10,28 +10,18 @@ config's `clmc_url`, asked with its token: a tenant sees only its own chains' re
 from __future__ import annotations
 
 import json
-from typing import Any, Protocol
+from typing import Any
 
 import click
 import httpx
 
-from flame.common.config import Config
+from flame.cli._state import CliState
 from flame.common.errors import UserError
 from flame.common.tls import client_verify, require_private_url
 
-__all__ = ["install"]
+__all__ = ["COMMANDS"]
 
 _KINDS = click.Choice(["template", "policies", "topology"])
-
-
-class _CliState(Protocol):
-    json: bool
-
-    def config(self) -> Config: ...
-
-
-def install(cli: click.Group) -> None:
-    cli.add_command(config_group)
 
 
 @click.group("config")
@@ -39,7 +29,7 @@ def config_group() -> None:
     """What the orchestrator put in force, when (the CLMC's configuration store, CLMC-3)."""
 
 
-def _get(state: _CliState, path: str, params: dict[str, str]) -> Any:
+def _get(state: CliState, path: str, params: dict[str, str]) -> Any:
     config = state.config()
     if config.clmc_url is None:
         raise UserError("no CLMC: set clmc_url in the config (flame up writes it)")
@@ -73,7 +63,7 @@ def _line(item: dict[str, Any]) -> str:
 @click.argument("name")
 @click.option("--kind", type=_KINDS, help="Only this kind (default: template and policies).")
 @click.pass_obj
-def history(state: _CliState, name: str, kind: str | None) -> None:
+def history(state: CliState, name: str, kind: str | None) -> None:
     """Every recorded version of chain NAME (or topology NAME with --kind topology)."""
     kinds = [kind] if kind else ["template", "policies"]
     versions: list[dict[str, Any]] = []
@@ -101,7 +91,7 @@ def history(state: _CliState, name: str, kind: str | None) -> None:
 @click.option("--kind", type=_KINDS, help="Only this kind (default: template and policies).")
 @click.option("--show", is_flag=True, help="Print the content (template files, policies).")
 @click.pass_obj
-def at_time(state: _CliState, name: str, at: str | None, kind: str | None, show: bool) -> None:
+def at_time(state: CliState, name: str, at: str | None, kind: str | None, show: bool) -> None:
     """What of chain NAME was in force at a time."""
     params = {"at": at} if at else {}
     found: list[dict[str, Any]] = []
@@ -127,3 +117,6 @@ def at_time(state: _CliState, name: str, at: str | None, kind: str | None, show:
                     click.echo(str(text).rstrip("\n"))
             else:
                 click.echo(json.dumps(content, indent=2))
+
+
+COMMANDS = (config_group,)

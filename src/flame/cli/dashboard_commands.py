@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
 
 import click
 
 from flame.cli._serve import run_server, tls_files, tls_options
-from flame.common.config import Config
+from flame.cli._state import CliState
 from flame.common.logging import setup_logging
 
-__all__ = ["install"]
-
-
-class _CliState(Protocol):
-    def config(self) -> Config: ...
-
-
-def install(cli: click.Group) -> None:
-    serve = cli.commands.get("serve")
-    if not isinstance(serve, click.Group):
-        raise RuntimeError("install the SFR commands first: they create `flame serve`")
-    serve.add_command(serve_dashboard)
+__all__ = ["serve_dashboard"]
 
 
 @click.command("dashboard")
@@ -42,7 +30,7 @@ def install(cli: click.Group) -> None:
 @tls_options
 @click.pass_obj
 def serve_dashboard(
-    state: _CliState,
+    state: CliState,
     host: str,
     port: int,
     pce_url: str | None,

@@ -10,28 +10,17 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Protocol
 
 import click
 import httpx
 
-from flame.common.config import Config
+from flame.cli._state import CliState
 from flame.common.tls import client_verify
 
-__all__ = ["install", "probe"]
+__all__ = ["COMMANDS", "probe"]
 
 _POLL_S = 0.2
 _MAX_BODY = 4096  # what is echoed of an answer: a health body is small; never a flood
-
-
-class _CliState(Protocol):
-    json: bool
-
-    def config(self) -> Config: ...
-
-
-def install(cli: click.Group) -> None:
-    cli.add_command(health_cmd)
 
 
 def probe(
@@ -92,7 +81,7 @@ def probe(
 )
 @click.pass_obj
 def health_cmd(
-    state: _CliState, url: str, wait_s: float, timeout_s: float, host: str | None, any_answer: bool
+    state: CliState, url: str, wait_s: float, timeout_s: float, host: str | None, any_answer: bool
 ) -> None:
     """Check a component's health URL (e.g. https://10.0.0.1:7070/health); exit 0 when it
     answers 2xx, 1 otherwise. https:// is verified with the config's ca_file."""
@@ -115,3 +104,6 @@ def health_cmd(
         click.echo(f"{url}: {'healthy' if healthy else 'NOT healthy'} ({seen})", err=not healthy)
     if not healthy:
         raise SystemExit(1)
+
+
+COMMANDS = (health_cmd,)

@@ -17,17 +17,19 @@ from typing import Any
 import click
 
 from flame import __version__
-from flame.cli.cert_commands import install as install_cert_commands
-from flame.cli.clmc_commands import install as install_clmc_commands
-from flame.cli.config_commands import install as install_config_commands
-from flame.cli.dashboard_commands import install as install_dashboard_commands
-from flame.cli.health_commands import install as install_health_commands
-from flame.cli.orchestrator_commands import install as install_orchestrator_commands
-from flame.cli.sandbox_commands import install as install_sandbox_commands
-from flame.cli.sfemc_commands import install as install_sfemc_commands
-from flame.cli.sfr_commands import install as install_sfr_commands
+from flame.cli import (
+    cert_commands,
+    clmc_commands,
+    config_commands,
+    dashboard_commands,
+    health_commands,
+    orchestrator_commands,
+    sandbox_commands,
+    sfemc_commands,
+    sfr_commands,
+)
+from flame.cli._state import CliState, State, emit
 from flame.common.auth import Role, TokenStore
-from flame.common.config import Config, load_config
 from flame.common.diagnostics import Diagnostic, Severity, ValidationFailed
 from flame.common.errors import FlameError, UserError
 from flame.common.units import ScalarError, parse_scalar
@@ -38,38 +40,6 @@ from flame.tosca.validator import ValidationResult, validate
 EXIT_OK = 0
 EXIT_USER = 1
 EXIT_INTERNAL = 2
-
-
-class _State:
-    def __init__(self, json_output: bool, config_path: Path | None) -> None:
-        self.json = json_output
-        self.config_path = config_path
-
-    def config(self) -> Config:
-        return load_config(self.config_path)
-
-
-def _emit(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="flame")
-@click.option("--json", "json_output", is_flag=True, help="Machine-readable JSON output.")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Config file (default: $FLAME_CONFIG or ~/.config/flame/config.toml).",
-)
-@click.pass_context
-def cli(ctx: click.Context, json_output: bool, config_path: Path | None) -> None:
-    """FLAME: media service delivery on edge infrastructure.
-
-    Describe a service in FLAME-TOSCA, validate it, deploy it, and run the whole platform on
-    this machine with `flame up` (FLAME-in-a-box).
-    """
-    ctx.obj = _State(json_output, config_path)
 
 
 # -- validate ------------------------------------------------------------------------------
@@ -103,7 +73,7 @@ def _summary(result: ValidationResult) -> str:
     )
 
 
-@cli.command("validate")
+@click.command("validate")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--topology",
@@ -123,7 +93,7 @@ def _summary(result: ValidationResult) -> str:
 @click.option("--strict", is_flag=True, help="Treat warnings as errors.")
 @click.pass_obj
 def validate_cmd(
-    state: _State,
+    state: CliState,
     files: tuple[Path, ...],
     topology_path: Path | None,
     runtimes: tuple[str, ...],
@@ -144,7 +114,7 @@ def validate_cmd(
     result = validate(files, **kwargs)
     failed = not result.ok or (strict and bool(result.warnings))
     if state.json:
-        _emit(
+        emit(
             {
                 "ok": not failed,
                 "errors": len(result.errors),
@@ -176,20 +146,15 @@ def _print_diagnostic(d: Diagnostic) -> None:
 # -- topology ------------------------------------------------------------------------------
 
 
-@cli.group("topology")
-def topology_group() -> None:
-    """Topology files: service routers, clusters, user equipment and links."""
-
-
-@topology_group.command("check")
+@click.command("check")
 @click.argument("file", type=click.Path(path_type=Path))
 @click.pass_obj
-def topology_check(state: _State, file: Path) -> None:
+def topology_check(state: CliState, file: Path) -> None:
     """Check a topology file and summarise it."""
     topology = load_topology(file)
     routers, clusters = sorted(topology.service_routers), sorted(topology.clusters)
     if state.json:
-        _emit(
+        emit(
             {
                 "ok": True,
                 "name": topology.name,
@@ -208,17 +173,12 @@ def topology_check(state: _State, file: Path) -> None:
 # -- tokens --------------------------------------------------------------------------------
 
 
-@cli.group("token")
-def token_group() -> None:
-    """API tokens: an operator, or a tenant (media service provider) who sees only its own services."""
-
-
-def _token_store(state: _State) -> TokenStore:
+def _token_store(state: CliState) -> TokenStore:
     config = state.config()
     return TokenStore(config.state_dir / "tokens.json")
 
 
-@token_group.command("issue")
+@click.command("issue")
 @click.argument("name")
 @click.option(
     "--operator", "role", flag_value=Role.OPERATOR.value, help="Full control of the platform."
@@ -236,7 +196,7 @@ def _token_store(state: _State) -> TokenStore:
 )
 @click.pass_obj
 def token_issue(
-    state: _State, name: str, role: str | None, tenant: str | None, ttl: str | None
+    state: CliState, name: str, role: str | None, tenant: str | None, ttl: str | None
 ) -> None:
     """Issue a token; it is shown once and stored only hashed."""
     if (role is None) == (tenant is None):
@@ -246,7 +206,7 @@ def token_issue(
     token = store.issue(name, Role(role) if role else Role.TENANT, tenant, ttl=lifetime)
     if state.json:
         expires = None if lifetime is None else store.list()[-1].expires_at
-        _emit(
+        emit(
             {
                 "name": name,
                 "role": role or "tenant",
@@ -260,13 +220,13 @@ def token_issue(
         click.echo("store it now: it cannot be shown again", err=True)
 
 
-@token_group.command("list")
+@click.command("list")
 @click.pass_obj
-def token_list(state: _State) -> None:
+def token_list(state: CliState) -> None:
     """List issued tokens (names, roles and ids, never the tokens)."""
     infos = _token_store(state).list()
     if state.json:
-        _emit(
+        emit(
             [
                 {
                     "name": i.name,
@@ -304,25 +264,85 @@ def _parse_ttl(text: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-@token_group.command("revoke")
+@click.command("revoke")
 @click.argument("name")
 @click.pass_obj
-def token_revoke(state: _State, name: str) -> None:
+def token_revoke(state: CliState, name: str) -> None:
     """Revoke a token by name."""
     _token_store(state).revoke(name)
     if not state.json:
         click.echo(f"revoked '{name}'")
 
 
-install_sfr_commands(cli, topology_group)
-install_sfemc_commands(cli)
-install_orchestrator_commands(cli)
-install_sandbox_commands(cli)
-install_dashboard_commands(cli)
-install_clmc_commands(cli)
-install_config_commands(cli)
-install_cert_commands(cli)
-install_health_commands(cli)
+# -- the command tree --------------------------------------------------------------------------
+# Declared in one place: each component's module lists its commands (`COMMANDS`) and its
+# `flame serve` command; nothing depends on the order of imports or install calls.
+
+topology_group = click.Group(
+    "topology",
+    help="Topology files: service routers, clusters, user equipment and links.",
+    commands={
+        "check": topology_check,
+        "validate": topology_check,  # the same check, under the name `flame validate` suggests
+        "show": sfr_commands.topology_show,
+        "link-down": sfr_commands.link_down,
+        "link-up": sfr_commands.link_up,
+    },
+)
+
+token_group = click.Group(
+    "token",
+    help="API tokens: an operator, or a tenant (media service provider) who sees only its own "
+    "services.",
+    commands=[token_issue, token_list, token_revoke],
+)
+
+serve_group = click.Group(
+    "serve",
+    help="Run a FLAME component as a service.",
+    commands=[
+        sfr_commands.serve_pce,
+        sfr_commands.serve_sr,
+        sfemc_commands.serve_vim,
+        orchestrator_commands.serve_orchestrator,
+        clmc_commands.serve_clmc,
+        dashboard_commands.serve_dashboard,
+    ],
+)
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"]},
+    commands=[
+        validate_cmd,
+        topology_group,
+        token_group,
+        serve_group,
+        *sfr_commands.COMMANDS,
+        cert_commands.cert_group,
+        *orchestrator_commands.COMMANDS,
+        *sfemc_commands.COMMANDS,
+        *sandbox_commands.COMMANDS,
+        *config_commands.COMMANDS,
+        *health_commands.COMMANDS,
+    ],
+)
+@click.version_option(__version__, prog_name="flame")
+@click.option("--json", "json_output", is_flag=True, help="Machine-readable JSON output.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Config file (default: $FLAME_CONFIG or ~/.config/flame/config.toml).",
+)
+@click.pass_context
+def cli(ctx: click.Context, json_output: bool, config_path: Path | None) -> None:
+    """FLAME: media service delivery on edge infrastructure.
+
+    Describe a service in FLAME-TOSCA, validate it, deploy it, and run the whole platform on
+    this machine with `flame up` (FLAME-in-a-box).
+    """
+    ctx.obj = State(json_output, config_path)
 
 
 # -- entry point ---------------------------------------------------------------------------

@@ -5,6 +5,7 @@
     flame undeploy SFC                remove every endpoint of a chain
     flame logs SFE                    an endpoint's output
     flame serve orchestrator          the orchestrator and the SFEMC in one process
+                                      (built by `flame.orchestrator.build`)
 
 They talk to `--api URL` (default: `api_url` from the config) with the config's token, and
 raise; `flame.cli.main.main` prints errors and picks the exit code (0 ok, 1 the user's
@@ -13,51 +14,29 @@ mistake, including endpoints that failed or did not settle in time, 2 internal).
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import click
 import httpx
 
 from flame.cli._serve import run_server, tls_files, tls_options
+from flame.cli._state import CliState, emit
 from flame.common.config import Config
 from flame.common.diagnostics import Diagnostic, Position, Severity, ValidationFailed
 from flame.common.errors import UserError
+from flame.common.logging import setup_logging
 from flame.common.tls import client_verify, require_private_url
 
-if TYPE_CHECKING:
-    from flame.orchestrator.alerts import AlertSink
-
-__all__ = ["install"]
-
-
-class _CliState(Protocol):
-    json: bool
-
-    def config(self) -> Config: ...
-
-
-def install(cli: click.Group) -> None:
-    for command in (deploy_cmd, status_cmd, undeploy_cmd, logs_cmd):
-        cli.add_command(command)
-    serve = cli.commands.get("serve")
-    if not isinstance(serve, click.Group):
-        serve = click.Group("serve", help="Run a FLAME component as a service.")
-        cli.add_command(serve)
-    serve.add_command(serve_orchestrator)
-
-
-def _emit(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+__all__ = ["COMMANDS", "serve_orchestrator"]
 
 
 class _Api:
     """A thin HTTP client turning the API's JSON errors back into our exceptions."""
 
-    def __init__(self, state: _CliState, url: str | None) -> None:
+    def __init__(self, state: CliState, url: str | None) -> None:
         config = state.config()
         self.url = (url or config.api_url).rstrip("/")
         require_private_url(self.url, config.token, what="the orchestrator")  # issue 15
@@ -195,7 +174,7 @@ def _wait(
 @_api_option
 @click.pass_obj
 def deploy_cmd(
-    state: _CliState,
+    state: CliState,
     files: tuple[Path, ...],
     plan_only: bool,
     tenant: str | None,
@@ -235,12 +214,12 @@ def deploy_cmd(
         if wait and result["changed"]:
             status = _wait(client, plan["sfc"], timeout, state.json)
         if state.json:
-            _emit({**result, "status": status})
+            emit({**result, "status": status})
 
 
-def _show_plan(state: _CliState, plan: dict[str, Any]) -> None:
+def _show_plan(state: CliState, plan: dict[str, Any]) -> None:
     if state.json:
-        _emit(plan)
+        emit(plan)
         return
     click.echo(f"plan for {plan['sfc']} ({plan['sfci']}), tenant {plan['tenant']}:")
     for action, mark in (("add", "+"), ("change", "~"), ("remove", "-")):
@@ -257,13 +236,13 @@ def _show_plan(state: _CliState, plan: dict[str, Any]) -> None:
 @click.argument("sfc", required=False)
 @_api_option
 @click.pass_obj
-def status_cmd(state: _CliState, sfc: str | None, api: str | None) -> None:
+def status_cmd(state: CliState, sfc: str | None, api: str | None) -> None:
     """List your service chains, or show one chain's endpoints and their states."""
     with _Api(state, api) as client:
         if sfc is None:
             services = client.call("GET", "/v1/services")["services"]
             if state.json:
-                _emit(services)
+                emit(services)
                 return
             if not services:
                 click.echo("no services deployed")
@@ -272,7 +251,7 @@ def status_cmd(state: _CliState, sfc: str | None, api: str | None) -> None:
             return
         status = client.call("GET", f"/v1/services/{sfc}")
         if state.json:
-            _emit(status)
+            emit(status)
             return
         click.echo(_progress(status))
         for e in status["endpoints"]:
@@ -283,7 +262,7 @@ def status_cmd(state: _CliState, sfc: str | None, api: str | None) -> None:
         _print_alerts(state, sfc)
 
 
-def _print_alerts(state: _CliState, sfc: str) -> None:
+def _print_alerts(state: CliState, sfc: str) -> None:
     """The chain's alert rules and latest events, from the CLMC, when the config names one."""
     config = state.config()
     if config.clmc_url is None:
@@ -326,14 +305,14 @@ def _print_alerts(state: _CliState, sfc: str) -> None:
 @click.option("--timeout", default=120.0, show_default=True, type=click.FloatRange(min=0))
 @_api_option
 @click.pass_obj
-def undeploy_cmd(state: _CliState, sfc: str, wait: bool, timeout: float, api: str | None) -> None:
+def undeploy_cmd(state: CliState, sfc: str, wait: bool, timeout: float, api: str | None) -> None:
     """Remove every endpoint of a service chain (disconnect, drain, stop, remove)."""
     with _Api(state, api) as client:
         result = client.call("DELETE", f"/v1/services/{sfc}")
         if wait:
             _wait(client, sfc, timeout, state.json, gone=True)
         if state.json:
-            _emit(result)
+            emit(result)
         elif not wait:
             click.echo(f"{sfc}: removing {len(result['removing'])} endpoint(s)")
 
@@ -343,12 +322,12 @@ def undeploy_cmd(state: _CliState, sfc: str, wait: bool, timeout: float, api: st
 @click.option("--tail", default=100, show_default=True, type=click.IntRange(1, 10000))
 @_api_option
 @click.pass_obj
-def logs_cmd(state: _CliState, sfe: str, tail: int, api: str | None) -> None:
+def logs_cmd(state: CliState, sfe: str, tail: int, api: str | None) -> None:
     """Show the last lines an endpoint wrote (stdout and stderr)."""
     with _Api(state, api) as client:
         result = client.call("GET", f"/v1/endpoints/{sfe}/logs", params={"tail": tail})
     if state.json:
-        _emit(result)
+        emit(result)
     else:
         for line in result["lines"]:
             click.echo(line)
@@ -511,7 +490,7 @@ def _delegations(pairs: tuple[str, ...]) -> dict[str, str]:
 @tls_options
 @click.pass_obj
 def serve_orchestrator(
-    state: _CliState,
+    state: CliState,
     topology_path: Path,
     db: str | None,
     images_dir: Path | None,
@@ -543,47 +522,20 @@ def serve_orchestrator(
 
     SFE processes outlive this process on purpose: a restarted orchestrator adopts them.
     """
-
-    from flame.common.auth import TokenStore  # noqa: PLC0415
-    from flame.common.logging import setup_logging  # noqa: PLC0415
-    from flame.orchestrator.alerts import InProcessAlertSink  # noqa: PLC0415
-    from flame.orchestrator.api import create_app  # noqa: PLC0415
-    from flame.orchestrator.service import Orchestrator  # noqa: PLC0415
-    from flame.sfemc.events import InProcessBus  # noqa: PLC0415
-    from flame.sfemc.runtime import build_runtime  # noqa: PLC0415
-    from flame.topology.loader import load_topology  # noqa: PLC0415
+    # FastAPI and the SFEMC are heavy: imported when serving, so `flame --help` stays fast.
+    from flame.orchestrator.build import OrchestratorSettings, build_orchestrator  # noqa: PLC0415
+    from flame.sfemc.build import SfemcSettings  # noqa: PLC0415
 
     config = state.config()
     setup_logging(config.log_level, config.log_format)
     tls = tls_files(tls_cert, tls_key)
-    # The config file is where a distributed platform names its components (docs/deploy.md).
-    pce_urls = pce_urls or ((config.pce_url,) if config.pce_url else ())
-    clmc_url = clmc_url or config.clmc_url
-    if not clmc_url and not no_clmc:
-        # Alert rules would be kept in memory and never evaluated: the service's policies
-        # would silently never fire.
-        raise UserError(
-            "no CLMC to hand alert rules to: pass --clmc URL (or set clmc_url in the config), "
-            "or --no-clmc to run without monitoring (policies then never fire)"
-        )
-    if not clmc_url:
-        click.echo("warning: --no-clmc: alert rules are not evaluated", err=True)
-    topology = load_topology(topology_path)
-    tokens = TokenStore(config.state_dir / "tokens.json")
-    if not tokens.list():
-        click.echo(
-            f"warning: no API tokens in {tokens.path}; every request will get 401. "
-            "Issue one with 'flame token issue NAME --operator'.",
-            err=True,
-        )
-    bus = InProcessBus()
-    runtime = build_runtime(
-        topology,
-        bus,
-        db=db or str(config.state_dir / "sfemc.sqlite3"),
+    clmc = _clmc_choice(clmc_url or config.clmc_url, no_clmc)
+    verify = client_verify(config.ca_file)
+    sfemc = SfemcSettings(
         state_dir=config.state_dir,
-        images_dir=images_dir or config.state_dir / "images",
-        pce_urls=pce_urls,
+        db=db,
+        images_dir=images_dir,
+        pce_urls=_pce_choice(pce_urls, config),
         pce_token=pce_token or config.token,
         delegations=_delegations(delegate_pairs),
         drain_s=drain_s,
@@ -593,72 +545,55 @@ def serve_orchestrator(
         allow_unconfined_sfes=allow_unconfined_sfes,
         vim_agents=_pairs(vim_pairs, "--vim", "CLUSTER=URL"),
         vim_token=vim_token or config.token,
-        verify=client_verify(config.ca_file),
         kubeconfigs=_kubeconfigs(kubeconfig_pairs),
+        verify=verify,
     )
-    for reason in runtime.unserved.values():
-        click.echo(f"warning: {reason}", err=True)
-    alerts: AlertSink = InProcessAlertSink()
-    closers = [runtime.close]
-    recorder = None
-    if clmc_url:
-        from flame.orchestrator.monitoring import Monitoring  # noqa: PLC0415
-
-        monitoring = Monitoring.start(
-            runtime.vims.values(),
-            topology,
-            topology_path,
-            clmc_url,
-            config.token,
-            config.state_dir,
-            metrics_interval_s=metrics_interval_s,
-            verify=client_verify(config.ca_file),
-        )
-        recorder = monitoring.config
-        closers.append(monitoring.close)
-    if clmc_url:
-        from flame.orchestrator.clmc_sink import HttpAlertSink  # noqa: PLC0415
-        from flame.sfemc.clmc_reporter import ClmcReporter, Place  # noqa: PLC0415
-
-        sink = HttpAlertSink(clmc_url, config.token, verify=client_verify(config.ca_file))
-        places = {
-            cluster: Place(
-                node.location.latitude if node.location else None,
-                node.location.longitude if node.location else None,
-                node.location_name,
-            )
-            for cluster, node in topology.clusters.items()
-        }
-        reporter = ClmcReporter(bus, clmc_url, config.token, places=places)
-        alerts = sink
-
-        async def close_sink() -> None:
-            sink.close()
-            reporter.close()
-
-        closers.append(close_sink)
-
-    async def close() -> None:
-        for closer in closers:
-            await closer()
-
-    async def start() -> None:
-        if nats_url is None:
-            return
-        from flame.common.nats_events import NatsEvents  # noqa: PLC0415
-        from flame.sfemc.nats_alerts import subscribe_alerts  # noqa: PLC0415
-
-        events = await NatsEvents.connect(nats_url, name="flame-sfemc")
-        await subscribe_alerts(events, runtime.sfemc.handle_alert)
-        closers.insert(0, events.close)
-
-    orchestrator = Orchestrator(runtime.sfemc, alerts, config=recorder)
-    app = create_app(orchestrator, tokens, on_close=close, on_start=start)
+    settings = OrchestratorSettings(
+        topology_path=topology_path,
+        sfemc=sfemc,
+        clmc_url=clmc,
+        token=config.token,
+        nats_url=nats_url,
+        metrics_interval_s=metrics_interval_s,
+        verify=verify,
+    )
+    built = build_orchestrator(settings, warn=_warn)
     click.echo(
         f"orchestrator + SFEMC on {'https' if tls else 'http'}://{host}:{port} "
-        f"(topology '{topology.name}', "
-        f"store {runtime.sfemc.store.dialect}, registrar "
-        f"{'PCE ' + ','.join(pce_urls) if pce_urls else 'in-process'})",
+        f"({built.describe()})",
         err=True,
     )
-    run_server(app, host, port, "the orchestrator", tls=tls)
+    run_server(built.app, host, port, "the orchestrator", tls=tls)
+
+
+def _warn(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
+def _clmc_choice(clmc_url: str | None, no_clmc: bool) -> str | None:
+    """The CLMC, or None when the operator chose none (--no-clmc); never none by accident."""
+    if not clmc_url and not no_clmc:
+        # Alert rules would be kept in memory and never evaluated: the service's policies
+        # would silently never fire.
+        raise UserError(
+            "no CLMC to hand alert rules to: pass --clmc URL (or set clmc_url in the config), "
+            "or --no-clmc to run without monitoring (policies then never fire)"
+        )
+    if not clmc_url:
+        _warn("--no-clmc: alert rules are not evaluated")
+    return clmc_url or None
+
+
+def _pce_choice(pce_urls: tuple[str, ...], config: Config) -> tuple[str, ...]:
+    """--pce, else the config's pce_url, else none: then said, as no SR will route."""
+    urls = pce_urls or ((config.pce_url,) if config.pce_url else ())
+    if not urls:
+        _warn(
+            "no --pce (and no pce_url in the config): endpoints are registered in this "
+            "process only, so no service router routes to them"
+        )
+    return urls
+
+
+# `flame serve orchestrator` is `serve_orchestrator`.
+COMMANDS = (deploy_cmd, status_cmd, undeploy_cmd, logs_cmd)

@@ -15,28 +15,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import click
 
+from flame.cli._state import CliState
 from flame.common.config import Config, default_config_path, save_config_values
 from flame.common.errors import UserError
 from flame.common.logging import setup_logging
 
-__all__ = ["install"]
-
-
-class _CliState(Protocol):
-    json: bool
-    config_path: Path | None
-
-    def config(self) -> Config: ...
-
-
-def install(cli: click.Group) -> None:
-    cli.add_command(up_cmd)
-    cli.add_command(down_cmd)
-    cli.add_command(ue_group)
+__all__ = ["COMMANDS"]
 
 
 def _run_dir(config: Config) -> Path:
@@ -94,7 +82,7 @@ def _run_dir(config: Config) -> Path:
 @click.option("--_child", "child", is_flag=True, hidden=True)
 @click.pass_obj
 def up_cmd(
-    state: _CliState,
+    state: CliState,
     topology: str,
     detach: bool,
     pce_port: int,
@@ -171,7 +159,7 @@ def up_cmd(
     run(options, config.state_dir, announce=announce)
 
 
-def _detach(state: _CliState, run_dir: Path, options: Any) -> None:
+def _detach(state: CliState, run_dir: Path, options: Any) -> None:
     from flame.sandbox.supervisor import read_instance  # noqa: PLC0415
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -221,7 +209,7 @@ def _detach(state: _CliState, run_dir: Path, options: Any) -> None:
 
 
 def _print_summary(
-    state: _CliState, run_dir: Path, tokens: dict[str, str], seconds: float, config_path: str | None
+    state: CliState, run_dir: Path, tokens: dict[str, str], seconds: float, config_path: str | None
 ) -> None:
     from flame.sandbox.supervisor import read_instance  # noqa: PLC0415
 
@@ -267,7 +255,7 @@ def _print_summary(
 
 @click.command("down")
 @click.pass_obj
-def down_cmd(state: _CliState) -> None:
+def down_cmd(state: CliState) -> None:
     """Stop a FLAME-in-a-box started with 'flame up -d' (or one left behind)."""
     from flame.sandbox.supervisor import stop_instance  # noqa: PLC0415
     from flame.sandbox.up import halt_sfes  # noqa: PLC0415
@@ -301,7 +289,7 @@ def ue_group() -> None:
 @click.option("--clmc-db", default="flame", show_default=True)
 @click.pass_obj
 def ue_run(
-    state: _CliState,
+    state: CliState,
     sr: str,
     fqdn: str,
     rps: float,
@@ -351,7 +339,7 @@ def ue_run(
 @ue_group.command("sr-url")
 @click.argument("sr")
 @click.pass_obj
-def ue_sr_url(state: _CliState, sr: str) -> None:
+def ue_sr_url(state: CliState, sr: str) -> None:
     """Print the URL of SR in the running FLAME-in-a-box (for curl, a browser or a player)."""
     click.echo(_sr_url(state.config(), sr))
 
@@ -367,3 +355,6 @@ def _sr_url(config: Config, sr: str) -> str:
         known = ", ".join(sorted(urls)) or "none: is 'flame up' running?"
         raise UserError(f"no SR {sr!r} in the running FLAME-in-a-box (SRs: {known}); or pass a URL")
     return urls[sr]
+
+
+COMMANDS = (up_cmd, down_cmd, ue_group)

@@ -6,6 +6,7 @@
     flame images rm REF [--force]                        delete (refused while endpoints use it)
     flame images verify [REF...]                         re-hash stored images
     flame serve vim --cluster NAME --topology FILE       a cluster's VIM agent on its own host
+                                                         (built by `flame.sfemc.build`)
 
 The repository is ``<state_dir>/images`` (``state_dir`` from the config or $FLAME_STATE_DIR).
 Commands raise; `flame.cli.main.main` prints errors and picks the exit code.
@@ -13,44 +14,24 @@ Commands raise; `flame.cli.main.main` prints errors and picks the exit code.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import click
 
 from flame.cli._serve import run_server, tls_files, tls_options
-from flame.common.config import Config
+from flame.cli._state import CliState, emit
 from flame.common.errors import UserError
+from flame.common.logging import setup_logging
+from flame.common.tls import client_verify
 from flame.sfemc.images import ImageInfo, ImageRepository, build_image, digest_of
 
-__all__ = ["install"]
+__all__ = ["COMMANDS", "serve_vim"]
 
 
-class _CliState(Protocol):
-    json: bool
-
-    def config(self) -> Config: ...
-
-
-def install(cli: click.Group) -> None:
-    cli.add_command(package_cmd)
-    cli.add_command(push_cmd)
-    cli.add_command(images_group)
-    serve = cli.commands.get("serve")
-    if not isinstance(serve, click.Group):
-        serve = click.Group("serve", help="Run a FLAME component as a service.")
-        cli.add_command(serve)
-    serve.add_command(serve_vim)
-
-
-def _repository(state: _CliState) -> ImageRepository:
+def _repository(state: CliState) -> ImageRepository:
     return ImageRepository(state.config().state_dir / "images")
-
-
-def _emit(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
 
 
 def _size(n: int) -> str:
@@ -109,7 +90,7 @@ def _ports(values: tuple[str, ...]) -> list[dict[str, Any]]:
 @click.option("--gzip", "use_gzip", is_flag=True, help="gzip instead of zstd.")
 @click.pass_obj
 def package_cmd(
-    state: _CliState,
+    state: CliState,
     directory: Path,
     name: str | None,
     tags: tuple[str, ...],
@@ -154,7 +135,7 @@ def package_cmd(
         where = "repository"
     seconds = time.perf_counter() - t0
     if state.json:
-        _emit(
+        emit(
             {
                 "digest": digest,
                 "name": manifest.name,
@@ -178,13 +159,12 @@ def package_cmd(
 @click.option("--tag", "tags", multiple=True, help="Tag (repeatable; default: the version).")
 @click.option("--api", metavar="URL", help="Orchestrator URL (default: api_url from the config).")
 @click.pass_obj
-def push_cmd(state: _CliState, source: Path, tags: tuple[str, ...], api: str | None) -> None:
+def push_cmd(state: CliState, source: Path, tags: tuple[str, ...], api: str | None) -> None:
     """Build an SF image from SOURCE (a directory, or an archive from `flame package -o`) and
     upload it to the orchestrator with this config's token: a tenant's image is its own.
 
     The orchestrator checks the digest, the size limit and the tenant's quota.
     """
-    from flame.common.tls import client_verify  # noqa: PLC0415
     from flame.sfemc.images.push import load_image, upload  # noqa: PLC0415
 
     config = state.config()
@@ -196,7 +176,7 @@ def push_cmd(state: _CliState, source: Path, tags: tuple[str, ...], api: str | N
         api or config.api_url, config.token, blob, tags=tags, verify=client_verify(config.ca_file)
     )
     if state.json:
-        _emit({**answer, "seconds": round(time.perf_counter() - t0, 4)})
+        emit({**answer, "seconds": round(time.perf_counter() - t0, 4)})
         return
     click.echo(str(answer.get("digest")))
     click.echo(
@@ -225,11 +205,11 @@ def _row(info: ImageInfo) -> tuple[str, ...]:
 
 @images_group.command("list")
 @click.pass_obj
-def images_list(state: _CliState) -> None:
+def images_list(state: CliState) -> None:
     """List images: digest, name, tags, size, created."""
     infos = _repository(state).list()
     if state.json:
-        _emit([i.as_dict() for i in infos])
+        emit([i.as_dict() for i in infos])
         return
     if not infos:
         click.echo("no images; build one with `flame package DIR`", err=True)
@@ -244,7 +224,7 @@ def images_list(state: _CliState) -> None:
 @click.argument("ref")
 @click.option("--force", is_flag=True, help="Delete even if endpoints were placed from it.")
 @click.pass_obj
-def images_rm(state: _CliState, ref: str, force: bool) -> None:
+def images_rm(state: CliState, ref: str, force: bool) -> None:
     """Delete an image by digest, NAME or NAME:TAG."""
     from flame.sfemc.vim.process import DEFAULT_ROOT, placed_images  # noqa: PLC0415 - heavy
 
@@ -253,7 +233,7 @@ def images_rm(state: _CliState, ref: str, force: bool) -> None:
     users = [] if force else placed_images(state.config().state_dir / DEFAULT_ROOT).get(digest, [])
     info = repo.delete(digest, in_use=users)
     if state.json:
-        _emit({"deleted": info.digest, "name": info.name})
+        emit({"deleted": info.digest, "name": info.name})
     else:
         click.echo(f"deleted {info.digest} ({info.name})")
 
@@ -261,7 +241,7 @@ def images_rm(state: _CliState, ref: str, force: bool) -> None:
 @images_group.command("verify")
 @click.argument("refs", nargs=-1)
 @click.pass_obj
-def images_verify(state: _CliState, refs: tuple[str, ...]) -> None:
+def images_verify(state: CliState, refs: tuple[str, ...]) -> None:
     """Re-hash images (all without REF); exit 1 if any is corrupted."""
     repo = _repository(state)
     digests = [repo.resolve(r) for r in refs] or [i.digest for i in repo.list()]
@@ -272,7 +252,7 @@ def images_verify(state: _CliState, refs: tuple[str, ...]) -> None:
         except UserError as exc:
             bad.append({"digest": digest, "error": exc.message})
     if state.json:
-        _emit({"ok": not bad, "verified": len(digests) - len(bad), "corrupted": bad})
+        emit({"ok": not bad, "verified": len(digests) - len(bad), "corrupted": bad})
     else:
         for item in bad:
             click.echo(f"CORRUPTED {item['error']}", err=True)
@@ -353,7 +333,7 @@ def images_verify(state: _CliState, refs: tuple[str, ...]) -> None:
 @tls_options
 @click.pass_obj
 def serve_vim(
-    state: _CliState,
+    state: CliState,
     clusters: tuple[str, ...],
     topology_path: Path,
     host: str | None,
@@ -374,61 +354,35 @@ def serve_vim(
     this host's token store (<state_dir>/tokens.json). SFEs outlive the agent on purpose: a
     restarted agent adopts them.
     """
-    from flame.common.auth import TokenStore  # noqa: PLC0415
-    from flame.common.logging import setup_logging  # noqa: PLC0415
-    from flame.common.tls import client_verify, require_private_url  # noqa: PLC0415
-    from flame.sfemc.agent import ImageSource, build_agent_vim, create_agent_app  # noqa: PLC0415
-    from flame.topology.loader import load_topology  # noqa: PLC0415
+    # FastAPI and the process VIM are heavy: imported when serving, so `flame --help` is fast.
+    from flame.sfemc.build import VimAgentSettings, build_vim_agent  # noqa: PLC0415
 
     config = state.config()
     setup_logging(config.log_level, config.log_format)
     tls = tls_files(tls_cert, tls_key)
-    topology = load_topology(topology_path)
-    root = root or config.state_dir / "vim-agent"
-    vim = build_agent_vim(
-        topology,
-        list(clusters),
-        root,
+    settings = VimAgentSettings(
+        clusters=clusters,
+        topology_path=topology_path,
+        state_dir=config.state_dir,
+        token=config.token,
+        images_url=images_url or config.api_url,
+        root=root,
+        host=host,
         port_base=port_base,
         sr_urls=_pairs(sr_pairs, "--sr"),
-        allow_unconfined=allow_unconfined_sfes,
+        allow_unconfined_sfes=allow_unconfined_sfes,
+        clmc_url=clmc_url or config.clmc_url,
+        metrics_interval_s=metrics_interval_s,
+        verify=client_verify(config.ca_file),
     )
-    tokens = TokenStore(config.state_dir / "tokens.json")
-    if not tokens.list():
-        click.echo(
-            f"warning: no API tokens in {tokens.path}; every request will get 401. Copy the "
-            "token store from the control host, or issue one with 'flame token issue NAME "
-            "--operator' and give it to the orchestrator (--vim-token).",
-            err=True,
-        )
-    source = images_url or config.api_url
-    images = ImageSource(vim.repository, source, config.token, verify=client_verify(config.ca_file))
-    # Refused now, not at the first placement: the token would go to the repository in clear.
-    require_private_url(source, config.token, what="the image repository (--images)")
-    on_close = None
-    clmc_url = clmc_url or config.clmc_url
-    if clmc_url and metrics_interval_s > 0:
-        from flame.sfemc.vim.metrics_reporter import for_process_vim  # noqa: PLC0415
-
-        require_private_url(clmc_url, config.token, what="the CLMC (--clmc)")
-        reporter = for_process_vim(
-            vim,
-            clmc_url,
-            config.token,
-            interval_s=metrics_interval_s,
-            verify=client_verify(config.ca_file),
-        )
-
-        async def on_close() -> None:
-            reporter.close()
-
-    app = create_agent_app(vim, tokens, images=images, on_close=on_close)
-    listen = host or vim.hosts.get(clusters[0], vim.host)
+    agent = build_vim_agent(settings, warn=lambda m: click.echo(f"warning: {m}", err=True))
     click.echo(
-        f"VIM agent for {', '.join(clusters)} on {'https' if tls else 'http'}://{listen}:{port} "
-        "(SFEs on "
-        + ", ".join(f"{c} {vim.hosts[c]}" for c in clusters)
-        + f"; images from {source}; state {root})",
+        f"VIM agent for {', '.join(clusters)} on {'https' if tls else 'http'}://{agent.host}:"
+        f"{port} ({agent.describe(settings)})",
         err=True,
     )
-    run_server(app, listen, port, "the VIM agent", tls=tls)
+    run_server(agent.app, agent.host, port, "the VIM agent", tls=tls)
+
+
+# `flame serve vim` is `serve_vim`.
+COMMANDS = (package_cmd, push_cmd, images_group)

@@ -22,13 +22,13 @@ import errno
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from flame.cli._serve import run_server, tls_files, tls_options
+from flame.cli._state import CliState as _CliState
 from flame.common.auth import TokenStore
-from flame.common.config import Config
 from flame.common.errors import UserError
 from flame.common.logging import setup_logging
 from flame.sfr.store import PgStore, encode_link, encode_node, open_pce_store
@@ -38,33 +38,7 @@ if TYPE_CHECKING:
     from flame.sfr.client import PceClient
     from flame.sfr.models import ForwardingTable
 
-__all__ = ["install"]
-
-
-class _CliState(Protocol):
-    """What `flame.cli.main` keeps in the click context (its `_State`)."""
-
-    json: bool
-
-    def config(self) -> Config: ...
-
-
-def install(cli: click.Group, topology: click.Group) -> None:
-    """Add the SFR commands to the `flame` command and its `topology` group."""
-    check = topology.commands.get("check")
-    if check is not None:
-        topology.add_command(check, "validate")
-    for command in (topology_show, link_down, link_up):
-        topology.add_command(command)
-    cli.add_command(routes_cmd)
-    for command in (delegate_cmd, undelegate_cmd, delegations_cmd):
-        cli.add_command(command)
-    serve = cli.commands.get("serve")
-    if not isinstance(serve, click.Group):
-        serve = serve_group
-        cli.add_command(serve)
-    serve.add_command(serve_pce)
-    serve.add_command(serve_sr)
+__all__ = ["COMMANDS", "link_down", "link_up", "serve_pce", "serve_sr", "topology_show"]
 
 
 def _emit(data: Any) -> None:
@@ -323,12 +297,7 @@ def _print_routes(table: ForwardingTable) -> None:
 # -- serve ---------------------------------------------------------------------------------------
 
 
-@click.group("serve")
-def serve_group() -> None:
-    """Run a FLAME component as a service."""
-
-
-@serve_group.command("pce")
+@click.command("pce")
 @click.option(
     "--topology",
     "topology_path",
@@ -673,3 +642,8 @@ def serve_sr(
             f"{'' if tls_port is None else f', TLS port {tls_port}'}): "
             f"{exc.strerror or exc}; stop what holds the port or pass another --port/--tls-port"
         ) from None
+
+
+# The `flame` commands of this module (main.py declares the tree; topology and serve commands
+# go in their groups there).
+COMMANDS: tuple[click.Command, ...] = (routes_cmd, delegate_cmd, undelegate_cmd, delegations_cmd)

@@ -175,8 +175,8 @@ class ConfigRecorder:
             log.debug("CLMC unreachable for configuration records (%s); kept", exc)
             return False
         if response.status_code < 300:
+            self.sent += 1  # before the unlink: whoever sees nothing pending sees it counted
             path.unlink(missing_ok=True)
-            self.sent += 1
             return True
         if response.status_code >= 500 or response.status_code in (408, 429):
             return False  # the CLMC's trouble: ask again later

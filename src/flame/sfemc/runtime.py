@@ -1,6 +1,6 @@
-"""Assembling a running SFEMC from configuration: store, VIMs per cluster, registrar (ORCH-6).
+"""The VIMs per cluster of a running SFEMC (ORCH-6); `flame.sfemc.build` assembles the rest.
 
-Used by `flame serve orchestrator`. Each cluster of the topology gets the VIM its `vim:` says:
+Each cluster of the topology gets the VIM its `vim:` says:
 
 * `process` (or unset), with an agent named for it (`vim_agents`, `--vim CLUSTER=URL`): a
   `RemoteVim` speaking to `flame serve vim` on the cluster's host; one per agent URL;
@@ -20,23 +20,21 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from flame.common.errors import ConfigError
 from flame.sfemc.control import Sfemc
-from flame.sfemc.events import EventBus
 from flame.sfemc.images import ImageRepository
-from flame.sfemc.registrar import HttpRegistrar, InProcessRegistrar, Registrar
-from flame.sfemc.store import open_store
+from flame.sfemc.registrar import Registrar
 from flame.sfemc.vim.base import VimDriver
 from flame.sfemc.vim.process import ProcessVim
 from flame.sfemc.vim.remote import RemoteVim
 from flame.topology.model import Topology, Vim
 
-__all__ = ["Runtime", "build_runtime", "build_vims", "port_ranges"]
+__all__ = ["Runtime", "build_vims", "port_ranges"]
 
 log = logging.getLogger("flame.sfemc.runtime")
 
@@ -197,56 +195,3 @@ def build_vims(
             continue
         vims.update(dict.fromkeys(clusters, driver))
     return vims, unserved
-
-
-def build_runtime(
-    topology: Topology,
-    bus: EventBus,
-    *,
-    db: str,
-    state_dir: Path,
-    images_dir: Path,
-    pce_urls: Sequence[str] = (),
-    pce_token: str | None = None,
-    delegations: Mapping[str, str] | None = None,
-    drain_s: float = 1.0,
-    resync_s: float = 30.0,
-    port_base: int = 20000,
-    sr_urls: Mapping[str, str] | None = None,
-    allow_unconfined_sfes: bool = False,
-    vim_agents: Mapping[str, str] | None = None,
-    vim_token: str | None = None,
-    verify: ssl.SSLContext | bool = True,
-    kubeconfigs: Mapping[str | None, Path] | None = None,
-    kubernetes_factory: KubernetesFactory = _kubernetes_vim,
-) -> Runtime:
-    """`sr_urls` (SR id -> URL) tells each SFE its cluster's SR (FLAME_SR_URL); `vim_agents`
-    (cluster -> URL) names the agents of clusters on other hosts, called with `vim_token`;
-    `verify` (httpx's) checks the certificates of HTTPS PCEs and agents.
-
-    SFEs run sandboxed (bubblewrap); where this host cannot, they are refused unless
-    `allow_unconfined_sfes` lets them run as this process's user (docs/sfemc.md)."""
-    registrar: Registrar
-    if pce_urls:
-        registrar = HttpRegistrar(list(pce_urls), pce_token, verify=verify)
-    else:
-        registrar = InProcessRegistrar(delegations)
-    images = ImageRepository(images_dir)
-    vims, unserved = build_vims(
-        topology,
-        state_dir=state_dir,
-        images=images,
-        port_base=port_base,
-        sr_urls=sr_urls,
-        allow_unconfined_sfes=allow_unconfined_sfes,
-        vim_agents=vim_agents,
-        vim_token=vim_token,
-        vim_verify=verify,
-        kubeconfigs=kubeconfigs,
-        kubernetes_factory=kubernetes_factory,
-    )
-    store = open_store(db)
-    sfemc = Sfemc(
-        store, bus, topology, vims, registrar, drain_s=drain_s, resync_s=resync_s, images=images
-    )
-    return Runtime(sfemc, vims, registrar, unserved)
