@@ -5,16 +5,20 @@ sockets, the PCE's liveness API, and a clear refusal without root."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flame.common.auth import Role, TokenStore
-from flame.sandbox.netns import NetnsPlan, available, plan_network
-from flame.sandbox.netns_routes import _paths_in, desired_routes
+from flame.sandbox.netns import NetnsPlan, NsLink, NsNode, available, plan_network
+from flame.sandbox.netns_routes import _paths_in, desired_routes, planned_routes, route_lines
 from flame.sfr.liveness import LinkProbe, Prober
 from flame.topology.loader import load_topology
 
@@ -83,6 +87,120 @@ def test_routes_follow_the_pces_path_and_avoid_a_down_link(net: NetnsPlan) -> No
     assert _next(net, routes, "sr-metro", "sr-ue-1") == "sw-east"
 
 
+def _follow(
+    net: NetnsPlan,
+    primary: dict[str, dict[str, tuple[str, str]]],
+    first: dict[str, dict[str, tuple[str, str]]],
+    at: str,
+    to: str,
+) -> list[str]:
+    """The nodes a packet for `to` crosses from `at`: `first`'s route at `at`, then primaries."""
+    walk, table = [at], first
+    while walk[-1] != to and len(walk) <= len(net.nodes):
+        if net.nodes[to].address not in table[net.nodes[walk[-1]].ns]:
+            break
+        walk.append(_next(net, table, walk[-1], to))
+        table = primary
+    return walk
+
+
+def test_backup_routes_are_loop_free_alternates_around_each_primary_link(
+    net: NetnsPlan,
+) -> None:
+    """Issue 13: the kernel fails over at once to a precomputed backup when a link goes down;
+    a backup never leads back to the node that falls back to it (no micro-loop)."""
+    pce_path = ("sr-ue-1", "sw-west", "sr-metro")
+    for down in [None, *(frozenset((k.a, k.b)) for k in net.links if not k.access)]:
+        up = {} if down is None else {down: False}
+        primary, backup = planned_routes(net, up, [pce_path])
+        for at in ("sr-ue-1", "sr-ue-2", "sr-metro", "sr-platform", "sw-west", "sw-east"):
+            for to in ("sr-ue-1", "sr-ue-2", "sr-metro", "sr-platform", "metro-london"):
+                if at == to or net.nodes[to].address not in backup[net.nodes[at].ns]:
+                    continue
+                walk = _follow(net, primary, backup, at, to)
+                assert walk[-1] == to, (down, walk)
+                assert len(set(walk)) == len(walk), (down, walk)
+                # Different from the primary's first hop: it survives the primary link.
+                assert walk[1] != _next(net, primary, at, to)
+    primary, backup = planned_routes(net, {}, [pce_path])
+    assert _next(net, backup, "sw-west", "sr-metro") == "sw-east"
+    assert _next(net, backup, "sr-metro", "sr-ue-1") == "sw-east"
+    assert _next(net, backup, "sw-east", "sr-metro") == "sw-west"
+    # A node with a single link has no alternate; one that would loop back is refused:
+    # sr-ue-1 forwards to sr-metro through sw-west, so it cannot be sw-west's backup.
+    assert backup[net.nodes["sr-ue-1"].ns] == {}
+    assert net.nodes["sr-ue-1"].address not in {
+        via for via, _ in backup[net.nodes["sw-west"].ns].values()
+    }
+
+
+@st.composite
+def _networks(
+    draw: st.DrawFn,
+) -> tuple[NetnsPlan, dict[frozenset[str], bool], list[tuple[str, ...]]]:
+    """A connected random network of SRs and switches, maybe a link down, some PCE paths."""
+    n = draw(st.integers(3, 7))
+    names = [f"r{i}" for i in range(n)]
+    edges = {frozenset((names[i], names[draw(st.integers(0, i - 1))])) for i in range(1, n)}
+    extra = draw(st.lists(st.tuples(st.sampled_from(names), st.sampled_from(names)), max_size=8))
+    edges |= {frozenset(e) for e in extra if e[0] != e[1]}
+    nodes = {
+        name: NsNode(name, "service_router" if i % 2 else "switch", f"t-n{i}", f"10.199.1.{i}",
+                     f"10.200.0.{i + 1}")
+        for i, name in enumerate(names)
+    }  # fmt: skip
+    links = tuple(
+        NsLink(a, b, f"l{k}", f"l{k}", f"10.201.{k}.1", f"10.201.{k}.2",
+               latency_ms=draw(st.sampled_from([1.0, 2.0, 5.0, 10.0])))
+        for k, (a, b) in enumerate(sorted(tuple(sorted(e)) for e in edges))
+    )  # fmt: skip
+    plan = NetnsPlan("t", "t-ctl", nodes, links)
+    up = {frozenset((k.a, k.b)): draw(st.booleans()) or k.a == "r0" for k in links}
+    paths = [tuple(draw(st.permutations(names))[: draw(st.integers(2, n))]) for _ in range(3)]
+    return plan, up, paths
+
+
+@settings(max_examples=150, deadline=None)
+@given(_networks())
+def test_a_backup_route_never_loops_back_whatever_the_network(
+    network: tuple[NetnsPlan, dict[frozenset[str], bool], list[tuple[str, ...]]],
+) -> None:
+    """Property (issue 13): from any node, the backup next hop's primary path reaches the
+    destination without coming back through the node, over links that are up."""
+    plan, up, paths = network
+    primary, backup = planned_routes(plan, up, paths)
+    for at in plan.nodes:
+        for to in plan.nodes:
+            if at == to or plan.nodes[to].address not in backup[plan.nodes[at].ns]:
+                continue
+            walk = _follow(plan, primary, backup, at, to)
+            assert walk[-1] == to, walk
+            assert len(set(walk)) == len(walk), walk
+            assert walk[1] != _next(plan, primary, at, to)
+            assert all(up.get(frozenset(pair), True) for pair in itertools.pairwise(walk))
+
+
+def test_route_lines_program_primaries_and_backups_with_a_short_rto() -> None:
+    wanted = {
+        ("10.200.0.1", 0): ("10.201.3.2", "l3"),
+        ("10.200.0.1", 100): ("10.201.2.2", "l2"),
+        ("10.200.0.2", 0): ("10.201.3.2", "l3"),
+    }
+    have = {
+        ("10.200.0.2", 0): ("10.201.3.2", "l3"),  # unchanged: not touched
+        ("10.200.0.9", 100): ("10.201.2.2", "l2"),  # no longer wanted
+    }
+    lines = route_lines(wanted, have, "10.200.0.6")
+    assert lines == [
+        "route replace 10.200.0.1/32 via 10.201.3.2 dev l3 onlink src 10.200.0.6"
+        " rto_min 20ms quickack 1",
+        "route replace 10.200.0.1/32 via 10.201.2.2 dev l2 onlink src 10.200.0.6 metric 100"
+        " rto_min 20ms quickack 1",
+        "route del 10.200.0.9/32 metric 100",
+    ]
+    assert route_lines(wanted, dict(wanted), "10.200.0.6") == []
+
+
 def test_paths_are_read_from_a_forwarding_table() -> None:
     table = {
         "table": {
@@ -126,31 +244,36 @@ def test_without_root_netns_mode_is_refused_clearly(
 
 def test_liveness_reports_a_silent_neighbour_down_then_up_again() -> None:
     """Two probers on loopback addresses (SFR-13): stop one, the other reports the link down
-    within the dead interval; start it again, up after `rise` hellos. Real UDP sockets."""
+    after the dead interval of silence; start it again, up after `rise` hellos. Real UDP
+    sockets. The dead interval is 1 s here, not the 120 ms `flame up --netns` uses (with
+    real-time priority there): a test process stalled for half a second on a loaded machine
+    must not read as a dead link."""
+    dead_ms = 1000.0
     reports: list[tuple[str, str, bool, float]] = []
 
     async def report(node: str, peer: str, up: bool) -> None:
         reports.append((node, peer, up, time.monotonic()))
 
+    async def until(condition: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 15
+        while not condition():
+            assert time.monotonic() < deadline, what
+            await asyncio.sleep(0.01)
+
     async def scenario() -> float:
-        a = Prober("a", [LinkProbe("b", "127.0.3.1", "127.0.3.2")], report, dead_ms=120)
+        a = Prober("a", [LinkProbe("b", "127.0.3.1", "127.0.3.2")], report, dead_ms=dead_ms)
         b_links = [LinkProbe("a", "127.0.3.2", "127.0.3.1")]
-        b = Prober("b", b_links, report, dead_ms=120)
+        b = Prober("b", b_links, report, dead_ms=dead_ms)
         task_a = asyncio.create_task(a.run())
         task_b = asyncio.create_task(b.run())
-        await asyncio.sleep(0.3)
-        assert a.links[0].up is True  # seen, but never reported: it was never down
-        assert reports == []
+        await until(lambda: a.links[0].up is True, "a never saw b")
+        assert reports == []  # seen, but never reported: it was never down
         task_b.cancel()
         stopped = time.monotonic()
-        while not reports:
-            await asyncio.sleep(0.01)
-            assert time.monotonic() - stopped < 2
-        b2 = Prober("b", [LinkProbe("a", "127.0.3.2", "127.0.3.1")], report, dead_ms=120)
+        await until(lambda: bool(reports), "the silent link was never reported down")
+        b2 = Prober("b", [LinkProbe("a", "127.0.3.2", "127.0.3.1")], report, dead_ms=dead_ms)
         task_b2 = asyncio.create_task(b2.run())
-        while len(reports) < 2:
-            await asyncio.sleep(0.01)
-            assert time.monotonic() - stopped < 4
+        await until(lambda: len(reports) >= 2, "the link was never reported up again")
         for task in (task_a, task_b2):
             task.cancel()
         await asyncio.gather(task_a, task_b, task_b2, return_exceptions=True)
@@ -159,7 +282,9 @@ def test_liveness_reports_a_silent_neighbour_down_then_up_again() -> None:
     stopped = asyncio.run(scenario())
     assert [(n, p, u) for n, p, u, _ in reports] == [("a", "b", False), ("a", "b", True)]
     detection = reports[0][3] - stopped
-    assert detection < 0.6, detection  # dead after 120 ms of silence (+ scheduling)
+    # Silence is counted from b's last hello, which a stalled loop may have sent well before
+    # the cancel: the lower bound only says "not at once"; the upper one has 5x headroom.
+    assert 0.3 * dead_ms / 1000 <= detection < 5 * dead_ms / 1000, detection
 
 
 @pytest.fixture

@@ -4,9 +4,10 @@ pairs), the control plane in its own namespace, SFEs on their cluster hosts' add
 
 * the demo's closed loop: a UE in its namespace streams through sr-ue-1 across the links; the
   alert connects the edge cache; no request fails;
-* a link on the active path downed with `ip link` (not through the platform) under load: the
-  liveness probes detect it, the PCE routes around it, the kernel routes follow; detection and
-  reroute times and failed requests are printed and asserted.
+* a link on the active path downed with `ip link` (not through the platform) under 500 req/s:
+  the kernel fails over to the backup route the route programmer keeps, the liveness probes
+  detect the failure, the PCE routes around it, the primary kernel routes follow; failover,
+  detection and reroute times and failed requests are printed and asserted.
 
 One instance serves both tests (start-up is the expensive part). Root and iproute2 only.
 """
@@ -134,35 +135,68 @@ def test_netns_closed_loop_connects_the_edge_cache_and_no_request_fails(
     )
 
 
+def _backup_route_dev(ns: str, address: str) -> str | None:
+    """The device of the backup (metric 100) route to `address` in `ns`, if any."""
+    done = subprocess.run(
+        ["ip", "-n", ns, "-j", "route", "show", f"{address}/32"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return next((str(r["dev"]) for r in json.loads(done.stdout) if r.get("metric") == 100), None)
+
+
 def test_netns_link_down_behind_the_platforms_back_is_routed_around(
     instance: tuple[dict[str, Any], dict[str, str]],
 ) -> None:
+    """Issue 13: a link on the active path downed with `ip link` under 500 req/s: the kernel
+    fails over to the backup route at once, the probes detect it, the PCE routes around it,
+    the platform moves the primary routes; fewer than 0.5 % of the requests fail."""
     summary, env = instance
     run_dir = str(Path(env["FLAME_STATE_DIR"]) / "up")
+    plan = NetnsPlan.from_json((Path(run_dir) / "netns.json").read_text())
+    west_east = plan.link("sw-west", "sw-east")
+    assert west_east is not None
+    # Before the failure: sw-west keeps a loop-free backup towards sr-metro, over sw-east, and
+    # sr-metro (whose veth only loses its carrier) skips routes over a link without carrier.
+    backup = _backup_route_dev(plan.nodes["sw-west"].ns, plan.nodes["sr-metro"].address)
+    assert backup == (west_east.a_if if west_east.a == "sw-west" else west_east.b_if)
+    core = plan.link("sw-west", "sr-metro")
+    assert core is not None
+    far_dev = core.a_if if core.a == "sr-metro" else core.b_if
+    skip = subprocess.run(
+        ["ip", "netns", "exec", plan.nodes["sr-metro"].ns, "sysctl", "-n",
+         f"net.ipv4.conf.{far_dev}.ignore_routes_with_linkdown"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert skip.stdout.strip() == "1"
     # origin.vod.flame.example lives only at metro-london (behind sr-metro): from sr-ue-1 its
     # path is sr-ue-1, sw-west, sr-metro; the link sw-west - sr-metro dies under load.
     result = link_failure(
         summary, run_dir, env,
         a="sw-west", b="sr-metro", ue="ue-bristol", sr="sr-ue-1", target="sr-metro",
         fqdn="origin.vod.flame.example", path="/hls/master.m3u8",
-        rps=100, secs=5, down_after_s=2.5,
+        rps=500, secs=4, down_after_s=2,
     )  # fmt: skip
     ue = result.ue
     failed_pct = 100 * ue["failed"] / max(ue["requests"], 1)
     print(
-        f"netns link failure: detection {result.detection_ms:.0f} ms, PCE {result.confirmed_ms:.0f}"
-        f" ms, reroute "
-        f"{result.reroute_ms:.0f} ms, {ue['failed']} of {ue['requests']} requests failed "
-        f"({failed_pct:.2f} %), p99 {ue['latency_ms']['p99']} ms at {ue['rps_achieved']} req/s"
+        f"netns link failure at {ue['rps_achieved']} req/s: failover {result.failover_ms} ms, "
+        f"detection {result.detection_ms} ms, PCE {result.confirmed_ms} ms, reroute "
+        f"{result.reroute_ms} ms; {ue['failed']} of {ue['requests']} requests failed "
+        f"({failed_pct:.2f} %), p99 {ue['latency_ms']['p99']} ms, max {ue['latency_ms']['max']}"
+        f" ms; failures {ue['failures'][:5]}"
     )
+    assert ue["requests"] == 2000  # every request is counted: the generator skips none
+    assert failed_pct < 0.5, ue
+    assert result.failover_ms is not None, result
     assert result.detection_ms is not None, result
     assert result.confirmed_ms is not None, result
     assert result.reroute_ms is not None, result
-    # Targets: detection < 300 ms; generous bounds here, on a shared and loaded 2-core machine.
+    # Targets: detection < 300 ms (measured 110-160 ms at a load average of 12-22); bounds
+    # with >= 3x headroom here, on a shared and loaded 2-core machine.
     assert result.detection_ms < 1000
     assert result.reroute_ms < 5000
-    assert failed_pct < 0.5, ue
-    assert ue["requests"] >= 100
     # The PCE's path from sr-ue-1 now avoids the link, and the link came back up afterwards.
     tables = _get(
         summary["pce_url"] + "/v1/routes/origin.vod.flame.example", env, **{"from": "sr-ue-1"}

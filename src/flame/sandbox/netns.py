@@ -50,6 +50,10 @@ MAX_NODES = 250
 MAX_LINKS = 250
 # netem's rate above this costs more CPU than it models on one box: the link is left unshaped.
 MAX_SHAPED_BPS = 10e9
+# TCP over the data network: a lost segment is retransmitted after 20 ms rather than the
+# kernel's 200 ms floor, and ACKs are not delayed (so that short time-out never fires on a
+# delayed ACK); `netns_routes` puts the same on the routes it programs.
+ROUTE_TCP_OPTIONS = "rto_min 20ms quickack 1"
 
 
 def available() -> str | None:
@@ -234,6 +238,7 @@ def build(plan: NetnsPlan, *, netem: bool = True) -> None:
             if link.access and node.id == link.b:  # a cluster host or UE: all via its SR
                 node_lines[node.ns].append(
                     f"route add 10.200.0.0/16 via {peer_ip} dev {dev} src {node.address}"
+                    f" {ROUTE_TCP_OPTIONS}"
                 )
             elif link.access:  # its SR reaches the cluster host or UE directly
                 node_lines[node.ns].append(f"route add {b.address}/32 via {peer_ip} dev {dev}")
@@ -246,13 +251,23 @@ def build(plan: NetnsPlan, *, netem: bool = True) -> None:
             _batch(ns, lines, tool="tc")
     for node in plan.nodes.values():
         # Routers forward; replies may come back another way than requests went (asymmetric
-        # paths during a reroute): no reverse-path filter.
+        # paths during a reroute): no reverse-path filter. A route over a link whose far end
+        # went down (no carrier) is skipped, so the backup route of `netns_routes` takes over
+        # at once on both ends of a failed link (the near end's routes go with its device).
+        devs = [
+            k.a_if if k.a == node.id else k.b_if
+            for k in plan.links
+            if node.id in (k.a, k.b) and not k.access
+        ]
         _run(
             [
                 "ip", "netns", "exec", node.ns, "sysctl", "-qw",
                 f"net.ipv4.ip_forward={1 if node.sr is None else 0}",
                 "net.ipv4.conf.all.rp_filter=0",
                 "net.ipv4.conf.default.rp_filter=0",
+                "net.ipv4.conf.all.ignore_routes_with_linkdown=1",
+                "net.ipv4.conf.default.ignore_routes_with_linkdown=1",
+                *(f"net.ipv4.conf.{dev}.ignore_routes_with_linkdown=1" for dev in devs),
             ]
         )  # fmt: skip
 

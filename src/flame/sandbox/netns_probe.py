@@ -1,16 +1,22 @@
 """Measuring a link failure in a running `flame up --netns` (shared by tests and bench/).
 
-`link_failure(instance, a, b, ...)`: a UE in its namespace sends requests through its SR to an
-FQDN served behind another SR; after `down_after_s` the veth of link a-b is set down with
-`ip link` inside the namespace of `a` (not through the platform); we time
+`link_failure(instance, a, b, ...)`: a load generator in the UE's namespace
+(`flame.sandbox.netns_load`: open loop, every request counted from the moment it was due) sends
+requests through its SR to an FQDN served behind another SR; after `down_after_s` the veth of
+link a-b is set down with `ip link` inside the namespace of `a` (not through the platform);
+we time
 
-* detection: from the `ip link set down` until a liveness prober at either end declares the
-  link dead (the first "link ... down" line of their logs, wall clock in ms);
+* failover: until the kernel of `a` forwards the far SR's address over another link (the
+  backup route `flame.sandbox.netns_routes` keeps there takes over as the device goes down);
+* detection: until a liveness prober at either end declares the link dead (the first
+  "link ... down" line of their logs, wall clock in ms);
 * confirmed: until the PCE's topology says the link is down (polled from this host through the
   forwarder, so it includes an HTTPS round trip of the poll);
-* reroute: until the kernel of `a` routes the far SR's address over another link;
+* reroute: until the platform has moved the primary route of `a` to the far SR off the link
+  (the PCE's new path, programmed by the route programmer);
 
-and return the UE's report (requests, failed). The link is set up again before returning.
+and return the load generator's report (requests, failed, each failure's due time relative to
+the link-down). The link is set up again before returning.
 """
 
 from __future__ import annotations
@@ -20,15 +26,18 @@ import os
 import ssl
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from flame.sandbox.netns import NetnsPlan
+from flame.sandbox.netns_load import STARTED
 
-__all__ = ["LinkFailure", "link_failure", "ue_run"]
+__all__ = ["LinkFailure", "link_failure", "load_run", "ue_run"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +46,7 @@ class LinkFailure:
     confirmed_ms: float | None
     reroute_ms: float | None
     ue: dict[str, Any]
+    failover_ms: float | None = None
 
 
 def _plan(instance: dict[str, Any], run_dir: str) -> NetnsPlan:
@@ -85,6 +95,38 @@ def _report(stdout: str, stderr: str) -> dict[str, Any]:
     return dict(report)
 
 
+def load_command(
+    instance: dict[str, Any], ue: str, sr: str, fqdn: str, paths: list[str], rps: float, secs: float
+) -> list[str]:
+    """`flame.sandbox.netns_load` in the UE's namespace, towards `sr`."""
+    argv = ["ip", "netns", "exec", instance["netns"]["namespaces"][ue], sys.executable, "-m"]
+    argv += ["flame.sandbox.netns_load", "--url", instance["sr_urls"][sr], "--fqdn", fqdn]
+    argv += [a for p in paths for a in ("--path", p)]
+    return [*argv, "--rps", str(rps), "--duration", str(secs)]
+
+
+def load_run(
+    instance: dict[str, Any],
+    env: dict[str, str],
+    ue: str,
+    sr: str,
+    fqdn: str,
+    paths: list[str],
+    rps: float,
+    secs: float,
+) -> dict[str, Any]:
+    """The load generator's report of `secs` at `rps` with nothing failing (a baseline)."""
+    done = subprocess.run(
+        load_command(instance, ue, sr, fqdn, paths, rps, secs),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=secs + 120,
+        check=False,
+    )
+    return _report(done.stdout, done.stderr)
+
+
 def link_failure(
     instance: dict[str, Any],
     run_dir: str,
@@ -105,41 +147,80 @@ def link_failure(
     link = plan.link(a, b)
     if link is None:
         raise ValueError(f"no link {a}-{b}")
-    ns, dev = (plan.nodes[a].ns, link.a_if) if link.a == a else (plan.nodes[a].ns, link.b_if)
+    ns, dev = plan.nodes[a].ns, (link.a_if if link.a == a else link.b_if)
     far = plan.nodes[target].address
     with open(os.path.join(run_dir, "tokens.json"), encoding="utf-8") as f:
         token = json.load(f)["flame-up-operator"]
     verify = ssl.create_default_context(cafile=instance["netns"]["ca_file"])
     load = subprocess.Popen(
-        ue_command(instance, ue, sr, fqdn, [path], rps, secs),
+        load_command(instance, ue, sr, fqdn, [path], rps, secs),
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    confirmed = reroute = None
+    times: dict[str, float] = {}
+    downed_wall = time.time()
+    http = httpx.Client(
+        verify=verify, headers={"Authorization": f"Bearer {token}"}, trust_env=False
+    )
     try:
+        assert load.stderr is not None
+        if STARTED not in load.stderr.readline():  # it died before sending: say why
+            raise RuntimeError(f"the load generator did not start: {load.communicate()}")
+        _pce_says_down(http, instance["pce_url"], a, b)  # a warm connection for the polls
         time.sleep(down_after_s)
         downed_wall = time.time()
         downed = time.monotonic()
         subprocess.run(["ip", "-n", ns, "link", "set", dev, "down"], check=True, timeout=10)
-        with httpx.Client(
-            verify=verify, headers={"Authorization": f"Bearer {token}"}, trust_env=False
-        ) as http:
-            while time.monotonic() - downed < 5 and (confirmed is None or reroute is None):
-                if confirmed is None and _pce_says_down(http, instance["pce_url"], a, b):
-                    confirmed = (time.monotonic() - downed) * 1000
-                if reroute is None and _routed_around(ns, far, dev):
-                    reroute = (time.monotonic() - downed) * 1000
-                time.sleep(0.01)
+        # First and alone, so that nothing else delays it: a kernel failover is immediate.
+        _poll("failover", lambda: _forwarded_around(ns, far, dev), downed, times)
+        checks: dict[str, Callable[[], bool]] = {
+            "reroute": lambda: _primary_moved(ns, far, dev),
+            "confirmed": lambda: _pce_says_down(http, instance["pce_url"], a, b),
+        }
+        # One poller per figure: a slow HTTPS poll must not delay the route check.
+        pollers = [
+            threading.Thread(target=_poll, args=(name, check, downed, times))
+            for name, check in checks.items()
+        ]
+        for poller in pollers:
+            poller.start()
+        for poller in pollers:
+            poller.join()
         stdout, stderr = load.communicate(timeout=secs + 120)
     finally:
+        http.close()
         if load.poll() is None:
             load.kill()
         subprocess.run(["ip", "-n", ns, "link", "set", dev, "up"], check=False, timeout=10)
     detected = _first_down_logged(run_dir, a, b, downed_wall)
     detection = None if detected is None else (detected - downed_wall) * 1000
-    return LinkFailure(detection, confirmed, reroute, _report(stdout, stderr))
+    report = _report(stdout, stderr)
+    # Each failure placed against the link-down (s; negative: before it).
+    offset = downed_wall - float(report.get("started_at", downed_wall))
+    report["failures"] = [
+        {**f, "after_down_s": round(f["due_s"] - offset, 3)} for f in report.get("failures", [])
+    ]
+    report["down_at_s"] = round(offset, 3)
+    return LinkFailure(
+        detection,
+        times.get("confirmed"),
+        times.get("reroute"),
+        report,
+        failover_ms=times.get("failover"),
+    )
+
+
+def _poll(name: str, check: Callable[[], bool], since: float, times: dict[str, float]) -> None:
+    """Record in `times[name]` the ms from `since` until `check()` first holds (up to 5 s).
+    Each figure is an upper bound: it includes the check itself (an `ip` process, or an HTTPS
+    round trip)."""
+    while time.monotonic() - since < 5:
+        if check():
+            times[name] = (time.monotonic() - since) * 1000
+            return
+        time.sleep(0.005)
 
 
 def _first_down_logged(run_dir: str, a: str, b: str, since: float) -> float | None:
@@ -173,7 +254,8 @@ def _pce_says_down(http: httpx.Client, pce: str, a: str, b: str) -> bool:
     return any({k["a"], k["b"]} == {a, b} and k["state"] == "down" for k in links)
 
 
-def _routed_around(ns: str, address: str, dead_dev: str) -> bool:
+def _forwarded_around(ns: str, address: str, dead_dev: str) -> bool:
+    """Does the kernel of `ns` forward to `address` over another device than `dead_dev`?"""
     done = subprocess.run(
         ["ip", "-n", ns, "-j", "route", "get", address],
         check=False,
@@ -186,3 +268,20 @@ def _routed_around(ns: str, address: str, dead_dev: str) -> bool:
     except (ValueError, IndexError):
         return False
     return bool(route.get("dev")) and route["dev"] != dead_dev
+
+
+def _primary_moved(ns: str, address: str, dead_dev: str) -> bool:
+    """Has the platform programmed the primary (metric 0) route to `address` in `ns` over
+    another device than `dead_dev` (the PCE's new path, not the kernel's backup)?"""
+    done = subprocess.run(
+        ["ip", "-n", ns, "-j", "route", "show", f"{address}/32"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    try:
+        routes = json.loads(done.stdout)
+    except ValueError:
+        return False
+    return any(not r.get("metric") and r.get("dev") not in (None, dead_dev) for r in routes)

@@ -38,14 +38,15 @@ from typing import Any
 
 import httpx
 
-from flame.sandbox.netns import NetnsPlan, NsLink, _run, set_link
+from flame.sandbox.netns import ROUTE_TCP_OPTIONS, NetnsPlan, NsLink, _run, set_link
 
-__all__ = ["Programmer", "desired_routes"]
+__all__ = ["Programmer", "desired_routes", "planned_routes", "route_lines"]
 
 log = logging.getLogger("flame.sandbox.netns_routes")
 
 Route = tuple[str, str]  # (via, dev)
 ROUTERS = ("service_router", "switch")
+BACKUP_METRIC = 100  # a loop-free alternate's route: used while the primary's device is down
 
 
 def _hops(plan: NetnsPlan, up: Mapping[frozenset[str], bool]) -> dict[str, dict[str, NsLink]]:
@@ -80,44 +81,117 @@ def _shortest_towards(hops: dict[str, dict[str, NsLink]], target: str) -> dict[s
     return nxt
 
 
-def desired_routes(
-    plan: NetnsPlan, up: Mapping[frozenset[str], bool], paths: Iterable[tuple[str, ...]]
-) -> dict[str, dict[str, Route]]:
-    """namespace -> destination (/32) -> (via, dev), for every SR and switch namespace."""
-    hops = _hops(plan, up)
+def _destinations(plan: NetnsPlan) -> dict[str, list[str]]:
+    """SR or switch -> the data addresses behind it (its own, its cluster hosts', its UEs')."""
     dests: dict[str, list[str]] = {}
     for node in plan.nodes.values():
         owner = node.sr if node.sr is not None else node.id
         if node.kind in ROUTERS or node.sr is not None:
             dests.setdefault(owner, []).append(node.address)
-    out: dict[str, dict[str, Route]] = {n.ns: {} for n in plan.nodes.values() if n.kind in ROUTERS}
+    return dests
 
-    def put(at: str, toward: str, via_node: str) -> None:
-        link = hops.get(at, {}).get(via_node)
-        if link is None:
-            return
-        for address in dests.get(toward, []):
-            out[plan.nodes[at].ns][address] = _next_hop(link, at)
 
-    for target in dests:
+def _next_nodes(
+    hops: dict[str, dict[str, NsLink]], targets: Iterable[str], paths: Iterable[tuple[str, ...]]
+) -> dict[str, dict[str, str]]:
+    """node -> target -> the neighbour it forwards to: shortest paths, then the PCE's paths."""
+    nxt: dict[str, dict[str, str]] = {}
+    for target in targets:
         for at, via_node in _shortest_towards(hops, target).items():
-            put(at, target, via_node)
-    for link in plan.links:  # an SR's own cluster hosts and UEs, on their access links
-        if link.access:
-            out[plan.nodes[link.a].ns][plan.nodes[link.b].address] = (link.b_ip, link.a_if)
+            nxt.setdefault(at, {})[target] = via_node
     for path in paths:
-        if len(path) < 2 or any(n not in plan.nodes for n in path):
-            continue
-        if any(path[i + 1] not in hops.get(path[i], {}) for i in range(len(path) - 1)):
-            continue  # crosses a link that is down now: the PCE's next table will say
+        if len(path) < 2 or any(
+            path[i + 1] not in hops.get(path[i], {}) for i in range(len(path) - 1)
+        ):
+            continue  # crosses a link that is down now (or an unknown node): a table on its way
         for way in (path, path[::-1]):
             for i in range(len(way) - 1):
-                put(way[i], way[-1], way[i + 1])
+                nxt.setdefault(way[i], {})[way[-1]] = way[i + 1]
+    return nxt
+
+
+def _walk_cost(
+    hops: dict[str, dict[str, NsLink]],
+    nxt: dict[str, dict[str, str]],
+    start: str,
+    target: str,
+    avoid: str,
+) -> float | None:
+    """Latency from `start` to `target` along the primary next hops, or None if that walk
+    passes through `avoid` (a loop back to the node that falls back) or goes nowhere."""
+    cost, at = 0.0, start
+    for _ in range(len(nxt) + 1):
+        if at == target:
+            return cost
+        if at == avoid:
+            return None
+        step = nxt.get(at, {}).get(target)
+        if step is None:
+            return None
+        cost += max(hops[at][step].latency_ms, 0.0) + 1e-6
+        at = step
+    return None
+
+
+def _backups(
+    hops: dict[str, dict[str, NsLink]], nxt: dict[str, dict[str, str]]
+) -> dict[str, dict[str, str]]:
+    """node -> target -> a loop-free alternate neighbour (RFC 5286's idea): a neighbour other
+    than the primary one whose own primary path to the target does not come back through the
+    node. The kernel uses it the moment the primary link goes down, before any controller
+    hears of the failure (an SDN fast-failover group, made of route metrics)."""
+    out: dict[str, dict[str, str]] = {}
+    for at, targets in nxt.items():
+        for target, primary in targets.items():
+            best: tuple[float, str] | None = None
+            for neighbour, link in sorted(hops.get(at, {}).items()):
+                if neighbour == primary:
+                    continue
+                rest = _walk_cost(hops, nxt, neighbour, target, avoid=at)
+                if rest is not None:
+                    cost = max(link.latency_ms, 0.0) + rest
+                    if best is None or cost < best[0]:
+                        best = (cost, neighbour)
+            if best is not None:
+                out.setdefault(at, {})[target] = best[1]
     return out
 
 
-def _kernel_routes(ns: str) -> dict[str, Route]:
-    """The /32 routes via a gateway in `ns` (the ones this module programs)."""
+def desired_routes(
+    plan: NetnsPlan, up: Mapping[frozenset[str], bool], paths: Iterable[tuple[str, ...]]
+) -> dict[str, dict[str, Route]]:
+    """namespace -> destination (/32) -> (via, dev), for every SR and switch namespace."""
+    return planned_routes(plan, up, paths)[0]
+
+
+def planned_routes(
+    plan: NetnsPlan, up: Mapping[frozenset[str], bool], paths: Iterable[tuple[str, ...]]
+) -> tuple[dict[str, dict[str, Route]], dict[str, dict[str, Route]]]:
+    """(primary, backup): namespace -> destination (/32) -> (via, dev), for every SR and
+    switch namespace. Primary: the PCE's paths over shortest ones; backup: the loop-free
+    alternate of each primary, where there is one (`_backups`)."""
+    hops = _hops(plan, up)
+    dests = _destinations(plan)
+    nxt = _next_nodes(hops, dests, list(paths))
+    primary: dict[str, dict[str, Route]] = {
+        n.ns: {} for n in plan.nodes.values() if n.kind in ROUTERS
+    }
+    backup: dict[str, dict[str, Route]] = {ns: {} for ns in primary}
+    for table, choice in ((primary, nxt), (backup, _backups(hops, nxt))):
+        for at, targets in choice.items():
+            ns = plan.nodes[at].ns
+            for target, via_node in targets.items():
+                hop = _next_hop(hops[at][via_node], at)
+                for address in dests.get(target, []):
+                    table[ns][address] = hop
+    for link in plan.links:  # an SR's own cluster hosts and UEs, on their access links
+        if link.access:
+            primary[plan.nodes[link.a].ns][plan.nodes[link.b].address] = (link.b_ip, link.a_if)
+    return primary, backup
+
+
+def _kernel_routes(ns: str) -> dict[tuple[str, int], Route]:
+    """The /32 routes via a gateway in `ns` (the ones this module programs), by (dst, metric)."""
     done = subprocess.run(
         ["ip", "-n", ns, "-j", "route", "show"], check=False, capture_output=True, timeout=30
     )
@@ -126,10 +200,36 @@ def _kernel_routes(ns: str) -> dict[str, Route]:
     except ValueError:
         return {}
     return {
-        str(e["dst"]): (str(e["gateway"]), str(e["dev"]))
+        (str(e["dst"]), int(e.get("metric", 0))): (str(e["gateway"]), str(e["dev"]))
         for e in entries
         if "gateway" in e and "dst" in e and str(e["dst"]).startswith("10.200.")
     }
+
+
+def route_lines(
+    wanted: Mapping[tuple[str, int], Route], have: Mapping[tuple[str, int], Route], source: str
+) -> list[str]:
+    """`ip -batch` lines turning the routes `have` into `wanted` ((dst, metric) -> route).
+
+    `src`: what an SR connects from is its data address, which every node routes to.
+    `rto_min`/`quickack`: a segment lost with a link is retransmitted after 20 ms, not the
+    kernel's 200 ms floor doubling from there (the links here are sub-millisecond, or their
+    netem delay raises the time-out anyway); quick ACKs keep the short time-out from firing
+    on an ACK the peer merely delayed (iproute2 locks rto_min: the kernel takes it as is).
+    """
+    lines = [
+        f"route replace {d}/32 via {via} dev {dev} onlink src {source}"
+        + (f" metric {metric}" if metric else "")
+        + f" {ROUTE_TCP_OPTIONS}"
+        for (d, metric), (via, dev) in sorted(wanted.items())
+        if have.get((d, metric)) != (via, dev)
+    ]
+    lines += [
+        f"route del {d}/32" + (f" metric {metric}" if metric else "")
+        for d, metric in sorted(have)
+        if (d, metric) not in wanted
+    ]
+    return lines
 
 
 def _paths_in(table: Any) -> list[tuple[str, ...]]:
@@ -241,18 +341,13 @@ class Programmer:
         """Program what differs from the kernel's routes now (a device going down flushes its
         routes behind our back, so the kernel, not a cache, is the truth); routes changed."""
         paths = [p for ps in self.paths.values() for p in ps]
-        wanted = desired_routes(self.plan, self.up, paths)
+        primary, backup = planned_routes(self.plan, self.up, paths)
         changed = 0
         source = {n.ns: n.address for n in self.plan.nodes.values()}
-        for ns, routes in wanted.items():
-            have = _kernel_routes(ns)
-            # `src`: what an SR connects from is its data address, which every node routes to.
-            lines = [
-                f"route replace {d}/32 via {via} dev {dev} onlink src {source[ns]}"
-                for d, (via, dev) in sorted(routes.items())
-                if have.get(d) != (via, dev)
-            ]
-            lines += [f"route del {d}/32" for d in sorted(have) if d not in routes]
+        for ns, routes in primary.items():
+            wanted = {(d, 0): r for d, r in routes.items()}
+            wanted.update({(d, BACKUP_METRIC): r for d, r in backup.get(ns, {}).items()})
+            lines = route_lines(wanted, _kernel_routes(ns), source[ns])
             if not lines:
                 continue
             try:
