@@ -90,10 +90,11 @@ def test_wait_until_the_server_comes_up(capsys: pytest.CaptureFixture[str]) -> N
     timer.start()
     try:
         started = time.monotonic()
-        code, seen = run(capsys, f"http://127.0.0.1:{port}/health", "--wait", "10")
+        code, seen = run(capsys, f"http://127.0.0.1:{port}/health", "--wait", "120")
         assert code == 0
         assert int(str(seen["attempts"])) > 1
-        assert time.monotonic() - started < 5
+        # It returned once the server was up, not at the end of the wait (~0.7 s measured).
+        assert time.monotonic() - started < 60
     finally:
         timer.join()
         for server in holder:
@@ -107,7 +108,7 @@ def test_gives_up_when_the_wait_ends(capsys: pytest.CaptureFixture[str]) -> None
     code, seen = run(capsys, f"http://127.0.0.1:{port}/health", "--wait", "0.5")
     assert code == 1
     assert "ConnectError" in str(seen["seen"])
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 15  # it gave up (~0.6 s measured; headroom for load)
 
 
 def test_reads_a_bounded_part_of_the_answer(base: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -115,7 +116,7 @@ def test_reads_a_bounded_part_of_the_answer(base: str, capsys: pytest.CaptureFix
     code, seen = run(capsys, base + "/flood")
     assert code == 0
     assert len(str(seen["seen"])) < 5000
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 30  # the endless body was cut (~0.05 s measured)
 
 
 def test_refuses_what_is_not_a_url(capsys: pytest.CaptureFixture[str]) -> None:

@@ -23,6 +23,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from eventually import Fatal, eventually
+
 VENV_BIN = str(Path(sys.executable).parent)
 
 
@@ -96,24 +98,21 @@ class Host:
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
 
     def wait_ok(self, name: str, probe: str, timeout: float = 60.0) -> float:
-        """Until `probe` (a command) succeeds on this host; RuntimeError if `name` exits."""
+        """Until `probe` (a command) succeeds on this host; fails at once if `name` exits."""
         started = time.monotonic()
-        while True:
+
+        def ready() -> bool:
             proc = self.procs[name]
             if proc.poll() is not None:
-                raise RuntimeError(
-                    f"{self.name}: {name} exited ({proc.returncode}):\n{self.log(name)}"
-                )
+                raise Fatal(f"{self.name}: {name} exited ({proc.returncode}):\n{self.log(name)}")
             done = subprocess.run(
                 self._argv(probe), check=False, env=self.env, capture_output=True, timeout=30
             )
-            if done.returncode == 0:
-                return time.monotonic() - started
-            if time.monotonic() - started > timeout:
-                raise RuntimeError(
-                    f"{self.name}: {name} not ready in {timeout:g}s:\n{self.log(name)}"
-                )
-            time.sleep(0.1)
+            return done.returncode == 0
+
+        eventually(ready, timeout=timeout, every=0.1,
+                   what=lambda: f"{self.name}: {name} to be ready:\n{self.log(name)}")  # fmt: skip
+        return time.monotonic() - started
 
     def stop_all(self) -> None:
         for proc in self.procs.values():

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from eventually import eventually
 from sfemc.procs import sfe_leaders, sfe_processes
 
 from .netns import Host, Network, available
@@ -125,15 +126,9 @@ class Session:
             # the SR (milliseconds); asked again until it names the SFE the test expects.
             want = self.expect.pop(0)
             started = time.monotonic()
-            while True:
-                out = host.run(command, extra=self.vars).stdout
-                try:
-                    sfe = json.loads(out).get("sfe")
-                except ValueError:
-                    sfe = None
-                if sfe == want or time.monotonic() - started > 10:
-                    break
-                time.sleep(0.05)
+            out = eventually(lambda: host.run(command, extra=self.vars).stdout,
+                             until=lambda text: json.loads(text).get("sfe") == want,
+                             what=f"{command!r} to be answered by {want}")  # fmt: skip
             self.timings[f"{host_name}$ curl until {want}"] = time.monotonic() - started
             self.outputs.append((host_name, command, out))
         else:

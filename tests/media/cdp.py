@@ -8,13 +8,13 @@ import base64
 import json
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 from websockets.sync.client import connect
 
+from eventually import Fatal, eventually
 from flame.common.ports import free_port
 
 
@@ -34,20 +34,15 @@ class Chrome:
              "--window-size=1400,1600", *extra_args, "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        deadline = time.monotonic() + 30
-        page = None
-        while page is None:
-            try:
-                targets = httpx.get(
-                    f"http://127.0.0.1:{self.port}/json/list", timeout=1, trust_env=False
-                ).json()
-                page = next((t for t in targets if t.get("type") == "page"), None)
-            except (httpx.HTTPError, ValueError):
-                pass
-            assert self.proc.poll() is None, "chromium exited"
-            assert time.monotonic() < deadline, "chromium did not open its debugging port"
-            if page is None:
-                time.sleep(0.1)
+
+        def page_target() -> dict[str, Any] | None:
+            if self.proc.poll() is not None:
+                raise Fatal("chromium exited")
+            url = f"http://127.0.0.1:{self.port}/json/list"
+            targets = httpx.get(url, timeout=2, trust_env=False).json()
+            return next((t for t in targets if t.get("type") == "page"), None)
+
+        page = eventually(page_target, every=0.1, what="chromium's debugging port and page")
         self._connection = connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=10)
         self.ws = self._connection.__enter__()
         self.next_id = 0
@@ -85,17 +80,15 @@ class Chrome:
             raise RuntimeError(f"{expression}: {r['exceptionDetails']}")
         return r["result"].get("value")
 
-    def wait(self, expression: str, timeout: float = 30.0, every: float = 0.05) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = self.eval(expression)
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"timed out waiting for {expression}; console: {self.console[-10:]}"
-                )
-            time.sleep(every)
+    def wait(self, expression: str, timeout: float = 60.0, every: float = 0.05) -> Any:
+        def value() -> Any:
+            try:
+                return self.eval(expression)
+            except RuntimeError as exc:  # the page threw: waiting longer will not help
+                raise Fatal(str(exc)) from exc
+
+        return eventually(value, timeout=timeout, every=every,
+                          what=lambda: f"{expression}; console: {self.console[-10:]}")  # fmt: skip
 
     def click(self, selector: str) -> None:
         self.eval(f"document.querySelector({json.dumps(selector)}).click()")

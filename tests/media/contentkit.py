@@ -9,7 +9,6 @@ import os
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any
 import httpx
 import uvicorn
 
+from eventually import Fatal, eventually
 from flame.common.ports import free_port
 from flame.media.content.app import create_app
 from flame.media.content.service import Config, ContentService
@@ -87,11 +87,13 @@ def content_server(
     )
     thread = threading.Thread(target=server.run, daemon=True, name="content-sf")
     thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive(), "the content SF did not start"
-        assert time.monotonic() < deadline, "the content SF did not start in time"
-        time.sleep(0.02)
+
+    def started() -> bool:
+        if not thread.is_alive():
+            raise Fatal("the content SF's server thread ended before it started")
+        return bool(server.started)
+
+    eventually(started, every=0.02, what="the content SF to start")
     try:
         yield Running(f"http://127.0.0.1:{port}", service, port)
     finally:
@@ -134,16 +136,6 @@ def patch(
             }
         ),
     )
-
-
-def wait_for(check: Any, timeout: float = 60.0, every: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(every)
 
 
 def raw(port: int) -> socket.socket:

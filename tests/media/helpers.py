@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from eventually import Fatal, eventually
 from flame.media.messages import Request, Response
 from flame.media.server import HttpServer
 
@@ -149,18 +150,16 @@ class Proc:
             stderr=subprocess.STDOUT,
         )
 
-    def wait_healthy(self, url: str, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+    def wait_healthy(self, url: str, timeout: float = 60.0) -> None:
+        def healthy() -> bool:
             if self.popen.poll() is not None:
-                raise AssertionError(f"exited {self.popen.returncode}: {self.log.read_text()}")
-            try:
-                if httpx.get(url + "/health", timeout=0.5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"not healthy after {timeout} s: {self.log.read_text()}")
+                raise Fatal(f"exited {self.popen.returncode} before it was healthy")
+            return httpx.get(url + "/health", timeout=2).status_code == 200
+
+        try:
+            eventually(healthy, timeout=timeout, what=f"{url}/health")
+        except AssertionError as exc:  # the log says why
+            raise AssertionError(f"{exc}\n--- log\n{self.log.read_text()}") from exc
 
     def stop(self) -> int:
         if self.popen.poll() is None:
@@ -172,3 +171,21 @@ class Proc:
                 self.popen.wait(5)
         self._fh.close()
         return self.popen.returncode
+
+
+def age_out(cache: ServerThread, base: str, by: float = 0.01) -> None:
+    """Make every stored variant of `base` in an `EdgeCache` expire `by` seconds ago: tests
+    move the clock this way instead of sleeping past a max-age (a sleep races a stalled
+    machine on both sides: the copy may expire before the "still fresh" request)."""
+
+    def expire() -> None:
+        store = cache.app.store
+        for key in store.bases.get(base, ()):
+            store.get(key).expires_at = time.time() - by
+
+    cache.call(expire)
+
+
+def expires_in(cache: ServerThread, key: str) -> float:
+    """Seconds until the cached `key` is stale (what the cache made of max-age and its caps)."""
+    return float(cache.call(lambda: cache.app.store.get(key).expires_at) - time.time())

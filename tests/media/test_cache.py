@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from eventually import eventually
 from flame.common.ports import free_port
 from flame.media.cache import EdgeCache
 from flame.media.messages import Request, Response, error, json_response
@@ -20,7 +21,7 @@ from flame.media.origin import Origin
 from flame.media.store import CachedObject, ObjectStore
 
 from .conftest import Stream
-from .helpers import Proc, ScriptedOrigin, ServerThread, running
+from .helpers import Proc, ScriptedOrigin, ServerThread, age_out, expires_in, running
 
 SEG = "/hls/360p/seg_001.ts"
 MB = 1024 * 1024
@@ -82,9 +83,8 @@ def test_a_waiter_that_leaves_does_not_cancel_the_shared_fetch(
     with running(cache_for(slow_origin.url)) as cache:
         with pytest.raises(httpx.ReadTimeout):
             httpx.get(cache.url + SEG, timeout=0.05, trust_env=False)
-        deadline = time.monotonic() + 5  # the fetch finishes without its first client
-        while cache.call(cache.app.metrics)["inflight"] and time.monotonic() < deadline:
-            time.sleep(0.02)
+        eventually(lambda: not cache.call(cache.app.metrics)["inflight"],
+                   what="the fetch to finish without its first client")  # fmt: skip
         r = http.get(cache.url + SEG)
         assert r.headers["x-cache"] == "HIT"
         assert cache.call(cache.app.metrics)["origin_fetches"] == 1
@@ -142,13 +142,14 @@ def test_max_age_no_store_and_revalidation(http: httpx.Client) -> None:
         if req.path == "/nostore":
             return Response(200, [("Cache-Control", "no-store")], b"secret")
         if req.headers.get("if-none-match") == '"v1"':
-            return Response(304, [("ETag", '"v1"'), ("Cache-Control", "max-age=1")])
-        return Response(200, [("Cache-Control", "max-age=1"), ("ETag", '"v1"')], b"object")
+            return Response(304, [("ETag", '"v1"'), ("Cache-Control", "max-age=30")])
+        return Response(200, [("Cache-Control", "max-age=30"), ("ETag", '"v1"')], b"object")
 
     with running(scripted(respond)) as origin, running(cache_for(origin.url)) as cache:
         assert http.get(cache.url + "/obj").headers["x-cache"] == "MISS"
         assert http.get(cache.url + "/obj").headers["x-cache"] == "HIT"
-        time.sleep(1.1)  # max-age=1 is over: revalidate with the ETag
+        assert 0 < expires_in(cache, "/obj") <= 30  # fresh for max-age, no longer
+        age_out(cache, "/obj")  # max-age is over: revalidate with the ETag
         r = http.get(cache.url + "/obj")
         assert (r.headers["x-cache"], r.content) == ("MISS", b"object")
         seen = origin.call(lambda: [q.headers.get("if-none-match") for q in origin.app.requests])
@@ -168,14 +169,15 @@ def test_not_found_passes_through_and_is_cached_briefly(http: httpx.Client) -> N
 
     with (
         running(scripted(respond)) as origin,
-        running(cache_for(origin.url, negative_ttl=1.0)) as cache,
+        running(cache_for(origin.url, negative_ttl=10.0)) as cache,
     ):
         first = http.get(cache.url + "/missing.ts")
         assert (first.status_code, first.headers["x-cache"]) == (404, "MISS")
         assert first.json() == {"error": "not_found", "message": "no /missing.ts"}
         second = http.get(cache.url + "/missing.ts")
         assert (second.status_code, second.headers["x-cache"]) == (404, "HIT")
-        time.sleep(1.05)  # the negative TTL caps the origin's max-age of 60 s
+        assert 0 < expires_in(cache, "/missing.ts") <= 10  # the negative TTL caps max-age=60
+        age_out(cache, "/missing.ts")
         assert http.get(cache.url + "/missing.ts").headers["x-cache"] == "MISS"
         assert len(origin.call(lambda: origin.app.requests)) == 2
 
@@ -253,7 +255,7 @@ def test_cache_and_origin_processes_show_the_edge_advantage(stream: Stream, tmp_
     oport, cport = free_port(), free_port()
     origin = Proc(
         "flame.media.origin",
-        ["--media-dir", str(stream.root), "--delay-ms", "60"],
+        ["--media-dir", str(stream.root), "--delay-ms", "150"],
         {"FLAME_PORT": str(oport)},
         tmp_path / "origin.log",
     )
@@ -284,7 +286,9 @@ def test_cache_and_origin_processes_show_the_edge_advantage(stream: Stream, tmp_
                 # Which endpoint answered: the one the SFEMC named; the origin has no name.
                 assert r.headers["x-flame-sfe"] == "vod-demo.cache.edge-bristol"
             assert "x-flame-sfe" not in client.get(f"http://127.0.0.1:{oport}{SEG}").headers
-        assert statistics.median(direct) >= 0.06
+        # A hit takes ~1-3 ms here, ~10 ms at a load of 12 on 2 cores: 150 ms of origin delay
+        # leaves a hit 50 ms to be "3x faster", 5x headroom over the loaded figure.
+        assert statistics.median(direct) >= 0.15
         assert statistics.median(hits) < statistics.median(direct) / 3
         assert list((tmp_path / "disk").glob("*.body"))
     finally:

@@ -16,6 +16,7 @@ import httpx
 import pytest
 import uvicorn
 
+from eventually import eventually
 from flame.common.ports import free_port
 from flame.media.content.analysis import (
     analyse,
@@ -34,7 +35,6 @@ from .contentkit import (
     create,
     make_clip,
     patch,
-    wait_for,
 )
 
 
@@ -199,7 +199,7 @@ def clmc(tmp_path: Path) -> Iterator[tuple[str, str]]:
                                            log_config=None, access_log=False))  # fmt: skip
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    wait_for(lambda: server.started, 30, 0.02)
+    eventually(lambda: server.started, every=0.02, what="the server to start")
     try:
         yield f"http://127.0.0.1:{port}", token
     finally:
@@ -216,11 +216,15 @@ def upload_file(http: httpx.Client, path: Path, **meta: str) -> str:
 
 
 def settled(http: httpx.Client, asset_id: str) -> dict[str, Any]:
-    def done() -> dict[str, Any] | None:
-        a = http.get(f"/v1/assets/{asset_id}").json()
-        return a if a["status"] in ("accepted", "rejected", "analysis_failed") else None
-
-    return dict(wait_for(done, 90, 0.1))
+    return dict(
+        eventually(
+            lambda: http.get(f"/v1/assets/{asset_id}").json(),
+            until=lambda a: a["status"] in ("accepted", "rejected", "analysis_failed"),
+            timeout=90,
+            every=0.1,
+            what=f"asset {asset_id} to be settled",
+        )
+    )
 
 
 def test_ingest_analyses_off_the_request_path_and_reports_to_the_clmc(
@@ -256,7 +260,8 @@ def test_ingest_analyses_off_the_request_path_and_reports_to_the_clmc(
         # the provider tightens its rule and re-runs the analysis
         assert http.put("/v1/rule", json={"min_vmaf": 99.5}).status_code == 200
         job = http.post(f"/v1/assets/{good}/analyse", json={}).json()
-        wait_for(lambda: http.get(f"/v1/jobs/{job['id']}").json()["state"] == "done", 60)
+        eventually(lambda: http.get(f"/v1/jobs/{job['id']}").json()["state"] == "done",
+                   what="the job to be done")  # fmt: skip
         again = http.get(f"/v1/assets/{good}").json()
         assert again["status"] == "rejected"
         assert again["reason"].startswith("VMAF ")
@@ -265,7 +270,7 @@ def test_ingest_analyses_off_the_request_path_and_reports_to_the_clmc(
         found = http.get("/v1/assets", params={"min_vmaf": 50, "resolution": "640x360"}).json()
         assert [a["id"] for a in found["assets"]] == [good]
         assert http.get("/v1/jobs", params={"state": "done"}).json()["jobs"]
-        wait_for(lambda: sf.service.reporter.stats()["sent"] >= 5, 10)
+        eventually(lambda: sf.service.reporter.stats()["sent"] >= 5, what="5 reports sent")
         assert sf.service.reporter.stats()["dropped"] == 0
     assert upload_s < 10
     with httpx.Client(base_url=clmc_url, headers={"Authorization": f"Bearer {clmc_token}"},
@@ -298,7 +303,8 @@ def test_a_rendition_uploaded_before_its_source_is_compared_when_the_source_arri
         assert first["vmaf"] is None
         assert "full_reference_skipped" in first["quality"]
         assert patch(http, src_loc, 0, src_bytes).status_code == 204
-        wait_for(lambda: http.get(f"/v1/assets/{low}").json()["vmaf"] is not None, 60)
+        eventually(lambda: http.get(f"/v1/assets/{low}").json()["vmaf"] is not None,
+                   what="the VMAF of the low rendition")  # fmt: skip
 
 
 def test_media_that_cannot_be_read_fails_analysis_with_the_reason(tmp_path: Path) -> None:

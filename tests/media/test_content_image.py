@@ -10,12 +10,13 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from eventually import eventually_async
 from flame.common.ports import free_port
 from flame.sfemc.images import ImageRepository, build_image, load_manifest
 from flame.sfemc.vim.base import EndpointSpec
@@ -139,13 +140,17 @@ async def test_the_image_runs_sandboxed_and_analyses_an_upload(
                 "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}))  # fmt: skip
             assert r.status_code == 204, r.text
             asset_id = r.headers["flame-asset"]
-            deadline = time.monotonic() + 90
-            while True:
-                asset = (await http.get(f"/v1/assets/{asset_id}")).json()
-                if asset["status"] in ("accepted", "rejected", "analysis_failed"):
-                    break
-                assert time.monotonic() < deadline, asset
-                time.sleep(0.2)
+
+            async def asset_now() -> dict[str, Any]:
+                return dict((await http.get(f"/v1/assets/{asset_id}")).json())
+
+            asset = await eventually_async(
+                asset_now,
+                until=lambda a: a["status"] in ("accepted", "rejected", "analysis_failed"),
+                timeout=90,
+                every=0.2,
+                what="the asset's analysis",
+            )
         assert asset["status"] == "rejected", asset
         assert asset["reason"] == "height 240 is below min_height 720"
         assert asset["technical"]["probed_with"] == "pyav"

@@ -184,7 +184,9 @@ def test_the_sf_answers_503_when_s3_is_down_and_the_upload_can_be_finished_later
 def test_analysis_reads_s3_objects_through_presigned_urls(
     s3_endpoint: str, aws_env: None, tmp_path: Path
 ) -> None:
-    from .contentkit import make_clip, wait_for
+    from eventually import eventually
+
+    from .contentkit import make_clip
 
     _bucket(s3_endpoint, "analysed")
     clip = make_clip(tmp_path / "clip.mp4", size="320x240", seconds=2).read_bytes()
@@ -193,10 +195,11 @@ def test_analysis_reads_s3_objects_through_presigned_urls(
     with content_server(tmp_path, env) as sf, sf.client() as http:
         loc = create(http, len(clip), filename="clip.mp4")
         asset_id = patch(http, loc, 0, clip).headers["flame-asset"]
-        asset = wait_for(
-            lambda: (a := http.get(f"/v1/assets/{asset_id}").json())["status"] in ("accepted", "analysis_failed") and a,
-            60,
-        )  # fmt: skip
+        asset = eventually(
+            lambda: http.get(f"/v1/assets/{asset_id}").json(),
+            until=lambda a: a["status"] in ("accepted", "analysis_failed"),
+            what="the asset's analysis",
+        )
         assert asset["status"] == "accepted", asset["reason"]
         assert (asset["width"], asset["height"], asset["video_codec"]) == (320, 240, "h264")
         assert asset["quality"]["no_reference"]["frames"] == 50

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from eventually import eventually_async
 from flame.common.ports import free_port
 from flame.media.origin import Origin
 
@@ -216,13 +218,27 @@ def test_too_many_headers_is_431(origin: ServerThread) -> None:
 
 
 def test_delay_applies_to_media_not_to_health(stream: Stream, http: httpx.Client) -> None:
-    with running(lambda: Origin({"/hls": stream.path}, delay_ms=300)) as slow:
+    # Ordering, not a wall-clock bound: /health asked after a segment is answered before it
+    # (the segment waits 1 s; a health check that waited too would come second).
+    finished: list[str] = []
+
+    async def get(client: httpx.AsyncClient, url: str, name: str) -> int:
+        status = (await client.get(url)).status_code
+        finished.append(name)
+        return status
+
+    async def both(base: str) -> list[int]:
+        async with httpx.AsyncClient(trust_env=False, timeout=30) as client:
+            segment = asyncio.ensure_future(get(client, base + SEG, "segment"))
+            # the origin holds the segment's request before /health is asked
+            await eventually_async(lambda: slow.call(lambda: slow.app.requests) == 1, every=0.01)
+            return [await get(client, base + "/health", "health"), await segment]
+
+    with running(lambda: Origin({"/hls": stream.path}, delay_ms=1000)) as slow:
         started = time.monotonic()
-        assert http.get(slow.url + SEG).status_code == 200
-        assert time.monotonic() - started >= 0.3
-        started = time.monotonic()
-        assert http.get(slow.url + "/health").status_code == 200
-        assert time.monotonic() - started < 0.25
+        assert asyncio.run(both(slow.url)) == [200, 200]
+        assert time.monotonic() - started >= 1.0  # the delay is applied to media
+        assert finished == ["health", "segment"]
 
 
 def test_the_command_reads_flame_port_and_stops_on_sigterm(stream: Stream, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import time
 
 import httpx
 
+from eventually import eventually
 from flame.media.messages import Request, Response
 
 from .helpers import ScriptedOrigin, running
@@ -36,13 +37,13 @@ def test_stop_lets_the_answer_in_progress_finish() -> None:
     results: list[httpx.Response] = []
     with server as s:
         t = threading.Thread(
-            target=lambda: results.append(httpx.get(s.url + "/slow", trust_env=False, timeout=5))
+            target=lambda: results.append(httpx.get(s.url + "/slow", trust_env=False, timeout=30))
         )
         t.start()
-        while not s.call(lambda: len(s.app.requests)):
-            time.sleep(0.01)
+        eventually(lambda: s.call(lambda: len(s.app.requests)), every=0.01,
+                   what="the server to have the request")  # fmt: skip
     # leaving the block stopped the server while the request was in progress
-    t.join(5)
+    t.join(30)
     assert results[0].status_code == 200
     assert results[0].content == b"late but whole"
     assert results[0].headers["connection"] == "close"

@@ -91,7 +91,10 @@ def test_a_kpi_breach_connects_the_edge_cache_and_no_request_fails(
     connected = [h for h in edge["history"] if h["to"] == "connected"]
     assert connected, edge
     assert connected[-1]["time"] >= fired_s
-    assert connected[-1]["time"] - fired_s < 3.0  # a booted surrogate: well under a second here
+    # A booted surrogate connects well under a second after the alert on a quiet machine; the
+    # bound only says "because of it, promptly" with room for a loaded one (the UE's 15 s run
+    # must still see the edge serve 50 requests below).
+    assert connected[-1]["time"] - fired_s < 10.0
 
     # The SR at sr-ue-1 served requests from it afterwards (its own measurements).
     served = _query(

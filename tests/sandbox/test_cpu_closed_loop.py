@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from eventually import eventually
 from flame.sandbox.supervisor import pid_alive
 
 from .test_up import env, flame, listening  # noqa: F401 - the env fixture
@@ -100,18 +100,6 @@ def _call(method: str, url: str, token: str, **kw: Any) -> Any:
     return response.json()
 
 
-def _wait(
-    what: str, check: Callable[[], Any], timeout_s: float, why: Callable[[], Any] = str
-) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        got = check()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"timed out waiting for {what}: {why()}"
-        time.sleep(0.25)
-
-
 def _states(orchestrator: str, token: str) -> dict[str, str]:
     status = _call("GET", orchestrator + "/v1/services/burn", token, params={"history": "false"})
     return {e["sfe"]: e["state"] for e in status["endpoints"]}
@@ -153,12 +141,13 @@ def _closed_loop(env: dict[str, str], summary: dict[str, Any]) -> None:  # noqa:
     )
     assert submitted["plan"]["sfc"] == "burn"
     want = {LONDON: "connected", EDGE: "booted"}
-    _wait("the chain to settle", lambda: _states(orchestrator, tenant) == want, 60)
+    eventually(lambda: _states(orchestrator, tenant), until=lambda s: s == want, every=0.25,
+               timeout=90, what="the chain to settle")  # fmt: skip
 
     # CLMC-8: the London SFE's CPU is sampled into `cpu`, tagged as the trigger filters; the
     # tenant reads its own SFEs' rows and never the host's (cpu-total), the operator both.
     q = 'SELECT "usage_user", "cpu", "sfe" FROM "cpu" WHERE time > now() - 1m'
-    mine = _wait("the tenant's cpu points", lambda: _query(clmc, tenant, q), 20)
+    mine = eventually(lambda: _query(clmc, tenant, q), every=0.25, what="the tenant's cpu points")
     assert {row[2] for row in mine} == {"sfe"}
     assert {row[3] for row in mine} <= {LONDON, EDGE}
     assert "cpu-total" in {row[2] for row in _query(clmc, operator, q)}
@@ -169,19 +158,21 @@ def _closed_loop(env: dict[str, str], summary: dict[str, Any]) -> None:  # noqa:
     # group's share of the 2 cores, 10-25 % of one core measured under a load of 13, whatever
     # the number of busy processes; alone, the burn is ~100 %.
     sr = summary["sr_urls"]["sr-platform"]
-    burned = httpx.post(sr + "/burn?seconds=60&workers=4", headers={"Host": FQDN}, timeout=10)
+    # The burn outlasts the generous wait below; /stop ends it as soon as the surrogate is up.
+    burned = httpx.post(sr + "/burn?seconds=180&workers=4", headers={"Host": FQDN}, timeout=30)
     assert burned.status_code == 202, burned.text
     assert burned.headers["X-Flame-Sfe"] == LONDON
     burn_started = time.time()
     seen = f'SELECT "usage_user" FROM "cpu" WHERE "sfe" = \'{LONDON}\' AND time > now() - 1m'
-    _wait(
-        "the surrogate to be connected",
+    eventually(
         lambda: _states(orchestrator, tenant)[EDGE] == "connected",
-        45,
-        lambda: (
-            _query(clmc, operator, seen)[-12:],
-            _call("GET", clmc + "/v1/alerts/events", operator)[-4:],
-            _call("GET", clmc + "/v1/alerts", operator),
+        timeout=150,
+        every=0.25,
+        what=lambda: (
+            "the surrogate to be connected: "
+            f"{_query(clmc, operator, seen)[-12:]} "
+            f"{_call('GET', clmc + '/v1/alerts/events', operator)[-4:]} "
+            f"{_call('GET', clmc + '/v1/alerts', operator)}"
         ),
     )
     print(f"burn to surrogate connected: {time.time() - burn_started:.1f} s")
@@ -191,13 +182,14 @@ def _closed_loop(env: dict[str, str], summary: dict[str, Any]) -> None:  # noqa:
     assert hot[-1]["emitted_ns"] / 1e9 >= burn_started
 
     # The burn stops: the low-CPU trigger puts the surrogate back to booted.
-    stopped = httpx.post(sr + "/stop", headers={"Host": FQDN}, timeout=10)
+    stopped = httpx.post(sr + "/stop", headers={"Host": FQDN}, timeout=30)
     assert stopped.status_code == 200, stopped.text
     stop_time = time.time()
-    _wait(
-        "the surrogate to be released",
+    eventually(
         lambda: _states(orchestrator, tenant)[EDGE] == "booted",
-        45,
+        timeout=90,
+        every=0.25,
+        what="the surrogate to be released",
     )
     print(f"stop to surrogate released: {time.time() - stop_time:.1f} s")
     status = _call("GET", orchestrator + "/v1/services/burn", tenant)
@@ -220,10 +212,10 @@ def _closed_loop(env: dict[str, str], summary: dict[str, Any]) -> None:  # noqa:
     assert "metro-london" in topology["content"]["source"]
     # Undeployed: from then on, nothing of the chain is in force.
     _call("DELETE", orchestrator + "/v1/services/burn", tenant)
-    gone = _wait(
-        "the undeployment to be recorded",
+    gone = eventually(
         lambda: _call("GET", clmc + "/v1/config/template/burn", tenant)["deleted"],
-        10,
+        every=0.25,
+        what="the undeployment to be recorded",
     )
     assert gone is True
     before = flame(env, "--json", "config", "at", "burn", "--time", str(template["time_ns"]))

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from eventually import Fatal, eventually
 from flame.common.auth import Role, TokenStore
 from flame.sandbox.demo import DEMO_FQDN, demo_template
 
@@ -67,26 +68,31 @@ def deploy_b(summary: dict[str, Any], operator: str, token: str) -> None:
         )
         assert delegated.status_code < 300, delegated.text
         as_b = {"Authorization": f"Bearer {token}"}
-        deadline = time.monotonic() + 15
-        while True:  # the orchestrator may hold the PCE's delegations for a moment (a cache)
-            submitted = http.post(
+
+        def submit() -> httpx.Response:
+            return http.post(
                 f"{summary['orchestrator_url']}/v1/services",
                 json={"template": b_template(), "name": "service.yaml"},
                 headers=as_b,
             )
-            if submitted.status_code != 409 or "not delegated" not in submitted.text:
-                break
-            assert time.monotonic() < deadline, submitted.text
-            time.sleep(0.5)
+
+        # the orchestrator may hold the PCE's delegations for a moment (a cache)
+        submitted = eventually(
+            submit,
+            until=lambda r: r.status_code != 409 or "not delegated" not in r.text,
+            every=0.5,
+            what="the orchestrator to see B's delegation",
+        )
         assert submitted.status_code in (200, 202), submitted.text
-        deadline = time.monotonic() + 90
-        while True:
-            status = http.get(f"{summary['orchestrator_url']}/v1/services/{B_SFC}", headers=as_b)
-            assert status.status_code == 200, status.text
-            if status.json().get("settled"):
-                break
-            assert time.monotonic() < deadline, status.text
-            time.sleep(0.3)
+
+        def status() -> dict[str, Any]:
+            got = http.get(f"{summary['orchestrator_url']}/v1/services/{B_SFC}", headers=as_b)
+            if got.status_code != 200:
+                raise Fatal(got.text)
+            return dict(got.json())
+
+        eventually(status, until=lambda s: bool(s.get("settled")), timeout=90, every=0.3,
+                   what="B's service to settle")  # fmt: skip
 
 
 def write_kpis(summary: dict[str, Any], operator: str) -> None:

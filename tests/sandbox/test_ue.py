@@ -59,7 +59,9 @@ async def test_rate_paths_host_and_percentiles() -> None:
     assert report.requests == 100
     assert report.failed == 0
     assert report.statuses == {200: 100}
-    assert 0.9 < report.elapsed_s < 3.0  # open loop: the schedule, not the server, sets the pace
+    # Open loop: the schedule sets the pace (the last request is due at 0.99 s). The upper bound
+    # only catches a generator that falls far behind: ~1.05 s measured, 10x headroom for load.
+    assert 0.99 <= report.elapsed_s < 10.0
     assert seen.count("vod.example /a") == 50
     assert seen.count("vod.example /b") == 50
     summary = report.as_dict()

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from eventually import eventually
 from flame.common.config import load_config
 from flame.sandbox.supervisor import pid_alive
 from flame.sfr.client import PceClient
@@ -125,10 +126,11 @@ def test_up_detached_route_a_ue_and_down(env: dict[str, str], tmp_path: Path) ->
         )
         # The table reaches the SR within a moment; the UE run then sees no failure.
         sr = summary["sr_urls"]["sr-ue-1"]
-        for _ in range(100):
-            resp = httpx.get(sr + "/", headers={"Host": "hello.example"})
-            if resp.status_code == 200:
-                break
+        resp = eventually(
+            lambda: httpx.get(sr + "/", headers={"Host": "hello.example"}, timeout=10),
+            until=lambda r: r.status_code == 200,
+            what="the SR to route hello.example",
+        )
         # The egress hop (FLIPS): sr-ue-1 hands the request to sr-metro, the SR of the
         # endpoint's cluster, which delivers it; both SRs on the one port of --free-ports.
         assert [hop.split()[1] for hop in resp.headers["via"].split(", ")] == [

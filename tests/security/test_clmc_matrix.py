@@ -10,7 +10,6 @@ the test fails when the app has a route it does not list.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import httpx
 import pytest
 import uvicorn
 
+from eventually import Fatal, eventually
 from flame.clmc.alerts.notify import Notifier
 from flame.clmc.alerts.service import AlertService
 from flame.clmc.service import ClmcService
@@ -115,11 +115,13 @@ def clmc(tmp_path: Path) -> Iterator[tuple[ClmcService, str, dict[str, str]]]:
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "the CLMC did not start"
-        assert thread.is_alive(), "the CLMC did not start"
-        time.sleep(0.02)
+
+    def started() -> bool:
+        if not thread.is_alive():
+            raise Fatal("the CLMC's server thread ended before it started")
+        return bool(server.started)
+
+    eventually(started, every=0.02, what="the CLMC to start")
     try:
         yield service, f"http://127.0.0.1:{port}", tokens
     finally:

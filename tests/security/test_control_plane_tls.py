@@ -12,12 +12,12 @@ import os
 import ssl
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from eventually import Fatal, eventually
 from flame.common.auth import Role, TokenStore
 from flame.common.errors import UserError
 from flame.common.ports import free_port
@@ -122,16 +122,13 @@ def test_pce_over_https_verified_with_the_platform_ca(tmp_path: Path) -> None:
     try:
         url = f"https://localhost:{port}"
         verify = ssl.create_default_context(cafile=str(ca))
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(url + "/health", verify=verify, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(log.read_text())
-            time.sleep(0.1)
+
+        def healthy() -> bool:
+            if proc.poll() is not None:
+                raise Fatal(f"the PCE exited {proc.returncode}:\n{log.read_text()}")
+            return httpx.get(url + "/health", verify=verify, timeout=5).status_code == 200
+
+        eventually(healthy, every=0.1, what=lambda: f"the PCE over TLS:\n{log.read_text()}")
         assert "on https://" in log.read_text()
         # Without the CA: refused (the platform CA is not a public one).
         with pytest.raises(httpx.ConnectError):

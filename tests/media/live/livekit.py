@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import imageio_ffmpeg
 
+from eventually import eventually
 from flame.common.ports import free_port
 from media.helpers import Proc
 
@@ -98,14 +99,8 @@ class LiveSF:
     def feed(self, name: str) -> dict:
         return next(f for f in self.feeds()["feeds"] if f["feed"] == name)
 
-    def wait(self, what: str, check, timeout: float = 20.0) -> dict:  # type: ignore[no-untyped-def]
-        deadline = time.monotonic() + timeout
-        while True:
-            doc = self.feeds()
-            if check(doc):
-                return doc
-            assert time.monotonic() < deadline, f"timed out waiting for {what}: {doc}"
-            time.sleep(0.1)
+    def wait(self, what: str, check, timeout: float = 60.0) -> dict:  # type: ignore[no-untyped-def]
+        return dict(eventually(self.feeds, until=check, timeout=timeout, every=0.1, what=what))
 
 
 def start_live(tmp: Path, **env: str) -> LiveSF:
@@ -182,12 +177,19 @@ class Viewer:
         ]
         return self.latencies_ms
 
-    def follow(self, segments: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self._fetched) < segments and not self.ended:
-            assert time.monotonic() < deadline, (self.seen, self.windows[-1:])
+    def follow(self, segments: int, timeout: float = 60.0) -> None:
+        """Poll the playlist every 0.1 s (a player's pace) until `segments` or its end."""
+
+        def done() -> bool:
+            if len(self._fetched) >= segments or self.ended:
+                return True
             self.poll()
-            time.sleep(0.1)
+            return False
+
+        def state() -> str:
+            return f"{segments} segments or the end (seen {self.seen}, {self.windows[-1:]})"
+
+        eventually(done, timeout=timeout, every=0.1, what=state)
 
     def median_ms(self) -> float:
         return float(statistics.median(self.measure()))

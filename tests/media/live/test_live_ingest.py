@@ -8,19 +8,22 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from eventually import eventually
 from flame.media.messages import Request, Response
 from media.helpers import ScriptedOrigin, ServerThread, running
 
 from .livekit import NEWS_KEY, SPORT_KEY, Viewer, camera, start_cache, start_live, stop
 
-LATENCY_BOUND_MS = 6000  # 1 s segments: one segment + encode + the cache's 1 s playlist TTL
+# 1 s segments: one segment + encode + the cache's 1 s playlist TTL, ~2-3 s on a quiet machine;
+# a median of 3.7 s (max 6.4 s) measured at a load of 16-21 on 2 cores, so 3x that. Liveness
+# itself is shown by order: the viewer follows segments while the camera still sends.
+LATENCY_BOUND_MS = 12_000
 
 
 @pytest.fixture
@@ -54,10 +57,10 @@ def test_mc9_rtmp_feed_watched_through_an_edge_cache(
     try:
         sf.wait("news live", lambda d: d["feeds"][0]["live"])
         viewer = Viewer(f"{cache_url}/live/news/", "media_1.m3u8", http, tmp_path)
-        viewer.follow(segments=4, timeout=20)
+        viewer.follow(segments=4)
         _check_live_headers(http, cache_url, sf.url, viewer)
-        assert cam.wait(20) == 0
-        viewer.follow(segments=100, timeout=15)  # until the window ends
+        assert cam.wait(60) == 0
+        viewer.follow(segments=100)  # until the window ends
         assert viewer.ended, viewer.windows[-1:]
         assert http.get(f"{sf.url}/healthz").json()["status"] == "ok"  # the SF keeps serving
         latencies = viewer.measure()
@@ -102,10 +105,8 @@ def _check_feed_and_recording(feed: dict, tmp_path: Path) -> None:
 
 
 def _check_measurements(lines: list[str]) -> None:
-    deadline = time.monotonic() + 5
-    while not any("live_feed," in x and "input_kbps=" in x for x in lines):
-        assert time.monotonic() < deadline, lines[-5:]
-        time.sleep(0.1)
+    eventually(lambda: any("live_feed," in x and "input_kbps=" in x for x in lines),
+               what=lambda: f"a live_feed measurement (last lines {lines[-5:]})")  # fmt: skip
     fed = [x for x in lines if x.startswith("live_feed,") and "input_kbps=" in x]
     assert "feed=news" in fed[0]
     assert "protocol=rtmp" in fed[0]
@@ -121,21 +122,20 @@ def test_wrong_keys_busy_feeds_and_max_feeds_are_refused(tmp_path: Path) -> None
     try:
         wrong = camera(sf.rtmp_url("not-the-key-0123456789abcdef"), 3)
         cams.append(wrong)
-        assert wrong.wait(20) != 0  # the encoder is cut before it may publish
+        assert wrong.wait(60) != 0  # the encoder is cut before it may publish
         assert sf.feeds()["refused"] == {"bad_key": 1}
         assert not any(f["live"] or f["current"] for f in sf.feeds()["feeds"])
         sessions = tmp_path / "live-data" / "sessions"
-        deadline = time.monotonic() + 5
-        while list(sessions.iterdir()):  # the refused session's ffmpeg exits, nothing is kept
-            assert time.monotonic() < deadline, list(sessions.iterdir())
-            time.sleep(0.05)
+        # the refused session's ffmpeg exits, nothing is kept
+        eventually(lambda: not list(sessions.iterdir()),
+                   what=lambda: f"no session left (have {list(sessions.iterdir())})")  # fmt: skip
         cams.append(camera(sf.rtmp_url(NEWS_KEY), 8))
         sf.wait("news live", lambda d: d["feeds"][0]["live"])
         second = camera(sf.rtmp_url(NEWS_KEY), 3)  # one publisher per feed
         sport = camera(sf.rtmp_url(SPORT_KEY), 3)  # MAX_FEEDS=1
         cams += [second, sport]
-        assert second.wait(20) != 0
-        assert sport.wait(20) != 0
+        assert second.wait(60) != 0
+        assert sport.wait(60) != 0
         refused = sf.feeds()["refused"]
         assert refused == {"bad_key": 1, "feed_busy": 1, "max_feeds": 1}, refused
         assert sf.feed("news")["live"]
@@ -177,7 +177,7 @@ def test_a_killed_ffmpeg_ends_the_window_and_the_feed_comes_back(
         playlist = http.get(f"{sf.url}/live/news/media_0.m3u8").text
         assert playlist.rstrip().endswith("#EXT-X-ENDLIST")  # closed by the supervisor
         assert 'type="static"' in http.get(f"{sf.url}/live/news/manifest.mpd").text
-        assert cam.wait(20) != 0  # the relay cut the encoder
+        assert cam.wait(60) != 0  # the relay cut the encoder
         cams.append(camera(sf.rtmp_url(NEWS_KEY), 6))  # the encoder reconnects
         doc = sf.wait("live again", lambda d: d["feeds"][0]["live"] and
                       d["feeds"][0]["current"]["session"] != first["session"])  # fmt: skip
@@ -199,17 +199,17 @@ def test_srt_passphrase_and_a_killed_listener_is_rearmed(
         pid = listener["srt_listener"]["pid"]
         wrong = camera(sf.srt_url("wrong-passphrase-0123456789"), 3, fmt="mpegts")
         cams.append(wrong)
-        assert wrong.wait(20) != 0  # the SRT handshake refuses it
+        assert wrong.wait(60) != 0  # the SRT handshake refuses it
         sf.wait("the refusal counted", lambda d: d["refused"].get("bad_key") == 1)
         os.kill(pid, signal.SIGKILL)
         doc = sf.wait("a new listener", lambda d: d["srt_listener"]["pid"] != pid
                       and d["srt_listener"]["state"] == "listening")  # fmt: skip
         good = camera(sf.srt_url(NEWS_KEY), 5, fmt="mpegts")
         cams.append(good)
-        doc = sf.wait("news live over SRT", lambda d: d["feeds"][0]["live"], timeout=30)
+        doc = sf.wait("news live over SRT", lambda d: d["feeds"][0]["live"])
         assert doc["feeds"][0]["current"]["protocol"] == "srt"
-        assert good.wait(20) == 0
-        sf.wait("the end", lambda d: d["feeds"][0]["current"]["state"] == "ended", timeout=20)
+        assert good.wait(60) == 0
+        sf.wait("the end", lambda d: d["feeds"][0]["current"]["state"] == "ended")
         playlist = http.get(f"{sf.url}/live/news/media_0.m3u8").text
         assert "#EXT-X-ENDLIST" in playlist
         # The listener is re-armed for the next contribution.

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from eventually import Fatal, eventually
 from flame.common.ports import free_port
 from flame.sfemc.images import load_manifest
 
@@ -35,17 +36,21 @@ def start(env: dict[str, str], tmp: Path, name: str) -> tuple[subprocess.Popen[b
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            if httpx.get(url + "/health", timeout=0.5).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
+
+    def output() -> str:
+        return (tmp / f"{name}.log").read_text()
+
+    def healthy() -> bool:
         if proc.poll() is not None:
-            break
-        threading.Event().wait(0.05)
-    proc.kill()
-    raise AssertionError((tmp / f"{name}.log").read_text())
+            raise Fatal(f"{name} exited {proc.returncode}:\n{output()}")
+        return httpx.get(url + "/health", timeout=2).status_code == 200
+
+    try:
+        eventually(healthy, what=lambda: f"{name} to be healthy:\n{output()}")
+    except AssertionError:
+        proc.kill()
+        raise
+    return proc, url
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

@@ -16,6 +16,7 @@ import httpx
 import pytest
 import trimesh
 
+from eventually import eventually
 from flame.common.ports import free_port
 from media.helpers import Proc
 
@@ -251,7 +252,9 @@ def test_tenants_see_only_their_own_models(sf: str) -> None:
     assert other_copy.content == sphere_glb(2)
 
 
-def test_builds_run_off_the_event_loop_one_at_a_time(sf: str) -> None:
+def test_builds_run_off_the_event_loop_one_at_a_time(
+    sf: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     """While a large model is simplified the SF answers at once; a second upload is told to
     come back (503 busy with Retry-After), not queued without bound."""
     big = sphere_glb(6)  # 81,920 triangles
@@ -260,18 +263,23 @@ def test_builds_run_off_the_event_loop_one_at_a_time(sf: str) -> None:
         return httpx.put(f"{sf}/v1/models/{name}", content=big, headers=auth(KEY_DEMO) | GLB,
                          timeout=120)  # fmt: skip
 
+    # The SF stages each build in a fresh `.build-*` directory of its data dir (module's `sf`).
+    base = tmp_path_factory.getbasetemp()
     with ThreadPoolExecutor(4) as pool:
         first = pool.submit(put, "big1")
-        time.sleep(0.3)  # the first build is under way (its body is sent in milliseconds)
+        eventually(lambda: any(base.glob("lod*/data/**/.build-*")) or first.done(), every=0.01,
+                   what="the first build to start")  # fmt: skip
         started = time.monotonic()
-        health = httpx.get(f"{sf}/health", timeout=5)
+        health = httpx.get(f"{sf}/health", timeout=30)
         health_s = time.monotonic() - started
         building = not first.done()
         second = pool.submit(put, "big2").result()
         assert first.result().status_code == 201
     assert health.status_code == 200
-    assert building  # answered while the first model was still being simplified
-    assert health_s < 1.5, health_s
+    # Answered while the first model was still being simplified (ordering, the proof); the
+    # bound only adds "promptly": ~0.01 s measured, ~0.3 s at a load of 12, so 3 s.
+    assert building
+    assert health_s < 3, health_s
     assert second.status_code == 503
     assert second.json()["error"] == "busy"
     assert second.headers["retry-after"] == "2"
@@ -281,10 +289,9 @@ def test_requests_per_level_reach_the_clmc(sf: str, clmc: Clmc) -> None:
     for _ in range(3):
         httpx.get(f"{sf}/models/ball.glb", headers={"Downlink": "0.05"})
     httpx.get(f"{sf}/models/ball.glb?lod=50")
-    deadline = time.monotonic() + 10
-    served: dict[tuple[str, str], int] = {}
-    while time.monotonic() < deadline:
-        served = {}
+
+    def served_now() -> dict[tuple[str, str], int]:
+        served: dict[tuple[str, str], int] = {}
         for text in list(clmc.lines):
             if not text.startswith("lod_requests,"):
                 continue
@@ -295,10 +302,13 @@ def test_requests_per_level_reach_the_clmc(sf: str, clmc: Clmc) -> None:
             assert tags["tenant"] == "demo"
             key = (tags["lod"], tags["selection"])
             served[key] = served.get(key, 0) + int(values["requests"].rstrip("i"))
-        if served.get(("5", "hints"), 0) >= 3 and served.get(("50", "override"), 0) >= 1:
-            break
-        time.sleep(0.2)
-    assert served.get(("5", "hints"), 0) >= 3, served
-    assert served.get(("50", "override"), 0) >= 1, served
+        return served
+
+    eventually(
+        served_now,
+        until=lambda s: s.get(("5", "hints"), 0) >= 3 and s.get(("50", "override"), 0) >= 1,
+        every=0.2,
+        what="the requests per level at the CLMC",
+    )
     builds = [t for t in clmc.lines if t.startswith("lod_build,")]
     assert any("model=ball" in t for t in builds)

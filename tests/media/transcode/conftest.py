@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import uvicorn
 
+from eventually import eventually
 from flame.common.ports import free_port
-from media.contentkit import make_clip, wait_for
+from media.contentkit import make_clip
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +36,7 @@ def clmc(tmp_path: Path) -> Iterator[tuple[str, str]]:
                                            log_config=None, access_log=False))  # fmt: skip
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    wait_for(lambda: server.started, 30, 0.02)
+    eventually(lambda: server.started, every=0.02, what="the server to start")
     try:
         yield f"http://127.0.0.1:{port}", token
     finally:

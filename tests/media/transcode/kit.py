@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from typing import Any
 import httpx
 import uvicorn
 
+from eventually import Fatal, eventually
 from flame.common.ports import free_port
 from flame.media.transcode.app import create_app
 from flame.media.transcode.service import Config, TranscodeService
@@ -65,11 +65,13 @@ def transcoder(data: Path, **extra: str) -> Iterator[Running]:
     )
     thread = threading.Thread(target=server.run, daemon=True, name="transcode-sf")
     thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive(), "the transcoder did not start"
-        assert time.monotonic() < deadline, "the transcoder did not start in time"
-        time.sleep(0.02)
+
+    def started() -> bool:
+        if not thread.is_alive():
+            raise Fatal("the transcoder's server thread ended before it started")
+        return bool(server.started)
+
+    eventually(started, every=0.02, what="the transcoder to start")
     try:
         yield Running(f"http://127.0.0.1:{port}", service)
     finally:
@@ -78,13 +80,14 @@ def transcoder(data: Path, **extra: str) -> Iterator[Running]:
 
 
 def wait_job(http: httpx.Client, job_id: str, timeout: float = 60.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        job = http.get(f"/v1/jobs/{job_id}").json()
-        if job["state"] not in ("queued", "running"):
-            return dict(job)
-        assert time.monotonic() < deadline, job
-        time.sleep(0.1)
+    job = eventually(
+        lambda: http.get(f"/v1/jobs/{job_id}").json(),
+        until=lambda j: j["state"] not in ("queued", "running"),
+        timeout=timeout,
+        every=0.1,
+        what=f"job {job_id} to finish",
+    )
+    return dict(job)
 
 
 def upload(http: httpx.Client, name: str, path: Path) -> None:

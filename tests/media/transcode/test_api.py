@@ -18,9 +18,10 @@ import httpx
 import pytest
 import uvicorn
 
+from eventually import eventually
 from flame.common.ports import free_port
 from flame.media.hls import ffmpeg_exe
-from media.contentkit import KEY_A, content_server, create, make_clip, patch, wait_for
+from media.contentkit import KEY_A, content_server, create, make_clip, patch
 
 from .kit import OTHER_KEY, Running, transcoder, upload, wait_job
 
@@ -44,7 +45,7 @@ def clmc_m(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
                                            log_config=None, access_log=False))  # fmt: skip
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    wait_for(lambda: server.started, 30, 0.02)
+    eventually(lambda: server.started, every=0.02, what="the server to start")
     try:
         yield f"http://127.0.0.1:{port}", token
     finally:
@@ -198,7 +199,7 @@ def test_mc9_media_types_ranges_validators_and_caching(sf: Running, ladder: dict
 def test_mc7_per_job_and_per_rendition_figures_reach_the_clmc(
     sf: Running, ladder: dict[str, Any], clmc_m: tuple[str, str]
 ) -> None:
-    wait_for(lambda: sf.service.reporter.stats()["sent"] >= 5, 10)
+    eventually(lambda: sf.service.reporter.stats()["sent"] >= 5, what="5 reports sent")
     url, token = clmc_m
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"},
                       trust_env=False) as q:  # fmt: skip
@@ -347,7 +348,8 @@ def test_a_running_job_is_cancelled_and_the_worker_goes_on(
         job_id = http.post("/v1/jobs", json=body).json()["id"]
         quick = {"source": {"path": "src.mp4"}, "rungs": [{"bitrate": "300k"}], "vmaf": False}
         queued = http.post("/v1/jobs", json=quick).json()["id"]
-        wait_for(lambda: http.get(f"/v1/jobs/{job_id}").json()["progress"] > 0.05, 30, 0.05)
+        eventually(lambda: http.get(f"/v1/jobs/{job_id}").json()["progress"] > 0.05,
+                   what="the job to make progress")  # fmt: skip
         assert _ffmpeg_children()
         assert http.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
         job = wait_job(http, job_id)

@@ -4,19 +4,19 @@ image packages existing renditions without re-encoding them (MC-9) and refuses l
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from eventually import eventually_async
 from flame.common.ports import free_port
 from flame.media.hls import ffmpeg_exe
 from flame.media.transcode.jobs import ACTIVE
@@ -173,10 +173,12 @@ async def test_the_transcoder_image_runs_sandboxed_and_encodes_a_ladder(
             r = await http.post("/v1/jobs", json={"source": {"path": "clip.mp4"},
                                                   "rungs": [{"height": 120, "bitrate": "150k"}]})  # fmt: skip
             job_id = r.json()["id"]
-            deadline = time.monotonic() + 90
-            while (job := (await http.get(f"/v1/jobs/{job_id}")).json())["state"] in ACTIVE:
-                assert time.monotonic() < deadline, job
-                await asyncio.sleep(0.2)
+
+            async def job_now() -> dict[str, Any]:
+                return dict((await http.get(f"/v1/jobs/{job_id}")).json())
+
+            job = await eventually_async(job_now, until=lambda j: j["state"] not in ACTIVE,
+                                         timeout=90, every=0.2, what="the job to finish")  # fmt: skip
             assert job["state"] == "done", job["error"]
             assert 0 < job["result"]["renditions"][0]["vmaf"] <= 100
             assert (await http.get(f"/o/{job_id}/manifest.mpd")).status_code == 200

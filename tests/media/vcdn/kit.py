@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -40,16 +39,6 @@ def auth(key: str = KEY) -> dict[str, str]:
 
 def scripted(respond: Callable[[Request], Awaitable[Response]]) -> Callable[[], ScriptedOrigin]:
     return lambda: ScriptedOrigin(respond)
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 10.0, every: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(every)
 
 
 class ReportingCache:

@@ -15,13 +15,14 @@ import httpx
 import pytest
 import uvicorn
 
+from eventually import eventually
 from flame.common.ports import free_port
 from flame.media.origin import Origin
 from flame.media.vcdn.planner import Edge, ReplicaPlanner
 from media.conftest import Stream
 from media.helpers import Proc, ServerThread, running
 
-from .kit import KEY, ReportingCache, wait_for
+from .kit import KEY, ReportingCache
 
 SEGS = [f"/hls/360p/seg_00{i}.ts" for i in range(4)]
 
@@ -41,7 +42,7 @@ def clmc(tmp_path: Path) -> Iterator[tuple[str, str]]:
                                            log_config=None, access_log=False))  # fmt: skip
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    wait_for(lambda: server.started, 30)
+    eventually(lambda: server.started, every=0.02, what="the CLMC to start")
     try:
         yield f"http://127.0.0.1:{port}", token
     finally:
@@ -118,14 +119,18 @@ def test_mc10_predicted_demand_puts_the_asset_at_the_edge_before_the_first_reque
                                        'WHERE "sfe" = \'vod-1.cache.metro-london\' '
                                        'GROUP BY "path"')  # fmt: skip
 
-                series = wait_for(lambda: len(reported()) == 4 and reported(), 15)
-                demand = {s["tags"]["path"]: s["values"][0][1] for s in series}
-                assert demand == dict(zip(SEGS, (5, 4, 3, 1), strict=True))
-                (cache_series,) = wait_for(lambda: query(
+                def demand() -> dict[str, Any]:
+                    return {s["tags"]["path"]: s["values"][0][1] for s in reported()}
+
+                # Reports are periodic: one may hold part of the requests; the next the rest.
+                want = dict(zip(SEGS, (5, 4, 3, 1), strict=True))
+                eventually(demand, until=lambda d: d == want, what="the demand per path")
+                counters = [m["hits"], m["misses"], m["origin_fetches"]]
+                eventually(lambda: query(
                     clmc, 'SELECT last("hits"), last("misses"), last("origin_fetches") '
-                    'FROM "media_cache" WHERE "cluster" = \'metro-london\''), 15)  # fmt: skip
-                assert cache_series["values"][0][1:] == [m["hits"], m["misses"],
-                                                         m["origin_fetches"]]  # fmt: skip
+                    'FROM "media_cache" WHERE "cluster" = \'metro-london\''),
+                    until=lambda series: series[0]["values"][0][1:] == counters,
+                    what="the cache's counters at the CLMC")  # fmt: skip
                 assert (m["hits"], m["misses"]) == (9, 4)
 
                 # the planner pushes the top three to Bristol
@@ -171,10 +176,11 @@ def test_the_planner_without_demand_or_with_a_refusing_edge(
                 url: {"paths": [], "skipped": "no demand known"}
             }
             point = f"media_demand_forecast,path={SEGS[0]} requests=3i"
-            wait_for(  # the database exists once the cache has reported (it creates it)
+            eventually(  # the database exists once the cache has reported (it creates it)
                 lambda: httpx.post(clmc[0] + "/write", params={"db": "acme"}, content=point,
                                    headers={"Authorization": f"Bearer {clmc[1]}"},
-                                   trust_env=False).status_code == 204, 10)  # fmt: skip
+                                   trust_env=False).status_code == 204,
+                what="a forecast write to be accepted")  # fmt: skip
 
             async def wrong_key() -> dict[str, Any]:
                 planner = ReplicaPlanner(clmc[0], "acme", [Edge(url)], clmc_token=clmc[1],
@@ -225,7 +231,7 @@ def test_mc10_cache_measurements_arrive_in_the_clmc_with_every_documented_field(
                     else None
                 )
 
-            row = wait_for(latest, 15)
+            row = eventually(latest, what="a purge reported to the CLMC")
         finally:
             cache.stop()
     assert documented - {"hit_ratio"} <= row.keys(), documented - row.keys()

@@ -5,31 +5,20 @@ racing an origin fetch, and the size bound from CACHE_SIZE with a real cache pro
 from __future__ import annotations
 
 import asyncio
-import time
+import threading
 from pathlib import Path
 
 import httpx
 
+from eventually import eventually
 from flame.common.ports import free_port
 from flame.media.cache import EdgeCache
 from flame.media.messages import Request, Response, json_response
 from flame.media.store import ObjectStore
 from media.conftest import Stream
-from media.helpers import Proc, ServerThread, running
+from media.helpers import Proc, age_out, running
 
-from .kit import auth, managed_cache, scripted, wait_for
-
-
-def age_out(cache: ServerThread, base: str, by: float = 0.01) -> None:
-    """Make every stored variant of `base` expire `by` seconds ago (instead of sleeping)."""
-
-    def expire() -> None:
-        store = cache.app.store
-        for key in store.bases.get(base, ()):
-            obj = store.get(key)
-            obj.expires_at = time.time() - by
-
-    cache.call(expire)
+from .kit import auth, managed_cache, scripted
 
 
 def test_mc10_vary_keeps_one_variant_per_header_value_within_a_bound(http: httpx.Client) -> None:
@@ -94,11 +83,14 @@ def test_rfc5861_stale_while_revalidate_serves_stale_and_revalidates_once(
     http: httpx.Client,
 ) -> None:
     state = {"version": 1, "up": True}
+    # A far origin: revalidations wait until the test opens the gate, so a client that waited
+    # for one would hang (and time out) instead of the test timing the answers.
+    gate = threading.Event()
 
     async def respond(req: Request) -> Response:
         v = state["version"]
         if req.headers.get("if-none-match"):
-            await asyncio.sleep(1.0)  # a far origin: stale answers must not wait for it
+            await asyncio.to_thread(gate.wait, 60)
             if not state["up"]:
                 return json_response(503, {"error": "down"})
             if req.headers["if-none-match"] == f'"v{v}"':
@@ -111,7 +103,9 @@ def test_rfc5861_stale_while_revalidate_serves_stale_and_revalidates_once(
             return list(await asyncio.gather(*(c.get(url) for _ in range(n))))
 
     def settled() -> None:
-        wait_for(lambda: not cache.call(lambda: len(cache.app.inflight)))
+        gate.set()  # the revalidation under way may finish now
+        eventually(lambda: not cache.call(lambda: len(cache.app.inflight)),
+                   what="the background revalidation to finish")  # fmt: skip
 
     with running(scripted(respond)) as origin, running(managed_cache(origin.url)) as cache:
         assert http.get(cache.url + "/live.m3u8").headers["x-cache"] == "MISS"
@@ -122,9 +116,11 @@ def test_rfc5861_stale_while_revalidate_serves_stale_and_revalidates_once(
         settled()
         assert cache.call(cache.app.metrics)["origin_errors"] == 1
         state.update(up=True, version=2)
-        started = time.monotonic()
-        answers = asyncio.run(burst(cache.url + "/live.m3u8", 10))
-        assert time.monotonic() - started < 0.9  # nobody waited for the origin
+        gate.clear()  # the origin holds the next revalidation: all ten are answered meanwhile
+        try:
+            answers = asyncio.run(burst(cache.url + "/live.m3u8", 10))
+        finally:
+            gate.set()
         assert {(r.headers["x-cache"], r.content) for r in answers} == {("STALE", b"v1")}
         settled()
         r = http.get(cache.url + "/live.m3u8")
@@ -193,20 +189,27 @@ def test_rfc5861_stale_if_error_covers_an_outage_for_its_window_only(http: httpx
 
 def test_mc10_a_purge_during_an_origin_fetch_keeps_nothing_of_it(http: httpx.Client) -> None:
     state = {"version": 1}
+    # The origin tells when it has the request and answers when told: the purge lands while the
+    # fetch is in flight however the machine schedules the two.
+    arrived, release = threading.Event(), threading.Event()
 
     async def respond(req: Request) -> Response:
         v = state["version"]
-        await asyncio.sleep(0.3)
+        arrived.set()
+        await asyncio.to_thread(release.wait, 60)
         return Response(200, [("Cache-Control", "max-age=60")], f"v{v}".encode())
 
     async def race(url: str) -> httpx.Response:
-        async with httpx.AsyncClient(trust_env=False, timeout=10) as c:
+        async with httpx.AsyncClient(trust_env=False, timeout=30) as c:
             fetch = asyncio.ensure_future(c.get(url + "/obj"))
-            await asyncio.sleep(0.1)  # the fetch is in flight with the old version
-            state["version"] = 2
-            purge = await c.post(url + "/_cache/v1/purge", json={"paths": ["/obj"]},
-                                 headers=auth())  # fmt: skip
-            assert purge.json() == {"purged": 0}
+            try:
+                assert await asyncio.to_thread(arrived.wait, 60), "the fetch never reached it"
+                state["version"] = 2  # the fetch in flight carries the old version
+                purge = await c.post(url + "/_cache/v1/purge", json={"paths": ["/obj"]},
+                                     headers=auth())  # fmt: skip
+                assert purge.json() == {"purged": 0}
+            finally:
+                release.set()
             return await fetch
 
     with running(scripted(respond)) as origin, running(managed_cache(origin.url)) as cache:
