@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from flame.clmc.ingest import Ingest
+from flame.clmc.store._series import _MAX_SPANS, _Table
 from flame.clmc.store.base import table_name
 from flame.clmc.store.duckdb_store import DuckDBStore
 
@@ -115,6 +117,70 @@ def test_old_points_resent_after_new_ones_replace_their_twins(ingest: Ingest) ->
     got = rows(ingest)
     assert len(got) == 100
     assert [r["v"] for r in got[:11]] == [0.0, 1, 2, 3, 4, 5, 6, 7, 8, 9, -10.0]
+
+
+def test_newest_first_and_backfill_keep_every_point_once(ingest: Ingest) -> None:
+    """A client sending newest first (or a backfill) writes below each series' stored range:
+    nothing to merge; a point resent at the range's edges or inside it still replaces its twin."""
+    for start in (300, 200, 100, 0):  # newest first, 3 series
+        write(
+            ingest, "\n".join(f"m,t=a{i % 3} v={i} {i}" for i in range(start, start + 100)).encode()
+        )
+    write(ingest, b"m,t=a0 v=-1 0\nm,t=a2 v=-2 398\nm,t=a1 v=-3 205")  # least, greatest, inside
+    got = {(r["t"], r["time"]): r["v"] for r in rows(ingest)}
+    assert len(got) == 400
+    assert (got[("a0", 0)], got[("a2", 398)], got[("a1", 205)]) == (-1.0, -2.0, -3.0)
+    assert got[("a1", 1)] == 1.0
+
+
+def test_a_gap_between_stored_bodies_is_filled_and_a_twin_in_a_span_replaced(
+    ingest: Ingest,
+) -> None:
+    """Two writers interleave bodies: a body may land in a gap of its series' stored range;
+    no stored point is there (the table's stored spans say so), a twin inside a span is."""
+    write(ingest, "\n".join(f"m,t=a{i % 2} v={i} {i}" for i in range(200, 300)).encode())
+    write(ingest, "\n".join(f"m,t=a{i % 2} v={i} {i}" for i in range(0, 100)).encode())
+    assert len(rows(ingest)) == 200
+    gap = [f"m,t=a{i % 2} v={i} {i}" for i in range(100, 200)]
+    write(ingest, "\n".join([*gap, "m,t=a0 v=-1 250", "m,t=a1 v=-2 99"]).encode())
+    got = {(r["t"], r["time"]): r["v"] for r in rows(ingest)}
+    assert len(got) == 300
+    assert (got[("a0", 250)], got[("a1", 99)], got[("a0", 150)]) == (-1.0, -2.0, 150.0)
+
+
+def test_stored_spans_stay_bounded_and_cover_every_time() -> None:
+    entry = _Table()
+    times = [i * 10 for i in range(3 * _MAX_SPANS)]
+    for t in reversed(times):  # every one its own span at first: merged past the bound
+        entry.add_span(t, t + 1)
+    assert len(entry.spans) <= _MAX_SPANS
+    assert entry.in_spans(np.array(times, dtype=np.int64)).all()
+    assert not entry.in_spans(np.array([-5, times[-1] + 5], dtype=np.int64)).any()
+    entry.add_span(-100, 10**6)  # a span over all of them: one left
+    assert entry.spans == [(-100, 10**6)]
+
+
+def test_stored_time_ranges_survive_a_restart(tmp_path: Path) -> None:
+    """After a restart the series index reloads each series' least and greatest time."""
+    store = DuckDBStore(tmp_path / "s.duckdb")
+    ing = Ingest(store, tmp_path / "wal")
+    ing.start()
+    store.create_database("db")
+    write(ing, "\n".join(f"m,t=a v={i} {i}" for i in range(100, 200)).encode())
+    assert ing.wait_applied(60)
+    ing.stop()
+    store.close()
+    store = DuckDBStore(tmp_path / "s.duckdb")
+    ing = Ingest(store, tmp_path / "wal")
+    ing.start()
+    try:
+        write(ing, "\n".join(f"m,t=a v={-i} {i}" for i in range(50, 101)).encode())  # 100: twin
+        got = {r["time"]: r["v"] for r in rows(ing)}
+        assert len(got) == 150
+        assert (got[100], got[101], got[50]) == (-100.0, 101.0, -50.0)
+    finally:
+        ing.stop()
+        store.close()
 
 
 def test_a_retry_after_a_crash_does_not_duplicate(tmp_path: Path) -> None:

@@ -122,3 +122,26 @@ def test_a_mixed_body_costs_about_what_one_measurement_does() -> None:
 
     one, many = cost(1), cost(200)
     assert many < 12 * one + 0.1, (one, many)
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ["docker_container_cpu", "docker_container_mem"],  # one length, 16 bytes alike
+        ["abcdefgh", "abcdefgi"],  # differ in the last byte of the only word
+        ["m", "n", "m"],  # one byte
+        ["service_request"] * 2,  # one measurement: the shortcut
+    ],
+)
+def test_measurements_of_one_length_are_told_apart(names: list[str]) -> None:
+    """Grouping by measurement compares names word by word when they have one length (the
+    one-measurement shortcut): names alike but for a byte are still two measurements."""
+    lines = [f"{m},host=h{i} v={i} {i}" for i, m in enumerate(names * 4)]
+    body = "\n".join(lines).encode()
+    starts, ends = lineproto._line_bounds(body)
+    chunks: list[object] = []
+    rest = fast_path(Tokens(body, starts, ends), np.arange(len(starts)), 1, chunks)  # type: ignore[arg-type]
+    assert rest == []
+    assert sorted({c.measurement for c in chunks}) == sorted(set(names))  # type: ignore[attr-defined]
+    got = {(b.measurement, int(line)) for b in lineproto.parse(body).batches for line in b.lines}
+    assert got == {(m, n) for n, m in enumerate(names * 4, 1)}

@@ -97,6 +97,9 @@ class _Layout:
     key_cols: np.ndarray  # token columns holding keys ...
     value_cols: np.ndarray  # ... and values
     key_lengths: np.ndarray
+    # per token (with its delimiter), its least length and how much longer it may be
+    min_length: np.ndarray
+    length_span: np.ndarray
     # the keys as 8-byte words to compare: (token column, offset from the delimiter before
     # the key, value, mask) per word
     words: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -135,6 +138,8 @@ def _layout(shape: _Shape) -> _Layout:
         key_cols=np.array([i for i, k in enumerate(keys) if k is not None]),
         value_cols=np.array([i for i, k in enumerate(keys) if k is None]),
         key_lengths=np.array([len(k.encode()) for k in names]),
+        min_length=np.array([2 if k is None else len(k.encode()) + 1 for k in keys], np.int64),
+        length_span=np.array([2**30 if k is None else 0 for k in keys], np.uint64),
         words=(
             np.array(cols),
             np.array(offs),
@@ -205,7 +210,10 @@ class Tokens:
         self.raw = np.concatenate((raw, np.zeros(_PAD, dtype=np.uint8)))
         # every 8-byte window of the body as a little-endian word (stride 1 byte)
         self.u64 = np.ndarray((len(self.raw) - 7,), dtype="<u8", buffer=self.raw, strides=(1,))
-        self.pos = np.flatnonzero((raw == 32) | (raw == 44) | (raw == 61) | (raw == 10))
+        # byte positions as int32 when they fit: half the memory traffic of int64
+        self.index_type = np.int32 if len(self.raw) < 2**31 else np.int64
+        found = np.flatnonzero((raw == 32) | (raw == 44) | (raw == 61) | (raw == 10))
+        self.pos = found.astype(self.index_type, copy=False)
         self.chars = self.raw[self.pos]
         self.starts, self.ends = starts, ends
         self.first = np.searchsorted(self.pos, starts)
@@ -213,6 +221,21 @@ class Tokens:
         self._body = body
         self._tokens: pa.Array | None = None
         self._quotes: np.ndarray | None = None if b'"' in body else np.zeros(len(starts), np.int64)
+
+    def same_measurement(self, lines: np.ndarray) -> bool:
+        """Whether every line of `lines` starts with the same measurement (compared 8 bytes
+        at a time: a few passes over the lines, no strings built)."""
+        starts = self.starts[lines]
+        length = self.pos[self.first[lines]] - starts
+        size = int(length[0])
+        if size >= _PAD or not np.all(length == size):
+            return False
+        for off in range(0, size, 8):
+            mask = np.uint64((1 << (8 * min(8, size - off))) - 1)
+            words = self.u64[starts + off] & mask
+            if not np.all(words == words[0]):
+                return False
+        return True
 
     def quotes(self, lines: np.ndarray) -> np.ndarray:
         """How many double quotes each of `lines` holds."""
@@ -287,14 +310,9 @@ def fast_path(
     lines = lines[~long]
     if not len(lines):
         return slow
-    # Measurement of each line as a small integer; each measurement's lines in body order.
-    names = tok.texts(tok.first[lines])
-    codes = pc.dictionary_encode(names).indices.to_numpy()
-    order = np.argsort(codes, kind="stable")
-    cut = np.flatnonzero(np.diff(codes[order])) + 1
     conv = _Conversions(tok, mult)
     pending: list[_Pending] = []
-    for measurement_lines in np.split(lines[order], cut):
+    for measurement_lines in _by_measurement(tok, lines):
         group = measurement_lines
         if len(group) < _MIN_LINES:
             slow.extend(group.tolist())
@@ -323,6 +341,18 @@ def fast_path(
     return slow
 
 
+def _by_measurement(tok: Tokens, lines: np.ndarray) -> list[np.ndarray]:
+    """`lines` grouped by measurement, each group in body order."""
+    if tok.same_measurement(lines):  # one measurement, the usual body of an agent or an SR
+        return [lines]
+    # Measurement of each line as a small integer; each measurement's lines in body order.
+    names = tok.texts(tok.first[lines])
+    codes = pc.dictionary_encode(names).indices.to_numpy()
+    order = np.argsort(codes, kind="stable")
+    cut = np.flatnonzero(np.diff(codes[order])) + 1
+    return list(np.split(lines[order], cut))
+
+
 def _take_shape(
     tok: Tokens, lines: np.ndarray, shape: _Shape, conv: _Conversions, pending: list[_Pending]
 ) -> np.ndarray:
@@ -348,13 +378,16 @@ def _take_shape(
         delims = tok.pos[m]
         ok = np.all(tok.chars[m] == pattern, axis=1)
     # token k spans (bounds[:, k] + 1, bounds[:, k + 1])
-    bounds = np.empty((len(li), d + 2), dtype=np.int64)
+    bounds = np.empty((len(li), d + 2), dtype=tok.index_type)
     bounds[:, 0] = tok.starts[li] - 1
     bounds[:, 1:-1] = delims
     bounds[:, -1] = tok.ends[li]
-    lengths = bounds[:, 1:] - bounds[:, :-1] - 1
-    ok &= np.all(lengths[:, lay.key_cols] == lay.key_lengths, axis=1)
-    ok &= np.all(lengths[:, lay.value_cols] > 0, axis=1)
+    # every token's length: a key's exactly its own, a value's at least 1 (one pass: a value
+    # token's bound is [1, huge], a key's [length, length])
+    lengths = np.diff(bounds, axis=1)
+    unsigned = np.uint32 if lengths.dtype == np.int32 else np.uint64
+    above = (lengths - lay.min_length.astype(lengths.dtype)).view(unsigned)
+    ok &= np.all(above <= lay.length_span.astype(unsigned), axis=1)
     # Key bytes compared 8 at a time (unaligned little-endian words; padding keeps them in range).
     w_cols, w_offs, w_vals, w_masks = lay.words
     ok &= np.all((tok.u64[bounds[:, w_cols] + w_offs] & w_masks) == w_vals, axis=1)

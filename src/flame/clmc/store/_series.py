@@ -4,14 +4,18 @@ write arrives, `admit`) and what last-write-wins needs (when rows are applied, `
 A series is a measurement's tag set; within a table it is identified by a 64-bit hash of its
 (tag key, value) pairs, order-free, so a row's series id is a few vectorised operations per tag
 column. For each series the index keeps the greatest timestamp stored (`RESERVED` while it is
-only admitted): a new row can only overwrite a stored point if its time is not after that, so
-ingest of fresh data (almost everything) never looks at the stored rows. Per table it also
-keeps each tag key's values (for max-values-per-tag).
+only admitted) and the least: a new row can only overwrite a stored point if its time lies
+between the two, so ingest of fresh data (almost everything) and of data older than what is
+stored (a backfill, a client sending newest first) never looks at the stored rows. Per table
+it keeps the spans of time applied, so a body landing in a gap between stored ones (two writers
+interleaving) is not looked up either, and each tag key's values (for max-values-per-tag).
 
-A table's entry is loaded from the store on first use (one `GROUP BY` over the table); a
-database's entries are loaded together, since the series limit counts them all. DROP, DELETE
-and retention make entries stale (an upper bound of what is stored), so the store calls
-`forget` and the next use reloads them. Memory: about 100 bytes per series plus the tag values.
+A table's entry is loaded from the store on first use (one `GROUP BY` over the table, giving
+`max(time)` and, if the store gives it, `min(time)`: without it any time up to the greatest may
+overlap); a database's entries are loaded together, since the series limit counts them all.
+DROP, DELETE and retention make entries stale (an upper bound of what is stored), so the store
+calls `forget` and the next use reloads them. Memory: about 120 bytes per series plus the tag
+values, and at most 256 spans per table.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from flame.clmc.limits import Limits
 
 __all__ = [
     "MAX_COLUMN",
+    "MIN_COLUMN",
     "RESERVED",
     "Admission",
     "Overlap",
@@ -42,11 +47,12 @@ __all__ = [
 
 RESERVED = -(2**63)  # a series admitted, with nothing applied yet
 MAX_COLUMN = "\x1fmax"  # the loader's column of max(time)
+MIN_COLUMN = "\x1fmin"  # ... and of min(time) (optional)
 _MASK = (1 << 64) - 1
 
 Key = tuple[str, str, str]  # database, retention policy, measurement
-# (key) -> the table's distinct tag sets with `max(time)` as column MAX_COLUMN, tag columns
-# named by their keys; None when the table does not exist
+# (key) -> the table's distinct tag sets with `max(time)` as column MAX_COLUMN (and, optional,
+# `min(time)` as MIN_COLUMN), tag columns named by their keys; None when the table does not exist
 Loader = Callable[[Key], pa.Table | None]
 
 
@@ -215,7 +221,8 @@ class Overlap:
     sids: np.ndarray  # per row
     maybe: np.ndarray  # per row: may replace a stored or an earlier row of the batch
     distinct: np.ndarray  # the batch's series ids ...
-    newest: np.ndarray  # ... and each one's greatest time in the batch
+    newest: np.ndarray  # ... and each one's greatest time in the batch ...
+    oldest: np.ndarray  # ... and least
 
 
 _P = np.uint64(0x100000001B3)  # FNV-1a's prime: any odd multiplier spreads the bytes
@@ -308,8 +315,40 @@ def merge_last(table: pa.Table, keys: list[str]) -> pa.Table:
 @dataclass
 class _Table:
     hw: dict[int, int] = field(default_factory=dict)  # series id -> greatest time stored
+    # series id -> least time stored; missing for a series with stored rows: unknown (any
+    # time up to `hw` may be stored)
+    lo: dict[int, int] = field(default_factory=dict)
     # tag key -> its values' hashes (`value_hashes`), sorted
     values: dict[str, np.ndarray] = field(default_factory=dict)
+    # the table's stored times lie within these spans (sorted, disjoint, inclusive): two
+    # writers interleaving bodies leave gaps in a series' range that no stored point is in
+    spans: list[tuple[int, int]] = field(default_factory=list)
+
+    def add_span(self, low: int, high: int) -> None:
+        """Times [low, high] may now be stored; at most `_MAX_SPANS` spans are kept (the two
+        closest merged: a wider span only sends more rows the exact way)."""
+        spans = self.spans
+        keep = [sp for sp in spans if sp[1] < low - 1 or sp[0] > high + 1]
+        touching = [sp for sp in spans if not (sp[1] < low - 1 or sp[0] > high + 1)]
+        if touching:
+            low = min(low, touching[0][0])
+            high = max(high, touching[-1][1])
+        keep.append((low, high))
+        keep.sort()
+        while len(keep) > _MAX_SPANS:
+            gaps = [keep[i + 1][0] - keep[i][1] for i in range(len(keep) - 1)]
+            i = gaps.index(min(gaps))
+            keep[i : i + 2] = [(keep[i][0], keep[i + 1][1])]
+        self.spans = keep
+
+    def in_spans(self, times: np.ndarray) -> np.ndarray:
+        """Per time, whether it lies in a stored span."""
+        if not self.spans:
+            return np.zeros(len(times), dtype=bool)
+        lows = np.array([sp[0] for sp in self.spans], dtype=np.int64)
+        highs = np.array([sp[1] for sp in self.spans], dtype=np.int64)
+        at = np.searchsorted(lows, times, side="right") - 1
+        return np.asarray((at >= 0) & (times <= highs[np.maximum(at, 0)]))
 
     def known(self, name: str) -> np.ndarray:
         return self.values.get(name, _EMPTY)
@@ -320,6 +359,7 @@ class _Table:
 
 
 _EMPTY = np.zeros(0, dtype=np.uint64)
+_MAX_SPANS = 256
 
 
 def _isin_sorted(x: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
@@ -377,12 +417,20 @@ class SeriesIndex:
         entry = _Table()
         if rows is None or rows.num_rows == 0:
             return entry
-        tags = [n for n in rows.column_names if n != MAX_COLUMN]
+        tags = [n for n in rows.column_names if n not in (MAX_COLUMN, MIN_COLUMN)]
         sids = series_ids(rows.num_rows, [(n, rows.column(n)) for n in tags])
         maxes = _column(rows, MAX_COLUMN).to_numpy(zero_copy_only=False)
         for sid, t in zip(sids.tolist(), maxes.tolist(), strict=True):
             prev = entry.hw.get(sid)
             entry.hw[sid] = t if prev is None else max(prev, t)
+        least = RESERVED  # (unknown without the store's min(time): any time up to the greatest)
+        if MIN_COLUMN in rows.column_names:
+            mins = _column(rows, MIN_COLUMN).to_numpy(zero_copy_only=False)
+            for sid, t in zip(sids.tolist(), mins.tolist(), strict=True):
+                prev = entry.lo.get(sid)
+                entry.lo[sid] = t if prev is None else min(prev, t)
+            least = int(mins.min())
+        entry.add_span(least, int(maxes.max()))
         for name in tags:
             entry.values[name] = np.unique(value_hashes(name, rows.column(name)).distinct)
         return entry
@@ -532,34 +580,33 @@ class SeriesIndex:
         self, key: Key, table: pa.Table, tags: Tags, sids: np.ndarray | None = None
     ) -> Overlap:
         """Series ids of the rows (`sids` if known), and which rows may share series and time
-        with a stored row or another row of the batch (last-write-wins must look at those).
-        Hash-based (Arrow group-by), so a batch of fresh data costs O(rows)."""
+        with a stored row or another row of the batch (last-write-wins must look at those):
+        those within their series' stored time range. Hash-based (Arrow group-by) and
+        vectorised, so a batch costs O(rows) plus a dict lookup per series."""
         n = table.num_rows
         if sids is None:
             sids = series_ids(n, tags)
         times = _column(table, "time").to_numpy(zero_copy_only=False)
         maybe = np.zeros(n, dtype=bool)
         if not n:
-            return Overlap(sids, maybe, sids, times)
+            return Overlap(sids, maybe, sids, times, times)
         distinct, oldest, newest, repeated = _per_series(sids, times)
         self._ensure(key[0])
         with self._lock:
-            hw = self._entry(key).hw
-            prev = np.fromiter(
-                (hw.get(s, RESERVED) for s in distinct.tolist()),
-                dtype=np.int64,
-                count=len(distinct),
-            )
-        late = oldest <= prev  # series with a row not after its newest stored time
+            entry = self._entry(key)
+            hw, lo = entry.hw, entry.lo
+            listed = distinct.tolist()
+            hi = np.fromiter((hw.get(s, RESERVED) for s in listed), np.int64, len(listed))
+            low = np.fromiter((lo.get(s, RESERVED) for s in listed), np.int64, len(listed))
+        # a series with a row within [least, greatest] stored (nothing stored: hi is RESERVED)
+        late = (hi != RESERVED) & (oldest <= hi) & (newest >= low)
         if late.any():
-            late_sids = distinct[late]
-            rows = np.isin(sids, late_sids)
-            limit = dict(zip(late_sids.tolist(), prev[late].tolist(), strict=True))
-            idx = np.flatnonzero(rows)
-            bound = np.fromiter(
-                (limit[s] for s in sids[idx].tolist()), dtype=np.int64, count=len(idx)
-            )
-            maybe[idx] = times[idx] <= bound
+            order = np.argsort(distinct)
+            at = order[np.searchsorted(distinct, sids, sorter=order)]  # each row's series
+            maybe = late[at] & (times <= hi[at]) & (times >= low[at])
+            if maybe.any():
+                with self._lock:
+                    maybe &= entry.in_spans(times)
         if repeated.any():  # the same series and time twice in the batch
             idx = np.flatnonzero(np.isin(sids, distinct[repeated]))
             order = np.lexsort((times[idx], sids[idx]))
@@ -567,7 +614,7 @@ class SeriesIndex:
             same = (s[1:] == s[:-1]) & (t[1:] == t[:-1])
             maybe[idx[order[1:][same]]] = True
             maybe[idx[order[:-1][same]]] = True
-        return Overlap(sids, maybe, distinct, newest)
+        return Overlap(sids, maybe, distinct, newest, oldest)
 
     def applied(self, key: Key, overlap: Overlap) -> None:
         """The rows `overlaps` looked at are now stored."""
@@ -578,12 +625,22 @@ class SeriesIndex:
             if entry is None:  # not loaded: a load under way must read again
                 self._applied_unloaded[key[0]] = self._applied_unloaded.get(key[0], 0) + 1
                 return
-            hw = entry.hw
+            hw, lo = entry.hw, entry.lo
             fresh = 0
-            for sid, top in zip(overlap.distinct.tolist(), overlap.newest.tolist(), strict=True):
+            for sid, top, bottom in zip(
+                overlap.distinct.tolist(),
+                overlap.newest.tolist(),
+                overlap.oldest.tolist(),
+                strict=True,
+            ):
                 prev = hw.get(sid)
                 if prev is None:
                     fresh += 1
+                if prev is None or prev == RESERVED:  # nothing stored before: the range is ours
+                    lo[sid] = bottom
+                elif sid in lo:  # (unknown stays unknown)
+                    lo[sid] = min(lo[sid], bottom)
                 hw[sid] = top if prev is None or top > prev else prev
+            entry.add_span(int(overlap.oldest.min()), int(overlap.newest.max()))
             if fresh and key[0] in self._count:
                 self._count[key[0]] += fresh

@@ -37,7 +37,7 @@ from flame.clmc.store._catalog import (
     physical_schema,
     widen,
 )
-from flame.clmc.store._series import MAX_COLUMN, Admission, Key, SeriesIndex, merge_last
+from flame.clmc.store._series import MAX_COLUMN, MIN_COLUMN, Admission, Key, SeriesIndex, merge_last
 from flame.clmc.store.base import (
     DEFAULT_RP,
     ConfigVersion,
@@ -364,13 +364,13 @@ class ClickHouseStore(CatalogReads):
         if info is None:
             return None
         tags = dict(info.tags)
-        alias = _q(MAX_COLUMN)
+        span = f"max(time) AS {_q(MAX_COLUMN)}, min(time) AS {_q(MIN_COLUMN)}"
         if tags:
             cols = ", ".join(f"{_q(p)} AS {_q(k)}" for k, p in tags.items())
             group = ", ".join(_q(p) for p in tags.values())
-            sql = f"SELECT {cols}, max(time) AS {alias} FROM {info.table} GROUP BY {group}"
+            sql = f"SELECT {cols}, {span} FROM {info.table} GROUP BY {group}"
         else:
-            sql = f"SELECT max(time) AS {alias} FROM {info.table} HAVING count() > 0"
+            sql = f"SELECT {span} FROM {info.table} HAVING count() > 0"
         with self._lock:
             return self._table(sql)
 

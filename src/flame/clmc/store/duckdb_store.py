@@ -381,15 +381,22 @@ class DuckDBStore(CatalogReads):
         return [k for k in list(self._published) if k[0] == db]
 
     def _series_rows(self, key: Key) -> pa.Table | None:
-        """The table's distinct tag sets (columns named by tag key) with `max(time)`."""
+        """The table's distinct tag sets (columns named by tag key) with `max(time)` and
+        `min(time)`."""
         schema = self._published.get(key)
         if schema is None:
             return None
         if schema.tag_keys:
             cols = ", ".join(f"{schema.tag_column(k)} AS {_q(k)}" for k in schema.tag_keys)
-            sql = f'SELECT {cols}, max(time) AS "\x1fmax" FROM {schema.table} GROUP BY ALL'
+            sql = (
+                f'SELECT {cols}, max(time) AS "\x1fmax", min(time) AS "\x1fmin" '
+                f"FROM {schema.table} GROUP BY ALL"
+            )
         else:
-            sql = f'SELECT max(time) AS "\x1fmax" FROM {schema.table} HAVING count(*) > 0'
+            sql = (
+                f'SELECT max(time) AS "\x1fmax", min(time) AS "\x1fmin" FROM {schema.table} '
+                "HAVING count(*) > 0"
+            )
         try:
             return self.query(sql)
         except duckdb.CatalogException:  # dropped meanwhile
