@@ -49,6 +49,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	$(BIN)/mypy --config-file tests/mypy.ini
 
 unit: $(NATIVE)
 	FLAME_REQUIRE_COMPILED=1 $(BIN)/pytest -q

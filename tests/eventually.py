@@ -20,7 +20,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 T = TypeVar("T")
 
@@ -89,14 +89,38 @@ def eventually(
         time.sleep(every)
 
 
+# Two signatures so that a coroutine function's result type is its awaited value (one
+# `T | Awaitable[T]` leaves mypy unable to pick T for an `async def` probe).
+@overload
 async def eventually_async(
-    probe: Callable[[], T | Awaitable[T]],
+    probe: Callable[[], Awaitable[T]],
     *,
     until: Callable[[T], bool] | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
     every: float = 0.05,
     what: Described = "the condition",
-) -> T:
+) -> T: ...
+
+
+@overload
+async def eventually_async(
+    probe: Callable[[], T],
+    *,
+    until: Callable[[T], bool] | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    every: float = 0.05,
+    what: Described = "the condition",
+) -> T: ...
+
+
+async def eventually_async(
+    probe: Callable[[], Any],
+    *,
+    until: Callable[[Any], bool] | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    every: float = 0.05,
+    what: Described = "the condition",
+) -> Any:
     """`eventually` for asyncio tests: the probe may be a coroutine function; waits yield the loop."""
     attempts = _Attempts(until, timeout, what)
     while True:

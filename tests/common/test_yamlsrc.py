@@ -178,11 +178,12 @@ def test_anchors_and_aliases_share_one_value() -> None:
     data, sink = load("a: &x {k: [1, 2]}\nb: *x\nc: *x\n")
     assert list(sink) == []
     assert data == {"a": {"k": [1, 2]}, "b": {"k": [1, 2]}, "c": {"k": [1, 2]}}
-    assert data["b"] is data["a"]  # type: ignore[index]
+    assert isinstance(data, YMap)
+    assert data["b"] is data["a"]
     # An alias is the anchored node itself, so its value is located at the anchor.
-    assert data.at("b") == Position("f.yaml", 1, 4)  # type: ignore[union-attr]
-    assert data.key_at("b") == Position("f.yaml", 2, 1)  # type: ignore[union-attr]
-    assert data["b"].key_at("k") == Position("f.yaml", 1, 8)  # type: ignore[index]
+    assert data.at("b") == Position("f.yaml", 1, 4)
+    assert data.key_at("b") == Position("f.yaml", 2, 1)
+    assert data["b"].key_at("k") == Position("f.yaml", 1, 8)
 
 
 def test_merge_keys() -> None:
@@ -246,5 +247,6 @@ def test_unicode_and_positions_count_characters() -> None:
     data, sink = load(text)
     assert list(sink) == []
     assert data == {"naïve": "café", "clé": ["é", "ü"]}
-    assert data.at("naïve") == Position("f.yaml", 1, 8)  # type: ignore[union-attr]
-    assert data["clé"].at(1) == Position("f.yaml", 2, 10)  # type: ignore[index]
+    assert isinstance(data, YMap)
+    assert data.at("naïve") == Position("f.yaml", 1, 8)
+    assert data["clé"].at(1) == Position("f.yaml", 2, 10)

@@ -43,6 +43,7 @@ class Chrome:
             return next((t for t in targets if t.get("type") == "page"), None)
 
         page = eventually(page_target, every=0.1, what="chromium's debugging port and page")
+        assert page is not None  # eventually returns a truthy answer
         self._connection = connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=10)
         self.ws = self._connection.__enter__()
         self.next_id = 0

@@ -68,7 +68,7 @@ def base_env(data: Path, **extra: str) -> dict[str, str]:
 
 @contextmanager
 def content_server(
-    data: Path, env: Mapping[str, str] | None = None, **extra: str
+    data: Path, env: Mapping[str, str] | None = None, /, **extra: str
 ) -> Iterator[Running]:
     config = Config.from_env(env if env is not None else base_env(data, **extra))
     service = ContentService(config)
@@ -123,8 +123,9 @@ def create(http: httpx.Client, length: int, **meta: str | None) -> str:
 
 
 def patch(
-    http: httpx.Client, location: str, offset: int, data: bytes, **extra: str
+    http: httpx.Client, location: str, offset: int, data: bytes | Iterator[bytes], **extra: str
 ) -> httpx.Response:
+    """PATCH `data` at `offset`; an iterator is streamed (chunked), as a large upload is."""
     return http.patch(
         location,
         content=data,

@@ -73,7 +73,12 @@ class ServerThread:
         assert self._loop is not None
         done = threading.Event()
         box: list[Any] = []
-        self._loop.call_soon_threadsafe(lambda: (box.append(fn()), done.set()))
+
+        def run() -> None:
+            box.append(fn())
+            done.set()
+
+        self._loop.call_soon_threadsafe(run)
         done.wait(5)
         return box[0]
 

@@ -9,6 +9,7 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -28,7 +29,7 @@ MB = 1024 * 1024
 
 
 def cache_for(
-    url: str, max_bytes: int = 64 * MB, max_object: int | None = None, **kw: float
+    url: str, max_bytes: int = 64 * MB, max_object: int | None = None, **kw: Any
 ) -> Callable[[], EdgeCache]:
     return lambda: EdgeCache(url, ObjectStore(max_bytes, max_object_bytes=max_object), **kw)
 

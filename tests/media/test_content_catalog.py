@@ -81,7 +81,9 @@ def test_the_default_schema_names_each_bad_field(catalog: Catalog) -> None:
     }
     with pytest.raises(Invalid) as info:
         run(catalog.validate("acme", bad))
-    paths = {e["path"] for e in info.value.context["errors"]}  # type: ignore[union-attr]
+    errors = info.value.context["errors"]
+    assert isinstance(errors, list)
+    paths = {e["path"] for e in errors}
     assert paths == {
         "name", "duration_s", "tags", "rights", "rights.territories[1]", "rights.valid_until",
     }  # fmt: skip
@@ -95,8 +97,9 @@ def test_a_provider_schema_applies_to_its_tenant_only(catalog: Catalog) -> None:
     run(catalog.set_provider_schema("acme", PROVIDER_SCHEMA))
     with pytest.raises(Invalid) as info:
         run(catalog.validate("acme", {"name": "e.mp4", "episode": {"season": 0}}))
-    errors = info.value.context["errors"]  # type: ignore[index]
-    assert {(e["path"], e["schema"]) for e in errors} == {  # type: ignore[union-attr]
+    errors = info.value.context["errors"]
+    assert isinstance(errors, list)
+    assert {(e["path"], e["schema"]) for e in errors} == {
         ("episode.number", "provider"), ("episode.season", "provider"),
     }  # fmt: skip
     with pytest.raises(Invalid, match=r"rights\.territories"):

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -407,7 +408,7 @@ def test_a_large_patch_is_streamed_in_bounded_memory(sf) -> None:
     total = 96 * 1024 * 1024
     block = bytes(range(256)) * 4096  # 1 MiB
 
-    def chunks():
+    def chunks() -> Iterator[bytes]:
         for _ in range(total // len(block)):
             yield block
 
@@ -425,7 +426,7 @@ def test_a_large_patch_is_streamed_in_bounded_memory(sf) -> None:
         sampler = threading.Thread(target=sample)
         sampler.start()
         try:
-            r = patch(http, loc, 0, chunks())  # type: ignore[arg-type]
+            r = patch(http, loc, 0, chunks())
         finally:
             done.set()
             sampler.join()
@@ -454,6 +455,7 @@ def test_the_tus_io_python_client_uploads_and_resumes(sf, tmp_path: Path) -> Non
         uploader = tc.uploader(file_stream=fh, chunk_size=50_000, metadata={"filename": "clip.bin"})
         uploader.upload_chunk()
         url = uploader.url
+        assert url is not None
         assert uploader.offset == 50_000
     with src.open("rb") as fh:  # a new client resumes from where the server says (HEAD)
         again = tc.uploader(file_stream=fh, chunk_size=50_000, url=url)

@@ -93,10 +93,10 @@ def test_the_alerts_name_what_the_service_router_reports() -> None:
         )
     for rule in validated_model()["alert_rules"]:
         assert rule["notify_sfemc"]
-        tags, fields = points[rule["measurement"]]
-        assert rule["field"] in fields
+        tag_values, field_values = points[rule["measurement"]]
+        assert rule["field"] in field_values
         for tag, value in rule["tags"]:
-            assert tags[tag] == value
+            assert tag_values[tag] == value
 
 
 def test_the_manifests_run_our_servers(stream: Stream, tmp_path: Path) -> None:

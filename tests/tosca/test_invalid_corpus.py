@@ -127,7 +127,7 @@ CASES = all_cases()
 
 
 def _params() -> list[object]:
-    params = []
+    params: list[object] = []
     for case in CASES:
         marks = (
             [pytest.mark.xfail(reason=f"validator bug: {case.xfail}", strict=True)]

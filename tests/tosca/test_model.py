@@ -106,7 +106,9 @@ def test_load_service_raises_with_every_error(tmp_path):
     assert codes == ["E402", "E801", "E801"]
     body = caught.value.as_dict()
     assert body["error"] == "validation_failed"
-    assert len(body["diagnostics"]) == 3
+    diagnostics = body["diagnostics"]
+    assert isinstance(diagnostics, list)
+    assert len(diagnostics) == 3
 
 
 def test_plain_tosca_is_not_a_flame_service():

@@ -3,7 +3,6 @@ over HTTPS when given a certificate (`--tls-cert/--tls-key`, issue 15)."""
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -11,7 +10,6 @@ from typing import Any, TypeVar
 import click
 
 from flame.common.errors import UserError
-from flame.common.tls import MODERN_CIPHERS, harden
 
 __all__ = ["run_server", "tls_files", "tls_options"]
 
@@ -57,7 +55,11 @@ def run_server(
     shutdown begins, before uvicorn waits for open requests (to answer long polls at once).
     With `tls` (certificate chain, key) it serves HTTPS only: TLS 1.2+, ECDHE + AEAD suites
     (`flame.common.tls`)."""
+    import ssl  # noqa: PLC0415 - lazy: every command module imports this one for its options
+
     import uvicorn  # noqa: PLC0415 - lazy, heavy
+
+    from flame.common.tls import MODERN_CIPHERS, harden  # noqa: PLC0415 - lazy (ssl)
 
     class Server(uvicorn.Server):
         async def shutdown(self, sockets: Any = None) -> None:

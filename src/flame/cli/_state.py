@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import click
 
-from flame.common.config import Config, load_config
+if TYPE_CHECKING:
+    from flame.common.config import Config
 
 __all__ = ["CliState", "State", "emit"]
 
@@ -29,6 +30,8 @@ class State:
         self.config_path = config_path
 
     def config(self) -> Config:
+        from flame.common.config import load_config  # noqa: PLC0415 - only commands that need it
+
         return load_config(self.config_path)
 
 

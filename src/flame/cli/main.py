@@ -10,32 +10,26 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
-from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from flame import __version__
-from flame.cli import (
-    cert_commands,
-    clmc_commands,
-    config_commands,
-    dashboard_commands,
-    health_commands,
-    orchestrator_commands,
-    sandbox_commands,
-    sfemc_commands,
-    sfr_commands,
-)
+from flame.cli._lazy import Lazy, LazyGroup
 from flame.cli._state import CliState, State, emit
-from flame.common.auth import Role, TokenStore
 from flame.common.diagnostics import Diagnostic, Severity, ValidationFailed
 from flame.common.errors import FlameError, UserError
-from flame.common.units import ScalarError, parse_scalar
-from flame.topology.loader import load_topology
-from flame.topology.model import Topology
-from flame.tosca.validator import ValidationResult, validate
+
+if TYPE_CHECKING:
+    from flame.topology.model import Topology
+    from flame.tosca.validator import ValidationResult
+
+# httpx imports its own command-line client (`httpx._main`: rich, pygments) whenever rich is
+# installed (a dev dependency here): ~70 ms of every `flame` command that talks HTTP, for a
+# client `flame` never runs. None in sys.modules makes that import fail, and httpx falls back
+# to a stub `httpx.main` (its own `except ImportError`).
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
 EXIT_OK = 0
 EXIT_USER = 1
@@ -43,6 +37,20 @@ EXIT_INTERNAL = 2
 
 
 # -- validate ------------------------------------------------------------------------------
+
+
+def validate(files: Sequence[Path], **kwargs: Any) -> ValidationResult:
+    """`flame.tosca.validator.validate`, imported only by the commands that validate."""
+    from flame.tosca.validator import validate as validate_templates  # noqa: PLC0415 - heavy
+
+    return validate_templates(files, **kwargs)
+
+
+def load_topology(path: Path) -> Topology:
+    """`flame.topology.loader.load_topology`, imported only by the commands that read one."""
+    from flame.topology.loader import load_topology as load  # noqa: PLC0415 - heavy (YAML)
+
+    return load(path)
 
 
 def _parse_inputs(pairs: Sequence[str]) -> dict[str, Any]:
@@ -170,162 +178,150 @@ def topology_check(state: CliState, file: Path) -> None:
         )
 
 
-# -- tokens --------------------------------------------------------------------------------
-
-
-def _token_store(state: CliState) -> TokenStore:
-    config = state.config()
-    return TokenStore(config.state_dir / "tokens.json")
-
-
-@click.command("issue")
-@click.argument("name")
-@click.option(
-    "--operator", "role", flag_value=Role.OPERATOR.value, help="Full control of the platform."
-)
-@click.option(
-    "--router",
-    "role",
-    flag_value=Role.ROUTER.value,
-    help="A service router: reads its forwarding tables, reports measurements; nothing else.",
-)
-@click.option("--tenant", "tenant", help="The media service provider this token acts for.")
-@click.option(
-    "--ttl",
-    help="Expire the token after this long: a number and a unit, e.g. 12h, 30d, 90m (default: never).",
-)
-@click.pass_obj
-def token_issue(
-    state: CliState, name: str, role: str | None, tenant: str | None, ttl: str | None
-) -> None:
-    """Issue a token; it is shown once and stored only hashed."""
-    if (role is None) == (tenant is None):
-        raise UserError("give exactly one of --operator, --router or --tenant TENANT")
-    lifetime = None if ttl is None else _parse_ttl(ttl)
-    store = _token_store(state)
-    token = store.issue(name, Role(role) if role else Role.TENANT, tenant, ttl=lifetime)
-    if state.json:
-        expires = None if lifetime is None else store.list()[-1].expires_at
-        emit(
-            {
-                "name": name,
-                "role": role or "tenant",
-                "tenant": tenant,
-                "expires": expires,
-                "token": token,
-            }
-        )
-    else:
-        click.echo(token)
-        click.echo("store it now: it cannot be shown again", err=True)
-
-
-@click.command("list")
-@click.pass_obj
-def token_list(state: CliState) -> None:
-    """List issued tokens (names, roles and ids, never the tokens)."""
-    infos = _token_store(state).list()
-    if state.json:
-        emit(
-            [
-                {
-                    "name": i.name,
-                    "role": i.role.value,
-                    "tenant": i.tenant,
-                    "id": i.token_id,
-                    "created": i.created_at,
-                    "expires": i.expires_at,
-                    "expired": i.expired(),
-                    "last_used": i.last_used_at,
-                }
-                for i in infos
-            ]
-        )
-        return
-    click.echo("NAME\tROLE\tTENANT\tID\tCREATED\tEXPIRES\tLAST USED")
-    for i in infos:
-        expires = "never" if i.expires_at is None else f"{i.expires_at:%Y-%m-%d %H:%M}"
-        if i.expired():
-            expires += " (expired)"
-        used = "never" if i.last_used_at is None else f"{i.last_used_at:%Y-%m-%d %H:%M}"
-        click.echo(
-            f"{i.name}\t{i.role.value}\t{i.tenant or '-'}\t{i.token_id}…"
-            f"\t{i.created_at:%Y-%m-%d %H:%M}\t{expires}\t{used}"
-        )
-
-
-def _parse_ttl(text: str) -> timedelta:
-    try:
-        seconds = parse_scalar(text, "scalar-unit.time")
-    except ScalarError as exc:
-        raise UserError(f"--ttl {text!r}: {exc}; e.g. --ttl 12h or --ttl 30d") from None
-    if not 1 <= seconds <= 10 * 366 * 86400:
-        raise UserError(f"--ttl {text!r}: give between 1 s and 10 years")
-    return timedelta(seconds=seconds)
-
-
-@click.command("revoke")
-@click.argument("name")
-@click.pass_obj
-def token_revoke(state: CliState, name: str) -> None:
-    """Revoke a token by name."""
-    _token_store(state).revoke(name)
-    if not state.json:
-        click.echo(f"revoked '{name}'")
-
-
 # -- the command tree --------------------------------------------------------------------------
-# Declared in one place: each component's module lists its commands (`COMMANDS`) and its
-# `flame serve` command; nothing depends on the order of imports or install calls.
+# Declared in one place, as name -> where the command lives and its one-line help: a command's
+# module is imported only when that command runs (`flame --help` imports none of them; issue 18).
+# A command added to a module's `COMMANDS` must be declared here too (tests/cli/test_lazy_cli.py).
 
-topology_group = click.Group(
+SFR = "flame.cli.sfr_commands"
+ORCHESTRATOR = "flame.cli.orchestrator_commands"
+SFEMC = "flame.cli.sfemc_commands"
+SANDBOX = "flame.cli.sandbox_commands"
+
+TOPOLOGY_COMMANDS: dict[str, click.Command | Lazy] = {
+    "check": topology_check,
+    "validate": topology_check,  # the same check, under the name `flame validate` suggests
+    "show": Lazy(
+        f"{SFR}:topology_show",
+        "Show nodes and links: of a topology FILE, or as the PCE has them now (SFR-7).",
+    ),
+    "link-down": Lazy(
+        f"{SFR}:link_down",
+        "Bring the link between nodes A and B down at the PCE (operator; SFR-13).",
+    ),
+    "link-up": Lazy(
+        f"{SFR}:link_up",
+        "Bring the link between nodes A and B up at the PCE (operator; SFR-13).",
+    ),
+}
+topology_group = LazyGroup(
     "topology",
     help="Topology files: service routers, clusters, user equipment and links.",
-    commands={
-        "check": topology_check,
-        "validate": topology_check,  # the same check, under the name `flame validate` suggests
-        "show": sfr_commands.topology_show,
-        "link-down": sfr_commands.link_down,
-        "link-up": sfr_commands.link_up,
-    },
+    commands=TOPOLOGY_COMMANDS,
 )
 
-token_group = click.Group(
-    "token",
-    help="API tokens: an operator, or a tenant (media service provider) who sees only its own "
-    "services.",
-    commands=[token_issue, token_list, token_revoke],
+SERVE_COMMANDS: dict[str, click.Command | Lazy] = {
+    "pce": Lazy(
+        f"{SFR}:serve_pce",
+        "Run the path computation element and FQDN registry API (SFR-4..20).",
+    ),
+    "sr": Lazy(f"{SFR}:serve_sr", "Run a service router's data plane (SFR-1, SFR-14)."),
+    "vim": Lazy(
+        f"{SFEMC}:serve_vim",
+        "Run a cluster's VIM agent: the process VIM (sandboxed SFEs) on this host, for the SFEMC.",
+    ),
+    "orchestrator": Lazy(
+        f"{ORCHESTRATOR}:serve_orchestrator",
+        "Run the orchestrator API and the SFEMC (reconciler, VIMs, policy webhook) in one process.",
+    ),
+    "clmc": Lazy(
+        "flame.cli.clmc_commands:serve_clmc",
+        "Run the CLMC's InfluxDB 1.x compatible API: /ping, /write, /api/v2/write, /query.",
+    ),
+    "dashboard": Lazy(
+        "flame.cli.dashboard_commands:serve_dashboard",
+        "Serve the dashboard. It holds no token: the browser's token, checked with the "
+        "orchestrator on every request, is passed to each API.",
+    ),
+}
+serve_group = LazyGroup(
+    "serve", help="Run a FLAME component as a service.", commands=SERVE_COMMANDS
 )
 
-serve_group = click.Group(
-    "serve",
-    help="Run a FLAME component as a service.",
-    commands=[
-        sfr_commands.serve_pce,
-        sfr_commands.serve_sr,
-        sfemc_commands.serve_vim,
-        orchestrator_commands.serve_orchestrator,
-        clmc_commands.serve_clmc,
-        dashboard_commands.serve_dashboard,
-    ],
-)
+ROOT_COMMANDS: dict[str, click.Command | Lazy] = {
+    "validate": validate_cmd,
+    "topology": topology_group,
+    "token": Lazy(
+        "flame.cli.token_commands:token_group",
+        "API tokens: an operator, or a tenant (media service provider) who sees only its own "
+        "services.",
+    ),
+    "serve": serve_group,
+    # sfr_commands.COMMANDS
+    "routes": Lazy(
+        f"{SFR}:routes_cmd",
+        "Ranked routes to FQDN's endpoints with path and cost, per ingress SR (SFR-4).",
+    ),
+    "delegate": Lazy(
+        f"{SFR}:delegate_cmd",
+        "Delegate FQDN (and its subdomains) to a tenant, so its services may use it (operator).",
+    ),
+    "undelegate": Lazy(f"{SFR}:undelegate_cmd", "Take FQDN back from its tenant (operator)."),
+    "delegations": Lazy(
+        f"{SFR}:delegations_cmd",
+        "FQDNs and the tenants they are delegated to (a tenant sees its own).",
+    ),
+    "cert": Lazy(
+        "flame.cli.cert_commands:cert_group",
+        "Content certificates of FQDNs, served by the SRs over TLS (SFR-22, SFR-23).",
+    ),
+    # orchestrator_commands.COMMANDS
+    "deploy": Lazy(
+        f"{ORCHESTRATOR}:deploy_cmd",
+        "Deploy a FLAME-TOSCA service (or, with --plan, show the plan against what is deployed).",
+    ),
+    "status": Lazy(
+        f"{ORCHESTRATOR}:status_cmd",
+        "List your service chains, or show one chain's endpoints and their states.",
+    ),
+    "logs": Lazy(
+        f"{ORCHESTRATOR}:logs_cmd", "Show the last lines an endpoint wrote (stdout and stderr)."
+    ),
+    "undeploy": Lazy(
+        f"{ORCHESTRATOR}:undeploy_cmd",
+        "Remove every endpoint of a service chain (disconnect, drain, stop, remove).",
+    ),
+    # sfemc_commands.COMMANDS
+    "package": Lazy(
+        f"{SFEMC}:package_cmd",
+        "Build an SF image from DIRECTORY (with its flame-sf.yaml) and print its digest.",
+    ),
+    "push": Lazy(
+        f"{SFEMC}:push_cmd",
+        "Build an SF image from SOURCE (a directory, or an archive from `flame package -o`) and "
+        "upload it to the orchestrator with this config's token: a tenant's image is its own.",
+    ),
+    "images": Lazy(f"{SFEMC}:images_group", "SF images in the repository (list by default)."),
+    # sandbox_commands.COMMANDS
+    "up": Lazy(
+        f"{SANDBOX}:up_cmd",
+        "Run FLAME-in-a-box: PCE, service routers (and the rest of the platform) as processes.",
+    ),
+    "down": Lazy(
+        f"{SANDBOX}:down_cmd",
+        "Stop a FLAME-in-a-box started with 'flame up -d' (or one left behind).",
+    ),
+    "ue": Lazy(
+        f"{SANDBOX}:ue_group",
+        "User equipment: load generators that request through a service router.",
+    ),
+    # config_commands.COMMANDS, health_commands.COMMANDS
+    "config": Lazy(
+        "flame.cli.config_commands:config_group",
+        "What the orchestrator put in force, when (the CLMC's configuration store, CLMC-3).",
+    ),
+    "health": Lazy(
+        "flame.cli.health_commands:health_cmd",
+        "Check a component's health URL (e.g. https://10.0.0.1:7070/health); exit 0 when it "
+        "answers 2xx, 1 otherwise. https:// is verified with the config's ca_file.",
+    ),
+}
 
 
 @click.group(
+    cls=LazyGroup,
     context_settings={"help_option_names": ["-h", "--help"]},
-    commands=[
-        validate_cmd,
-        topology_group,
-        token_group,
-        serve_group,
-        *sfr_commands.COMMANDS,
-        cert_commands.cert_group,
-        *orchestrator_commands.COMMANDS,
-        *sfemc_commands.COMMANDS,
-        *sandbox_commands.COMMANDS,
-        *config_commands.COMMANDS,
-        *health_commands.COMMANDS,
-    ],
+    commands=ROOT_COMMANDS,
 )
 @click.version_option(__version__, prog_name="flame")
 @click.option("--json", "json_output", is_flag=True, help="Machine-readable JSON output.")

@@ -8,11 +8,13 @@ import re
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
-import imageio_ffmpeg
+import imageio_ffmpeg  # type: ignore[import-untyped]
 
 from eventually import eventually
 from flame.common.ports import free_port
@@ -93,14 +95,16 @@ class LiveSF:
     def srt_url(self, key: str) -> str:
         return f"srt://127.0.0.1:{self.srt}?passphrase={key}&connect_timeout=3000000"
 
-    def feeds(self) -> dict:
+    def feeds(self) -> dict[str, Any]:
         return dict(httpx.get(self.url + "/v1/feeds", trust_env=False, timeout=5).json())
 
-    def feed(self, name: str) -> dict:
+    def feed(self, name: str) -> dict[str, Any]:
         return next(f for f in self.feeds()["feeds"] if f["feed"] == name)
 
-    def wait(self, what: str, check, timeout: float = 60.0) -> dict:  # type: ignore[no-untyped-def]
-        return dict(eventually(self.feeds, until=check, timeout=timeout, every=0.1, what=what))
+    def wait(
+        self, what: str, check: Callable[[dict[str, Any]], bool], timeout: float = 60.0
+    ) -> dict[str, Any]:
+        return eventually(self.feeds, until=check, timeout=timeout, every=0.1, what=what)
 
 
 def start_live(tmp: Path, **env: str) -> LiveSF:

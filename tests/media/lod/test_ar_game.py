@@ -90,9 +90,9 @@ def test_the_template_is_valid_and_its_alerts_read_what_the_srs_report() -> None
     rules = model["alert_rules"]
     assert {r["name"] for r in rules} == {"bristol_api_silent", "player_surge_bath", "slow_assets"}
     for rule in rules:
-        tags, fields = reported[rule["measurement"]]
-        assert rule["field"] in fields
-        assert {tag for tag, _ in rule["tags"]} <= tags
+        tag_keys, field_keys = reported[rule["measurement"]]
+        assert rule["field"] in field_keys
+        assert {tag for tag, _ in rule["tags"]} <= tag_keys
 
 
 @pytest.mark.slow
@@ -150,6 +150,7 @@ def test_mc11_ar_game_readme_on_the_sandpit(env: dict[str, str], tmp_path: Path)
         sizes = {lv["lod"]: lv["bytes"] for lv in manifest["lods"]}
         assert len(slow.content) == sizes["5"] < len(fast.content) == sizes["100"]
         low = trimesh.load(io.BytesIO(slow.content), file_type="glb", force="scene")
+        assert isinstance(low, trimesh.Scene)  # force="scene"
         assert sum(len(g.faces) for g in low.geometry.values()) == int(
             slow.headers["flame-lod-triangles"]
         )

@@ -52,6 +52,7 @@ def test_levels_are_valid_gltf_the_library_rereads(tmp_path: Path) -> None:
         info = inspect_glb(body, max_triangles=10**6)  # our own container check
         assert info.triangles == lv.triangles
         scene = trimesh.load(io.BytesIO(body), file_type="glb", force="scene")
+        assert isinstance(scene, trimesh.Scene)  # force="scene"
         # The scene graph survives: both nodes, the head still 1.4 above the body.
         assert set(scene.graph.nodes_geometry) == {"body", "head"}
         transform, _ = scene.graph["head"]

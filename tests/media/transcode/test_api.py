@@ -388,8 +388,11 @@ def test_a_source_from_the_content_sf_and_outputs_that_outlive_a_restart(
             "flame-asset"
         ]
         with transcoder(tmp_path / "sf") as sf, sf.client() as http:
-            body = {"source": {"url": f"{content.url}/v1/assets/{asset}/content", "token": KEY_A},
-                    "rungs": [{"height": 180, "bitrate": "200k"}], "vmaf": False}  # fmt: skip
+            body: dict[str, Any] = {
+                "source": {"url": f"{content.url}/v1/assets/{asset}/content", "token": KEY_A},
+                "rungs": [{"height": 180, "bitrate": "200k"}],
+                "vmaf": False,
+            }
             job = wait_job(http, http.post("/v1/jobs", json=body).json()["id"])
             assert job["state"] == "done", job["error"]
             assert job["spec"]["source"] == {"url": body["source"]["url"], "path": None}

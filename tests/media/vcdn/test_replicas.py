@@ -232,6 +232,7 @@ def test_mc10_cache_measurements_arrive_in_the_clmc_with_every_documented_field(
                 )
 
             row = eventually(latest, what="a purge reported to the CLMC")
+            assert row is not None  # eventually returns a truthy answer
         finally:
             cache.stop()
     assert documented - {"hit_ratio"} <= row.keys(), documented - row.keys()

@@ -29,7 +29,9 @@ def test_mc10_vary_keeps_one_variant_per_header_value_within_a_bound(http: httpx
         headers = [("Vary", "Accept-Language, Accept-Encoding"), ("Cache-Control", "max-age=60")]
         return Response(200, headers, lang.encode())
 
-    make = lambda: EdgeCache(origin.url, ObjectStore(1 << 20, max_variants=3))  # noqa: E731
+    def make() -> EdgeCache:
+        return EdgeCache(origin.url, ObjectStore(1 << 20, max_variants=3))
+
     with running(scripted(respond)) as origin, running(make) as cache:
 
         def get(lang: str, path: str = "/title") -> tuple[str, bytes]:
