@@ -22,8 +22,7 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import httpx
 import pytest
 from acme import messages
 
+from eventually import Fatal, eventually
 from flame.common.auth import Role, TokenStore
 from flame.common.pki import PlatformCA, SecretBox
 from flame.common.ports import free_port
@@ -130,16 +130,13 @@ def pebble(tmp: Path, http_port: int) -> Iterator[Pebble]:
         found = Pebble(
             f"https://127.0.0.1:{api}/dir", ca.cert_path, f"https://127.0.0.1:{management}"
         )
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                if httpx.get(found.directory, verify=found.verify(), timeout=1).is_success:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"pebble did not start:\n{(tmp / 'pebble.log').read_text()}")
-            time.sleep(0.05)
+
+        def up() -> bool:
+            if server.poll() is not None:
+                raise Fatal(f"pebble exited:\n{(tmp / 'pebble.log').read_text()}")
+            return httpx.get(found.directory, verify=found.verify(), timeout=1).is_success
+
+        eventually(up, what=with_logs("pebble to start", tmp / "pebble.log"))
         yield found
     finally:
         _stop(server)
@@ -183,21 +180,9 @@ def served(port: int, name: str, cafile: Path) -> tuple[str, str]:
         return hashlib.sha256(der).hexdigest(), str(issuer.get("commonName", ""))
 
 
-def wait_until(condition, timeout: float, what: str, *logs: Path):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = condition()
-            if result:
-                return result
-        except (OSError, ssl.SSLError, httpx.HTTPError):
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(
-                f"timed out waiting for {what}\n"
-                + "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}" for p in logs)
-            )
-        time.sleep(0.05)
+def with_logs(what: str, *logs: Path) -> Callable[[], str]:
+    """`what` for `eventually`, with the tails of these logs at the time-out."""
+    return lambda: f"{what}\n" + "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}" for p in logs)
 
 
 def test_sfr23_acme_certificate_from_pebble_served_and_renewed_through_the_sr(
@@ -245,8 +230,9 @@ def test_sfr23_acme_certificate_from_pebble_served_and_renewed_through_the_sr(
             root = tmp_path / "pebble-root.pem"
             root.write_text(ca.root())
             logs = (state / "pce.log", state / "sr.log", tmp_path / "pebble" / "pebble.log")
-            first, issuer = wait_until(
-                lambda: served(tls_port, fqdn, root), 40, "the ACME certificate at the SR", *logs
+            first, issuer = eventually(
+                lambda: served(tls_port, fqdn, root),
+                what=with_logs("the ACME certificate at the SR", *logs),
             )
             assert issuer.startswith("Pebble Intermediate")
             assert curl(tls_port, fqdn, root) == ("VOD", "200 0")  # curl verifies it too
@@ -260,20 +246,18 @@ def test_sfr23_acme_certificate_from_pebble_served_and_renewed_through_the_sr(
             assert httpx.patch(
                 f"{pce_url}/v1/certs/{fqdn}", json={"redirect_http": True}, headers=headers
             ).is_success
-            wait_until(
+            eventually(
                 lambda: (
                     httpx.get(f"http://127.0.0.1:{plain_port}/", headers={"Host": fqdn}).status_code
                     == 308
                 ),
-                10,
-                "the redirect",
+                what="the redirect",
             )
             assert httpx.post(f"{pce_url}/v1/certs/{fqdn}/renew", headers=headers).is_success
-            second, _ = wait_until(
-                lambda: (s := served(tls_port, fqdn, root))[0] != first and s,
-                40,
-                "the renewed ACME certificate",
-                *logs,
+            second, _ = eventually(
+                lambda: served(tls_port, fqdn, root),
+                until=lambda s: s[0] != first,
+                what=with_logs("the renewed ACME certificate", *logs),
             )
             assert second != first
             counts = httpx.get(f"{pce_url}/health").json()["certificates"]["acme"]
@@ -299,11 +283,9 @@ def test_sfr23_acme_failures_back_off_and_rate_limits_wait_longer(tmp_path: Path
         issuer.notify = lambda: done.append(1)
         try:
             assert issuer.want("nobody.acme.test", "t")
-            wait_until(
+            eventually(
                 lambda: issuer.status()["backing_off"],
-                30,
-                "the failure",
-                tmp_path / "pebble" / "pebble.log",
+                what=with_logs("the failure", tmp_path / "pebble" / "pebble.log"),
             )
             backoff = issuer.status()["backing_off"]["nobody.acme.test"]
             assert backoff["failures"] == 1

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from eventually import eventually
 from flame.common.pki import PlatformCA
 from flame.sfr.acme import AcmeConfig, Issued
 from flame.sfr.certs import ACME, PLATFORM, CertManager, open_cert_manager
@@ -27,7 +29,7 @@ def _closed_port() -> int:
 
 
 @pytest.fixture
-def manager(tmp_path: Path) -> CertManager:
+def manager(tmp_path: Path) -> Iterator[CertManager]:
     config = AcmeConfig(f"https://127.0.0.1:{_closed_port()}/dir", retry_base=60.0)
     certs = open_cert_manager(tmp_path, acme=config)
     yield certs
@@ -36,15 +38,15 @@ def manager(tmp_path: Path) -> CertManager:
     certs.store.close()
 
 
-def _settled(certs: CertManager, fqdn: str) -> dict:  # type: ignore[type-arg]
-    assert certs.acme is not None
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        status = certs.acme.status()
-        if fqdn in status["backing_off"]:
-            return status
-        time.sleep(0.02)
-    pytest.fail(f"no ACME attempt for {fqdn}: {certs.acme.status()}")
+def _settled(certs: CertManager, fqdn: str) -> dict:
+    acme = certs.acme
+    assert acme is not None
+    return eventually(
+        acme.status,
+        until=lambda status: fqdn in status["backing_off"],
+        every=0.02,
+        what=f"an ACME attempt for {fqdn}",
+    )
 
 
 def test_sfr23_acme_configured_replaces_nothing_until_the_ca_answers(

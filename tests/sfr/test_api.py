@@ -26,6 +26,7 @@ import pytest
 import pytest_asyncio
 
 import flame.sfr.service.changes as service_module
+from eventually import Fatal, eventually, eventually_async
 from flame.common.auth import Role, TokenStore
 from flame.common.errors import AuthenticationError, PermissionDenied, UserError
 from flame.common.ports import free_port
@@ -385,7 +386,9 @@ async def test_a_standby_answers_503_and_takes_over_when_the_active_stops(env: E
             health = (await standby.http.get("/health")).json()
             assert health["role"] == "standby"
             await active.service.stop()  # releases the lease: no waiting for its expiry
-            await wait_until(lambda: standby.service.role is PceRole.ACTIVE, 5.0)
+            await eventually_async(
+                lambda: standby.service.role is PceRole.ACTIVE, what="the standby to take over"
+            )
             assert {sr: await standby.table(sr) for sr in SRS} == tables
             r = await register(standby, x_endpoint(port=9999))
             assert r.status_code == 200
@@ -404,13 +407,6 @@ async def test_a_pce_that_lost_its_lease_steps_down_and_refuses_writes(env: Env)
         r = await pce.http.get("/v1/tables/sr-a", headers=bearer(env.operator))
         assert r.status_code == 503
         assert peek(env.db).changes == []  # nothing was written
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
 
 
 # -- long-poll distribution (SFR-11) --------------------------------------------------------
@@ -437,7 +433,7 @@ async def test_long_poll_wakes_on_change_and_times_out_with_304(pce: Pce) -> Non
     r = await poll_e
     assert r.status_code == 200
     assert r.json()["version"] == 2
-    assert loop.time() - started < 5
+    assert loop.time() - started < 15  # woken by the change, not the 20 s wait
     unchanged = await poll_a  # sr-a's table did not change: 304 after its wait
     assert unchanged.status_code == 304
     assert unchanged.headers["x-flame-table-version"] == "1"
@@ -705,7 +701,7 @@ async def test_internal_errors_are_500_json_without_a_traceback(
 @pytest.mark.asyncio
 async def test_async_client_registers_withdraws_and_maps_errors(pce: Pce) -> None:
     transport = pce.http._transport  # the same app, in process
-    async with AsyncPceClient("http://pce", pce.env.operator, transport=transport) as sfemc:  # type: ignore[arg-type]
+    async with AsyncPceClient("http://pce", pce.env.operator, transport=transport) as sfemc:
         registration = await sfemc.register(x_endpoint(tenant="acme"))
         assert registration.endpoint.tenant == "acme"
         table = (await sfemc.table("sr-e", since=1)).table
@@ -724,11 +720,11 @@ async def test_async_client_registers_withdraws_and_maps_errors(pce: Pce) -> Non
         await sfemc.delegate("x.example", "acme")
         await sfemc.set_policy(RoutingPolicy("x.example", max_latency_ms=5))
         assert (await sfemc.policy("x.example")).max_latency_ms == 5
-    async with AsyncPceClient("http://pce", pce.env.globex, transport=transport) as tenant:  # type: ignore[arg-type]
+    async with AsyncPceClient("http://pce", pce.env.globex, transport=transport) as tenant:
         with pytest.raises(PermissionDenied) as denied:
             await tenant.register(x_endpoint())
         assert "requires the operator role" in denied.value.message
-    async with AsyncPceClient("http://pce", None, transport=transport) as anonymous:  # type: ignore[arg-type]
+    async with AsyncPceClient("http://pce", None, transport=transport) as anonymous:
         with pytest.raises(AuthenticationError):
             await anonymous.registrations()
 
@@ -761,17 +757,17 @@ class LivePce:
             return None
         return dict(r.json()) if r.status_code == 200 else None
 
-    def wait_role(self, role: str, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            health = self.health()
-            if health is not None and health["role"] == role:
-                return
+    def wait_role(self, role: str) -> None:
+        def health() -> dict[str, Any] | None:
             if self.process.poll() is not None:
-                pytest.fail(f"PCE exited ({self.process.returncode}):\n{self.log.read_text()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"PCE never became {role} ({health}):\n{self.log.read_text()}")
-            time.sleep(0.05)
+                raise Fatal(f"PCE exited ({self.process.returncode}):\n{self.log.read_text()}")
+            return self.health()
+
+        eventually(
+            health,
+            until=lambda h: h is not None and h["role"] == role,
+            what=lambda: f"the PCE to become {role}:\n{self.log.read_text()[-4000:]}",
+        )
 
 
 @contextlib.contextmanager
@@ -864,7 +860,8 @@ def failover(env: Env, alpha: LivePce, beta: LivePce) -> None:
         killed = time.monotonic()
         alpha.process.kill()
         alpha.process.wait(5)
-        beta.wait_role("active", timeout=15)
+        beta.wait_role("active")
+        # The lease is 1 s; the standby takes over within ~2 s here: a 10 s bound is 5x that.
         assert time.monotonic() - killed < 10
         # The standby rebuilt the same state: the same version for the same routes.
         assert client.table("sr-e").table == held
@@ -892,7 +889,7 @@ def long_poll_during(
         change()
         answer = poll.result(10)
     assert answer.status_code == 200, answer.text
-    assert time.monotonic() - started < 5  # woken by the change, not by the 20 s wait
+    assert time.monotonic() - started < 15  # woken by the change, not by the 20 s wait
     return answer
 
 
@@ -915,11 +912,12 @@ def test_a_stopping_pce_answers_its_long_polls_at_once_and_logs_no_error(env: En
                 timeout=40,
             )
             time.sleep(0.5)  # the poll is held
-            stopping = time.monotonic()
             pce.process.terminate()
             answer = poll.result(timeout=20)
+        # 304, not a cut connection: answered at the stop, not cancelled by uvicorn's 2 s
+        # graceful-shutdown timeout (which also logged the ERROR checked below). No time bound:
+        # 1.5 s against 2 s is no margin on a loaded machine.
         assert answer.status_code == 304
-        assert time.monotonic() - stopping < 1.5  # not the 2 s graceful-shutdown timeout
         assert pce.process.wait(10) in (0, -15)  # uvicorn re-raises SIGTERM once done
     text = pce.log.read_text()
     assert "stopped and released the lease" in text

@@ -14,13 +14,13 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from eventually import Fatal, eventually
 from flame.common.auth import Role, TokenStore
 from flame.common.ports import free_port
 from flame.sfr.client import PceClient
@@ -76,11 +76,13 @@ def live_sr(state: Path, sr_id: str, pce_url: str, token: str) -> Iterator[str]:
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 20
-        while "routing on" not in log.read_text():
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"SR did not start:\n{log.read_text()}")
-            time.sleep(0.05)
+
+        def started() -> bool:
+            if process.poll() is not None:
+                raise Fatal(f"the SR exited:\n{log.read_text()}")
+            return "routing on" in log.read_text()
+
+        eventually(started, what=lambda: f"the SR to start:\n{log.read_text()}")
         yield f"http://127.0.0.1:{port}"
     finally:
         process.terminate()
@@ -91,13 +93,14 @@ def live_sr(state: Path, sr_id: str, pce_url: str, token: str) -> Iterator[str]:
             process.wait()
 
 
-def wait_for_body(url: str, host: str, expected: str, timeout: float = 10) -> httpx.Response:
-    deadline = time.monotonic() + timeout
-    while True:
-        response = httpx.get(url + "/", headers={"Host": host}, timeout=5)
-        if response.text == expected or time.monotonic() > deadline:
-            return response
-        time.sleep(0.02)
+def wait_for_body(url: str, host: str, expected: str) -> httpx.Response:
+    """The first response from `host` at `url` whose body is `expected` (the table moved)."""
+    return eventually(
+        lambda: httpx.get(url + "/", headers={"Host": host}, timeout=5),
+        until=lambda r: r.text == expected,
+        every=0.02,
+        what=f"{host} to answer {expected!r}",
+    )
 
 
 @pytest.mark.slow
@@ -153,13 +156,12 @@ def test_pce_and_sr_processes_route_switch_and_survive_the_pce(tmp_path: Path) -
             assert wait_for_body(sr, "x.example", "far").text == "far"
             client.link_down("sr-c", "sr-d")
             # sr-d is now unreachable from sr-a: no route, 503 with Retry-After.
-            deadline = time.monotonic() + 10
-            while True:
-                gone = httpx.get(sr + "/", headers={"Host": "x.example"}, timeout=5)
-                if gone.status_code == 503 or time.monotonic() > deadline:
-                    break
-                time.sleep(0.02)
-            assert gone.status_code == 503
+            gone = eventually(
+                lambda: httpx.get(sr + "/", headers={"Host": "x.example"}, timeout=5),
+                until=lambda r: r.status_code == 503,
+                every=0.02,
+                what="x.example to have no route",
+            )
             assert "retry-after" in gone.headers
             client.link_up("sr-c", "sr-d")
             assert wait_for_body(sr, "x.example", "far").text == "far"

@@ -13,13 +13,13 @@ import contextlib
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from eventually import Fatal, eventually
 from flame.common.auth import Role, TokenStore
 from flame.common.ports import free_port
 from flame.sfr.client import PceClient
@@ -58,11 +58,13 @@ def process(argv: list[str], env: dict[str, str], log: Path, ready: str) -> Iter
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 30
-        while ready not in log.read_text(errors="replace"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"{argv[:4]} did not start:\n{log.read_text(errors='replace')}")
-            time.sleep(0.05)
+
+        def started() -> bool:
+            if proc.poll() is not None:
+                raise Fatal(f"{argv[:4]} exited:\n{log.read_text(errors='replace')}")
+            return ready in log.read_text(errors="replace")
+
+        eventually(started, what=lambda: f"{argv[:4]} to start:\n{log.read_text(errors='replace')}")
         yield
     finally:
         proc.terminate()
@@ -155,16 +157,11 @@ def test_sfr19_sr_reaches_a_tls_endpoint_over_mutual_tls(tmp_path: Path) -> None
 
 def _until_routed(sr_port: int) -> httpx.Response:
     """The SR answers 200 once it has both its table and its identity."""
-    deadline = time.monotonic() + 30
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = httpx.get(
-                f"http://127.0.0.1:{sr_port}/", headers={"Host": "t.example"}, timeout=10
-            )
-            if last.status_code == 200:
-                return last
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"never routed over TLS: {last and last.status_code} {last and last.text}")
+    return eventually(
+        lambda: httpx.get(
+            f"http://127.0.0.1:{sr_port}/", headers={"Host": "t.example"}, timeout=10
+        ),
+        until=lambda r: r.status_code == 200,
+        every=0.2,
+        what="the SR to route over TLS",
+    )

@@ -31,7 +31,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from eventually import eventually
 from flame.common.pki import PlatformCA, inspect_chain
 from flame.sfr.router.tls import Site, TlsSites
 from media.cdp import Chrome, chromium
@@ -83,24 +83,21 @@ def platform(tmp_path: Path) -> Iterator[dict[str, Any]]:
         flame(env, "down")  # whatever happened, nothing is left running
 
 
-def served_leaf(host: str, port: int, ca_file: str, timeout: float = 30.0) -> bytes:
+def served_leaf(host: str, port: int, ca_file: str) -> bytes:
     """The certificate the SR serves for FQDN, verified against the platform CA (DER). The
     PCE's certificate bundle may reach the SR a moment after `flame up` returns: retried."""
     context = ssl.create_default_context(cafile=ca_file)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with (
-                socket.create_connection((host, port), timeout=5) as raw,
-                context.wrap_socket(raw, server_hostname=FQDN) as tls,
-            ):
-                der = tls.getpeercert(binary_form=True)
-                assert der is not None
-                return der
-        except (ssl.SSLError, OSError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+
+    def leaf() -> bytes:
+        with (
+            socket.create_connection((host, port), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname=FQDN) as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+            assert der is not None
+            return der
+
+    return eventually(leaf, every=0.2, what=f"the SR's certificate for {FQDN}")
 
 
 def spki_pin(der: bytes) -> str:

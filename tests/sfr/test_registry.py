@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -218,7 +219,7 @@ def test_bad_names_say_what_is_wrong(name: str, words: str) -> None:
         ({"fqdn": "nodots"}, "two labels"),
     ],
 )
-def test_bad_endpoints_are_refused(registry: Registry, bad: dict[str, object], words: str) -> None:
+def test_bad_endpoints_are_refused(registry: Registry, bad: dict[str, Any], words: str) -> None:
     with pytest.raises(UserError, match=words):
         registry.register(OPERATOR, endpoint(**bad))
     assert registry.registrations() == []

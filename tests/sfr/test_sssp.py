@@ -24,7 +24,7 @@ from flame.sfr.pce import kernel, ranking
 try:
     from flame.sfr._sssp import rank_candidates, shortest_path_trees
 except ImportError:  # not built: the kernel tests skip (but not under `make unit`)
-    rank_candidates = shortest_path_trees = None
+    rank_candidates = shortest_path_trees = None  # type: ignore[assignment]
 
 needs_kernel = pytest.mark.skipif(
     shortest_path_trees is None, reason="the kernel is not built (tools/compile_pce.py)"

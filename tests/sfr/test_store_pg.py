@@ -8,7 +8,6 @@ Real processes killed with SIGKILL: tests/sfr/test_store_pg_failover.py.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import socket
@@ -19,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from eventually import eventually, eventually_async
 from flame.common.errors import ConfigError
 from flame.sfr.api import create_app
 from flame.sfr.models import LinkState, RoutingPolicy
@@ -33,13 +33,13 @@ from .test_api import SRS, Env, bearer, env, x_endpoint
 __all__ = ["env", "postgres_server", "postgres_url"]
 
 
-def acquired_within(store: PgStore, seconds: float) -> float:
+def acquired_after(store: PgStore) -> float:
     """How long `store` polled before it took the lease (the server ends a closed session's
     backend asynchronously, a few milliseconds after the client's close)."""
     started = time.monotonic()
-    while store.acquire() is not LeaseOutcome.ACQUIRED:
-        assert time.monotonic() - started < seconds, "the lease was not taken over"
-        time.sleep(0.01)
+    eventually(
+        store.acquire, until=lambda o: o is LeaseOutcome.ACQUIRED, every=0.01, what="the lease"
+    )
     return time.monotonic() - started
 
 
@@ -67,7 +67,7 @@ def test_the_lease_is_one_holder_at_a_time_and_fenced(postgres_url: str) -> None
         # The holder's session ends without a word (its process killed): free at once, not
         # after the 30 s expiry.
         a.close()
-        assert acquired_within(b, 2.0) < 2.0  # not the 30 s of its expiry
+        assert acquired_after(b) < 10.0  # not the 30 s of its expiry (a few ms here)
         assert (b.lease().holder, b.lease().epoch) == ("b", 2)  # type: ignore[union-attr]
         # The old holder comes back: it holds nothing and can write nothing.
         assert a.acquire() is LeaseOutcome.HELD
@@ -108,7 +108,7 @@ def test_a_pce_that_loses_its_database_steps_down(postgres_url: str) -> None:
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE application_name = 'flame-pce a'"
             )
-        assert acquired_within(b, 2.0) < 2.0  # a's session is gone: taken at once
+        assert acquired_after(b) < 10.0  # a's session is gone: not its 30 s expiry
         assert a.acquire() is LeaseOutcome.HELD  # a reconnects and finds it taken
         # A database that cannot be reached at all: HELD, never "still mine" (and no raise).
         with socket.socket() as s:
@@ -203,15 +203,6 @@ async def service(
         store.close()
 
 
-async def wait_until(check: object, timeout: float) -> float:
-    started = time.monotonic()
-    while not check():  # type: ignore[operator]
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"not reached in {timeout:g}s")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - started
-
-
 @pytest.mark.asyncio
 async def test_a_standby_service_takes_over_at_the_same_versions(
     postgres_url: str, env: Env
@@ -228,15 +219,16 @@ async def test_a_standby_service_takes_over_at_the_same_versions(
             assert beta.role is PceRole.STANDBY
             assert (await b_http.get("/v1/tables/sr-a", headers=ops)).status_code == 503
             # Alpha's session ends as a killed process's would (no release).
-            alpha._store.close()  # type: ignore[attr-defined]
+            alpha._store.close()
             alpha._store.url = "postgresql://flame@127.0.0.1:1/gone"  # type: ignore[attr-defined]
-            took = await wait_until(lambda: beta.role is PceRole.ACTIVE, 5.0)
-            assert took < 2.0
+            await eventually_async(lambda: beta.role is PceRole.ACTIVE, what="beta to take over")
             for sr in SRS:
                 got = (await b_http.get(f"/v1/tables/{sr}", headers=ops)).json()
                 assert got == tables[sr]  # the same routes at the same versions
             # Alpha finds out it lost the lease and steps down.
-            await wait_until(lambda: alpha.role is not PceRole.ACTIVE, 5.0)
+            await eventually_async(
+                lambda: alpha.role is not PceRole.ACTIVE, what="alpha to step down"
+            )
             r = await b_http.post("/v1/topology/links/sr-d/sr-e/up", headers=ops)
             assert r.status_code == 200, r.text
             after = (await b_http.get("/v1/tables/sr-e", headers=ops)).json()

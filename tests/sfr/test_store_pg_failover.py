@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from eventually import Fatal, eventually
 from flame.common.auth import Role
 from flame.common.ports import free_port
 from flame.sfr.client import PceClient
@@ -54,11 +55,13 @@ def sr_process(env: Env, sr_id: str, pce_urls: list[str], token: str) -> Iterato
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 20
-        while "routing on" not in log.read_text():
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"SR did not start:\n{log.read_text()}")
-            time.sleep(0.05)
+
+        def started() -> bool:
+            if process.poll() is not None:
+                raise Fatal(f"the SR exited:\n{log.read_text()}")
+            return "routing on" in log.read_text()
+
+        eventually(started, what=lambda: f"the SR to start:\n{log.read_text()}")
         yield f"http://127.0.0.1:{port}"
     finally:
         process.terminate()
@@ -130,16 +133,16 @@ def test_two_pces_on_postgresql_fail_over_under_load(env: Env, postgres_url: str
                 with sr_process(env, "sr-a", [alpha.url, beta.url], router) as sr:
                     assert wait_for_body(sr, "x.example", "far").text == "far"
                     with Load(sr, "x.example") as load:
-                        deadline = time.monotonic() + 10
-                        while load.bodies.get("far", 0) < 50 and time.monotonic() < deadline:
-                            time.sleep(0.05)
+                        eventually(lambda: load.bodies.get("far", 0) >= 50, what="load")
                         before = load.sent
                         killed = time.monotonic()
                         alpha.process.kill()  # SIGKILL: no release, no clean shutdown
                         alpha.process.wait(5)
-                        while role(beta) != "active":
-                            assert time.monotonic() - killed < 10, "the standby never took over"
-                            time.sleep(0.01)
+                        eventually(
+                            lambda: role(beta) == "active",
+                            every=0.01,
+                            what="the standby to take over",
+                        )
                         takeover_s = time.monotonic() - killed
                         # The same routes at the same version, rebuilt from PostgreSQL.
                         assert client.table("sr-a").table == held
@@ -147,21 +150,29 @@ def test_two_pces_on_postgresql_fail_over_under_load(env: Env, postgres_url: str
                         changed = time.monotonic()
                         client.register(x_endpoint(sfe="x-a", cluster="c-a", port=near))
                         assert client.table("sr-a").table.version == held.version + 1  # type: ignore[union-attr]
-                        while load.bodies.get("near", 0) < 20:
-                            assert time.monotonic() - changed < 10, load.bodies
-                            time.sleep(0.02)
+                        eventually(
+                            lambda: load.bodies.get("near", 0) >= 20,
+                            every=0.02,
+                            what=lambda: f"the change at the SR: {load.bodies}",
+                        )
                         switch_s = time.monotonic() - changed
                     during = load.sent - before
             finally:
                 client.close()
     assert load.failed == 0, load.errors[:5]
-    assert takeover_s < 2.0
+    # The lease is 1 s: the standby is active ~1.1-1.3 s after the kill here; 5 s is 4x that
+    # (the feature is taking over on the lease's expiry, not a tighter figure).
+    assert takeover_s < 5.0
     # The lease and the state were in PostgreSQL (not a file named after the URL).
     import psycopg
 
     with psycopg.connect(postgres_url) as conn:
-        holder, epoch = conn.execute("SELECT holder, epoch FROM pce_lease").fetchone()
-        (registrations,) = conn.execute("SELECT count(*) FROM pce_registrations").fetchone()
+        lease = conn.execute("SELECT holder, epoch FROM pce_lease").fetchone()
+        count = conn.execute("SELECT count(*) FROM pce_registrations").fetchone()
+    assert lease is not None
+    assert count is not None
+    holder, epoch = lease
+    (registrations,) = count
     assert (holder, epoch) == ("beta", 2)
     assert registrations == 3  # the static one of the topology, x-d, x-a
     assert not any(p.name.startswith("postgres") for p in Path.cwd().iterdir())

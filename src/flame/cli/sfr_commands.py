@@ -28,10 +28,9 @@ import click
 
 from flame.cli._serve import run_server, tls_files, tls_options
 from flame.cli._state import CliState as _CliState
-from flame.common.auth import TokenStore
 from flame.common.errors import UserError
 from flame.common.logging import setup_logging
-from flame.sfr.store import PgStore, encode_link, encode_node, open_pce_store
+from flame.sfr.store import encode_link, encode_node
 from flame.topology.loader import load_topology
 
 if TYPE_CHECKING:
@@ -383,64 +382,37 @@ def serve_pce(
     <state_dir>/ca (docs/tls.md).
     """
 
-    from flame.sfr.api import create_app  # noqa: PLC0415 - lazy, heavy
-    from flame.sfr.service import PceService  # noqa: PLC0415 - lazy, heavy
+    from flame.sfr.build import PceSettings, build_pce  # noqa: PLC0415 - lazy, heavy
 
     config = state.config()
     setup_logging(config.log_level, config.log_format)
-    topology = load_topology(topology_path)
-    tokens = TokenStore(config.state_dir / "tokens.json")
-    if not tokens.list():
-        click.echo(
-            f"warning: no API tokens in {tokens.path}; every request will get 401. "
-            "Issue one with 'flame token issue NAME --operator'.",
-            err=True,
-        )
-    tls = tls_files(tls_cert, tls_key)
-    store = open_pce_store(db_path or config.state_dir / "pce.sqlite3", name, lease_ttl=lease_ttl)
     if acme_directory and no_certs:
         raise click.UsageError("--acme-directory needs certificates: drop --no-certs")
     if hop_tls != "off" and no_certs:
         raise click.UsageError("--hop-tls needs the platform CA: drop --no-certs")
-    certs = None
+    tls = tls_files(tls_cert, tls_key)
+    settings = PceSettings(
+        state_dir=config.state_dir,
+        topology_path=topology_path,
+        db=db_path,
+        name=name,
+        lease_ttl=lease_ttl,
+        certs=not no_certs,
+        cert_days=cert_days,
+        acme_directory=acme_directory,
+        acme_email=acme_email,
+        acme_ca_file=acme_ca_file,
+        hop_tls=hop_tls,
+    )
+    pce = build_pce(settings, warn=lambda message: click.echo(message, err=True))
     try:
-        if not no_certs:
-            from flame.sfr.acme import AcmeConfig  # noqa: PLC0415 - cryptography
-            from flame.sfr.certs import open_cert_manager  # noqa: PLC0415 - cryptography
-            from flame.sfr.hop_identity import HopTls  # noqa: PLC0415 - cryptography
-
-            certs = open_cert_manager(
-                config.state_dir,
-                db=(
-                    config.state_dir / "pce.certs.sqlite3"
-                    if isinstance(store, PgStore)
-                    else store.path.with_suffix(".certs.sqlite3")
-                ),
-                lifetime_days=cert_days,
-                acme=(
-                    AcmeConfig(acme_directory, email=acme_email, ca_file=acme_ca_file)
-                    if acme_directory
-                    else None
-                ),
-                hop_tls=HopTls(hop_tls),
-            )
-        service = PceService(topology, store, certs=certs)
-        app = create_app(service, tokens)
         scheme = "https" if tls else "http"
         click.echo(
-            f"PCE '{store.holder}' on {scheme}://{host}:{port} (topology '{topology.name}', "
-            f"database {store.path}, lease {lease_ttl:g}s"
-            + (f"; platform CA {certs.ca.cert_path}" if certs else "; no certificates")
-            + ")",
-            err=True,
+            f"PCE '{pce.store.holder}' on {scheme}://{host}:{port} ({pce.describe()})", err=True
         )
-        run_server(app, host, port, "the PCE", on_shutdown=service.drain, tls=tls)
+        run_server(pce.app, host, port, "the PCE", on_shutdown=pce.service.drain, tls=tls)
     finally:
-        if certs is not None:
-            if certs.acme is not None:
-                certs.acme.stop()
-            certs.store.close()
-        store.close()
+        pce.close()
 
 
 @click.command("sr")

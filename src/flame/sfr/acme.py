@@ -46,7 +46,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from josepy.jwa import ES256
 from josepy.jwk import JWKEC
 
-from flame.common._files import atomic_write_private
+from flame.common.atomicfile import atomic_write_private
+from flame.common.backoff import backoff_delay
 from flame.common.errors import UserError
 from flame.common.pki import SecretBox
 
@@ -252,7 +253,7 @@ class AcmeIssuer:
         with self._lock:
             previous = self._backoff.get(fqdn)
             failures = previous.failures + 1 if previous else 1
-            wait = min(self.config.retry_base * 2 ** (failures - 1), self.config.retry_max)
+            wait = backoff_delay(failures, self.config.retry_base, self.config.retry_max)
             if code == _RATE_LIMITED:
                 wait = max(wait, self.config.rate_limit_wait)
             self._backoff[fqdn] = _Backoff(failures, self._clock() + wait, code or text[:200])

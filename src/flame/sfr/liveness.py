@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from flame.common.backoff import backoff_delay
+
 __all__ = ["LinkProbe", "Prober", "main"]
 
 log = logging.getLogger("flame.sfr.liveness")
@@ -178,7 +180,7 @@ class ReportFn:
                     return
                 if response.status_code < 500:
                     raise RuntimeError(f"the PCE refused the report: {response.text[:200]}")
-            await asyncio.sleep(min(0.05 * 2**attempt, 2.0))
+            await asyncio.sleep(backoff_delay(attempt + 1, 0.05, 2.0))
         raise RuntimeError(f"the PCE did not take the report {node}-{peer} up={up}")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -126,8 +127,12 @@ class Upstream:
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self, port: int = 0) -> Upstream:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", port)
+    async def start(self, port: int = 0, *, sock: socket.socket | None = None) -> Upstream:
+        """Listen on 127.0.0.1:`port`, or on `sock` (bound, e.g. in another namespace)."""
+        if sock is not None:
+            self._server = await asyncio.start_server(self._serve, sock=sock)
+        else:
+            self._server = await asyncio.start_server(self._serve, "127.0.0.1", port)
         return self
 
     @property
@@ -143,7 +148,7 @@ class Upstream:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
+        self._tasks.add(task)
         self.connections += 1
         self._writers.add(writer)
         collector = _RequestParser()
@@ -167,7 +172,7 @@ class Upstream:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            self._tasks.discard(task)
 
     async def close(self) -> None:
         """Stop listening and cut every open connection (as a dying endpoint does)."""
@@ -214,7 +219,7 @@ class RawUpstream:
             pass
         finally:
             writer.transport.abort()
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            self._tasks.discard(task)
 
     async def close(self) -> None:
         if self._server is not None:

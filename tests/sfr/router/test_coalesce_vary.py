@@ -11,6 +11,7 @@ header sets sent together, each client gets what it would have got alone.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import tempfile
 from collections.abc import Callable
@@ -18,8 +19,10 @@ from typing import Any
 
 import pytest
 
+from eventually import eventually_async
 from flame.sfr.router import Limits, Router
 from flame.sfr.router.coalesce import MAX_PATH
+from flame.sfr.router.multicast import Coalescer
 
 from .helpers import Client, RawUpstream, UpRequest, Upstream, endpoint, read_head, table
 from .test_multicast import two_workers
@@ -68,18 +71,22 @@ class VaryOrigin:
         return True
 
 
+def coalescer(router: Router) -> Coalescer:
+    c = router.context.coalescer
+    assert c is not None, "coalescing is on in these tests"
+    return c
+
+
 def waiters(routers: list[Router]) -> int:
-    return sum(f.waiters for r in routers for f in list(r.context.coalescer.inflight.values()))
+    return sum(f.waiters for r in routers for f in list(coalescer(r).inflight.values()))
 
 
 def fetches(routers: list[Router]) -> int:
-    return sum(r.context.coalescer.fetches for r in routers)
+    return sum(coalescer(r).fetches for r in routers)
 
 
 async def until(check: Callable[[], bool]) -> None:
-    async with asyncio.timeout(10):
-        while not check():
-            await asyncio.sleep(0.005)
+    await eventually_async(check, every=0.005, what="the requests to reach the router")
 
 
 async def get(port: int, path: str, headers: Headers) -> bytes:
@@ -117,7 +124,7 @@ async def together(
     tasks = []
     for i, headers in enumerate(sets):
         tasks.append(asyncio.create_task(get(ports[i % len(ports)], path, headers)))
-        await until(lambda n=i + 1: settled(n))
+        await until(functools.partial(settled, i + 1))
     origin.gate.set()
     return list(await asyncio.gather(*tasks))
 

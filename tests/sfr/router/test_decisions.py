@@ -4,6 +4,7 @@ heads, endpoint choice, outlier ejection, table replacement, coalescing keys, li
 from __future__ import annotations
 
 import collections
+from typing import Any
 
 import pytest
 
@@ -438,9 +439,11 @@ def test_ejection_backoff_doubles_to_the_maximum_and_resets_on_success() -> None
     clock = Clock()
     d = OutlierDetector(base=1.0, maximum=30.0, clock=clock)
     assert not d.is_ejected("a")
-    lengths = []
+    lengths: list[float] = []
     for _ in range(7):
-        lengths.append(d.failure("a"))
+        length = d.failure("a")
+        assert length is not None
+        lengths.append(length)
         assert d.is_ejected("a")
         clock.now += lengths[-1] - 0.001
         assert d.is_ejected("a")
@@ -557,7 +560,13 @@ def test_coalesce_keys() -> None:
 
 def test_join_window() -> None:
     w = JoinWindow(max_age=10.0, max_bytes=100)
-    ok = {"age": 1.0, "received": 10, "closed": False, "fetch_version": 3, "table_version": 3}
+    ok: dict[str, Any] = {
+        "age": 1.0,
+        "received": 10,
+        "closed": False,
+        "fetch_version": 3,
+        "table_version": 3,
+    }
     assert may_join(w, **ok)
     assert not may_join(w, **{**ok, "age": 10.5})
     assert not may_join(w, **{**ok, "received": 101})
@@ -571,7 +580,7 @@ def test_join_window() -> None:
 def test_line_protocol_escaping() -> None:
     assert escape_tag("a b,c=d\\e\nf") == "a\\ b\\,c\\=d\\\\e\\ f"
     assert point("m", {"t": "v", "empty": ""}, {"n": 3, "x": 0.5}, 7) == "m,t=v n=3i,x=0.5 7"
-    fields = {"ok": True, "s": 'say "hi"\nbye'}
+    fields: dict[str, bool | str] = {"ok": True, "s": 'say "hi"\nbye'}
     assert point("m s,x", {}, fields, 1) == 'm\\ s\\,x ok=true,s="say \\"hi\\" bye" 1'
 
 

@@ -16,6 +16,7 @@ import time
 import pytest
 
 from flame.sfr.models import Endpoint, ForwardingTable, Route
+from flame.sfr.router import Router
 from flame.sfr.router.server import bind_socket
 
 from .helpers import Client, UpRequest, Upstream, echo_handler, endpoint, request_bytes
@@ -74,7 +75,7 @@ def free_socket() -> socket.socket:
     return bind_socket(LOOPBACK, 0, reuse_port=False)
 
 
-async def egress_sr(make_router, *endpoints: Endpoint, **settings) -> object:
+async def egress_sr(make_router, *endpoints: Endpoint, **settings) -> Router:
     """SR B with these endpoints local to it (equal cost)."""
     return await make_router(
         table(B, {FQDN: [route(e, egress=B, cost=0.0, path=(B,)) for e in endpoints]}),
@@ -508,12 +509,12 @@ async def test_path_latency_is_emulated_once_at_the_ingress(upstreams, make_rout
     e1 = await upstreams("e1")
     b = await make_router(
         # Were the egress SR to emulate its route's latency too, the round trip would double.
-        table(B, {FQDN: [route(e1.endpoint(), egress=B, latency_ms=150.0, path=(B,))]}),
+        table(B, {FQDN: [route(e1.endpoint(), egress=B, latency_ms=400.0, path=(B,))]}),
         sr_id=B,
         emulate_latency=True,
     )
     a = await make_router(
-        table(A, {FQDN: [route(e1.endpoint(), egress=B, latency_ms=150.0, path=(A, B))]}),
+        table(A, {FQDN: [route(e1.endpoint(), egress=B, latency_ms=400.0, path=(A, B))]}),
         sr_id=A,
         egress_hop=True,
         egress_port=b.port,
@@ -528,7 +529,8 @@ async def test_path_latency_is_emulated_once_at_the_ingress(upstreams, make_rout
         await c.close()
     assert resp.status == 200
     assert requests_of(b, "e1") == 1
-    assert 0.3 <= elapsed < 0.55
+    # Once: 0.8 s (2 x 400 ms); twice would be 1.6 s. The gap leaves 0.7 s for a stalled machine.
+    assert 0.8 <= elapsed < 1.5
 
 
 async def test_egress_sr_coalesces_requests_from_several_ingress_srs(

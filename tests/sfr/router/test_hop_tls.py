@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import socket
 import ssl
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,8 @@ class TlsUpstream(Upstream):
         self.peers: list[str | None] = []
         self.client_certs: set[str] = set()
 
-    async def start(self, port: int = 0) -> TlsUpstream:
+    async def start(self, port: int = 0, *, sock: socket.socket | None = None) -> TlsUpstream:
+        assert sock is None, "a TLS upstream listens on loopback"
         self._server = await asyncio.start_server(self._serve, LOOPBACK, port, ssl=self.ctx)
         return self
 

@@ -35,7 +35,7 @@ async def test_off_by_default(upstreams, make_router) -> None:
     far = await upstreams("far")
     router = await make_router(table(1, {"vod.example": [(far.endpoint(), 500.0)]}))
     _, elapsed = await _timed_get(router.address[1])
-    assert elapsed < 0.5
+    assert elapsed < 0.9  # emulated, it would be 1 s (2 x 500 ms); a few ms here
 
 
 async def test_nearer_endpoint_answers_sooner(upstreams, make_router) -> None:

@@ -26,6 +26,7 @@ class FakeWaiter:
         self.ended = False
         self.error: RouterError | None = None
         self.refetched = False
+        self.regrouped = False
 
     def deliver_head(self, head: ResponseHead, endpoint: Endpoint) -> None:
         assert self.head is None
@@ -47,6 +48,9 @@ class FakeWaiter:
 
     def refetch(self) -> None:
         self.refetched = True
+
+    def regroup(self) -> None:
+        self.regrouped = True
 
 
 class Source:

@@ -17,6 +17,7 @@ import ssl
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,14 +45,14 @@ class Pki:
         key.write_text(issued.key_pem)
         return str(cert), str(key)
 
-    def site(self, fqdn: str, **kw: object) -> Site:
+    def site(self, fqdn: str, **kw: Any) -> Site:
         issued = self.ca.issue([fqdn], days=2)
         from flame.common.pki import inspect_chain
 
         info = inspect_chain(issued.chain_pem)
         return Site(
             fqdn, (fqdn,), issued.chain_pem, issued.key_pem, fingerprint=info.fingerprint, **kw
-        )  # type: ignore[arg-type]
+        )
 
     @property
     def cafile(self) -> str:
@@ -120,7 +121,7 @@ def fetch(
                 cipher[0] if cipher else "",
                 tls.selected_alpn_protocol(),
                 hashlib.sha256(der or b"").hexdigest(),
-                tls.session_reused,
+                bool(tls.session_reused),
                 tls.session,
             )
 

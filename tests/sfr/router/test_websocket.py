@@ -58,7 +58,7 @@ async def ws_port() -> AsyncIterator[int]:
         yield next(iter(server.sockets)).getsockname()[1]
 
 
-def _status(router: Router) -> dict:  # type: ignore[type-arg]
+def _status(router: Router) -> dict:
     return httpx.get(
         f"http://127.0.0.1:{router.port}/.flame/status", headers={"Host": "sr-test"}
     ).json()

@@ -22,6 +22,8 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from flame.common.backoff import Backoff
+
 __all__ = ["Supervised", "TaskSet"]
 
 log = logging.getLogger(__name__)
@@ -138,7 +140,7 @@ class TaskSet:
 
     async def _run(self, sup: Supervised) -> None:
         loop = asyncio.get_running_loop()
-        delay = self.restart_initial
+        backoff = Backoff(self.restart_initial, self.restart_max)
         while True:
             sup.state = "running"
             sup.restart_at = None
@@ -151,7 +153,8 @@ class TaskSet:
                 sup.last_error = repr(exc)
                 sup.last_failure = time.time()
                 if loop.time() - began >= self.stable_after:
-                    delay = self.restart_initial
+                    backoff.reset()
+                delay = backoff.failure()
                 sup.state = "restarting"
                 sup.restart_at = time.time() + delay
                 log.error(
@@ -164,7 +167,6 @@ class TaskSet:
                     exc_info=exc,
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self.restart_max)
                 continue
             sup.state = "done"
             return

@@ -82,6 +82,9 @@ class Timeouts:
     header: float = 10.0  # from the first byte of a request to the end of its head -> 408
     keepalive: float = 75.0  # an idle client connection is closed after this
     upstream_connect: float = 3.0
+    # A connect the network refused (no route: ENETUNREACH, EHOSTUNREACH) is tried once more
+    # after this, instead of ejecting the endpoint (routes converge in milliseconds).
+    network_retry: float = 0.05
     upstream_response: float = 60.0  # to the response head, then between body bytes -> 504
     upstream_idle: float = 30.0  # an idle pooled upstream connection is closed after this
     coalesce_window: float = 10.0  # a shared response takes joiners this long after it started

@@ -16,7 +16,8 @@
         │   └── NoEndpoint             503 known FQDN, no usable endpoint (`Retry-After`)
         └── UpstreamError              the chosen endpoint failed (`sfe`, `endpoint` say which)
             ├── UpstreamConnectError   503 connection refused, unreachable, connect time-out
-            │                              (`Retry-After`: no endpoint could be reached)
+            │                              (`Retry-After`: no endpoint could be reached;
+            │                              `network_refused`: no route, see forward.py)
             ├── UpstreamBusy           503 this worker's connection limit towards it is reached
             ├── UpstreamTimeout        504 no response head, or no body progress, in time
             ├── UpstreamReset          502 closed before the response was complete
@@ -37,11 +38,13 @@ all ejected, or none reachable): try again later. 502 only for a bad answer from
 
 from __future__ import annotations
 
-from typing import ClassVar
+import errno as _errno
+from typing import ClassVar, Final
 
 from flame.common.errors import FlameError
 
 __all__ = [
+    "NETWORK_ERRNOS",
     "BadRequest",
     "HeadersTooLarge",
     "LoopDetected",
@@ -142,12 +145,23 @@ class UpstreamError(RouterError):
         self.before_response = before_response
 
 
+# The network had no path to the address (this host's routes, or an ICMP unreachable from a
+# router on the way): says nothing about the endpoint, and routes converge in milliseconds.
+NETWORK_ERRNOS: Final = frozenset({_errno.ENETUNREACH, _errno.EHOSTUNREACH})
+
+
 class UpstreamConnectError(UpstreamError):
     """Nothing reached the endpoint: a 503 to try again later (`retry_after` seconds)."""
 
     code: ClassVar[str] = "upstream_unreachable"
     http_status: ClassVar[int] = 503
     retry_after: int = 1  # set by the forwarding from the ejections it knows of
+    errno: int | None = None  # the failed connect's OS error number, if it had one
+
+    @property
+    def network_refused(self) -> bool:
+        """The network refused the path (ENETUNREACH, EHOSTUNREACH), not the endpoint."""
+        return self.errno in NETWORK_ERRNOS
 
 
 class UpstreamTlsError(UpstreamConnectError):

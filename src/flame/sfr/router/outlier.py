@@ -14,13 +14,15 @@ import math
 import time
 from collections.abc import Callable, Iterable
 
+from flame.common.backoff import backoff_delay
+
 __all__ = ["OutlierDetector"]
 
 
 class OutlierDetector:
     """Per-endpoint (by sfe id) ejection state of one worker."""
 
-    __slots__ = ("_backoff", "_clock", "_until", "base", "ejections", "maximum")
+    __slots__ = ("_clock", "_failures", "_until", "base", "ejections", "maximum")
 
     def __init__(
         self,
@@ -32,7 +34,7 @@ class OutlierDetector:
         self.maximum = maximum
         self._clock = clock
         self._until: dict[str, float] = {}  # sfe -> end of its ejection
-        self._backoff: dict[str, float] = {}  # sfe -> the next ejection's length
+        self._failures: dict[str, int] = {}  # sfe -> ejections since its last success
         self.ejections = 0
 
     @property
@@ -58,16 +60,17 @@ class OutlierDetector:
         until = self._until.get(sfe)
         if until is not None and now < until:
             return None
-        backoff = self._backoff.get(sfe, self.base)
+        failures = self._failures.get(sfe, 0) + 1
+        self._failures[sfe] = failures
+        backoff = backoff_delay(failures, self.base, self.maximum)
         self._until[sfe] = now + backoff
-        self._backoff[sfe] = min(backoff * 2, self.maximum)
         self.ejections += 1
         return backoff
 
     def success(self, sfe: str) -> None:
         """The endpoint answered: forget its past failures."""
-        if self._backoff:
-            self._backoff.pop(sfe, None)
+        if self._failures:
+            self._failures.pop(sfe, None)
         if self._until:
             self._until.pop(sfe, None)
 
@@ -85,6 +88,7 @@ class OutlierDetector:
     def forget(self, keep: Iterable[str]) -> None:
         """Drop the state of endpoints no longer in the table."""
         kept = set(keep)
-        for mapping in (self._until, self._backoff):
-            for sfe in [s for s in mapping if s not in kept]:
-                del mapping[sfe]
+        for sfe in [s for s in self._until if s not in kept]:
+            del self._until[sfe]
+        for sfe in [s for s in self._failures if s not in kept]:
+            del self._failures[sfe]

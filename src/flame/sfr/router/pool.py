@@ -136,12 +136,16 @@ class UpstreamPool:
         except (OSError, TimeoutError) as exc:
             self._abandon(created, address)
             reason = _reason(exc)
-            error = UpstreamTlsError if isinstance(exc, ssl.SSLError) else UpstreamConnectError
-            raise error(
+            tls = isinstance(exc, ssl.SSLError)
+            error = (UpstreamTlsError if tls else UpstreamConnectError)(
                 f"cannot connect to {endpoint.sfe} at {endpoint.host}:{endpoint.port}: {reason}",
                 sfe=endpoint.sfe,
                 endpoint=f"{endpoint.host}:{endpoint.port}",
-            ) from exc
+            )
+            if not tls and isinstance(exc, OSError):
+                # ENETUNREACH and the like: the forwarding tells a path from an endpoint failure.
+                error.errno = exc.errno
+            raise error from exc
         except BaseException:
             # Cancelled (the client went away): give the slot back before passing it on.
             self._abandon(created, address)

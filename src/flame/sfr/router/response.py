@@ -29,6 +29,7 @@ from flame.sfr.router.headers import (
 
 __all__ = [
     "CONTINUE_100",
+    "NETWORK",
     "NOT_FORWARDED",
     "NO_ROUTE",
     "UNREACHABLE",
@@ -45,10 +46,12 @@ CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 # ingress SR that sent it over the egress hop may send even a POST elsewhere (forward.py).
 # `unreachable`: this SR could not connect to the endpoint (the endpoint's failure); `route`:
 # this SR has no route for it (unknown FQDN, no endpoint: the egress hop's failure, since the
-# ingress SR's table has one). Never passed on from an endpoint's response.
+# ingress SR's table has one); `network`: the network had no path to the endpoint (no
+# route: nobody's failure, nothing is ejected). Never passed on from an endpoint's response.
 NOT_FORWARDED: Final = b"x-flame-not-forwarded"
 NOT_FORWARDED_LINE: Final = b"X-Flame-Not-Forwarded"
 UNREACHABLE: Final = b"unreachable"
+NETWORK: Final = b"network"
 NO_ROUTE: Final = b"route"
 # Response fields the router does not pass on as they are: hop-by-hop ones, the length (the
 # router writes its own framing) and Via (merged with ours).
@@ -344,7 +347,8 @@ def error_response(
     elif isinstance(error, RouteError):
         extra = ((NOT_FORWARDED_LINE, NO_ROUTE),)
     elif isinstance(error, UpstreamConnectError):
-        extra = ((b"Retry-After", b"%d" % error.retry_after), (NOT_FORWARDED_LINE, UNREACHABLE))
+        why = NETWORK if error.network_refused else UNREACHABLE
+        extra = ((b"Retry-After", b"%d" % error.retry_after), (NOT_FORWARDED_LINE, why))
     elif isinstance(error, UpstreamBusy):
         extra = ((b"Retry-After", b"%d" % error.retry_after),)
     return local_response(

@@ -137,6 +137,7 @@ def status_document(ctx: RouterContext) -> dict[str, Any]:
         "routes": routes,
         "ejected": ctx.outliers.ejected(),
         "ejections": ctx.outliers.ejections,
+        "network_refusals": ctx.forwarder.network_refusals,  # no route: nothing ejected
         "egress_hops": {
             "bypassed": ctx.forwarder.hops.ejected(),  # "address:port" -> seconds left
             "failures": ctx.forwarder.hop_failures,

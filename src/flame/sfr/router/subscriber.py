@@ -20,18 +20,18 @@ a table file without PCE).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import ssl
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
 
+from flame.common.atomicfile import atomic_write
+from flame.common.backoff import Backoff
 from flame.sfr.models import ForwardingTable
 
 __all__ = [
@@ -153,7 +153,7 @@ class TableSubscriber:
             headers=self._headers,
             verify=self._verify,
         ) as client:
-            delay = self.backoff_initial
+            backoff = Backoff(self.backoff_initial, self.backoff_max)
             while True:
                 progressed = None
                 for url in self.urls:
@@ -161,8 +161,9 @@ class TableSubscriber:
                     if progressed is not None:
                         break
                 if progressed:
-                    delay = self.backoff_initial
+                    backoff.reset()
                     continue
+                delay = backoff.failure()
                 if progressed is None and delay < self.backoff_max:  # not once a second for good
                     log.warning(
                         "no PCE answered (%s); forwarding on table version %s; retrying in %.1fs",
@@ -172,7 +173,6 @@ class TableSubscriber:
                     )
                 # Nobody answered, or an answer that did not move us on: do not spin.
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self.backoff_max)
 
     async def _poll_one(
         self, client: httpx.AsyncClient, url: str, apply: ApplyTable
@@ -279,15 +279,4 @@ def save_table_file(path: Path, table: ForwardingTable, generation: str | None =
     payload = json.dumps(
         {"pce_generation": generation, "table": table.to_dict()}, separators=(",", ":")
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, payload, mode=0o600)  # 0600 as before (mkstemp's mode)

@@ -41,6 +41,7 @@ from typing import Any
 
 import httpx
 
+from flame.common.backoff import Backoff
 from flame.common.tls import load_chain, server_context
 from flame.sfr.router.upstream_tls import HopIdentity, parse_identity
 
@@ -300,7 +301,7 @@ class CertSubscriber:
             headers=self._headers,
             verify=self._verify,
         ) as client:
-            delay = self.backoff_initial
+            backoff = Backoff(self.backoff_initial, self.backoff_max)
             while True:
                 answered = False
                 for url in self.urls:
@@ -308,10 +309,9 @@ class CertSubscriber:
                         answered = True
                         break
                 if answered:
-                    delay = self.backoff_initial
+                    backoff.reset()
                     continue
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.backoff_max)
+                await asyncio.sleep(backoff.failure())
 
     async def _poll(self, client: httpx.AsyncClient, url: str) -> bool:
         self.polls += 1
