@@ -59,10 +59,21 @@ class ServedPlatform:
     def state_dir(self) -> Path:
         return self.tmp / "state"
 
-    def _start(self, name: str, args: list[str], health: str) -> None:
+    def _start(
+        self,
+        name: str,
+        args: list[str],
+        health: str,
+        env: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         log = (self.tmp / f"{name}.log").open("ab")
         proc = subprocess.Popen(
-            [*FLAME, *args], env=self.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL
+            [*FLAME, *args],
+            env=env or self.env,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
         )
         log.close()
         self.procs[name] = proc
@@ -73,18 +84,18 @@ class ServedPlatform:
                     f"{name} exited: {(self.tmp / f'{name}.log').read_text()[-2000:]}"
                 )
             try:
-                if httpx.get(health, timeout=1).status_code == 200:
+                if httpx.get(health, timeout=1, headers=headers).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.05)
         raise RuntimeError(f"{name} did not answer {health} in 30 s")
 
-    def start_pce(self) -> None:
+    def start_pce(self, *extra: str) -> None:
         port = int(self.pce_url.rsplit(":", 1)[1])
         self._start(
             "pce",
-            ["serve", "pce", "--topology", str(TOPOLOGY), "--port", str(port)],
+            ["serve", "pce", "--topology", str(TOPOLOGY), "--port", str(port), *extra],
             self.pce_url + "/health",
         )
 

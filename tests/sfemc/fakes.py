@@ -23,6 +23,7 @@ class FakeVim:
         self.temporary: set[tuple[str, str]] = set()  # failures raised as not permanent
         self.next_port = 20000
         self.ports: dict[str, int] = {}
+        self.tls: set[str] = set()  # SFEs serving hop-by-hop TLS (VimStatus.tls)
 
     def fail(
         self, op: str, sfe: str, reason: str, *, always: bool = False, permanent: bool = True
@@ -48,6 +49,7 @@ class FakeVim:
             state,
             host="127.0.0.1" if running else None,
             ports={"http": self.ports[sfe]} if running and sfe in self.ports else {},
+            tls=running and sfe in self.tls,
         )
 
     async def place(self, spec: EndpointSpec) -> VimStatus:

@@ -213,7 +213,7 @@ def cert_issue_server(state: _CliState, names: tuple[str, ...], out_dir: Path, d
     for the control plane's `--tls-cert/--tls-key`: NAMES are DNS names or IP addresses."""
     import ipaddress  # noqa: PLC0415
 
-    from flame.common._files import atomic_write_private  # noqa: PLC0415
+    from flame.common.atomicfile import atomic_write_private  # noqa: PLC0415
     from flame.common.pki import PlatformCA  # noqa: PLC0415 - cryptography
 
     dns: list[str] = []

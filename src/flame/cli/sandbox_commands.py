@@ -79,6 +79,15 @@ def _run_dir(config: Config) -> Path:
     help="Root only: each SR, switch, cluster host and UE in its own network namespace, links "
     "as veth pairs with the topology's delay (docs/netns.md).",
 )
+@click.option(
+    "--hop-tls",
+    type=click.Choice(["off", "endpoints", "all"]),
+    default="off",
+    show_default=True,
+    help="Hop-by-hop TLS inside the platform (docs/tls.md): 'endpoints' gives SRs platform "
+    "identities and SFEs whose image says 'tls: true' endpoint certificates (SR to SFE over "
+    "mutual TLS); 'all' also runs egress hops between SRs over mutual TLS.",
+)
 @click.option("--_child", "child", is_flag=True, hidden=True)
 @click.pass_obj
 def up_cmd(
@@ -96,6 +105,7 @@ def up_cmd(
     no_demo: bool,
     allow_unconfined_sfes: bool,
     netns: bool,
+    hop_tls: str,
     child: bool,
 ) -> None:
     """Run FLAME-in-a-box: PCE, service routers (and the rest of the platform) as processes.
@@ -128,6 +138,7 @@ def up_cmd(
         egress_hop=not no_egress_hop,
         allow_unconfined_sfes=allow_unconfined_sfes,
         netns=netns,
+        hop_tls=hop_tls,
     )
     if detach:
         _detach(state, run_dir, options)
@@ -183,6 +194,7 @@ def _detach(state: CliState, run_dir: Path, options: Any) -> None:
         argv.append("--allow-unconfined-sfes")
     if options.netns:
         argv.append("--netns")
+    argv += ["--hop-tls", options.hop_tls]
     started = time.monotonic()
     with (run_dir / "up.log").open("ab") as out:
         process = subprocess.Popen(

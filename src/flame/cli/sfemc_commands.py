@@ -323,6 +323,15 @@ def images_verify(state: CliState, refs: tuple[str, ...]) -> None:
     "from the config; none without one).",
 )
 @click.option(
+    "--pce",
+    "pce_urls",
+    multiple=True,
+    metavar="URL",
+    help="PCE that issues endpoint certificates to SFEs whose image opts in to hop-by-hop TLS "
+    "(docs/tls.md); repeat for standbys (default: pce_url from the config; none: such SFEs "
+    "run plain and say so in their log).",
+)
+@click.option(
     "--metrics-interval",
     "metrics_interval_s",
     default=2.0,
@@ -344,6 +353,7 @@ def serve_vim(
     sr_pairs: tuple[str, ...],
     allow_unconfined_sfes: bool,
     clmc_url: str | None,
+    pce_urls: tuple[str, ...],
     metrics_interval_s: float,
     tls_cert: Path | None,
     tls_key: Path | None,
@@ -372,6 +382,7 @@ def serve_vim(
         sr_urls=_pairs(sr_pairs, "--sr"),
         allow_unconfined_sfes=allow_unconfined_sfes,
         clmc_url=clmc_url or config.clmc_url,
+        pce_urls=pce_urls or ((config.pce_url,) if config.pce_url else ()),
         metrics_interval_s=metrics_interval_s,
         verify=client_verify(config.ca_file),
     )

@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from flame.common._files import atomic_write_private
+from flame.common.atomicfile import atomic_write_private
 from flame.topology.model import Topology
 from flame.tosca.model import ServiceModel
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from flame.common._files import atomic_write_private
+from flame.common.atomicfile import atomic_write_private
 from flame.sandbox.netns import CONTROL_IP, NetnsPlan, plan_network
 from flame.sandbox.netns_forward import Forwarders
 from flame.sandbox.supervisor import Component
@@ -85,6 +85,7 @@ def plan_components(
     host_ports: dict[str, int],
     allow_unconfined_sfes: bool = False,
     emulate_latency: bool = False,
+    hop_tls: str = "off",
 ) -> NetnsLayout:
     net = plan_network(load_topology(topology_source), run_dir)
     topology_path = derived_topology(topology_source, net, run_dir / "netns-topology.yaml")
@@ -133,7 +134,8 @@ def plan_components(
         served(
             "pce", ctl, CONTROL_IP, 7070, "/health",
             [*PYTHON, "serve", "pce", "--topology", str(topology_path),
-             "--db", str(run_dir / "pce.sqlite3"), "--name", "pce-1", *tls],
+             "--db", str(run_dir / "pce.sqlite3"), "--name", "pce-1", *tls,
+             "--hop-tls", hop_tls],
         ),
         served(
             "clmc", ctl, CONTROL_IP, 8086, "/ping",
@@ -150,6 +152,8 @@ def plan_components(
     }
     network: list[Component] = []
     router_env = {**env, "FLAME_TOKEN": router_token}
+    # Hop-by-hop TLS (docs/tls.md): identities unless off; with `all`, one hop port on every SR.
+    hop = {"off": (), "endpoints": ("--hop-tls",)}.get(hop_tls, ("--hop-tls-port", "8444"))
     for node in net.nodes.values():
         if node.kind == "service_router":
             network.append(
@@ -158,7 +162,7 @@ def plan_components(
                     [*PYTHON, "serve", "sr", "--id", node.id, "--workers", "1", "--pce", pce,
                      "--tls-port", "8443", "--clmc", clmc, "--metrics-interval", "1",
                      "--table-file", str(run_dir / f"sr-{node.id}.table.json"), "--egress-hop",
-                     *(("--emulate-latency",) if emulate_latency else ())],
+                     *(("--emulate-latency",) if emulate_latency else ()), *hop],
                     health_host="_flame", env=router_env,
                 )
             )  # fmt: skip

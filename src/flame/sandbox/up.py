@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flame.common.auth import Role, TokenStore
+from flame.common.backoff import Backoff
 from flame.common.errors import UserError
 from flame.common.ports import free_port, free_port_on_all
 from flame.sandbox.netns import available as netns_available
@@ -67,6 +68,9 @@ class UpOptions:
     allow_unconfined_sfes: bool = False
     # Each SR, switch, cluster host and UE in its own network namespace (root; docs/netns.md).
     netns: bool = False
+    # Hop-by-hop TLS (docs/tls.md): the PCE's switch (off | endpoints | all); SRs take
+    # platform identities unless off, and SFEs whose image opts in get endpoint certificates.
+    hop_tls: str = "off"
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +132,7 @@ def plan(options: UpOptions, env: dict[str, str], router_token: str) -> Plan:
             "/health",
             *("pce", "--topology", str(topology_path)),
             *("--db", str(options.run_dir / "pce.sqlite3"), "--name", "pce-1"),
+            *("--hop-tls", options.hop_tls),
         ),
         component(
             "clmc",
@@ -156,6 +161,11 @@ def plan(options: UpOptions, env: dict[str, str], router_token: str) -> Plan:
     shared_tls_port = (
         free_port_on_all(sr_hosts) if egress_hop and options.free_ports else tls_default
     )
+    # With `--hop-tls all` egress hops run over mutual TLS to one hop port on every SR.
+    hop_all = options.hop_tls == "all" and egress_hop
+    hop_port = (
+        free_port_on_all(sr_hosts) if hop_all and options.free_ports else options.sr_port + 364
+    )
     sr_tls_urls: dict[str, str] = {}
     for node, host in zip(sr_nodes, sr_hosts, strict=True):
         url = f"http://{host}:{shared_port if egress_hop else port(options.sr_port, host)}"
@@ -172,6 +182,10 @@ def plan(options: UpOptions, env: dict[str, str], router_token: str) -> Plan:
             args.append("--emulate-latency")
         if egress_hop:
             args.append("--egress-hop")
+        if options.hop_tls != "off":
+            args.append("--hop-tls")
+        if hop_all:
+            args.extend(("--hop-tls-port", str(hop_port)))
         routers.append(
             component(
                 node.id,
@@ -266,6 +280,7 @@ def _plan_netns(
         forwarders,
         host_ports=host_ports,
         allow_unconfined_sfes=options.allow_unconfined_sfes,
+        hop_tls=options.hop_tls,
         emulate_latency=options.emulate_latency and not netem,
     )
     started = time.monotonic()
@@ -451,13 +466,14 @@ STABLE_RUN_S = 60.0  # a component up this long starts again from the first dela
 
 def _watch(supervisor: Supervisor, stopping: Callable[[], bool]) -> None:
     """Restart a component that exits on its own, with back-off; return when asked to stop."""
-    backoff: dict[str, float] = {}
+    backoffs: dict[str, Backoff] = {}
     while not stopping():
         for running in supervisor.exited():
             name = running.component.name
+            backoff = backoffs.setdefault(name, Backoff(FIRST_RESTART_DELAY_S, MAX_RESTART_DELAY_S))
             if time.monotonic() - running.started_at >= STABLE_RUN_S:
-                backoff.pop(name, None)  # it had recovered: this is a new failure, not a loop
-            delay = backoff.get(name, FIRST_RESTART_DELAY_S)
+                backoff.reset()  # it had recovered: this is a new failure, not a loop
+            delay = backoff.failure()
             log.warning(
                 "%s exited with status %s; restarting in %gs (log: %s)",
                 name,
@@ -472,7 +488,6 @@ def _watch(supervisor: Supervisor, stopping: Callable[[], bool]) -> None:
             restarted: Running = supervisor.start(running.component)
             with contextlib.suppress(Exception):
                 supervisor.wait_ready(restarted, stopping)
-            backoff[name] = min(delay * 2, MAX_RESTART_DELAY_S)
         time.sleep(0.2)
 
 

@@ -28,6 +28,7 @@ from flame.sfemc.registrar import HttpRegistrar, InProcessRegistrar, Registrar
 from flame.sfemc.runtime import Runtime, build_vims
 from flame.sfemc.store import open_store
 from flame.sfemc.vim.base import VimDriver
+from flame.sfemc.vim.endpoint_tls import PceEndpointCerts
 from flame.sfemc.vim.metrics_reporter import for_process_vim
 from flame.sfemc.vim.process import ProcessVim
 from flame.topology.loader import load_topology
@@ -116,6 +117,7 @@ def build_sfemc(
             vim_token=settings.vim_token,
             vim_verify=settings.verify,
             kubeconfigs=settings.kubeconfigs,
+            process_options=_endpoint_certs(settings.pce_urls, settings.pce_token, settings.verify),
         )
         images = repository
     store = open_store(settings.database)
@@ -130,6 +132,16 @@ def build_sfemc(
         images=images,
     )
     return Runtime(sfemc, vims, registrar, unserved)
+
+
+def _endpoint_certs(
+    urls: tuple[str, ...], token: str | None, verify: ssl.SSLContext | bool
+) -> dict[str, Any]:
+    """ProcessVim's source of endpoint certificates for SFEs that opt in to hop-by-hop TLS:
+    the PCEs endpoints are registered at, with the same token (none without a PCE)."""
+    if not urls:
+        return {}
+    return {"endpoint_certs": PceEndpointCerts(urls, token, verify=verify)}
 
 
 def _registrar(settings: SfemcSettings) -> Registrar:
@@ -163,6 +175,9 @@ class VimAgentSettings:
     sr_urls: Mapping[str, str] = field(default_factory=dict)
     allow_unconfined_sfes: bool = False
     clmc_url: str | None = None  # resource metrics go here (none without one)
+    # PCEs that issue endpoint certificates (hop-by-hop TLS) with `token`; none: SFEs whose
+    # image opts in run plain and say so in their log.
+    pce_urls: tuple[str, ...] = ()
     metrics_interval_s: float = 2.0
     verify: ssl.SSLContext | bool = True
     # More `ProcessVim` options (grace_s, boot_timeout_s, ...): tests shorten its waits.
@@ -196,6 +211,7 @@ def build_vim_agent(settings: VimAgentSettings, *, warn: Warn) -> VimAgent:
         port_base=settings.port_base,
         sr_urls=settings.sr_urls,
         allow_unconfined=settings.allow_unconfined_sfes,
+        **_endpoint_certs(settings.pce_urls, settings.token, settings.verify),
         **settings.process_options,
     )
     tokens = TokenStore(settings.state_dir / "tokens.json")

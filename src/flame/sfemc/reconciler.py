@@ -100,6 +100,9 @@ class Reconciler:
         # Endpoints waiting for an unreachable VIM (by VIM), and the probe of each such VIM.
         self._vim_parked: dict[int, set[str]] = {}
         self._vim_probes: dict[int, asyncio.Task[None]] = {}
+        # sfe -> whether it was registered with `tls` (hop-by-hop TLS): a VIM restart that
+        # changed it (the PCE's switch moved meanwhile) is registered again.
+        self._registered_tls: dict[str, bool] = {}
 
     # -- running ------------------------------------------------------------------------------
 
@@ -358,6 +361,17 @@ class Reconciler:
                 reason,
             )
             return True
+        if (
+            record.state is S.CONNECTED
+            and record.sfe in self._registered_tls
+            and self._registered_tls[record.sfe] != status.tls
+        ):
+            log.info(
+                "endpoint %s now serves %s: registering it again",
+                record.sfe,
+                "TLS" if status.tls else "plain HTTP",
+            )
+            await self._register(record, status)
         if record.reason is not None:
             # Stable, wanted and confirmed by the VIM: a reason left by a VIM that could not be
             # asked (or a retried error) no longer holds.
@@ -379,11 +393,11 @@ class Reconciler:
             await self._vim(record).boot(sfe)
             self.lifecycle.transition(sfe, state, S.BOOTED)
         elif state is S.CONNECTING:
-            status = await self._vim(record).status(sfe)
-            await self.registrar.register(self._endpoint(record, status))
+            await self._register(record, await self._vim(record).status(sfe))
             self.lifecycle.transition(sfe, state, S.CONNECTED)
         elif state is S.DISCONNECTING:
             await self.registrar.withdraw(sfe)
+            self._registered_tls.pop(sfe, None)
             # Let in-flight requests finish on this endpoint before anything may stop it.
             await asyncio.sleep(self.drain_s)
             self.lifecycle.transition(sfe, state, S.BOOTED)
@@ -392,12 +406,17 @@ class Reconciler:
             self.lifecycle.transition(sfe, state, S.PLACED)
         elif state is S.REMOVING:
             await self.registrar.withdraw(sfe)
+            self._registered_tls.pop(sfe, None)
             if record.cluster in self.vims:
                 await self.vims[record.cluster].remove(sfe)
             self.lifecycle.transition(sfe, state, S.UNPLACED)
             self.store.set_placed_spec(sfe, None)
         else:  # pragma: no cover - the state machine has no other transient state
             raise FlameError(f"endpoint '{sfe}': no operation for state {state}")
+
+    async def _register(self, record: EndpointRecord, status: VimStatus) -> None:
+        await self.registrar.register(self._endpoint(record, status))
+        self._registered_tls[record.sfe] = status.tls
 
     def _endpoint(self, record: EndpointRecord, status: VimStatus) -> Endpoint:
         if status.state not in _ALIVE or status.host is None or not status.ports:
@@ -416,4 +435,5 @@ class Reconciler:
             port=port,
             sfc=record.sfc,
             tenant=record.tenant,
+            tls=status.tls,  # the SR reaches it over mutual TLS
         )

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
+from flame.common.backoff import backoff_delay
+
 __all__ = ["WorkQueue"]
 
 
@@ -65,7 +67,7 @@ class WorkQueue:
         """Retry `key` later; returns the delay chosen."""
         failures = self._failures.get(key, 0) + 1
         self._failures[key] = failures
-        delay: float = min(self.base_delay_s * 2.0 ** (failures - 1), self.max_delay_s)
+        delay = backoff_delay(failures, self.base_delay_s, self.max_delay_s)
         self.add_after(key, delay)
         return delay
 

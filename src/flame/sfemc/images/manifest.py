@@ -41,6 +41,9 @@ class ImageManifest:
     disk_bytes: int | None = None
     wheels: str | None = None  # the image's wheelhouse (relative to app/): its own packages
     container_image: str | None = None  # what the Kubernetes VIM runs instead (registry/x:tag)
+    # Serves HTTPS (mutual TLS) on its ports when given FLAME_TLS_CERT/KEY/CA: the SFEMC hands
+    # it a platform endpoint certificate when the operator enabled hop-by-hop TLS (docs/tls.md).
+    tls: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -57,6 +60,7 @@ class ImageManifest:
             },
             **({"python": {"wheels": self.wheels}} if self.wheels else {}),
             **({"container_image": self.container_image} if self.container_image else {}),
+            **({"tls": True} if self.tls else {}),  # absent when false: digests as before
         }
 
     @classmethod
@@ -75,6 +79,7 @@ class ImageManifest:
             disk_bytes=res.get("disk_bytes"),
             wheels=(doc.get("python") or {}).get("wheels"),
             container_image=doc.get("container_image"),
+            tls=doc.get("tls") is True,
         )
 
 
@@ -88,6 +93,7 @@ _TOP_KEYS = (
     "resources",
     "python",
     "container_image",
+    "tls",
 )
 
 
@@ -136,6 +142,14 @@ def parse_manifest(
     cpus, memory, disk = _resources(root, at, sink)
     wheels = _wheels(root, at, sink)
     container_image = _container_image(root, at, sink)
+    tls = root.get("tls", False)
+    if not isinstance(tls, bool):
+        sink.error(
+            E_MANIFEST_VALUE,
+            f"tls must be true or false, got {tls!r}",
+            at("tls"),
+            hint="tls: true if the SF serves HTTPS given FLAME_TLS_CERT/KEY/CA (docs/tls.md)",
+        )
     if sink.has_errors():
         return None
     return ImageManifest(
@@ -150,6 +164,7 @@ def parse_manifest(
         disk_bytes=disk,
         wheels=wheels,
         container_image=container_image,
+        tls=tls is True,
     )
 
 
@@ -418,6 +433,8 @@ def manifest_as_input(m: ImageManifest) -> dict[str, Any]:
         doc["python"] = {"wheels": m.wheels}
     if m.container_image:
         doc["container_image"] = m.container_image
+    if m.tls:
+        doc["tls"] = True
     return doc
 
 

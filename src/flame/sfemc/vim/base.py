@@ -71,6 +71,9 @@ class VimStatus:
     # Which resource limits the VIM could enforce, e.g. "cgroup2 memory.max=268435456 cpu.max=50000
     # 100000" or "rlimit RLIMIT_DATA=268435456" or "none": the kernel may not allow every kind.
     limits: str | None = None
+    # The running process serves TLS with a platform endpoint certificate (hop-by-hop TLS):
+    # the SR must reach it over mutual TLS (registered with `tls`).
+    tls: bool = False
 
 
 class VimError(Exception):

@@ -39,7 +39,7 @@ import httpx
 
 from flame.common.atomicfile import atomic_write_private
 from flame.common.backoff import Backoff
-from flame.sfemc.images import ImageError, ImageManifest, ImageRepository
+from flame.sfemc.images import ImageError, ImageRepository
 from flame.sfemc.vim._ports import PortAllocator, PortsExhausted
 from flame.sfemc.vim._proc import (
     CgroupLimiter,
@@ -53,13 +53,35 @@ from flame.sfemc.vim._proc import (
     start_time,
 )
 from flame.sfemc.vim._proc import tail as _tail
+from flame.sfemc.vim._records import (
+    placed_images,
+    readable_by_all,
+    spec_to_json,
+)
+from flame.sfemc.vim._sfe import (
+    Sfe,
+    cert_due,
+    exit_code,
+    group_running,
+    log_task_failure,
+    tls_on,
+    url_host,
+    wait_exit,
+)
 from flame.sfemc.vim.base import (
     EndpointSpec,
     HealthSpec,
-    PortSpec,
     VimError,
     VimState,
     VimStatus,
+)
+from flame.sfemc.vim.endpoint_tls import (
+    CertUnavailable,
+    EndpointCertSource,
+    HopTlsOff,
+    probe_tls,
+    remove_cert_files,
+    write_cert_files,
 )
 from flame.sfemc.vim.pyenv import PyenvError, ensure_venv, venv_argv
 from flame.sfemc.vim.sandbox import (
@@ -83,35 +105,8 @@ _SFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 _INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYENV_ROOT", "PYENV_VERSION")
 _POLL_S = 0.02  # health polling while booting: boot-to-healthy time is a product target
 _STABLE_S = 10.0  # a process up this long resets the crash back-off
+_RENEW_RETRY_S = 30.0  # a failed certificate renewal is tried again after this
 SandboxMode = Literal["auto", "required", "off"]
-
-
-@dataclasses.dataclass(eq=False)
-class _Sfe:
-    name: str
-    path: Path
-    doc: dict[str, Any]
-    proc: ProcId | None = None
-    child: subprocess.Popen[bytes] | None = None  # only for processes this controller started
-    started_at: float = 0.0
-    healthy: bool | None = None
-    task: asyncio.Task[None] | None = None
-    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
-
-    @property
-    def desired(self) -> str:
-        return str(self.doc["desired"])
-
-    def spec(self) -> EndpointSpec:
-        return _spec_from_json(self.doc["spec"])
-
-    def manifest(self) -> ImageManifest:
-        return ImageManifest.from_json(self.doc["manifest"])
-
-    def alive(self) -> bool:
-        if self.child is not None and self.child.poll() is not None:
-            return False  # reaped here; /proc alone would not tell a zombie of ours apart
-        return self.proc is not None and self.proc.alive()
 
 
 class ProcessVim:
@@ -138,13 +133,16 @@ class ProcessVim:
         bwrap: str = "bwrap",
         sandbox_uids: range = DEFAULT_UIDS,
         sandbox_ro_paths: Sequence[Path] = (),
+        endpoint_certs: EndpointCertSource | None = None,
     ) -> None:
         """`sandbox`: "auto" confines SFEs when the host can and otherwise refuses them, unless
         `allow_unconfined`; "required" always refuses unconfined SFEs; "off" never confines
         (it needs `allow_unconfined`). `bwrap`: the bubblewrap program; `sandbox_uids`: the
         per-tenant uids (root only); `sandbox_ro_paths`: more host paths SFEs may read.
         `host`: the address SFEs listen on and are registered with; `hosts`: another one for
-        some clusters (cluster -> address: the cluster host's address in the topology)."""
+        some clusters (cluster -> address: the cluster host's address in the topology).
+        `endpoint_certs`: where SFEs whose image says `tls: true` get their certificates
+        (hop-by-hop TLS, `flame.sfemc.vim.endpoint_tls`); None: they run plain."""
         if sandbox not in ("auto", "required", "off"):
             raise ValueError(f"sandbox must be 'auto', 'required' or 'off', not {sandbox!r}")
         if sandbox == "off" and not allow_unconfined:
@@ -158,6 +156,7 @@ class ProcessVim:
         self.sr_urls = dict(sr_urls or {})
         self.sfes_dir = root_dir / "sfes"
         self.repository = repository
+        self.endpoint_certs = endpoint_certs
         self.host = host
         self.hosts = dict(hosts or {})
         self.grace_s = grace_s
@@ -188,7 +187,7 @@ class ProcessVim:
             )
         )
         self._warned_unconfined = False
-        self._sfes: dict[str, _Sfe] = {}
+        self._sfes: dict[str, Sfe] = {}
         self._locks: dict[str, asyncio.Lock] = {}  # one per SFE, also before it is placed
         # SFEs being placed right now: their ports are taken before their state.json exists,
         # so a concurrent placement must not reclaim them as a dead SFE's.
@@ -216,7 +215,7 @@ class ProcessVim:
         lock = self._lock_for(spec.sfe)
         async with lock:
             rec = self._load(spec.sfe)
-            if rec is not None and rec.doc["spec"] == _spec_to_json(spec):
+            if rec is not None and rec.doc["spec"] == spec_to_json(spec):
                 return self._status(rec)  # already placed as asked
             if rec is not None and rec.alive():
                 raise VimError(
@@ -243,7 +242,7 @@ class ProcessVim:
             tmp.mkdir()
             # Integrity is checked here, on every placement: unpack hashes what it extracts.
             manifest = self.repository.unpack(digest, tmp / "app")
-            _readable_by_all(tmp / "app")  # the SFE's own uid reads it (read-only)
+            readable_by_all(tmp / "app")  # the SFE's own uid reads it (read-only)
             venv = (  # the image's own packages, installed once per digest
                 ensure_venv(self.root, digest, tmp / "app", manifest.wheels, python=self.python)
                 if manifest.wheels
@@ -265,7 +264,7 @@ class ProcessVim:
             shutil.rmtree(tmp, ignore_errors=True)
             raise VimError(spec.sfe, str(exc)) from exc
         doc = {
-            "spec": _spec_to_json(spec),
+            "spec": spec_to_json(spec),
             "digest": digest,
             "manifest": manifest.to_json(),
             "ports": host_ports,
@@ -280,7 +279,7 @@ class ProcessVim:
         if path.exists():
             shutil.rmtree(path)
         tmp.rename(path)  # the SFE exists on disk all at once, or not at all
-        rec = _Sfe(spec.sfe, path, doc, lock=lock)
+        rec = Sfe(spec.sfe, path, doc, lock=lock)
         self._sfes[spec.sfe] = rec
         log.info("placed %s from %s, ports %s", spec.sfe, digest[:19], host_ports)
         return self._status(rec)
@@ -294,6 +293,11 @@ class ProcessVim:
                 self._set(rec, desired="running", reason=None)
             else:
                 self._set(rec, desired="running", reason=None)
+                try:
+                    await self._fetch_cert(rec)
+                except VimError as exc:  # no certificate now: not started, retried
+                    self._set(rec, desired="placed", reason=exc.reason)
+                    raise
                 self._spawn(rec)
             try:
                 await self._wait_healthy(rec, self.boot_timeout_s)
@@ -364,6 +368,8 @@ class ProcessVim:
         """Stop supervising; the SFE processes keep running for the next controller."""
         for rec in builtins.list(self._sfes.values()):
             await self._cancel_supervisor(rec)
+        if self.endpoint_certs is not None:
+            await self.endpoint_certs.close()
         if self._http is not None:
             await self._http.aclose()
             self._http = None
@@ -380,7 +386,7 @@ class ProcessVim:
     def _lock_for(self, sfe: str) -> asyncio.Lock:
         return self._locks.setdefault(sfe, asyncio.Lock())
 
-    def _load(self, sfe: str) -> _Sfe | None:
+    def _load(self, sfe: str) -> Sfe | None:
         """The record of `sfe`, read from disk the first time (adoption after a restart)."""
         rec = self._sfes.get(sfe)
         path = self.sfes_dir / sfe
@@ -392,7 +398,7 @@ class ProcessVim:
             doc = json.loads((path / "state.json").read_text())
         except FileNotFoundError:
             return None
-        rec = _Sfe(sfe, path, doc, lock=self._lock_for(sfe))
+        rec = Sfe(sfe, path, doc, lock=self._lock_for(sfe))
         proc = read_pid_file(path)
         if proc is not None and proc.alive():
             rec.proc = proc
@@ -401,21 +407,21 @@ class ProcessVim:
         self._sfes[sfe] = rec
         return rec
 
-    def _host(self, rec: _Sfe) -> str:
+    def _host(self, rec: Sfe) -> str:
         """The address `rec` listens on: its cluster host's."""
         return self.hosts.get(str(rec.doc["spec"]["cluster"]), self.host)
 
-    def _require(self, sfe: str) -> _Sfe:
+    def _require(self, sfe: str) -> Sfe:
         rec = self._load(sfe)
         if rec is None:
             raise VimError(sfe, "not placed on this VIM: place it first", permanent=True)
         return rec
 
-    def _set(self, rec: _Sfe, **changes: Any) -> None:
+    def _set(self, rec: Sfe, **changes: Any) -> None:
         rec.doc.update(changes)
         atomic_write_private(rec.path / "state.json", json.dumps(rec.doc, indent=1).encode())
 
-    def _status(self, rec: _Sfe) -> VimStatus:
+    def _status(self, rec: Sfe) -> VimStatus:
         alive = rec.alive()
         desired = rec.desired
         if desired == "running":
@@ -433,6 +439,7 @@ class ProcessVim:
             restarts=int(rec.doc.get("restarts", 0)),
             reason=rec.doc.get("reason"),
             limits=rec.doc.get("limits"),
+            tls=alive and tls_on(rec),
         )
 
     # -- processes -----------------------------------------------------------------------
@@ -453,7 +460,7 @@ class ProcessVim:
                 )
         return None
 
-    def _spawn(self, rec: _Sfe) -> None:
+    def _spawn(self, rec: Sfe) -> None:
         try:
             sandbox = self._confinement(rec.name)
         except VimError as exc:
@@ -491,6 +498,7 @@ class ProcessVim:
             env["FLAME_PORT"] = str(next(iter(ports.values())))
         for name, port in ports.items():
             env[f"FLAME_PORT_{re.sub(r'[^A-Z0-9]', '_', name.upper())}"] = str(port)
+        env = {k: v for k, v in env.items() if not k.startswith("FLAME_TLS_")}  # ours only
         limits = Limits(
             cpus=spec.cpus if spec.cpus is not None else manifest.cpus,
             memory_bytes=spec.memory_bytes or manifest.memory_bytes,
@@ -516,6 +524,7 @@ class ProcessVim:
                 uid, gid = sandbox.identity(spec.tenant)
                 sandbox.prepare_home(home, uid, gid)
                 sandbox.write_etc(rec.path / "etc", uid, gid)
+                env.update(self._cert_files(rec, home, HOME_DIR, (uid, gid)))
                 sandbox.resolve(argv[0], rec.path / "app", env.get("PATH", ""))
                 layout = sandbox.layout(
                     rec.path / "app", home, rec.path / "etc", uid, gid, limits.disk_bytes, venv
@@ -524,6 +533,7 @@ class ProcessVim:
                 confined = sandbox.describe(uid, gid)
             else:
                 home.mkdir(mode=0o700, exist_ok=True)
+                env.update(self._cert_files(rec, home, str(home), None))
                 confined = "unconfined (allowed by the operator)"
             rec.child = spawn(
                 argv,
@@ -553,17 +563,95 @@ class ProcessVim:
         self._set(rec, limits=described, sandbox=confined)
         log.info("started %s: pid %d, %s, %s", rec.name, rec.child.pid, confined, described)
 
-    async def _terminate(self, rec: _Sfe) -> None:
+    async def _renew(self, rec: Sfe) -> None:
+        """Restart a TLS SFE with a fresh certificate once a third of its certificate's life
+        is left: SFs load their certificate at start only (`serve_app`). The PCE away: the
+        old one serves on and renewal is tried again every `_RENEW_RETRY_S`."""
+        if time.monotonic() < rec.renew_after:
+            return
+        async with rec.lock:
+            if rec.desired != "running" or not rec.alive():
+                return
+            try:
+                await self._fetch_cert(rec)
+            except VimError as exc:
+                rec.renew_after = time.monotonic() + _RENEW_RETRY_S
+                log.warning("%s: certificate not renewed now: %s", rec.name, exc.reason)
+                return
+            log.info("%s: restarting it with a renewed endpoint certificate", rec.name)
+            await self._terminate(rec)
+            try:
+                self._spawn(rec)
+                await self._wait_healthy(rec, self.boot_timeout_s)
+            except VimError as exc:  # the supervisor restarts it with back-off
+                self._set(rec, reason=exc.reason)
+                await self._terminate(rec)
+                rec.started_at = time.monotonic()
+            else:
+                self._set(rec, reason=None)
+
+    async def _fetch_cert(self, rec: Sfe) -> None:
+        """A fresh endpoint certificate for an SFE whose image opts in to hop-by-hop TLS
+        (at every start: a restart renews it); none when the PCE's switch is off."""
+        rec.cert = None
+        if not rec.manifest().tls:
+            return
+        if self.endpoint_certs is None:
+            self._tls_off(rec, "no PCE to ask for an endpoint certificate (no --pce)")
+            return
+        try:
+            rec.cert = await self.endpoint_certs.issue(self._host(rec))
+        except HopTlsOff as exc:
+            self._tls_off(rec, f"the PCE says: {exc}")
+        except CertUnavailable as exc:
+            self._set(rec, reason=str(exc))
+            raise VimError(rec.name, f"hop-by-hop TLS: {exc}; will retry") from None
+
+    def _tls_off(self, rec: Sfe, why: str) -> None:
+        note = f"hop-by-hop TLS is off, serving plain HTTP: {why}"
+        log.warning("%s (image opts in to TLS): %s", rec.name, note)
+        with (rec.path / "sfe.log").open("a", encoding="utf-8") as out:
+            out.write(f"[flame] {note}\n")
+        self._set(rec, tls={"on": False, "note": note})
+
+    def _cert_files(
+        self, rec: Sfe, home: Path, view: str, owner: tuple[int, int] | None
+    ) -> dict[str, str]:
+        """Write the fetched certificate into `home` (FLAME_TLS_* for the SFE), or remove
+        an earlier one: an SFE never starts with a certificate it was not given now."""
+        cert, rec.cert = rec.cert, None
+        if cert is None:
+            remove_cert_files(home)
+            if tls_on(rec):
+                self._set(rec, tls=None)
+            return {}
+        files = write_cert_files(home, cert, view, owner)
+        self._set(
+            rec,
+            tls={
+                "on": True,
+                "issued_at": time.time(),
+                "ca": cert.ca,
+                "not_after": cert.not_after,
+                "fingerprint_sha256": cert.fingerprint,
+            },
+        )
+        log.info(
+            "%s: endpoint certificate for %s, sha256 %s", rec.name, cert.host, cert.fingerprint
+        )
+        return files
+
+    async def _terminate(self, rec: Sfe) -> None:
         """SIGTERM to the group, SIGKILL after the grace period; reap our own child."""
         proc = rec.proc or read_pid_file(rec.path)
         if proc is not None and signal_group(proc, signal.SIGTERM):
             deadline = time.monotonic() + self.grace_s
-            while time.monotonic() < deadline and _group_running(proc.pid, rec):
+            while time.monotonic() < deadline and group_running(proc.pid, rec):
                 await asyncio.sleep(0.02)
-            if _group_running(proc.pid, rec):
+            if group_running(proc.pid, rec):
                 log.warning("%s ignored SIGTERM for %.1fs: SIGKILL", rec.name, self.grace_s)
                 signal_group(proc, signal.SIGKILL)
-                while _group_running(proc.pid, rec):
+                while group_running(proc.pid, rec):
                     await asyncio.sleep(0.01)
         if rec.child is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -573,7 +661,7 @@ class ProcessVim:
         rec.healthy = None
         (rec.path / "pid.json").unlink(missing_ok=True)
 
-    def _health(self, rec: _Sfe) -> tuple[HealthSpec | None, int | None]:
+    def _health(self, rec: Sfe) -> tuple[HealthSpec | None, int | None]:
         spec = rec.spec()
         health = spec.health or rec.manifest().health
         ports: dict[str, int] = rec.doc["ports"]
@@ -582,10 +670,18 @@ class ProcessVim:
         name = health.port if health and health.port else next(iter(ports))
         return health, ports.get(name, next(iter(ports.values())))
 
-    async def _probe(self, rec: _Sfe) -> bool:
+    async def _probe(self, rec: Sfe) -> bool:
         health, port = self._health(rec)
         if port is None:
             return rec.alive()
+        if tls_on(rec):  # the SFE serves (mutual) TLS with its platform certificate
+            return await probe_tls(
+                self._host(rec),
+                port,
+                health.path if health else "/",
+                str(rec.doc["tls"]["ca"]),
+                health.timeout_s if health else 1.0,
+            )
         if health is None:  # no HTTP check declared: the port accepting connections will do
             try:
                 _, writer = await asyncio.open_connection(self._host(rec), port)
@@ -597,18 +693,18 @@ class ProcessVim:
             self._http = httpx.AsyncClient(trust_env=False)
         try:
             response = await self._http.get(
-                f"http://{_url_host(self._host(rec))}:{port}{health.path}",
+                f"http://{url_host(self._host(rec))}:{port}{health.path}",
                 timeout=health.timeout_s,
             )
         except httpx.HTTPError:
             return False
         return 200 <= response.status_code < 400
 
-    async def _wait_healthy(self, rec: _Sfe, timeout: float) -> None:
+    async def _wait_healthy(self, rec: Sfe, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
             if not rec.alive():
-                code = _exit_code(rec)
+                code = exit_code(rec)
                 how = f"exited with status {code}" if code is not None else "exited"
                 raise self._boot_error(rec, f"the process {how} before its health check passed")
             if await self._probe(rec):
@@ -620,7 +716,7 @@ class ProcessVim:
                 raise self._boot_error(rec, f"not healthy after {timeout:g}s ({what} failed)")
             await asyncio.sleep(_POLL_S)
 
-    def _boot_error(self, rec: _Sfe, reason: str) -> VimError:
+    def _boot_error(self, rec: Sfe, reason: str) -> VimError:
         lines = _tail(rec.path / "sfe.log", 20)
         shown = "\n".join(lines[-5:])
         text = f"{reason}; last output:\n{shown}" if lines else f"{reason}; no output"
@@ -628,21 +724,21 @@ class ProcessVim:
 
     # -- supervision -----------------------------------------------------------------------
 
-    def _supervise(self, rec: _Sfe) -> None:
+    def _supervise(self, rec: Sfe) -> None:
         if rec.task is None or rec.task.done():
             rec.task = asyncio.get_running_loop().create_task(
                 self._supervisor(rec), name=f"process-vim supervisor {rec.name}"
             )
-            rec.task.add_done_callback(_log_task_failure)
+            rec.task.add_done_callback(log_task_failure)
 
-    async def _cancel_supervisor(self, rec: _Sfe) -> None:
+    async def _cancel_supervisor(self, rec: Sfe) -> None:
         task, rec.task = rec.task, None
         if task is not None and not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _supervisor(self, rec: _Sfe) -> None:
+    async def _supervisor(self, rec: Sfe) -> None:
         """Keep a `running` SFE running: restart on exit with exponential back-off."""
         backoff = Backoff(*self.backoff_s)
         health, _ = self._health(rec)
@@ -650,10 +746,12 @@ class ProcessVim:
         while rec.desired == "running":
             if rec.alive():
                 # Exits are seen at once (pidfd); health is probed once per interval.
-                if not await _wait_exit(rec, interval):
+                if not await wait_exit(rec, interval):
                     rec.healthy = await self._probe(rec)
+                    if cert_due(rec):
+                        await self._renew(rec)
                 continue
-            code = _exit_code(rec)
+            code = exit_code(rec)
             if time.monotonic() - rec.started_at > _STABLE_S:
                 backoff.reset()
             delay = backoff.failure()
@@ -672,6 +770,7 @@ class ProcessVim:
                 with contextlib.suppress(VimError):
                     await self._terminate(rec)  # leftovers of the dead group
                 try:
+                    await self._fetch_cert(rec)
                     self._spawn(rec)
                     await self._wait_healthy(rec, self.boot_timeout_s)
                 except VimError as exc:
@@ -679,124 +778,3 @@ class ProcessVim:
                     await self._terminate(rec)
                     rec.started_at = time.monotonic()
                     continue
-
-
-def placed_images(root: Path) -> dict[str, builtins.list[str]]:
-    """digest -> SFEs placed from it under a process VIM root (to refuse deleting it)."""
-    used: dict[str, builtins.list[str]] = {}
-    for state in sorted(root.glob("sfes/*/state.json")):
-        try:
-            digest = json.loads(state.read_text())["digest"]
-        except (OSError, ValueError, KeyError):
-            continue
-        used.setdefault(digest, []).append(state.parent.name)
-    return used
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-def _readable_by_all(app: Path) -> None:
-    """Modes an unprivileged uid can read (the image is mounted read-only, so none writable):
-    directories 0755, files 0644 or 0755, whatever umask the controller runs with."""
-    app.chmod(0o755)
-    for top, dirs, files in os.walk(app):
-        for name in dirs + files:
-            entry = Path(top, name)
-            if entry.is_symlink():
-                continue
-            executable = entry.is_dir() or entry.stat().st_mode & 0o100
-            entry.chmod(0o755 if executable else 0o644)
-
-
-def _group_running(pgid: int, rec: _Sfe) -> bool:
-    if rec.child is not None:
-        rec.child.poll()  # reap the leader so that it does not linger as a zombie
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # Only zombies left (ours are reaped above; others are reaped by init): nothing runs.
-    return _has_live_member(pgid)
-
-
-def _has_live_member(pgid: int) -> bool:
-    with os.scandir("/proc") as entries:
-        for entry in entries:
-            if not entry.name.isdigit():
-                continue
-            try:
-                raw = Path(entry.path, "stat").read_text()
-            except OSError:
-                continue
-            fields = raw[raw.rindex(")") + 2 :].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                return True
-    return False
-
-
-async def _wait_exit(rec: _Sfe, timeout: float) -> bool:
-    """Whether the SFE's process ended within `timeout` (pidfd: no polling, any parent)."""
-    proc = rec.proc
-    if proc is None:
-        return True
-    try:
-        fd = os.pidfd_open(proc.pid)
-    except OSError:
-        return not rec.alive()  # gone already (or no pidfd support: fall back to a check)
-    loop = asyncio.get_running_loop()
-    ended: asyncio.Future[None] = loop.create_future()
-    try:
-        if not rec.alive():  # the pid was reused between the check and pidfd_open
-            return True
-
-        def readable() -> None:
-            if not ended.done():
-                ended.set_result(None)
-
-        loop.add_reader(fd, readable)
-        try:
-            await asyncio.wait_for(ended, timeout)
-        except TimeoutError:
-            return False
-        return True
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)
-
-
-def _exit_code(rec: _Sfe) -> int | None:
-    """The exit status of our own child (None for an adopted process: not ours to wait for)."""
-    if rec.child is None:
-        return None
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        # It died between poll() and the /proc check: reap it now for the status.
-        return rec.child.wait(timeout=1.0)
-    return None
-
-
-def _log_task_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("%s failed", task.get_name(), exc_info=task.exception())
-
-
-def _spec_to_json(spec: EndpointSpec) -> dict[str, Any]:
-    doc = dataclasses.asdict(spec)
-    doc["environment"] = dict(sorted(spec.environment.items()))
-    doc["ports"] = [dataclasses.asdict(p) for p in spec.ports]
-    return json.loads(json.dumps(doc))  # type: ignore[no-any-return]  # tuples -> lists
-
-
-def _spec_from_json(doc: Mapping[str, Any]) -> EndpointSpec:
-    health = doc.get("health")
-    return EndpointSpec(
-        **{
-            **doc,
-            "ports": tuple(PortSpec(**p) for p in doc.get("ports") or ()),
-            "environment": dict(doc.get("environment") or {}),
-            "health": HealthSpec(**health) if health else None,
-        }
-    )

@@ -105,6 +105,7 @@ def status_to_json(status: VimStatus) -> dict[str, Any]:
         "restarts": status.restarts,
         "reason": status.reason,
         "limits": status.limits,
+        **({"tls": True} if status.tls else {}),  # absent when plain: older SFEMCs as before
     }
 
 
@@ -121,6 +122,7 @@ def status_from_json(doc: object) -> VimStatus:
             restarts=int(doc.get("restarts") or 0),
             reason=None if doc.get("reason") is None else str(doc["reason"]),
             limits=None if doc.get("limits") is None else str(doc["limits"]),
+            tls=doc.get("tls") is True,
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise WireError(f"not a valid status: {exc!r}") from None
