@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from eventually import Fatal, eventually
 from flame.clmc.api import create_app
 from flame.clmc.ingest import Ingest
 from flame.clmc.store.duckdb_store import DuckDBStore
@@ -84,12 +84,13 @@ class ServerThread:
 
     def __enter__(self) -> ServerThread:
         self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the CLMC test server did not start")
-            time.sleep(0.05)
+        eventually(self._started, what="the CLMC test server to start")
         return self
+
+    def _started(self) -> bool:
+        if not self.thread.is_alive():
+            raise Fatal("the CLMC test server thread exited")
+        return bool(self.server.started)
 
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True

@@ -55,18 +55,19 @@ def test_busy_parse_slots_refuse_rather_than_queue(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ing = _open(tmp_path, parse_slots=1, slot_wait_s=0.05)
-    release = threading.Event()
+    release, parsing = threading.Event(), threading.Event()
     real_parse = ingest_module.parse
 
     def slow_parse(*args: Any, **kw: Any) -> Any:
-        release.wait(10)
+        parsing.set()
+        release.wait(60)
         return real_parse(*args, **kw)
 
     monkeypatch.setattr(ingest_module, "parse", slow_parse)
     try:
         first = threading.Thread(target=ing.write, args=("db", None, body(5)))
         first.start()
-        time.sleep(0.2)
+        assert parsing.wait(60)  # the first write holds the only parse slot
         with pytest.raises(Overloaded, match="parsed"):
             ing.write("db", None, body(5, 100))
         release.set()
@@ -79,7 +80,8 @@ def test_busy_parse_slots_refuse_rather_than_queue(
 
 @pytest.mark.asyncio
 async def test_queries_do_not_wait_for_a_backlog_unless_asked(tmp_path: Path) -> None:
-    ing = _open(tmp_path, settle_rows=100)
+    # settle_s far above the bound below: a query that waited would take 30 s, not a stall's 1-2 s
+    ing = _open(tmp_path, settle_rows=100, settle_s=30.0)
     app = create_app(ing)
     q = {"db": "db", "q": "SELECT count(v) FROM m"}
     try:
@@ -97,7 +99,7 @@ async def test_queries_do_not_wait_for_a_backlog_unless_asked(tmp_path: Path) ->
                 assert r.status_code == 204
                 started = time.monotonic()
                 r = await c.get("/query", params=q)
-                assert time.monotonic() - started < 1.0  # did not wait
+                assert time.monotonic() - started < 10.0  # did not wait settle_s (30 s)
                 assert r.json()["results"][0]["series"][0]["values"][0][1] == 50  # missed them
                 threading.Timer(0.3, ing._running.set).start()  # applying resumes soon
                 r = await c.get("/query", params={**q, "read_your_writes": "true"})

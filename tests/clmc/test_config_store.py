@@ -16,6 +16,7 @@ import uvicorn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from eventually import Fatal, eventually
 from flame.clmc.service import ClmcService
 from flame.clmc.store.duckdb_store import DuckDBStore
 from flame.common.auth import Role, TokenStore
@@ -38,12 +39,13 @@ class Clmc:
 
     def __enter__(self) -> Clmc:
         self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the CLMC did not start"
-            assert self.thread.is_alive(), "the CLMC did not start"
-            time.sleep(0.02)
+        eventually(self._started, what="the CLMC to start")
         return self
+
+    def _started(self) -> bool:
+        if not self.thread.is_alive():
+            raise Fatal("the CLMC thread exited")
+        return bool(self.server.started)
 
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
@@ -255,10 +257,7 @@ def test_records_made_while_the_clmc_is_down_are_sent_later_with_their_own_time(
     with Clmc(tmp_path / "clmc", tokens[0], port) as clmc:
         again = ConfigRecorder(url, ops_token, spool, retry_s=0.05)
         try:
-            deadline = time.monotonic() + 10
-            while again.pending() and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert again.pending() == 0
+            eventually(lambda: again.pending() == 0, what="the spooled records to be sent")
             assert again.sent == 2
         finally:
             again.close()

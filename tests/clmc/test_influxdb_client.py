@@ -6,8 +6,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from influxdb import InfluxDBClient
-from influxdb.exceptions import InfluxDBClientError
+from influxdb import InfluxDBClient  # type: ignore[import-untyped]
+from influxdb.exceptions import InfluxDBClientError  # type: ignore[import-untyped]
 
 
 def test_the_influxdb_python_client_works_unchanged(clmc_url: str) -> None:

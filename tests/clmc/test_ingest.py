@@ -11,12 +11,12 @@ import pytest
 from flame.clmc.errors import DatabaseNotFound, Overloaded, RetentionPolicyNotFound
 from flame.clmc.ingest import Ingest, encode_items
 from flame.clmc.lineproto import parse
-from flame.clmc.store.base import table_name
+from flame.clmc.store.base import Store, table_name
 from flame.clmc.store.duckdb_store import DuckDBStore
 from flame.clmc.wal import WriteAheadLog
 
 
-def count(store: DuckDBStore, m: str = "m", db: str = "db") -> int:
+def count(store: Store, m: str = "m", db: str = "db") -> int:
     return int(
         store.query(f"SELECT count(*) AS n FROM {table_name(db, 'autogen', m)}")
         .column(0)[0]

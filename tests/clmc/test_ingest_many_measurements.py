@@ -109,6 +109,12 @@ def test_clmc8_admit_many_decides_as_one_measurement_after_the_other(
     assert index.series_count("db") == model.count
 
 
+def _table_of(store: DuckDBStore, measurement: str) -> str:
+    schema = store.schema("db", "autogen", measurement)
+    assert schema is not None, measurement
+    return schema.table
+
+
 def _body(measurements: int, hosts: int, t: int, extra: str = "") -> bytes:
     lines = [
         f"m{i},host=h{h}{extra} v={i + h}.5,n={h}i {t + h}"
@@ -135,11 +141,8 @@ def test_clmc8_a_body_of_200_measurements_is_stored_once_and_refused_in_part(
         assert ing.wait_applied(30)
         for m in ("m0", "m57", "m199"):
             assert (
-                store.query(f"SELECT count(*) FROM {store.schema('db', 'autogen', m).table}")
-                .column(0)[0]
-                .as_py()
-                == 3
-            )  # type: ignore[union-attr]
+                store.query(f"SELECT count(*) FROM {_table_of(store, m)}").column(0)[0].as_py() == 3
+            )
         more = _body(200, 4, 2_000)  # host h3: a fourth value of `host` in each measurement
         outcome = ing.write("db", None, more)
         assert outcome.points == 600
@@ -150,9 +153,7 @@ def test_clmc8_a_body_of_200_measurements_is_stored_once_and_refused_in_part(
         assert outcome.error_line() == 4
         assert ing.wait_applied(30)
         total = sum(
-            store.query(f"SELECT count(*) FROM {store.schema('db', 'autogen', f'm{i}').table}")
-            .column(0)[0]
-            .as_py()  # type: ignore[union-attr]
+            store.query(f"SELECT count(*) FROM {_table_of(store, f'm{i}')}").column(0)[0].as_py()
             for i in range(200)
         )
         assert total == 200 * 3 * 2

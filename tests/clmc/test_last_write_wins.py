@@ -235,7 +235,7 @@ def test_series_ids_are_the_same_in_every_process() -> None:
     import subprocess
     import sys
 
-    import pyarrow as pa
+    import pyarrow as pa  # type: ignore[import-untyped]
 
     from flame.clmc.store._series import series_ids
 

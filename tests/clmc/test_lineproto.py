@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import pyarrow as pa
+from typing import Any
+
+import pyarrow as pa  # type: ignore[import-untyped]
 import pytest
 
 from flame.clmc.lineproto import parse
 from flame.clmc.store.base import FIELD, KIND_KEY, TAG
 
 
-def rows(body: bytes, **kw: object) -> dict[str, list[dict[str, object]]]:
+def rows(body: bytes, **kw: object) -> dict[str, list[dict[str, Any]]]:
     result = parse(body, **kw)  # type: ignore[arg-type]
     assert not result.errors, result.influx_error()
     return {b.measurement: b.table.to_pylist() for b in result.batches}

@@ -6,6 +6,7 @@ reference scanner does."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -20,6 +21,10 @@ _NAME = st.text("abcdefgxyz_", min_size=1, max_size=6).filter(lambda s: s != "ti
 _STRING = st.text(st.characters(blacklist_characters=' ,="\\\n\r\t\0', codec="utf-8"), max_size=8)
 
 
+def _not_in(keys: tuple[str, ...]) -> Callable[[str], bool]:
+    return lambda k: k not in keys
+
+
 @st.composite
 def _bodies(draw: st.DrawFn) -> list[str]:
     measurements = draw(st.lists(_NAME, min_size=1, max_size=12, unique=True))
@@ -28,7 +33,7 @@ def _bodies(draw: st.DrawFn) -> list[str]:
         tag_keys = draw(st.lists(_NAME, max_size=3, unique=True))
         field_keys = draw(
             st.lists(
-                _NAME.filter(lambda k, t=tuple(tag_keys): k not in t),
+                _NAME.filter(_not_in(tuple(tag_keys))),
                 min_size=1,
                 max_size=5,
                 unique=True,

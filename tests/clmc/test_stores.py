@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
+import pyarrow as pa  # type: ignore[import-untyped]
 import pytest
 
 from flame.clmc.errors import DatabaseNotFound, FieldTypeConflict, RetentionPolicyNotFound

@@ -151,7 +151,7 @@ async def test_the_real_pce_hands_its_delegations_to_the_operator_token_only(env
         await pce.http.put("/v1/delegations/x.example", json={"tenant": "acme"}, headers=ops)
         await pce.http.put("/v1/delegations/eu.x.example", json={"tenant": "globex"}, headers=ops)
         transport = pce.http._transport
-        source = HttpDelegations(["http://pce"], env.operator, transport=transport)  # type: ignore[arg-type]
+        source = HttpDelegations(["http://pce"], env.operator, transport=transport)
         await source.start()
         try:
             assert await source.refresh()
@@ -167,7 +167,7 @@ async def test_the_real_pce_hands_its_delegations_to_the_operator_token_only(env
             await source.stop()
         # A tenant's token would see only its own delegations: the CLMC uses the operator's.
         router = env.tokens.issue("sr-a", Role.ROUTER)
-        source = HttpDelegations(["http://pce"], router, transport=transport)  # type: ignore[arg-type]
+        source = HttpDelegations(["http://pce"], router, transport=transport)
         await source.start()
         try:
             assert not await source.refresh()

@@ -135,13 +135,15 @@ def wide_tags(n: int, measurement: str = "wtags", t: int = 1) -> bytes:
 
 def test_wide_points_and_tags_under_a_memory_cap_and_kill_9(server: Server) -> None:
     assert httpx.post(server.url + "/query", params={"q": "CREATE DATABASE w"}).status_code == 200
-    # at the limits: stored, and queried in well under a second
+    # at the limits: stored, and queried at once (not after a wait or a hang)
     assert _write(server, wide_fields(1000)).status_code == 204
     assert _write(server, wide_tags(256)).status_code == 204
     for q in ("SELECT * FROM wide", "SELECT count(*) FROM wide", "SELECT * FROM wtags"):
         r, took = _query(server, q)
         assert r.status_code == 200, r.text
         assert "error" not in r.json()["results"][0], r.text[:300]
+        # excludes a query that hangs or waits out read_your_writes (10 s) on a backlog that
+        # never applies: measured 0.2-0.5 s with the machine at load 5, so 10x headroom
         assert took < 5, (q, took)
     # beyond them: refused as InfluxDB refuses, the rest of the batch stored
     r = _write(server, wide_fields(10_000, "wider") + b"\nok v=1 1")
@@ -173,12 +175,12 @@ def test_wide_points_and_tags_under_a_memory_cap_and_kill_9(server: Server) -> N
     server.start()  # replays the WAL: must come up, not crash-loop
     r, took = _query(server, "SELECT count(f999) FROM wide")
     assert r.json()["results"][0]["series"][0]["values"][0][1] == 11
-    assert took < 5
+    assert took < 5  # the replayed WAL applied, not waited out (10 s); measured 0.1 s at load
     r, _ = _query(server, "SELECT count(v) FROM wtags")
     assert r.json()["results"][0]["series"][0]["values"][0][1] == 11
     r, took = _query(server, "SELECT * FROM wide WHERE time > 5")
     assert len(r.json()["results"][0]["series"][0]["values"]) == 6
-    assert took < 5
+    assert took < 5  # as above: measured 0.3 s at load
     health = httpx.get(server.url + "/health").json()
     assert health["ingest"]["quarantined"] == 0
     assert server.peak_rss() < RSS_BOUND

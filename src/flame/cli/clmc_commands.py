@@ -16,7 +16,6 @@ import click
 
 from flame.cli._serve import run_server, tls_files, tls_options
 from flame.cli._state import CliState
-from flame.common.auth import TokenStore
 from flame.common.config import Config
 from flame.common.logging import setup_logging
 
@@ -129,66 +128,47 @@ def serve_clmc(
 ) -> None:
     """Run the CLMC's InfluxDB 1.x compatible API: /ping, /write, /api/v2/write, /query."""
 
-    from flame.clmc.alerts.notify import Notifier  # noqa: PLC0415 - lazy, heavy
-    from flame.clmc.alerts.outbound import OutboundPolicy  # noqa: PLC0415 - lazy, heavy
-    from flame.clmc.alerts.service import AlertService  # noqa: PLC0415 - lazy, heavy
-    from flame.clmc.service import ClmcService  # noqa: PLC0415 - lazy, heavy
-    from flame.clmc.tenancy import HttpDelegations  # noqa: PLC0415 - lazy, heavy
+    from flame.clmc.build import ClmcSettings, build_clmc  # noqa: PLC0415 - lazy, heavy
 
     config = state.config()
     setup_logging(config.log_level, config.log_format)
-    tokens = None if no_auth else TokenStore(config.state_dir / "tokens.json")
-    if tokens is not None and not tokens.list():
-        click.echo(
-            f"warning: no API tokens in {tokens.path}; every request will get 401. "
-            "Issue one with 'flame token issue NAME --operator', or use --no-auth locally.",
-            err=True,
-        )
     directory = data_dir or config.state_dir / "clmc"
-    sfemc = sfemc_url or config.api_url.rstrip("/") + "/v1/sfemc/events"
     listen = f"[{host}]" if ":" in host else host
-    own = [f"http://{listen}:{port}", sfemc, config.api_url, config.pce_url, config.clmc_url]
-    outbound = OutboundPolicy.build(
-        schemes=webhook_schemes or ("http", "https"),
-        reach=webhook_reach,
-        allow=webhook_allow,
-        deny=webhook_deny,
-        platform_urls=[u for u in (*own, *platform_urls) if u],
-    )
-    click.echo(f"alert webhooks: {outbound.describe()}", err=True)
-    alerts = AlertService(
-        directory / "alert-rules.json",
-        Notifier(sfemc, token=config.token, outbound=outbound, verify=_verify(config)),
-        nats_url=nats_url,
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    if no_auth:
-        click.echo(
-            "warning: --no-auth: the CLMC takes every request as the operator's; never on a "
-            "shared network",
-            err=True,
-        )
-    delegations = (
-        HttpDelegations(pce_urls, config.token, verify=_verify(config)) if pce_urls else None
-    )
-    service = ClmcService(
-        directory,
-        tokens,
+    verify = _verify(config)
+    settings = ClmcSettings(
+        directory=directory,
+        tokens_path=None if no_auth else config.state_dir / "tokens.json",
+        own_url=f"http://{listen}:{port}",
+        sfemc_url=sfemc_url or config.api_url.rstrip("/") + "/v1/sfemc/events",
+        token=config.token,
         retention_interval_s=retention_interval,
-        alerts=alerts,
-        delegations=delegations,
+        nats_url=nats_url,
+        webhook_schemes=webhook_schemes or ("http", "https"),
+        webhook_reach=webhook_reach,
+        webhook_allow=webhook_allow,
+        webhook_deny=webhook_deny,
+        platform_urls=tuple(
+            u for u in (config.api_url, config.pce_url, config.clmc_url, *platform_urls) if u
+        ),
+        pce_urls=pce_urls,
+        verify=verify,
     )
+    built = build_clmc(settings, warn=_warn, note=lambda m: click.echo(m, err=True))
     click.echo(f"CLMC on http://{host}:{port} (data in {directory})", err=True)
     from flame.clmc.httpserver import influx_http_protocol  # noqa: PLC0415 - lazy, heavy
 
     run_server(
-        service.app,
+        built.app,
         host,
         port,
         "the CLMC",
         tls=tls_files(tls_cert, tls_key),
         http=influx_http_protocol(),  # requests uvicorn refuses, answered InfluxDB-shaped
     )
+
+
+def _warn(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)
 
 
 def _verify(config: Config) -> ssl.SSLContext | bool:

@@ -137,6 +137,8 @@ def scan_line(line: str, multiplier: int) -> Point:
     i, fields = _scan_fields(line, i, key_len)
     if not fields:
         raise ScanError("missing fields")
+    if "\0" in line:  # only here: the fast path leaves every line with a NUL to this scanner
+        _refuse_nul_names(measurement, tags, fields)
     ts, i = _scan_time(line, i)
     time: int | None = None
     if ts:
@@ -154,6 +156,21 @@ def scan_line(line: str, multiplier: int) -> Point:
                 raise ScanError("point is invalid")
             i += 1
     return Point(measurement, tags, fields, time)
+
+
+def _refuse_nul_names(
+    measurement: str,
+    tags: tuple[tuple[str, str], ...],
+    fields: tuple[tuple[str, FieldType, FieldValue], ...],
+) -> None:
+    """Names become SQL identifiers, which cannot hold a NUL (the engines' C APIs end the
+    statement there); tag and string field values may."""
+    if "\0" in measurement:
+        raise ScanError("measurement contains a NUL character")
+    if any("\0" in k for k, _ in tags):
+        raise ScanError("tag key contains a NUL character")
+    if any("\0" in f[0] for f in fields):
+        raise ScanError("field key contains a NUL character")
 
 
 def _scan_key(s: str) -> tuple[int, str, tuple[tuple[str, str], ...]]:  # noqa: C901 (issue 18: split it)

@@ -4,14 +4,13 @@ dropped, not fatal."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 
-import pyarrow as pa
+import pyarrow as pa  # type: ignore[import-untyped]
 import pytest
 
 from common.test_nats_events import NATS_SERVER, Broker
+from eventually import eventually_async
 from flame.clmc.alerts.notify import Notifier
 from flame.clmc.alerts.service import AlertService
 from flame.common.nats_events import NatsEvents
@@ -52,10 +51,7 @@ async def test_alert_events_reach_the_sfemc_over_nats(tmp_path: Path) -> None:
         await sfemc_side.flush()
         service.put("acme", "vod", "vod-1", [RULE])
         service.start()  # connects to NATS
-        deadline = time.monotonic() + 10
-        while service._nats is None:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.02)
+        await eventually_async(lambda: service._nats is not None, what="the NATS connection")
         window = service.engine.clock() // S * S
         rows = pa.table({"time": [window + 1], "fqdn": ["vod.example"], "response_time": [500.0]})
         service.observe("flame", "sr_fqdn", rows)
@@ -63,10 +59,7 @@ async def test_alert_events_reach_the_sfemc_over_nats(tmp_path: Path) -> None:
 
         # Garbage on the same subjects is dropped by the subscriber.
         await sfemc_side.publish("flame.alerts.acme.vod", {"no": "id"})
-        deadline = time.monotonic() + 10
-        while not received:
-            assert time.monotonic() < deadline, "no event over NATS"
-            await asyncio.sleep(0.02)
+        await eventually_async(lambda: received, what="the event over NATS")
         assert received == [
             AlertEvent(
                 id=event.id,

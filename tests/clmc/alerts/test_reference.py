@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Sequence
 
-import pyarrow as pa
+import pyarrow as pa  # type: ignore[import-untyped]
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flame.clmc.alerts.engine import AlertEngine, Level
+from flame.clmc.alerts.engine import AlertEngine, AlertEvent, Level
 from flame.tosca.model import AlertRule, Comparison, EventType
 
 S = 1_000_000_000
@@ -80,8 +81,8 @@ def make_rule(aggregation: str, comparison: Comparison, threshold: float, g: int
     )
 
 
-def levels_of(events: list[object]) -> list[tuple[int, str]]:
-    return [(e.time_ns, e.level) for e in events]  # type: ignore[attr-defined]
+def levels_of(events: Sequence[AlertEvent]) -> list[tuple[int, str]]:
+    return [(e.time_ns, e.level) for e in events]
 
 
 def expected_changes(

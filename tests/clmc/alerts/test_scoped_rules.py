@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import pyarrow as pa
+import pyarrow as pa  # type: ignore[import-untyped]
 import pytest
 
 from flame.clmc.alerts.engine import AlertEngine, Level

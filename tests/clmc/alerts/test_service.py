@@ -7,9 +7,10 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
-import pyarrow as pa
+import pyarrow as pa  # type: ignore[import-untyped]
 import pytest
 from fastapi import FastAPI, Request
 
@@ -42,7 +43,7 @@ class Receiver:
 
     def __init__(self, statuses: list[int]) -> None:
         self.statuses = statuses
-        self.received: list[tuple[dict[str, str], dict[str, object]]] = []
+        self.received: list[tuple[dict[str, str], dict[str, Any]]] = []
         self.server: asyncio.Server | None = None
 
     async def start(self) -> str:

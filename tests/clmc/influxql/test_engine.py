@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import pyarrow as pa
+import pyarrow as pa  # type: ignore[import-untyped]
 import pytest
 
 from flame.clmc.influxql import ParseError, execute, execute_chunked
@@ -323,7 +323,7 @@ def test_create_rp_delete_and_drop(db: DuckDBStore) -> None:
 
 
 def test_chunked_bodies_are_flagged_partial(db: DuckDBStore) -> None:
-    bodies = list(
+    bodies: list[dict[str, Any]] = list(
         execute_chunked(
             db,
             "SELECT value FROM cpu GROUP BY host; SHOW MEASUREMENTS",
@@ -506,10 +506,10 @@ def test_chunked_converts_one_chunk_at_a_time(
 
     monkeypatch.setattr(rows_module, "format_times", spy)
     bodies = execute_chunked(store, "SELECT v FROM m", "c", None, {}, chunk_size=1000)
-    first = next(bodies)
+    first: dict[str, Any] = next(bodies)
     assert sizes == [1000]
     assert first["results"][0]["partial"] is True
-    rest = list(bodies)
+    rest: list[dict[str, Any]] = list(bodies)
     assert len(rest) == 4
     assert sizes == [1000] * 5
     assert "partial" not in rest[-1]["results"][0]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -194,7 +195,9 @@ def fuzz_store() -> Iterator[DuckDBStore]:
 def test_random_selects_never_crash(fuzz_store: DuckDBStore, stmt: A.SelectStatement) -> None:
     text = render(stmt)
     try:
-        body = execute(fuzz_store, text, "f", None, {}, now_ns=1767225600000000000 + 3600 * 10**9)
+        body: dict[str, Any] = execute(
+            fuzz_store, text, "f", None, {}, now_ns=1767225600000000000 + 3600 * 10**9
+        )
     except ParseError:
         return
     for result in body["results"]:  # a store failure means we compiled bad SQL
@@ -228,7 +231,7 @@ metas = st.one_of(
 @given(metas)
 def test_random_show_statements_never_crash(fuzz_store: DuckDBStore, stmt: A.Statement) -> None:
     try:
-        body = execute(fuzz_store, render(stmt), "f", None, {})
+        body: dict[str, Any] = execute(fuzz_store, render(stmt), "f", None, {})
     except ParseError:
         return
     for result in body["results"]:  # a store failure means we compiled bad SQL

@@ -12,7 +12,6 @@ import collections
 import contextlib
 import json
 import logging
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ import pyarrow as pa  # type: ignore[import-untyped]
 from flame.clmc.alerts.engine import DEFAULT_DATABASE, AlertEngine, AlertEvent, rules_from_dicts
 from flame.clmc.alerts.notify import Notifier
 from flame.clmc.alerts.outbound import WebhookRefused
+from flame.common.atomicfile import atomic_write
 from flame.common.nats_events import NatsEvents, subject
 
 __all__ = ["AlertService"]
@@ -107,9 +107,8 @@ class AlertService:
         data = [
             {"tenant": t, "sfc": c, "sfci": i, **spec} for (t, c, i), spec in self._specs.items()
         ]
-        tmp = self.rules_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data), encoding="utf-8")
-        os.replace(tmp, self.rules_path)
+        # 0600: every tenant's rules (and webhook addresses) in one file, for the CLMC only
+        atomic_write(self.rules_path, json.dumps(data), mode=0o600)
 
     def _load(self) -> None:
         if self.rules_path is None or not self.rules_path.exists():

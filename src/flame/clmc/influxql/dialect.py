@@ -9,10 +9,6 @@ from dataclasses import dataclass
 __all__ = ["DUCKDB", "Dialect"]
 
 
-def quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
-
-
 @dataclass(frozen=True, slots=True)
 class Dialect:
     name: str = "duckdb"

@@ -296,6 +296,7 @@ def run_meta(ctx: Context, stmt: A.Statement) -> list[Series]:
             return show_retention_policies(ctx, stmt)
         case A.CreateDatabase(name, duration, rp_name):
             _require_change(ctx, name)
+            _refuse_nul(name, rp_name or "")
             store.create_database(name)
             if duration is not None or rp_name is not None:
                 store.create_retention_policy(
@@ -311,6 +312,7 @@ def run_meta(ctx: Context, stmt: A.Statement) -> list[Series]:
             return []
         case A.CreateRetentionPolicy(name, db, duration, _, _, default):
             ctx.require_database(db, change=True)
+            _refuse_nul(name)
             if 0 < duration < 3_600_000_000_000:
                 raise StatementError("retention policy duration must be at least 1h0m0s")
             store.create_retention_policy(db, RetentionPolicy(name, duration, default))
@@ -329,3 +331,9 @@ def run_meta(ctx: Context, stmt: A.Statement) -> list[Series]:
             _delete(ctx, A.Delete(sources, cond))
             return []
     raise StatementError(f"unsupported statement {type(stmt).__name__}")
+
+
+def _refuse_nul(*names: str) -> None:
+    """Database and policy names end up in SQL identifiers, which cannot hold a NUL."""
+    if any("\0" in n for n in names):
+        raise StatementError("a database or retention policy name cannot contain a NUL character")

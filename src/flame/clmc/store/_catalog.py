@@ -27,6 +27,7 @@ from flame.clmc.store.base import (
     RetentionPolicy,
     table_name,
 )
+from flame.common.sqlident import quote_identifier
 
 __all__ = [
     "BatchColumn",
@@ -105,8 +106,8 @@ class TableInfo:
         return key + ("\x1ftag" if is_tag else "\x1ffield")
 
     def schema(self) -> MeasurementSchema:
-        columns = {"tag:" + k: _q(c) for k, c in self.tags.items()}
-        columns |= {"field:" + k: _q(c) for k, (c, _) in self.fields.items()}
+        columns = {"tag:" + k: quote_identifier(c) for k, c in self.tags.items()}
+        columns |= {"field:" + k: quote_identifier(c) for k, (c, _) in self.fields.items()}
         return MeasurementSchema(
             database=self.database,
             rp=self.rp,
@@ -148,10 +149,6 @@ class TableInfo:
                         raise FieldTypeConflict(self.measurement, c.key, c.ftype, existing)
             names.append(phys)
         return new, names
-
-
-def _q(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
 
 
 _ARROW = {

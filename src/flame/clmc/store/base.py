@@ -23,6 +23,8 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from flame.common.sqlident import quote_identifier
+
 if TYPE_CHECKING:
     import pyarrow as pa  # type: ignore[import-untyped]
 
@@ -76,19 +78,15 @@ class MeasurementSchema:
     columns: Mapping[str, str] = field(default_factory=dict)  # key -> quoted column identifier
 
     def tag_column(self, key: str) -> str:
-        return self.columns.get("tag:" + key, _quote(key))
+        return self.columns.get("tag:" + key, quote_identifier(key))
 
     def field_column(self, key: str) -> str:
-        return self.columns.get("field:" + key, _quote(key))
-
-
-def _quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
+        return self.columns.get("field:" + key, quote_identifier(key))
 
 
 def table_name(database: str, rp: str, measurement: str) -> str:
     """The quoted table of one measurement; '\x1f' cannot occur in InfluxDB names."""
-    return _quote(f"{database}\x1f{rp}\x1f{measurement}")
+    return quote_identifier(f"{database}\x1f{rp}\x1f{measurement}")
 
 
 class Store(Protocol):

@@ -47,6 +47,7 @@ from flame.clmc.store.base import (
     RetentionPolicy,
     table_name,
 )
+from flame.common.sqlident import quote_identifier
 
 __all__ = ["DEFAULT_MEMORY_LIMIT", "DuckDBStore"]
 
@@ -63,10 +64,6 @@ _BOOTSTRAP = [
     """CREATE TABLE IF NOT EXISTS _flame_config (kind VARCHAR, name VARCHAR, version VARCHAR,
        time_ns BIGINT, body VARCHAR)""",
 ]
-
-
-def _q(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
 
 
 # `_flame_columns`' columns: db, rp, measurement, key, physical, is_tag, ftype
@@ -300,14 +297,16 @@ class DuckDBStore(CatalogReads):
             created.add(tkey)
             # every column at once: one statement, whatever the width of the first batch
             defs = ["time BIGINT NOT NULL"] + [
-                f"{_q(phys)} {'VARCHAR' if is_tag else FIELD_SQL_TYPES[ftype]}"  # type: ignore[index]
+                f"{quote_identifier(phys)} {'VARCHAR' if is_tag else FIELD_SQL_TYPES[ftype]}"  # type: ignore[index]
                 for _, phys, is_tag, ftype in new
             ]
             self._con.execute(f"CREATE TABLE {table} ({', '.join(defs)})")
         for key, phys, is_tag, ftype in new:
             if exists:
                 sql_type = "VARCHAR" if is_tag else FIELD_SQL_TYPES[ftype]  # type: ignore[index]
-                self._con.execute(f"ALTER TABLE {table} ADD COLUMN {_q(phys)} {sql_type}")
+                self._con.execute(
+                    f"ALTER TABLE {table} ADD COLUMN {quote_identifier(phys)} {sql_type}"
+                )
             self._catalog.add_column(db, rp, m, key, phys, is_tag, ftype)
             added.append((db, rp, m, key, phys, is_tag, ftype))
         time_idx = batch.schema.get_field_index("time")
@@ -336,7 +335,11 @@ class DuckDBStore(CatalogReads):
         cand = widen(physical.filter(pa.array(maybe)), schema)
         tag_cols = [phys for phys in info.tags.values()]
         cond = " AND ".join(
-            ["t.time = c.time"] + [f"t.{_q(p)} IS NOT DISTINCT FROM c.{_q(p)}" for p in tag_cols]
+            ["t.time = c.time"]
+            + [
+                f"t.{quote_identifier(p)} IS NOT DISTINCT FROM c.{quote_identifier(p)}"
+                for p in tag_cols
+            ]
         )
         times = cand.column("time")
         lo, hi = pa.compute.min(times).as_py(), pa.compute.max(times).as_py()
@@ -387,7 +390,9 @@ class DuckDBStore(CatalogReads):
         if schema is None:
             return None
         if schema.tag_keys:
-            cols = ", ".join(f"{schema.tag_column(k)} AS {_q(k)}" for k in schema.tag_keys)
+            cols = ", ".join(
+                f"{schema.tag_column(k)} AS {quote_identifier(k)}" for k in schema.tag_keys
+            )
             sql = (
                 f'SELECT {cols}, max(time) AS "\x1fmax", min(time) AS "\x1fmin" '
                 f"FROM {schema.table} GROUP BY ALL"
@@ -447,9 +452,11 @@ class DuckDBStore(CatalogReads):
                             break
                         continue
                     if value == "":
-                        where.append(f"({_q(col)} IS NULL OR {_q(col)} = '')")
+                        where.append(
+                            f"({quote_identifier(col)} IS NULL OR {quote_identifier(col)} = '')"
+                        )
                     else:
-                        where.append(f"{_q(col)} = ?")
+                        where.append(f"{quote_identifier(col)} = ?")
                         params.append(value)
                 if missing:
                     continue
