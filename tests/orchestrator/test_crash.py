@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -33,7 +33,7 @@ def served(tmp_path: Path) -> Iterator[ServedPlatform]:
         assert left == [], f"SFE processes left running after the test: {left}"
 
 
-def wait_for(check: callable, timeout: float, what: str) -> None:  # type: ignore[valid-type]
+def wait_for(check: Callable[[], tuple[bool, object]], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     last: object = None
     while time.monotonic() < deadline:

@@ -263,7 +263,7 @@ def _special(name: str, kind: bytes) -> tarfile.TarInfo:
     return info
 
 
-CRAFTED = {
+CRAFTED: dict[str, list[tuple[str, bytes] | tarfile.TarInfo]] = {
     "absolute path": [("/tmp/flame-evil", b"x")],
     "dot-dot": [("app/../../flame-evil", b"x")],
     "outside app/": [("etc/flame-evil", b"x")],

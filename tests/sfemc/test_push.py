@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -44,11 +44,10 @@ def sf_dir(tmp: Path, name: str, *, random_bytes: int = 0, version: str = "1.0")
 
 
 @pytest.fixture
-def limits(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def limits(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLAME_IMAGE_MAX_BYTES", str(MAX))
     monkeypatch.setenv("FLAME_IMAGE_QUOTA_BYTES", str(QUOTA_BYTES))
     monkeypatch.setenv("FLAME_IMAGE_QUOTA_IMAGES", str(QUOTA_IMAGES))
-    return
 
 
 @pytest_asyncio.fixture

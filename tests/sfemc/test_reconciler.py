@@ -74,9 +74,9 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     r.store.close()
 
 
-def add(rig: Rig, desired: str, **kw: object) -> None:
-    rig.store.upsert_endpoint(spec(fqdn="web.acme.example", **kw), desired, 0.0)
-    rig.reconciler.enqueue(str(kw.get("sfe", SFE)))
+def add(rig: Rig, desired: str, sfe: str = SFE, cluster: str = "c1") -> None:
+    rig.store.upsert_endpoint(spec(sfe, cluster, fqdn="web.acme.example"), desired, 0.0)
+    rig.reconciler.enqueue(sfe)
 
 
 @pytest.mark.asyncio
@@ -442,6 +442,7 @@ async def test_an_endpoint_retrying_a_boot_says_why(tmp_path: Path) -> None:
             if record.reason:
                 break
             await asyncio.sleep(0.01)
+        assert record is not None
         assert record.state.value == "booting"
         assert record.reason == "not healthy after 30s (GET /health failed) (attempt 1 of 5)"
         await r.settle()

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -40,7 +41,10 @@ def burner_digest(repo: ImageRepository) -> str:
     return repo.put(build_image(BURNER)[0]).digest
 
 
-def _value(text: str) -> object:
+Field = int | float | str | bool  # an InfluxDB line-protocol field value
+
+
+def _value(text: str) -> Field:
     if text.endswith("i"):
         return int(text[:-1])
     if text.startswith('"'):
@@ -50,7 +54,7 @@ def _value(text: str) -> object:
     return float(text)
 
 
-def _points(lines: list[str]) -> list[tuple[str, dict[str, str], dict[str, object]]]:
+def _points(lines: list[str]) -> list[tuple[str, dict[str, str], dict[str, Field]]]:
     """Our own points (no escaped characters in them here) as (measurement, tags, fields)."""
     out = []
     for line in lines:
@@ -105,10 +109,10 @@ async def test_clmc8_an_sfe_burning_cpu_shows_in_cpu_usage_user_with_its_tags(
     # Well above idle, at most all it may use. The bound is low because the machine is shared:
     # with autogroup scheduling the SFE's session gets one group's share of the cores (16 %
     # of a core measured under a load of 13); alone, the burn is ~100 %.
-    busy = float(fields["usage_user"])  # type: ignore[arg-type]
+    busy = float(fields["usage_user"])
     assert 5.0 < busy <= 100.0, fields
-    assert float(fields["usage_idle"]) == pytest.approx(  # type: ignore[arg-type]
-        max(0.0, 100.0 - busy - float(fields["usage_system"]))  # type: ignore[arg-type]
+    assert float(fields["usage_idle"]) == pytest.approx(
+        max(0.0, 100.0 - busy - float(fields["usage_system"]))
     )
     procstat = next(f for m, _, f in points if m == "procstat")
     assert set(procstat) >= {
@@ -121,10 +125,10 @@ async def test_clmc8_an_sfe_burning_cpu_shows_in_cpu_usage_user_with_its_tags(
         "restarts",
     }
     assert procstat["pid"] == status.pid
-    assert int(procstat["memory_rss"]) > 5_000_000  # type: ignore[call-overload]
+    assert int(procstat["memory_rss"]) > 5_000_000
     lookup = next(f for m, _, f in points if m == "procstat_lookup")
     assert lookup["running"] == 1
-    assert int(lookup["pid_count"]) >= 3  # type: ignore[call-overload]  # bwrap, the SF, its burner
+    assert int(lookup["pid_count"]) >= 3  # bwrap, the SF, its burner
     # Sharing the host's network namespace: no per-SFE `net` point, never the host's counters.
     assert not [m for m, _, _ in points if m == "net"]
 
@@ -133,7 +137,7 @@ async def test_clmc8_an_sfe_burning_cpu_shows_in_cpu_usage_user_with_its_tags(
     sampler.sample()  # the interval that held the end of the burn
     await asyncio.sleep(1.0)
     idle = next(f for m, _, f in _points(sampler.sample()) if m == "cpu")
-    assert float(idle["usage_user"]) < 3.0, idle  # type: ignore[arg-type]
+    assert float(idle["usage_user"]) < 3.0, idle
 
 
 @pytest.mark.asyncio
@@ -152,7 +156,7 @@ async def test_clmc8_restarts_and_a_dead_sfe_are_reported(
         await asyncio.sleep(0.05)
         points = _points(sampler.sample())
         lookup = next(f for m, _, f in points if m == "procstat_lookup")
-        restarts = int(lookup["restarts"])  # type: ignore[call-overload]
+        restarts = int(lookup["restarts"])
     assert restarts == 1
     await vim.stop("i1.burner.c1")
     assert _points(sampler.sample()) == []  # not wanted running: nothing to report
@@ -169,13 +173,13 @@ def test_host_metrics_have_telegrafs_names_per_cluster(tmp_path: Path) -> None:
         assert {("cpu", cluster), ("mem", cluster), ("disk", cluster), ("system", cluster)} <= by
     cpu = next(f for m, t, f in points if m == "cpu")
     assert set(cpu) >= {"usage_user", "usage_system", "usage_idle", "usage_iowait"}
-    total = sum(float(v) for v in cpu.values())  # type: ignore[arg-type]
+    total = sum(float(v) for v in cpu.values())
     assert abs(total - 100.0) < 0.5
     mem = next(f for m, _, f in points if m == "mem")
-    assert 0 < int(mem["used"]) < int(mem["total"])  # type: ignore[call-overload]
+    assert 0 < int(mem["used"]) < int(mem["total"])
     disk = next((t, f) for m, t, f in points if m == "disk")
     assert disk[0]["path"] == str(tmp_path)
-    assert int(disk[1]["total"]) > 0  # type: ignore[call-overload]
+    assert int(disk[1]["total"]) > 0
     system = next(f for m, _, f in points if m == "system")
     assert set(system) == {"load1", "load5", "load15", "n_cpus", "uptime"}
     net = [t["interface"] for m, t, _ in points if m == "net"]
@@ -251,7 +255,7 @@ class _Clmc:
         self.server.should_exit = True
         self.thread.join(10)
 
-    def query(self, q: str) -> list[list[object]]:
+    def query(self, q: str) -> list[list[Any]]:  # Any: decoded JSON rows
         response = httpx.get(
             self.url + "/query",
             params={"db": "flame", "q": q, "read_your_writes": "true"},
@@ -308,7 +312,7 @@ async def test_the_reporter_of_a_process_vim_sends_sfe_and_host_points(
         'SELECT "usage_user" FROM "cpu" WHERE "sf" = \'burner\' AND "cluster" = \'c1\''
     )
     assert rows
-    assert all(0.0 <= float(r[1]) <= 100.0 for r in rows)  # type: ignore[arg-type]
+    assert all(0.0 <= float(r[1]) <= 100.0 for r in rows)
     clusters = clmc.query('SHOW TAG VALUES FROM "mem" WITH KEY = "cluster"')
     assert {r[1] for r in clusters} == {"c1", "c2"}  # the VIM's clusters, one host copy each
 
@@ -385,7 +389,7 @@ def test_an_sfe_in_its_own_network_namespace_gets_net_points(tmp_path: Path) -> 
         (sfe / "pid.json").write_text(json.dumps({"pid": proc.pid, "start": start_time(proc.pid)}))
         sampler = SfeSampler(tmp_path / "sfes", host="h1")
         deadline = time.monotonic() + 10
-        nets: list[tuple[str, dict[str, str], dict[str, object]]] = []
+        nets: list[tuple[str, dict[str, str], dict[str, Field]]] = []
         while time.monotonic() < deadline and len(nets) < 2:
             if proc.poll() is not None:
                 pytest.skip("cannot make a network namespace with a veth pair here")

@@ -251,7 +251,7 @@ def _gunzip(data: bytes, limit: int) -> bytes | JSONResponse:
     return out
 
 
-def create_app(  # noqa: C901 (issue 18: split it)
+def create_app(
     ingest: Ingest | Callable[[], Ingest],
     tokens: TokenStore | None = None,
     *,
@@ -281,7 +281,21 @@ def create_app(  # noqa: C901 (issue 18: split it)
         )
     app.add_middleware(InfluxAuth, tokens=tokens)
     install_influx_errors(app)
-    inflight = 0
+    _install_error_handlers(app)
+    _install_public_routes(app, current, tokens, delegations)
+    _install_write_routes(app, current, max_body_bytes, max_inflight_writes)
+    _install_query_route(app, current, delegations)
+    if alerts is not None:
+        from flame.clmc.alerts.api import install_alert_routes  # noqa: PLC0415 - optional
+
+        install_alert_routes(app, alerts, delegations=delegations)
+    # The configuration store (CLMC-3): template, policy and topology versions over time
+    install_config_routes(app, lambda: current().store)
+    return require_declared(app)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every answer InfluxDB-shaped (`{"error": ...}`), unexpected errors logged."""
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -295,6 +309,15 @@ def create_app(  # noqa: C901 (issue 18: split it)
         response = _error(exc.status_code, text)
         response.headers.update(exc.headers or {})
         return response
+
+
+def _install_public_routes(
+    app: FastAPI,
+    current: Callable[[], Ingest],
+    tokens: TokenStore | None,
+    delegations: Delegations | None,
+) -> None:
+    """/ping and /health, open to anyone (`PUBLIC`)."""
 
     @app.api_route("/ping", methods=["GET", "HEAD"], include_in_schema=False, dependencies=[PUBLIC])
     async def ping(request: Request) -> Response:
@@ -315,6 +338,16 @@ def create_app(  # noqa: C901 (issue 18: split it)
             # backlog, apply lag, rows the store refused and set aside (issue 12)
             "ingest": _ingest_health(current),
         }
+
+
+def _install_write_routes(
+    app: FastAPI,
+    current: Callable[[], Ingest],
+    max_body_bytes: int,
+    max_inflight_writes: int,
+) -> None:
+    """/write (v1) and /api/v2/write, for `Writer`s, with a bound on concurrent writes."""
+    inflight = 0
 
     async def write(
         request: Request,
@@ -372,6 +405,12 @@ def create_app(  # noqa: C901 (issue 18: split it)
         if precision not in _V2_PRECISION:
             return _error(400, f'invalid precision "{precision}": use ns, us, ms or s')
         return await write(request, caller, db or None, rp or None, _V2_PRECISION[precision])
+
+
+def _install_query_route(
+    app: FastAPI, current: Callable[[], Ingest], delegations: Delegations | None
+) -> None:
+    """/query (GET and POST), for tenants and the operator."""
 
     @app.api_route("/query", methods=["GET", "POST"], include_in_schema=False)
     async def query(request: Request, caller: TenantOrOperator) -> Response:
@@ -431,14 +470,6 @@ def create_app(  # noqa: C901 (issue 18: split it)
             body, indent=4 if pretty else None, separators=None if pretty else (",", ":")
         )
         return Response(content + "\n", media_type="application/json", headers=_HEADERS)
-
-    if alerts is not None:
-        from flame.clmc.alerts.api import install_alert_routes  # noqa: PLC0415 - optional
-
-        install_alert_routes(app, alerts, delegations=delegations)
-    # The configuration store (CLMC-3): template, policy and topology versions over time
-    install_config_routes(app, lambda: current().store)
-    return require_declared(app)
 
 
 def _ingest_health(current: Callable[[], Ingest]) -> dict[str, object]:

@@ -174,7 +174,7 @@ class PolicyBody(_Body):
 # -- the app ---------------------------------------------------------------------------------------
 
 
-def create_app(service: PceService, tokens: TokenStore) -> FastAPI:  # noqa: C901 (issue 18: split it)
+def create_app(service: PceService, tokens: TokenStore) -> FastAPI:
     """The PCE API around `service`; the app's lifespan starts and stops the service."""
 
     @contextlib.asynccontextmanager
@@ -199,7 +199,16 @@ def create_app(service: PceService, tokens: TokenStore) -> FastAPI:  # noqa: C90
         """Liveness and role (active or standby); no token needed."""
         return service.status()
 
-    # -- topology (SFR-7, SFR-13) ------------------------------------------------------------
+    _install_topology_routes(app, service)
+    _install_registry_routes(app, service)
+    _install_policy_routes(app, service)
+    _install_table_routes(app, service)
+    _install_cert_routes(app, service)
+    return require_declared(app)
+
+
+def _install_topology_routes(app: FastAPI, service: PceService) -> None:
+    """Routes: topology (SFR-7, SFR-13)."""
 
     # Links down because their liveness probes said so, not the operator (this PCE's memory
     # only): `flame up --netns` takes the operator's down links down for real, not these.
@@ -268,7 +277,9 @@ def create_app(service: PceService, tokens: TokenStore) -> FastAPI:  # noqa: C90
     async def remove_node(node_id: str, caller: OperatorOnly) -> dict[str, Any]:
         return {"node": node_id, **service.remove_node(node_id).to_dict()}
 
-    # -- registrations and delegations (SFR-10, SFR-11, SFEMC-7) -----------------------------
+
+def _install_registry_routes(app: FastAPI, service: PceService) -> None:
+    """Routes: registrations and delegations (SFR-10, SFR-11, SFEMC-7)."""
 
     @app.get("/v1/registrations")
     async def list_registrations(caller: TenantOrOperator) -> dict[str, Any]:
@@ -308,7 +319,9 @@ def create_app(service: PceService, tokens: TokenStore) -> FastAPI:  # noqa: C90
     async def undelegate(name: str, caller: OperatorOnly) -> dict[str, Any]:
         return service.undelegate(caller, name).to_dict()
 
-    # -- policies (SFR-5, SFR-6) ---------------------------------------------------------------
+
+def _install_policy_routes(app: FastAPI, service: PceService) -> None:
+    """Routes: policies (SFR-5, SFR-6)."""
 
     @app.get("/v1/policies")
     async def list_policies(caller: TenantOrOperator) -> dict[str, Any]:
@@ -329,7 +342,9 @@ def create_app(service: PceService, tokens: TokenStore) -> FastAPI:  # noqa: C90
         versions = service.delete_policy(caller, fqdn)
         return {"deleted": fqdn, "versions": dict(versions)}
 
-    # -- distribution and routes (SFR-4, SFR-11) -----------------------------------------------
+
+def _install_table_routes(app: FastAPI, service: PceService) -> None:
+    """Routes: distribution and routes (SFR-4, SFR-11)."""
 
     @app.get("/v1/tables/{sr}")
     async def get_table(
@@ -356,7 +371,9 @@ def create_app(service: PceService, tokens: TokenStore) -> FastAPI:  # noqa: C90
         tables = service.routes(caller, fqdn, from_node)
         return {"fqdn": normalise_fqdn(fqdn), "tables": [t.to_dict() for t in tables]}
 
-    # -- content certificates (SFR-22, SFR-23) ------------------------------------------------
+
+def _install_cert_routes(app: FastAPI, service: PceService) -> None:
+    """Routes: content certificates (SFR-22, SFR-23)."""
 
     @app.get("/v1/certs")
     async def list_certs(caller: TenantOrOperator) -> dict[str, Any]:
@@ -420,8 +437,6 @@ def create_app(service: PceService, tokens: TokenStore) -> FastAPI:  # noqa: C90
     async def renew_cert(fqdn: str, caller: TenantOrOperator) -> dict[str, Any]:
         """Issue the FQDN's platform certificate again now (SFR-23)."""
         return service.renew_cert(caller, fqdn)
-
-    return require_declared(app)
 
 
 def _table_headers(service: PceService, table: PublishedTable) -> dict[str, str]:

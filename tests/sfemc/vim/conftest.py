@@ -3,11 +3,13 @@ SFE processes are all gone when the test ends (the test fails if one was left ru
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Unpack
 
 import pytest
 import pytest_asyncio
@@ -16,6 +18,7 @@ from flame.sfemc.images import ImageRepository, build_image
 from flame.sfemc.vim._proc import ProcId, read_pid_file, start_time
 from flame.sfemc.vim.base import EndpointSpec
 from flame.sfemc.vim.process import ProcessVim
+from sfemc.helpers import SpecFields
 
 ECHO = Path(__file__).resolve().parents[3] / "examples" / "sf" / "echo"
 
@@ -46,8 +49,10 @@ def make_sf(repo: ImageRepository, tmp_path: Path, name: str, code: str, **manif
     return repo.put(build_image(src)[0]).digest
 
 
-def spec(digest: str, sfe: str = "i1.echo.c1", cluster: str = "c1", **kw: object) -> EndpointSpec:
-    return EndpointSpec(
+def spec(
+    digest: str, sfe: str = "i1.echo.c1", cluster: str = "c1", **kw: Unpack[SpecFields]
+) -> EndpointSpec:
+    base = EndpointSpec(
         sfe=sfe,
         tenant="acme",
         sfc="svc",
@@ -56,8 +61,8 @@ def spec(digest: str, sfe: str = "i1.echo.c1", cluster: str = "c1", **kw: object
         cluster=cluster,
         fqdn="echo.example",
         image=digest,
-        **kw,
     )
+    return dataclasses.replace(base, **kw)
 
 
 class PidWatch:

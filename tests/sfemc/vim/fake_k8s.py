@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import kubernetes_validate
+import kubernetes_validate  # type: ignore[import-untyped]  # ships no type hints
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request

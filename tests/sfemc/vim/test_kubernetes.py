@@ -4,12 +4,14 @@ calls against a FAKE API server on loopback (tests/sfemc/vim/fake_k8s.py; not Ku
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any, Unpack
 
 import httpx
-import kubernetes_validate
+import kubernetes_validate  # type: ignore[import-untyped]  # ships no type hints
 import pytest
 import pytest_asyncio
 from lightkube import AsyncClient
@@ -20,31 +22,35 @@ from flame.common.errors import ConfigError
 from flame.sfemc.vim import _k8s_manifests as m
 from flame.sfemc.vim.base import EndpointSpec, HealthSpec, PortSpec, VimError, VimState
 from flame.sfemc.vim.kubernetes import KubernetesVim
+from sfemc.helpers import SpecFields
 
 from .fake_k8s import K8S_VERSION, TOKEN, FakeKubernetes, FakeServer
 
 
 def k8s_spec(
-    sfe: str = "i1.echo.c1", image: str = "ghcr.io/example/echo:1.0", **kw: object
+    sfe: str = "i1.echo.c1",
+    image: str = "ghcr.io/example/echo:1.0",
+    cluster: str = "c1",
+    sf: str = "echo",
+    **kw: Unpack[SpecFields],
 ) -> EndpointSpec:
-    base: dict[str, object] = {
-        "sfe": sfe,
-        "tenant": "acme",
-        "sfc": "svc",
-        "sfci": "i1",
-        "sf": "echo",
-        "cluster": "c1",
-        "fqdn": "echo.example",
-        "image": image,
-        "ports": (PortSpec("http", 8080), PortSpec("metrics_port", 9100)),
-        "environment": {"GREETING": "hi"},
-        "health": HealthSpec(path="/health", port="http", interval_s=0.5, timeout_s=1, retries=3),
-        "cpus": 0.5,
-        "memory_bytes": 256_000_000,
-        "disk_bytes": 1_000_000_000,
-    }
-    base.update(kw)
-    return EndpointSpec(**base)
+    base = EndpointSpec(
+        sfe=sfe,
+        tenant="acme",
+        sfc="svc",
+        sfci="i1",
+        sf=sf,
+        cluster=cluster,
+        fqdn="echo.example",
+        image=image,
+        ports=(PortSpec("http", 8080), PortSpec("metrics_port", 9100)),
+        environment={"GREETING": "hi"},
+        health=HealthSpec(path="/health", port="http", interval_s=0.5, timeout_s=1, retries=3),
+        cpus=0.5,
+        memory_bytes=256_000_000,
+        disk_bytes=1_000_000_000,
+    )
+    return dataclasses.replace(base, **kw)
 
 
 # -- (a) the manifests against the OpenAPI schema ------------------------------------------------
@@ -122,7 +128,7 @@ async def fake() -> AsyncIterator[tuple[FakeKubernetes, FakeServer]]:
     await server.stop()
 
 
-def driver(server: FakeServer, **kw: object) -> KubernetesVim:
+def driver(server: FakeServer, **kw: Any) -> KubernetesVim:  # Any: forwarded as is
     config = KubeConfig.from_one(cluster=Cluster(server=server.url), user=User(token=TOKEN))
     client = AsyncClient(config=config, trust_env=False)
     return KubernetesVim(["c1", "c2"], client=client, poll_s=0.05, **kw)

@@ -206,7 +206,12 @@ def operator_api(platform: Platform) -> str:
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, name="operator-api", daemon=True)
     thread.start()
-    platform.stoppers.append(lambda: (setattr(server, "should_exit", True), thread.join(10)))
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(10)
+
+    platform.stoppers.append(stop)
     deadline = time.monotonic() + 10
     while not server.started:
         assert time.monotonic() < deadline, "the test API did not start"

@@ -41,7 +41,7 @@ def _json_error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def install_alert_routes(  # noqa: C901 (issue 18: split it)
+def install_alert_routes(
     app: FastAPI,
     alerts: AlertService,
     authenticate: Authenticate | None = None,
@@ -53,15 +53,30 @@ def install_alert_routes(  # noqa: C901 (issue 18: split it)
     and the JSON errors to an app of its own."""
     if authenticate is not None:
         _install_authentication(app, authenticate)
+    _install_rule_changes(app, alerts, delegations)
+    _install_rule_reads(app, alerts)
+    _install_event_routes(app, alerts)
 
-    def tenant_for(principal: Principal, asked: object) -> str | JSONResponse:
-        if principal.role is Role.OPERATOR:
-            if not isinstance(asked, str) or not asked:
-                return _json_error(400, "'tenant' is required: the tenant owning the chain")
-            return asked
-        if asked not in (None, principal.tenant):
-            return _json_error(403, f"tenant {principal.tenant!r} may not set rules of {asked!r}")
-        return str(principal.tenant)
+
+def _tenant_for(principal: Principal, asked: object) -> str | JSONResponse:
+    """The tenant whose rules a PUT sets: the operator names it, a tenant sets only its own."""
+    if principal.role is Role.OPERATOR:
+        if not isinstance(asked, str) or not asked:
+            return _json_error(400, "'tenant' is required: the tenant owning the chain")
+        return asked
+    if asked not in (None, principal.tenant):
+        return _json_error(403, f"tenant {principal.tenant!r} may not set rules of {asked!r}")
+    return str(principal.tenant)
+
+
+def _visible(principal: Principal, tenant: str) -> bool:
+    return principal.role is Role.OPERATOR or principal.tenant == tenant
+
+
+def _install_rule_changes(
+    app: FastAPI, alerts: AlertService, delegations: Delegations | None
+) -> None:
+    """PUT and DELETE /v1/alerts/{sfc}/{sfci}."""
 
     @app.put("/v1/alerts/{sfc}/{sfci}")
     async def put_rules(sfc: str, sfci: str, request: Request, caller: TenantOrOperator) -> Any:
@@ -73,7 +88,7 @@ def install_alert_routes(  # noqa: C901 (issue 18: split it)
             return _json_error(
                 400, 'send {"tenant": ..., "rules": [...]} (rules as in the service model)'
             )
-        tenant = tenant_for(caller, body.get("tenant"))
+        tenant = _tenant_for(caller, body.get("tenant"))
         if isinstance(tenant, JSONResponse):
             return tenant
         database = body.get("database", DEFAULT_DATABASE)
@@ -105,8 +120,9 @@ def install_alert_routes(  # noqa: C901 (issue 18: split it)
             return _json_error(404, f"no alert rules for {sfc}/{sfci}")
         return {"removed": removed}
 
-    def visible(principal: Principal, tenant: str) -> bool:
-        return principal.role is Role.OPERATOR or principal.tenant == tenant
+
+def _install_rule_reads(app: FastAPI, alerts: AlertService) -> None:
+    """GET /v1/alerts: the rules the caller may see, with their current level."""
 
     @app.get("/v1/alerts")
     async def list_rules(caller: TenantOrOperator) -> Any:
@@ -127,8 +143,12 @@ def install_alert_routes(  # noqa: C901 (issue 18: split it)
                 "tags": dict(rule.tags),
             }
             for key, rule, level in alerts.engine.rules()
-            if visible(caller, key.tenant)
+            if _visible(caller, key.tenant)
         ]
+
+
+def _install_event_routes(app: FastAPI, alerts: AlertService) -> None:
+    """GET /v1/alerts/stream (server-sent events) and /v1/alerts/events (the latest ones)."""
 
     @app.get("/v1/alerts/stream")
     async def stream(caller: TenantOrOperator, keepalive_s: float = 15.0) -> Any:
