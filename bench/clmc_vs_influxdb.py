@@ -52,7 +52,8 @@ from pathlib import Path
 
 import httpx
 
-from flame.clmc.influxd import InfluxDB, free_port
+from flame.clmc.influxd import InfluxDB
+from flame.common.ports import free_port
 
 BATCH = 5000
 THREADS = 2

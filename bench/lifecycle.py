@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from flame.common.auth import Role, TokenStore  # noqa: E402
+from flame.common.ports import free_port  # noqa: E402
 from flame.sfemc.control import Sfemc  # noqa: E402
 from flame.sfemc.events import CONFIG_TOPIC, AlertEvent, ConfigEvent, InProcessBus  # noqa: E402
 from flame.sfemc.images import ImageRepository, build_image  # noqa: E402
@@ -111,12 +111,6 @@ def template(extra: bool) -> str:
     return TEMPLATE.format(
         nodes="".join(NODE.format(name=n) for n in names), targets=", ".join(names), states=states
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager

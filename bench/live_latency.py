@@ -28,7 +28,6 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 import imageio_ffmpeg  # noqa: E402
 
+from flame.common.ports import free_port  # noqa: E402
 from flame.media.live.config import LiveConfig  # noqa: E402
 from flame.media.live.pipeline import session_argv  # noqa: E402
 
@@ -57,12 +57,6 @@ CLOCK = (
 )
 ENV = {"LIVE_KEYS": f"news={KEY}", "SEGMENT_SECONDS": "1", "PLAYLIST_WINDOW": "4",
        "LADDER": "360p,180p"}  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def camera(url: str, seconds: float) -> subprocess.Popen[bytes]:

@@ -23,7 +23,6 @@ import argparse
 import io
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,7 @@ import trimesh
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from flame.common.ports import free_port  # noqa: E402
 from flame.media.lod.build import build_lods  # noqa: E402
 
 PERCENTS = [100, 50, 20, 5]
@@ -75,12 +75,6 @@ def ours(data: bytes, out: Path) -> float:
     started = time.perf_counter()
     build_lods(data, PERCENTS, out)
     return time.perf_counter() - started
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def over_http(data: bytes, rounds: int, work: Path) -> list[float]:

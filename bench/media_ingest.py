@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from flame.common.ports import free_port  # noqa: E402
 from flame.media.content.analysis import (  # noqa: E402
     Options,
     no_reference_argv,
@@ -47,12 +47,6 @@ from flame.media.hls import ffmpeg_exe  # noqa: E402
 
 KEY = "bench-key-0123456789abcdefghij"
 MiB = 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 FQDN = "content.bench.example"

@@ -28,7 +28,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from flame.common.ports import free_port  # noqa: E402
 from flame.media.hls import StreamSpec, ensure_stream  # noqa: E402
 
 NGINX_CONF = """{user}worker_processes 1;
@@ -76,12 +76,6 @@ app = Starlette(routes=[Mount("/hls", StaticFiles(directory=sys.argv[1]))])
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), loop="uvloop", http="httptools",
             log_level="warning", access_log=False)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_http(url: str, timeout: float = 30.0) -> None:

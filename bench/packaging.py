@@ -29,7 +29,6 @@ import json
 import os
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from flame.common.ports import free_port  # noqa: E402
 from flame.media.hls import ffmpeg_exe  # noqa: E402
 from flame.media.transcode.ladder import package_argv  # noqa: E402
 
@@ -59,12 +59,6 @@ def children_cpu() -> float:
     """CPU seconds of this process's waited-for children (the by-hand runs)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def shaka_packager() -> str | None:

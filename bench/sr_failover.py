@@ -29,7 +29,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import httptools
+
+from flame.common.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 FQDN = "vod.example"
@@ -80,12 +81,6 @@ async def main():
 
 uvloop.run(main())
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
 
 
 class Processes:

@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flame.common.ports import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 HOST = "bench.example"
 SMALL_FILE = "index.html"
@@ -94,12 +96,6 @@ class Processes:
         for _, proc in reversed(self.procs):
             self.stop(proc)
         self.procs.clear()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float = 20.0) -> None:

@@ -18,7 +18,7 @@ from types import TracebackType
 
 from flame.common.ports import free_port
 
-__all__ = ["InfluxDB", "free_port", "influxd_binary"]  # free_port: for its tests
+__all__ = ["InfluxDB", "influxd_binary"]
 
 
 def influxd_binary() -> str | None:

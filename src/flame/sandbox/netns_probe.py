@@ -75,13 +75,13 @@ def ue_run(
     secs: float,
     *extra: str,
 ) -> dict[str, Any]:
+    return _run_report([*ue_command(instance, ue, sr, fqdn, paths, rps, secs), *extra], env, secs)
+
+
+def _run_report(argv: list[str], env: dict[str, str], secs: float) -> dict[str, Any]:
+    """Run a `secs`-long load in the UE's namespace; its JSON report."""
     done = subprocess.run(
-        [*ue_command(instance, ue, sr, fqdn, paths, rps, secs), *extra],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=secs + 120,
-        check=False,
+        argv, env=env, capture_output=True, text=True, timeout=secs + 120, check=False
     )
     return _report(done.stdout, done.stderr)
 
@@ -116,15 +116,7 @@ def load_run(
     secs: float,
 ) -> dict[str, Any]:
     """The load generator's report of `secs` at `rps` with nothing failing (a baseline)."""
-    done = subprocess.run(
-        load_command(instance, ue, sr, fqdn, paths, rps, secs),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=secs + 120,
-        check=False,
-    )
-    return _report(done.stdout, done.stderr)
+    return _run_report(load_command(instance, ue, sr, fqdn, paths, rps, secs), env, secs)
 
 
 def link_failure(
