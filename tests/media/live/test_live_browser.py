@@ -72,7 +72,9 @@ _PLAYED = (
 def test_mc9_hls_js_and_dash_js_play_the_live_feed_through_the_edge_cache(tmp_path: Path) -> None:
     sf = start_live(tmp_path, FLAME_PORT_SRT="off")
     cache, cache_url = start_cache(tmp_path, sf.url)
-    cam = camera(sf.rtmp_url(NEWS_KEY), 16)
+    # Long enough that both players, which start at the live edge whenever they are loaded,
+    # still have 5 s of feed ahead (16 s ran out once); stopped in `finally` anyway.
+    cam = camera(sf.rtmp_url(NEWS_KEY), 60)
     chrome = Chrome(tmp_path / "profile")
     try:
         sf.wait("two segments", lambda d: (d["feeds"][0]["current"] or {}).get("segments", 0) >= 2)
