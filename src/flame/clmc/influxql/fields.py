@@ -90,7 +90,7 @@ def _dedupe(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def plan_fields(  # noqa: C901 (issue 18: split it)
+def plan_fields(
     fields: Sequence[A.Field], schemas: Sequence[MeasurementSchema], group_tags: Sequence[str]
 ) -> SelectList:
     field_types: dict[str, FieldType] = {}
@@ -121,32 +121,62 @@ def plan_fields(  # noqa: C901 (issue 18: split it)
         if isinstance(expr, A.Wildcard):
             if mixed:
                 raise StatementError("mixing aggregate and non-aggregate queries is not supported")
-            keys: set[str] = set()
-            if expr.kind != "tag":
-                keys.update(field_types)
-            if expr.kind != "field":
-                keys.update(tags)
-            for key in sorted(keys):
-                both = key in tags and key in field_types
-                if key in field_types and expr.kind != "tag":
-                    exprs.append(A.VarRef(key, "field" if both else None))
-                    names.append(key)
-                if key in tags and expr.kind != "field":
-                    exprs.append(A.VarRef(key, "tag"))
-                    names.append(key)  # `key_1` when it is a field too, as InfluxDB
-            continue
-        if isinstance(expr, A.Call) and _is_wildcard_call(expr):
-            for key in sorted(field_types):
-                if expr.name in NUMERIC_ONLY and field_types[key] not in _NUMERIC:
-                    continue
-                exprs.append(A.Call(expr.name, (A.VarRef(key), *expr.args[1:])))
-                names.append(f"{expr.name}_{key}")
-            continue
-        if mixed and _has_bare_ref(expr):
-            raise StatementError("mixing aggregate and non-aggregate queries is not supported")
-        exprs.append(expr)
-        names.append(f.alias or _name(expr))
+            _expand_wildcard(expr, field_types, tags, exprs, names)
+        elif isinstance(expr, A.Call) and _is_wildcard_call(expr):
+            _expand_wildcard_call(expr, field_types, exprs, names)
+        else:
+            if mixed and _has_bare_ref(expr):
+                raise StatementError("mixing aggregate and non-aggregate queries is not supported")
+            exprs.append(expr)
+            names.append(f.alias or _name(expr))
 
+    calls = _checked_calls(exprs)
+    aux: list[A.VarRef] = []
+    if aggregate:
+        for expr in exprs:
+            for ref in _bare_refs(expr):
+                if ref not in aux:
+                    aux.append(ref)
+    top = calls[0] if len(calls) == 1 and calls[0].name in POINTS else None
+    return SelectList(tuple(exprs), _dedupe(names), aggregate, tuple(calls), tuple(aux), top=top)
+
+
+def _expand_wildcard(
+    expr: A.Wildcard,
+    field_types: dict[str, FieldType],
+    tags: set[str],
+    exprs: list[A.Expr],
+    names: list[str],
+) -> None:
+    """`*`, `*::field`, `*::tag`: every field and/or tag, sorted, as InfluxDB lists them."""
+    keys: set[str] = set()
+    if expr.kind != "tag":
+        keys.update(field_types)
+    if expr.kind != "field":
+        keys.update(tags)
+    for key in sorted(keys):
+        both = key in tags and key in field_types
+        if key in field_types and expr.kind != "tag":
+            exprs.append(A.VarRef(key, "field" if both else None))
+            names.append(key)
+        if key in tags and expr.kind != "field":
+            exprs.append(A.VarRef(key, "tag"))
+            names.append(key)  # `key_1` when it is a field too, as InfluxDB
+
+
+def _expand_wildcard_call(
+    expr: A.Call, field_types: dict[str, FieldType], exprs: list[A.Expr], names: list[str]
+) -> None:
+    """`mean(*)`: the call on every field it accepts, named `mean_<field>`."""
+    for key in sorted(field_types):
+        if expr.name in NUMERIC_ONLY and field_types[key] not in _NUMERIC:
+            continue
+        exprs.append(A.Call(expr.name, (A.VarRef(key), *expr.args[1:])))
+        names.append(f"{expr.name}_{key}")
+
+
+def _checked_calls(exprs: Sequence[A.Expr]) -> list[A.Call]:
+    """The distinct calls of the select list, in order, each checked."""
     calls: list[A.Call] = []
     for expr in exprs:
         for call in calls_in(expr):
@@ -157,14 +187,7 @@ def plan_fields(  # noqa: C901 (issue 18: split it)
         raise StatementError(
             "aggregate function distinct() cannot be combined with other functions or fields"
         )
-    aux: list[A.VarRef] = []
-    if aggregate:
-        for expr in exprs:
-            for ref in _bare_refs(expr):
-                if ref not in aux:
-                    aux.append(ref)
-    top = calls[0] if len(calls) == 1 and calls[0].name in POINTS else None
-    return SelectList(tuple(exprs), _dedupe(names), aggregate, tuple(calls), tuple(aux), top=top)
+    return calls
 
 
 def _transform_of(fields: Sequence[A.Field]) -> SelectList | None:

@@ -132,56 +132,72 @@ def _select(s: A.SelectStatement) -> str:
     return out
 
 
-def render(stmt: A.Statement) -> str:  # noqa: C901 (issue 18: split it)
+def _show_measurements(s: A.ShowMeasurements) -> str:
+    with_ = ""
+    if s.regex is not None:
+        with_ = " WITH MEASUREMENT =~ " + render_expr(A.RegexLiteral(s.regex))
+    elif s.name is not None:
+        with_ = " WITH MEASUREMENT = " + quote_ident(s.name)
+    return (
+        f"SHOW MEASUREMENTS{_on(s.database)}{with_}{_where(s.condition)}{_lim(s.limit, s.offset)}"
+    )
+
+
+def _show_tag_values(s: A.ShowTagValues) -> str:
+    if s.key_regex is not None:
+        key = ("!~ " if s.negate else "=~ ") + render_expr(A.RegexLiteral(s.key_regex))
+    elif len(s.keys) == 1 and s.negate:
+        key = "!= " + quote_ident(s.keys[0])
+    elif len(s.keys) == 1:
+        key = "= " + quote_ident(s.keys[0])
+    else:
+        key = "IN (" + ", ".join(quote_ident(k) for k in s.keys) + ")"
+    return (f"SHOW TAG VALUES{_on(s.database)}{_sources(s.sources)} WITH KEY {key}"
+            f"{_where(s.condition)}{_lim(s.limit, s.offset)}")  # fmt: skip
+
+
+def _create_database(s: A.CreateDatabase) -> str:
+    out = f"CREATE DATABASE {quote_ident(s.name)}"
+    if s.duration_ns is None and s.rp_name is None:
+        return out
+    out += " WITH"
+    if s.duration_ns is not None:
+        out += f" DURATION {render_duration(s.duration_ns) if s.duration_ns else 'INF'}"
+    return out + (f" NAME {quote_ident(s.rp_name)}" if s.rp_name is not None else "")
+
+
+def _create_retention_policy(s: A.CreateRetentionPolicy) -> str:
+    duration = render_duration(s.duration_ns) if s.duration_ns else "INF"
+    out = (f"CREATE RETENTION POLICY {quote_ident(s.name)} ON {quote_ident(s.database)} DURATION "
+           f"{duration} REPLICATION {s.replication}")  # fmt: skip
+    out += f" SHARD DURATION {render_duration(s.shard_duration_ns)}" if s.shard_duration_ns else ""
+    return out + (" DEFAULT" if s.default else "")
+
+
+def render(stmt: A.Statement) -> str:
     match stmt:
         case A.SelectStatement():
             return _select(stmt)
         case A.ShowDatabases():
             return "SHOW DATABASES"
-        case A.ShowMeasurements(db, regex, name, cond, limit, offset):
-            with_ = ""
-            if regex is not None:
-                with_ = " WITH MEASUREMENT =~ " + render_expr(A.RegexLiteral(regex))
-            elif name is not None:
-                with_ = " WITH MEASUREMENT = " + quote_ident(name)
-            return f"SHOW MEASUREMENTS{_on(db)}{with_}{_where(cond)}{_lim(limit, offset)}"
+        case A.ShowMeasurements():
+            return _show_measurements(stmt)
         case A.ShowTagKeys(db, sources, cond, limit, offset):
             return f"SHOW TAG KEYS{_on(db)}{_sources(sources)}{_where(cond)}{_lim(limit, offset)}"
-        case A.ShowTagValues(keys, db, sources, key_regex, negate, cond, limit, offset):
-            if key_regex is not None:
-                key = ("!~ " if negate else "=~ ") + render_expr(A.RegexLiteral(key_regex))
-            elif len(keys) == 1 and negate:
-                key = "!= " + quote_ident(keys[0])
-            elif len(keys) == 1:
-                key = "= " + quote_ident(keys[0])
-            else:
-                key = "IN (" + ", ".join(quote_ident(k) for k in keys) + ")"
-            return (f"SHOW TAG VALUES{_on(db)}{_sources(sources)} WITH KEY {key}"
-                    f"{_where(cond)}{_lim(limit, offset)}")  # fmt: skip
+        case A.ShowTagValues():
+            return _show_tag_values(stmt)
         case A.ShowFieldKeys(db, sources, limit, offset):
             return f"SHOW FIELD KEYS{_on(db)}{_sources(sources)}{_lim(limit, offset)}"
         case A.ShowSeries(db, sources, cond, limit, offset):
             return f"SHOW SERIES{_on(db)}{_sources(sources)}{_where(cond)}{_lim(limit, offset)}"
         case A.ShowRetentionPolicies(db):
             return f"SHOW RETENTION POLICIES{_on(db)}"
-        case A.CreateDatabase(name, duration, rp):
-            out = f"CREATE DATABASE {quote_ident(name)}"
-            if duration is not None or rp is not None:
-                out += " WITH"
-                out += (
-                    f" DURATION {render_duration(duration) if duration else 'INF'}"
-                    if duration is not None
-                    else ""
-                )
-                out += f" NAME {quote_ident(rp)}" if rp is not None else ""
-            return out
+        case A.CreateDatabase():
+            return _create_database(stmt)
         case A.DropDatabase(name):
             return f"DROP DATABASE {quote_ident(name)}"
-        case A.CreateRetentionPolicy(name, db, duration, replication, shard, default):
-            out = (f"CREATE RETENTION POLICY {quote_ident(name)} ON {quote_ident(db)} DURATION "
-                   f"{render_duration(duration) if duration else 'INF'} REPLICATION {replication}")  # fmt: skip
-            out += f" SHARD DURATION {render_duration(shard)}" if shard else ""
-            return out + (" DEFAULT" if default else "")
+        case A.CreateRetentionPolicy():
+            return _create_retention_policy(stmt)
         case A.DropMeasurement(name):
             return f"DROP MEASUREMENT {quote_ident(name)}"
         case A.Delete(sources, cond):
