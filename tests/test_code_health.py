@@ -9,9 +9,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 MAX_LINES = 700
-CEILINGS = {  # split these by concern when you next change them (issue 18, item 3)
-    "flame/sfemc/vim/process.py": 780,
-}
+CEILINGS: dict[str, int] = {}  # modules over 700 lines when the rule came in (split since)
 
 
 def _lengths() -> dict[str, int]:

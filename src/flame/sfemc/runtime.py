@@ -183,6 +183,8 @@ def build_vims(
             driver = kubernetes_factory(clusters, path)
             if getattr(driver, "kind", None) == "kubernetes" and hasattr(driver, "repository"):
                 driver.repository = images  # FLAME images that name a container_image
+            if getattr(driver, "kind", None) == "kubernetes" and hasattr(driver, "endpoint_certs"):
+                driver.endpoint_certs = (process_options or {}).get("endpoint_certs")  # TLS SFEs
         except ConfigError as exc:
             if path is not None:
                 raise  # a kubeconfig named and unusable is the operator's to fix now

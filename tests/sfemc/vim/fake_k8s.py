@@ -5,9 +5,11 @@ Services, Pods and pod logs) the way the real API server shapes them: ``Status``
 errors, 404 for a missing namespace, server-side apply and merge patches, label selectors. A
 toy "controller" turns a Deployment's replicas into Pods that become ready after
 `ready_delay_s`, except for images whose name contains ``fail``, which stay in
-``ErrImagePull``. Every object written is validated against the Kubernetes OpenAPI schema
+``ErrImagePull``, and replaces a Deployment's pods when its pod template changes (a rollout,
+all at once). Secrets are stored as given; objects get a ``uid``, and deleting a Deployment
+deletes the objects whose ``ownerReferences`` name its uid (the garbage collector, at once). Every object written is validated against the Kubernetes OpenAPI schema
 (kubernetes-validate, offline), so a malformed manifest is refused with 422 as a real server
-would refuse it. What it does not do: scheduling, probes, watches, RBAC, resource versions.
+would refuse it. What it does not do: scheduling, probes, watches, RBAC, resource versions, mounting volumes.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import itertools
 import json
 import socket
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +38,7 @@ _KINDS = {
     "deployments": ("apps/v1", "Deployment"),
     "services": ("v1", "Service"),
     "pods": ("v1", "Pod"),
+    "secrets": ("v1", "Secret"),
 }
 
 
@@ -93,11 +97,15 @@ class FakeKubernetes:
             if k[0] == "pods" and k[1] == ns and v["metadata"].get("ownerName") == name
         ]
         want = 0 if dep is None else int(dep["spec"].get("replicas", 1))
+        template = {} if dep is None else dep["spec"]["template"]
+        stale = [k for k in pods if self.objects[k].get("_template") != template]
+        for key in stale:  # a new pod template rolls the pods
+            del self.objects[key]
+        pods = [k for k in pods if k not in stale]
         for key in pods[want:]:
             del self.objects[key]
         if dep is None:
             return
-        template = dep["spec"]["template"]
         for _ in range(want - len(pods)):
             pod_name = f"{name}-{next(self._ids):05d}"
             self.objects[("pods", ns, pod_name)] = {
@@ -112,10 +120,11 @@ class FakeKubernetes:
                 },
                 "spec": copy.deepcopy(template["spec"]),
                 "_created": time.monotonic(),
+                "_template": copy.deepcopy(template),
             }
 
     def _pod_view(self, pod: dict[str, Any]) -> dict[str, Any]:
-        view = {k: v for k, v in pod.items() if k != "_created"}
+        view = {k: v for k, v in pod.items() if k not in ("_created", "_template")}
         view["metadata"] = {k: v for k, v in pod["metadata"].items() if k != "ownerName"}
         container = pod["spec"]["containers"][0]
         if "fail" in container["image"]:
@@ -209,10 +218,12 @@ class FakeKubernetes:
                 return status(404, "NotFound", f'{plural} "{name}" not found')
             return JSONResponse(self.view(plural, self.objects[key]))
         if request.method == "DELETE":
-            if self.objects.pop(key, None) is None:
+            gone = self.objects.pop(key, None)
+            if gone is None:
                 return status(404, "NotFound", f'{plural} "{name}" not found')
             if plural == "deployments":
                 self._reconcile(ns, name)
+                self._collect(gone["metadata"].get("uid"))
             return JSONResponse({"kind": "Status", "apiVersion": "v1", "status": "Success"})
         if request.method == "PATCH":
             return self._patch(request, key, doc or {})
@@ -247,6 +258,8 @@ class FakeKubernetes:
         if new.get("metadata", {}).get("name") != name:
             return status(400, "BadRequest", "the name in the body does not match the URL")
         new["metadata"]["namespace"] = ns
+        old_uid = self.objects.get(key, {}).get("metadata", {}).get("uid")
+        new["metadata"]["uid"] = old_uid or str(uuid.uuid4())
         try:
             kubernetes_validate.validate(new, K8S_VERSION, strict=True)
         except kubernetes_validate.ValidationError as exc:
@@ -255,6 +268,13 @@ class FakeKubernetes:
         if plural == "deployments":
             self._reconcile(ns, name)
         return JSONResponse(self.view(plural, new))
+
+    def _collect(self, owner_uid: str | None) -> None:
+        """The garbage collector: objects owned by a deleted object go with it."""
+        for key, obj in list(self.objects.items()):
+            owners = obj.get("metadata", {}).get("ownerReferences") or []
+            if owner_uid and any(o.get("uid") == owner_uid for o in owners):
+                del self.objects[key]
 
     def _log(self, ns: str, name: str, request: Request) -> Response:
         pod = self.objects.get(("pods", ns, name))

@@ -31,6 +31,7 @@ import pytest_asyncio
 import uvicorn
 from fastapi import FastAPI
 
+from eventually import eventually
 from flame.common.access import PUBLIC, OperatorOnly, require_declared
 from flame.common.auth import Role, TokenStore
 from flame.common.http_api import BearerAuth, install_errors
@@ -67,9 +68,16 @@ def _stat_fields(pid: int) -> list[str]:
 
 
 def pid_ns_of(bwrap_pid: int) -> str:
-    """The PID namespace of the sandbox bwrap `bwrap_pid` made (its child is PID 1 there)."""
-    children = Path(f"/proc/{bwrap_pid}/task/{bwrap_pid}/children").read_text().split()
-    assert len(children) == 1, children
+    """The PID namespace of the sandbox bwrap `bwrap_pid` made (its child is PID 1 there).
+
+    Waits for bwrap to have forked it: an SF without ports is "healthy" as soon as its process
+    (bwrap) is alive, which can be before bwrap has made the namespace (seen at load)."""
+    children = eventually(
+        lambda: Path(f"/proc/{bwrap_pid}/task/{bwrap_pid}/children").read_text().split(),
+        until=lambda found: len(found) == 1,
+        timeout=15,
+        what=f"bwrap {bwrap_pid} to fork the sandbox's first process",
+    )
     ns = os.readlink(f"/proc/{children[0]}/ns/pid")
     assert ns != os.readlink("/proc/self/ns/pid")
     return ns

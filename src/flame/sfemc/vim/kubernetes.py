@@ -5,6 +5,13 @@ asked for in the ``flame/desired`` annotation (placed and stopped are zero repli
 one), so ``status`` and ``list`` are read back from the API server alone: a restarted
 controller needs no local state. Objects are written with server-side apply, which makes every
 call idempotent. SF images here are container image references, not repository digests.
+
+Hop-by-hop TLS (docs/tls.md): a FLAME image whose manifest says `tls: true` gets, at every
+boot, an endpoint certificate from the PCE for its Service's name (``<object>.<namespace>.svc``,
+the host it is registered with), kept in a ``kubernetes.io/tls`` Secret owned by its
+Deployment and mounted read-only (`flame.sfemc.vim._k8s_tls`). Renewed with a third of its
+life left: the Secret is replaced and the pod template's certificate annotation changes, so
+Kubernetes rolls the pod.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import builtins
 import contextlib
 import dataclasses
 import json
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -24,16 +32,20 @@ from lightkube.codecs import from_dict
 from lightkube.config.kubeconfig import KubeConfig
 from lightkube.core.exceptions import ConfigError as LightkubeConfigError
 from lightkube.resources.apps_v1 import Deployment
-from lightkube.resources.core_v1 import Namespace, Pod, Service
+from lightkube.resources.core_v1 import Namespace, Pod, Secret, Service
 
 from flame.common.errors import ConfigError
 from flame.sfemc.images import ImageError, ImageRepository
 from flame.sfemc.vim import _k8s_manifests as m
+from flame.sfemc.vim._k8s_tls import CertRenewals, K8sCerts, renew_at, tls_state
+from flame.sfemc.vim._records import spec_from_json
 from flame.sfemc.vim.base import EndpointSpec, VimError, VimState, VimStatus
+from flame.sfemc.vim.endpoint_tls import EndpointCertSource
 
 __all__ = ["KubernetesVim"]
 
 FIELD_MANAGER = "flame-sfemc"
+log = logging.getLogger(__name__)
 
 
 class KubernetesVim:
@@ -50,8 +62,11 @@ class KubernetesVim:
         boot_timeout_s: float = 120.0,
         poll_s: float = 0.5,
         repository: ImageRepository | None = None,
+        endpoint_certs: EndpointCertSource | None = None,
     ) -> None:
-        """`repository`: FLAME images whose manifest names a `container_image` run as that."""
+        """`repository`: FLAME images whose manifest names a `container_image` run as that.
+        `endpoint_certs`: where SFEs whose image says `tls: true` get their certificates
+        (hop-by-hop TLS); None: they run plain and say so."""
         self.clusters = tuple(clusters)
         self.repository = repository
         if client is None:
@@ -67,6 +82,8 @@ class KubernetesVim:
         self.poll_s = poll_s
         self._where: dict[str, tuple[str, str]] = {}  # sfe -> (namespace, object name)
         self._namespaces: set[str] = set()
+        self._certs = K8sCerts(endpoint_certs)
+        self._renewals = CertRenewals(self._renew)
 
     # -- the VimDriver interface -------------------------------------------------------------
 
@@ -78,30 +95,34 @@ class KubernetesVim:
                 f"(it serves: {', '.join(self.clusters) or 'none'})",
                 permanent=True,
             )
-        spec = await self._container_spec(spec)
+        spec, tls_wanted = await self._container_spec(spec)
         ns = m.namespace_name(spec.cluster)
         await self._ensure_namespace(spec.cluster)
         current = await self._deployment(spec.sfe, ns)
         desired = "placed"
         replicas = 0
+        tls = None
         if current is not None:  # keep a running SFE running when its spec is re-applied
             desired = _annotation(current, m.ANNOTATION_DESIRED) or "placed"
             replicas = 1 if desired == "running" else 0
-        await self._apply(spec.sfe, m.deployment(spec, replicas, desired), spec.cluster)
+            tls = tls_state(current) if tls_wanted else None  # and its certificate mounted
+        doc = m.deployment(spec, replicas, desired, tls_wanted=tls_wanted, tls=tls)
+        await self._apply(spec.sfe, doc, spec.cluster)
         if (svc := m.service(spec)) is not None:
             await self._apply(spec.sfe, svc, spec.cluster)
         self._where[spec.sfe] = (ns, m.object_name(spec.sfe))
         return await self.status(spec.sfe)
 
-    async def _container_spec(self, spec: EndpointSpec) -> EndpointSpec:
+    async def _container_spec(self, spec: EndpointSpec) -> tuple[EndpointSpec, bool]:
         """`spec` with the container image to run: a FLAME image (one the tenant may use) runs
-        as its manifest's `container_image`; anything else is a container reference already."""
+        as its manifest's `container_image`; anything else is a container reference already.
+        And whether the image opts in to hop-by-hop TLS (only FLAME images can say so)."""
         digest = None
         if self.repository is not None:
             with contextlib.suppress(ImageError):  # not one of ours (or not for this tenant)
                 digest = await asyncio.to_thread(self.repository.resolve, spec.image, spec.tenant)
         if digest is None and not spec.image.startswith("sha256:"):
-            return spec
+            return spec, False
         manifest = self.repository.get(digest).manifest if self.repository and digest else None
         if manifest is None or not manifest.container_image:
             why = (
@@ -112,11 +133,16 @@ class KubernetesVim:
             raise VimError(
                 spec.sfe, f"the Kubernetes VIM runs container images, {why}", permanent=True
             )
-        return dataclasses.replace(spec, image=manifest.container_image)
+        return dataclasses.replace(spec, image=manifest.container_image), manifest.tls
 
     async def boot(self, sfe: str) -> VimStatus:
         ns, name = await self._require(sfe)
-        await self._scale(sfe, ns, name, 1, "running")
+        dep = await self._deployment(sfe, ns)
+        if dep is not None and _annotation(dep, m.ANNOTATION_TLS_WANTED) == "true":
+            if not _runs_with_a_current_certificate(dep):  # booting again changes nothing
+                await self._with_certificate(sfe, dep)  # a fresh one at every start
+        else:
+            await self._scale(sfe, ns, name, 1, "running")
         deadline = time.monotonic() + self.boot_timeout_s
         while True:
             status = await self.status(sfe)
@@ -132,6 +158,7 @@ class KubernetesVim:
         where = await self._find(sfe)
         if where is None:
             return VimStatus(sfe, VimState.ABSENT)
+        await self._renewals.cancel(sfe)
         await self._scale(sfe, *where, 0, "stopped")
         return await self.status(sfe)
 
@@ -140,9 +167,12 @@ class KubernetesVim:
         if where is None:
             return
         ns, name = where
-        for kind in (Deployment, Service):
+        await self._renewals.cancel(sfe)
+        # The Secret is owned by the Deployment (garbage-collected with it); deleted here too
+        # so that the key does not outlive the SFE until the collector's next pass.
+        for kind, obj in ((Deployment, name), (Service, name), (Secret, m.secret_name(sfe))):
             try:
-                await self.client.delete(kind, name, namespace=ns)
+                await self.client.delete(kind, obj, namespace=ns)
             except ApiError as exc:
                 if exc.status.code != 404:
                     raise self._error(sfe, "delete", exc) from exc
@@ -197,7 +227,65 @@ class KubernetesVim:
         return lines[-tail:] if tail > 0 else []
 
     async def close(self) -> None:
+        await self._renewals.close()
+        await self._certs.close()
         await self.client.close()
+
+    @property
+    def endpoint_certs(self) -> EndpointCertSource | None:
+        return self._certs.source
+
+    @endpoint_certs.setter
+    def endpoint_certs(self, source: EndpointCertSource | None) -> None:
+        self._certs.source = source
+
+    # -- hop-by-hop TLS ---------------------------------------------------------------------
+
+    async def _with_certificate(self, sfe: str, dep: Deployment) -> dict[str, Any]:
+        """Run `sfe` (one replica) with a fresh endpoint certificate in its Secret, or plain
+        when the PCE's switch is off; VimError (temporary) when none can be had now."""
+        ns, name = _namespace(dep), _name(dep)
+        spec = spec_from_json(json.loads(_annotation(dep, m.ANNOTATION_ENDPOINT) or "{}"))
+        uid = str(dep.metadata.uid) if dep.metadata and dep.metadata.uid else ""
+        tls, secret = await self._certs.issue(spec, f"{name}.{ns}.svc", uid)
+        if secret is not None:
+            await self._apply_secret(sfe, secret)
+        else:
+            await self._delete_secret(sfe, ns)  # never an older certificate left mounted
+        doc = m.deployment(spec, 1, "running", tls_wanted=True, tls=tls)
+        await self._apply(sfe, doc, spec.cluster)
+        return tls
+
+    async def _renew(self, sfe: str) -> dict[str, Any] | None:
+        """A new certificate for a running TLS SFE: the Secret replaced, the pod rolled."""
+        ns, _ = await self._require(sfe)
+        dep = await self._deployment(sfe, ns)
+        if dep is None or _annotation(dep, m.ANNOTATION_DESIRED) != "running":
+            return None
+        log.info("%s: renewing its endpoint certificate (the pod is rolled)", sfe)
+        return await self._with_certificate(sfe, dep)
+
+    async def _apply_secret(self, sfe: str, doc: dict[str, Any]) -> None:
+        """Like `_apply`, but a refusal never echoes the server's message (it may quote the
+        object, and this one holds a private key)."""
+        try:
+            await self.client.apply(from_dict(doc), field_manager=FIELD_MANAGER, force=True)
+        except ApiError as exc:
+            code = exc.status.code or 0
+            raise VimError(
+                sfe,
+                f"Kubernetes refused to store the endpoint certificate Secret ({code})",
+                permanent=400 <= code < 500 and code not in (409, 429),
+            ) from None
+        except httpx2.HTTPError as exc:
+            raise VimError(sfe, f"the Kubernetes API server is unreachable: {exc}") from None
+
+    async def _delete_secret(self, sfe: str, ns: str) -> None:
+        try:
+            await self.client.delete(Secret, m.secret_name(sfe), namespace=ns)
+        except ApiError as exc:
+            if exc.status.code != 404:
+                raise self._error(sfe, "delete the certificate Secret of", exc) from exc
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -284,8 +372,10 @@ class KubernetesVim:
         pods = await self._pods(sfe, ns)
         restarts, reason = _pod_health(pods)
         failed = _deployment_failure(dep)
+        tls = tls_state(dep)
         if ready >= 1:
             state = VimState.RUNNING
+            self._renewals.watch(sfe, tls)  # also one adopted after a controller restart
         elif failed or (reason and _is_fatal(reason)):
             state = VimState.FAILED
         else:
@@ -298,6 +388,7 @@ class KubernetesVim:
             restarts=restarts,
             reason=failed or reason,
             limits=limits,
+            tls=state is VimState.RUNNING and bool(tls and tls.get("on")),
         )
 
     @staticmethod
@@ -321,6 +412,20 @@ _FATAL_WAITING = (
 
 def _is_fatal(reason: str) -> bool:
     return any(word in reason for word in _FATAL_WAITING)
+
+
+def _runs_with_a_current_certificate(dep: Deployment) -> bool:
+    tls = tls_state(dep)
+    return (
+        _annotation(dep, m.ANNOTATION_DESIRED) == "running"
+        and tls is not None
+        and bool(tls.get("on"))
+        and time.time() < renew_at(tls)
+    )
+
+
+def _namespace(obj: Any) -> str:
+    return str(obj.metadata.namespace) if obj.metadata else ""
 
 
 def _name(obj: Any) -> str:

@@ -13,6 +13,10 @@ SFE processes outlive the controller on purpose (`close()` leaves them running);
 Tenant code runs confined (`flame.sfemc.vim.sandbox`): bubblewrap namespaces, the image
 read-only, a private ``home/`` as HOME, its tenant's own uid. Where the host cannot sandbox, SFEs
 are refused unless the operator explicitly allowed unconfined ones (``allow_unconfined``).
+
+This module drives the lifecycle; its collaborators each keep one concern: `_health` (health
+checks), `_sfe_certs` (endpoint certificates for hop-by-hop TLS), `_supervision` (restarts and
+certificate renewal), `_env` (the SFE's environment), `_sfe` (the record of one SFE).
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import re
 import shutil
 import signal
@@ -35,11 +38,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import httpx
-
 from flame.common.atomicfile import atomic_write_private
-from flame.common.backoff import Backoff
 from flame.sfemc.images import ImageError, ImageRepository
+from flame.sfemc.vim._env import sfe_environment
+from flame.sfemc.vim._health import HealthProber
 from flame.sfemc.vim._ports import PortAllocator, PortsExhausted
 from flame.sfemc.vim._proc import (
     CgroupLimiter,
@@ -60,29 +62,18 @@ from flame.sfemc.vim._records import (
 )
 from flame.sfemc.vim._sfe import (
     Sfe,
-    cert_due,
-    exit_code,
     group_running,
-    log_task_failure,
     tls_on,
-    url_host,
-    wait_exit,
 )
+from flame.sfemc.vim._sfe_certs import SfeCerts
+from flame.sfemc.vim._supervision import Supervisor
 from flame.sfemc.vim.base import (
     EndpointSpec,
-    HealthSpec,
     VimError,
     VimState,
     VimStatus,
 )
-from flame.sfemc.vim.endpoint_tls import (
-    CertUnavailable,
-    EndpointCertSource,
-    HopTlsOff,
-    probe_tls,
-    remove_cert_files,
-    write_cert_files,
-)
+from flame.sfemc.vim.endpoint_tls import EndpointCertSource
 from flame.sfemc.vim.pyenv import PyenvError, ensure_venv, venv_argv
 from flame.sfemc.vim.sandbox import (
     DEFAULT_UIDS,
@@ -101,11 +92,6 @@ DEFAULT_ROOT = "vim"  # under the state_dir: where flame.sfemc.runtime keeps the
 log = logging.getLogger(__name__)
 
 _SFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
-# Passed from the controller's environment; nothing else is (it may hold tokens).
-_INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYENV_ROOT", "PYENV_VERSION")
-_POLL_S = 0.02  # health polling while booting: boot-to-healthy time is a product target
-_STABLE_S = 10.0  # a process up this long resets the crash back-off
-_RENEW_RETRY_S = 30.0  # a failed certificate renewal is tried again after this
 SandboxMode = Literal["auto", "required", "off"]
 
 
@@ -156,7 +142,6 @@ class ProcessVim:
         self.sr_urls = dict(sr_urls or {})
         self.sfes_dir = root_dir / "sfes"
         self.repository = repository
-        self.endpoint_certs = endpoint_certs
         self.host = host
         self.hosts = dict(hosts or {})
         self.grace_s = grace_s
@@ -193,8 +178,28 @@ class ProcessVim:
         # so a concurrent placement must not reclaim them as a dead SFE's.
         self._placing: set[str] = set()
         self._placing_lock = threading.Lock()  # changed on the loop, read in placing threads
-        self._http: httpx.AsyncClient | None = None
+        # Collaborators, each in its own module: certificates, health checks, supervision.
+        self._certs = SfeCerts(endpoint_certs, self._set)
+        self.health = HealthProber(self._host)
+        self.supervisor = Supervisor(
+            certs=self._certs,
+            health=self.health,
+            host_of=self._host,
+            launch=self._launch,
+            terminate=self._terminate,
+            record=self._set,
+            backoff_s=backoff_s,
+        )
         self.sfes_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def endpoint_certs(self) -> EndpointCertSource | None:
+        """Where opted-in SFEs get their certificates (settable: the next start asks it)."""
+        return self._certs.source
+
+    @endpoint_certs.setter
+    def endpoint_certs(self, source: EndpointCertSource | None) -> None:
+        self._certs.source = source
 
     # -- the VimDriver interface -------------------------------------------------------------
 
@@ -223,7 +228,7 @@ class ProcessVim:
                     "already placed and running with another spec: stop it before re-placing",
                 )
             if rec is not None:  # re-placing with another spec: the old record's watch ends
-                await self._cancel_supervisor(rec)
+                await self.supervisor.unwatch(rec)
             with self._placing_lock:
                 self._placing.add(spec.sfe)
             try:
@@ -294,25 +299,25 @@ class ProcessVim:
             else:
                 self._set(rec, desired="running", reason=None)
                 try:
-                    await self._fetch_cert(rec)
+                    await self._certs.fetch(rec, self._host(rec))
                 except VimError as exc:  # no certificate now: not started, retried
                     self._set(rec, desired="placed", reason=exc.reason)
                     raise
                 self._spawn(rec)
             try:
-                await self._wait_healthy(rec, self.boot_timeout_s)
+                await self.health.wait_healthy(rec, self.boot_timeout_s)
             except VimError as exc:
                 await self._terminate(rec)
                 self._set(rec, desired="placed", reason=exc.reason)
                 raise
-            self._supervise(rec)
+            self.supervisor.watch(rec)
             return self._status(rec)
 
     async def stop(self, sfe: str) -> VimStatus:
         rec = self._load(sfe)
         if rec is None:
             return VimStatus(sfe, VimState.ABSENT)
-        await self._cancel_supervisor(rec)
+        await self.supervisor.unwatch(rec)
         async with rec.lock:
             self._set(rec, desired="stopped")
             await self._terminate(rec)
@@ -337,9 +342,9 @@ class ProcessVim:
         if rec is None:
             return VimStatus(sfe, VimState.ABSENT)
         if rec.desired == "running" and rec.task is None and not rec.lock.locked():
-            self._supervise(rec)  # adopted after a controller restart (not mid-boot)
+            self.supervisor.watch(rec)  # adopted after a controller restart (not mid-boot)
         if rec.healthy is None and rec.alive():
-            rec.healthy = await self._probe(rec)
+            rec.healthy = await self.health.probe(rec)
         return self._status(rec)
 
     async def list(self) -> builtins.list[VimStatus]:
@@ -357,7 +362,7 @@ class ProcessVim:
             rec = self._load(name)
             if rec is None:
                 continue
-            await self._cancel_supervisor(rec)
+            await self.supervisor.unwatch(rec)
             async with rec.lock:
                 if rec.alive() or read_pid_file(rec.path) is not None:
                     await self._terminate(rec)
@@ -367,12 +372,9 @@ class ProcessVim:
     async def close(self) -> None:
         """Stop supervising; the SFE processes keep running for the next controller."""
         for rec in builtins.list(self._sfes.values()):
-            await self._cancel_supervisor(rec)
-        if self.endpoint_certs is not None:
-            await self.endpoint_certs.close()
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
+            await self.supervisor.unwatch(rec)
+        await self._certs.close()
+        await self.health.close()
 
     # -- records -------------------------------------------------------------------------
 
@@ -469,36 +471,16 @@ class ProcessVim:
         spec, manifest = rec.spec(), rec.manifest()
         ports: dict[str, int] = rec.doc["ports"]
         home = rec.path / "home"  # the SFE's private directory
-        env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
-        if sandbox is not None:
-            env.pop("PYENV_ROOT", None)  # the host's pyenv is not in the sandbox
-            env.pop("PYENV_VERSION", None)
-            env["PATH"] = sandbox.search_path(env.get("PATH"))
-            env["HOME"] = HOME_DIR
-        else:
-            env["HOME"] = str(home)  # never the platform's own (its config and tokens)
-        env.update(manifest.environment)
-        env.update(spec.environment)
-        env.update(
-            {
-                "FLAME_SFE": spec.sfe,
-                "FLAME_SF": spec.sf,
-                "FLAME_SFC": spec.sfc,
-                "FLAME_SFCI": spec.sfci,
-                "FLAME_TENANT": spec.tenant,
-                "FLAME_CLUSTER": spec.cluster,
-                "FLAME_FQDN": spec.fqdn,
-                "FLAME_HOST": self._host(rec),
-                "FLAME_IMAGE": rec.doc["digest"],
-            }
+        env = sfe_environment(
+            spec,
+            manifest,
+            digest=rec.doc["digest"],
+            host=self._host(rec),
+            ports=ports,
+            home=home,
+            sandbox=sandbox,
+            sr_url=self.sr_urls.get(spec.cluster),
         )
-        if spec.cluster in self.sr_urls:
-            env["FLAME_SR_URL"] = self.sr_urls[spec.cluster]
-        if ports:
-            env["FLAME_PORT"] = str(next(iter(ports.values())))
-        for name, port in ports.items():
-            env[f"FLAME_PORT_{re.sub(r'[^A-Z0-9]', '_', name.upper())}"] = str(port)
-        env = {k: v for k, v in env.items() if not k.startswith("FLAME_TLS_")}  # ours only
         limits = Limits(
             cpus=spec.cpus if spec.cpus is not None else manifest.cpus,
             memory_bytes=spec.memory_bytes or manifest.memory_bytes,
@@ -524,7 +506,7 @@ class ProcessVim:
                 uid, gid = sandbox.identity(spec.tenant)
                 sandbox.prepare_home(home, uid, gid)
                 sandbox.write_etc(rec.path / "etc", uid, gid)
-                env.update(self._cert_files(rec, home, HOME_DIR, (uid, gid)))
+                env.update(self._certs.install(rec, home, HOME_DIR, (uid, gid)))
                 sandbox.resolve(argv[0], rec.path / "app", env.get("PATH", ""))
                 layout = sandbox.layout(
                     rec.path / "app", home, rec.path / "etc", uid, gid, limits.disk_bytes, venv
@@ -533,7 +515,7 @@ class ProcessVim:
                 confined = sandbox.describe(uid, gid)
             else:
                 home.mkdir(mode=0o700, exist_ok=True)
-                env.update(self._cert_files(rec, home, str(home), None))
+                env.update(self._certs.install(rec, home, str(home), None))
                 confined = "unconfined (allowed by the operator)"
             rec.child = spawn(
                 argv,
@@ -563,83 +545,10 @@ class ProcessVim:
         self._set(rec, limits=described, sandbox=confined)
         log.info("started %s: pid %d, %s, %s", rec.name, rec.child.pid, confined, described)
 
-    async def _renew(self, rec: Sfe) -> None:
-        """Restart a TLS SFE with a fresh certificate once a third of its certificate's life
-        is left: SFs load their certificate at start only (`serve_app`). The PCE away: the
-        old one serves on and renewal is tried again every `_RENEW_RETRY_S`."""
-        if time.monotonic() < rec.renew_after:
-            return
-        async with rec.lock:
-            if rec.desired != "running" or not rec.alive():
-                return
-            try:
-                await self._fetch_cert(rec)
-            except VimError as exc:
-                rec.renew_after = time.monotonic() + _RENEW_RETRY_S
-                log.warning("%s: certificate not renewed now: %s", rec.name, exc.reason)
-                return
-            log.info("%s: restarting it with a renewed endpoint certificate", rec.name)
-            await self._terminate(rec)
-            try:
-                self._spawn(rec)
-                await self._wait_healthy(rec, self.boot_timeout_s)
-            except VimError as exc:  # the supervisor restarts it with back-off
-                self._set(rec, reason=exc.reason)
-                await self._terminate(rec)
-                rec.started_at = time.monotonic()
-            else:
-                self._set(rec, reason=None)
-
-    async def _fetch_cert(self, rec: Sfe) -> None:
-        """A fresh endpoint certificate for an SFE whose image opts in to hop-by-hop TLS
-        (at every start: a restart renews it); none when the PCE's switch is off."""
-        rec.cert = None
-        if not rec.manifest().tls:
-            return
-        if self.endpoint_certs is None:
-            self._tls_off(rec, "no PCE to ask for an endpoint certificate (no --pce)")
-            return
-        try:
-            rec.cert = await self.endpoint_certs.issue(self._host(rec))
-        except HopTlsOff as exc:
-            self._tls_off(rec, f"the PCE says: {exc}")
-        except CertUnavailable as exc:
-            self._set(rec, reason=str(exc))
-            raise VimError(rec.name, f"hop-by-hop TLS: {exc}; will retry") from None
-
-    def _tls_off(self, rec: Sfe, why: str) -> None:
-        note = f"hop-by-hop TLS is off, serving plain HTTP: {why}"
-        log.warning("%s (image opts in to TLS): %s", rec.name, note)
-        with (rec.path / "sfe.log").open("a", encoding="utf-8") as out:
-            out.write(f"[flame] {note}\n")
-        self._set(rec, tls={"on": False, "note": note})
-
-    def _cert_files(
-        self, rec: Sfe, home: Path, view: str, owner: tuple[int, int] | None
-    ) -> dict[str, str]:
-        """Write the fetched certificate into `home` (FLAME_TLS_* for the SFE), or remove
-        an earlier one: an SFE never starts with a certificate it was not given now."""
-        cert, rec.cert = rec.cert, None
-        if cert is None:
-            remove_cert_files(home)
-            if tls_on(rec):
-                self._set(rec, tls=None)
-            return {}
-        files = write_cert_files(home, cert, view, owner)
-        self._set(
-            rec,
-            tls={
-                "on": True,
-                "issued_at": time.time(),
-                "ca": cert.ca,
-                "not_after": cert.not_after,
-                "fingerprint_sha256": cert.fingerprint,
-            },
-        )
-        log.info(
-            "%s: endpoint certificate for %s, sha256 %s", rec.name, cert.host, cert.fingerprint
-        )
-        return files
+    async def _launch(self, rec: Sfe) -> None:
+        """Start `rec` with the certificate fetched for it; VimError unless healthy in time."""
+        self._spawn(rec)
+        await self.health.wait_healthy(rec, self.boot_timeout_s)
 
     async def _terminate(self, rec: Sfe) -> None:
         """SIGTERM to the group, SIGKILL after the grace period; reap our own child."""
@@ -660,121 +569,3 @@ class ProcessVim:
         rec.proc = None
         rec.healthy = None
         (rec.path / "pid.json").unlink(missing_ok=True)
-
-    def _health(self, rec: Sfe) -> tuple[HealthSpec | None, int | None]:
-        spec = rec.spec()
-        health = spec.health or rec.manifest().health
-        ports: dict[str, int] = rec.doc["ports"]
-        if not ports:
-            return health, None
-        name = health.port if health and health.port else next(iter(ports))
-        return health, ports.get(name, next(iter(ports.values())))
-
-    async def _probe(self, rec: Sfe) -> bool:
-        health, port = self._health(rec)
-        if port is None:
-            return rec.alive()
-        if tls_on(rec):  # the SFE serves (mutual) TLS with its platform certificate
-            return await probe_tls(
-                self._host(rec),
-                port,
-                health.path if health else "/",
-                str(rec.doc["tls"]["ca"]),
-                health.timeout_s if health else 1.0,
-            )
-        if health is None:  # no HTTP check declared: the port accepting connections will do
-            try:
-                _, writer = await asyncio.open_connection(self._host(rec), port)
-            except OSError:
-                return False
-            writer.close()
-            return True
-        if self._http is None:
-            self._http = httpx.AsyncClient(trust_env=False)
-        try:
-            response = await self._http.get(
-                f"http://{url_host(self._host(rec))}:{port}{health.path}",
-                timeout=health.timeout_s,
-            )
-        except httpx.HTTPError:
-            return False
-        return 200 <= response.status_code < 400
-
-    async def _wait_healthy(self, rec: Sfe, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            if not rec.alive():
-                code = exit_code(rec)
-                how = f"exited with status {code}" if code is not None else "exited"
-                raise self._boot_error(rec, f"the process {how} before its health check passed")
-            if await self._probe(rec):
-                rec.healthy = True
-                return
-            if time.monotonic() >= deadline:
-                health, port = self._health(rec)
-                what = f"GET {health.path} on port {port}" if health else f"port {port}"
-                raise self._boot_error(rec, f"not healthy after {timeout:g}s ({what} failed)")
-            await asyncio.sleep(_POLL_S)
-
-    def _boot_error(self, rec: Sfe, reason: str) -> VimError:
-        lines = _tail(rec.path / "sfe.log", 20)
-        shown = "\n".join(lines[-5:])
-        text = f"{reason}; last output:\n{shown}" if lines else f"{reason}; no output"
-        return VimError(rec.name, text, logs=lines)
-
-    # -- supervision -----------------------------------------------------------------------
-
-    def _supervise(self, rec: Sfe) -> None:
-        if rec.task is None or rec.task.done():
-            rec.task = asyncio.get_running_loop().create_task(
-                self._supervisor(rec), name=f"process-vim supervisor {rec.name}"
-            )
-            rec.task.add_done_callback(log_task_failure)
-
-    async def _cancel_supervisor(self, rec: Sfe) -> None:
-        task, rec.task = rec.task, None
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _supervisor(self, rec: Sfe) -> None:
-        """Keep a `running` SFE running: restart on exit with exponential back-off."""
-        backoff = Backoff(*self.backoff_s)
-        health, _ = self._health(rec)
-        interval = health.interval_s if health else 1.0
-        while rec.desired == "running":
-            if rec.alive():
-                # Exits are seen at once (pidfd); health is probed once per interval.
-                if not await wait_exit(rec, interval):
-                    rec.healthy = await self._probe(rec)
-                    if cert_due(rec):
-                        await self._renew(rec)
-                continue
-            code = exit_code(rec)
-            if time.monotonic() - rec.started_at > _STABLE_S:
-                backoff.reset()
-            delay = backoff.failure()
-            why = f"exited with status {code}" if code is not None else "was found not running"
-            self._set(
-                rec,
-                restarts=int(rec.doc.get("restarts", 0)) + 1,
-                reason=f"the process {why}; restart {backoff.failures} in {delay:g}s",
-            )
-            rec.healthy = False
-            log.warning("%s %s: restarting in %gs", rec.name, why, delay)
-            await asyncio.sleep(delay)
-            async with rec.lock:
-                if rec.desired != "running" or rec.alive():
-                    continue
-                with contextlib.suppress(VimError):
-                    await self._terminate(rec)  # leftovers of the dead group
-                try:
-                    await self._fetch_cert(rec)
-                    self._spawn(rec)
-                    await self._wait_healthy(rec, self.boot_timeout_s)
-                except VimError as exc:
-                    self._set(rec, reason=exc.reason)
-                    await self._terminate(rec)
-                    rec.started_at = time.monotonic()
-                    continue
