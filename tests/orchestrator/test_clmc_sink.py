@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 import uvicorn
 from fastapi import FastAPI, Request
 
@@ -19,6 +20,7 @@ from flame.clmc.alerts.notify import Notifier
 from flame.clmc.alerts.service import AlertService
 from flame.common.auth import Principal, Role, TokenStore, parse_bearer
 from flame.common.ports import free_port
+from flame.orchestrator.alerts import AlertRulesRefused
 from flame.orchestrator.clmc_sink import HttpAlertSink
 from flame.tosca.model import AlertRule, Comparison, EventType
 
@@ -89,3 +91,48 @@ def test_rules_reach_the_clmc_and_survive_its_absence(tmp_path: Path) -> None:
             assert service.engine.rules() == []
     finally:
         sink.close()
+
+
+def test_a_busy_clmc_keeps_the_rules_pending_until_it_takes_them() -> None:
+    """503 (and 429) is "later", not "no": the rules stay pending and are retried, never
+    sooner than the CLMC's Retry-After; a 400 is the deploying user's error."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[tuple[str, int]] = []
+    times: list[float] = []
+    answers = iter([503, 204])
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            status = next(answers, 400)
+            seen.append((self.path, status))
+            times.append(time.monotonic())
+            body = b'{"error": "webhook not allowed"}' if status == 400 else b""
+            self.send_response(status)
+            self.send_header("Retry-After", "1")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    sink = HttpAlertSink(f"http://127.0.0.1:{server.server_address[1]}", None, retry_s=0.05)
+    try:
+        sink.set_rules("vod", "acme", (RULE,), "vod-1")
+        assert sink.pending() == ["vod"]  # 503: kept
+        wait_for(lambda: sink.pending() == [])
+        assert seen == [("/v1/alerts/vod/vod-1", 503), ("/v1/alerts/vod/vod-1", 204)]
+        # Retry-After: 1 against a back-off of 50 ms (a stall only makes the gap longer).
+        assert times[1] - times[0] >= 0.9
+        with pytest.raises(AlertRulesRefused, match="webhook not allowed"):
+            sink.set_rules("vod", "acme", (RULE,), "vod-1")
+        assert sink.pending() == []
+    finally:
+        sink.close()
+        server.shutdown()
+        server.server_close()

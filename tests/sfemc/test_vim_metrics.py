@@ -280,11 +280,11 @@ def test_points_kept_while_the_clmc_is_away_are_sent_when_it_is_back(tmp_path: P
         assert reporter.tick() is False  # nothing listens yet
         time.sleep(0.1)
         assert reporter.tick() is False
-        kept = len(reporter._backlog)
+        kept = reporter.backlog
         assert kept > 0
         with _Clmc(tmp_path / "clmc", port) as clmc:
             assert reporter.tick() is True
-            assert len(reporter._backlog) == 0
+            assert reporter.backlog == 0
             assert reporter.sent >= kept
             loads = clmc.query('SELECT "load1" FROM "system" WHERE "host" = \'h1\'')
             assert len(loads) == 3  # every sample, the two made while it was away included

@@ -156,7 +156,7 @@ def _to_clmc(
         )
         for cluster, node in topology.clusters.items()
     }
-    reporter = ClmcReporter(bus, clmc_url, settings.token, places=places)
+    reporter = ClmcReporter(bus, clmc_url, settings.token, places=places, verify=settings.verify)
 
     async def close_sink() -> None:
         sink.close()

@@ -1,19 +1,23 @@
 """Alert rules to the CLMC over HTTP (ORCH-8): `PUT /v1/alerts/{sfc}/{sfci}`.
 
 A deployment must not fail because the CLMC is briefly away, and rules must not be lost when
-it is: what could not be sent is kept (latest per chain wins) and retried in the background
-until the CLMC takes it.
+it is: what could not be sent (no answer, 5xx, 429) is kept (latest per chain wins) and retried
+in the background with a back-off, never sooner than the CLMC's ``Retry-After``, until the CLMC
+takes it. The HTTP client, token header, TLS trust, error text and back-off are the common CLMC
+client's (`flame.common.clmc_client`); what is specific here is the latest-per-chain queue.
 """
 
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
+import time
 from typing import Any
 
 import httpx
 
+from flame.common.backoff import Backoff
+from flame.common.clmc_client import ClmcTarget, Verify, error_text, retry_after_s
 from flame.orchestrator.alerts import AlertRulesRefused
 from flame.tosca.model import AlertRule, ServiceModel
 
@@ -28,16 +32,6 @@ def _rule_dicts(rules: tuple[AlertRule, ...]) -> list[dict[str, Any]]:
     return dicts
 
 
-def _error_text(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:300]
-    if isinstance(body, dict):
-        return str(body.get("error") or body.get("message") or body)[:500]
-    return str(body)[:300]
-
-
 class HttpAlertSink:
     def __init__(
         self,
@@ -46,19 +40,20 @@ class HttpAlertSink:
         *,
         retry_s: float = 2.0,
         timeout_s: float = 3.0,
-        verify: ssl.SSLContext | bool = True,  # the platform CA for an https CLMC
+        verify: Verify = True,  # the platform CA for an https CLMC
     ) -> None:
-        self.base = clmc_url.rstrip("/")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._client = httpx.Client(
-            timeout=timeout_s, headers=headers, trust_env=False, verify=verify
-        )
+        target = ClmcTarget(clmc_url, token=token, verify=verify, timeout_s=timeout_s)
+        self.base = target.base
+        self._client = target.sync_client()
         self._pending: dict[str, tuple[str, Any]] = {}  # sfc -> ("put", body) | ("delete", sfci)
         self._instances: dict[str, str] = {}  # sfc -> the sfci its rules were set for
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closed = False
-        self._retry_s = retry_s
+        # Doubling from `retry_s` up to ten times it: a CLMC back after a long outage is
+        # found within that, not after an ever longer wait.
+        self._backoff = Backoff(retry_s, min(30.0, retry_s * 10))
+        self._not_before = 0.0  # monotonic: a Retry-After asks for at least this long
         self._thread = threading.Thread(
             target=self._retry_loop, name="clmc-alert-sink", daemon=True
         )
@@ -99,13 +94,24 @@ class HttpAlertSink:
         except httpx.HTTPError as exc:
             log.warning("CLMC unreachable for the alert rules of %s (%s); will retry", sfc, exc)
             return False
+        if response.status_code == 429 or response.status_code >= 500:
+            wait = retry_after_s(response)
+            if wait is not None:
+                self._not_before = max(self._not_before, time.monotonic() + min(wait, 300.0))
+            log.warning(
+                "CLMC busy or failing for the alert rules of %s (HTTP %d %s); will retry",
+                sfc,
+                response.status_code,
+                error_text(response),
+            )
+            return False
         with self._lock:
             if self._pending.get(sfc) is op:
                 del self._pending[sfc]
         if not ok:
             # A 4xx is the template's problem (a webhook the CLMC may not call), our bug or a
             # token problem: retrying the same body will not fix it. The deploying user is told.
-            message = _error_text(response)
+            message = error_text(response)
             if caller_waits and response.status_code == 400:
                 raise AlertRulesRefused(
                     f"the CLMC refused the alert rules of '{sfc}': {message}", sfc=sfc
@@ -123,15 +129,28 @@ class HttpAlertSink:
             return sorted(self._pending)
 
     def _retry_loop(self) -> None:
+        delay = self._backoff.next_delay
         while not self._closed:
-            self._wake.wait(self._retry_s)
+            self._wake.wait(delay)
             self._wake.clear()
+            # A Retry-After holds even a wake-up by a new submission (which was tried at once).
+            while (hold := self._not_before - time.monotonic()) > 0 and not self._closed:
+                self._wake.wait(hold)
+                self._wake.clear()
             with self._lock:
                 items = list(self._pending.items())
+            if not items:
+                self._backoff.reset()
+                delay = self._backoff.next_delay
+                continue
+            ok = True
             for sfc, op in items:
                 if self._closed:
                     return
-                self._send(sfc, op)
+                ok = self._send(sfc, op) and ok
+            if ok:
+                self._backoff.reset()
+            delay = self._backoff.next_delay if ok else self._backoff.failure()
 
     def close(self) -> None:
         self._closed = True

@@ -2,27 +2,22 @@
 
 Every endpoint lifecycle transition becomes an `endpoint_config` point and every SFEMC
 decision about an alert an `sfemc_decision` point (see docs/clmc-information-model.md). Points
-are queued by the bus handler (no I/O on the lifecycle's path) and sent in batches by a thread;
-when the CLMC is down a bounded backlog is kept and, past it, the oldest points are dropped and
-counted, so monitoring can never stall endpoint management.
+are queued by the bus handler (no I/O on the lifecycle's path) and sent in batches by the common
+CLMC writer on its own thread; when the CLMC is down a bounded backlog is kept and, past it, the
+oldest points are dropped and counted, so monitoring can never stall endpoint management.
 """
 
 from __future__ import annotations
 
 import collections
-import logging
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import httpx
-
+from flame.common.clmc_client import ClmcTarget, ThreadedClmcWriter, Verify
 from flame.common.lineproto import FieldValue, point
 from flame.sfemc.events import CONFIG_TOPIC, DECISION_TOPIC, ConfigEvent, DecisionEvent, EventBus
 
 __all__ = ["ClmcReporter", "Place", "config_line", "decision_line"]
-
-log = logging.getLogger(__name__)
 
 
 class _StateTimes:
@@ -92,6 +87,9 @@ def decision_line(event: DecisionEvent) -> str:
 
 
 class ClmcReporter:
+    """Lifecycle and decision events to the CLMC: formatting here, sending by the common
+    writer (`flame.common.clmc_client`) on a thread of its own."""
+
     def __init__(
         self,
         bus: EventBus,
@@ -102,80 +100,41 @@ class ClmcReporter:
         interval_s: float = 0.5,
         max_backlog: int = 10_000,
         places: Mapping[str, Place] | None = None,
+        verify: Verify = True,
     ) -> None:
         self._places = dict(places or {})
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._client = httpx.Client(
-            base_url=clmc_url.rstrip("/"), headers=headers, timeout=3.0, trust_env=False
-        )
-        self._db = database
-        self._interval = interval_s
-        self._lines: collections.deque[str] = collections.deque(maxlen=max_backlog)
-        self._lock = threading.Lock()
         self._times = _StateTimes()
-        self._wake = threading.Event()
-        self._closed = False
-        self.sent = 0
-        self.dropped = 0
+        self._writer = ThreadedClmcWriter(
+            ClmcTarget(clmc_url, database, token, verify, timeout_s=3.0),
+            name="clmc-reporter",
+            interval_s=interval_s,
+            max_points=max_backlog,
+        )
+        self._writer.start()
         self._unsubscribe = [
             bus.subscribe(CONFIG_TOPIC, self._on_config),
             bus.subscribe(DECISION_TOPIC, self._on_decision),
         ]
-        self._thread = threading.Thread(target=self._run, name="clmc-reporter", daemon=True)
-        self._thread.start()
 
-    def _queue(self, line: str) -> None:
-        with self._lock:
-            if len(self._lines) == self._lines.maxlen:
-                self.dropped += 1  # the deque drops the oldest
-            self._lines.append(line)
+    @property
+    def sent(self) -> int:
+        return self._writer.writer.sent
+
+    @property
+    def dropped(self) -> int:
+        return self._writer.writer.dropped
 
     def _on_config(self, event: ConfigEvent) -> None:
         total, mean = self._times.add(event.sfe, event.from_state, event.duration_s)
-        self._queue(config_line(event, total, mean, self._places.get(event.cluster)))
+        self._writer.add(config_line(event, total, mean, self._places.get(event.cluster)))
 
     def _on_decision(self, event: DecisionEvent) -> None:
-        self._queue(decision_line(event))
-
-    def _run(self) -> None:
-        while not self._closed:
-            self._wake.wait(self._interval)
-            self._wake.clear()
-            self.flush()
+        self._writer.add(decision_line(event))
 
     def flush(self) -> bool:
-        with self._lock:
-            batch = list(self._lines)
-        if not batch:
-            return True
-        try:
-            response = self._client.post(
-                "/write", params={"db": self._db, "precision": "n"}, content="\n".join(batch)
-            )
-        except httpx.HTTPError as exc:
-            log.debug("CLMC unreachable (%s); %d points kept", exc, len(batch))
-            return False
-        with self._lock:
-            for _ in range(min(len(batch), len(self._lines))):
-                self._lines.popleft()
-        if response.status_code >= 300:
-            # The CLMC refused the points themselves: sending them again would not help.
-            self.dropped += len(batch)
-            log.warning(
-                "CLMC refused %d configuration points: HTTP %d %s",
-                len(batch),
-                response.status_code,
-                response.text[:200],
-            )
-            return False
-        self.sent += len(batch)
-        return True
+        return self._writer.flush()
 
     def close(self) -> None:
         for unsubscribe in self._unsubscribe:
             unsubscribe()
-        self._closed = True
-        self._wake.set()
-        self._thread.join(timeout=5)
-        self.flush()
-        self._client.close()
+        self._writer.close()

@@ -578,7 +578,7 @@ def test_join_window() -> None:
 
 
 def test_line_protocol_escaping() -> None:
-    assert escape_tag("a b,c=d\\e\nf") == "a\\ b\\,c\\=d\\\\e\\ f"
+    assert escape_tag("a b,c=d\\e\nf") == "a\\ b\\,c\\=d\\e\\ f"  # a backslash is literal
     assert point("m", {"t": "v", "empty": ""}, {"n": 3, "x": 0.5}, 7) == "m,t=v n=3i,x=0.5 7"
     fields: dict[str, bool | str] = {"ok": True, "s": 'say "hi"\nbye'}
     assert point("m s,x", {}, fields, 1) == 'm\\ s\\,x ok=true,s="say \\"hi\\" bye" 1'
