@@ -419,3 +419,24 @@ async def test_clmc8_a_ue_reports_its_seconds_and_close_sends_the_last(scripted:
     assert text.startswith("ue,ue=ue-1,fqdn=vod.example,sr=http://127.0.0.1:1 ")
     assert " requests=4i,errors=1i,response_time=5.0 " in text
     assert reporter.dropped == 0
+
+
+@pytest.mark.asyncio
+async def test_a_media_sf_flushing_on_its_own_clock_waits_out_a_busy_clmc(
+    scripted: Scripted,
+) -> None:
+    """The LOD and vCDN SFs call `flush()` every interval: against a CLMC that said
+    Retry-After: 30 that must not mean one request per interval (CLMC-8)."""
+    scripted.replies = [Reply(503, b'{"error": "busy"}', {"Retry-After": "30"})]
+    reporter = MediaReporter(scripted.url, "flm_secret-token-xyz", "flame", {"sf": "lod"})
+    try:
+        reporter.point("lod_requests", {"requests": 1})
+        assert await reporter.flush() is False
+        assert len(scripted.requests) == 1
+        reporter.point("lod_requests", {"requests": 2})
+        for _ in range(3):  # three more intervals' flushes while backing off
+            assert await reporter.flush() is False
+        assert len(scripted.requests) == 1
+        assert reporter.stats()["queued"] == 2  # kept for when the CLMC takes them
+    finally:
+        await reporter.close()

@@ -77,7 +77,13 @@ class ClmcReporter:
         await self.flush()
 
     async def flush(self) -> bool:
-        return True if self._writer is None else await self._writer.flush()
+        """Send what is buffered now, unless the writer is backing off from a failing CLMC
+        (SFs that flush on their own clock must not retry every interval); False if not sent."""
+        if self._writer is None:
+            return True
+        if self._writer.backing_off:
+            return False
+        return await self._writer.flush()
 
     def stats(self) -> dict[str, Any]:
         writer = self._writer.stats() if self._writer is not None else {}
