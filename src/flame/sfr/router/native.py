@@ -37,6 +37,7 @@ COMPILED_MODULES = (
     "request",
     "response",
     "table",
+    "tlsconn",
     "upstream",
     "writer",
 )
