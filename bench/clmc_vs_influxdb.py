@@ -9,7 +9,7 @@ process on loopback. A round counts points acknowledged with 204 per wall-clock 
 clock stopping when a count query sees all of them (so our asynchronous apply is inside the
 figure; we ask with `read_your_writes=true`, which InfluxDB ignores); both are warmed up first.
 Bodies go out oldest first (the two clients take the next one as they finish), in time order as
-agents send them. The median of the rounds is printed; `--quick` runs three short single rounds
+agents send them. The median of the rounds is printed; `--quick` runs five short single rounds
 (100,000 points each) and one of each mix. Each round line shows the load average then: on a
 shared 2-core machine the figures move with it (the Go server uses both cores, the CLMC is
 mostly one Python process's GIL).
@@ -347,6 +347,22 @@ class Clmc:
                 raise RuntimeError("flame serve clmc did not start")
             time.sleep(0.1)
 
+    def await_parse_process(self, warmup: list[bytes]) -> None:
+        """Warm-up, continued: write until the CLMC's parse process (started at its first big
+        body) has parsed one, so no round pays for its start (a few seconds at most)."""
+        deadline = time.monotonic() + 60
+        for attempt in range(1000):
+            health = httpx.get(self.url + "/health", timeout=30).json()
+            parser = health.get("ingest", {}).get("parse_process")
+            if not parser or parser["bodies"] > 0:  # none (FLAME_CLMC_PARSE_PROCESS=0) or up
+                return
+            if time.monotonic() > deadline:
+                break
+            db = f"warmup_parse{attempt}"  # fresh: the same points again would be merged
+            httpx.post(self.url + "/query", params={"q": f"CREATE DATABASE {db}"}, timeout=30)
+            run_load(self.url, db, warmup, SINGLE_COUNT, _all_lines)
+        print("warning: the CLMC's parse process did not come up", flush=True)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -455,23 +471,63 @@ def write_storm(
     }
 
 
+_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> list[str]:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2 :].split()  # from field 3 (state) on
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User + system CPU time of process `pid` and of its children (the CLMC's parse
+    process), every thread of them, from /proc."""
+    own = children = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = _stat(int(entry.name))
+        except (OSError, ValueError):  # gone meanwhile
+            continue
+        used = (int(fields[11]) + int(fields[12])) * _TICK_S  # utime, stime
+        if int(entry.name) == pid:
+            own += used
+        elif int(fields[1]) == pid:  # its parent is `pid`
+            children += used
+    return own, children
+
+
+Side = tuple[str, str, int]  # name, url, server pid
+
+
 def _alternate(
     rounds: int,
-    sides: list[tuple[str, str]],
+    sides: list[Side],
     run: Callable[[str, str], tuple[float, int, int, list[float]]],
     label: str,
+    cpu: dict[str, list[float]] | None = None,
 ) -> dict[str, list[float]]:
-    rates: dict[str, list[float]] = {name: [] for name, _ in sides}
+    """Rounds A B alternating; points/s per side, and (into `cpu`) the server's CPU
+    microseconds per acknowledged point: a figure the machine's load moves much less."""
+    rates: dict[str, list[float]] = {name: [] for name, _, _ in sides}
     for r in range(rounds):
-        for name, url in sides:
+        for name, url, pid in sides:
             db = f"{label}{r}"
             httpx.post(url + "/query", params={"q": f"CREATE DATABASE {db}"}, timeout=30)
+            own0, child0 = cpu_seconds(pid)
             rate, points, failed, lat = run(url, db)
+            own1, child1 = cpu_seconds(pid)
+            us = (own1 + child1 - own0 - child0) * 1e6 / max(points, 1)
+            child_us = (child1 - child0) * 1e6 / max(points, 1)
             rates[name].append(rate)
+            if cpu is not None:
+                cpu.setdefault(name, []).append(us)
             p50 = statistics.median(lat) if lat else float("nan")
             print(
                 f"{label} round {r + 1}: {name:9s} {rate:12,.0f} points/s ({points} points, "
                 f"{failed} failed, write p50 {p50 * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms; "
+                f"server CPU {us:.2f} us/point, {child_us:.2f} of it in child processes; "
                 f"load {os.getloadavg()[0]:.1f})",
                 flush=True,
             )
@@ -489,10 +545,10 @@ def main() -> int:
     ap.add_argument("--wide-mix", action="store_true", help="also the 200-measurement mix")
     ap.add_argument("--storm-seconds", type=float, help="write storm duration per side")
     args = ap.parse_args()
-    # --quick: three short single rounds (a median, not one sample of a loaded machine), one
+    # --quick: five short single rounds (a median, not one sample of a loaded machine), one
     # mix round, a short storm; about a minute and a half in all
     batches_n = args.batches or (20 if args.quick else 200)
-    rounds = args.rounds or 3
+    rounds = args.rounds or (5 if args.quick else 3)  # quick: short rounds, so more of them
     mix_rounds = args.rounds or (1 if args.quick else 3)
     mix_bodies = args.mix_bodies or (6 if args.quick else 30)
     storm_s = args.storm_seconds if args.storm_seconds is not None else (8 if args.quick else 60)
@@ -519,17 +575,23 @@ def main() -> int:
     }
     with InfluxDB() as influx:
         clmc = Clmc()
-        sides = [("influxdb", influx.url), ("clmc", clmc.url)]
+        sides: list[Side] = [
+            ("influxdb", influx.url, influx._proc.pid),  # type: ignore[union-attr]
+            ("clmc", clmc.url, clmc.proc.pid),
+        ]
+        single_cpu: dict[str, list[float]] = {}
         try:
             for url in (influx.url, clmc.url):  # warm both up (first-use paths, caches)
                 httpx.post(url + "/query", params={"q": "CREATE DATABASE warmup"}, timeout=30)
                 run_load(url, "warmup", batches[:4], SINGLE_COUNT, _all_lines)
                 run_load(url, "warmup", next(iter(mixes.values()))[:2], MIX_COUNT, _cpu_lines)
+            clmc.await_parse_process(batches[:4])
             single = _alternate(
                 rounds,
                 sides,
                 lambda url, db: run_load(url, db, batches, SINGLE_COUNT, _all_lines),
                 "single",
+                single_cpu,
             )
             mix_rates = {}
             for m, bodies in mixes.items():
@@ -543,7 +605,7 @@ def main() -> int:
                 influx.url, clmc.url, f"single{rounds - 1}", batches_n
             )
             storms = {}
-            for name, url in sides:
+            for name, url, _ in sides:
                 httpx.post(url + "/query", params={"q": "CREATE DATABASE storm"}, timeout=30)
                 storms[name] = write_storm(url, "storm", storm_s, args.hosts, args.mix_measurements)
                 print(f"write storm ({storm_s:.0f} s): {name:9s} {storms[name]}", flush=True)
@@ -565,7 +627,14 @@ def main() -> int:
         f"single measurement: clmc {ours:,.0f} points/s, influxdb {peer:,.0f}, ratio {r:.2f} "
         f"(per round {show(pairs)}; target >= 1.5)"
     )
+    cpu_ours, cpu_peer = (statistics.median(single_cpu[k]) for k in ("clmc", "influxdb"))
+    print(
+        f"single measurement, server CPU per point: clmc {cpu_ours:.2f} us, influxdb "
+        f"{cpu_peer:.2f} us (median of the rounds)"
+    )
     figures |= {
+        "ours_cpu_us_per_point": round(cpu_ours, 3),
+        "peer_cpu_us_per_point": round(cpu_peer, 3),
         "ours_points_per_s": round(ours),
         "peer_points_per_s": round(peer),
         "ratio": round(r, 3),

@@ -1,9 +1,11 @@
 """Write path (CLMC-8, 9): parse, check, log durably, acknowledge, apply in big batches.
 
-    request thread:  parse body -> per measurement: retention, limits, field types (reserved
-                     under a lock, so two racing writes cannot both introduce a field with
-                     different types) -> series and tag values of every measurement in one
-                     pass (`Store.admit_many`) -> WAL commit (group fsync) -> answer
+    request thread:  parse body (a big one in the parse process, `_parseproc`, when it is
+                     free: a second core) -> per measurement: retention, limits, field types
+                     (reserved under a lock, so two racing writes cannot both introduce a
+                     field with different types) -> series and tag values of every
+                     measurement in one pass (`Store.admit_many`) -> WAL commit (group
+                     fsync) -> answer
     applier thread:  queue of durable records -> merge per table -> store.append_many(rows,
                      meta = WAL position) in one transaction (the store applies last write wins)
 
@@ -48,9 +50,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa  # type: ignore[import-untyped]
 
+from flame.clmc._parseproc import MIN_BYTES, ParseProcess
 from flame.clmc.errors import DatabaseNotFound, Overloaded, RetentionPolicyNotFound
 from flame.clmc.ingest_batches import (
     _admitted,
+    _agrees,
     _field_type,
     _kind,
     _Known,
@@ -137,6 +141,7 @@ class Ingest:
         settle_rows: int = 50_000,
         settle_s: float = 1.0,
         storm_rate: float = 20_000.0,
+        parse_process: bool | None = None,
     ) -> None:
         self.store = store
         self.limits = limits if limits is not None else Limits.from_env()
@@ -173,6 +178,10 @@ class Ingest:
         self.wal_dir = wal_dir
         self.quarantine_dir = wal_dir / "quarantine"
         self._wal = WriteAheadLog(wal_dir, self._on_durable, fsync=fsync)
+        if parse_process is None:  # on unless FLAME_CLMC_PARSE_PROCESS=0
+            parse_process = os.environ.get("FLAME_CLMC_PARSE_PROCESS", "1") != "0"
+        # a second process parsing big bodies (`_parseproc`), started at the first one
+        self.parser = ParseProcess() if parse_process else None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -235,6 +244,8 @@ class Ingest:
             self._running.set()
             self._thread.join()
             self._thread = None
+        if self.parser is not None:
+            self.parser.close()
         self._wal.close()
 
     # -- writing --------------------------------------------------------------------------------
@@ -280,18 +291,37 @@ class Ingest:
         try:
             if now_ns is None:
                 now_ns = time.time_ns()
-            result = parse(
-                body,
-                precision,
-                now_ns,
-                lambda m: self._types(database, target_rp, m),
-                max_fields=self.limits.max_fields_per_point,
-                max_tags=self.limits.max_tags_per_point,
-                cutoff=self._cutoff(database, target_rp, now_ns),
-            )
+            result = self._parse(database, target_rp, body, precision, now_ns)
             return self._log(database, target_rp, result.batches, result, now_ns)
         finally:
             self._slots.release()
+
+    def _parse(
+        self, db: str, rp: str, body: bytes, precision: str | None, now_ns: int
+    ) -> ParseResult:
+        """The body parsed by the parse process when it is free (another core), else here.
+        It parses without the stored field types: a result with a drop, or a field of
+        another type than the stored one, is parsed again here, with them (rare: an error)."""
+        cutoff = self._cutoff(db, rp, now_ns)
+        max_fields, max_tags = self.limits.max_fields_per_point, self.limits.max_tags_per_point
+        if self.parser is not None and len(body) >= MIN_BYTES:
+            result = self.parser.parse(body, precision, now_ns, max_fields, max_tags, cutoff)
+            if result is not None and not result.dropped:
+                with self._types_lock:
+                    known = [self._known_for(db, rp, b.measurement) for b in result.batches]
+                if all(
+                    _agrees(k, b.table.schema) for k, b in zip(known, result.batches, strict=True)
+                ):
+                    return result
+        return parse(
+            body,
+            precision,
+            now_ns,
+            lambda m: self._types(db, rp, m),
+            max_fields=max_fields,
+            max_tags=max_tags,
+            cutoff=cutoff,
+        )
 
     def _log(
         self,
@@ -647,6 +677,7 @@ class Ingest:
             "quarantined": self.quarantined,
             "quarantine_dir": str(self.quarantine_dir),
             "apply_errors": self.apply_errors,
+            "parse_process": None if self.parser is None else self.parser.stats(),
         }
 
 

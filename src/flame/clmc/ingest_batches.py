@@ -11,7 +11,7 @@ import pyarrow as pa  # type: ignore[import-untyped]
 
 from flame.clmc.lineproto import Dropped, MeasurementBatch
 from flame.clmc.store._series import Admission
-from flame.clmc.store.base import KIND_KEY, SID, SID_COLUMN, FieldType
+from flame.clmc.store.base import FIELD, KIND_KEY, SID, SID_COLUMN, FieldType
 
 __all__: list[str] = []  # private to flame.clmc.ingest
 
@@ -33,6 +33,12 @@ class _Known:
         return all(self.types.get(f.name) is _TYPES[f.type] for f in fields) and all(
             schema.field(i).name in self.tags for i in tag_idx
         )
+
+
+def _agrees(known: _Known, schema: pa.Schema) -> bool:
+    """No field of `schema` has another type than the one `known` has for it."""
+    fields = (f for f in schema if _kind(f) == FIELD)
+    return all(known.types.get(f.name, _TYPES[f.type]) is _TYPES[f.type] for f in fields)
 
 
 def _refuse(dropped: list[Dropped], lines: np.ndarray, message: str) -> None:
