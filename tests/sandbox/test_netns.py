@@ -242,13 +242,23 @@ def test_without_root_netns_mode_is_refused_clearly(
     assert "'tc'" in (available() or "")
 
 
+def _own_loopback_pair() -> tuple[str, str]:
+    """Two addresses of 127/8 (all loopback on Linux) made of this process's pid (< 2**22):
+    distinct per pid, so parallel test workers each probe on their own pair."""
+    pid = os.getpid()
+    host = f"{(pid >> 8) & 0xFF}.{pid & 0xFF}"
+    return f"127.{64 + (pid >> 16)}.{host}", f"127.{128 + (pid >> 16)}.{host}"
+
+
 def test_liveness_reports_a_silent_neighbour_down_then_up_again() -> None:
     """Two probers on loopback addresses (SFR-13): stop one, the other reports the link down
     after the dead interval of silence; start it again, up after `rise` hellos. Real UDP
     sockets. The dead interval is 1 s here, not the 120 ms `flame up --netns` uses (with
     real-time priority there): a test process stalled for half a second on a loaded machine
-    must not read as a dead link."""
+    must not read as a dead link. The prober's UDP port is fixed (liveness.PORT), so the two
+    loopback addresses are this process's own: concurrent test processes never share them."""
     dead_ms = 1000.0
+    a_ip, b_ip = _own_loopback_pair()
     reports: list[tuple[str, str, bool, float]] = []
 
     async def report(node: str, peer: str, up: bool) -> None:
@@ -261,8 +271,8 @@ def test_liveness_reports_a_silent_neighbour_down_then_up_again() -> None:
             await asyncio.sleep(0.01)
 
     async def scenario() -> float:
-        a = Prober("a", [LinkProbe("b", "127.0.3.1", "127.0.3.2")], report, dead_ms=dead_ms)
-        b_links = [LinkProbe("a", "127.0.3.2", "127.0.3.1")]
+        a = Prober("a", [LinkProbe("b", a_ip, b_ip)], report, dead_ms=dead_ms)
+        b_links = [LinkProbe("a", b_ip, a_ip)]
         b = Prober("b", b_links, report, dead_ms=dead_ms)
         task_a = asyncio.create_task(a.run())
         task_b = asyncio.create_task(b.run())
@@ -271,7 +281,7 @@ def test_liveness_reports_a_silent_neighbour_down_then_up_again() -> None:
         task_b.cancel()
         stopped = time.monotonic()
         await until(lambda: bool(reports), "the silent link was never reported down")
-        b2 = Prober("b", [LinkProbe("a", "127.0.3.2", "127.0.3.1")], report, dead_ms=dead_ms)
+        b2 = Prober("b", [LinkProbe("a", b_ip, a_ip)], report, dead_ms=dead_ms)
         task_b2 = asyncio.create_task(b2.run())
         await until(lambda: len(reports) >= 2, "the link was never reported up again")
         for task in (task_a, task_b2):
