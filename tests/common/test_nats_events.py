@@ -72,29 +72,6 @@ async def _wait(cond: Any, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def _subscribed(pub: NatsEvents, sub: NatsEvents) -> None:
-    """Until every subscription `sub` made so far is on the server.
-
-    `flush()` alone does not prove it: nats-py (2.16) writes flush's PING straight to the
-    socket, ahead of SUBs still queued for its flusher task, so the PONG can come back before
-    the server has them, and events published then are lost (seen: 4 runs of 15 delivered
-    nothing, the server's trace showing the SUBs after the PUBs). Subscriptions leave the
-    client in order, so once a probe published to one made last comes back, all are there."""
-    ready = asyncio.Event()
-
-    async def probe(subj: str, payload: dict[str, Any]) -> None:
-        ready.set()
-
-    await sub.subscribe("flame.test.ready", probe)
-    deadline = time.monotonic() + 30
-    while not ready.is_set():
-        assert time.monotonic() < deadline, "the subscriptions never reached the server"
-        await pub.publish("flame.test.ready", {})
-        await pub.flush()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(ready.wait(), 0.2)
-
-
 async def _close(*clients: NatsEvents) -> None:
     """Close even after a failed assertion: a client left open outlives its event loop."""
     for client in clients:
@@ -129,7 +106,7 @@ async def test_round_trip_wildcards_and_queue_groups(broker: Broker) -> None:
         await sub.subscribe("flame.alerts.acme.*", acme)
         await sub.subscribe("flame.alerts.>", member, queue="sfemc")
         await sub.subscribe("flame.alerts.>", member, queue="sfemc")
-        await _subscribed(pub, sub)
+        await sub.subscribed()
         await pub.publish(subject("alerts", "acme", "vod"), {"id": "e1", "level": "critical"})
         await pub.publish(subject("alerts", "globex", "tv"), {"id": "e2", "level": "ok"})
         await pub._client.publish("flame.alerts.acme.vod", b"not json")  # dropped, logged
@@ -156,7 +133,7 @@ async def test_delivery_resumes_after_the_broker_restarts(broker: Broker) -> Non
 
     try:
         await sub.subscribe("flame.alerts.>", record)
-        await _subscribed(pub, sub)
+        await sub.subscribed()
         await pub.publish("flame.alerts.acme.vod", {"id": "before"})
         await pub.flush()
         await _wait(lambda: got == ["before"], timeout=10)

@@ -9,6 +9,7 @@ that still cannot be sent raises to the caller, who decides.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -76,6 +77,26 @@ class NatsEvents:
                 log.exception("handling the event on %s failed", msg.subject)
 
         await self._client.subscribe(subj, queue=queue, cb=on_message)
+
+    async def subscribed(self, timeout_s: float = 10.0) -> None:
+        """Return once every subscription made so far is on the server.
+
+        `flush()` does not prove it: nats-py writes flush's PING straight to the socket, ahead
+        of SUBs still queued for its flusher task, so events published right after can miss
+        them. The server handles one connection's commands in order, so an echo of a message
+        sent after the SUBs to an inbox subscribed last proves they are all there."""
+        inbox = self._client.new_inbox()
+        echoed = asyncio.Event()
+
+        async def on_echo(msg: Msg) -> None:
+            echoed.set()
+
+        probe = await self._client.subscribe(inbox, cb=on_echo)
+        try:
+            await self._client.publish(inbox, b"")
+            await asyncio.wait_for(echoed.wait(), timeout_s)
+        finally:
+            await probe.unsubscribe()
 
     async def flush(self, timeout_s: int = 2) -> None:
         await self._client.flush(timeout=timeout_s)

@@ -42,3 +42,7 @@ async def subscribe_alerts(events: NatsEvents, handle: Callable[[AlertEvent], ob
         handle(event)
 
     await events.subscribe(ALERT_SUBJECTS, on_event, queue="sfemc")
+    try:  # so that alerts published once this returns are delivered
+        await events.subscribed()
+    except TimeoutError:  # nats-py re-sends the subscription on its own; say it may lag
+        log.warning("the alert subscription was not confirmed by the NATS server in time")
