@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+import tlsecho
 from eventually import eventually
 from flame.common.auth import Role, TokenStore
 from flame.common.ports import free_port
@@ -31,59 +32,6 @@ from flame.sfr.client import PceClient
 from .served import FLAME, ServedPlatform, served_platform, sfe_processes
 
 pytestmark = pytest.mark.slow
-
-MANIFEST = """\
-name: tlsecho
-version: "1.0"
-entrypoint: [python3, server.py]
-tls: true
-ports: [{name: http, port: 8080}]
-health: {path: /health, port: http, interval: 1 s}
-"""
-
-SERVER = """\
-import os, sys
-from flame.media.serving import serve_app
-
-async def app(scope, receive, send):
-    if scope["type"] != "http":
-        return
-    body = b"ok" if scope["path"] == "/health" else (
-        f"tlsecho {os.environ['FLAME_SFE']} tls={'FLAME_TLS_CERT' in os.environ}".encode())
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
-
-sys.exit(serve_app(app, os.environ["FLAME_HOST"], int(os.environ["FLAME_PORT"])))
-"""
-
-TEMPLATE = """\
-tosca_definitions_version: tosca_simple_yaml_1_3
-metadata:
-  template_name: tlsecho
-  servicefunctionchain: tlsecho
-  sfc_instance: tlsecho-1
-topology_template:
-  node_templates:
-    web:
-      type: eu.ict-flame.nodes.ServiceFunction
-      properties:
-        image: tlsecho:1.0
-        fqdn: web.tls.example
-        ports:
-          - {name: http, port: 8080}
-        health_check: {path: /health, port: http, interval: 1 s}
-      capabilities:
-        host:
-          properties: {num_cpus: 1, mem_size: 128 MB, disk_size: 100 MB}
-  policies:
-    - initial:
-        type: eu.ict-flame.policies.InitialPolicy
-        targets: [web]
-        properties:
-          clusters:
-            edge-a: {web: connected}
-"""
 
 SFE = "tlsecho-1.web.edge-a"
 
@@ -113,10 +61,7 @@ def _start(sp: ServedPlatform, *pce_args: str) -> tuple[int, str]:
     sp.start_pce(*pce_args)
     with PceClient(sp.pce_url, sp.operator) as pce:
         pce.delegate("tls.example", "acme")
-    sf = sp.tmp / "tlsecho"
-    sf.mkdir()
-    (sf / "flame-sf.yaml").write_text(MANIFEST)
-    (sf / "server.py").write_text(SERVER)
+    sf = tlsecho.write_sf(sp.tmp / "tlsecho")
     packaged = subprocess.run(
         [*FLAME, "package", str(sf), "--tag", "1.0"],
         env=sp.env,
@@ -140,7 +85,7 @@ def _start(sp: ServedPlatform, *pce_args: str) -> tuple[int, str]:
     )
     sp.start_orchestrator()
     template = sp.tmp / "tlsecho.yaml"
-    template.write_text(TEMPLATE)
+    template.write_text(tlsecho.template("edge-a"))
     deployed = _flame(sp, "deploy", str(template))
     assert deployed.returncode == 0, deployed.stderr + _logs(sp)
     return sr_port, router

@@ -57,19 +57,32 @@ WEB_B = "echo-1.web.edge-b"
 
 
 class TwoHosts:
-    def __init__(self, tmp: Path) -> None:
+    """A control host (PCE, orchestrator) and a cluster host (the agent), each with its own
+    state directory; the agent's token store is a copy of the control host's. `image` is the
+    SF source put in the control host's repository as version 1.0; SFE ports start at
+    `first_port` plus a pid-derived offset."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        topology: str = TOPOLOGY,
+        image: Path = ROOT / "examples" / "sf" / "echo",
+        first_port: int = 30000,
+    ) -> None:
         self.tmp = tmp
         self.control = tmp / "control"
         self.edge = tmp / "edge"
         tokens = TokenStore(self.control / "tokens.json")
         self.operator = tokens.issue("ops", Role.OPERATOR)
         self.acme = tokens.issue("acme", Role.TENANT, "acme")
+        self.router = tokens.issue("sr-a", Role.ROUTER)
         self.edge.mkdir(parents=True)
         shutil.copy2(self.control / "tokens.json", self.edge / "tokens.json")  # "copied"
         repo = ImageRepository(self.control / "images")
-        self.digest = repo.put(build_image(ROOT / "examples" / "sf" / "echo")[0], tags=["1.0"])
+        self.digest = repo.put(build_image(image)[0], tags=["1.0"])
         self.topology = tmp / "topology.yaml"
-        self.topology.write_text(TOPOLOGY)
+        self.topology.write_text(topology)
         (tmp / "config.toml").write_text("# the FLAME_* variables configure the servers\n")
         base = {
             **{k: v for k, v in os.environ.items() if not k.startswith("FLAME_")},
@@ -84,7 +97,7 @@ class TwoHosts:
         self.api_url = f"http://127.0.0.1:{free_port()}"
         self.agent_port = free_port(EDGE_B)
         self.agent_url = f"http://{EDGE_B}:{self.agent_port}"
-        self.port_base = 30000 + (os.getpid() % 40) * 500
+        self.port_base = first_port + (os.getpid() % 40) * 500
         self.clients: list[httpx.Client] = []
 
     def start_pce(self) -> None:
@@ -239,7 +252,15 @@ def test_an_agent_killed_restarted_and_partitioned_never_duplicates_an_endpoint(
     assert hosts.registrations()[WEB_B] == regs[WEB_B]  # same address and port
     transitions = [h["to"] for h in web_b.get("history", []) if "to" in h]
     assert "failed" not in transitions, web_b
-    assert httpx.get(f"http://{EDGE_B}:{regs[WEB_B][1]}/", trust_env=False).status_code == 200
+
+    def answers() -> tuple[bool, object]:  # the new process may not be listening yet
+        try:
+            r = httpx.get(f"http://{EDGE_B}:{regs[WEB_B][1]}/", trust_env=False, timeout=5)
+        except httpx.TransportError as exc:
+            return False, exc
+        return r.status_code == 200, r.status_code
+
+    wait_for(answers, 30, "the restarted SFE answering at its registered address")
 
     # 2. A partition (the agent frozen: requests hang) while the service is undeployed.
     hosts.procs.freeze("agent")

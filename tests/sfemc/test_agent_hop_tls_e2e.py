@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -21,12 +20,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+import tlsecho
 from eventually import eventually
-from flame.common.auth import Role, TokenStore
 from flame.common.ports import free_port
-from flame.sfemc.images import ImageRepository, build_image
 
-from .procs import Procs, sfe_processes
+from .procs import sfe_processes
+from .test_agent_e2e import TwoHosts
 
 pytestmark = pytest.mark.slow
 
@@ -47,93 +46,15 @@ clusters:
     address: {EDGE_B}
     capacity: {{cpus: 4, memory: 4 GB, disk: 10 GB}}
 """
-MANIFEST = """\
-name: tlsecho
-version: "1.0"
-entrypoint: [python3, server.py]
-tls: true
-ports: [{name: http, port: 8080}]
-health: {path: /health, port: http, interval: 1 s}
-"""
-SERVER = """\
-import os, sys
-from flame.media.serving import serve_app
-
-async def app(scope, receive, send):
-    if scope["type"] != "http":
-        return
-    body = b"ok" if scope["path"] == "/health" else (
-        f"tlsecho {os.environ['FLAME_SFE']} tls={'FLAME_TLS_CERT' in os.environ}".encode())
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
-
-sys.exit(serve_app(app, os.environ["FLAME_HOST"], int(os.environ["FLAME_PORT"])))
-"""
-TEMPLATE = f"""\
-tosca_definitions_version: tosca_simple_yaml_1_3
-metadata:
-  template_name: tlsecho
-  servicefunctionchain: tlsecho
-  sfc_instance: tlsecho-1
-topology_template:
-  node_templates:
-    web:
-      type: eu.ict-flame.nodes.ServiceFunction
-      properties:
-        image: tlsecho:1.0
-        fqdn: {FQDN}
-        ports:
-          - {{name: http, port: 8080}}
-        health_check: {{path: /health, port: http, interval: 1 s}}
-      capabilities:
-        host:
-          properties: {{num_cpus: 1, mem_size: 128 MB, disk_size: 100 MB}}
-  policies:
-    - initial:
-        type: eu.ict-flame.policies.InitialPolicy
-        targets: [web]
-        properties:
-          clusters:
-            edge-b: {{web: connected}}
-"""
 
 
-class AgentPlatform:
-    """A control host (PCE, SR, orchestrator) and a cluster host (the agent), each with its
-    own state directory; the agent's token store is a copy of the control host's."""
+class AgentPlatform(TwoHosts):
+    """Two hosts as in test_agent_e2e, with an SR on the control host and tlsecho as image."""
 
     def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.control, self.edge = tmp / "control", tmp / "edge"
-        tokens = TokenStore(self.control / "tokens.json")
-        self.operator = tokens.issue("ops", Role.OPERATOR)
-        self.acme = tokens.issue("acme", Role.TENANT, "acme")
-        self.router = tokens.issue("sr-a", Role.ROUTER)
-        self.edge.mkdir(parents=True)
-        shutil.copy2(self.control / "tokens.json", self.edge / "tokens.json")
-        src = tmp / "tlsecho"
-        src.mkdir()
-        (src / "flame-sf.yaml").write_text(MANIFEST)
-        (src / "server.py").write_text(SERVER)
-        ImageRepository(self.control / "images").put(build_image(src)[0], tags=["1.0"])
-        self.topology = tmp / "topology.yaml"
-        self.topology.write_text(TOPOLOGY)
-        (tmp / "config.toml").write_text("# the FLAME_* variables configure the servers\n")
-        base = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("FLAME_")},
-            "FLAME_CONFIG": str(tmp / "config.toml"),
-            "FLAME_TOKEN": self.operator,
-            "FLAME_LOG_LEVEL": "INFO",
-        }
-        self.control_env = {**base, "FLAME_STATE_DIR": str(self.control)}
-        self.edge_env = {**base, "FLAME_STATE_DIR": str(self.edge)}
-        self.procs = Procs(tmp / "logs", self.control_env)
-        self.pce_url = f"http://127.0.0.1:{free_port()}"
-        self.api_url = f"http://127.0.0.1:{free_port()}"
+        image = tlsecho.write_sf(tmp / "tlsecho")
+        super().__init__(tmp, topology=TOPOLOGY, image=image, first_port=31000)
         self.sr_port = free_port()
-        self.agent_url = f"http://{EDGE_B}:{free_port(EDGE_B)}"
-        self.port_base = 31000 + (os.getpid() % 40) * 500
 
     def start(self) -> None:
         pce_port = self.pce_url.rsplit(":", 1)[1]
@@ -227,7 +148,7 @@ def test_sfr19_agent_hands_an_opted_in_sfe_its_certificate_and_the_sr_uses_mtls(
     platform.start()
     deployed = httpx.post(
         f"{platform.api_url}/v1/services",
-        json={"template": TEMPLATE, "name": "tlsecho.yaml"},
+        json={"template": tlsecho.template("edge-b"), "name": "tlsecho.yaml"},
         headers={"Authorization": f"Bearer {platform.acme}"},
         timeout=30,
         trust_env=False,
