@@ -24,7 +24,7 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 import httpx
 
@@ -36,6 +36,7 @@ __all__ = [
     "CertUnavailable",
     "EndpointCert",
     "EndpointCertSource",
+    "EndpointCertsSetting",
     "HopTlsOff",
     "PceEndpointCerts",
     "probe_tls",
@@ -75,6 +76,28 @@ class EndpointCertSource(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class _CertHelper(Protocol):
+    source: EndpointCertSource | None
+
+
+_Helper = TypeVar("_Helper", bound=_CertHelper)
+
+
+class EndpointCertsSetting(Generic[_Helper]):
+    """A VIM's `endpoint_certs` setting, kept by its certificate helper `self._certs`."""
+
+    _certs: _Helper
+
+    @property
+    def endpoint_certs(self) -> EndpointCertSource | None:
+        """Where opted-in SFEs get their certificates (settable: the next start asks it)."""
+        return self._certs.source
+
+    @endpoint_certs.setter
+    def endpoint_certs(self, source: EndpointCertSource | None) -> None:
+        self._certs.source = source
 
 
 class PceEndpointCerts:

@@ -40,7 +40,7 @@ from flame.sfemc.vim import _k8s_manifests as m
 from flame.sfemc.vim._k8s_tls import CertRenewals, K8sCerts, renew_at, tls_state
 from flame.sfemc.vim._records import spec_from_json
 from flame.sfemc.vim.base import EndpointSpec, VimError, VimState, VimStatus
-from flame.sfemc.vim.endpoint_tls import EndpointCertSource
+from flame.sfemc.vim.endpoint_tls import EndpointCertSource, EndpointCertsSetting
 
 __all__ = ["KubernetesVim"]
 
@@ -48,7 +48,7 @@ FIELD_MANAGER = "flame-sfemc"
 log = logging.getLogger(__name__)
 
 
-class KubernetesVim:
+class KubernetesVim(EndpointCertsSetting[K8sCerts]):
     """SFEs on a Kubernetes cluster through lightkube; `clusters` are FLAME cluster names."""
 
     kind = "kubernetes"
@@ -230,14 +230,6 @@ class KubernetesVim:
         await self._renewals.close()
         await self._certs.close()
         await self.client.close()
-
-    @property
-    def endpoint_certs(self) -> EndpointCertSource | None:
-        return self._certs.source
-
-    @endpoint_certs.setter
-    def endpoint_certs(self, source: EndpointCertSource | None) -> None:
-        self._certs.source = source
 
     # -- hop-by-hop TLS ---------------------------------------------------------------------
 

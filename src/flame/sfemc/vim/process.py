@@ -73,7 +73,7 @@ from flame.sfemc.vim.base import (
     VimState,
     VimStatus,
 )
-from flame.sfemc.vim.endpoint_tls import EndpointCertSource
+from flame.sfemc.vim.endpoint_tls import EndpointCertSource, EndpointCertsSetting
 from flame.sfemc.vim.pyenv import PyenvError, ensure_venv, venv_argv
 from flame.sfemc.vim.sandbox import (
     DEFAULT_UIDS,
@@ -95,7 +95,7 @@ _SFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 SandboxMode = Literal["auto", "required", "off"]
 
 
-class ProcessVim:
+class ProcessVim(EndpointCertsSetting[SfeCerts]):
     """SFEs as local processes; ports from per-cluster ranges (`clusters`: name -> range)."""
 
     kind = "process"
@@ -191,15 +191,6 @@ class ProcessVim:
             backoff_s=backoff_s,
         )
         self.sfes_dir.mkdir(parents=True, exist_ok=True)
-
-    @property
-    def endpoint_certs(self) -> EndpointCertSource | None:
-        """Where opted-in SFEs get their certificates (settable: the next start asks it)."""
-        return self._certs.source
-
-    @endpoint_certs.setter
-    def endpoint_certs(self, source: EndpointCertSource | None) -> None:
-        self._certs.source = source
 
     # -- the VimDriver interface -------------------------------------------------------------
 
