@@ -55,3 +55,11 @@ def test_free_on_all_addresses_of_the_srs() -> None:
     finally:
         for s in socks:
             s.close()
+
+
+def test_a_process_never_hands_out_a_port_twice_before_it_is_bound() -> None:
+    """Callers pick several ports before starting any server: without memory, two picks
+    could name the same port, nothing being bound to it yet, and the second server would fail
+    (or a health check would reach the first one)."""
+    ports = [free_port() for _ in range(2000)]
+    assert len(set(ports)) == len(ports)
