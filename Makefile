@@ -51,8 +51,11 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/mypy --config-file tests/mypy.ini
 
+# pytest on TEST_JOBS xdist workers (most tests wait on real servers, so 3 overlap on 2 cores);
+# `make test TEST_JOBS=0` runs serially, to debug (docs/testing.md).
+TEST_JOBS ?= 3
 unit: $(NATIVE)
-	FLAME_REQUIRE_COMPILED=1 $(BIN)/pytest -q
+	FLAME_REQUIRE_COMPILED=1 $(BIN)/pytest -q -n $(TEST_JOBS) --dist worksteal
 
 test: lint typecheck unit
 

@@ -9,16 +9,51 @@ deadline made property tests fail at random under load. `ci` also prints the rep
 of a failure. `fuzz-deep` (tests/tosca/test_fuzz.py) runs more.
 
 tests/ is on sys.path (this conftest's directory), so shared helpers import by name, e.g.
-`from eventually import eventually` (tests/eventually.py: the one way tests wait)."""
+`from eventually import eventually` (tests/eventually.py: the one way tests wait).
+
+After the last test, the main pytest process (the xdist controller under `-n`) stops and
+reports any process the run left behind (tests/leftovers.py): a test that forgot a server, or
+an xdist worker that died mid-test before its fixtures' finalizers ran."""
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
+import pytest
 from hypothesis import settings
+
+import leftovers
 
 settings.register_profile("dev", deadline=None)
 settings.register_profile("ci", deadline=None, print_blob=True)
 _PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "dev")
 if _PROFILE in ("dev", "ci"):
     settings.load_profile(_PROFILE)
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")  # set by pytest-xdist in its workers only
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not _is_worker(config):  # before the xdist workers start: they inherit the token
+        token = leftovers.new_token()
+        os.environ[leftovers.RUN_VARIABLE] = token
+        config.stash[_TOKEN] = token
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    token = config.stash.get(_TOKEN, None)
+    if token is None:
+        return
+    factory: pytest.TempPathFactory = getattr(config, "_tmp_path_factory")  # noqa: B009
+    basetemp = factory.getbasetemp()  # the xdist workers' basetemps are under it
+    left = leftovers.sweep(token, basetemp)
+    if left:
+        terminalreporter.section("processes left behind (stopped now)", red=True, bold=True)
+        for pid, cmdline in sorted(left.items()):
+            terminalreporter.write_line(f"{pid}: {cmdline}")
+
+
+_TOKEN = pytest.StashKey[str]()
