@@ -24,6 +24,7 @@ import pytest
 from hypothesis import settings
 
 import leftovers
+from flame.common import ports
 
 settings.register_profile("dev", deadline=None)
 settings.register_profile("ci", deadline=None, print_blob=True)
@@ -41,6 +42,16 @@ def pytest_configure(config: pytest.Config) -> None:
         token = leftovers.new_token()
         os.environ[leftovers.RUN_VARIABLE] = token
         config.stash[_TOKEN] = token
+    else:  # each worker (and what it starts) picks free ports in its own slice: no collision
+        os.environ[ports.RANGE_VARIABLE] = _worker_port_range(config)
+
+
+def _worker_port_range(config: pytest.Config) -> str:
+    info: dict[str, Any] = getattr(config, "workerinput")  # noqa: B009
+    index, count = int(info["workerid"].removeprefix("gw")), int(info["workercount"])
+    low, high = 10_000, ports.ephemeral_start()
+    width = (high - low) // count
+    return f"{low + index * width}-{low + (index + 1) * width}"
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

@@ -6,6 +6,9 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import pytest
+
+from flame.common import ports
 from flame.common.ports import free_port, free_port_on_all
 
 
@@ -63,3 +66,22 @@ def test_a_process_never_hands_out_a_port_twice_before_it_is_bound() -> None:
     (or a health check would reach the first one)."""
     ports = [free_port() for _ in range(2000)]
     assert len(set(ports)) == len(ports)
+
+
+def test_flame_port_range_narrows_the_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ports.RANGE_VARIABLE, "20000-21000")
+    picked = [free_port() for _ in range(300)]
+    assert all(20000 <= p < 21000 for p in picked), picked
+    assert len(set(picked)) == len(picked)  # still never twice while most of it is unused
+
+
+def test_a_small_range_repeats_rather_than_runs_dry(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ports.RANGE_VARIABLE, "20000-20010")
+    assert {free_port() for _ in range(100)} <= set(range(20000, 20010))
+
+
+@pytest.mark.parametrize("bad", ["20000", "a-b", "21000-20000", "80-90", "1-2-3"])
+def test_a_bad_port_range_says_what_to_write(monkeypatch: pytest.MonkeyPatch, bad: str) -> None:
+    monkeypatch.setenv(ports.RANGE_VARIABLE, bad)
+    with pytest.raises(ValueError, match="FLAME_PORT_RANGE"):
+        free_port()

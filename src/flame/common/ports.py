@@ -7,27 +7,33 @@ below that range, so only another server chosen the same way can collide. A proc
 hands out the same port twice in a row of `_REMEMBERED` choices: a caller picking several ports
 before starting any server (a PCE, an orchestrator, an SR) would otherwise get the same one
 back now and then, nothing being bound to it yet.
+
+`FLAME_PORT_RANGE=LOW-HIGH` narrows the choice (HIGH excluded), so that instances run side by
+side, each with its own range, never pick the same port (the test suite gives each parallel
+worker one).
 """
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import threading
 from collections import deque
 from pathlib import Path
 
-__all__ = ["free_port", "free_port_on_all"]
+__all__ = ["RANGE_VARIABLE", "ephemeral_start", "free_port", "free_port_on_all"]
 
 _RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _LOWEST = 10_000  # below: well-known and registered ports people run servers on
+RANGE_VARIABLE = "FLAME_PORT_RANGE"
 _REMEMBERED = 4096  # recent choices never repeated by this process
 _recent: deque[int] = deque(maxlen=_REMEMBERED)
 _recent_set: set[int] = set()
 _lock = threading.Lock()
 
 
-def _ephemeral_start() -> int:
+def ephemeral_start() -> int:
     try:
         return int(_RANGE_FILE.read_text().split()[0])
     except (OSError, ValueError, IndexError):
@@ -44,18 +50,33 @@ def _bindable(host: str, port: int) -> bool:
     return True
 
 
+def _configured_range() -> tuple[int, int] | None:
+    raw = os.environ.get(RANGE_VARIABLE, "").strip()
+    if not raw:
+        return None
+    try:
+        low, high = (int(part) for part in raw.split("-"))
+    except ValueError:
+        raise ValueError(f"{RANGE_VARIABLE}={raw!r}: want LOW-HIGH, e.g. 20000-24000") from None
+    if not 1024 <= low < high <= 65536:
+        raise ValueError(f"{RANGE_VARIABLE}={raw!r}: want 1024 <= LOW < HIGH <= 65536")
+    return low, high
+
+
 def free_port_on_all(hosts: list[str], *, attempts: int = 200) -> int:
-    """A port nothing is bound to on any of `hosts`, outside the ephemeral range."""
-    top = _ephemeral_start()
-    if top - _LOWEST < 1000:  # an unusual range leaves too little room below: ask the kernel
+    """A port nothing is bound to on any of `hosts`, outside the ephemeral range (or in
+    `FLAME_PORT_RANGE` when set)."""
+    low, top = _configured_range() or (_LOWEST, ephemeral_start())
+    if top - low < 1000 and RANGE_VARIABLE not in os.environ:
+        # an unusual ephemeral range leaves too little room below: ask the kernel
         with socket.socket() as s:
             s.bind((hosts[0], 0))
             return int(s.getsockname()[1])
-    for _ in range(attempts):
-        candidate = random.randrange(_LOWEST, top)
+    for attempt in range(attempts):
+        candidate = random.randrange(low, top)
         with _lock:
-            if candidate in _recent_set:
-                continue
+            if candidate in _recent_set and attempt < attempts // 2:
+                continue  # (a small, nearly used-up range may repeat rather than run dry)
             if all(_bindable(host, candidate) for host in hosts):
                 _remember(candidate)
                 return candidate
