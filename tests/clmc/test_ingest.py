@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -208,3 +209,80 @@ def test_ingest_over_the_clickhouse_store(tmp_path: Path) -> None:
     assert got == [{"h": "a", "v": 1.0}, {"h": "b", "v": 2.0}, {"h": "c", "v": 4.0}]
     ing.stop()
     store.close()
+
+
+def test_a_waiting_reader_ends_the_appliers_linger(tmp_path: Path) -> None:
+    """CLMC-9, issue 12: under load the applier lingers for more records (bigger batches), but
+    never while a reader waits for what is queued (read_your_writes, a quiet client's query):
+    here it would linger a minute, and the wait ends as soon as the record is applied."""
+    store = DuckDBStore(tmp_path / "clmc.duckdb")
+    # every apply counts as "under load" for a minute after it, and a linger lasts a minute
+    ing = Ingest(store, tmp_path / "wal", linger_s=60.0, busy_window_s=60.0, parse_process=False)
+    ing.start()
+    store.create_database("db")
+    try:
+        assert ing.write("db", None, b"m,h=a v=1 1").error() is None
+        assert ing.wait_applied(30)  # idle: applied at once
+        # now "busy": this record would wait up to 60 s for company, without the reader
+        assert ing.write("db", None, b"m,h=b v=2 2").error() is None
+        assert ing.wait_applied(30)
+        assert count(store) == 2
+    finally:
+        ing.stop()
+        store.close()
+
+
+def test_lingering_still_gathers_records_nobody_waits_for(tmp_path: Path) -> None:
+    """Without a waiting reader the linger stays: records written while the applier is busy
+    are applied together (one batch), which is what makes applying cheaper under load."""
+    store = DuckDBStore(tmp_path / "clmc.duckdb")
+    ing = Ingest(store, tmp_path / "wal", linger_s=60.0, busy_window_s=60.0, parse_process=False)
+    applied: list[int] = []
+    real = ing._apply
+
+    def spy(records: list[Any]) -> None:
+        applied.append(len(records))
+        real(records)
+
+    ing._apply = spy  # type: ignore[method-assign]
+    ing.start()
+    store.create_database("db")
+    try:
+        assert ing.write("db", None, b"m,h=a v=1 1").error() is None
+        assert ing.wait_applied(30)
+        for i in range(3):  # lingered over: the applier waits for more
+            assert ing.write("db", None, f"m,h=c{i} v=3 {3 + i}".encode()).error() is None
+        assert applied == [1]  # nothing applied while it lingers and nobody asks
+        assert ing.wait_applied(30)  # a reader: the three go in one batch at once
+        assert applied == [1, 3]
+        assert count(store) == 4
+    finally:
+        ing.stop()
+        store.close()
+
+
+@pytest.mark.parametrize(
+    "marker",
+    ['{"position": [], "attempts": 2}', '{"position": [1], "attempts": 1}', "[]", "{", "\0"],
+)
+def test_a_garbled_replay_marker_never_stops_a_start(tmp_path: Path, marker: str) -> None:
+    """`replaying.json` (which record a start was applying) may be anything after a crash:
+    unreadable, it names nothing, and the start replays as usual (it raised IndexError on an
+    empty position before, which would have been a crash loop)."""
+    store = DuckDBStore(tmp_path / "clmc.duckdb")
+    ing = Ingest(store, tmp_path / "wal", parse_process=False)
+    ing.start()
+    store.create_database("db")
+    ing.stop()
+    wal = WriteAheadLog(tmp_path / "wal", lambda *_: None)  # a record the store never saw
+    wal.commit(encode_items([("db", "autogen", "m", parse(b"m,h=a v=1 1").batches[0].table)]))
+    wal.close()
+    (tmp_path / "wal" / "replaying.json").write_text(marker)
+    again = Ingest(store, tmp_path / "wal", parse_process=False)
+    try:
+        assert again.start() == 1
+        assert count(store) == 1
+        assert again.quarantined == 0
+    finally:
+        again.stop()
+        store.close()

@@ -4,6 +4,7 @@ process never fails a write; stopping ingest stops it."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 from collections.abc import Iterator
@@ -98,11 +99,11 @@ def test_parse_process_gives_what_the_local_parser_gives(proc: ParseProcess) -> 
 
 def test_big_bodies_go_to_the_process_and_are_stored(tmp_path: Path) -> None:
     store = DuckDBStore(tmp_path / "clmc.duckdb")
-    ing = Ingest(store, tmp_path / "wal", parse_process=True)
+    ing = Ingest(store, tmp_path / "wal", parse_process=True, parse_processes=1)
     ing.start()
     store.create_database("db")
     try:
-        assert ing.parser is not None
+        assert ing.pool.processes
         assert len(big_body()) >= MIN_BYTES
         written = [0]
 
@@ -110,19 +111,24 @@ def test_big_bodies_go_to_the_process_and_are_stored(tmp_path: Path) -> None:
             out = ing.write("db", None, big_body(first=written[0] * 2500), now_ns=NOW)
             assert out.error() is None
             written[0] += 1
-            return ing.parser.used if ing.parser else 0
+            return ing.pool.processes[0].used if ing.pool.processes[0] else 0
 
         eventually(write_one, until=lambda used: used >= 2, what="bodies parsed there")
         assert ing.wait_applied(30)
         rows = store.query(f"SELECT count(*) FROM {table_name('db', 'autogen', 'req')}")
         assert rows.column(0)[0].as_py() == written[0] * 2500
-        pid = ing.parser.pid
+        pid = ing.pool.processes[0].pid
         assert pid is not None
-        assert ing.stats()["parse_process"] == {
+        stats = ing.stats()["parse_process"]  # what /health shows
+        assert isinstance(stats, dict)
+        assert stats["pid"] == pid
+        assert stats["bodies"] == sum(p.used for p in ing.pool.processes) >= 2
+        assert stats["failures"] == 0
+        assert stats["processes"][0] == {
             "pid": pid,
-            "bodies": ing.parser.used,
+            "bodies": ing.pool.processes[0].used,
             "failures": 0,
-        }  # what /health shows
+        }
     finally:
         ing.stop()
         store.close()
@@ -148,13 +154,15 @@ def test_a_stored_field_type_still_wins(tmp_path: Path) -> None:
     store.create_database("db")
     try:
         assert ing.write("db", None, b"req,sfe=a v=1i 1").error() is None
-        assert ing.parser is not None
-        via(ing.parser, big_body(10))  # started and answering
-        used = ing.parser.used
+        assert ing.pool.processes
+        via(ing.pool.processes[0], big_body(10))  # started and answering
+        used = ing.pool.processes[0].used
         # first line float (the body's own choice), the rest integer (the stored type)
         body = big_body(1, "v=2.5") + b"\n" + big_body(2600, "v=3i", first=1)
         out = ing.write("db", None, body, now_ns=NOW)
-        assert ing.parser.used == used + 1  # parsed there, then again here with the types
+        assert (
+            ing.pool.processes[0].used == used + 1
+        )  # parsed there, then again here with the types
         assert out.points == 2600
         assert out.dropped[0].line == 1
         assert "is type float, already exists as type integer" in (out.error() or "")
@@ -168,11 +176,11 @@ def test_a_dead_parse_process_never_fails_a_write(
 ) -> None:
     monkeypatch.setattr(_parseproc, "RESTART_S", 0.0)
     store = DuckDBStore(tmp_path / "clmc.duckdb")
-    ing = Ingest(store, tmp_path / "wal", parse_process=True)
+    ing = Ingest(store, tmp_path / "wal", parse_process=True, parse_processes=2)
     ing.start()
     store.create_database("db")
     try:
-        parser = ing.parser
+        parser = ing.pool.processes[0]
         assert parser is not None
         via(parser, big_body(10))
         pid = parser.pid
@@ -182,6 +190,10 @@ def test_a_dead_parse_process_never_fails_a_write(
         assert out.error() is None
         assert out.points == 2500
         assert parser.failures == 1
+        # parsed here, not handed to the next process: a body a process failed on (a hang of
+        # 120 s, say) is never tried on each process in turn
+        assert ing.pool.processes[1].pid is None
+        assert ing.pool.processes[1].used == 0
         # started again (RESTART_S = 0 here), and used again
         via(parser, big_body(10))
         assert parser.pid != pid
@@ -196,15 +208,76 @@ def test_a_dead_parse_process_never_fails_a_write(
 def test_small_bodies_and_the_switch_stay_local(tmp_path: Path) -> None:
     store = DuckDBStore(tmp_path / "clmc.duckdb")
     off = Ingest(store, tmp_path / "wal", parse_process=False)
-    assert off.parser is None
+    assert off.pool.processes == []
     off.stop()
     on = Ingest(store, tmp_path / "wal2", parse_process=True)
     try:
         on.start()
         store.create_database("db")
         assert on.write("db", None, b"m v=1 1").points == 1
-        assert on.parser is not None
-        assert on.parser.pid is None  # a small body does not even start the process
+        assert on.pool.processes
+        assert all(p.pid is None for p in on.pool.processes)  # a small body starts none
     finally:
         on.stop()
+        store.close()
+
+
+def test_a_busy_process_passes_the_body_to_the_next(tmp_path: Path) -> None:
+    """One parse process per CPU (issue 12): two writers' bodies are parsed at once in two
+    processes, not one there and one in the server's interpreter. A body goes to the first
+    process that is free."""
+    store = DuckDBStore(tmp_path / "clmc.duckdb")
+    ing = Ingest(store, tmp_path / "wal", parse_process=True, parse_processes=2)
+    ing.start()
+    store.create_database("db")
+    try:
+        first, second = ing.pool.processes
+        for p in (first, second):
+            via(p, big_body(10))  # both started and answering
+        used = (first.used, second.used)
+        with first._lock:  # the first busy with another writer's body
+            out = ing.write("db", None, big_body(first=0), now_ns=NOW)
+        assert out.error() is None
+        assert (first.used, second.used) == (used[0], used[1] + 1)
+        out = ing.write("db", None, big_body(first=2500), now_ns=NOW)  # free again: first
+        assert out.error() is None
+        assert (first.used, second.used) == (used[0] + 1, used[1] + 1)
+        stats = ing.stats()["parse_process"]
+        assert isinstance(stats, dict)
+        assert [p["pid"] for p in stats["processes"]] == [first.pid, second.pid]
+        assert stats["bodies"] == first.used + second.used
+        assert ing.wait_applied(30)
+        rows = store.query(f"SELECT count(*) FROM {table_name('db', 'autogen', 'req')}")
+        assert rows.column(0)[0].as_py() == 5000
+        pids = [first.pid, second.pid]
+    finally:
+        ing.stop()
+        store.close()
+    for pid in pids:  # stopping ingest ends both
+        assert pid is not None
+        eventually(functools.partial(_gone, pid), what="a parse process to exit")
+
+
+def test_how_many_parse_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One per CPU (at most 4) unless FLAME_CLMC_PARSE_PROCESSES says otherwise; none with
+    FLAME_CLMC_PARSE_PROCESS=0. None is started before the first big body."""
+    store = DuckDBStore(None)
+    cases = [
+        ({}, min(4, os.cpu_count() or 1)),
+        ({"FLAME_CLMC_PARSE_PROCESSES": "3"}, 3),
+        ({"FLAME_CLMC_PARSE_PROCESSES": "0"}, 0),
+        ({"FLAME_CLMC_PARSE_PROCESSES": "3", "FLAME_CLMC_PARSE_PROCESS": "0"}, 0),
+    ]
+    try:
+        for i, (env, expected) in enumerate(cases):
+            for name in ("FLAME_CLMC_PARSE_PROCESSES", "FLAME_CLMC_PARSE_PROCESS"):
+                monkeypatch.delenv(name, raising=False)
+            for name, value in env.items():
+                monkeypatch.setenv(name, value)
+            ing = Ingest(store, tmp_path / f"wal{i}")
+            assert len(ing.pool.processes) == expected, env
+            assert all(p.pid is None for p in ing.pool.processes)
+            assert (ing.stats()["parse_process"] is None) == (expected == 0)
+            ing.stop()
+    finally:
         store.close()

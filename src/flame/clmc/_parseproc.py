@@ -2,9 +2,9 @@
 Arrow calls hold the interpreter lock much of the time, so two bodies parsed in one process
 take turns on one core; one parsed here runs on the other core meanwhile.
 
-The CLMC starts it (`python -m flame.clmc._parseproc`, stdin/stdout pipes) at the first body
-worth sending (`MIN_BYTES`), and a write uses it only when it is free: the request thread
-parses locally otherwise, so the process never makes a write wait. It parses without the
+The CLMC starts them (`python -m flame.clmc._parseproc`, stdin/stdout pipes; `ParsePool`: one
+per CPU) at the first body worth sending (`MIN_BYTES`), and a write uses one only when it is
+free: the request thread parses locally otherwise, so a process never makes a write wait. It parses without the
 stored field types (`parse(known=None)`); ingest parses again locally when the result could
 differ (a type conflict, see `Ingest._parse`). Anything going wrong (the process dead, slow,
 or answering nonsense) is logged, the process stopped (started again after `RESTART_S`) and
@@ -35,7 +35,7 @@ import pyarrow as pa  # type: ignore[import-untyped]
 from flame.clmc.errors import LineProtocolError
 from flame.clmc.lineproto import Dropped, MeasurementBatch, ParseResult, parse
 
-__all__ = ["MIN_BYTES", "ParseProcess"]
+__all__ = ["MIN_BYTES", "ParsePool", "ParseProcess", "process_count"]
 
 log = logging.getLogger("flame.clmc.ingest")
 
@@ -228,6 +228,57 @@ class ParseProcess:
         with self._lock:
             self._closed = True
             self._stop()
+
+
+class ParsePool:
+    """Several parse processes (`process_count`): a body goes to the first one free."""
+
+    def __init__(self, count: int) -> None:
+        self.processes = [ParseProcess() for _ in range(count)]
+
+    def parse(
+        self,
+        body: bytes,
+        precision: str | None,
+        now_ns: int,
+        max_fields: int,
+        max_tags: int,
+        cutoff: int | None,
+    ) -> ParseResult | None:
+        """The result of the first process free, or None (every one busy, starting or failed:
+        the caller parses locally). A body one process failed on (a hang, say) is not tried
+        on the next one: the caller parses it, so it never costs a timeout per process."""
+        for proc in self.processes:
+            failures = proc.failures
+            result = proc.parse(body, precision, now_ns, max_fields, max_tags, cutoff)
+            if result is not None or proc.failures != failures:
+                return result
+        return None
+
+    def stats(self) -> dict[str, object] | None:
+        """/health's view: the first one's pid, bodies and failures of all, and each one's."""
+        if not self.processes:
+            return None
+        each = [p.stats() for p in self.processes]
+        return {
+            "pid": each[0]["pid"],
+            "bodies": sum(p.used for p in self.processes),
+            "failures": sum(p.failures for p in self.processes),
+            "processes": each,
+        }
+
+    def close(self) -> None:
+        for proc in self.processes:
+            proc.close()
+
+
+def process_count(count: int | None = None) -> int:
+    """How many parse processes: `count`, else FLAME_CLMC_PARSE_PROCESSES, else one per CPU,
+    at most 4 (each costs ~150 MB; two writers on two CPUs keep two busy)."""
+    if count is None:
+        raw = os.environ.get("FLAME_CLMC_PARSE_PROCESSES", "").strip()
+        count = int(raw) if raw.isdigit() else min(4, os.cpu_count() or 1)
+    return max(0, count)
 
 
 def main(argv: Any = None) -> None:

@@ -1,7 +1,7 @@
 """Write path (CLMC-8, 9): parse, check, log durably, acknowledge, apply in big batches.
 
-    request thread:  parse body (a big one in the parse process, `_parseproc`, when it is
-                     free: a second core) -> per measurement: retention, limits, field types
+    request thread:  parse body (a big one in a parse process, `_parseproc`, when one is
+                     free: the other cores) -> per measurement: retention, limits, field types
                      (reserved under a lock, so two racing writes cannot both introduce a
                      field with different types) -> series and tag values of every
                      measurement in one pass (`Store.admit_many`) -> WAL commit (group
@@ -26,17 +26,16 @@ about one apply cycle, under a second, in steady state). While writes arrive slo
 to `settle_s`, so a quiet client reads its own writes. `read_your_writes=True` always waits (up
 to 10 s) for every write acknowledged before the query.
 
-Nothing acknowledged is lost silently: a record or table the store refuses to apply (an error,
-DuckDB's memory limit, a table over the limits written by an older version) is set aside in
-`<wal>/quarantine/` (Arrow IPC files with an index, `index.jsonl`), logged and counted
-(`stats()["quarantined"]`); a record that kills the process while it is replayed (twice in a
-row) is quarantined at the next start instead of applied, so a restart can never crash-loop.
+Nothing acknowledged is lost silently: a record or table the store refuses (an error, DuckDB's
+memory limit, a table over the limits written by an older version) is set aside in
+`<wal>/quarantine/` (Arrow IPC files, `index.jsonl`), logged and counted (`stats()["quarantined"]`);
+a record that kills the process twice in a row while replayed is quarantined at the next start
+instead, so a restart can never crash-loop.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -50,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa  # type: ignore[import-untyped]
 
-from flame.clmc._parseproc import MIN_BYTES, ParseProcess
+from flame.clmc._parseproc import MIN_BYTES, ParsePool, process_count
 from flame.clmc.errors import DatabaseNotFound, Overloaded, RetentionPolicyNotFound
 from flame.clmc.ingest_batches import (
     _admitted,
@@ -81,8 +80,9 @@ from flame.clmc.wal import (
     parse_position,
     quarantine_record,
     quarantine_table,
+    read_replay_marker,
+    write_replay_marker,
 )
-from flame.common.atomicfile import atomic_write
 
 __all__ = ["Ingest", "WriteOutcome", "decode_items", "encode_items"]
 
@@ -133,6 +133,7 @@ class Ingest:
         max_backlog_bytes: int = 512 << 20,
         batch_rows: int = 1_000_000,
         linger_s: float = 0.05,
+        busy_window_s: float = 0.1,
         fsync: bool = True,
         limits: Limits | None = None,
         max_lag_s: float = 10.0,
@@ -142,6 +143,7 @@ class Ingest:
         settle_s: float = 1.0,
         storm_rate: float = 20_000.0,
         parse_process: bool | None = None,
+        parse_processes: int | None = None,
     ) -> None:
         self.store = store
         self.limits = limits if limits is not None else Limits.from_env()
@@ -149,6 +151,7 @@ class Ingest:
         self._max_lag_s = max_lag_s
         self._batch_rows = batch_rows
         self._linger_s = linger_s
+        self._busy_window_s = busy_window_s  # an apply this recent means "under load"
         self._settle_rows = settle_rows
         self._settle_s = settle_s
         self._storm_rate = storm_rate
@@ -157,7 +160,8 @@ class Ingest:
         self._last_rate = 0.0
         self._slots = threading.BoundedSemaphore(parse_slots or max(2, os.cpu_count() or 2))
         self._slot_wait_s = slot_wait_s
-        self._queue: queue.Queue[tuple[Position, list[Item], int] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[Position, list[Item], int] | _Wake | None] = queue.Queue()
+        self._waiters = 0  # threads in `wait_applied`: the applier does not linger for them
         self._types_lock = threading.Lock()
         self._known: dict[tuple[str, str, str], _Known] = {}
         self._state = threading.Condition()
@@ -180,8 +184,7 @@ class Ingest:
         self._wal = WriteAheadLog(wal_dir, self._on_durable, fsync=fsync)
         if parse_process is None:  # on unless FLAME_CLMC_PARSE_PROCESS=0
             parse_process = os.environ.get("FLAME_CLMC_PARSE_PROCESS", "1") != "0"
-        # a second process parsing big bodies (`_parseproc`), started at the first one
-        self.parser = ParseProcess() if parse_process else None
+        self.pool = ParsePool(process_count(parse_processes) if parse_process else 0)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -193,10 +196,7 @@ class Ingest:
         without being applied again."""
         after = parse_position(self.store.get_meta(_META_KEY))
         marker = self.wal_dir / "replaying.json"
-        suspect: tuple[Position, int] | None = None
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            data = json.loads(marker.read_text())
-            suspect = ((int(data["position"][0]), int(data["position"][1])), int(data["attempts"]))
+        suspect = read_replay_marker(marker)
         replayed = 0
         for pos, payload in self._wal.replay(after):
             attempts = suspect[1] if suspect is not None and suspect[0] == pos else 0
@@ -220,7 +220,7 @@ class Ingest:
                     self._quarantine(pos, item, "the process died applying it (twice)")
                 self.store.append_many([], {_META_KEY: format_position(pos)})
                 continue
-            _write_marker(marker, pos, attempts + 1)
+            write_replay_marker(marker, pos, attempts + 1)
             self._apply([(pos, items, 0)])
             replayed += 1
         with contextlib.suppress(FileNotFoundError):
@@ -244,8 +244,7 @@ class Ingest:
             self._running.set()
             self._thread.join()
             self._thread = None
-        if self.parser is not None:
-            self.parser.close()
+        self.pool.close()
         self._wal.close()
 
     # -- writing --------------------------------------------------------------------------------
@@ -304,8 +303,8 @@ class Ingest:
         another type than the stored one, is parsed again here, with them (rare: an error)."""
         cutoff = self._cutoff(db, rp, now_ns)
         max_fields, max_tags = self.limits.max_fields_per_point, self.limits.max_tags_per_point
-        if self.parser is not None and len(body) >= MIN_BYTES:
-            result = self.parser.parse(body, precision, now_ns, max_fields, max_tags, cutoff)
+        if len(body) >= MIN_BYTES:
+            result = self.pool.parse(body, precision, now_ns, max_fields, max_tags, cutoff)
             if result is not None and not result.dropped:
                 with self._types_lock:
                     known = [self._known_for(db, rp, b.measurement) for b in result.batches]
@@ -521,13 +520,17 @@ class Ingest:
             self._running.wait()
             if first is None or self._abandon:
                 return
+            if isinstance(first, _Wake):
+                continue
             batch = [first]
             rows = sum(t.num_rows for *_, t in first[1])
             # Under load (the last apply was moments ago), wait a little for more records:
             # fewer, bigger transactions. Idle, apply at once: a lone write is readable sooner.
             # Everything queued goes in (up to batch_rows): the busier, the bigger the batch, so
-            # the cost per table and per transaction shrinks as the load grows.
-            linger_end = time.monotonic() + (self._linger_s if time.monotonic() < busy_until else 0)
+            # the cost per table and per transaction shrinks as the load grows. Never while a
+            # reader waits for what is queued (`wait_applied`): lingering would only delay it.
+            linger = self._linger_s if time.monotonic() < busy_until and not self._waiters else 0
+            linger_end = time.monotonic() + linger
             stop = False
             while rows < self._batch_rows:
                 try:
@@ -538,10 +541,13 @@ class Ingest:
                 if nxt is None:
                     stop = True
                     break
+                if isinstance(nxt, _Wake):  # a reader started waiting: apply what is here now
+                    linger_end = 0.0
+                    continue
                 batch.append(nxt)
                 rows += sum(t.num_rows for *_, t in nxt[1])
             self._apply(batch)
-            busy_until = time.monotonic() + 0.1
+            busy_until = time.monotonic() + self._busy_window_s
             if stop:
                 return
 
@@ -630,11 +636,18 @@ class Ingest:
         deadline = time.monotonic() + timeout_s
         with self._state:
             target = self._durable
-            while self._applied < target:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._state.wait(left)
+            if self._applied >= target:
+                return True
+            self._waiters += 1
+            self._queue.put(_WAKE)  # ends a linger under way (see `_run`)
+            try:
+                while self._applied < target:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._state.wait(left)
+            finally:
+                self._waiters -= 1
         return True
 
     def before_query(self, read_your_writes: bool = False) -> None:
@@ -677,11 +690,11 @@ class Ingest:
             "quarantined": self.quarantined,
             "quarantine_dir": str(self.quarantine_dir),
             "apply_errors": self.apply_errors,
-            "parse_process": None if self.parser is None else self.parser.stats(),
+            "parse_process": self.pool.stats(),
         }
 
 
-def _write_marker(path: Path, pos: Position, attempts: int) -> None:
-    # Before each record replayed at start-up; not synced: it counts deaths of the process
-    # (the page cache keeps its renames), and an fsync per replayed record slows every replay.
-    atomic_write(path, json.dumps({"position": list(pos), "attempts": attempts}), durable=False)
+class _Wake: ...  # queued by a reader (`wait_applied`): the applier stops lingering
+
+
+_WAKE = _Wake()

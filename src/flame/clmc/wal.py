@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pyarrow as pa  # type: ignore[import-untyped]
 
+from flame.common.atomicfile import atomic_write
+
 log = logging.getLogger("flame.clmc.ingest")
 
 __all__ = [
@@ -38,6 +40,8 @@ __all__ = [
     "parse_position",
     "quarantine_record",
     "quarantine_table",
+    "read_replay_marker",
+    "write_replay_marker",
 ]
 
 Position = tuple[int, int]  # (segment number, byte offset just after a record)
@@ -299,3 +303,21 @@ def quarantine_record(directory: Path, pos: Position, payload: bytes, reason: st
             )
     except Exception:
         log.exception("could not keep an undecodable record in the quarantine directory")
+
+
+# -- the replay marker: which record a start-up was applying (see `Ingest.start`) ---------------
+
+
+def read_replay_marker(path: Path) -> tuple[Position, int] | None:
+    """The position and attempts the marker names, or None (none, or unreadable)."""
+    try:
+        data = json.loads(path.read_text())
+        return (int(data["position"][0]), int(data["position"][1])), int(data["attempts"])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+def write_replay_marker(path: Path, pos: Position, attempts: int) -> None:
+    # Before each record replayed at start-up; not synced: it counts deaths of the process
+    # (the page cache keeps its renames), and an fsync per replayed record slows every replay.
+    atomic_write(path, json.dumps({"position": list(pos), "attempts": attempts}), durable=False)
