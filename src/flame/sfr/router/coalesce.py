@@ -175,13 +175,11 @@ def coalesce_key(req: RequestHead, vary: VaryTable | None = None) -> CoalesceKey
 def response_vary(head: ResponseHead) -> Names | None:
     """The request fields a response varies on beyond the key: None (none), `ANY`, or the
     sorted lower-case names. Hostile values (too many or odd names) count as `ANY`."""
-    lnames = head.lnames
-    if b"vary" not in lnames:
+    varies = head.varies
+    if varies is None:
         return None
     names: set[bytes] = set()
-    for lname, (_, value) in zip(lnames, head.headers, strict=True):
-        if lname != b"vary":
-            continue
+    for value in varies:
         for raw in value.split(b","):
             name = raw.strip().lower()
             if not name:

@@ -24,6 +24,8 @@ import contextvars
 from collections.abc import Callable
 from typing import Final
 
+from flame.sfr.router.tlsconn import TlsConnection
+
 __all__ = [
     "BODY_BUFFER",
     "CLIENT_FULL",
@@ -81,6 +83,7 @@ class FlowControl:
         "_held",
         "_held_bytes",
         "_outbox",
+        "_tls",
         "_transport",
         "on_writable",
         "writable",
@@ -88,6 +91,11 @@ class FlowControl:
 
     def __init__(self, transport: asyncio.Transport, outbox: Outbox | None = None) -> None:
         self._transport = transport
+        # The router's own TLS driver, when it is the transport: called directly (compiled
+        # to compiled), not through Python's method lookup, on every flush.
+        self._tls: TlsConnection | None = (
+            transport if isinstance(transport, TlsConnection) else None
+        )
         self._outbox = outbox
         self._held: list[bytes] | None = None  # bytes not yet handed to the transport
         self._held_bytes = 0
@@ -123,13 +131,16 @@ class FlowControl:
             return
         self._held = None
         self._held_bytes = 0
-        transport = self._transport
-        if transport.is_closing():
+        # At most HOLD_LIMIT plus one write: one copy.
+        data = held[0] if len(held) == 1 else b"".join(held)
+        tls = self._tls
+        if tls is not None:
+            if not tls.is_closing():
+                tls.write(data)
             return
-        if len(held) == 1:
-            transport.write(held[0])
-        else:
-            transport.write(b"".join(held))  # at most HOLD_LIMIT plus one write: one copy
+        transport = self._transport
+        if not transport.is_closing():
+            transport.write(data)
 
     def close(self) -> None:
         """Close after the held bytes (the transport sends its buffer before closing)."""
@@ -145,6 +156,9 @@ class FlowControl:
 
     @property
     def closing(self) -> bool:
+        tls = self._tls
+        if tls is not None:
+            return tls.is_closing()
         return self._transport.is_closing()
 
     # -- reading --------------------------------------------------------------------------------

@@ -116,6 +116,13 @@ class RouterMetrics:
         self._endpoint_totals: dict[tuple[str, str], tuple[Endpoint, Counters]] = {}
         # (fqdn, sfe) -> one-way path latency of the route, from the current table
         self._path_ms: dict[tuple[str, str], float] = {}
+        # The (FQDN, endpoint) pair counted last and its counters: most requests in a row
+        # are for the same pair, which then costs no key tuples and no dict lookups.
+        self._last_fqdn: str | None = None
+        self._last_endpoint: Endpoint | None = None
+        self._last_counters = Counters()  # the FQDN's (placeholders until a pair is chosen)
+        self._last_endpoint_counters = Counters()
+        self._last_path: float | None = None
         self.batches_sent = 0
         self.batches_dropped = 0
         self.points_dropped = 0
@@ -137,6 +144,17 @@ class RouterMetrics:
     def set_paths(self, path_ms: dict[tuple[str, str], float]) -> None:
         """The path latency of each (FQDN, endpoint) route of the table now in use."""
         self._path_ms = path_ms
+        self._last_fqdn = None
+
+    def _select(self, fqdn: str, endpoint: Endpoint) -> None:
+        """Point the `_last_*` fields at the counters of (fqdn, endpoint)."""
+        if fqdn is self._last_fqdn and endpoint is self._last_endpoint:
+            return
+        self._last_endpoint_counters = self.endpoint(fqdn, endpoint)
+        self._last_counters = self.fqdn(fqdn)
+        self._last_path = self._path_ms.get((fqdn, endpoint.sfe))
+        self._last_fqdn = fqdn
+        self._last_endpoint = endpoint
 
     def request_done(
         self,
@@ -151,20 +169,23 @@ class RouterMetrics:
         coalesced: bool,
     ) -> None:
         error = status >= 500 or not complete
-        c = self._fqdns.get(fqdn) or self.fqdn(fqdn)
-        _count(c, error, rt_ms, bytes_in, bytes_out, coalesced)
-        if endpoint is not None:
-            path = self._path_ms.get((fqdn, endpoint.sfe))
-            if path is not None:
-                c.path_sum_ms += path
-                c.path_count += 1
-            entry = self._endpoints.get((fqdn, endpoint.sfe))
-            c = entry[1] if entry is not None else self.endpoint(fqdn, endpoint)
+        if endpoint is None:
+            c = self._fqdns.get(fqdn) or self.fqdn(fqdn)
             _count(c, error, rt_ms, bytes_in, bytes_out, coalesced)
+            return
+        self._select(fqdn, endpoint)
+        c = self._last_counters
+        _count(c, error, rt_ms, bytes_in, bytes_out, coalesced)
+        path = self._last_path
+        if path is not None:
+            c.path_sum_ms += path
+            c.path_count += 1
+        _count(self._last_endpoint_counters, error, rt_ms, bytes_in, bytes_out, coalesced)
 
     def fetch(self, fqdn: str, endpoint: Endpoint) -> None:
-        self.endpoint(fqdn, endpoint).fetches += 1
-        self.fqdn(fqdn).fetches += 1
+        self._select(fqdn, endpoint)
+        self._last_endpoint_counters.fetches += 1
+        self._last_counters.fetches += 1
 
     def upstream_error(self, fqdn: str, endpoint: Endpoint) -> None:
         self.endpoint(fqdn, endpoint).errors += 1
@@ -183,6 +204,7 @@ class RouterMetrics:
         """The interval's points as line protocol; the interval starts again at zero."""
         fqdns, self._fqdns = self._fqdns, {}
         endpoints, self._endpoints = self._endpoints, {}
+        self._last_fqdn = None  # its counters belong to the interval just ended
         worker = str(self.worker)
         lines: list[str] = []
         for (fqdn, _sfe), (endpoint, counters) in sorted(endpoints.items()):

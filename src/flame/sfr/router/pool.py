@@ -75,6 +75,7 @@ class UpstreamPool:
         self.closed = False
         # Created in the loop; asyncio.get_running_loop() costs a getpid() per call.
         self._loop = asyncio.get_running_loop()
+        self._time = self._loop.time  # bound once: called per released connection
 
     def take_idle(self, endpoint: Endpoint) -> UpstreamConnection | None:
         """A warm idle connection to the endpoint's address, if there is one."""
@@ -202,7 +203,7 @@ class UpstreamPool:
         ):
             conn.close()
             return
-        conn.idle_since = self._loop.time()
+        conn.idle_since = self._time()
         self._idle.setdefault(address, []).append(conn)
         if self._waiters:
             self._wake(address)

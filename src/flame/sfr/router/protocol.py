@@ -84,6 +84,7 @@ class RouterProtocol(asyncio.Protocol):
         self.internal = internal
         self.tls = tls  # on the TLS listener (tls.py): the handshake is done by now
         self._loop = ctx.loop
+        self._time = ctx.loop.time  # bound once: called per request
         config = ctx.config
         limits = config.limits
         # Read once per connection: the configuration is a plain (interpreted) object.
@@ -293,8 +294,7 @@ class RouterProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_deadline = 0.0
-        assert self.transport is not None
-        if self.transport.is_closing():
+        if self.flow.closing:
             return  # an earlier request in this chunk closed the connection
         parser = self._parser
         req = analyze_request(
@@ -415,7 +415,7 @@ class RouterProtocol(asyncio.Protocol):
         if self._rejected or self._eof:
             self._close()
         elif not self._in_head:
-            self._idle_deadline = self._loop.time() + self._keepalive_timeout
+            self._idle_deadline = self._time() + self._keepalive_timeout
 
     def _reject(self, error: RequestRejected) -> None:
         """Stop reading; answer `error` once the requests before it are answered; close."""

@@ -52,9 +52,8 @@ _SPECIAL: Final = frozenset(
         b"x-flame-endpoint",
     }
 )
-# Of the special fields, those forwarded unchanged (the router only looks at them).
-_NO_TOKENS: Final[frozenset[bytes]] = frozenset()
 _PLAIN_CONNECTION: Final = frozenset({b"close", b"keep-alive"})
+# Of the special fields, those forwarded unchanged (the router only looks at them).
 _LOOKED_AT: Final = frozenset(
     {b"authorization", b"cookie", b"proxy-authorization", b"accept", b"accept-encoding", b"range"}
 )
@@ -160,7 +159,7 @@ def via_entry(sr_id: str) -> bytes:
     return sr_id.encode("ascii", "replace")
 
 
-def analyze_request(  # noqa: C901 (issue 18: split it)
+def analyze_request(
     method: bytes,
     url: bytes,
     version: str,
@@ -169,112 +168,23 @@ def analyze_request(  # noqa: C901 (issue 18: split it)
     keep_alive: bool,
     sr_id: str,
 ) -> RequestHead:
-    """Check a parsed request head and extract what routing and forwarding need."""
-    if version not in ("1.1", "1.0"):
-        raise BadRequest(f"HTTP/{version} is not supported; send HTTP/1.1 or HTTP/1.0")
-    if method == b"CONNECT":
-        raise MethodNotAllowed(
-            "CONNECT is not supported: the SR routes requests by Host, it is not a tunnel"
-        )
+    """Check a parsed request head and extract what routing and forwarding need.
 
-    lines: list[bytes] = []
-    names: list[bytes] = []  # lower-case name of each line, for removing fields named in Connection
-    # Fields most requests do not have are collected in lists made on first sight.
-    host: bytes | None = None
-    hosts = 0
-    lengths: list[bytes] | None = None
-    codings: list[bytes] | None = None
-    connection: list[bytes] | None = None
-    via: list[bytes] | None = None
-    xff: list[bytes] | None = None
-    xfh: bytes | None = None
-    xfp: bytes | None = None
-    expect_continue = False
-    credentials = False
-    accept: bytes | None = None
-    accept_encoding: bytes | None = None
-    range_: bytes | None = None
-    relay_client: bytes | None = None
-    flame_endpoint: str | None = None
-    for name, value in headers:
-        lname = lower_name(name)
-        if lname not in _SPECIAL:
-            lines.append(name + b": " + value + b"\r\n")
-            names.append(lname)
-            continue
-        if lname in _LOOKED_AT:
-            lines.append(name + b": " + value + b"\r\n")
-            names.append(lname)
-            if lname in _CREDENTIALS:
-                credentials = True
-            elif lname == b"accept":
-                accept = value if accept is None else accept + b", " + value
-            elif lname == b"accept-encoding":
-                accept_encoding = (
-                    value if accept_encoding is None else accept_encoding + b", " + value
-                )
-            else:
-                range_ = value if range_ is None else range_ + b", " + value
-        elif lname == b"host":
-            hosts += 1
-            if host is None:
-                host = value
-        elif lname == b"content-length":
-            lengths = _append(lengths, value)
-        elif lname == b"transfer-encoding":
-            codings = _append(codings, value)
-        elif lname == b"connection":
-            connection = _append(connection, value)
-        elif lname == b"via":
-            via = _append(via, value)
-        elif lname == b"x-forwarded-for":
-            xff = _append(xff, value)
-        elif lname == b"x-forwarded-host":
-            xfh = xfh or value.strip()
-        elif lname == b"x-forwarded-proto":
-            xfp = xfp or value.strip()
-        elif lname == b"x-flame-relay-client":
-            relay_client = value.strip()
-        elif lname == b"x-flame-endpoint":
-            if flame_endpoint is None:
-                flame_endpoint = value.strip().decode("latin-1")
-        elif lname == b"expect":
-            # Only 100-continue is defined; the router answers it itself (see cycle.py).
-            expect_continue = expect_continue or value.strip().lower() == b"100-continue"
-        # keep-alive, te, trailer, upgrade: hop-by-hop, consumed here.
-
-    target, url_host = _origin_form(method, url)
-    if url_host is not None:
-        # RFC 9112 §3.2.2: the authority of an absolute-form target replaces Host.
-        host = url_host
-    elif host is not None and hosts == 1:
-        host = host.strip()
-    elif host is None:
-        raise BadRequest("the request has no Host header; the SR routes by Host (the service FQDN)")
-    else:
-        raise BadRequest(f"the request has {hosts} Host headers; send exactly one")
+    The checks run in a fixed order, so a request with several faults always gets the same
+    answer: version and method, the target, Host, the body framing, then the Via loop.
+    """
+    _check_method(method, version)
+    fields = _scan_headers(headers)
+    target, host = _target_and_host(method, url, fields)
     fqdn = fqdn_from_host(host)
     if fqdn is None:
         raise BadRequest(f"Host {host[:100].decode('latin-1')!r} is not a host name")
-
-    content_length = _content_length(lengths) if lengths is not None else None
-    chunked = _chunked(codings) if codings is not None else False
-    if chunked and content_length is not None:
-        raise BadRequest("the request has both Content-Length and Transfer-Encoding; send one")
-
+    content_length, chunked = _framing(fields)
+    via = fields.via
     if via is not None:
         _check_loop(via, sr_id)
-
-    listed = connection_tokens(connection) if connection is not None else _NO_TOKENS
-    if listed and listed - _PLAIN_CONNECTION:
-        # Fields the client marked as hop-by-hop are for us only (RFC 9110 §7.6.1).
-        lines = [
-            line
-            for line, lname in zip(lines, names, strict=True)
-            if not is_hop_by_hop(lname, listed)
-        ]
-        credentials = any(n in _CREDENTIALS and not is_hop_by_hop(n, listed) for n in names)
-
+    lines, credentials = _end_to_end(headers, fields)
+    xff = fields.xff
     return RequestHead(
         method=method,
         target=target,
@@ -284,33 +194,211 @@ def analyze_request(  # noqa: C901 (issue 18: split it)
         keep_alive=keep_alive,
         content_length=content_length,
         chunked=chunked,
-        expect_continue=expect_continue,
+        expect_continue=fields.expect_continue,
         lines=lines,
         via=join_values(via) if via is not None else b"",
         forwarded_for=join_values(xff) if xff is not None else b"",
-        forwarded_host=xfh or None,
-        forwarded_proto=xfp or None,
+        forwarded_host=fields.xfh or None,
+        forwarded_proto=fields.xfp or None,
         credentials=credentials,
-        accept=accept,
-        accept_encoding=accept_encoding,
-        range=range_,
-        relay_client=relay_client,
-        flame_endpoint=flame_endpoint,
+        accept=fields.accept,
+        accept_encoding=fields.accept_encoding,
+        range=fields.range,
+        relay_client=fields.relay_client,
+        flame_endpoint=fields.flame_endpoint,
     )
+
+
+class _Fields:
+    """What one pass over a request's headers collected: the end-to-end lines, and the
+    fields the router reads or consumes. Lists for fields most requests do not have are made
+    on first sight (None until then)."""
+
+    __slots__ = (
+        "accept",
+        "accept_encoding",
+        "codings",
+        "connection",
+        "credentials",
+        "expect_continue",
+        "flame_endpoint",
+        "host",
+        "hosts",
+        "lengths",
+        "lines",
+        "range",
+        "relay_client",
+        "via",
+        "xff",
+        "xfh",
+        "xfp",
+    )
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self.host: bytes | None = None
+        self.hosts = 0
+        self.lengths: list[bytes] | None = None
+        self.codings: list[bytes] | None = None
+        self.connection: list[bytes] | None = None
+        self.via: list[bytes] | None = None
+        self.xff: list[bytes] | None = None
+        self.xfh: bytes | None = None
+        self.xfp: bytes | None = None
+        self.expect_continue = False
+        self.credentials = False
+        self.accept: bytes | None = None
+        self.accept_encoding: bytes | None = None
+        self.range: bytes | None = None
+        self.relay_client: bytes | None = None
+        self.flame_endpoint: str | None = None
+
+
+def _check_method(method: bytes, version: str) -> None:
+    if version not in ("1.1", "1.0"):
+        raise BadRequest(f"HTTP/{version} is not supported; send HTTP/1.1 or HTTP/1.0")
+    if method == b"CONNECT":
+        raise MethodNotAllowed(
+            "CONNECT is not supported: the SR routes requests by Host, it is not a tunnel"
+        )
+
+
+def _scan_headers(headers: list[tuple[bytes, bytes]]) -> _Fields:
+    """One pass: end-to-end fields rendered as lines in order, the special ones noted."""
+    fields = _Fields()
+    lines = fields.lines
+    for name, value in headers:
+        lname = lower_name(name)
+        if lname not in _SPECIAL:
+            lines.append(b"%b: %b\r\n" % (name, value))
+        elif lname in _LOOKED_AT:
+            lines.append(b"%b: %b\r\n" % (name, value))
+            _looked_at(fields, lname, value)
+        else:
+            _consumed(fields, lname, value)
+    return fields
+
+
+def _looked_at(fields: _Fields, lname: bytes, value: bytes) -> None:
+    """A field forwarded unchanged that the router also reads (credentials, content
+    negotiation, ranges: the coalescing key)."""
+    if lname in _CREDENTIALS:
+        fields.credentials = True
+    elif lname == b"accept":
+        fields.accept = _joined(fields.accept, value)
+    elif lname == b"accept-encoding":
+        fields.accept_encoding = _joined(fields.accept_encoding, value)
+    else:
+        fields.range = _joined(fields.range, value)
+
+
+def _consumed(fields: _Fields, lname: bytes, value: bytes) -> None:
+    """A field the router consumes or re-writes: noted, never forwarded as it came."""
+    if lname == b"host":
+        fields.hosts += 1
+        if fields.host is None:
+            fields.host = value
+    elif lname == b"content-length":
+        fields.lengths = _append(fields.lengths, value)
+    elif lname == b"transfer-encoding":
+        fields.codings = _append(fields.codings, value)
+    elif lname == b"connection":
+        fields.connection = _append(fields.connection, value)
+    elif lname == b"via":
+        fields.via = _append(fields.via, value)
+    elif lname == b"x-forwarded-for":
+        fields.xff = _append(fields.xff, value)
+    elif lname == b"x-forwarded-host":
+        fields.xfh = fields.xfh or value.strip()
+    elif lname == b"x-forwarded-proto":
+        fields.xfp = fields.xfp or value.strip()
+    elif lname == b"x-flame-relay-client":
+        fields.relay_client = value.strip()
+    elif lname == b"x-flame-endpoint":
+        if fields.flame_endpoint is None:
+            fields.flame_endpoint = value.strip().decode("latin-1")
+    elif lname == b"expect":
+        # Only 100-continue is defined; the router answers it itself (see cycle.py).
+        fields.expect_continue = fields.expect_continue or value.strip().lower() == b"100-continue"
+    # keep-alive, te, trailer, upgrade: hop-by-hop, consumed here.
+
+
+def _target_and_host(method: bytes, url: bytes, fields: _Fields) -> tuple[bytes, bytes]:
+    """The origin-form target and the Host value sent upstream."""
+    target, url_host = _origin_form(method, url)
+    if url_host is not None:
+        # RFC 9112 §3.2.2: the authority of an absolute-form target replaces Host.
+        return target, url_host
+    host = fields.host
+    if host is None:
+        raise BadRequest("the request has no Host header; the SR routes by Host (the service FQDN)")
+    if fields.hosts != 1:
+        raise BadRequest(f"the request has {fields.hosts} Host headers; send exactly one")
+    return target, host.strip()
+
+
+def _framing(fields: _Fields) -> tuple[int | None, bool]:
+    """(Content-Length, chunked) of the request body; ambiguous framing is refused, since
+    two readings of one message are how requests are smuggled past a proxy."""
+    lengths, codings = fields.lengths, fields.codings
+    content_length = _content_length(lengths) if lengths is not None else None
+    chunked = _chunked(codings) if codings is not None else False
+    if chunked and content_length is not None:
+        raise BadRequest("the request has both Content-Length and Transfer-Encoding; send one")
+    return content_length, chunked
+
+
+def _end_to_end(headers: list[tuple[bytes, bytes]], fields: _Fields) -> tuple[list[bytes], bool]:
+    """The lines to forward and whether they carry credentials, without the fields the
+    client listed in `Connection` (hop-by-hop: for us only, RFC 9110 §7.6.1)."""
+    connection = fields.connection
+    if connection is None or (
+        # The usual `Connection: keep-alive` (or close) alone: nothing more is hop-by-hop.
+        len(connection) == 1 and connection[0].strip().lower() in _PLAIN_CONNECTION
+    ):
+        return fields.lines, fields.credentials
+    listed = connection_tokens(connection)
+    if not listed - _PLAIN_CONNECTION:
+        return fields.lines, fields.credentials
+    # Rare: walk the headers again beside the lines rendered from them (one line for each
+    # field not consumed, in order) and keep those not now known to be hop-by-hop.
+    rendered = fields.lines
+    lines: list[bytes] = []
+    credentials = False
+    at = 0
+    for name, _ in headers:
+        lname = lower_name(name)
+        if lname in _SPECIAL and lname not in _LOOKED_AT:
+            continue
+        line = rendered[at]
+        at += 1
+        if not is_hop_by_hop(lname, listed):
+            lines.append(line)
+            credentials = credentials or lname in _CREDENTIALS
+    return lines, credentials
+
+
+def _joined(current: bytes | None, value: bytes) -> bytes:
+    """A list-valued field seen on several lines, as one value."""
+    return value if current is None else current + b", " + value
 
 
 def render_upstream_head(req: RequestHead, client_ip: bytes, sr: bytes) -> bytes:
     """The request line and headers sent to the endpoint (always HTTP/1.1, keep-alive)."""
-    via = b"1.0 " + sr if req.version == b"1.0" else b"1.1 " + sr
-    if req.via:
-        via = req.via + b", " + via
-    xff = req.forwarded_for + b", " + client_ip if req.forwarded_for else client_ip
     parts = [req.method, b" ", req.target, b" HTTP/1.1\r\nHost: ", req.host, b"\r\n"]
     parts.extend(req.lines)
+    # Parts, not concatenations: the one join below is the only copy.
     parts.append(b"Via: ")
-    parts.append(via)
+    if req.via:
+        parts.append(req.via)
+        parts.append(b", ")
+    parts.append(b"1.0 " if req.version == b"1.0" else b"1.1 ")
+    parts.append(sr)
     parts.append(b"\r\nX-Forwarded-For: ")
-    parts.append(xff)
+    if req.forwarded_for:
+        parts.append(req.forwarded_for)
+        parts.append(b", ")
+    parts.append(client_ip)
     parts.append(b"\r\nX-Forwarded-Host: ")
     parts.append(req.forwarded_host or req.host)
     parts.append(b"\r\nX-Forwarded-Proto: ")

@@ -36,6 +36,7 @@ __all__ = [
     "Framing",
     "ResponseHead",
     "choose_framing",
+    "client_head_parts",
     "error_response",
     "local_response",
     "render_client_head",
@@ -53,9 +54,6 @@ NOT_FORWARDED_LINE: Final = b"X-Flame-Not-Forwarded"
 UNREACHABLE: Final = b"unreachable"
 NETWORK: Final = b"network"
 NO_ROUTE: Final = b"route"
-# Response fields the router does not pass on as they are: hop-by-hop ones, the length (the
-# router writes its own framing) and Via (merged with ours).
-_RESPONSE_CONSUMED: Final = HOP_BY_HOP | {b"content-length", b"via", NOT_FORWARDED}
 _PLAIN_OPTIONS: Final = frozenset({b"keep-alive", b"close"})
 SERVER: Final = b"flame-sr"
 _OK_LINE: Final = b"HTTP/1.1 200 OK\r\n"
@@ -73,31 +71,79 @@ class Framing:
     CLOSE: Final = 3  # unknown length to an HTTP/1.0 client: the end is the connection's close
 
 
+# Response fields `add` sorts, by lower-case name: one dict lookup per header; 0 (absent) for
+# the end-to-end fields passed on as they are. Not passed on as they are: hop-by-hop ones, the
+# length (the router writes its own framing) and Via (merged with ours).
+_LENGTH: Final = 1
+_CODING: Final = 2
+_VIA: Final = 3
+_NOT_FORWARDED: Final = 4
+_CONNECTION: Final = 5
+_HOP: Final = 6  # the other hop-by-hop fields: dropped
+_COOKIE: Final = 7  # forwarded, and makes the response personal
+_CACHE_CONTROL: Final = 8  # forwarded, and may make it personal
+_VARY: Final = 9  # forwarded, and read by coalescing
+_FIELD_KIND: Final[dict[bytes, int]] = {
+    **dict.fromkeys(HOP_BY_HOP, _HOP),
+    b"content-length": _LENGTH,
+    b"transfer-encoding": _CODING,
+    b"via": _VIA,
+    NOT_FORWARDED: _NOT_FORWARDED,
+    b"connection": _CONNECTION,
+    b"set-cookie": _COOKIE,
+    b"set-cookie2": _COOKIE,
+    b"cache-control": _CACHE_CONTROL,
+    b"vary": _VARY,
+}
+
+
+# Each header name as received -> its kind (`_PROXY`: a Proxy-* field, dropped), from a small
+# cache: the same few names arrive on every response, and one lookup replaces lower-casing
+# and a second lookup per header.
+_PROXY: Final = 10
+_KIND_BY_NAME: Final[dict[bytes, int]] = {}
+_KIND_CACHE_SIZE: Final = 1024
+
+
+def _kind_of(name: bytes) -> int:
+    lname = name.lower()
+    kind = _FIELD_KIND.get(lname, 0)
+    if kind == 0 and lname.startswith(b"proxy-"):
+        kind = _PROXY
+    if len(_KIND_BY_NAME) >= _KIND_CACHE_SIZE:
+        _KIND_BY_NAME.clear()  # random names must not grow memory
+    _KIND_BY_NAME[name] = kind
+    return kind
+
+
 class ResponseHead:
     """A response head received from an endpoint.
 
     A plain class, not a dataclass, for the same reason as `RequestHead` (request.py). The
     upstream parser hands each header to `add` as it arrives, which sorts it once: framing
     fields noted, hop-by-hop ones set aside, end-to-end ones rendered as the line the client
-    gets. `block` then only joins; no second pass over the headers per response.
+    gets, and the few fields read later (Vary, Set-Cookie, Cache-Control) noted. `block` then
+    only joins; no second pass over the headers, and no list of them kept, per response.
     """
 
     __slots__ = (
         "_block",
+        "_cache_controls",
+        "_connections",
         "_extra_listed",
         "_length_digits",
         "_lines",
+        "_personal",
         "_shareable",
         "_vias",
         "chunked",
         "content_length",
-        "headers",
         "length_value",
-        "lnames",
         "not_forwarded",
         "reason",
         "status",
         "transfer_coding",
+        "varies",
         "version",
         "via",
     )
@@ -116,15 +162,17 @@ class ResponseHead:
         self.version = version
         self.content_length = content_length
         self.chunked = chunked
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.lnames: list[bytes] = []  # lower-case name of each header
         self.length_value: bytes | None = None  # the first Content-Length value, as received
         self.transfer_coding: bytes | None = None  # the first Transfer-Encoding value
         # X-Flame-Not-Forwarded (lower case): an SR's own answer that reached no endpoint.
         self.not_forwarded: bytes | None = None
         self.via = True  # add our Via (not when a sibling worker of this SR already did)
+        self.varies: list[bytes] | None = None  # the Vary values, in order (coalesce.py)
         self._lines: list[bytes] = []  # end-to-end header lines, rendered for the client
         self._vias: list[bytes] | None = None
+        self._connections: list[bytes] | None = None  # the Connection values
+        self._cache_controls: list[bytes] | None = None
+        self._personal = False  # Set-Cookie seen
         self._length_digits: bytes | None = None  # length_value, when plain digits
         self._extra_listed = False  # Connection names more fields than keep-alive/close
         self._block: bytes | None = None
@@ -134,35 +182,44 @@ class ResponseHead:
                 self.add(name, value)
 
     def __repr__(self) -> str:
-        return f"ResponseHead({self.status}, {len(self.headers)} headers)"
+        return f"ResponseHead({self.status}, {len(self._lines)} end-to-end headers)"
 
     def add(self, name: bytes, value: bytes) -> None:
         """One header as received, in order (called per header by the upstream parser)."""
-        lname = lower_name(name)
-        self.headers.append((name, value))
-        self.lnames.append(lname)
-        if lname in _RESPONSE_CONSUMED:
-            if lname == b"content-length":
-                if self.length_value is None:
-                    self.length_value = value
-            elif lname == b"transfer-encoding":
-                if self.transfer_coding is None:
-                    self.transfer_coding = value
-            elif lname == b"via":
-                if self._vias is None:
-                    self._vias = [value]
-                else:
-                    self._vias.append(value)
-            elif lname == NOT_FORWARDED:
-                self.not_forwarded = value.strip().lower()
-            elif (
-                lname == b"connection"
-                and value.lower() not in _PLAIN_OPTIONS
-                and connection_tokens((value,)) - _PLAIN_OPTIONS
-            ):
+        kind = _KIND_BY_NAME.get(name)
+        if kind is None:
+            kind = _kind_of(name)
+        if kind == 0:
+            self._lines.append(b"%b: %b\r\n" % (name, value))
+        elif kind == _PROXY:
+            return  # Proxy-Connection, Proxy-Authenticate...: addressed to a proxy, not passed on
+        elif kind >= _COOKIE:
+            self._lines.append(b"%b: %b\r\n" % (name, value))
+            if kind == _COOKIE:
+                self._personal = True
+            elif kind == _CACHE_CONTROL:
+                self._cache_controls = _appended(self._cache_controls, value)
+            else:
+                self.varies = _appended(self.varies, value)
+        else:
+            self._consumed(kind, value)
+
+    def _consumed(self, kind: int, value: bytes) -> None:
+        """A field the router does not pass on as it is (framing, hop-by-hop, Via)."""
+        if kind == _LENGTH:
+            if self.length_value is None:
+                self.length_value = value
+        elif kind == _CODING:
+            if self.transfer_coding is None:
+                self.transfer_coding = value
+        elif kind == _VIA:
+            self._vias = _appended(self._vias, value)
+        elif kind == _NOT_FORWARDED:
+            self.not_forwarded = value.strip().lower()
+        elif kind == _CONNECTION:
+            self._connections = _appended(self._connections, value)
+            if value.lower() not in _PLAIN_OPTIONS and connection_tokens((value,)) - _PLAIN_OPTIONS:
                 self._extra_listed = True
-        elif not lname.startswith(b"proxy-"):
-            self._lines.append(name + b": " + value + b"\r\n")
 
     def scan(self) -> None:
         """Set the framing from the headers (the parser has checked their syntax)."""
@@ -181,6 +238,15 @@ class ResponseHead:
             return b"Content-Length: " + self._length_digits + b"\r\n"
         return b"Content-Length: %d\r\n" % (self.content_length or 0)
 
+    def length_parts(self, parts: list[bytes]) -> None:
+        """`length_line`, appended to `parts` without concatenating."""
+        if self._length_digits is not None:
+            parts.append(b"Content-Length: ")
+            parts.append(self._length_digits)
+            parts.append(b"\r\n")
+        else:
+            parts.append(b"Content-Length: %d\r\n" % (self.content_length or 0))
+
     @property
     def has_body(self) -> bool:
         """Whether a body follows on the wire (for any request but HEAD)."""
@@ -193,16 +259,12 @@ class ResponseHead:
         sets a cookie is delivered only to the client whose request fetched it.
         """
         if self._shareable is None:
-            ok = True
-            for lname, (_, value) in zip(self.lnames, self.headers, strict=True):
-                if lname in {b"set-cookie", b"set-cookie2"}:
+            ok = not self._personal
+            for value in self._cache_controls or ():
+                directives = {d.split(b"=", 1)[0].strip() for d in value.lower().split(b",")}
+                if b"private" in directives or b"no-store" in directives:
                     ok = False
                     break
-                if lname == b"cache-control":
-                    directives = {d.split(b"=", 1)[0].strip() for d in value.lower().split(b",")}
-                    if b"private" in directives or b"no-store" in directives:
-                        ok = False
-                        break
             self._shareable = ok
         return self._shareable
 
@@ -216,16 +278,13 @@ class ResponseHead:
                 status_line = b"HTTP/1.1 %d " % self.status + reason + b"\r\n"
             lines = self._lines
             if self._extra_listed:
-                # Rare: the endpoint marked more fields as hop-by-hop; filter again by them.
-                listed = connection_tokens(
-                    value
-                    for lname, (_, value) in zip(self.lnames, self.headers, strict=True)
-                    if lname == b"connection"
-                )
+                # Rare: the endpoint marked more fields as hop-by-hop; filter again by them
+                # (a rendered line's name ends at its first colon: names have none).
+                listed = connection_tokens(self._connections or ())
                 lines = [
-                    name + b": " + value + b"\r\n"
-                    for lname, (name, value) in zip(self.lnames, self.headers, strict=True)
-                    if lname not in _RESPONSE_CONSUMED and not is_hop_by_hop(lname, listed)
+                    line
+                    for line in lines
+                    if not is_hop_by_hop(lower_name(line[: line.index(b":")]), listed)
                 ]
             ours = (b"1.0 " if self.version == b"1.0" else b"1.1 ") + sr
             vias = self._vias
@@ -237,8 +296,18 @@ class ResponseHead:
                 via_line = b"Via: " + ours + b"\r\n"
             else:
                 via_line = b""
-            self._block = status_line + b"".join(lines) + via_line
+            parts = [status_line]
+            parts.extend(lines)
+            parts.append(via_line)
+            self._block = b"".join(parts)
         return self._block
+
+
+def _appended(values: list[bytes] | None, value: bytes) -> list[bytes]:
+    if values is None:
+        return [value]
+    values.append(value)
+    return values
 
 
 def choose_framing(head: ResponseHead, *, head_request: bool, http11: bool) -> int:
@@ -254,22 +323,29 @@ def render_client_head(
     head: ResponseHead, sr: bytes, framing: int, *, keep_alive: bool, http11: bool
 ) -> bytes:
     """The complete head for one client: shared block + framing + connection management."""
+    return b"".join(client_head_parts(head, sr, framing, keep_alive=keep_alive, http11=http11))
+
+
+def client_head_parts(
+    head: ResponseHead, sr: bytes, framing: int, *, keep_alive: bool, http11: bool
+) -> list[bytes]:
+    """`render_client_head` in parts, for the writer to join once with the body bytes that
+    follow (one copy per response instead of one per concatenation)."""
+    parts = [head.block(sr)]
     if framing == Framing.LENGTH:
-        framing_line = head.length_line()
+        head.length_parts(parts)
     elif framing == Framing.CHUNKED:
-        framing_line = b"Transfer-Encoding: chunked\r\n"
+        parts.append(b"Transfer-Encoding: chunked\r\n")
     elif head.content_length is not None and head.status != 204 and head.status >= 200:
         # HEAD and 304 answers carry the length the body would have (RFC 9110 §8.6).
-        framing_line = head.length_line()
-    else:
-        framing_line = b""
+        head.length_parts(parts)
     if not keep_alive:
-        end = b"Connection: close\r\n\r\n"
+        parts.append(b"Connection: close\r\n\r\n")
     elif not http11:
-        end = b"Connection: keep-alive\r\n\r\n"
+        parts.append(b"Connection: keep-alive\r\n\r\n")
     else:
-        end = b"\r\n"
-    return head.block(sr) + framing_line + end
+        parts.append(b"\r\n")
+    return parts
 
 
 def local_response(

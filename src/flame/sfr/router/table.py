@@ -53,7 +53,7 @@ class RoutingState:
     def __init__(self, sr_id: str) -> None:
         self.sr_id = sr_id
         self.table: ForwardingTable | None = None
-        self._routes: Mapping[str, FqdnRoutes] = {}
+        self._routes: dict[str, FqdnRoutes] = {}  # a dict: compiled, .get is a C call
         # The egress hop: the port egress SRs listen on; 0: off (always straight to endpoints).
         # Set by the router; the egress SRs' addresses are then pooled (and drained) as well.
         self.egress_port = 0

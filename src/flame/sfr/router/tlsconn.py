@@ -89,6 +89,13 @@ class TlsConnection(asyncio.BufferedProtocol):
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
         self._obj: Any = None
+        # Bound methods of the C objects, taken once: a call then skips the method lookup.
+        self._ssl_read: Any = None
+        self._ssl_write: Any = None
+        self._in_write: Any = self._in.write
+        self._out_read: Any = self._out.read
+        self._tcp_write: Any = None
+        self._tcp_is_closing: Any = None
         self._ready = False  # handshake done, the app connected
         self._closing = False  # close() or abort() called
         self._paused = False  # the app paused reading
@@ -102,8 +109,12 @@ class TlsConnection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         tcp: Any = transport
         self._tcp = tcp
+        self._tcp_write = tcp.write
+        self._tcp_is_closing = tcp.is_closing
         acceptor = self._acceptor
-        self._obj = acceptor.new_object(self._in, self._out)
+        self._obj = obj = acceptor.new_object(self._in, self._out)
+        self._ssl_read = obj.read
+        self._ssl_write = obj.write
         acceptor.handshaking.add(self)
         self._timer = acceptor.loop.call_later(acceptor.handshake_timeout, self._handshake_late)
 
@@ -111,7 +122,7 @@ class TlsConnection(asyncio.BufferedProtocol):
         return self._acceptor.view
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._in.write(self._acceptor.view[:nbytes])
+        self._in_write(self._acceptor.view[:nbytes])
         if self._ready:
             self._read()
         elif not self._closing:
@@ -179,9 +190,10 @@ class TlsConnection(asyncio.BufferedProtocol):
         obj = self._obj
         incoming = self._in
         app = self._app
+        read = self._ssl_read
         while not self._paused and not self._closing:
             try:
-                data = obj.read(_RECORD)
+                data = read(_RECORD)
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 break
             except ssl.SSLZeroReturnError:  # the client's close_notify
@@ -238,10 +250,8 @@ class TlsConnection(asyncio.BufferedProtocol):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closing or not data:
             return
-        self._obj.write(data)  # into a memory BIO: always whole
-        tcp = self._tcp
-        assert tcp is not None
-        tcp.write(self._out.read())
+        self._ssl_write(data)  # into a memory BIO: always whole
+        self._tcp_write(self._out_read())
 
     def writelines(self, list_of_data: Any) -> None:
         self.write(b"".join(list_of_data))
@@ -269,8 +279,7 @@ class TlsConnection(asyncio.BufferedProtocol):
     def is_closing(self) -> bool:
         if self._closing:
             return True
-        tcp = self._tcp
-        return tcp is None or tcp.is_closing()
+        return self._tcp is None or bool(self._tcp_is_closing())
 
     def can_write_eof(self) -> bool:
         return False

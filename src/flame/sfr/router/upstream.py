@@ -62,6 +62,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._on_lost = on_lost
         self._high_water = high_water
         self._loop = asyncio.get_running_loop()
+        self._time = self._loop.time  # bound once: called per exchange and per read
         self.transport: asyncio.Transport | None = None
         self.flow: FlowControl | None = None
         self._parser = httptools.HttpResponseParser(self)
@@ -103,7 +104,7 @@ class UpstreamConnection(asyncio.Protocol):
             log.debug("unexpected %d bytes from %s:%d; closing", len(data), *self.address)
             self.close()
             return
-        self.last_io = self._loop.time()
+        self.last_io = self._time()
         if not self.got_bytes:
             self.got_bytes = True
             # The status line's version, read here: httptools only offers it as a string
@@ -274,7 +275,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.got_bytes = False
         self._version = b""
         self._timeout = timeout
-        self.last_io = self._loop.time()
+        self.last_io = self._time()
         self.flow.write(head)
         self._body = body
         if body is not None:
@@ -329,7 +330,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def resume_reading(self) -> None:
         if self.flow is not None:
-            self.last_io = self._loop.time()
+            self.last_io = self._time()
             self.flow.unblock_reading(CLIENT_FULL)
 
     # BodyTarget: the client's request body.
@@ -337,7 +338,7 @@ class UpstreamConnection(asyncio.Protocol):
         flow = self.flow
         if flow is None or flow.closing or not data:
             return
-        self.last_io = self._loop.time()
+        self.last_io = self._time()
         if self._chunked_body:
             flow.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
         else:

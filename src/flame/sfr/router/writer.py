@@ -17,8 +17,8 @@ from flame.sfr.router.response import (
     Framing,
     ResponseHead,
     choose_framing,
+    client_head_parts,
     error_response,
-    render_client_head,
 )
 
 __all__ = ["ResponseWriter"]
@@ -79,15 +79,18 @@ class ResponseWriter:
         that find the client busy, so that a small response goes out in one system call."""
         framing = choose_framing(head, head_request=self.head_request, http11=self.http11)
         self.keep_alive = keep_alive and self.keep_alive and framing != Framing.CLOSE
-        data = render_client_head(
+        parts = client_head_parts(
             head, self.sr, framing, keep_alive=self.keep_alive, http11=self.http11
         )
+        size = 0
+        for part in parts:
+            size += len(part)
         self.framing = framing
         self.started = True
         self.status = head.status
-        self.bytes_out += len(data)
-        self._corked = [data]
-        self._corked_bytes = len(data)
+        self.bytes_out += size
+        self._corked = parts
+        self._corked_bytes = size
 
     def body(self, data: bytes) -> None:
         framing = self.framing
