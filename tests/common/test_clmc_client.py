@@ -158,6 +158,7 @@ class Scripted:
     port: int = 0
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     release: asyncio.Event = field(default_factory=asyncio.Event)  # ends a hang
+    connections: set[asyncio.Task[None]] = field(default_factory=set)  # ended by the fixture
 
     @property
     def url(self) -> str:
@@ -167,6 +168,9 @@ class Scripted:
         return [text for _, _, body in self.requests for text in body.decode().splitlines()]
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self.connections.add(task)
         try:
             while head := await reader.readuntil(b"\r\n\r\n"):
                 first, *rest = head.decode().split("\r\n")
@@ -203,6 +207,11 @@ async def scripted() -> AsyncIterator[Scripted]:
     finally:
         state.release.set()
         server.close()
+        # A connection the client left open must end while this loop runs, not be collected
+        # after it closed (an unraisable warning in whichever test comes next).
+        for task in state.connections:
+            task.cancel()
+        await asyncio.gather(*state.connections, return_exceptions=True)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server.wait_closed(), 5)
 

@@ -8,7 +8,6 @@ as UTF-8 with replacement, which is also how InfluxDB's JSON shows invalid bytes
 
 from __future__ import annotations
 
-import itertools
 import re
 from dataclasses import dataclass
 
@@ -173,67 +172,66 @@ def _refuse_nul_names(
         raise ScanError("field key contains a NUL character")
 
 
-def _scan_key(s: str) -> tuple[int, str, tuple[tuple[str, str], ...]]:  # noqa: C901 (issue 18: split it)
-    n = len(s)
-    i = 0
-    if i >= n or s[i] == ",":
-        raise ScanError("missing measurement")
-    # measurement: up to an unescaped ',' (tags follow) or ' ' (fields follow)
-    has_tags = False
-    while True:
-        i += 1
-        if i >= n:  # the key runs to the end of the line
-            raise ScanError("missing fields")
-        if s[i - 1] == "\\":
-            continue
-        if s[i] == ",":
-            has_tags = True
-            break
-        if s[i] == " ":
-            break
+# A name ends at one of these unless a backslash precedes it, whatever precedes the backslash:
+# InfluxDB tests the previous byte only, so `a\\,b` is one measurement.
+_MEASUREMENT_END = re.compile(r"(?<!\\)[, ]")
+_TAG_END = re.compile(r"(?<!\\)[, =]")
+
+
+def _scan_key(s: str) -> tuple[int, str, tuple[tuple[str, str], ...]]:
+    """The series key: the measurement, then `,key=value` tag pairs up to the first blank."""
+    i, has_tags = _scan_measurement(s)
     measurement = _unescape_measurement(s[:i])
     if not has_tags:
         return i, measurement, ()
-    i += 1
+    i, tags = _scan_tags(s, i)
+    return i, measurement, tags
+
+
+def _scan_measurement(s: str) -> tuple[int, bool]:
+    """Where the measurement ends, and whether tags follow (`,`) rather than fields (` `)."""
+    if not s or s[0] == ",":
+        raise ScanError("missing measurement")
+    m = _MEASUREMENT_END.search(s, 1)  # the first byte never ends it, even a blank
+    if m is None:  # the key runs to the end of the line
+        raise ScanError("missing fields")
+    i = m.start()
+    return i, s[i] == ","
+
+
+def _scan_tags(s: str, i: int) -> tuple[int, tuple[tuple[str, str], ...]]:
+    """The tag pairs after the comma at `i`, up to the blank ending them."""
     tags: list[tuple[str, str]] = []
-    while True:
-        # tag key
-        if i >= n or s[i] in " ,=":
-            raise ScanError("missing tag key")
-        k0 = i
-        while True:
-            i += 1
-            if i >= n or (s[i] in " ," and s[i - 1] != "\\"):
-                raise ScanError("missing tag value")
-            if s[i] == "=" and s[i - 1] != "\\":
-                break
-        key = s[k0:i]
-        i += 1
-        # tag value
-        if i >= n or s[i] in ", ":
-            raise ScanError("missing tag value")
-        v0 = i
-        more = False
-        while True:
-            i += 1
-            if i >= n:
-                raise ScanError("missing fields")
-            if s[i] == "=" and s[i - 1] != "\\":
-                raise ScanError("invalid tag format")
-            if s[i] == "," and s[i - 1] != "\\":
-                more = True
-                break
-            if s[i] == " " and s[i - 1] != "\\":
-                break
-        tags.append((_unescape_tag(key), _unescape_tag(s[v0:i])))
-        if more:
-            i += 1
-            continue
-        break
-    raw_keys = sorted(k for k, _ in tags)
-    if any(a == b for a, b in itertools.pairwise(raw_keys)):
+    more = True
+    while more:  # `i` is at the comma before each pair
+        key, value, i, more = _scan_tag(s, i + 1)
+        tags.append((key, value))
+    if len(tags) > 1 and len({k for k, _ in tags}) != len(tags):
         raise ScanError("duplicate tags")
-    return i, measurement, tuple(tags)
+    return i, tuple(tags)
+
+
+def _scan_tag(s: str, i: int) -> tuple[str, str, int, bool]:
+    """One `key=value` pair from `i`: both unescaped, the index of the comma or blank after
+    it, and whether another pair follows."""
+    n = len(s)
+    if i >= n or s[i] in " ,=":
+        raise ScanError("missing tag key")
+    m = _TAG_END.search(s, i + 1)
+    if m is None or m.group() != "=":
+        raise ScanError("missing tag value")
+    eq = m.start()
+    v0 = eq + 1
+    if v0 >= n or s[v0] in ", ":
+        raise ScanError("missing tag value")
+    m = _TAG_END.search(s, v0 + 1)  # a value may begin with `=`
+    if m is None:
+        raise ScanError("missing fields")
+    end = m.start()
+    c = s[end]
+    if c == "=":
+        raise ScanError("invalid tag format")
+    return _unescape_tag(s[i:eq]), _unescape_tag(s[v0:end]), end, c == ","
 
 
 def _scan_fields(
@@ -311,10 +309,51 @@ def _check_field_keys(block: str, key_len: int) -> None:
         i = k + 1
 
 
-def _scan_number(s: str, i: int) -> int:  # noqa: C901 (issue 18: split it)
+_NUMBER_END = re.compile(r"[, ]")
+# The shapes nearly every number has, which `_scan_odd_number` would only pass on to
+# conversion: they skip its byte-by-byte walk.
+_PLAIN_INTEGER = re.compile(r"-?[0-9]+[iu]")
+_PLAIN_FLOAT = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+
+
+def _scan_number(s: str, i: int) -> int:
+    """Check the number starting at `i` as InfluxDB's `scanNumber` does; where it ends."""
+    m = _NUMBER_END.search(s, i)
+    end = len(s) if m is None else m.start()
+    if _PLAIN_INTEGER.fullmatch(s, i, end):
+        _check_integer(s[i : end - 1], unsigned=s[end - 1] == "u")
+    elif _PLAIN_FLOAT.fullmatch(s, i, end):
+        _check_float(s[i:end])
+    else:  # anything odd: the faithful walk finds the same end or InfluxDB's error
+        end = _scan_odd_number(s, i)
+    return end
+
+
+def _scan_odd_number(s: str, start: int) -> int:
+    end, suffix, decimal, scientific = _number_shape(s, start)
+    if suffix and (decimal or scientific):
+        raise ScanError("invalid number")
+    # InfluxDB counts every byte but the sign, the suffix and the point: `e`, `+` and `-` too.
+    digits = end - start - (1 if suffix else 0) - (1 if decimal else 0)
+    digits -= 1 if s[start] == "-" else 0
+    if digits == 0:
+        raise ScanError("invalid number")
+    if suffix:
+        if s[end - 1] not in "iu":
+            raise ScanError("invalid number")
+        _check_integer(s[start : end - 1], unsigned=suffix == "u")
+    else:
+        _check_float(s[start:end])
+    return end
+
+
+def _number_shape(s: str, i: int) -> tuple[int, str, bool, bool]:
+    """Walk a number as `scanNumber` does: its end, its suffix (`i`, `u` or none) and whether
+    it has a decimal point and an exponent; any byte out of place is an invalid number."""
     n = len(s)
     start = i
-    is_int = is_uint = decimal = scientific = False
+    suffix = ""
+    decimal = scientific = False
     if s[i] == "-":
         i += 1
         if i == n:
@@ -323,64 +362,45 @@ def _scan_number(s: str, i: int) -> int:  # noqa: C901 (issue 18: split it)
         c = s[i]
         if c in ", ":
             break
-        if c == "i" and i > start and not (is_int or is_uint):
-            is_int = True
-            i += 1
-            continue
-        if c == "u" and i > start and not (is_int or is_uint):
-            is_uint = True
-            i += 1
-            continue
-        if c == ".":
-            if decimal:
-                raise ScanError("invalid number")
-            decimal = True
-        if i > start and c in "eE":
+        if c in "iu" and i > start and not suffix:
+            suffix = c
+        elif i > start and c in "eE":
             scientific = True
-            i += 1
-            continue
-        if c in "+-" and s[i - 1] in "eE":
-            i += 1
-            continue
-        if i + 2 < n and c in "Nn":
-            raise ScanError("invalid number")
-        if c not in "0123456789.":
+        elif c in "+-" and s[i - 1] in "eE":
+            pass
+        elif c == "." and not decimal:
+            decimal = True
+        elif c not in "0123456789":  # a second point, NaN, Inf: all the same error
             raise ScanError("invalid number")
         i += 1
-    if (is_int or is_uint) and (decimal or scientific):
-        raise ScanError("invalid number")
-    digits = i - start - (1 if is_int or is_uint else 0) - (1 if decimal else 0)
-    digits -= 1 if s[start] == "-" else 0
-    if digits == 0:
-        raise ScanError("invalid number")
-    if is_int or is_uint:
-        if s[i - 1] not in "iu":
-            raise ScanError("invalid number")
-        text = s[start : i - 1]
-        try:
-            value = int(text)
-        except ValueError:
-            raise ScanError("invalid number") from None
-        if is_int and not -(2**63) <= value <= _INT_MAX:
-            raise ScanError(
-                f'unable to parse integer {text}: strconv.ParseInt: parsing "{text}": '
-                "value out of range"
-            )
-        if is_uint and not 0 <= value <= _UINT_MAX:
-            # InfluxDB 1.6 has no unsigned support at all; 1.8's message is this one.
-            reason = "value out of range" if value > 0 else "invalid syntax"
-            raise ScanError(
-                f'unable to parse unsigned {text}: strconv.ParseUint: parsing "{text}": {reason}'
-            )
-    else:
-        text = s[start:i]
-        try:
-            value_f = float(text)
-        except ValueError:
-            raise ScanError("invalid float") from None
-        if value_f in (float("inf"), float("-inf")):
-            raise ScanError("invalid float")
-    return i
+    return i, suffix, decimal, scientific
+
+
+def _check_integer(text: str, *, unsigned: bool) -> None:
+    try:
+        value = int(text)
+    except ValueError:  # also past Python's 4300-digit conversion limit
+        raise ScanError("invalid number") from None
+    if not unsigned and not -(2**63) <= value <= _INT_MAX:
+        raise ScanError(
+            f'unable to parse integer {text}: strconv.ParseInt: parsing "{text}": '
+            "value out of range"
+        )
+    if unsigned and not 0 <= value <= _UINT_MAX:
+        # InfluxDB 1.6 has no unsigned support at all; 1.8's message is this one.
+        reason = "value out of range" if value > 0 else "invalid syntax"
+        raise ScanError(
+            f'unable to parse unsigned {text}: strconv.ParseUint: parsing "{text}": {reason}'
+        )
+
+
+def _check_float(text: str) -> None:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ScanError("invalid float") from None
+    if value in (float("inf"), float("-inf")):
+        raise ScanError("invalid float")
 
 
 def _scan_boolean(s: str, i: int) -> int:

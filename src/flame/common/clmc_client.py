@@ -15,7 +15,8 @@
 
 Logs never carry the token (it lives only in the request headers); a CLMC that keeps failing
 is reported once when it starts and once when it recovers. `ThreadedClmcWriter` is the same
-writer for code without an event loop: it runs the writer on a loop of its own in a thread.
+writer for code without an event loop: it runs the writer on a loop of its own in a thread;
+`ThreadedReporter` is the base of the reporters built on it (counters, flush, close).
 `ClmcTarget` also builds the plain HTTP clients of non-measurement calls (the orchestrator's
 alert rules), so every CLMC call shares the token header and TLS verification.
 """
@@ -45,6 +46,7 @@ __all__ = [
     "ClmcTarget",
     "ClmcWriter",
     "ThreadedClmcWriter",
+    "ThreadedReporter",
     "Verify",
     "error_text",
     "retry_after_s",
@@ -443,3 +445,39 @@ class ThreadedClmcWriter:
         self._thread.join(5)
         if not self._thread.is_alive():
             self._loop.close()
+
+
+class ThreadedReporter:
+    """What a component's CLMC reporter without an event loop shares: its own
+    `ThreadedClmcWriter`, the counters, `flush()` and `close()`. A subclass only decides what
+    to send: points it `_writer.add()`s on events, or a `collect` it passes to `_writer.start()`.
+    """
+
+    def __init__(
+        self, target: ClmcTarget, *, name: str, interval_s: float, max_backlog: int
+    ) -> None:
+        self._writer = ThreadedClmcWriter(
+            target, name=name, interval_s=interval_s, max_points=max_backlog
+        )
+
+    @property
+    def sent(self) -> int:
+        """Points the CLMC has taken."""
+        return self._writer.writer.sent
+
+    @property
+    def dropped(self) -> int:
+        """Points given up: pushed out of a full backlog, refused, or unsent at close."""
+        return self._writer.writer.dropped
+
+    @property
+    def backlog(self) -> int:
+        """Points waiting for the CLMC."""
+        return self._writer.writer.queued
+
+    def flush(self) -> bool:
+        """Send what is waiting now; False if the CLMC did not take it all."""
+        return self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()

@@ -13,7 +13,7 @@ import collections
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from flame.common.clmc_client import ClmcTarget, ThreadedClmcWriter, Verify
+from flame.common.clmc_client import ClmcTarget, ThreadedReporter, Verify
 from flame.common.lineproto import FieldValue, point
 from flame.sfemc.events import CONFIG_TOPIC, DECISION_TOPIC, ConfigEvent, DecisionEvent, EventBus
 
@@ -86,7 +86,7 @@ def decision_line(event: DecisionEvent) -> str:
     return point("sfemc_decision", tags, fields, int(event.time * 1e9))
 
 
-class ClmcReporter:
+class ClmcReporter(ThreadedReporter):
     """Lifecycle and decision events to the CLMC: formatting here, sending by the common
     writer (`flame.common.clmc_client`) on a thread of its own."""
 
@@ -104,25 +104,17 @@ class ClmcReporter:
     ) -> None:
         self._places = dict(places or {})
         self._times = _StateTimes()
-        self._writer = ThreadedClmcWriter(
+        super().__init__(
             ClmcTarget(clmc_url, database, token, verify, timeout_s=3.0),
             name="clmc-reporter",
             interval_s=interval_s,
-            max_points=max_backlog,
+            max_backlog=max_backlog,
         )
         self._writer.start()
         self._unsubscribe = [
             bus.subscribe(CONFIG_TOPIC, self._on_config),
             bus.subscribe(DECISION_TOPIC, self._on_decision),
         ]
-
-    @property
-    def sent(self) -> int:
-        return self._writer.writer.sent
-
-    @property
-    def dropped(self) -> int:
-        return self._writer.writer.dropped
 
     def _on_config(self, event: ConfigEvent) -> None:
         total, mean = self._times.add(event.sfe, event.from_state, event.duration_s)
@@ -131,10 +123,7 @@ class ClmcReporter:
     def _on_decision(self, event: DecisionEvent) -> None:
         self._writer.add(decision_line(event))
 
-    def flush(self) -> bool:
-        return self._writer.flush()
-
     def close(self) -> None:
         for unsubscribe in self._unsubscribe:
             unsubscribe()
-        self._writer.close()
+        super().close()

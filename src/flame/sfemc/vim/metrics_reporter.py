@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from flame.common.clmc_client import ClmcTarget, ThreadedClmcWriter, Verify
+from flame.common.clmc_client import ClmcTarget, ThreadedReporter, Verify
 from flame.sfemc.vim.metrics import HostSampler, SfeSampler
 
 __all__ = ["DEFAULT_INTERVAL_S", "MetricsReporter", "for_process_vim"]
@@ -21,7 +21,7 @@ __all__ = ["DEFAULT_INTERVAL_S", "MetricsReporter", "for_process_vim"]
 DEFAULT_INTERVAL_S = 2.0
 
 
-class MetricsReporter:
+class MetricsReporter(ThreadedReporter):
     def __init__(
         self,
         clmc_url: str,
@@ -40,29 +40,16 @@ class MetricsReporter:
         self.host = host
         self.interval_s = interval_s
         self.samples = 0
-        self._writer = ThreadedClmcWriter(
+        super().__init__(
             ClmcTarget(clmc_url, database, token, verify, timeout_s=max(2.0, interval_s)),
             name="vim-metrics",
             interval_s=interval_s,
-            max_points=max_backlog,
+            max_backlog=max_backlog,
         )
 
     def start(self) -> MetricsReporter:
         self._writer.start(collect=self.sample)
         return self
-
-    @property
-    def sent(self) -> int:
-        return self._writer.writer.sent
-
-    @property
-    def dropped(self) -> int:
-        return self._writer.writer.dropped
-
-    @property
-    def backlog(self) -> int:
-        """Points waiting for the CLMC."""
-        return self._writer.writer.queued
 
     def sample(self) -> list[str]:
         lines: list[str] = []
@@ -76,10 +63,7 @@ class MetricsReporter:
     def tick(self) -> bool:
         """Sample once and send what is waiting now; False if the CLMC did not take it all."""
         self._writer.add_many(self.sample())
-        return self._writer.flush()
-
-    def close(self) -> None:
-        self._writer.close()
+        return self.flush()
 
 
 def for_process_vim(
