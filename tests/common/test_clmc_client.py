@@ -158,7 +158,7 @@ class Scripted:
     port: int = 0
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     release: asyncio.Event = field(default_factory=asyncio.Event)  # ends a hang
-    connections: set[asyncio.Task[None]] = field(default_factory=set)  # ended by the fixture
+    writers: list[asyncio.StreamWriter] = field(default_factory=list)  # closed at the end
 
     @property
     def url(self) -> str:
@@ -168,9 +168,7 @@ class Scripted:
         return [text for _, _, body in self.requests for text in body.decode().splitlines()]
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self.connections.add(task)
+        self.writers.append(writer)
         try:
             while head := await reader.readuntil(b"\r\n\r\n"):
                 first, *rest = head.decode().split("\r\n")
@@ -205,15 +203,27 @@ async def scripted() -> AsyncIterator[Scripted]:
     try:
         yield state
     finally:
-        state.release.set()
-        server.close()
-        # A connection the client left open must end while this loop runs, not be collected
-        # after it closed (an unraisable warning in whichever test comes next).
-        for task in state.connections:
-            task.cancel()
-        await asyncio.gather(*state.connections, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(server.wait_closed(), 5)
+        await _shut_down(server, state)
+
+
+async def _shut_down(server: asyncio.Server, state: Scripted) -> None:
+    """Stop `server` and end the connections the client left open while its loop still runs:
+    one collected after the loop closed is an unraisable warning in whichever test comes next."""
+    state.release.set()
+    server.close()
+    await asyncio.sleep(0)  # a connection accepted just now starts its handler
+    for writer in state.writers:
+        writer.close()  # its handler's read ends: it returns
+    me = asyncio.current_task()
+    handlers = [
+        task
+        for task in asyncio.all_tasks()
+        if task is not me and getattr(task.get_coro(), "__qualname__", "") == "Scripted.handle"
+    ]
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*handlers, return_exceptions=True), 5)
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(server.wait_closed(), 5)
 
 
 def _writer(url: str, **options: object) -> ClmcWriter:
@@ -363,7 +373,7 @@ def scripted_thread() -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        loop.call_soon_threadsafe(server.close)
+        asyncio.run_coroutine_threadsafe(_shut_down(server, state), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
