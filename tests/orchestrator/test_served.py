@@ -68,6 +68,20 @@ async def test_http_registrar_enforces_delegations(served: ServedPlatform) -> No
         await registrar.close()
 
 
+@pytest.mark.asyncio
+async def test_a_plan_sees_a_delegation_made_just_before_it(served: ServedPlatform) -> None:
+    """SFEMC-7: `flame delegate` then `flame deploy` at once: the plan's ownership check asks
+    the PCE, not the registrar's short-lived cache (it refused such a deploy once in CI)."""
+    registrar = HttpRegistrar(served.pce_url, served.operator, delegation_ttl_s=3600)
+    try:
+        assert await registrar.owner("store.media.example") is None  # cached for an hour
+        with PceClient(served.pce_url, served.operator) as pce:
+            pce.delegate("media.example", "acme")
+        assert await registrar.owner("store.media.example") == "acme"
+    finally:
+        await registrar.close()
+
+
 def flame(
     served: ServedPlatform, *args: str, token: str | None = None
 ) -> subprocess.CompletedProcess[str]:

@@ -165,9 +165,9 @@ class HttpRegistrar:
         self._delegations: dict[str, str] = {}
         self._fetched = float("-inf")
 
-    async def _current_delegations(self) -> dict[str, str]:
+    async def _current_delegations(self, *, fresh: bool = False) -> dict[str, str]:
         # Cached briefly: a connect must stay fast, and delegations change rarely.
-        if time.monotonic() - self._fetched < self._ttl:
+        if not fresh and time.monotonic() - self._fetched < self._ttl:
             return self._delegations
         last: Exception | None = None
         for url in self._urls:
@@ -209,7 +209,9 @@ class HttpRegistrar:
             raise RegistrarUnavailable(exc.message) from None
 
     async def owner(self, fqdn: str) -> str | None:
-        return owner_of(fqdn, await self._current_delegations())
+        # Always asked of the PCE: a plan's check, right after the operator delegated the name
+        # (`flame delegate` then `flame deploy`), must not see a cached answer from before.
+        return owner_of(fqdn, await self._current_delegations(fresh=True))
 
     async def available(self) -> bool:
         for url in self._urls:
