@@ -498,6 +498,13 @@ def _unescape_key(s: str) -> str:
     return "".join(out)
 
 
+def _cut_last(last: str) -> str:
+    """What InfluxDB keeps of a string value's last character when it is no closing quote
+    (`s=""é`): it drops the value's last *byte*, so a multi-byte character leaves its other
+    bytes, each shown as U+FFFD (Go's rendering of an invalid byte)."""
+    return "\ufffd" * (len(last.encode("utf-8", "surrogatepass")) - 1) if last > "\x7f" else ""
+
+
 def _typed(text: str) -> tuple[FieldType, FieldValue]:
     if not text:
         raise ScanError("missing field value")
@@ -505,7 +512,7 @@ def _typed(text: str) -> tuple[FieldType, FieldValue]:
     if c == '"':
         if len(text) < 2:
             raise ScanError("unbalanced quotes")
-        return FieldType.STRING, _unescape_string(text[1:-1])
+        return FieldType.STRING, _unescape_string(text[1:-1] + _cut_last(text[-1]))
     if c in "0123456789-.nNiIu":
         last = text[-1]
         try:

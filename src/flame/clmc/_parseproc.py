@@ -18,6 +18,7 @@ the drops. The pipes are private to this parent and child (pickle is trusted her
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import pickle
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,8 +45,19 @@ MIN_BYTES = 128 << 10  # smaller bodies cost less to parse than to send
 RESTART_S = 30.0  # after a failure, the process is started again this much later at the soonest
 REPLY_TIMEOUT_S = 120.0  # a 25 MB body of escaped lines takes seconds through the scanner
 NICE = 10  # the child's niceness over the server's (see `main`)
+PIPE_BYTES = 1 << 20
 _LEN = struct.Struct("<Q")
 _READY = b"ready"
+
+
+def _widen_pipe(fd: int) -> None:
+    """Make a pipe hold a whole typical body (or answer): 64 KiB, Linux's default, takes ~15
+    round trips between the processes per megabyte (1.7 ms a body here; 0.5 ms at 1 MiB)."""
+    try:
+        limit = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, min(PIPE_BYTES, limit))
+    except (OSError, ValueError, AttributeError):
+        pass  # not Linux, or not allowed: the default pipe works, a little slower
 
 
 def _write_frame(fd: int, data: bytes | bytearray) -> None:
@@ -182,6 +195,9 @@ class ParseProcess:
                 bufsize=0,
             )
             self._ready = False
+            for pipe in (self._proc.stdin, self._proc.stdout):
+                assert pipe is not None
+                _widen_pipe(pipe.fileno())
         if not self._ready:
             assert self._proc.stdout is not None
             fd = self._proc.stdout.fileno()

@@ -43,7 +43,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +62,7 @@ from flame.clmc.ingest_batches import (
 )
 from flame.clmc.limits import Limits, over
 from flame.clmc.lineproto import Dropped, MeasurementBatch, ParseResult, parse
+from flame.clmc.outcome import WriteOutcome
 from flame.clmc.store.base import (
     FIELD,
     SID_COLUMN,
@@ -89,37 +89,6 @@ __all__ = ["Ingest", "WriteOutcome", "decode_items", "encode_items"]
 log = logging.getLogger("flame.clmc.ingest")
 
 _META_KEY = "flame.wal.applied"
-_RETENTION = "points beyond retention policy"
-
-
-@dataclass
-class WriteOutcome:
-    """What one write did, and InfluxDB's error text for it (None = 204)."""
-
-    points: int = 0
-    parse_errors: list[str] = field(default_factory=list)
-    first_error_line: int | None = None
-    dropped: list[Dropped] = field(default_factory=list)  # refused by the store's rules
-    beyond_retention: list[int] = field(default_factory=list)  # lines older than the policy
-
-    def error(self) -> str | None:
-        # As InfluxDB: a shard's refusal (type conflict, limit) first, then the retention
-        # policy's, then the lines that did not parse.
-        if self.dropped:
-            return f"partial write: {self.dropped[0].message} dropped={len(self.dropped)}"
-        if self.beyond_retention:
-            return f"partial write: {_RETENTION} dropped={len(self.beyond_retention)}"
-        if not self.parse_errors:
-            return None
-        joined = "\n".join(self.parse_errors)
-        return f"partial write: {joined} dropped=0" if self.points else joined
-
-    def error_line(self) -> int | None:
-        if self.dropped:
-            return self.dropped[0].line
-        if self.beyond_retention:
-            return self.beyond_retention[0]
-        return self.first_error_line
 
 
 class Ingest:
@@ -144,6 +113,7 @@ class Ingest:
         storm_rate: float = 20_000.0,
         parse_process: bool | None = None,
         parse_processes: int | None = None,
+        idle_compact_s: float = 1.0,
     ) -> None:
         self.store = store
         self.limits = limits if limits is not None else Limits.from_env()
@@ -151,6 +121,7 @@ class Ingest:
         self._max_lag_s = max_lag_s
         self._batch_rows = batch_rows
         self._linger_s = linger_s
+        self._idle_compact_s = idle_compact_s  # no record for this long: the store's housekeeping
         self._busy_window_s = busy_window_s  # an apply this recent means "under load"
         self._settle_rows = settle_rows
         self._settle_s = settle_s
@@ -515,8 +486,18 @@ class Ingest:
 
     def _run(self) -> None:
         busy_until = 0.0
+        applied_since_idle = False
         while True:
-            first = self._queue.get()
+            try:
+                first = (
+                    self._queue.get(timeout=self._idle_compact_s)
+                    if applied_since_idle
+                    else self._queue.get()
+                )
+            except queue.Empty:  # writes paused: the store's deferred work now, not in a burst
+                applied_since_idle = False
+                self._compact_idle()
+                continue
             self._running.wait()
             if first is None or self._abandon:
                 return
@@ -547,6 +528,7 @@ class Ingest:
                 batch.append(nxt)
                 rows += sum(t.num_rows for *_, t in nxt[1])
             self._apply(batch)
+            applied_since_idle = True
             busy_until = time.monotonic() + self._busy_window_s
             if stop:
                 return
@@ -601,6 +583,16 @@ class Ingest:
             self._state.notify_all()
         if last[0] > 1:
             self._wal.drop_applied(last)
+
+    def _compact_idle(self) -> None:
+        if not self._running.is_set():
+            return  # applying is paused (the store is being copied): leave its files alone
+        started = time.monotonic()
+        try:
+            if self.store.compact_idle():
+                log.debug("store compacted while idle in %.2fs", time.monotonic() - started)
+        except Exception:
+            log.exception("compacting the store while idle failed; it will compact later")
 
     def _applicable(self, pos: Position, item: Item) -> bool:
         """False (and quarantined) for a table no write could have passed today's limits with

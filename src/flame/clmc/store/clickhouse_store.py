@@ -426,6 +426,9 @@ class ClickHouseStore(CatalogReads):
 
     # -- meta and configuration data ----------------------------------------------------------
 
+    def compact_idle(self) -> bool:
+        return False  # ClickHouse merges parts in its own background threads
+
     def get_meta(self, key: str) -> str | None:
         with self._lock:
             rows = self._rows(f"SELECT value FROM _flame_meta WHERE key = {literal(key)}")
