@@ -4,6 +4,7 @@ ClickHouse through chdb (skipped with a reason when chdb is not installed)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 from flame.clmc.errors import DatabaseNotFound, FieldTypeConflict, RetentionPolicyNotFound
 from flame.clmc.lineproto import parse
 from flame.clmc.store.base import FieldType, RetentionPolicy, table_name
-from flame.clmc.store.duckdb_store import DuckDBStore
+from flame.clmc.store.duckdb_store import DuckDBStore, default_threads
 
 Store = Any
 
@@ -216,3 +217,25 @@ def test_drop_database(duck: Store) -> None:
     assert duck.measurements("db") == []
     with pytest.raises(DatabaseNotFound):
         duck.retention_policies("db")
+
+
+def test_duckdb_threads_leave_a_cpu_to_ingest(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FLAME_CLMC_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1})
+    assert default_threads() == 1  # two CPUs: one for DuckDB, one for parsing and requests
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0})
+    assert default_threads() == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(8)))
+    assert default_threads() == 7
+    monkeypatch.setenv("FLAME_CLMC_THREADS", "3")
+    store = DuckDBStore()
+    try:
+        assert store.threads == 3
+        setting = store.query("SELECT current_setting('threads') AS t").column(0)[0].as_py()
+        assert int(setting) == 3  # what DuckDB really runs with
+    finally:
+        store.close()
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("FLAME_CLMC_THREADS", bad)
+        with pytest.raises(ValueError, match="FLAME_CLMC_THREADS"):
+            default_threads()
