@@ -9,6 +9,10 @@ process on loopback. A round counts points acknowledged with 204 per wall-clock 
 clock stopping when a count query sees all of them (so our asynchronous apply is inside the
 figure; we ask with `read_your_writes=true`, which InfluxDB ignores); both are warmed up first,
 and the HTTP clients are made before the clock starts (their set-up is no server's time).
+After its round a server settles (`settle`: under 5 % of a CPU for 0.6 s) before the other
+side starts: what it defers past its last acknowledgement (the CLMC's idle checkpoint,
+InfluxDB's cache snapshots and compactions) runs alone, not inside the other's round, and
+its CPU counts in that server's CPU per point ("... after the round").
 Bodies go out oldest first (the two clients take the next one as they finish), in time order as
 agents send them. The median of the rounds is printed; `--quick` runs five short single rounds
 (100,000 points each) and one of each mix. Each round line shows the load average then: on a
@@ -514,6 +518,25 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
 Side = tuple[str, str, int]  # name, url, server pid
 
 
+def settle(pid: int, quiet_s: float = 0.6, limit_s: float = 20.0) -> float:
+    """Wait until server `pid` (children included) has used under 5 % of a CPU for `quiet_s`:
+    the work it defers past a round (the CLMC's idle checkpoint, InfluxDB's cache snapshots
+    and compactions) is done before the other side's round starts and counted in this side's
+    CPU per point. Returns the seconds waited (at most `limit_s`)."""
+    start = time.perf_counter()
+    last = sum(cpu_seconds(pid))
+    quiet_since = time.perf_counter()
+    while time.perf_counter() - start < limit_s:
+        time.sleep(0.2)
+        now = sum(cpu_seconds(pid))
+        if now - last > 0.05 * 0.2:
+            quiet_since = time.perf_counter()
+        elif time.perf_counter() - quiet_since >= quiet_s:
+            break
+        last = now
+    return time.perf_counter() - start
+
+
 def _alternate(
     rounds: int,
     sides: list[Side],
@@ -522,7 +545,8 @@ def _alternate(
     cpu: dict[str, list[float]] | None = None,
 ) -> dict[str, list[float]]:
     """Rounds A B alternating; points/s per side, and (into `cpu`) the server's CPU
-    microseconds per acknowledged point: a figure the machine's load moves much less."""
+    microseconds per acknowledged point, the work it did after the round included (`settle`):
+    a figure the machine's load moves much less."""
     rates: dict[str, list[float]] = {name: [] for name, _, _ in sides}
     for r in range(rounds):
         for name, url, pid in sides:
@@ -530,8 +554,11 @@ def _alternate(
             httpx.post(url + "/query", params={"q": f"CREATE DATABASE {db}"}, timeout=30)
             own0, child0 = cpu_seconds(pid)
             rate, points, failed, lat = run(url, db)
+            own_run = sum(cpu_seconds(pid))
+            settle(pid)  # what it deferred runs now, alone, and counts as its CPU
             own1, child1 = cpu_seconds(pid)
             us = (own1 + child1 - own0 - child0) * 1e6 / max(points, 1)
+            later_us = (own1 + child1 - own_run) * 1e6 / max(points, 1)
             child_us = (child1 - child0) * 1e6 / max(points, 1)
             rates[name].append(rate)
             if cpu is not None:
@@ -540,7 +567,8 @@ def _alternate(
             print(
                 f"{label} round {r + 1}: {name:9s} {rate:12,.0f} points/s ({points} points, "
                 f"{failed} failed, write p50 {p50 * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms; "
-                f"server CPU {us:.2f} us/point, {child_us:.2f} of it in child processes; "
+                f"server CPU {us:.2f} us/point, {child_us:.2f} of it in child processes, "
+                f"{later_us:.2f} after the round; "
                 f"load {os.getloadavg()[0]:.1f})",
                 flush=True,
             )
