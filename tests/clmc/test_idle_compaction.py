@@ -56,6 +56,9 @@ def test_an_idle_ingest_folds_duckdbs_log_into_the_database(
     assert ingest.wait_applied(10)
     assert duck_log(path) >= SMALL  # written, not yet folded in
     eventually(lambda: duck_log(path) < SMALL, timeout=10)
+    stats = ingest.stats()  # what /health shows
+    assert stats["idle_compactions"] == 1
+    assert isinstance(stats["last_idle_compaction_s"], float)
     ingest.stop()
     ingest.store.close()
     reopened = DuckDBStore(path)
@@ -87,6 +90,7 @@ def test_below_the_threshold_nothing_is_checkpointed(tmp_path: Path) -> None:
         time.sleep(0.5)
         assert duck_log(path) == before
         assert store.compact_idle() is False
+        assert ingest.stats()["idle_compactions"] == 0
     finally:
         ingest.stop()
         store.close()

@@ -144,6 +144,8 @@ class Ingest:
         self._thread: threading.Thread | None = None
         self.apply_errors = 0
         self.quarantined = 0
+        self.idle_compactions = 0  # store compactions run while idle, and the last one's seconds
+        self.last_idle_compaction_s: float | None = None
         # Called with (database, measurement, rows) for every batch applied to the store, on
         # the applier thread: the alert engine folds data in as it lands (CLMC-19..22).
         self.observers: list[Callable[[str, str, pa.Table], None]] = []
@@ -590,7 +592,9 @@ class Ingest:
         started = time.monotonic()
         try:
             if self.store.compact_idle():
-                log.debug("store compacted while idle in %.2fs", time.monotonic() - started)
+                self.idle_compactions += 1
+                self.last_idle_compaction_s = round(time.monotonic() - started, 3)
+                log.debug("store compacted while idle in %.2fs", self.last_idle_compaction_s)
         except Exception:
             log.exception("compacting the store while idle failed; it will compact later")
 
@@ -682,6 +686,8 @@ class Ingest:
             "quarantined": self.quarantined,
             "quarantine_dir": str(self.quarantine_dir),
             "apply_errors": self.apply_errors,
+            "idle_compactions": self.idle_compactions,
+            "last_idle_compaction_s": self.last_idle_compaction_s,
             "parse_process": self.pool.stats(),
         }
 
