@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import shutil
 import socket
 import threading
@@ -32,12 +31,15 @@ from starlette.responses import Response
 from flame.common.access import require_declared
 from flame.common.auth import Role, TokenStore
 from flame.common.http_api import BearerAuth, install_errors
+from flame.common.ports import free_port
 from flame.sfemc.agent import ImageSource
 from flame.sfemc.api import sfemc_router
 from flame.sfemc.build import VimAgentSettings, build_vim_agent
 from flame.sfemc.images import ImageRepository, build_image
 from flame.sfemc.vim.base import EndpointSpec, VimError, VimState, VimUnreachable
 from flame.sfemc.vim.remote import RemoteVim
+
+from .ranges import sfe_port_base
 
 pytestmark = pytest.mark.asyncio
 
@@ -132,7 +134,7 @@ async def agent(
     tokens: tuple[TokenStore, str, str],
 ) -> AsyncIterator[Agent]:
     _, operator, _ = tokens
-    base = 41000 + (os.getpid() % 300) * 20
+    base = sfe_port_base()  # two clusters' ranges, apart from free_port's (ranges.py)
     (tmp_path / "one-edge.yaml").write_text(TOPOLOGY)
     built = build_vim_agent(  # as `flame serve vim` builds it
         VimAgentSettings(
@@ -237,9 +239,7 @@ async def test_errors_keep_their_meaning_across_the_network(
         await tenant.status("i1.echo.edge")
     assert "refused this SFEMC's token (403" in unreach.value.reason
     # An agent that is not there at all.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed = s.getsockname()[1]
+    closed = free_port()  # nothing listens: not a released bind(0) port another test may get
     gone = RemoteVim(f"http://127.0.0.1:{closed}", tokens[1], ["edge"], timeout_s=1)
     with pytest.raises(VimUnreachable, match="did not answer"):
         await gone.list()

@@ -30,6 +30,7 @@ from flame.common.ports import free_port
 from flame.sfemc.images import ImageRepository, build_image
 
 from .procs import Procs, sfe_leaders, sfe_processes, wait_for
+from .ranges import sfe_port_base
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = (ROOT / "tests" / "orchestrator" / "data" / "echo-service.yaml").read_text()
@@ -59,8 +60,8 @@ WEB_B = "echo-1.web.edge-b"
 class TwoHosts:
     """A control host (PCE, orchestrator) and a cluster host (the agent), each with its own
     state directory; the agent's token store is a copy of the control host's. `image` is the
-    SF source put in the control host's repository as version 1.0; SFE ports start at
-    `first_port` plus a pid-derived offset."""
+    SF source put in the control host's repository as version 1.0; SFE ports come from this
+    process's own range (ranges.py)."""
 
     def __init__(
         self,
@@ -68,7 +69,6 @@ class TwoHosts:
         *,
         topology: str = TOPOLOGY,
         image: Path = ROOT / "examples" / "sf" / "echo",
-        first_port: int = 30000,
     ) -> None:
         self.tmp = tmp
         self.control = tmp / "control"
@@ -97,7 +97,7 @@ class TwoHosts:
         self.api_url = f"http://127.0.0.1:{free_port()}"
         self.agent_port = free_port(EDGE_B)
         self.agent_url = f"http://{EDGE_B}:{self.agent_port}"
-        self.port_base = first_port + (os.getpid() % 40) * 500
+        self.port_base = sfe_port_base()
         self.clients: list[httpx.Client] = []
 
     def start_pce(self) -> None:

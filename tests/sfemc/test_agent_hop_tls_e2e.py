@@ -53,7 +53,7 @@ class AgentPlatform(TwoHosts):
 
     def __init__(self, tmp: Path) -> None:
         image = tlsecho.write_sf(tmp / "tlsecho")
-        super().__init__(tmp, topology=TOPOLOGY, image=image, first_port=31000)
+        super().__init__(tmp, topology=TOPOLOGY, image=image)
         self.sr_port = free_port()
 
     def start(self) -> None:

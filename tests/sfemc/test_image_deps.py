@@ -24,6 +24,8 @@ from flame.sfemc.vim.base import EndpointSpec, VimError, VimState
 from flame.sfemc.vim.process import ProcessVim
 from flame.sfemc.vim.sandbox import VENV_DIR
 
+from .ranges import sfe_port_base
+
 PROBE = "flamedeps_probe"
 SECRET = "answer-from-the-wheel-42"
 
@@ -121,7 +123,7 @@ def repo(tmp_path: Path) -> ImageRepository:
 async def vim(tmp_path: Path, repo: ImageRepository) -> AsyncIterator[ProcessVim]:
     if shutil.which("bwrap") is None:
         pytest.skip("bubblewrap is not installed (apt-get install bubblewrap)")
-    base = 21000 + (os.getpid() % 300) * 50
+    base = sfe_port_base()  # apart from free_port's and other workers' ports (ranges.py)
     driver = ProcessVim(
         tmp_path / "vim",
         {"c1": range(base, base + 20)},

@@ -75,9 +75,17 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def _udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    # Below the ephemeral range, as free_port's: a released bind(0) port may be handed out
+    # again (an outgoing DNS query's) before pebble binds it.
+    for _ in range(100):
+        port = free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise OSError("no free UDP port below the ephemeral range")
 
 
 @contextlib.contextmanager

@@ -7,7 +7,6 @@ refused) and backs off; that is what renewal before expiry looks like when the C
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 
 from eventually import eventually
 from flame.common.pki import PlatformCA
+from flame.common.ports import free_port
 from flame.sfr.acme import AcmeConfig, Issued
 from flame.sfr.certs import ACME, PLATFORM, CertManager, open_cert_manager
 
@@ -23,9 +23,8 @@ FQDN = "live.acme.test"
 
 
 def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    # free_port: a released bind(0) port may be handed to another xdist worker's server.
+    return free_port()
 
 
 @pytest.fixture

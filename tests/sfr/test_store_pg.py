@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 
 from eventually import eventually, eventually_async
 from flame.common.errors import ConfigError
+from flame.common.ports import free_port
 from flame.sfr.api import create_app
 from flame.sfr.models import LinkState, RoutingPolicy
 from flame.sfr.registry import Delegation, Registration
@@ -111,9 +111,7 @@ def test_a_pce_that_loses_its_database_steps_down(postgres_url: str) -> None:
         assert acquired_after(b) < 10.0  # a's session is gone: not its 30 s expiry
         assert a.acquire() is LeaseOutcome.HELD  # a reconnects and finds it taken
         # A database that cannot be reached at all: HELD, never "still mine" (and no raise).
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            closed = s.getsockname()[1]
+        closed = free_port()  # nothing listens there (never a bind(0) port another test reuses)
         b.close()
         b.url = f"postgresql://flame@127.0.0.1:{closed}/nothing"
         assert b.acquire() is LeaseOutcome.HELD

@@ -19,13 +19,14 @@ from flame.sfemc.vim._proc import ProcId, read_pid_file, start_time
 from flame.sfemc.vim.base import EndpointSpec
 from flame.sfemc.vim.process import ProcessVim
 from sfemc.helpers import SpecFields
+from sfemc.ranges import sfe_port_base
 
 ECHO = Path(__file__).resolve().parents[3] / "examples" / "sf" / "echo"
 
 
 def port_base() -> int:
-    # Five engineers share the machine: spread the ranges of concurrent test runs.
-    return 20000 + (os.getpid() % 400) * 100
+    # This process's own SFE ports, apart from free_port's and other workers' (sfemc/ranges.py).
+    return sfe_port_base()
 
 
 @pytest.fixture

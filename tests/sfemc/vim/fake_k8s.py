@@ -32,6 +32,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from flame.common.ports import free_port
+
 K8S_VERSION = "1.37.0"
 TOKEN = "fake-token"  # the bearer token the fake demands, as a real API server would
 _KINDS = {
@@ -299,9 +301,8 @@ class FakeServer:
 
     def __init__(self, fake: FakeKubernetes) -> None:
         self.fake = fake
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        # Kept across restarts; free_port: a released bind(0) port may go to another server.
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server: uvicorn.Server | None = None
         self.task: asyncio.Task[None] | None = None

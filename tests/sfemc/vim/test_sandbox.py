@@ -15,7 +15,6 @@ import json
 import os
 import pwd
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from eventually import eventually
 from flame.common.access import PUBLIC, OperatorOnly, require_declared
 from flame.common.auth import Role, TokenStore
 from flame.common.http_api import BearerAuth, install_errors
+from flame.common.ports import free_port
 from flame.sfemc.images import ImageRepository, build_image
 from flame.sfemc.vim.base import VimError, VimState
 from flame.sfemc.vim.process import ProcessVim
@@ -45,6 +45,7 @@ from flame.sfemc.vim.sandbox import (
     UidsExhausted,
     bwrap_argv,
 )
+from sfemc.ranges import sandbox_uid_base
 
 from .conftest import make_sf, port_base, spec
 
@@ -54,8 +55,8 @@ DEMO = Path(__file__).resolve().parents[3] / "src" / "flame" / "sandbox" / "demo
 
 
 def uid_range() -> range:
-    # Concurrent test runs on the shared machine each get their own uids.
-    base = 300_000 + (os.getpid() % 1000) * 64
+    # Each xdist worker (and test run) its own uids: sfemc/ranges.py.
+    base = sandbox_uid_base(64)
     return range(base, base + 64)
 
 
@@ -208,9 +209,7 @@ def operator_api(platform: Platform) -> str:
         return {"by": caller.name}
 
     require_declared(app)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # not a released bind(0) port: that may go to another server first
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, name="operator-api", daemon=True)
     thread.start()

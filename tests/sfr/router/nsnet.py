@@ -20,6 +20,8 @@ from typing import TypeVar
 
 import uvloop
 
+from .helpers import close_loop
+
 __all__ = ["FAR_IP", "NEAR_IP", "NsPair", "unavailable"]
 
 T = TypeVar("T")
@@ -133,7 +135,6 @@ class NsPair:
             try:
                 return loop.run_until_complete(scenario())
             finally:
-                loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.close()
+                close_loop(loop)  # what the scenario left pending ends now, not in a later test
 
         return _on_thread(self.near, run, "ns-near-loop")

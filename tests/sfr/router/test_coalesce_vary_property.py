@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from flame.sfr.router import Router, RouterConfig, StaticTableSource
 
-from .helpers import SR, Upstream
+from .helpers import SR, Upstream, close_loop
 from .test_coalesce_vary import LOD_VARY, Headers, VaryOrigin, alone, lod_table, together
 
 VARIES = ["", "Save-Data", "Save-Data, Downlink", "Accept-Language", "*", LOD_VARY]
@@ -59,19 +59,24 @@ class Live:
         await self.router.start()
 
     async def stop(self) -> None:
-        await self.router.shutdown(grace=0.5)
-        await self.up.close()
+        # Either may be missing if start() failed part way.
+        if hasattr(self, "router"):
+            await self.router.shutdown(grace=0.5)
+        if hasattr(self, "up"):
+            await self.up.close()
 
 
 @pytest.fixture(scope="module")
 def live() -> Iterator[Live]:
     live = Live()
-    live.run(live.start())
     try:
+        live.run(live.start())
         yield live
     finally:
-        live.run(live.stop())
-        live.loop.close()
+        try:
+            live.run(live.stop())
+        finally:
+            close_loop(live.loop)  # and what an example left on it: nothing for a later GC
 
 
 @settings(

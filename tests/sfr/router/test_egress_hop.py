@@ -509,12 +509,12 @@ async def test_path_latency_is_emulated_once_at_the_ingress(upstreams, make_rout
     e1 = await upstreams("e1")
     b = await make_router(
         # Were the egress SR to emulate its route's latency too, the round trip would double.
-        table(B, {FQDN: [route(e1.endpoint(), egress=B, latency_ms=400.0, path=(B,))]}),
+        table(B, {FQDN: [route(e1.endpoint(), egress=B, latency_ms=800.0, path=(B,))]}),
         sr_id=B,
         emulate_latency=True,
     )
     a = await make_router(
-        table(A, {FQDN: [route(e1.endpoint(), egress=B, latency_ms=400.0, path=(A, B))]}),
+        table(A, {FQDN: [route(e1.endpoint(), egress=B, latency_ms=800.0, path=(A, B))]}),
         sr_id=A,
         egress_hop=True,
         egress_port=b.port,
@@ -529,8 +529,9 @@ async def test_path_latency_is_emulated_once_at_the_ingress(upstreams, make_rout
         await c.close()
     assert resp.status == 200
     assert requests_of(b, "e1") == 1
-    # Once: 0.8 s (2 x 400 ms); twice would be 1.6 s. The gap leaves 0.7 s for a stalled machine.
-    assert 0.8 <= elapsed < 1.5
+    # Once: 1.6 s (2 x 800 ms); twice would be 3.2 s. The gap leaves 1.5 s for a stalled machine
+    # (a loaded 2-core machine stalls 0.5 s at times; 400 ms left only 0.7 s).
+    assert 1.6 <= elapsed < 3.1
 
 
 async def test_egress_sr_coalesces_requests_from_several_ingress_srs(

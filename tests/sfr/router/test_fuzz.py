@@ -11,6 +11,7 @@ Deterministic by default (as tests/tosca/test_fuzz.py); HYPOTHESIS_PROFILE selec
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import socket
@@ -26,7 +27,7 @@ from hypothesis.errors import InvalidArgument
 
 from flame.sfr.router import Router, RouterConfig, StaticTableSource, Timeouts
 
-from .helpers import SR, Upstream, table
+from .helpers import SR, Upstream, close_loop, table
 
 ALLOWED = {200, 400, 404, 405, 413, 431, 502, 503, 508}
 STATUS = re.compile(rb"^HTTP/1\.1 (\d{3}) [^\r\n]*\r\n")
@@ -51,39 +52,53 @@ def live_port() -> Iterator[int]:
     def run() -> None:
         loop = uvloop.new_event_loop()
         state["loop"] = loop
+        state["stop"] = asyncio.Event()  # here, so that the teardown always finds it
 
         async def main() -> None:
             up = await Upstream("fuzz").start()
-            router = Router(
-                RouterConfig(
-                    sr_id=SR, port=0, timeouts=Timeouts(header=1.0, upstream_response=2.0)
-                ),
-                source=StaticTableSource(
-                    table(1, {"vod.example": [(up.endpoint(), 1.0)], "empty.example": []})
-                ),
-            )
-            await router.start()
-            state["port"] = router.port
-            state["stop"] = asyncio.Event()
-            ready.set()
-            await state["stop"].wait()
-            await router.shutdown(grace=0.5)
-            await up.close()
+            router: Router | None = None
+            try:
+                router = Router(
+                    RouterConfig(
+                        sr_id=SR, port=0, timeouts=Timeouts(header=1.0, upstream_response=2.0)
+                    ),
+                    source=StaticTableSource(
+                        table(1, {"vod.example": [(up.endpoint(), 1.0)], "empty.example": []})
+                    ),
+                )
+                await router.start()
+                state["port"] = router.port
+                ready.set()
+                await state["stop"].wait()
+            finally:
+                if router is not None:
+                    await router.shutdown(grace=0.5)
+                await up.close()
 
         try:
             loop.run_until_complete(main())
+        except BaseException as exc:  # handed to the test thread
+            state["error"] = exc
         finally:
-            loop.close()
+            try:
+                close_loop(loop)  # nothing of this loop is left for a later test's GC
+            except AssertionError as exc:
+                state.setdefault("error", exc)
             ready.set()
 
     thread = threading.Thread(target=run, name="fuzz-router", daemon=True)
     thread.start()
-    assert ready.wait(10), "the router did not start"
-    assert "port" in state, "the router did not start"
-    yield state["port"]
-    state["loop"].call_soon_threadsafe(state["stop"].set)
-    thread.join(10)
-    assert not thread.is_alive()
+    assert ready.wait(60), "the router did not start"  # generous: a loaded 2-core machine
+    assert "port" in state, f"the router did not start: {state.get('error')!r}"
+    try:
+        yield state["port"]
+    finally:
+        loop: asyncio.AbstractEventLoop = state["loop"]
+        with contextlib.suppress(RuntimeError):  # the loop ended already (an error, below)
+            loop.call_soon_threadsafe(state["stop"].set)
+        thread.join(60)
+        assert not thread.is_alive(), "the router's loop did not stop"
+        assert "error" not in state, state["error"]
 
 
 def exchange(port: int, data: bytes, *, half_close: bool = True) -> bytes:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import time
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from flame.common.ports import free_port
 from flame.sfr.models import ForwardingTable
 from flame.sfr.router import Router, RouterConfig, TableSubscriber
 from flame.sfr.router.subscriber import StaticTableSource, load_table_file, save_table_file
@@ -181,9 +181,8 @@ async def test_no_pce_keeps_the_last_table_and_backs_off() -> None:
 async def test_a_pce_that_comes_back_is_found_within_a_second() -> None:
     """Issue 14 item 5: the SR's retries backed off to 10 s, so after a PCE restart switches
     decided meanwhile reached users seconds late. Polls stay at most a second apart."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    # free_port: a released bind(0) port may be handed to another worker's server meanwhile.
+    port = free_port()
     applied = Applied()
     sub = TableSubscriber(SR, [f"http://127.0.0.1:{port}"], token=TOKEN, wait=5.0)
     task = await run(sub, applied)

@@ -25,6 +25,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from flame.common.pki import PlatformCA
+from flame.common.ports import free_port
 from flame.sfr.router import Router
 from flame.sfr.router.config import Limits, Timeouts
 
@@ -182,11 +183,7 @@ async def test_upgrade_refused_by_the_endpoint_is_relayed(make_router: RouterFac
 
 
 async def test_websocket_to_an_unreachable_endpoint_is_a_502(make_router: RouterFactory) -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = s.getsockname()[1]
+    dead = free_port()  # nothing listens: not a released bind(0) port another test may get
     router = await _router(make_router, dead)
     with pytest.raises(InvalidStatus) as answer:
         async with connect(f"ws://{FQDN}/", host="127.0.0.1", port=router.port, open_timeout=5):
