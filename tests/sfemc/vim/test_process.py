@@ -18,7 +18,14 @@ import pytest
 
 from flame.common.ports import free_port
 from flame.sfemc.images import ImageRepository, build_image
-from flame.sfemc.vim._proc import ProcId, find_cgroup2, read_pid_file, start_time
+from flame.sfemc.vim._proc import (
+    CgroupLimiter,
+    Limits,
+    ProcId,
+    find_cgroup2,
+    read_pid_file,
+    start_time,
+)
 from flame.sfemc.vim.base import PortSpec, VimError, VimState
 from flame.sfemc.vim.process import ProcessVim
 
@@ -155,7 +162,7 @@ async def test_limits_are_applied_and_reported(vim: ProcessVim, echo_digest: str
     if find_cgroup2() is not None:
         assert status.limits.startswith("cgroup2")
         cgroup = Path(f"/proc/{status.pid}/cgroup").read_text()
-        assert f"/flame/{status.sfe}" in cgroup
+        assert f"/flame/{vim.cgroups.base.name}/{status.sfe}" in cgroup  # type: ignore[union-attr]
     else:  # this host: cgroup v2 without controllers, so the kernel's rlimits carry it
         assert status.limits.startswith("rlimit RLIMIT_DATA=300000000")
         assert "cpu not enforced" in status.limits
@@ -485,3 +492,29 @@ async def test_halt_all_stops_processes_and_the_next_controller_restarts_them(
         await asyncio.sleep(0.1)
     await again.remove("i1.h.c1")
     await again.close()
+
+
+async def test_two_vims_on_one_host_never_share_an_sfes_cgroup(tmp_path: Path) -> None:
+    """SFEMC-4 limits: the same SFE name placed by two VIMs (two agents, two test runs) on one
+    host gets two cgroups, each with its own limits. (A directory laid out as a cgroup v2 root
+    stands in for /sys/fs/cgroup: this host's cgroup v2 has no controllers to delegate.)"""
+    root = tmp_path / "cgroup"
+    root.mkdir()
+    a = CgroupLimiter(root, tmp_path / "vim-a")
+    b = CgroupLimiter(root, tmp_path / "vim-b")
+    procs_a, said_a = a.prepare(
+        "i1.echo.c1", Limits(memory_bytes=100_000_000, cpus=0.5, disk_bytes=None)
+    )
+    procs_b, said_b = b.prepare(
+        "i1.echo.c1", Limits(memory_bytes=200_000_000, cpus=None, disk_bytes=None)
+    )
+    assert procs_a != procs_b
+    assert (procs_a.parent / "memory.max").read_text() == "100000000"
+    assert (procs_b.parent / "memory.max").read_text() == "200000000"  # not overwritten
+    assert not (procs_b.parent / "cpu.max").exists()
+    assert said_a == "cgroup2 memory.max=100000000 cpu.max=50000 100000"
+    assert said_b == "cgroup2 memory.max=200000000"
+    # every level between the root and the SFE's group hands the controllers down
+    for level in (root / "flame", a.base, b.base):
+        assert (level / "cgroup.subtree_control").read_text() == "+memory +cpu"
+    assert CgroupLimiter(root, tmp_path / "vim-a").base == a.base  # stable across restarts

@@ -8,6 +8,7 @@ boot, from /proc/<pid>/stat), which no later process can share.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import resource
@@ -115,16 +116,20 @@ def find_cgroup2() -> Path | None:
 
 
 class CgroupLimiter:
-    """One child cgroup per SFE under ``<root>/flame``; processes join it before exec."""
+    """One child cgroup per SFE under ``<root>/flame/<vim>``, where ``<vim>`` names the VIM's
+    state directory: two VIMs on one host (two tenants' agents, two test runs) each place an
+    SFE of the same name in a group of its own, so neither overwrites the other's limits nor
+    merges their accounting. Processes join their group before exec."""
 
-    def __init__(self, root: Path) -> None:
-        self.base = root / "flame"
+    def __init__(self, root: Path, vim_root: Path) -> None:
+        self.base = root / "flame" / vim_scope(vim_root)
 
     def prepare(self, sfe: str, limits: Limits) -> tuple[Path, str]:
         with contextlib.suppress(OSError):
-            (self.base.parent / "cgroup.subtree_control").write_text("+memory +cpu")
-        self.base.mkdir(exist_ok=True)
-        (self.base / "cgroup.subtree_control").write_text("+memory +cpu")
+            (self.base.parent.parent / "cgroup.subtree_control").write_text("+memory +cpu")
+        for level in (self.base.parent, self.base):  # each level hands the controllers down
+            level.mkdir(exist_ok=True)
+            (level / "cgroup.subtree_control").write_text("+memory +cpu")
         group = self.base / sfe
         group.mkdir(exist_ok=True)
         applied = ["cgroup2"]
@@ -143,6 +148,12 @@ class CgroupLimiter:
     def remove(self, sfe: str) -> None:
         with contextlib.suppress(OSError):
             (self.base / sfe).rmdir()
+
+
+def vim_scope(vim_root: Path) -> str:
+    """A VIM's cgroup directory name: stable for its state directory, unique per directory."""
+    digest = hashlib.sha256(str(vim_root.resolve()).encode()).hexdigest()[:12]
+    return f"vim-{digest}"
 
 
 def rlimits_for(limits: Limits) -> tuple[list[tuple[int, int]], str]:

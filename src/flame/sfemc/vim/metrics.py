@@ -7,7 +7,7 @@ agent's) without reaching into it, and sees SFEs adopted after a restart. Per ru
 * the process tree: the tracked process (bwrap when sandboxed) and all its descendants, from
   one scan of /proc per sample. CPU is user and system time of the live tree plus what its
   members reaped (utime+cutime, stime+cstime), so work of short-lived children counts; when the
-  SFE runs in its own cgroup v2 group (``<cgroup>/flame/<sfe>``), ``cpu.stat`` replaces that
+  SFE runs in its own cgroup v2 group (``<cgroup>/flame/<vim>/<sfe>``), ``cpu.stat`` replaces that
   (it also counts children that were never reaped). Memory is the tree's summed RSS.
 * network bytes only when the SFE has a network namespace of its own (a process of its tree in
   a netns other than the sampler's): ``/proc/<pid>/net/dev`` of that process. SFEs sharing the
@@ -178,7 +178,7 @@ class _Last:
 
 class SfeSampler:
     """Samples the SFEs under a process VIM root (`sfes_dir`); `cgroup_base`: the VIM's
-    ``<cgroup2>/flame`` directory, when it places SFEs in cgroups."""
+    ``<cgroup2>/flame/<vim>`` directory, when it places SFEs in cgroups."""
 
     def __init__(
         self,

@@ -156,7 +156,7 @@ class ProcessVim(EndpointCertsSetting[SfeCerts]):
         self.ports = PortAllocator(root_dir / "ports.json", ranges, host, self.hosts)
         # True: detect a usable cgroup v2; a Path: use it; None/False: rlimits only.
         found = find_cgroup2() if cgroup_root is True else cgroup_root or None
-        self.cgroups = CgroupLimiter(found) if isinstance(found, Path) else None
+        self.cgroups = CgroupLimiter(found, root_dir) if isinstance(found, Path) else None
         self.sandbox_mode: SandboxMode = sandbox
         self.allow_unconfined = allow_unconfined
         self.sandbox = (
