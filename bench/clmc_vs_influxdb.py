@@ -9,7 +9,7 @@ process on loopback. A round counts points acknowledged with 204 per wall-clock 
 clock stopping when a count query sees all of them (so our asynchronous apply is inside the
 figure; we ask with `read_your_writes=true`, which InfluxDB ignores); both are warmed up first,
 and the HTTP clients are made before the clock starts (their set-up is no server's time).
-After its round a server settles (`settle`: under 5 % of a CPU for 0.6 s) before the other
+After its round a server settles (`settle`: under 5 % of a CPU for 1.6 s) before the other
 side starts: what it defers past its last acknowledgement (the CLMC's idle checkpoint,
 InfluxDB's cache snapshots and compactions) runs alone, not inside the other's round, and
 its CPU counts in that server's CPU per point ("... after the round").
@@ -518,8 +518,9 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
 Side = tuple[str, str, int]  # name, url, server pid
 
 
-def settle(pid: int, quiet_s: float = 0.6, limit_s: float = 20.0) -> float:
-    """Wait until server `pid` (children included) has used under 5 % of a CPU for `quiet_s`:
+def settle(pid: int, quiet_s: float = 1.6, limit_s: float = 20.0) -> float:
+    """Wait until server `pid` (children included) has used under 5 % of a CPU for `quiet_s`
+    (longer than the CLMC waits, 1 s, before its idle checkpoint):
     the work it defers past a round (the CLMC's idle checkpoint, InfluxDB's cache snapshots
     and compactions) is done before the other side's round starts and counted in this side's
     CPU per point. Returns the seconds waited (at most `limit_s`)."""
