@@ -21,6 +21,7 @@ from flame.common.ports import free_port
 from flame.sfemc.images import ImageRepository, build_image, load_manifest
 from flame.sfemc.vim.base import EndpointSpec
 from flame.sfemc.vim.process import ProcessVim
+from ranges import sandbox_uid_base, sfe_port_base
 
 from .contentkit import create, make_clip, metadata, patch, tus_headers
 from .helpers import Proc
@@ -104,8 +105,8 @@ async def test_the_image_runs_sandboxed_and_analyses_an_upload(
     monkeypatch.setenv("HOME", str(home))  # the controller's HOME, as in production
     repo = ImageRepository(home / ".local" / "share" / "flame" / "images")
     digest = repo.put(build_image(IMAGE)[0]).digest
-    base = 20000 + (os.getpid() % 400) * 100 + 80
-    uids = 310_000 + (os.getpid() % 1000) * 16
+    base = sfe_port_base()  # apart from free_port's and other workers' (tests/ranges.py)
+    uids = sandbox_uid_base(16, block=1)  # this file's uid block (tests/ranges.py)
     vim = ProcessVim(
         home / ".local" / "share" / "flame" / "vim",
         {"c1": range(base, base + 10)},

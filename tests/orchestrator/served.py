@@ -20,6 +20,7 @@ import httpx
 from flame.common.auth import Role, TokenStore
 from flame.common.ports import free_port
 from flame.sfemc.images import ImageRepository, build_image
+from ranges import sfe_port_base
 
 from .harness import ROOT
 
@@ -163,7 +164,7 @@ def served_platform(tmp: Path) -> ServedPlatform:
         "FLAME_DEBUG": "1",
     }
     (tmp / "config.toml").write_text("# empty: the FLAME_* variables configure the servers\n")
-    base = 40000 + (os.getpid() % 40) * 500
+    base = sfe_port_base()  # the orchestrator's --port-base (tests/ranges.py)
     return ServedPlatform(
         tmp,
         operator,

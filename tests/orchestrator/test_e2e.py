@@ -18,6 +18,7 @@ from flame.sfemc.registrar import InProcessRegistrar
 from flame.sfemc.runtime import port_ranges
 from flame.sfemc.vim.process import ProcessVim
 from flame.topology.loader import load_topology
+from ranges import sfe_port_base
 
 from .harness import ROOT, Platform, running_platform
 
@@ -44,7 +45,7 @@ def alive(pid: int) -> bool:
 async def echo_platform(tmp_path: Path) -> AsyncIterator[tuple[Platform, ProcessVim]]:
     repo = ImageRepository(tmp_path / "images")
     repo.put(build_image(ECHO)[0], tags=["1.0"])
-    base = 30000 + (os.getpid() % 60) * 500  # engineers share the machine: spread the ranges
+    base = sfe_port_base()  # two clusters' ranges, apart from free_port's (tests/ranges.py)
     vim = ProcessVim(
         tmp_path / "vim", port_ranges(load_topology(TOPOLOGY), base), repo, grace_s=2.0
     )

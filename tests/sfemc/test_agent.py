@@ -38,8 +38,7 @@ from flame.sfemc.build import VimAgentSettings, build_vim_agent
 from flame.sfemc.images import ImageRepository, build_image
 from flame.sfemc.vim.base import EndpointSpec, VimError, VimState, VimUnreachable
 from flame.sfemc.vim.remote import RemoteVim
-
-from .ranges import sfe_port_base
+from ranges import sfe_port_base
 
 pytestmark = pytest.mark.asyncio
 

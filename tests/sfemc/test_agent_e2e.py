@@ -28,9 +28,9 @@ import pytest
 from flame.common.auth import Role, TokenStore
 from flame.common.ports import free_port
 from flame.sfemc.images import ImageRepository, build_image
+from ranges import sfe_port_base
 
 from .procs import Procs, sfe_leaders, sfe_processes, wait_for
-from .ranges import sfe_port_base
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = (ROOT / "tests" / "orchestrator" / "data" / "echo-service.yaml").read_text()

@@ -23,8 +23,7 @@ from flame.sfemc.images import ImageError, ImageRepository, build_image
 from flame.sfemc.vim.base import EndpointSpec, VimError, VimState
 from flame.sfemc.vim.process import ProcessVim
 from flame.sfemc.vim.sandbox import VENV_DIR
-
-from .ranges import sfe_port_base
+from ranges import sfe_port_base
 
 PROBE = "flamedeps_probe"
 SECRET = "answer-from-the-wheel-42"

@@ -25,6 +25,7 @@ from flame.sfemc.vim.base import EndpointSpec
 from flame.sfemc.vim.process import ProcessVim
 from media.contentkit import make_clip
 from media.helpers import Proc
+from ranges import sandbox_uid_base, sfe_port_base
 
 from .kit import API_KEYS, KEY, wait_job
 
@@ -151,8 +152,8 @@ async def test_the_transcoder_image_runs_sandboxed_and_encodes_a_ladder(
     monkeypatch.setenv("HOME", str(home))
     repo = ImageRepository(home / ".local" / "share" / "flame" / "images")
     digest = repo.put(build_image(ROOT / "examples" / "sf" / "abr-transcoder")[0]).digest
-    base = 20000 + (os.getpid() % 400) * 100 + 90
-    uids = 330_000 + (os.getpid() % 1000) * 16
+    base = sfe_port_base()  # apart from free_port's and other workers' (tests/ranges.py)
+    uids = sandbox_uid_base(16, block=2)  # this file's uid block (tests/ranges.py)
     vim = ProcessVim(home / ".local" / "share" / "flame" / "vim", {"c1": range(base, base + 10)},
                      repo, grace_s=2.0, boot_timeout_s=60.0, sandbox="required",
                      sandbox_uids=range(uids, uids + 16))  # fmt: skip

@@ -18,14 +18,14 @@ from flame.sfemc.images import ImageRepository, build_image
 from flame.sfemc.vim._proc import ProcId, read_pid_file, start_time
 from flame.sfemc.vim.base import EndpointSpec
 from flame.sfemc.vim.process import ProcessVim
+from ranges import sfe_port_base
 from sfemc.helpers import SpecFields
-from sfemc.ranges import sfe_port_base
 
 ECHO = Path(__file__).resolve().parents[3] / "examples" / "sf" / "echo"
 
 
 def port_base() -> int:
-    # This process's own SFE ports, apart from free_port's and other workers' (sfemc/ranges.py).
+    # This process's own SFE ports, apart from free_port's and other workers' (tests/ranges.py).
     return sfe_port_base()
 
 

@@ -45,7 +45,7 @@ from flame.sfemc.vim.sandbox import (
     UidsExhausted,
     bwrap_argv,
 )
-from sfemc.ranges import sandbox_uid_base
+from ranges import sandbox_uid_base
 
 from .conftest import make_sf, port_base, spec
 
@@ -55,7 +55,7 @@ DEMO = Path(__file__).resolve().parents[3] / "src" / "flame" / "sandbox" / "demo
 
 
 def uid_range() -> range:
-    # Each xdist worker (and test run) its own uids: sfemc/ranges.py.
+    # Each xdist worker (and test run) its own uids: tests/ranges.py.
     base = sandbox_uid_base(64)
     return range(base, base + 64)
 
