@@ -4,6 +4,7 @@ applying is paused, and a failing one does not stop applying."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Iterator
@@ -40,7 +41,8 @@ def count(store: Store) -> int:
 def setup(tmp_path: Path) -> Iterator[tuple[Ingest, Path]]:
     path = tmp_path / "clmc.duckdb"
     store = DuckDBStore(path, idle_checkpoint_bytes=SMALL)
-    ingest = Ingest(store, tmp_path / "wal", idle_compact_s=0.2)
+    # storm_rate=1: every write counts as a burst, so only the idle path compacts here
+    ingest = Ingest(store, tmp_path / "wal", idle_compact_s=0.2, storm_rate=1.0)
     ingest.start()
     store.create_database("db")
     yield ingest, path
@@ -99,7 +101,7 @@ def test_below_the_threshold_nothing_is_checkpointed(tmp_path: Path) -> None:
 def test_no_compaction_while_applying_is_paused(tmp_path: Path) -> None:
     path = tmp_path / "clmc.duckdb"
     store = DuckDBStore(path, idle_checkpoint_bytes=SMALL)
-    ingest = Ingest(store, tmp_path / "wal", idle_compact_s=0.5)
+    ingest = Ingest(store, tmp_path / "wal", idle_compact_s=0.5, storm_rate=1.0)
     ingest.start()
     try:
         store.create_database("db")
@@ -117,21 +119,57 @@ def test_no_compaction_while_applying_is_paused(tmp_path: Path) -> None:
 
 
 def test_a_failing_compaction_does_not_stop_applying(
-    setup: tuple[Ingest, Path], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    ingest, _ = setup
+    store = DuckDBStore(tmp_path / "clmc.duckdb", idle_checkpoint_bytes=SMALL)
+    ingest = Ingest(store, tmp_path / "wal", idle_compact_s=0.2, compact_retry_s=0.5)
+    ingest.start()
     calls: list[float] = []
 
     def broken() -> bool:
         calls.append(time.monotonic())
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(ingest.store, "compact_idle", broken)
-    with caplog.at_level(logging.ERROR, logger="flame.clmc.ingest"):
-        assert ingest.write("db", None, body(100)).error() is None
-        eventually(lambda: len(calls) == 1, timeout=10)
-        assert ingest.write("db", None, body(100, first=1000)).error() is None
+    monkeypatch.setattr(store, "compact_idle", broken)
+    try:
+        store.create_database("db")
+        with caplog.at_level(logging.ERROR, logger="flame.clmc.ingest"):
+            assert ingest.write("db", None, body(100)).error() is None
+            eventually(lambda: len(calls) >= 1, timeout=10)
+            assert ingest.write("db", None, body(100, first=1000)).error() is None
+            assert ingest.wait_applied(10)
+            assert count(store) == 200  # applying went on
+            time.sleep(0.6)  # past the retry delay: the next writes try again
+            assert ingest.write("db", None, body(100, first=2000)).error() is None
+            eventually(lambda: len(calls) >= 2, timeout=10)
+        # never two attempts within the retry delay: one error line per attempt, not per write
+        gaps = [b - a for a, b in itertools.pairwise(calls)]
+        assert all(gap >= 0.45 for gap in gaps), gaps
+        assert caplog.text.count("compacting the store between writes failed") == len(calls)
+    finally:
+        ingest.stop()
+        store.close()
+
+
+def test_slow_writes_that_never_pause_still_compact(tmp_path: Path) -> None:
+    """Agents reporting every moment never leave ingest idle for a second: while writes come
+    slowly (under the storm rate), the applier compacts between two of them."""
+    path = tmp_path / "clmc.duckdb"
+    store = DuckDBStore(path, idle_checkpoint_bytes=SMALL)
+    ingest = Ingest(store, tmp_path / "wal", idle_compact_s=3600)  # never idle long enough
+    ingest.start()
+    try:
+        store.create_database("db")
+        written = 0
+        deadline = time.monotonic() + 30
+        while ingest.compactor.done == 0 and time.monotonic() < deadline:
+            assert ingest.write("db", None, body(300, first=written)).error() is None
+            written += 300
+            time.sleep(0.05)  # ~6,000 points/s: slow, and never a 1 s pause
+        assert ingest.compactor.done >= 1
         assert ingest.wait_applied(10)
-    assert count(ingest.store) == 200
-    assert "compacting the store while idle failed" in caplog.text
-    eventually(lambda: len(calls) == 2, timeout=10)  # tried again after the next writes
+        assert count(store) == written
+        assert duck_log(path) < SMALL + 300 * 200  # folded in (plus what came after)
+    finally:
+        ingest.stop()
+        store.close()

@@ -49,6 +49,7 @@ import numpy as np
 import pyarrow as pa  # type: ignore[import-untyped]
 
 from flame.clmc._parseproc import MIN_BYTES, ParsePool, process_count
+from flame.clmc.compaction import IdleCompactor
 from flame.clmc.errors import DatabaseNotFound, Overloaded, RetentionPolicyNotFound
 from flame.clmc.ingest_batches import (
     _admitted,
@@ -114,6 +115,7 @@ class Ingest:
         parse_process: bool | None = None,
         parse_processes: int | None = None,
         idle_compact_s: float = 1.0,
+        compact_retry_s: float = 30.0,
     ) -> None:
         self.store = store
         self.limits = limits if limits is not None else Limits.from_env()
@@ -144,8 +146,6 @@ class Ingest:
         self._thread: threading.Thread | None = None
         self.apply_errors = 0
         self.quarantined = 0
-        self.idle_compactions = 0  # store compactions run while idle, and the last one's seconds
-        self.last_idle_compaction_s: float | None = None
         # Called with (database, measurement, rows) for every batch applied to the store, on
         # the applier thread: the alert engine folds data in as it lands (CLMC-19..22).
         self.observers: list[Callable[[str, str, pa.Table], None]] = []
@@ -154,6 +154,7 @@ class Ingest:
         self._abandon = False
         self.wal_dir = wal_dir
         self.quarantine_dir = wal_dir / "quarantine"
+        self.compactor = IdleCompactor(store, retry_s=compact_retry_s)
         self._wal = WriteAheadLog(wal_dir, self._on_durable, fsync=fsync)
         if parse_process is None:  # on unless FLAME_CLMC_PARSE_PROCESS=0
             parse_process = os.environ.get("FLAME_CLMC_PARSE_PROCESS", "1") != "0"
@@ -532,6 +533,10 @@ class Ingest:
             self._apply(batch)
             applied_since_idle = True
             busy_until = time.monotonic() + self._busy_window_s
+            if self._queue.empty() and self._trickling():
+                # writes that never pause for a second (agents reporting every 0.5 s) but come
+                # slowly: the housekeeping between two of them, as cheap as when idle
+                self._compact_idle()
             if stop:
                 return
 
@@ -586,17 +591,13 @@ class Ingest:
         if last[0] > 1:
             self._wal.drop_applied(last)
 
+    def _trickling(self) -> bool:
+        with self._state:
+            return self._recent_rate() < self._storm_rate
+
     def _compact_idle(self) -> None:
-        if not self._running.is_set():
-            return  # applying is paused (the store is being copied): leave its files alone
-        started = time.monotonic()
-        try:
-            if self.store.compact_idle():
-                self.idle_compactions += 1
-                self.last_idle_compaction_s = round(time.monotonic() - started, 3)
-                log.debug("store compacted while idle in %.2fs", self.last_idle_compaction_s)
-        except Exception:
-            log.exception("compacting the store while idle failed; it will compact later")
+        if self._running.is_set():  # not while applying is paused (the files being copied)
+            self.compactor.run()
 
     def _applicable(self, pos: Position, item: Item) -> bool:
         """False (and quarantined) for a table no write could have passed today's limits with
@@ -686,8 +687,8 @@ class Ingest:
             "quarantined": self.quarantined,
             "quarantine_dir": str(self.quarantine_dir),
             "apply_errors": self.apply_errors,
-            "idle_compactions": self.idle_compactions,
-            "last_idle_compaction_s": self.last_idle_compaction_s,
+            "idle_compactions": self.compactor.done,
+            "last_idle_compaction_s": self.compactor.last_s,
             "parse_process": self.pool.stats(),
         }
 
