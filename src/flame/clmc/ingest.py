@@ -8,8 +8,7 @@
                      fsync) -> answer
     applier thread:  queue of durable records -> merge per table -> store.append_many(rows,
                      meta = WAL position) in one transaction (the store applies last write wins);
-                     between bursts (1 s idle, or writes coming slowly) the store's
-                     compaction (`compaction`: DuckDB's checkpoint), never inside one
+                     between bursts (1 s idle, or slow writes) the store's `compaction`
 
 Acknowledged means durable (answered after the fsync); a restart replays the WAL past the store.
 
