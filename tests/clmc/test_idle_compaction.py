@@ -70,7 +70,7 @@ def test_an_idle_ingest_folds_duckdbs_log_into_the_database(
         reopened.close()
 
 
-def test_compaction_waits_for_the_threshold_and_a_file() -> None:
+def test_an_in_memory_store_has_nothing_to_compact() -> None:
     memory = DuckDBStore()
     try:
         assert memory.compact_idle() is False  # no log to fold

@@ -133,8 +133,9 @@ class Store(Protocol):
     def get_meta(self, key: str) -> str | None: ...
 
     def compact_idle(self) -> bool:
-        """Ingest is idle: do the deferred housekeeping of recent appends now (DuckDB: fold
-        its log into the database file) rather than inside a later append. True if it did."""
+        """Between bursts of writes: do the deferred housekeeping of recent appends now (DuckDB:
+        fold its log into the database file) rather than inside a later append. True if it
+        did."""
         ...
 
     def admit(

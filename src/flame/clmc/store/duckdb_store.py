@@ -113,8 +113,6 @@ class DuckDBStore(CatalogReads):
         self._con.execute("SET memory_limit = ?", [self.memory_limit])
         self.threads = threads if threads is not None else default_threads()
         self._con.execute(f"SET threads = {self.threads}")
-        if os.environ.get("FLAME_X_THREADS"):  # XKNOB
-            self._con.execute(f"SET threads = {int(os.environ['FLAME_X_THREADS'])}")
         self._lock = threading.RLock()
         self._local = threading.local()
         self._cursors: list[duckdb.DuckDBPyConnection] = []
